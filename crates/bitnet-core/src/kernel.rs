@@ -1,0 +1,89 @@
+//! The one seam between models and compute: a [`LinearKernel`] prepares ternary weights once into
+//! its own layout, and the resulting [`PreparedLinear`] multiplies batches of int8 activations.
+//!
+//! Required surface is small on purpose (two methods each); everything else is defaulted, so a new
+//! backend (AVX2, AVX-512, CUDA) implements the integer product and inherits the float glue.
+//! The integer result is the conformance contract: every backend must return exactly the scalar
+//! reference's `i32` dot products.
+
+use std::sync::Arc;
+
+use crate::{CoreError, QuantizedActivations, TernaryMatrix};
+
+/// A backend that can run BitNet linears.
+pub trait LinearKernel: Send + Sync {
+    /// Short stable name (`scalar`, `avx2`, ...), used by `--kernel` and in reports.
+    fn name(&self) -> &'static str;
+
+    /// Repacks a ternary matrix into this backend's layout. Called once per tensor at load.
+    fn prepare(&self, weights: &TernaryMatrix) -> Result<Box<dyn PreparedLinear>, CoreError>;
+}
+
+/// A ternary matrix in a backend's layout, ready to multiply.
+pub trait PreparedLinear: Send + Sync {
+    /// Output features (rows of `W`).
+    fn rows(&self) -> usize;
+
+    /// Input features (columns of `W`).
+    fn cols(&self) -> usize;
+
+    /// The per-tensor weight scale `s_w`.
+    fn scale(&self) -> f32;
+
+    /// Integer products: `out[b * rows + o] = sum_i x[b * cols + i] * t[o][i]` for `batch` rows of
+    /// activation codes. This is the conformance contract between backends.
+    ///
+    /// # Panics
+    /// If the slices do not match `batch`, `rows` and `cols` (a programming error).
+    fn matmul_i32(&self, x: &[i8], batch: usize, out: &mut [i32]);
+
+    /// Float outputs of the BitLinear: `y = dot * s_w / s_x` per row, using `scratch` for the
+    /// integer products so that steady-state calls do not allocate.
+    fn forward(&self, x: &QuantizedActivations, out: &mut [f32], scratch: &mut Vec<i32>) {
+        let (batch, rows) = (x.batch(), self.rows());
+        assert_eq!(
+            x.cols,
+            self.cols(),
+            "forward: activation width != weight columns"
+        );
+        assert_eq!(out.len(), batch * rows, "forward: output length mismatch");
+        scratch.resize(batch * rows, 0);
+        self.matmul_i32(&x.codes, batch, scratch);
+        let s_w = self.scale();
+        for b in 0..batch {
+            let s_x = x.scales[b];
+            let row = b * rows..(b + 1) * rows;
+            for (y, &d) in out[row.clone()].iter_mut().zip(&scratch[row]) {
+                *y = d as f32 / s_x * s_w;
+            }
+        }
+    }
+}
+
+/// Every kernel this build can run on this CPU, best first.
+pub fn available_kernels() -> Vec<Arc<dyn LinearKernel>> {
+    vec![Arc::new(crate::scalar::ScalarKernel)]
+}
+
+/// The kernel to use when nobody asked for one: `BITNET_KERNEL` if set, else the best available.
+pub fn default_kernel() -> Result<Arc<dyn LinearKernel>, CoreError> {
+    match std::env::var("BITNET_KERNEL") {
+        Ok(name) if !name.is_empty() && name != "auto" => kernel_by_name(&name),
+        _ => Ok(available_kernels().remove(0)),
+    }
+}
+
+/// Looks a kernel up by name (`auto` means the best available).
+pub fn kernel_by_name(name: &str) -> Result<Arc<dyn LinearKernel>, CoreError> {
+    let all = available_kernels();
+    if name == "auto" {
+        return Ok(all[0].clone());
+    }
+    all.iter()
+        .find(|k| k.name() == name)
+        .cloned()
+        .ok_or_else(|| CoreError::UnknownKernel {
+            name: name.to_string(),
+            available: all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        })
+}

@@ -1,0 +1,274 @@
+//! Float operators of the BitNet forward pass (RMSNorm, rotary embeddings, softmax, activations)
+//! and float matrices for embeddings and heads. Written to follow the reference's f32 arithmetic
+//! closely, because a one-ulp difference ahead of the int8 quantizer can flip a code.
+
+use half::{bf16, f16};
+
+/// `out = w * x / sqrt(mean(x^2) + eps)`, in f32 as the reference does.
+pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), weight.len());
+    debug_assert_eq!(x.len(), out.len());
+    let sum: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0f32 / (sum / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = w * (v * inv);
+    }
+}
+
+/// Squared ReLU, BitNet b1.58's FFN activation.
+pub fn relu2(x: f32) -> f32 {
+    let r = x.max(0.0);
+    r * r
+}
+
+/// SiLU, the activation of llama-style ternary models.
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// In-place softmax over `x`, in f32.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in x.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Precomputed half-split (NEOX-style) rotary embedding tables.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    half: usize,
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `inv_freq[i] = 1 / theta^(2i / dim)` in f32, as the reference computes it.
+    pub fn new(head_dim: usize, theta: f32) -> Self {
+        let half = head_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Self { half, inv_freq }
+    }
+
+    /// Rotates one head vector (length `2 * half`) in place for position `pos`: the two halves are
+    /// rotated against each other, `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let p = pos as f32;
+        for i in 0..self.half {
+            let angle = p * self.inv_freq[i];
+            let (s, c) = angle.sin_cos();
+            let (x1, x2) = (x[i], x[i + self.half]);
+            x[i] = x1 * c - x2 * s;
+            x[i + self.half] = x2 * c + x1 * s;
+        }
+    }
+}
+
+/// Where a row of a float matrix comes from when it is not a plain f32/f16/bf16 array (for
+/// example a Q6_K or Q8_0 head decoded row by row).
+pub trait RowDecoder: Send + Sync {
+    /// Writes row `r` (length = columns) into `out` as f32.
+    fn decode_row(&self, r: usize, out: &mut [f32]);
+    /// Human-readable storage type, for reports.
+    fn type_name(&self) -> &'static str;
+}
+
+/// Storage of a float matrix.
+pub enum FloatStorage {
+    /// f32 values.
+    F32(Vec<f32>),
+    /// IEEE half values.
+    F16(Vec<f16>),
+    /// bfloat16 values.
+    BF16(Vec<bf16>),
+    /// Rows decoded on demand (block-quantized formats).
+    Rows(Box<dyn RowDecoder>),
+}
+
+/// A row-major float matrix `[rows, cols]`: the token embedding and the output head.
+pub struct FloatMatrix {
+    rows: usize,
+    cols: usize,
+    storage: FloatStorage,
+}
+
+impl std::fmt::Debug for FloatMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "FloatMatrix[{}x{} {}]",
+            self.rows,
+            self.cols,
+            self.type_name()
+        )
+    }
+}
+
+impl FloatMatrix {
+    /// Wraps storage, checking its length against the shape (row decoders are trusted).
+    pub fn new(rows: usize, cols: usize, storage: FloatStorage) -> Result<Self, crate::CoreError> {
+        let expected = rows.checked_mul(cols).unwrap_or(usize::MAX);
+        let found = match &storage {
+            FloatStorage::F32(v) => v.len(),
+            FloatStorage::F16(v) => v.len(),
+            FloatStorage::BF16(v) => v.len(),
+            FloatStorage::Rows(_) => expected,
+        };
+        if found != expected {
+            return Err(crate::CoreError::Length {
+                what: "float matrix".into(),
+                expected,
+                found,
+            });
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage,
+        })
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Storage type name (`f32`, `f16`, `bf16`, or the decoder's).
+    pub fn type_name(&self) -> &'static str {
+        match &self.storage {
+            FloatStorage::F32(_) => "f32",
+            FloatStorage::F16(_) => "f16",
+            FloatStorage::BF16(_) => "bf16",
+            FloatStorage::Rows(d) => d.type_name(),
+        }
+    }
+
+    /// Bytes the storage occupies (for row decoders, an estimate is not available: 0).
+    pub fn storage_bytes(&self) -> usize {
+        match &self.storage {
+            FloatStorage::F32(v) => v.len() * 4,
+            FloatStorage::F16(v) => v.len() * 2,
+            FloatStorage::BF16(v) => v.len() * 2,
+            FloatStorage::Rows(_) => 0,
+        }
+    }
+
+    /// Copies row `r` into `out` as f32.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let range = r * self.cols..(r + 1) * self.cols;
+        match &self.storage {
+            FloatStorage::F32(v) => out.copy_from_slice(&v[range]),
+            FloatStorage::F16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = h.to_f32();
+                }
+            }
+            FloatStorage::BF16(v) => {
+                for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = h.to_f32();
+                }
+            }
+            FloatStorage::Rows(d) => d.decode_row(r, out),
+        }
+    }
+
+    /// `out[r] = row_r . x` for every row: the float (unquantized) output head. `row_buf` is
+    /// scratch of `cols` elements, reused by row decoders.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32], row_buf: &mut Vec<f32>) {
+        debug_assert_eq!(x.len(), self.cols);
+        debug_assert_eq!(out.len(), self.rows);
+        let cols = self.cols;
+        match &self.storage {
+            FloatStorage::F32(v) => {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = dot(&v[r * cols..(r + 1) * cols], x);
+                }
+            }
+            _ => {
+                row_buf.resize(cols, 0.0);
+                for (r, o) in out.iter_mut().enumerate() {
+                    self.row_into(r, row_buf);
+                    *o = dot(row_buf, x);
+                }
+            }
+        }
+    }
+}
+
+/// f32 dot product with eight partial sums (vectorizes and stays close to a pairwise sum).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * 8..a.len() {
+        tail += a[i] * b[i];
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_rotates_halves_against_each_other() {
+        let rope = Rope::new(4, 10000.0);
+        let mut x = [1.0, 2.0, 3.0, 4.0];
+        rope.apply(&mut x, 0);
+        assert_eq!(x, [1.0, 2.0, 3.0, 4.0]);
+        let mut y = [1.0, 0.0, 0.0, 0.0];
+        rope.apply(&mut y, 1);
+        // pair (x[0], x[2]) rotates by angle 1 rad.
+        assert!((y[0] - 1f32.cos()).abs() < 1e-7 && (y[2] - 1f32.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn rmsnorm_matches_definition() {
+        let mut out = [0.0; 2];
+        rmsnorm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0, 2.0, 3.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0]);
+    }
+
+    #[test]
+    fn float_matrix_types_agree() {
+        let vals = [0.5f32, -1.25, 2.0, 3.0, 0.0, 1.0];
+        let f32m = FloatMatrix::new(2, 3, FloatStorage::F32(vals.to_vec())).unwrap();
+        let f16m = FloatMatrix::new(
+            2,
+            3,
+            FloatStorage::F16(vals.iter().map(|&v| f16::from_f32(v)).collect()),
+        )
+        .unwrap();
+        let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
+        f32m.matvec(&[1.0, 2.0, 3.0], &mut a, &mut Vec::new());
+        f16m.matvec(&[1.0, 2.0, 3.0], &mut b, &mut Vec::new());
+        assert_eq!(a, b);
+        assert_eq!(a, [4.0, 6.0]);
+        assert!(FloatMatrix::new(2, 2, FloatStorage::F32(vec![0.0; 3])).is_err());
+    }
+}
