@@ -113,7 +113,7 @@ impl std::fmt::Debug for FloatMatrix {
 impl FloatMatrix {
     /// Wraps storage, checking its length against the shape (row decoders are trusted).
     pub fn new(rows: usize, cols: usize, storage: FloatStorage) -> Result<Self, crate::CoreError> {
-        let expected = rows.checked_mul(cols).unwrap_or(usize::MAX);
+        let expected = rows.saturating_mul(cols);
         let found = match &storage {
             FloatStorage::F32(v) => v.len(),
             FloatStorage::F16(v) => v.len(),

@@ -17,7 +17,7 @@ pub struct TernaryMatrix {
 impl TernaryMatrix {
     /// Checks the shape, that every code is ternary and that the scale is usable.
     pub fn new(rows: usize, cols: usize, codes: Vec<i8>, scale: f32) -> Result<Self, CoreError> {
-        let expected = rows.checked_mul(cols).unwrap_or(usize::MAX);
+        let expected = rows.saturating_mul(cols);
         if codes.len() != expected {
             return Err(CoreError::Length {
                 what: "ternary codes".into(),
