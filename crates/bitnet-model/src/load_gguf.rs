@@ -1,0 +1,279 @@
+//! Binding a GGUF file's tensors (llama.cpp names) to the model.
+
+use std::sync::Arc;
+
+use bitnet_core::ops::{FloatMatrix, FloatStorage, RowDecoder};
+use bitnet_core::{LinearKernel, PreparedLinear, TernaryMatrix};
+use bitnet_gguf::{GgufFile, TensorInfo, TensorType};
+
+use crate::ModelError;
+use crate::config::{Activation, ModelConfig};
+use crate::model::{Layer, Model};
+
+fn tensor_err(name: &str, msg: impl Into<String>) -> ModelError {
+    ModelError::Tensor {
+        name: name.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Reads the hyper-parameters from GGUF metadata; missing or contradictory keys are errors.
+pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {
+    let arch = file.architecture()?.to_string();
+    let activation = match arch.as_str() {
+        "bitnet-b1.58" | "bitnet-25" => Activation::Relu2,
+        "bitnet" => match file.opt_str("bitnet.hidden_activation")? {
+            None => Activation::Silu,
+            Some(a) => Activation::parse(a).ok_or_else(|| {
+                ModelError::Config(format!("bitnet.hidden_activation = '{a}' is not supported"))
+            })?,
+        },
+        other => return Err(ModelError::Architecture(other.to_string())),
+    };
+    let key = |k: &str| format!("{arch}.{k}");
+    let req = |k: &str| -> Result<usize, ModelError> { to_usize(&key(k), file.get_u64(&key(k))?) };
+    let opt = |k: &str| -> Result<Option<usize>, ModelError> {
+        file.opt_u64(&key(k))?
+            .map(|v| to_usize(&key(k), v))
+            .transpose()
+    };
+    let hidden_size = req("embedding_length")?;
+    let n_heads = req("attention.head_count")?;
+    let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
+    if n_heads == 0 || hidden_size % n_heads != 0 {
+        return Err(ModelError::Config(format!(
+            "{} = {hidden_size} is not a multiple of {} = {n_heads}",
+            key("embedding_length"),
+            key("attention.head_count")
+        )));
+    }
+    let head_dim = opt("attention.key_length")?.unwrap_or(hidden_size / n_heads);
+    if let Some(rot) = opt("rope.dimension_count")?
+        && rot != head_dim
+    {
+        return Err(ModelError::Config(format!(
+            "{} = {rot} contradicts the head size {head_dim}; partial rotary embeddings are not supported",
+            key("rope.dimension_count")
+        )));
+    }
+    let embd = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| tensor_err("token_embd.weight", "missing"))?;
+    let vocab_from_tensor = embd.dims.get(1).copied().unwrap_or(0) as usize;
+    let vocab_size = match opt("vocab_size")? {
+        Some(v) if v != vocab_from_tensor => {
+            return Err(ModelError::Config(format!(
+                "{} = {v} contradicts token_embd.weight's {vocab_from_tensor} rows",
+                key("vocab_size")
+            )));
+        }
+        _ => vocab_from_tensor,
+    };
+    let config = ModelConfig {
+        architecture: arch.clone(),
+        activation,
+        hidden_size,
+        intermediate_size: req("feed_forward_length")?,
+        n_layers: req("block_count")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        vocab_size,
+        rope_theta: file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
+        rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+        context_length: req("context_length")?,
+        tied_embeddings: file.tensor("output.weight").is_none(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn to_usize(key: &str, v: u64) -> Result<usize, ModelError> {
+    usize::try_from(v)
+        .map_err(|_| ModelError::Config(format!("{key} = {v} does not fit this machine")))
+}
+
+/// Loads a GGUF model, preparing every ternary linear with `kernel`.
+pub fn load_gguf(file: Arc<GgufFile>, kernel: &dyn LinearKernel) -> Result<Model, ModelError> {
+    let c = config_from_gguf(&file)?;
+    let embed = float_matrix(&file, "token_embd.weight", c.vocab_size, c.hidden_size)?;
+    let head = if c.tied_embeddings {
+        None
+    } else {
+        Some(float_matrix(
+            &file,
+            "output.weight",
+            c.vocab_size,
+            c.hidden_size,
+        )?)
+    };
+    let output_norm = vector(&file, "output_norm.weight", c.hidden_size)?;
+    let mut layers = Vec::with_capacity(c.n_layers);
+    for i in 0..c.n_layers {
+        let b = |n: &str| format!("blk.{i}.{n}");
+        let lin = |n: &str, rows: usize, cols: usize| linear(&file, &b(n), rows, cols, kernel);
+        layers.push(Layer {
+            attn_norm: vector(&file, &b("attn_norm.weight"), c.hidden_size)?,
+            attn_sub_norm: vector(&file, &b("attn_sub_norm.weight"), c.hidden_size)?,
+            ffn_norm: vector(&file, &b("ffn_norm.weight"), c.hidden_size)?,
+            ffn_sub_norm: vector(&file, &b("ffn_sub_norm.weight"), c.intermediate_size)?,
+            q: lin("attn_q", c.q_dim(), c.hidden_size)?,
+            k: lin("attn_k", c.kv_dim(), c.hidden_size)?,
+            v: lin("attn_v", c.kv_dim(), c.hidden_size)?,
+            o: lin("attn_output", c.hidden_size, c.q_dim())?,
+            gate: lin("ffn_gate", c.intermediate_size, c.hidden_size)?,
+            up: lin("ffn_up", c.intermediate_size, c.hidden_size)?,
+            down: lin("ffn_down", c.hidden_size, c.intermediate_size)?,
+        });
+    }
+    Model::new(c, embed, head, output_norm, layers, kernel.name())
+}
+
+fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
+    file.tensor(name)
+        .ok_or_else(|| tensor_err(name, "missing from the file"))
+}
+
+fn kind(t: &TensorInfo) -> Result<TensorType, ModelError> {
+    t.kind.ok_or_else(|| {
+        tensor_err(
+            &t.name,
+            format!("unknown tensor type id {} for this architecture", t.type_id),
+        )
+    })
+}
+
+fn check_dims(t: &TensorInfo, want: &[usize]) -> Result<(), ModelError> {
+    let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    // GGUF lists the innermost dimension first; trailing 1s are allowed.
+    let trimmed: Vec<usize> = {
+        let mut g = got.clone();
+        while g.len() > want.len() && g.last() == Some(&1) {
+            g.pop();
+        }
+        g
+    };
+    if trimmed != want {
+        return Err(tensor_err(
+            &t.name,
+            format!("dims {got:?}, expected {want:?} (ggml order)"),
+        ));
+    }
+    Ok(())
+}
+
+fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    let t = find(file, name)?;
+    check_dims(t, &[n])?;
+    kind(t)?;
+    Ok(file.decode_f32(t)?)
+}
+
+/// A Q8_0/Q6_K (or other block-quantized) matrix decoded one row at a time from the mapped file.
+struct GgufRows {
+    file: Arc<GgufFile>,
+    index: usize,
+    name: &'static str,
+}
+
+impl RowDecoder for GgufRows {
+    fn decode_row(&self, r: usize, out: &mut [f32]) {
+        let t = &self.file.tensors()[self.index];
+        // The tensor's type, size and row width were checked at load (its last row was decoded
+        // once), so a failure here is a bug, not bad input.
+        if let Err(e) = self.file.decode_rows_f32(t, r, out) {
+            panic!("decoding row {r} of {}: {e}", t.name);
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        self.name
+    }
+}
+
+fn float_matrix(
+    file: &Arc<GgufFile>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<FloatMatrix, ModelError> {
+    let t = find(file, name)?;
+    check_dims(t, &[cols, rows])?;
+    let k = kind(t)?;
+    let storage = match k {
+        // f16/bf16 values convert to f32 and back exactly.
+        TensorType::F32 => FloatStorage::F32(file.decode_f32(t)?),
+        TensorType::F16 => FloatStorage::F16(
+            file.decode_f32(t)?
+                .into_iter()
+                .map(half::f16::from_f32)
+                .collect(),
+        ),
+        TensorType::BF16 => FloatStorage::BF16(
+            file.decode_f32(t)?
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect(),
+        ),
+        TensorType::Q8_0 | TensorType::Q6_K => {
+            if !(cols as u64).is_multiple_of(k.block_size()) {
+                return Err(tensor_err(
+                    name,
+                    format!("row width {cols} is not a multiple of the {k:?} block"),
+                ));
+            }
+            let index = file
+                .tensors()
+                .iter()
+                .position(|x| x.name == name)
+                .ok_or_else(|| tensor_err(name, "missing"))?;
+            let mut last = vec![0.0f32; cols];
+            file.decode_rows_f32(t, rows - 1, &mut last)?;
+            FloatStorage::Rows(Box::new(GgufRows {
+                file: file.clone(),
+                index,
+                name: k.name(),
+            }))
+        }
+        other => {
+            return Err(tensor_err(
+                name,
+                format!("type {other:?} is not supported for embeddings or heads"),
+            ));
+        }
+    };
+    Ok(FloatMatrix::new(rows, cols, storage)?)
+}
+
+fn linear(
+    file: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    kernel: &dyn LinearKernel,
+) -> Result<Box<dyn PreparedLinear>, ModelError> {
+    let wname = format!("{name}.weight");
+    let t = find(file, &wname)?;
+    check_dims(t, &[cols, rows])?;
+    kind(t)?;
+    let tern = file.decode_ternary(t)?;
+    let mut scale = tern.scale;
+    // llama.cpp's converters may store the per-tensor scale separately (`<name>.scale`, shape
+    // {1}); it multiplies the matmul output.
+    let sname = format!("{name}.scale");
+    if let Some(st) = file.tensor(&sname) {
+        kind(st)?;
+        match file.decode_f32(st)?.as_slice() {
+            [s] => scale *= s,
+            other => {
+                return Err(tensor_err(
+                    &sname,
+                    format!("{} values, expected one scale", other.len()),
+                ));
+            }
+        }
+    }
+    let m = TernaryMatrix::new(rows, cols, tern.codes, scale)
+        .map_err(|e| tensor_err(&wname, e.to_string()))?;
+    Ok(kernel.prepare(&m)?)
+}

@@ -1,0 +1,435 @@
+//! The BitNet b1.58 forward pass (model.md), batched over the tokens of one sequence.
+//!
+//! Per layer: `h += o(subnorm(attn(rope(q(n(h))), rope(k(n(h))), v(n(h)))))`, then
+//! `h += down(subnorm(act(gate(n(h))) * up(n(h))))`. Every projection is a BitLinear: its input is
+//! quantized to int8 per token, multiplied by ternary weights through the kernel trait, and
+//! rescaled by `s_w / s_x`. The embedding, norms and head stay float.
+
+use bitnet_core::ops::{self, FloatMatrix, Rope};
+use bitnet_core::{PreparedLinear, QuantizedActivations};
+
+use crate::config::{Activation, ModelConfig};
+use crate::{KvCache, ModelError};
+
+/// The weights of one transformer block.
+pub struct Layer {
+    /// RMSNorm before attention.
+    pub attn_norm: Vec<f32>,
+    /// RMSNorm over the concatenated heads, before `o`.
+    pub attn_sub_norm: Vec<f32>,
+    /// RMSNorm before the FFN.
+    pub ffn_norm: Vec<f32>,
+    /// RMSNorm over the gated FFN activations, before `down`.
+    pub ffn_sub_norm: Vec<f32>,
+    /// Query projection.
+    pub q: Box<dyn PreparedLinear>,
+    /// Key projection.
+    pub k: Box<dyn PreparedLinear>,
+    /// Value projection.
+    pub v: Box<dyn PreparedLinear>,
+    /// Attention output projection.
+    pub o: Box<dyn PreparedLinear>,
+    /// FFN gate projection.
+    pub gate: Box<dyn PreparedLinear>,
+    /// FFN up projection.
+    pub up: Box<dyn PreparedLinear>,
+    /// FFN down projection.
+    pub down: Box<dyn PreparedLinear>,
+}
+
+/// Where an int8 activation was taken, for tracing against the reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracePoint {
+    /// Input of q/k/v.
+    AttnIn,
+    /// Input of the attention output projection.
+    OIn,
+    /// Input of gate/up.
+    FfnIn,
+    /// Input of down.
+    DownIn,
+}
+
+/// Observes intermediates of a forward pass (tests compare them with the reference).
+pub trait Tracer {
+    /// Int8 codes and scales entering a BitLinear, `tokens x width`.
+    fn activation(&mut self, layer: usize, point: TracePoint, q: &QuantizedActivations) {
+        let _ = (layer, point, q);
+    }
+    /// The residual stream after a layer, `tokens x hidden`.
+    fn layer_output(&mut self, layer: usize, h: &[f32]) {
+        let _ = (layer, h);
+    }
+    /// The final-normed hidden state fed to the head, `tokens x hidden`.
+    fn final_norm(&mut self, x: &[f32]) {
+        let _ = x;
+    }
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (scoring, perplexity, tests).
+    All,
+}
+
+/// A loaded model: configuration, float tensors and prepared ternary linears.
+pub struct Model {
+    config: ModelConfig,
+    embed: FloatMatrix,
+    head: Option<FloatMatrix>,
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    rope: Rope,
+    kernel: String,
+}
+
+/// Reusable buffers of a forward pass, so decode steps stop allocating once warmed up.
+#[derive(Default)]
+pub struct Scratch {
+    h: Vec<f32>,
+    x: Vec<f32>,
+    qa: QuantizedActivations,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    scores: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ints: Vec<i32>,
+    row: Vec<f32>,
+}
+
+impl Model {
+    /// Assembles a model from its parts, checking every shape against the config.
+    pub fn new(
+        config: ModelConfig,
+        embed: FloatMatrix,
+        head: Option<FloatMatrix>,
+        output_norm: Vec<f32>,
+        layers: Vec<Layer>,
+        kernel: &str,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let c = &config;
+        let shape_err = |name: &str, msg: String| ModelError::Tensor {
+            name: name.to_string(),
+            msg,
+        };
+        if embed.rows() != c.vocab_size || embed.cols() != c.hidden_size {
+            return Err(shape_err(
+                "token embedding",
+                format!(
+                    "shape {}x{}, expected {}x{}",
+                    embed.rows(),
+                    embed.cols(),
+                    c.vocab_size,
+                    c.hidden_size
+                ),
+            ));
+        }
+        if let Some(h) = &head
+            && (h.rows() != c.vocab_size || h.cols() != c.hidden_size)
+        {
+            return Err(shape_err(
+                "output head",
+                format!(
+                    "shape {}x{}, expected {}x{}",
+                    h.rows(),
+                    h.cols(),
+                    c.vocab_size,
+                    c.hidden_size
+                ),
+            ));
+        }
+        if output_norm.len() != c.hidden_size {
+            return Err(shape_err(
+                "output norm",
+                format!("length {}, expected {}", output_norm.len(), c.hidden_size),
+            ));
+        }
+        if layers.len() != c.n_layers {
+            return Err(ModelError::Config(format!(
+                "{} layers given, config says {}",
+                layers.len(),
+                c.n_layers
+            )));
+        }
+        for (i, l) in layers.iter().enumerate() {
+            let norms = [
+                ("attn_norm", &l.attn_norm, c.hidden_size),
+                ("attn_sub_norm", &l.attn_sub_norm, c.hidden_size),
+                ("ffn_norm", &l.ffn_norm, c.hidden_size),
+                ("ffn_sub_norm", &l.ffn_sub_norm, c.intermediate_size),
+            ];
+            for (name, w, n) in norms {
+                if w.len() != n {
+                    return Err(shape_err(
+                        &format!("layer {i} {name}"),
+                        format!("length {}, expected {n}", w.len()),
+                    ));
+                }
+            }
+            let linears: [(&str, &dyn PreparedLinear, usize, usize); 7] = [
+                ("q", &*l.q, c.q_dim(), c.hidden_size),
+                ("k", &*l.k, c.kv_dim(), c.hidden_size),
+                ("v", &*l.v, c.kv_dim(), c.hidden_size),
+                ("o", &*l.o, c.hidden_size, c.q_dim()),
+                ("gate", &*l.gate, c.intermediate_size, c.hidden_size),
+                ("up", &*l.up, c.intermediate_size, c.hidden_size),
+                ("down", &*l.down, c.hidden_size, c.intermediate_size),
+            ];
+            for (name, w, rows, cols) in linears {
+                if w.rows() != rows || w.cols() != cols {
+                    return Err(shape_err(
+                        &format!("layer {i} {name}"),
+                        format!(
+                            "shape [{}, {}] (out, in), expected [{rows}, {cols}]",
+                            w.rows(),
+                            w.cols()
+                        ),
+                    ));
+                }
+            }
+        }
+        let rope = Rope::new(config.head_dim, config.rope_theta);
+        Ok(Self {
+            config,
+            embed,
+            head,
+            output_norm,
+            layers,
+            rope,
+            kernel: kernel.to_string(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The linear kernel the weights were prepared for.
+    pub fn kernel_name(&self) -> &str {
+        &self.kernel
+    }
+
+    /// Storage type of the output head (`f16`, `q6_k`, ...).
+    pub fn head_type(&self) -> &'static str {
+        self.head.as_ref().unwrap_or(&self.embed).type_name()
+    }
+
+    /// A KV cache for up to `capacity` positions (at most the model's context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.config, capacity.min(self.config.context_length))
+    }
+
+    /// Runs `tokens` at the next positions of `cache`, appends their keys and values, and writes
+    /// the requested logits into `logits` (`vocab` per returned token).
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        logits: &mut Vec<f32>,
+        scratch: &mut Scratch,
+        mut tracer: Option<&mut dyn Tracer>,
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            logits.clear();
+            return Ok(());
+        }
+        let start = cache.len();
+        if start + n > cache.capacity() {
+            return Err(ModelError::ContextExceeded {
+                needed: start + n,
+                capacity: cache.capacity(),
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        let (hd, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let s = scratch;
+        s.h.resize(n * hd, 0.0);
+        for (t, &id) in tokens.iter().enumerate() {
+            self.embed
+                .row_into(id as usize, &mut s.h[t * hd..(t + 1) * hd]);
+        }
+        for (li, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            s.x.resize(n * hd, 0.0);
+            for t in 0..n {
+                let r = t * hd..(t + 1) * hd;
+                ops::rmsnorm(
+                    &s.h[r.clone()],
+                    &layer.attn_norm,
+                    c.rms_norm_eps,
+                    &mut s.x[r],
+                );
+            }
+            s.qa.quantize(&s.x, n, hd);
+            if let Some(tr) = tracer.as_deref_mut() {
+                tr.activation(li, TracePoint::AttnIn, &s.qa);
+            }
+            s.q.resize(n * qd, 0.0);
+            s.k.resize(n * kvd, 0.0);
+            s.v.resize(n * kvd, 0.0);
+            layer.q.forward(&s.qa, &mut s.q, &mut s.ints);
+            layer.k.forward(&s.qa, &mut s.k, &mut s.ints);
+            layer.v.forward(&s.qa, &mut s.v, &mut s.ints);
+            for t in 0..n {
+                let pos = start + t;
+                for h in 0..c.n_heads {
+                    let o = t * qd + h * c.head_dim;
+                    self.rope.apply(&mut s.q[o..o + c.head_dim], pos);
+                }
+                for h in 0..c.n_kv_heads {
+                    let o = t * kvd + h * c.head_dim;
+                    self.rope.apply(&mut s.k[o..o + c.head_dim], pos);
+                }
+            }
+            cache.write(li, start, &s.k, &s.v);
+            s.attn.resize(n * qd, 0.0);
+            self.attention(li, start, n, cache, s);
+            s.x.resize(n * qd, 0.0);
+            for t in 0..n {
+                let r = t * qd..(t + 1) * qd;
+                ops::rmsnorm(
+                    &s.attn[r.clone()],
+                    &layer.attn_sub_norm,
+                    c.rms_norm_eps,
+                    &mut s.x[r],
+                );
+            }
+            s.qa.quantize(&s.x, n, qd);
+            if let Some(tr) = tracer.as_deref_mut() {
+                tr.activation(li, TracePoint::OIn, &s.qa);
+            }
+            s.proj.resize(n * hd, 0.0);
+            layer.o.forward(&s.qa, &mut s.proj, &mut s.ints);
+            for (h, p) in s.h.iter_mut().zip(&s.proj) {
+                *h += p;
+            }
+
+            // Feed-forward block.
+            s.x.resize(n * hd, 0.0);
+            for t in 0..n {
+                let r = t * hd..(t + 1) * hd;
+                ops::rmsnorm(
+                    &s.h[r.clone()],
+                    &layer.ffn_norm,
+                    c.rms_norm_eps,
+                    &mut s.x[r],
+                );
+            }
+            s.qa.quantize(&s.x, n, hd);
+            if let Some(tr) = tracer.as_deref_mut() {
+                tr.activation(li, TracePoint::FfnIn, &s.qa);
+            }
+            let id = c.intermediate_size;
+            s.gate.resize(n * id, 0.0);
+            s.up.resize(n * id, 0.0);
+            layer.gate.forward(&s.qa, &mut s.gate, &mut s.ints);
+            layer.up.forward(&s.qa, &mut s.up, &mut s.ints);
+            let act: fn(f32) -> f32 = match c.activation {
+                Activation::Relu2 => ops::relu2,
+                Activation::Silu => ops::silu,
+            };
+            for (g, u) in s.gate.iter_mut().zip(&s.up) {
+                *g = act(*g) * u;
+            }
+            s.x.resize(n * id, 0.0);
+            for t in 0..n {
+                let r = t * id..(t + 1) * id;
+                ops::rmsnorm(
+                    &s.gate[r.clone()],
+                    &layer.ffn_sub_norm,
+                    c.rms_norm_eps,
+                    &mut s.x[r],
+                );
+            }
+            s.qa.quantize(&s.x, n, id);
+            if let Some(tr) = tracer.as_deref_mut() {
+                tr.activation(li, TracePoint::DownIn, &s.qa);
+            }
+            layer.down.forward(&s.qa, &mut s.proj, &mut s.ints);
+            for (h, p) in s.h.iter_mut().zip(&s.proj) {
+                *h += p;
+            }
+            if let Some(tr) = tracer.as_deref_mut() {
+                tr.layer_output(li, &s.h);
+            }
+        }
+        cache.advance(n);
+
+        let first = match which {
+            Logits::Last => n - 1,
+            Logits::All => 0,
+        };
+        s.x.resize(n * hd, 0.0);
+        for t in first..n {
+            let r = t * hd..(t + 1) * hd;
+            ops::rmsnorm(
+                &s.h[r.clone()],
+                &self.output_norm,
+                c.rms_norm_eps,
+                &mut s.x[r],
+            );
+        }
+        if let Some(tr) = tracer {
+            tr.final_norm(&s.x);
+        }
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        let v = c.vocab_size;
+        logits.resize((n - first) * v, 0.0);
+        for t in first..n {
+            let o = (t - first) * v;
+            head.matvec(
+                &s.x[t * hd..(t + 1) * hd],
+                &mut logits[o..o + v],
+                &mut s.row,
+            );
+        }
+        Ok(())
+    }
+
+    /// Causal attention of the `n` new tokens against every cached position, softmax in f32.
+    fn attention(&self, layer: usize, start: usize, n: usize, cache: &KvCache, s: &mut Scratch) {
+        let c = &self.config;
+        let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let group = c.n_heads / c.n_kv_heads;
+        let scaling = (hd as f64).powf(-0.5) as f32;
+        let (keys, values) = cache.layer(layer);
+        for t in 0..n {
+            let len = start + t + 1;
+            s.scores.resize(len, 0.0);
+            for h in 0..c.n_heads {
+                let kvh = h / group;
+                let q = &s.q[t * qd + h * hd..t * qd + (h + 1) * hd];
+                for (p, sc) in s.scores.iter_mut().enumerate() {
+                    let k = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                    *sc = ops::dot(q, k) * scaling;
+                }
+                ops::softmax(&mut s.scores);
+                let out = &mut s.attn[t * qd + h * hd..t * qd + (h + 1) * hd];
+                out.fill(0.0);
+                for (p, &w) in s.scores.iter().enumerate() {
+                    let v = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                    for (o, &x) in out.iter_mut().zip(v) {
+                        *o += w * x;
+                    }
+                }
+            }
+        }
+    }
+}
