@@ -1,0 +1,463 @@
+//! `bitnet`: run BitNet b1.58 models from the command line. Every subcommand is a thin client of
+//! the `bitnet` library; nothing here is logic a library user would need.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use bitnet::{ChatMessage, Device, EngineBuilder, GenerateOptions, Prompt, SamplingOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "bitnet", version, about = "Run BitNet b1.58 language models", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(GenerateArgs),
+    /// Chat interactively (applies the model's chat template and keeps the history).
+    Chat(ChatArgs),
+    /// Show a model's architecture, hyper-parameters, tensors, tokenizer and chat template.
+    Inspect(InspectArgs),
+    /// Print the token ids (and pieces) the engine would feed for a text.
+    Tokenize(TokenizeArgs),
+    /// Download a model from the Hugging Face hub into the standard cache.
+    Pull(PullArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file, a Hugging Face model directory, or a hub repo id (owner/name[:file.gguf]).
+    #[arg(short, long, env = "BITNET_MODEL")]
+    model: String,
+    /// Use only the local Hugging Face cache for hub ids; say what is missing.
+    #[arg(long)]
+    offline: bool,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Context length (prompt + output); default and maximum: the model's.
+    #[arg(long = "ctx", short = 'c')]
+    ctx: Option<usize>,
+    /// Linear kernel (auto, scalar, ...); also BITNET_KERNEL.
+    #[arg(long, default_value = "auto")]
+    kernel: String,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<bitnet::Engine> {
+        let device: Device = self.device.parse().map_err(anyhow::Error::msg)?;
+        let mut b = EngineBuilder::new(&self.model.model)
+            .kernel(&self.kernel)
+            .device(device)
+            .offline(self.model.offline)
+            .progress(true);
+        if let Some(r) = &self.model.revision {
+            b = b.revision(r);
+        }
+        if let Some(n) = self.ctx {
+            b = b.context_length(n);
+        }
+        Ok(b.build()?)
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Top-k filter (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Top-p (nucleus) filter (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p filter (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed; the same seed gives the same output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> GenerateOptions {
+        GenerateOptions {
+            max_tokens: self.max_tokens,
+            sampling: SamplingOptions {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repeat_penalty: self.repeat_penalty,
+                repeat_last_n: self.repeat_last_n,
+                presence_penalty: 0.0,
+                frequency_penalty: 0.0,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+            add_bos: None,
+            ignore_eos: self.ignore_eos,
+            logits: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// The prompt text.
+    #[arg(
+        short,
+        long,
+        conflicts_with = "prompt_tokens",
+        required_unless_present = "prompt_tokens"
+    )]
+    prompt: Option<String>,
+    /// The prompt as comma-separated token ids (no tokenizer needed, no BOS added).
+    #[arg(long, value_delimiter = ',')]
+    prompt_tokens: Option<Vec<u32>>,
+    /// Do not add the BOS token to a text prompt.
+    #[arg(long)]
+    no_bos: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Output format: streamed text, or one JSON object at the end.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// With --format json: include each generated token's full logit vector.
+    #[arg(long)]
+    logits: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// A system message to start the conversation with.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A GGUF file, a Hugging Face model directory, or a hub repo id.
+    model: String,
+    /// Use only the local Hugging Face cache.
+    #[arg(long)]
+    offline: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to tokenize.
+    #[arg(short, long, conflicts_with = "file", required_unless_present = "file")]
+    prompt: Option<String>,
+    /// Read the text from this file.
+    #[arg(short, long)]
+    file: Option<std::path::PathBuf>,
+    /// Leave out the BOS token.
+    #[arg(long)]
+    no_bos: bool,
+    /// Treat special-token text (e.g. <|eot_id|>) as plain text.
+    #[arg(long)]
+    no_parse_special: bool,
+    /// Output format: one `id -> 'piece'` per line, or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// The hub repo id (owner/name[:file.gguf]).
+    repo: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Only check the local cache and say what is missing.
+    #[arg(long)]
+    offline: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BITNET_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Pull(a) => pull(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out causes the message already quotes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let engine = a.run.load()?;
+    let mut opts = a.sampling.options();
+    opts.logits = a.logits;
+    if a.no_bos {
+        opts.add_bos = Some(false);
+    }
+    if a.logits && a.format != Format::Json {
+        bail!("--logits needs --format json");
+    }
+    let prompt = match (a.prompt, a.prompt_tokens) {
+        (_, Some(ids)) => Prompt::Tokens(ids),
+        (Some(text), None) => Prompt::Text(text),
+        (None, None) => bail!("give --prompt or --prompt-tokens"),
+    };
+    let mut generation = engine.generate(prompt, opts)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    let mut logits = Vec::new();
+    for token in generation.by_ref() {
+        let token = token?;
+        ids.push(token.id);
+        if a.format == Format::Text {
+            out.write_all(token.text.as_bytes())?;
+            out.flush()?;
+        }
+        text.push_str(&token.text);
+        if let Some(l) = token.logits {
+            logits.push(l);
+        }
+    }
+    let tail = generation.take_tail();
+    text.push_str(&tail);
+    let finish = generation
+        .finish_reason()
+        .map(|f| f.openai())
+        .unwrap_or("stop");
+    if a.format == Format::Json {
+        let mut obj = serde_json::json!({
+            "tokens": ids,
+            "text": text,
+            "prompt_tokens": generation.prompt_tokens(),
+            "finish_reason": finish,
+        });
+        if a.logits {
+            obj["logits"] = serde_json::json!(logits);
+        }
+        serde_json::to_writer(&mut out, &obj)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(tail.as_bytes())?;
+        writeln!(out)?;
+        if generation.finish_reason() == Some(bitnet::FinishReason::ContextFull) {
+            eprintln!(
+                "note: stopped because the context ({} tokens) is full",
+                engine.context_length()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let engine = a.run.load()?;
+    let mut history = Vec::new();
+    if let Some(s) = a.system {
+        history.push(ChatMessage::new("system", s));
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!(
+        "chatting with {} (empty line or Ctrl-D to quit)",
+        engine.info().path.display()
+    );
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        history.push(ChatMessage::new("user", line.trim_end()));
+        let mut generation =
+            engine.generate(Prompt::Chat(history.clone()), a.sampling.options())?;
+        let mut reply = String::new();
+        for token in generation.by_ref() {
+            let token = token?;
+            out.write_all(token.text.as_bytes())?;
+            out.flush()?;
+            reply.push_str(&token.text);
+        }
+        let tail = generation.take_tail();
+        reply.push_str(&tail);
+        writeln!(out, "{tail}")?;
+        history.push(ChatMessage::new("assistant", reply.trim()));
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let report = bitnet::inspect(&a.model, a.offline)?;
+    let mut out = std::io::stdout().lock();
+    if a.format == Format::Json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "path:         {}", report.path)?;
+    writeln!(out, "format:       {}", report.format)?;
+    writeln!(
+        out,
+        "architecture: {}",
+        report.architecture.as_deref().unwrap_or("(none)")
+    )?;
+    match (&report.config, &report.config_error) {
+        (Some(c), _) => {
+            writeln!(out, "hyper-parameters:")?;
+            if let Some(map) = c.as_object() {
+                for (k, v) in map {
+                    writeln!(out, "  {k:<18} {v}")?;
+                }
+            }
+        }
+        (None, Some(e)) => writeln!(out, "hyper-parameters: cannot run this file: {e}")?,
+        (None, None) => {}
+    }
+    if !report.metadata.is_empty() {
+        writeln!(out, "metadata ({}):", report.metadata.len())?;
+        for (k, v) in &report.metadata {
+            writeln!(out, "  {k} = {v}")?;
+        }
+    }
+    let total: u64 = report.tensors.iter().filter_map(|t| t.bytes).sum();
+    writeln!(
+        out,
+        "tensors ({}, {:.2} MB):",
+        report.tensors.len(),
+        total as f64 / 1e6
+    )?;
+    for t in &report.tensors {
+        let bytes = t.bytes.map(|b| b.to_string()).unwrap_or_else(|| "?".into());
+        writeln!(
+            out,
+            "  {:<40} {:<10} {:<20} {bytes}",
+            t.name,
+            t.dtype,
+            format!("{:?}", t.shape)
+        )?;
+    }
+    match &report.tokenizer {
+        Some(t) => writeln!(out, "tokenizer:    {t}")?,
+        None => writeln!(out, "tokenizer:    (none)")?,
+    }
+    match &report.chat_template {
+        Some(t) => writeln!(out, "chat template:\n{t}")?,
+        None => writeln!(out, "chat template: (none)")?,
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let tok = bitnet::load_tokenizer(&a.model.model, a.model.offline)?;
+    let text = match (a.prompt, a.file) {
+        (Some(p), _) => p,
+        (None, Some(f)) => {
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?
+        }
+        (None, None) => bail!("give --prompt or --file"),
+    };
+    let add_bos = !a.no_bos && tok.add_bos_default();
+    let ids = tok.encode(&text, add_bos, !a.no_parse_special)?;
+    // Pieces as text (byte-level tokens decoded; a piece that ends inside a UTF-8 character shows
+    // U+FFFD), like llama-tokenize.
+    let pieces: Vec<String> = ids
+        .iter()
+        .map(|&i| String::from_utf8_lossy(&tok.token_bytes(i).unwrap_or_default()).into_owned())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.format == Format::Json {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "ids": ids, "pieces": pieces }),
+        )?;
+        writeln!(out)?;
+    } else {
+        for (id, p) in ids.iter().zip(&pieces) {
+            writeln!(out, "{id:>6} -> '{p}'")?;
+        }
+    }
+    Ok(())
+}
+
+fn pull(a: PullArgs) -> Result<()> {
+    let mut b = EngineBuilder::new(&a.repo)
+        .offline(a.offline)
+        .progress(true);
+    if let Some(r) = a.revision {
+        b = b.revision(r);
+    }
+    let path = b.resolve()?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! One generation: prefill the prompt, then decode token by token as an iterator. Dropping the
+//! iterator cancels the generation (nothing runs in the background).
+
+use bitnet_model::{KvCache, Logits, Scratch};
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::{Sampler, SamplingOptions};
+use crate::stop::{StopMatcher, StopOutcome};
+use crate::{Engine, EngineError};
+
+/// What to generate from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text, tokenized with the model's tokenizer (special tokens in it are parsed).
+    Text(String),
+    /// Token ids, fed as they are (no BOS added).
+    Tokens(Vec<u32>),
+    /// A conversation, rendered with the model's chat template (BOS added once, whether or not
+    /// the template writes it) and ending with the assistant's turn.
+    Chat(Vec<bitnet_tokenizer::ChatMessage>),
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Self {
+        Prompt::Text(s.to_string())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Self {
+        Prompt::Text(s)
+    }
+}
+
+impl From<Vec<u32>> for Prompt {
+    fn from(t: Vec<u32>) -> Self {
+        Prompt::Tokens(t)
+    }
+}
+
+/// Options of one generation. `Default` samples like llama.cpp and stops after 256 tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateOptions {
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Sampling settings.
+    pub sampling: SamplingOptions,
+    /// Stop strings: generation ends before the first of them, which is not returned.
+    pub stop: Vec<String>,
+    /// Whether to add BOS in front of a text prompt (`None`: as the model's metadata says).
+    pub add_bos: Option<bool>,
+    /// Keep going past end-of-generation tokens (EOS/EOT).
+    pub ignore_eos: bool,
+    /// Return each generated token's full logit vector.
+    pub logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_tokens: 256,
+            sampling: SamplingOptions::default(),
+            stop: Vec::new(),
+            add_bos: None,
+            ignore_eos: false,
+            logits: false,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Greedy decoding of at most `max_tokens` tokens: reproducible, what tests compare.
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self {
+            max_tokens,
+            sampling: SamplingOptions::greedy(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The model's context is full.
+    ContextFull,
+}
+
+impl FinishReason {
+    /// The OpenAI name (`stop` or `length`).
+    pub fn openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length | FinishReason::ContextFull => "length",
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Token {
+    /// Its id.
+    pub id: u32,
+    /// Text released by this token: may be empty (an incomplete UTF-8 character or a possible
+    /// stop string is held back) or hold text of earlier tokens.
+    pub text: String,
+    /// The logits it was chosen from (only with [`GenerateOptions::logits`]).
+    pub logits: Option<Vec<f32>>,
+}
+
+/// A running generation; iterate it for tokens.
+pub struct Generation {
+    engine: Engine,
+    opts: GenerateOptions,
+    cache: KvCache,
+    scratch: Scratch,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    logits: Vec<f32>,
+    utf8: Vec<u8>,
+    stop: StopMatcher,
+    finish: Option<FinishReason>,
+    tail: Option<String>,
+}
+
+impl Generation {
+    pub(crate) fn start(
+        engine: Engine,
+        prompt: Prompt,
+        opts: GenerateOptions,
+    ) -> Result<Self, EngineError> {
+        opts.sampling.validate().map_err(EngineError::Options)?;
+        let tokens = match prompt {
+            Prompt::Tokens(t) => t,
+            Prompt::Text(text) => {
+                let tok = engine.tokenizer().ok_or(EngineError::NoTokenizer)?;
+                let add_bos = opts.add_bos.unwrap_or_else(|| tok.add_bos_default());
+                tok.encode(&text, add_bos, true)?
+            }
+            Prompt::Chat(messages) => {
+                let rendered = engine.render_chat(&messages)?;
+                let tok = engine.tokenizer().ok_or(EngineError::NoTokenizer)?;
+                tok.encode_chat_prompt(&rendered)?
+            }
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::Options("the prompt is empty".into()));
+        }
+        let ctx = engine.context_length();
+        if tokens.len() >= ctx {
+            return Err(EngineError::PromptTooLong {
+                tokens: tokens.len(),
+                context: ctx,
+            });
+        }
+        let model = engine.model();
+        let mut cache = model.new_cache(ctx);
+        let mut scratch = Scratch::default();
+        let mut logits = Vec::new();
+        model.forward(
+            &tokens,
+            &mut cache,
+            Logits::Last,
+            &mut logits,
+            &mut scratch,
+            None,
+        )?;
+        let sampler = Sampler::new(opts.sampling.clone());
+        let stop = StopMatcher::new(&opts.stop);
+        let prompt_len = tokens.len();
+        let finish = (opts.max_tokens == 0).then_some(FinishReason::Length);
+        Ok(Self {
+            engine,
+            opts,
+            cache,
+            scratch,
+            sampler,
+            tokens,
+            prompt_len,
+            logits,
+            utf8: Vec::new(),
+            stop,
+            finish,
+            tail: None,
+        })
+    }
+
+    /// The prompt's token ids (with BOS if one was added).
+    pub fn prompt_tokens(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
+    }
+
+    /// The ids generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Why generation ended (`None` while it runs).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// Text held back at the end (an unfinished character or a partial stop string that never
+    /// completed); call after the iterator returns `None`.
+    pub fn take_tail(&mut self) -> String {
+        self.tail.take().unwrap_or_default()
+    }
+
+    /// Runs the generation to the end and returns the text.
+    pub fn collect_text(mut self) -> Result<String, EngineError> {
+        let mut out = String::new();
+        for t in self.by_ref() {
+            out.push_str(&t?.text);
+        }
+        out.push_str(&self.take_tail());
+        Ok(out)
+    }
+
+    fn step(&mut self) -> Result<Option<Token>, EngineError> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        let generated = &self.tokens[self.prompt_len..];
+        let id = self.sampler.sample(&self.logits, &self.tokens, generated);
+        let logits = self.opts.logits.then(|| self.logits.clone());
+        self.tokens.push(id);
+        let n_gen = self.tokens.len() - self.prompt_len;
+        let tok = self.engine.tokenizer();
+        let is_eog = tok.is_some_and(|t| t.is_eog(id)) && !self.opts.ignore_eos;
+        let mut text = String::new();
+        if is_eog {
+            self.finish = Some(FinishReason::Stop);
+        } else if let Some(t) = tok {
+            if let Some(bytes) = t.token_bytes(id) {
+                self.utf8.extend_from_slice(&bytes);
+            }
+            let valid = take_valid_utf8(&mut self.utf8);
+            match self.stop.push(&valid) {
+                StopOutcome::Continue(s) => text = s,
+                StopOutcome::Stopped(s) => {
+                    text = s;
+                    self.finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if self.finish.is_none() {
+            if n_gen >= self.opts.max_tokens {
+                self.finish = Some(FinishReason::Length);
+            } else if self.cache.len() >= self.cache.capacity() {
+                self.finish = Some(FinishReason::ContextFull);
+            } else {
+                self.engine.model().forward(
+                    &[id],
+                    &mut self.cache,
+                    Logits::Last,
+                    &mut self.logits,
+                    &mut self.scratch,
+                    None,
+                )?;
+            }
+        }
+        if self.finish.is_some() && self.tail.is_none() && self.finish != Some(FinishReason::Stop) {
+            let mut rest = self.stop.finish();
+            rest.push_str(&String::from_utf8_lossy(&std::mem::take(&mut self.utf8)));
+            self.tail = Some(rest);
+        }
+        Ok(Some(Token { id, text, logits }))
+    }
+}
+
+impl Iterator for Generation {
+    type Item = Result<Token, EngineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(t)) => Some(Ok(t)),
+            Ok(None) => None,
+            Err(e) => {
+                self.finish = Some(FinishReason::Stop);
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Removes and returns the longest valid UTF-8 prefix of `buf`; invalid bytes that can never
+/// start a character are replaced with U+FFFD instead of being held forever.
+fn take_valid_utf8(buf: &mut Vec<u8>) -> String {
+    let mut out = String::new();
+    loop {
+        match std::str::from_utf8(buf) {
+            Ok(s) => {
+                out.push_str(s);
+                buf.clear();
+                return out;
+            }
+            Err(e) => {
+                let good = e.valid_up_to();
+                out.push_str(std::str::from_utf8(&buf[..good]).unwrap_or_default());
+                match e.error_len() {
+                    // An incomplete character at the end: keep it for the next token.
+                    None => {
+                        buf.drain(..good);
+                        return out;
+                    }
+                    Some(bad) => {
+                        out.push('\u{FFFD}');
+                        buf.drain(..good + bad);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_valid_utf8;
+
+    #[test]
+    fn utf8_is_released_only_when_complete() {
+        let heart = "❤".as_bytes();
+        let mut buf = heart[..2].to_vec();
+        assert_eq!(take_valid_utf8(&mut buf), "");
+        buf.extend_from_slice(&heart[2..]);
+        buf.extend_from_slice(b"ok");
+        assert_eq!(take_valid_utf8(&mut buf), "❤ok");
+        assert!(buf.is_empty());
+        let mut buf = vec![b'a', 0xff, b'b'];
+        assert_eq!(take_valid_utf8(&mut buf), "a\u{FFFD}b");
+    }
+}

@@ -1,0 +1,98 @@
+//! The engine: loads a model (GGUF file, Hugging Face directory or hub id) with its tokenizer and
+//! chat template, and runs generations on it.
+//!
+//! A [`Generation`] is an iterator: it prefills the prompt when created and produces one token
+//! per `next()`. Dropping it cancels the work; nothing runs behind the caller's back. The CLI and
+//! the library facade are both clients of this crate.
+#![deny(missing_docs)]
+
+mod error;
+mod generate;
+mod inspect;
+mod load;
+pub mod sampling;
+pub mod stop;
+
+use std::sync::Arc;
+
+pub use bitnet_model::{Model, ModelConfig};
+pub use bitnet_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
+pub use error::EngineError;
+pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
+pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
+pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
+pub use sampling::{Sampler, SamplingOptions};
+
+/// A loaded model, its tokenizer and chat template. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    model: Model,
+    tokenizer: Option<Tokenizer>,
+    chat_template: Option<ChatTemplate>,
+    context_length: usize,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Loads a model with default options: `model` is a GGUF file, a Hugging Face directory or a
+    /// hub repo id.
+    pub fn load(model: &str) -> Result<Self, EngineError> {
+        EngineBuilder::new(model).build()
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    /// The tokenizer, if the model came with one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.inner.tokenizer.as_ref()
+    }
+
+    /// The chat template in use (the file's, else the built-in 2B4T one).
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.inner.chat_template.as_ref()
+    }
+
+    /// Positions a generation may use (prompt plus output).
+    pub fn context_length(&self) -> usize {
+        self.inner.context_length
+    }
+
+    /// Where the model came from and what it is.
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    /// Starts a generation: tokenizes and prefills the prompt; iterate the result for tokens.
+    pub fn generate(
+        &self,
+        prompt: impl Into<Prompt>,
+        opts: GenerateOptions,
+    ) -> Result<Generation, EngineError> {
+        Generation::start(self.clone(), prompt.into(), opts)
+    }
+
+    /// Generates and returns the whole text.
+    pub fn generate_text(
+        &self,
+        prompt: impl Into<Prompt>,
+        opts: GenerateOptions,
+    ) -> Result<String, EngineError> {
+        self.generate(prompt, opts)?.collect_text()
+    }
+
+    /// Renders chat messages with the chat template into a prompt (ending with the assistant's
+    /// turn).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let template = self.chat_template().ok_or(EngineError::NoChatTemplate)?;
+        let tok = self.tokenizer().ok_or(EngineError::NoTokenizer)?;
+        let piece = |id: Option<u32>| id.and_then(|i| tok.token_piece(i)).unwrap_or_default();
+        Ok(template.render(messages, true, piece(tok.bos_id()), piece(tok.eos_id()))?)
+    }
+}

@@ -1,0 +1,312 @@
+//! Finding and loading a model: a GGUF file, a Hugging Face directory, or a hub repo id resolved
+//! through the standard Hugging Face cache; plus its tokenizer and chat template.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bitnet_core::LinearKernel;
+use bitnet_gguf::GgufFile;
+use bitnet_hf::HfModel;
+use bitnet_hf::hub::{self, HubOptions};
+use bitnet_tokenizer::{ChatTemplate, GgufVocab, Tokenizer};
+
+use crate::{Engine, EngineError, Inner};
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The best device available (today: the CPU).
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    format!("unknown device '{s}' (expected auto, cpu, cuda or cuda:N)")
+                }),
+        }
+    }
+}
+
+/// The kind of file a model came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A GGUF file.
+    Gguf,
+    /// A Hugging Face directory (config.json + safetensors).
+    HuggingFace,
+}
+
+/// What was loaded, for reports.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The resolved local path.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: ModelFormat,
+    /// The linear kernel in use.
+    pub kernel: String,
+}
+
+/// Options for loading a model; `build` loads it.
+#[derive(Clone, Debug)]
+pub struct EngineBuilder {
+    model: String,
+    kernel: Option<String>,
+    context_length: Option<usize>,
+    max_kv_bytes: Option<usize>,
+    device: Device,
+    offline: bool,
+    revision: Option<String>,
+    progress: bool,
+}
+
+impl EngineBuilder {
+    /// Starts from a model argument: a GGUF file, a Hugging Face directory or a hub repo id
+    /// (`owner/name`, or `owner/name:file.gguf` to pick one GGUF of a repo).
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            kernel: None,
+            context_length: None,
+            max_kv_bytes: None,
+            device: Device::Auto,
+            offline: false,
+            revision: None,
+            progress: false,
+        }
+    }
+
+    /// Forces a linear kernel by name (`scalar`, ...; default: `BITNET_KERNEL` or the best).
+    pub fn kernel(mut self, name: impl Into<String>) -> Self {
+        self.kernel = Some(name.into());
+        self
+    }
+
+    /// Caps the context (prompt + output) below the model's trained length.
+    pub fn context_length(mut self, n: usize) -> Self {
+        self.context_length = Some(n);
+        self
+    }
+
+    /// Caps the KV cache memory of one generation; the context shrinks to fit.
+    pub fn max_kv_bytes(mut self, bytes: usize) -> Self {
+        self.max_kv_bytes = Some(bytes);
+        self
+    }
+
+    /// Chooses the device.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Uses only the local Hugging Face cache for hub ids.
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
+    }
+
+    /// A hub revision (branch, tag or commit) for hub ids.
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = Some(revision.into());
+        self
+    }
+
+    /// Shows download progress bars on stderr.
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Resolves the model argument to a local path (downloading if needed).
+    pub fn resolve(&self) -> Result<PathBuf, EngineError> {
+        let env = HubOptions::from_env();
+        let opts = HubOptions {
+            offline: self.offline || env.offline,
+            revision: self.revision.clone(),
+            progress: self.progress,
+            ..env
+        };
+        Ok(hub::resolve(&self.model, &opts)?)
+    }
+
+    /// Loads the model, its tokenizer and chat template.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        if let Device::Cuda(n) = self.device {
+            return Err(EngineError::Device(format!(
+                "cuda:{n} requested, but this build has no CUDA backend yet; use --device cpu"
+            )));
+        }
+        let kernel: Arc<dyn LinearKernel> = match &self.kernel {
+            Some(name) => {
+                bitnet_core::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
+            }
+            None => bitnet_core::default_kernel().map_err(bitnet_model::ModelError::from)?,
+        };
+        let path = self.resolve()?;
+        let (model, tokenizer, template, format) = match detect(&path)? {
+            Source::Gguf(file) => {
+                let gguf = Arc::new(GgufFile::open(&file)?);
+                let model = bitnet_model::load_gguf(gguf.clone(), kernel.as_ref())?;
+                let vocab = gguf_vocab(&gguf)?;
+                let tokenizer = vocab.as_ref().map(Tokenizer::from_gguf_vocab).transpose()?;
+                let template = vocab.and_then(|v| v.chat_template);
+                (model, tokenizer, template, ModelFormat::Gguf)
+            }
+            Source::Hf(dir) => {
+                let hf = HfModel::open(&dir)?;
+                let model = bitnet_model::load_hf(&hf, kernel.as_ref())?;
+                let tokenizer = crate::inspect::load_hf_tokenizer(&hf)?;
+                let template = tokenizer
+                    .as_ref()
+                    .and_then(|t| t.chat_template().map(str::to_string));
+                (model, tokenizer, template, ModelFormat::HuggingFace)
+            }
+        };
+        let chat_template = match template {
+            Some(src) => Some(ChatTemplate::new(&src)?),
+            None if tokenizer.is_some() => Some(ChatTemplate::builtin_bitnet_2b4t()),
+            None => None,
+        };
+        let mut context_length = model.config().context_length;
+        if let Some(n) = self.context_length {
+            if n == 0 {
+                return Err(EngineError::Options(
+                    "context length must be at least 1".into(),
+                ));
+            }
+            context_length = context_length.min(n);
+        }
+        if let Some(limit) = self.max_kv_bytes {
+            let per_pos = 2 * model.config().n_layers * model.config().kv_dim() * 4;
+            let fit = limit / per_pos.max(1);
+            if fit < 2 {
+                return Err(EngineError::Options(format!(
+                    "a KV budget of {limit} bytes holds fewer than 2 positions ({per_pos} bytes each)"
+                )));
+            }
+            context_length = context_length.min(fit);
+        }
+        let info = ModelInfo {
+            path,
+            format,
+            kernel: kernel.name().to_string(),
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                chat_template,
+                context_length,
+                info,
+            }),
+        })
+    }
+}
+
+pub(crate) enum Source {
+    Gguf(PathBuf),
+    Hf(PathBuf),
+}
+
+/// GGUF files start with this magic.
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+pub(crate) fn detect(path: &Path) -> Result<Source, EngineError> {
+    let io = |source| EngineError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(Source::Hf(path.to_path_buf()));
+        }
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        return match ggufs.as_slice() {
+            [one] => Ok(Source::Gguf(one.clone())),
+            [] => Err(EngineError::Source(format!(
+                "{}: neither a config.json (Hugging Face model) nor a .gguf file is in this directory",
+                path.display()
+            ))),
+            many => Err(EngineError::Source(format!(
+                "{}: several .gguf files, pick one: {}",
+                path.display(),
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        };
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read;
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .map_err(io)?;
+    if n == 4 && &magic == GGUF_MAGIC {
+        Ok(Source::Gguf(path.to_path_buf()))
+    } else if path.file_name().is_some_and(|n| n == "config.json") {
+        Ok(Source::Hf(
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ))
+    } else {
+        Err(EngineError::Source(format!(
+            "{}: not a GGUF file (no GGUF magic) and not a Hugging Face model directory",
+            path.display()
+        )))
+    }
+}
+
+/// Reads the tokenizer metadata of a GGUF file, if it has any.
+pub fn gguf_vocab(file: &GgufFile) -> Result<Option<GgufVocab>, EngineError> {
+    let Some(model) = file.opt_str("tokenizer.ggml.model")? else {
+        return Ok(None);
+    };
+    let id = |key: &str| -> Result<Option<u32>, EngineError> {
+        Ok(match file.opt_u64(key)? {
+            Some(v) => Some(
+                u32::try_from(v)
+                    .map_err(|_| EngineError::Source(format!("{key} = {v} is not a token id")))?,
+            ),
+            None => None,
+        })
+    };
+    Ok(Some(GgufVocab {
+        model: model.to_string(),
+        pre: file.opt_str("tokenizer.ggml.pre")?.map(str::to_string),
+        tokens: file.get_string_array("tokenizer.ggml.tokens")?.to_vec(),
+        token_types: file
+            .opt_i32_array("tokenizer.ggml.token_type")?
+            .map(<[i32]>::to_vec),
+        merges: file
+            .opt_string_array("tokenizer.ggml.merges")?
+            .map(<[String]>::to_vec)
+            .unwrap_or_default(),
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        eot: id("tokenizer.ggml.eot_token_id")?,
+        add_bos: file.opt_bool("tokenizer.ggml.add_bos_token")?,
+        add_eos: file.opt_bool("tokenizer.ggml.add_eos_token")?,
+        chat_template: file.opt_str("tokenizer.chat_template")?.map(str::to_string),
+    }))
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command (the README's second command; CI runs exactly this).
+# Formatting, lints, then every test of the workspace. The LLaMA-3 tokenizer conformance test needs
+# Meta's tokenizer.model, which is under the Llama 3 Community License and therefore not committed:
+# it is fetched from its PyPI package into target/ (pip, sha256-checked) unless already present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${BITNET_LLAMA3_TOKENIZER:-}" ]; then
+  dir=target/llama3-tokenizer
+  if [ ! -f "$dir/tokenizer.model" ]; then
+    bash fixtures/tokenizer-llama3/fetch.sh "$dir" || echo "warning: could not fetch the LLaMA-3 tokenizer; its test will skip" >&2
+  fi
+  if [ -f "$dir/tokenizer.model" ]; then
+    export BITNET_LLAMA3_TOKENIZER="$PWD/$dir/tokenizer.model"
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
