@@ -520,3 +520,36 @@ fn chat_keeps_history_and_answers_each_turn() {
     );
     assert!(!out.stdout.is_empty());
 }
+
+#[test]
+fn stop_strings_cut_the_output_before_them() {
+    let model = fixture("hd128/model-tq2_0.gguf");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "The quick brown fox",
+            "-n",
+            "12",
+            "--temperature",
+            "0",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let full = run(&[]);
+    let text = full["text"].as_str().unwrap().to_string();
+    // A stop string taken from the middle of the greedy text (on a character boundary).
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 6, "{text:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let before = &text[..text.find(&stop).unwrap()];
+    let cut = run(&["--stop", &stop]);
+    assert_eq!(cut["text"].as_str().unwrap(), before);
+    assert_eq!(cut["finish_reason"], "stop");
+    assert!(cut["tokens"].as_array().unwrap().len() < 12);
+}

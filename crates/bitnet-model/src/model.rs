@@ -104,7 +104,30 @@ pub struct Scratch {
     row: Vec<f32>,
 }
 
+impl Scratch {
+    /// Sets the residual stream (`tokens x hidden`) that [`Model::run_layer`] works on.
+    pub fn set_hidden(&mut self, h: &[f32]) {
+        self.h.clear();
+        self.h.extend_from_slice(h);
+    }
+
+    /// The residual stream after the last layer run.
+    pub fn hidden(&self) -> &[f32] {
+        &self.h
+    }
+}
+
 impl Model {
+    /// The output head (the embedding when tied).
+    pub fn output_head(&self) -> &FloatMatrix {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The token embedding.
+    pub fn embedding(&self) -> &FloatMatrix {
+        &self.embed
+    }
+
     /// Assembles a model from its parts, checking every shape against the config.
     pub fn new(
         config: ModelConfig,
@@ -258,117 +281,15 @@ impl Model {
                 vocab: c.vocab_size,
             });
         }
-        let (hd, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let hd = c.hidden_size;
         let s = scratch;
         s.h.resize(n * hd, 0.0);
         for (t, &id) in tokens.iter().enumerate() {
             self.embed
                 .row_into(id as usize, &mut s.h[t * hd..(t + 1) * hd]);
         }
-        for (li, layer) in self.layers.iter().enumerate() {
-            // Attention block.
-            s.x.resize(n * hd, 0.0);
-            for t in 0..n {
-                let r = t * hd..(t + 1) * hd;
-                ops::rmsnorm(
-                    &s.h[r.clone()],
-                    &layer.attn_norm,
-                    c.rms_norm_eps,
-                    &mut s.x[r],
-                );
-            }
-            s.qa.quantize(&s.x, n, hd);
-            if let Some(tr) = tracer.as_deref_mut() {
-                tr.activation(li, TracePoint::AttnIn, &s.qa);
-            }
-            s.q.resize(n * qd, 0.0);
-            s.k.resize(n * kvd, 0.0);
-            s.v.resize(n * kvd, 0.0);
-            layer.q.forward(&s.qa, &mut s.q, &mut s.ints);
-            layer.k.forward(&s.qa, &mut s.k, &mut s.ints);
-            layer.v.forward(&s.qa, &mut s.v, &mut s.ints);
-            for t in 0..n {
-                let pos = start + t;
-                for h in 0..c.n_heads {
-                    let o = t * qd + h * c.head_dim;
-                    self.rope.apply(&mut s.q[o..o + c.head_dim], pos);
-                }
-                for h in 0..c.n_kv_heads {
-                    let o = t * kvd + h * c.head_dim;
-                    self.rope.apply(&mut s.k[o..o + c.head_dim], pos);
-                }
-            }
-            cache.write(li, start, &s.k, &s.v);
-            s.attn.resize(n * qd, 0.0);
-            self.attention(li, start, n, cache, s);
-            s.x.resize(n * qd, 0.0);
-            for t in 0..n {
-                let r = t * qd..(t + 1) * qd;
-                ops::rmsnorm(
-                    &s.attn[r.clone()],
-                    &layer.attn_sub_norm,
-                    c.rms_norm_eps,
-                    &mut s.x[r],
-                );
-            }
-            s.qa.quantize(&s.x, n, qd);
-            if let Some(tr) = tracer.as_deref_mut() {
-                tr.activation(li, TracePoint::OIn, &s.qa);
-            }
-            s.proj.resize(n * hd, 0.0);
-            layer.o.forward(&s.qa, &mut s.proj, &mut s.ints);
-            for (h, p) in s.h.iter_mut().zip(&s.proj) {
-                *h += p;
-            }
-
-            // Feed-forward block.
-            s.x.resize(n * hd, 0.0);
-            for t in 0..n {
-                let r = t * hd..(t + 1) * hd;
-                ops::rmsnorm(
-                    &s.h[r.clone()],
-                    &layer.ffn_norm,
-                    c.rms_norm_eps,
-                    &mut s.x[r],
-                );
-            }
-            s.qa.quantize(&s.x, n, hd);
-            if let Some(tr) = tracer.as_deref_mut() {
-                tr.activation(li, TracePoint::FfnIn, &s.qa);
-            }
-            let id = c.intermediate_size;
-            s.gate.resize(n * id, 0.0);
-            s.up.resize(n * id, 0.0);
-            layer.gate.forward(&s.qa, &mut s.gate, &mut s.ints);
-            layer.up.forward(&s.qa, &mut s.up, &mut s.ints);
-            let act: fn(f32) -> f32 = match c.activation {
-                Activation::Relu2 => ops::relu2,
-                Activation::Silu => ops::silu,
-            };
-            for (g, u) in s.gate.iter_mut().zip(&s.up) {
-                *g = act(*g) * u;
-            }
-            s.x.resize(n * id, 0.0);
-            for t in 0..n {
-                let r = t * id..(t + 1) * id;
-                ops::rmsnorm(
-                    &s.gate[r.clone()],
-                    &layer.ffn_sub_norm,
-                    c.rms_norm_eps,
-                    &mut s.x[r],
-                );
-            }
-            s.qa.quantize(&s.x, n, id);
-            if let Some(tr) = tracer.as_deref_mut() {
-                tr.activation(li, TracePoint::DownIn, &s.qa);
-            }
-            layer.down.forward(&s.qa, &mut s.proj, &mut s.ints);
-            for (h, p) in s.h.iter_mut().zip(&s.proj) {
-                *h += p;
-            }
-            if let Some(tr) = tracer.as_deref_mut() {
-                tr.layer_output(li, &s.h);
-            }
+        for li in 0..self.layers.len() {
+            self.run_layer(li, start, n, cache, s, tracer.as_deref_mut());
         }
         cache.advance(n);
 
@@ -401,6 +322,126 @@ impl Model {
             );
         }
         Ok(())
+    }
+
+    /// Runs layer `li` on the residual stream held in `scratch` (`n` tokens at positions
+    /// `start..start + n`), writing their keys and values into `cache` (which is not advanced).
+    /// Public so that tests can drive one layer at a time from the reference's inputs.
+    pub fn run_layer<'t>(
+        &self,
+        li: usize,
+        start: usize,
+        n: usize,
+        cache: &mut KvCache,
+        s: &mut Scratch,
+        mut tracer: Option<&mut (dyn Tracer + 't)>,
+    ) {
+        let c = &self.config;
+        let (hd, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let layer = &self.layers[li];
+        // Attention block.
+        s.x.resize(n * hd, 0.0);
+        for t in 0..n {
+            let r = t * hd..(t + 1) * hd;
+            ops::rmsnorm(
+                &s.h[r.clone()],
+                &layer.attn_norm,
+                c.rms_norm_eps,
+                &mut s.x[r],
+            );
+        }
+        s.qa.quantize(&s.x, n, hd);
+        if let Some(tr) = tracer.as_deref_mut() {
+            tr.activation(li, TracePoint::AttnIn, &s.qa);
+        }
+        s.q.resize(n * qd, 0.0);
+        s.k.resize(n * kvd, 0.0);
+        s.v.resize(n * kvd, 0.0);
+        layer.q.forward(&s.qa, &mut s.q, &mut s.ints);
+        layer.k.forward(&s.qa, &mut s.k, &mut s.ints);
+        layer.v.forward(&s.qa, &mut s.v, &mut s.ints);
+        for t in 0..n {
+            let pos = start + t;
+            for h in 0..c.n_heads {
+                let o = t * qd + h * c.head_dim;
+                self.rope.apply(&mut s.q[o..o + c.head_dim], pos);
+            }
+            for h in 0..c.n_kv_heads {
+                let o = t * kvd + h * c.head_dim;
+                self.rope.apply(&mut s.k[o..o + c.head_dim], pos);
+            }
+        }
+        cache.write(li, start, &s.k, &s.v);
+        s.attn.resize(n * qd, 0.0);
+        self.attention(li, start, n, cache, s);
+        s.x.resize(n * qd, 0.0);
+        for t in 0..n {
+            let r = t * qd..(t + 1) * qd;
+            ops::rmsnorm(
+                &s.attn[r.clone()],
+                &layer.attn_sub_norm,
+                c.rms_norm_eps,
+                &mut s.x[r],
+            );
+        }
+        s.qa.quantize(&s.x, n, qd);
+        if let Some(tr) = tracer.as_deref_mut() {
+            tr.activation(li, TracePoint::OIn, &s.qa);
+        }
+        s.proj.resize(n * hd, 0.0);
+        layer.o.forward(&s.qa, &mut s.proj, &mut s.ints);
+        for (h, p) in s.h.iter_mut().zip(&s.proj) {
+            *h += p;
+        }
+
+        // Feed-forward block.
+        s.x.resize(n * hd, 0.0);
+        for t in 0..n {
+            let r = t * hd..(t + 1) * hd;
+            ops::rmsnorm(
+                &s.h[r.clone()],
+                &layer.ffn_norm,
+                c.rms_norm_eps,
+                &mut s.x[r],
+            );
+        }
+        s.qa.quantize(&s.x, n, hd);
+        if let Some(tr) = tracer.as_deref_mut() {
+            tr.activation(li, TracePoint::FfnIn, &s.qa);
+        }
+        let id = c.intermediate_size;
+        s.gate.resize(n * id, 0.0);
+        s.up.resize(n * id, 0.0);
+        layer.gate.forward(&s.qa, &mut s.gate, &mut s.ints);
+        layer.up.forward(&s.qa, &mut s.up, &mut s.ints);
+        let act: fn(f32) -> f32 = match c.activation {
+            Activation::Relu2 => ops::relu2,
+            Activation::Silu => ops::silu,
+        };
+        for (g, u) in s.gate.iter_mut().zip(&s.up) {
+            *g = act(*g) * u;
+        }
+        s.x.resize(n * id, 0.0);
+        for t in 0..n {
+            let r = t * id..(t + 1) * id;
+            ops::rmsnorm(
+                &s.gate[r.clone()],
+                &layer.ffn_sub_norm,
+                c.rms_norm_eps,
+                &mut s.x[r],
+            );
+        }
+        s.qa.quantize(&s.x, n, id);
+        if let Some(tr) = tracer.as_deref_mut() {
+            tr.activation(li, TracePoint::DownIn, &s.qa);
+        }
+        layer.down.forward(&s.qa, &mut s.proj, &mut s.ints);
+        for (h, p) in s.h.iter_mut().zip(&s.proj) {
+            *h += p;
+        }
+        if let Some(tr) = tracer {
+            tr.layer_output(li, &s.h);
+        }
     }
 
     /// Causal attention of the `n` new tokens against every cached position, softmax in f32.

@@ -281,3 +281,66 @@ fn hd128() {
 fn silu_bitnet() {
     check_model("silu-bitnet");
 }
+
+/// Each operator on its own, fed the reference's inputs (teacher forcing): every layer starts
+/// from the reference's residual stream of the layer before, and the head from the reference's
+/// final norm, so an error cannot hide behind (or be blamed on) an earlier one.
+#[test]
+fn every_layer_and_the_head_alone_from_reference_inputs() {
+    for name in [
+        "tied-gqa2",
+        "untied-gqa4",
+        "odd-mha",
+        "hd128",
+        "silu-bitnet",
+    ] {
+        let r = Reference::load(name);
+        let st = r.st();
+        let format = if name == "odd-mha" {
+            "hf-packed"
+        } else if name == "silu-bitnet" {
+            "model-tq2_0.gguf"
+        } else {
+            "model-i2_s.gguf"
+        };
+        let model = load(name, format, &bitnet_core::scalar::ScalarKernel);
+        let c = model.config().clone();
+        let n = r.tokens.len();
+        let mut input = vec![0.0f32; n * c.hidden_size];
+        for (t, &id) in r.tokens.iter().enumerate() {
+            model.embedding().row_into(
+                id as usize,
+                &mut input[t * c.hidden_size..(t + 1) * c.hidden_size],
+            );
+        }
+        for l in 0..c.n_layers {
+            let mut cache = model.new_cache(n);
+            let mut scratch = Scratch::default();
+            scratch.set_hidden(&input);
+            let mut cap = Capture::default();
+            model.run_layer(l, 0, n, &mut cache, &mut scratch, Some(&mut cap));
+            for (point, codes, _) in &cap.codes {
+                assert_eq!(
+                    *codes,
+                    i8s(&st, &format!("{point}_codes")),
+                    "{name}: {point} alone"
+                );
+            }
+            let want = f32s(&st, &format!("layers.{l}.out"));
+            let d = max_diff(scratch.hidden(), &want);
+            assert!(d < 5e-5, "{name}: layer {l} alone differs by {d}");
+            input = want;
+        }
+        let normed = f32s(&st, "final_norm");
+        let mut row = vec![0.0f32; r.vocab];
+        for t in 0..n {
+            model.output_head().matvec(
+                &normed[t * c.hidden_size..(t + 1) * c.hidden_size],
+                &mut row,
+                &mut Vec::new(),
+            );
+            let d = max_diff(&row, &r.logits[t * r.vocab..(t + 1) * r.vocab]);
+            assert!(d < 5e-5, "{name}: head alone at token {t} differs by {d}");
+        }
+    }
+}
