@@ -19,4 +19,4 @@ pub use config::{Activation, ModelConfig};
 pub use error::ModelError;
 pub use load_gguf::{config_from_gguf, load_gguf};
 pub use load_hf::{config_from_hf, load_hf};
-pub use model::{Layer, Logits, Model, Scratch, TracePoint, Tracer};
+pub use model::{BatchEntry, Layer, Logits, Model, Scratch, TracePoint, Tracer};

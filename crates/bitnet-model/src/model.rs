@@ -102,6 +102,25 @@ pub struct Scratch {
     up: Vec<f32>,
     ints: Vec<i32>,
     row: Vec<f32>,
+    segs: Vec<Segment>,
+}
+
+/// Rows `row..row + n` of a batched step belong to one sequence at positions `start..start + n`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Segment {
+    start: usize,
+    n: usize,
+    row: usize,
+}
+
+/// One sequence's share of [`Model::forward_batch`].
+pub struct BatchEntry<'a> {
+    /// Its new tokens (one to decode, many to prefill).
+    pub tokens: &'a [u32],
+    /// Its KV cache; advanced by `tokens.len()`.
+    pub cache: &'a mut KvCache,
+    /// Which of its logits to return.
+    pub logits: Logits,
 }
 
 impl Scratch {
@@ -260,67 +279,102 @@ impl Model {
         which: Logits,
         logits: &mut Vec<f32>,
         scratch: &mut Scratch,
+        tracer: Option<&mut dyn Tracer>,
+    ) -> Result<(), ModelError> {
+        let mut batch = [BatchEntry {
+            tokens,
+            cache,
+            logits: which,
+        }];
+        self.forward_batch(&mut batch, logits, scratch, tracer)
+    }
+
+    /// One forward pass over several sequences at once: every BitLinear multiplies the rows of
+    /// all sequences together (one GEMM, not a GEMV per sequence), while attention runs per
+    /// sequence against its own KV cache. A sequence may bring one token (decode) or many
+    /// (prefill, or a chunk of it). Logits are written entry after entry, as each asks.
+    ///
+    /// Nothing is changed when an entry is invalid (context overflow, unknown token).
+    pub fn forward_batch(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        logits: &mut Vec<f32>,
+        scratch: &mut Scratch,
         mut tracer: Option<&mut dyn Tracer>,
     ) -> Result<(), ModelError> {
         let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
-            logits.clear();
-            return Ok(());
-        }
-        let start = cache.len();
-        if start + n > cache.capacity() {
-            return Err(ModelError::ContextExceeded {
-                needed: start + n,
-                capacity: cache.capacity(),
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                vocab: c.vocab_size,
-            });
-        }
         let hd = c.hidden_size;
         let s = scratch;
-        s.h.resize(n * hd, 0.0);
-        for (t, &id) in tokens.iter().enumerate() {
-            self.embed
-                .row_into(id as usize, &mut s.h[t * hd..(t + 1) * hd]);
+        let mut segs = std::mem::take(&mut s.segs);
+        segs.clear();
+        let mut rows = 0;
+        for e in batch.iter() {
+            let (start, n) = (e.cache.len(), e.tokens.len());
+            if start + n > e.cache.capacity() {
+                return Err(ModelError::ContextExceeded {
+                    needed: start + n,
+                    capacity: e.cache.capacity(),
+                });
+            }
+            if let Some(&id) = e.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
+            }
+            segs.push(Segment {
+                start,
+                n,
+                row: rows,
+            });
+            rows += n;
+        }
+        logits.clear();
+        if rows == 0 {
+            s.segs = segs;
+            return Ok(());
+        }
+        s.h.resize(rows * hd, 0.0);
+        for (e, seg) in batch.iter().zip(&segs) {
+            for (t, &id) in e.tokens.iter().enumerate() {
+                let r = (seg.row + t) * hd;
+                self.embed.row_into(id as usize, &mut s.h[r..r + hd]);
+            }
         }
         for li in 0..self.layers.len() {
-            self.run_layer(li, start, n, cache, s, tracer.as_deref_mut());
+            self.layer_step(li, batch, &segs, s, tracer.as_deref_mut());
         }
-        cache.advance(n);
+        for (e, seg) in batch.iter_mut().zip(&segs) {
+            e.cache.advance(seg.n);
+        }
 
-        let first = match which {
-            Logits::Last => n - 1,
-            Logits::All => 0,
+        // Final norm and head, only for the rows whose logits are wanted.
+        s.x.resize(rows * hd, 0.0);
+        let v = c.vocab_size;
+        let wanted = |e: &BatchEntry<'_>, seg: &Segment| match e.logits {
+            Logits::Last if seg.n > 0 => seg.row + seg.n - 1..seg.row + seg.n,
+            Logits::Last => seg.row..seg.row,
+            Logits::All => seg.row..seg.row + seg.n,
         };
-        s.x.resize(n * hd, 0.0);
-        for t in first..n {
-            let r = t * hd..(t + 1) * hd;
-            ops::rmsnorm(
-                &s.h[r.clone()],
-                &self.output_norm,
-                c.rms_norm_eps,
-                &mut s.x[r],
-            );
+        let head = self.output_head();
+        for (e, seg) in batch.iter().zip(&segs) {
+            for t in wanted(e, seg) {
+                let r = t * hd..(t + 1) * hd;
+                ops::rmsnorm(
+                    &s.h[r.clone()],
+                    &self.output_norm,
+                    c.rms_norm_eps,
+                    &mut s.x[r.clone()],
+                );
+                let o = logits.len();
+                logits.resize(o + v, 0.0);
+                head.matvec(&s.x[r], &mut logits[o..o + v], &mut s.row);
+            }
         }
         if let Some(tr) = tracer {
             tr.final_norm(&s.x);
         }
-        let head = self.head.as_ref().unwrap_or(&self.embed);
-        let v = c.vocab_size;
-        logits.resize((n - first) * v, 0.0);
-        for t in first..n {
-            let o = (t - first) * v;
-            head.matvec(
-                &s.x[t * hd..(t + 1) * hd],
-                &mut logits[o..o + v],
-                &mut s.row,
-            );
-        }
+        s.segs = segs;
         Ok(())
     }
 
@@ -334,10 +388,27 @@ impl Model {
         n: usize,
         cache: &mut KvCache,
         s: &mut Scratch,
+        tracer: Option<&mut (dyn Tracer + 't)>,
+    ) {
+        let mut batch = [BatchEntry {
+            tokens: &[],
+            cache,
+            logits: Logits::Last,
+        }];
+        self.layer_step(li, &mut batch, &[Segment { start, n, row: 0 }], s, tracer);
+    }
+
+    fn layer_step<'t>(
+        &self,
+        li: usize,
+        batch: &mut [BatchEntry<'_>],
+        segs: &[Segment],
+        s: &mut Scratch,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
     ) {
         let c = &self.config;
         let (hd, qd, kvd) = (c.hidden_size, c.q_dim(), c.kv_dim());
+        let n: usize = segs.iter().map(|g| g.n).sum();
         let layer = &self.layers[li];
         // Attention block.
         s.x.resize(n * hd, 0.0);
@@ -360,20 +431,23 @@ impl Model {
         layer.q.forward(&s.qa, &mut s.q, &mut s.ints);
         layer.k.forward(&s.qa, &mut s.k, &mut s.ints);
         layer.v.forward(&s.qa, &mut s.v, &mut s.ints);
-        for t in 0..n {
-            let pos = start + t;
-            for h in 0..c.n_heads {
-                let o = t * qd + h * c.head_dim;
-                self.rope.apply(&mut s.q[o..o + c.head_dim], pos);
-            }
-            for h in 0..c.n_kv_heads {
-                let o = t * kvd + h * c.head_dim;
-                self.rope.apply(&mut s.k[o..o + c.head_dim], pos);
-            }
-        }
-        cache.write(li, start, &s.k, &s.v);
         s.attn.resize(n * qd, 0.0);
-        self.attention(li, start, n, cache, s);
+        for (e, seg) in batch.iter_mut().zip(segs) {
+            for t in seg.row..seg.row + seg.n {
+                let pos = seg.start + t - seg.row;
+                for h in 0..c.n_heads {
+                    let o = t * qd + h * c.head_dim;
+                    self.rope.apply(&mut s.q[o..o + c.head_dim], pos);
+                }
+                for h in 0..c.n_kv_heads {
+                    let o = t * kvd + h * c.head_dim;
+                    self.rope.apply(&mut s.k[o..o + c.head_dim], pos);
+                }
+            }
+            let rows = seg.row * kvd..(seg.row + seg.n) * kvd;
+            e.cache.write(li, seg.start, &s.k[rows.clone()], &s.v[rows]);
+            self.attention(li, seg, e.cache, s);
+        }
         s.x.resize(n * qd, 0.0);
         for t in 0..n {
             let r = t * qd..(t + 1) * qd;
@@ -444,15 +518,17 @@ impl Model {
         }
     }
 
-    /// Causal attention of the `n` new tokens against every cached position, softmax in f32.
-    fn attention(&self, layer: usize, start: usize, n: usize, cache: &KvCache, s: &mut Scratch) {
+    /// Causal attention of one sequence's new tokens (rows `seg.row..`) against every cached
+    /// position of its cache, softmax in f32.
+    fn attention(&self, layer: usize, seg: &Segment, cache: &KvCache, s: &mut Scratch) {
         let c = &self.config;
         let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
         let scaling = (hd as f64).powf(-0.5) as f32;
         let (keys, values) = cache.layer(layer);
-        for t in 0..n {
-            let len = start + t + 1;
+        for i in 0..seg.n {
+            let t = seg.row + i;
+            let len = seg.start + i + 1;
             s.scores.resize(len, 0.0);
             for h in 0..c.n_heads {
                 let kvh = h / group;
