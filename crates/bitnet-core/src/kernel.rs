@@ -6,8 +6,6 @@
 //! The integer result is the conformance contract: every backend must return exactly the scalar
 //! reference's `i32` dot products.
 
-use std::sync::Arc;
-
 use crate::{CoreError, QuantizedActivations, TernaryMatrix};
 
 /// A backend that can run BitNet linears.
@@ -58,32 +56,4 @@ pub trait PreparedLinear: Send + Sync {
             }
         }
     }
-}
-
-/// Every kernel this build can run on this CPU, best first.
-pub fn available_kernels() -> Vec<Arc<dyn LinearKernel>> {
-    vec![Arc::new(crate::scalar::ScalarKernel)]
-}
-
-/// The kernel to use when nobody asked for one: `BITNET_KERNEL` if set, else the best available.
-pub fn default_kernel() -> Result<Arc<dyn LinearKernel>, CoreError> {
-    match std::env::var("BITNET_KERNEL") {
-        Ok(name) if !name.is_empty() && name != "auto" => kernel_by_name(&name),
-        _ => Ok(available_kernels().remove(0)),
-    }
-}
-
-/// Looks a kernel up by name (`auto` means the best available).
-pub fn kernel_by_name(name: &str) -> Result<Arc<dyn LinearKernel>, CoreError> {
-    let all = available_kernels();
-    if name == "auto" {
-        return Ok(all[0].clone());
-    }
-    all.iter()
-        .find(|k| k.name() == name)
-        .cloned()
-        .ok_or_else(|| CoreError::UnknownKernel {
-            name: name.to_string(),
-            available: all.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
-        })
 }

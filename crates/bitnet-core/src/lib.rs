@@ -14,6 +14,6 @@ pub mod scalar;
 mod ternary;
 
 pub use error::CoreError;
-pub use kernel::{LinearKernel, PreparedLinear, available_kernels, default_kernel, kernel_by_name};
+pub use kernel::{LinearKernel, PreparedLinear};
 pub use quant::{QuantizedActivations, quantize_row};
 pub use ternary::TernaryMatrix;

@@ -155,9 +155,9 @@ impl EngineBuilder {
         }
         let kernel: Arc<dyn LinearKernel> = match &self.kernel {
             Some(name) => {
-                bitnet_core::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
+                bitnet_cpu::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
             }
-            None => bitnet_core::default_kernel().map_err(bitnet_model::ModelError::from)?,
+            None => bitnet_cpu::default_kernel().map_err(bitnet_model::ModelError::from)?,
         };
         let path = self.resolve()?;
         let (model, tokenizer, template, format) = match detect(&path)? {

@@ -13,10 +13,12 @@ mod error;
 mod load_gguf;
 mod load_hf;
 mod model;
+mod source;
 
 pub use cache::KvCache;
 pub use config::{Activation, ModelConfig};
 pub use error::ModelError;
-pub use load_gguf::{config_from_gguf, load_gguf};
-pub use load_hf::{config_from_hf, load_hf};
+pub use load_gguf::{GgufSource, config_from_gguf, load_gguf};
+pub use load_hf::{HfSource, config_from_hf, load_hf};
 pub use model::{BatchEntry, Layer, Logits, Model, Scratch, TracePoint, Tracer};
+pub use source::{Norm, Proj, WeightSource};

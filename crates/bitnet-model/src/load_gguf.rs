@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use bitnet_core::ops::{FloatMatrix, FloatStorage, RowDecoder};
-use bitnet_core::{LinearKernel, PreparedLinear, TernaryMatrix};
+use bitnet_core::{LinearKernel, TernaryMatrix};
 use bitnet_gguf::{GgufFile, TensorInfo, TensorType};
 
 use crate::ModelError;
 use crate::config::{Activation, ModelConfig};
-use crate::model::{Layer, Model};
+use crate::model::Model;
+use crate::source::{Norm, Proj, WeightSource};
 
 fn tensor_err(name: &str, msg: impl Into<String>) -> ModelError {
     ModelError::Tensor {
@@ -93,40 +94,75 @@ fn to_usize(key: &str, v: u64) -> Result<usize, ModelError> {
         .map_err(|_| ModelError::Config(format!("{key} = {v} does not fit this machine")))
 }
 
+/// A GGUF file as a [`WeightSource`] (llama.cpp tensor names).
+pub struct GgufSource {
+    file: Arc<GgufFile>,
+    config: ModelConfig,
+}
+
+impl GgufSource {
+    /// Reads the hyper-parameters; tensors are decoded on demand.
+    pub fn new(file: Arc<GgufFile>) -> Result<Self, ModelError> {
+        let config = config_from_gguf(&file)?;
+        Ok(Self { file, config })
+    }
+
+    /// The file.
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError> {
+        let (rows, cols) = proj.shape(&self.config);
+        linear(
+            &self.file,
+            &format!("blk.{layer}.{}", proj.gguf_name()),
+            rows,
+            cols,
+        )
+    }
+
+    fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError> {
+        let name = format!("blk.{layer}.{}.weight", norm.gguf_name());
+        vector(&self.file, &name, norm.len(&self.config))
+    }
+
+    fn output_norm(&self) -> Result<Vec<f32>, ModelError> {
+        vector(&self.file, "output_norm.weight", self.config.hidden_size)
+    }
+
+    fn embedding(&self) -> Result<FloatMatrix, ModelError> {
+        float_matrix(
+            &self.file,
+            "token_embd.weight",
+            self.config.vocab_size,
+            self.config.hidden_size,
+        )
+    }
+
+    fn head(&self) -> Result<Option<FloatMatrix>, ModelError> {
+        if self.config.tied_embeddings {
+            return Ok(None);
+        }
+        float_matrix(
+            &self.file,
+            "output.weight",
+            self.config.vocab_size,
+            self.config.hidden_size,
+        )
+        .map(Some)
+    }
+}
+
 /// Loads a GGUF model, preparing every ternary linear with `kernel`.
 pub fn load_gguf(file: Arc<GgufFile>, kernel: &dyn LinearKernel) -> Result<Model, ModelError> {
-    let c = config_from_gguf(&file)?;
-    let embed = float_matrix(&file, "token_embd.weight", c.vocab_size, c.hidden_size)?;
-    let head = if c.tied_embeddings {
-        None
-    } else {
-        Some(float_matrix(
-            &file,
-            "output.weight",
-            c.vocab_size,
-            c.hidden_size,
-        )?)
-    };
-    let output_norm = vector(&file, "output_norm.weight", c.hidden_size)?;
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for i in 0..c.n_layers {
-        let b = |n: &str| format!("blk.{i}.{n}");
-        let lin = |n: &str, rows: usize, cols: usize| linear(&file, &b(n), rows, cols, kernel);
-        layers.push(Layer {
-            attn_norm: vector(&file, &b("attn_norm.weight"), c.hidden_size)?,
-            attn_sub_norm: vector(&file, &b("attn_sub_norm.weight"), c.hidden_size)?,
-            ffn_norm: vector(&file, &b("ffn_norm.weight"), c.hidden_size)?,
-            ffn_sub_norm: vector(&file, &b("ffn_sub_norm.weight"), c.intermediate_size)?,
-            q: lin("attn_q", c.q_dim(), c.hidden_size)?,
-            k: lin("attn_k", c.kv_dim(), c.hidden_size)?,
-            v: lin("attn_v", c.kv_dim(), c.hidden_size)?,
-            o: lin("attn_output", c.hidden_size, c.q_dim())?,
-            gate: lin("ffn_gate", c.intermediate_size, c.hidden_size)?,
-            up: lin("ffn_up", c.intermediate_size, c.hidden_size)?,
-            down: lin("ffn_down", c.hidden_size, c.intermediate_size)?,
-        });
-    }
-    Model::new(c, embed, head, output_norm, layers, kernel.name())
+    Model::from_source(&GgufSource::new(file)?, kernel)
 }
 
 fn find<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
@@ -250,8 +286,7 @@ fn linear(
     name: &str,
     rows: usize,
     cols: usize,
-    kernel: &dyn LinearKernel,
-) -> Result<Box<dyn PreparedLinear>, ModelError> {
+) -> Result<TernaryMatrix, ModelError> {
     let wname = format!("{name}.weight");
     let t = find(file, &wname)?;
     check_dims(t, &[cols, rows])?;
@@ -273,7 +308,5 @@ fn linear(
             }
         }
     }
-    let m = TernaryMatrix::new(rows, cols, tern.codes, scale)
-        .map_err(|e| tensor_err(&wname, e.to_string()))?;
-    Ok(kernel.prepare(&m)?)
+    TernaryMatrix::new(rows, cols, tern.codes, scale).map_err(|e| tensor_err(&wname, e.to_string()))
 }

@@ -2,12 +2,13 @@
 //! model.
 
 use bitnet_core::ops::{FloatMatrix, FloatStorage};
-use bitnet_core::{LinearKernel, PreparedLinear, TernaryMatrix};
+use bitnet_core::{LinearKernel, TernaryMatrix};
 use bitnet_hf::{HfConfig, HfModel};
 
 use crate::ModelError;
 use crate::config::{Activation, ModelConfig};
-use crate::model::{Layer, Model};
+use crate::model::Model;
+use crate::source::{Norm, Proj, WeightSource};
 
 /// Maps `config.json` to the engine's hyper-parameters.
 pub fn config_from_hf(cfg: &HfConfig) -> Result<ModelConfig, ModelError> {
@@ -56,55 +57,77 @@ pub fn config_from_hf(cfg: &HfConfig) -> Result<ModelConfig, ModelError> {
     Ok(config)
 }
 
-/// Loads a Hugging Face BitNet directory, preparing every ternary linear with `kernel`.
-pub fn load_hf(hf: &HfModel, kernel: &dyn LinearKernel) -> Result<Model, ModelError> {
-    let c = config_from_hf(hf.config())?;
-    let matrix = |name: &str| -> Result<FloatMatrix, ModelError> {
-        let v = bitnet_hf::load_float(hf, name, &[c.vocab_size, c.hidden_size])?;
+/// A Hugging Face `BitNetForCausalLM` directory as a [`WeightSource`].
+pub struct HfSource<'a> {
+    hf: &'a HfModel,
+    config: ModelConfig,
+}
+
+impl<'a> HfSource<'a> {
+    /// Reads the hyper-parameters; tensors are decoded on demand.
+    pub fn new(hf: &'a HfModel) -> Result<Self, ModelError> {
+        Ok(Self {
+            config: config_from_hf(hf.config())?,
+            hf,
+        })
+    }
+
+    fn matrix(&self, name: &str) -> Result<FloatMatrix, ModelError> {
+        let c = &self.config;
+        let v = bitnet_hf::load_float(self.hf, name, &[c.vocab_size, c.hidden_size])?;
         Ok(FloatMatrix::new(
             c.vocab_size,
             c.hidden_size,
             FloatStorage::F32(v),
         )?)
-    };
-    let embed = matrix("model.embed_tokens.weight")?;
-    let head = if c.tied_embeddings {
-        None
-    } else {
-        Some(matrix("lm_head.weight")?)
-    };
-    let vector = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
-        Ok(bitnet_hf::load_float(hf, name, &[n])?)
-    };
-    let output_norm = vector("model.norm.weight", c.hidden_size)?;
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for i in 0..c.n_layers {
-        let p = |n: &str| format!("model.layers.{i}.{n}");
-        let lin =
-            |n: &str, rows: usize, cols: usize| -> Result<Box<dyn PreparedLinear>, ModelError> {
-                let name = p(n);
-                let w = bitnet_hf::load_linear(hf, &name, rows, cols)?;
-                let m = TernaryMatrix::new(rows, cols, w.codes, w.scale).map_err(|e| {
-                    ModelError::Tensor {
-                        name: name.clone(),
-                        msg: e.to_string(),
-                    }
-                })?;
-                Ok(kernel.prepare(&m)?)
-            };
-        layers.push(Layer {
-            attn_norm: vector(&p("input_layernorm.weight"), c.hidden_size)?,
-            attn_sub_norm: vector(&p("self_attn.attn_sub_norm.weight"), c.hidden_size)?,
-            ffn_norm: vector(&p("post_attention_layernorm.weight"), c.hidden_size)?,
-            ffn_sub_norm: vector(&p("mlp.ffn_sub_norm.weight"), c.intermediate_size)?,
-            q: lin("self_attn.q_proj", c.q_dim(), c.hidden_size)?,
-            k: lin("self_attn.k_proj", c.kv_dim(), c.hidden_size)?,
-            v: lin("self_attn.v_proj", c.kv_dim(), c.hidden_size)?,
-            o: lin("self_attn.o_proj", c.hidden_size, c.q_dim())?,
-            gate: lin("mlp.gate_proj", c.intermediate_size, c.hidden_size)?,
-            up: lin("mlp.up_proj", c.intermediate_size, c.hidden_size)?,
-            down: lin("mlp.down_proj", c.hidden_size, c.intermediate_size)?,
-        });
     }
-    Model::new(c, embed, head, output_norm, layers, kernel.name())
+}
+
+impl WeightSource for HfSource<'_> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError> {
+        let (rows, cols) = proj.shape(&self.config);
+        let name = format!("model.layers.{layer}.{}", proj.hf_name());
+        let w = bitnet_hf::load_linear(self.hf, &name, rows, cols)?;
+        TernaryMatrix::new(rows, cols, w.codes, w.scale).map_err(|e| ModelError::Tensor {
+            name,
+            msg: e.to_string(),
+        })
+    }
+
+    fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError> {
+        let name = format!("model.layers.{layer}.{}.weight", norm.hf_name());
+        Ok(bitnet_hf::load_float(
+            self.hf,
+            &name,
+            &[norm.len(&self.config)],
+        )?)
+    }
+
+    fn output_norm(&self) -> Result<Vec<f32>, ModelError> {
+        Ok(bitnet_hf::load_float(
+            self.hf,
+            "model.norm.weight",
+            &[self.config.hidden_size],
+        )?)
+    }
+
+    fn embedding(&self) -> Result<FloatMatrix, ModelError> {
+        self.matrix("model.embed_tokens.weight")
+    }
+
+    fn head(&self) -> Result<Option<FloatMatrix>, ModelError> {
+        if self.config.tied_embeddings {
+            return Ok(None);
+        }
+        self.matrix("lm_head.weight").map(Some)
+    }
+}
+
+/// Loads a Hugging Face BitNet directory, preparing every ternary linear with `kernel`.
+pub fn load_hf(hf: &HfModel, kernel: &dyn LinearKernel) -> Result<Model, ModelError> {
+    Model::from_source(&HfSource::new(hf)?, kernel)
 }

@@ -247,7 +247,7 @@ fn check_model(model_name: &str) {
         .collect();
     formats.sort();
     assert!(!formats.is_empty());
-    for kernel in bitnet_core::available_kernels() {
+    for kernel in bitnet_cpu::available_kernels() {
         for format in &formats {
             let what = format!("{model_name}/{format} [{}]", kernel.name());
             let model = load(model_name, format, kernel.as_ref());

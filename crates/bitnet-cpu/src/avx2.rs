@@ -1,0 +1,310 @@
+//! The AVX2 backend: 2-bit codes unpacked 32 lanes at a time and multiplied with `maddubs`.
+//!
+//! `maddubs` multiplies unsigned codes `u` in {0, 1, 2} by signed activations in [-128, 127] and
+//! adds adjacent pairs into `i16`: at most |2 * 2 * 128| = 512 per pair, so it never saturates,
+//! and four such vectors summed stay within 2048. `madd` with ones then widens to `i32`.
+//! Batches of four activation rows share each unpacked weight block; at batch 1, four weight
+//! rows share each activation load and one horizontal reduction.
+
+use std::arch::x86_64::*;
+
+use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
+
+use crate::pack::{PackedTernary, act_sum};
+
+/// Packed bytes per block (one 256-bit load).
+const B: usize = 32;
+/// Weights per block.
+const W: usize = 4 * B;
+/// How many 4-row groups ahead the batch-1 loop prefetches packed weights.
+const PREFETCH_GROUPS: usize = 2;
+
+/// The AVX2 kernel (`avx2`). It can only be obtained on a CPU that has AVX2, which is what makes
+/// its prepared matrices safe to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2Kernel {
+    _detected: (),
+}
+
+impl Avx2Kernel {
+    /// The kernel, if this CPU supports AVX2; `None` otherwise.
+    pub fn new() -> Option<Self> {
+        is_x86_feature_detected!("avx2").then_some(Self { _detected: () })
+    }
+}
+
+impl LinearKernel for Avx2Kernel {
+    fn name(&self) -> &'static str {
+        "avx2"
+    }
+
+    fn prepare(&self, weights: &TernaryMatrix) -> Result<Box<dyn PreparedLinear>, CoreError> {
+        Ok(Box::new(Avx2Linear(PackedTernary::pack(weights, B)?)))
+    }
+}
+
+/// A matrix packed for the AVX2 kernel; only [`Avx2Kernel::prepare`] builds one.
+struct Avx2Linear(PackedTernary);
+
+impl PreparedLinear for Avx2Linear {
+    fn rows(&self) -> usize {
+        self.0.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.0.cols
+    }
+
+    fn scale(&self) -> f32 {
+        self.0.scale
+    }
+
+    fn matmul_i32(&self, x: &[i8], batch: usize, out: &mut [i32]) {
+        self.0.check(x, batch, out);
+        // SAFETY: an Avx2Linear is only built by Avx2Kernel::prepare, and an Avx2Kernel only
+        // exists after `Avx2Kernel::new` detected AVX2 on this CPU.
+        unsafe { matmul(&self.0, x, batch, out) }
+    }
+}
+
+/// One activation row cut into whole blocks, plus its zero-padded last block (on the stack).
+struct Act<'a> {
+    full: &'a [[i8; W]],
+    tail: Option<[i8; W]>,
+    sum: i32,
+}
+
+#[inline(always)]
+fn act(x: &[i8]) -> Act<'_> {
+    let (full, rest) = x.as_chunks::<W>();
+    let tail = (!rest.is_empty()).then(|| {
+        let mut t = [0i8; W];
+        t[..rest.len()].copy_from_slice(rest);
+        t
+    });
+    Act {
+        full,
+        tail,
+        sum: act_sum(x),
+    }
+}
+
+#[target_feature(enable = "avx2")]
+fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
+    let (rows, cols, nb) = (p.rows, p.cols, p.blocks_per_row);
+    if rows == 0 || batch == 0 {
+        return;
+    }
+    if cols == 0 {
+        out.fill(0);
+        return;
+    }
+    let (blocks, _) = p.packed().as_chunks::<B>();
+    let mut xs = x.chunks_exact(cols);
+    let mut os = out.chunks_exact_mut(rows);
+    for _ in 0..batch / 4 {
+        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
+        else {
+            break;
+        };
+        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
+        else {
+            break;
+        };
+        let acts = [act(x0), act(x1), act(x2), act(x3)];
+        let outs = o0.iter_mut().zip(o1).zip(o2).zip(o3);
+        for (w, (((y0, y1), y2), y3)) in blocks.chunks_exact(nb).zip(outs) {
+            [*y0, *y1, *y2, *y3] = dot_1x4(w, &acts);
+        }
+    }
+    for (xr, or) in xs.zip(os) {
+        let a = act(xr);
+        let mut w4 = blocks.chunks_exact(4 * nb);
+        let mut o4 = or.chunks_exact_mut(4);
+        for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
+            // Decoding streams weights from DRAM: ask for the group after next ahead of time
+            // (two 32-byte blocks per 64-byte cache line).
+            let ahead = (g + PREFETCH_GROUPS) * 4 * nb;
+            for line in blocks
+                .get(ahead..ahead + 4 * nb)
+                .unwrap_or(&[])
+                .iter()
+                .step_by(2)
+            {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+            let (w01, w23) = w.split_at(2 * nb);
+            let (r0, r1) = w01.split_at(nb);
+            let (r2, r3) = w23.split_at(nb);
+            let d = dot_4x1([r0, r1, r2, r3], &a);
+            o.copy_from_slice(&d);
+        }
+        for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
+            *y = dot_1x1(w, &a);
+        }
+    }
+}
+
+/// Loads 32 packed bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_w(w: &[u8; B]) -> __m256i {
+    // SAFETY: the reference covers exactly 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(w.as_ptr().cast()) }
+}
+
+/// Loads activations `32 Q .. 32 Q + 32` of a block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_x<const Q: usize>(x: &[i8; W]) -> __m256i {
+    const { assert!(Q < 4) };
+    // SAFETY: Q < 4, so bytes 32Q..32Q+32 lie inside the 128-byte array; loadu is unaligned.
+    unsafe { _mm256_loadu_si256(x.as_ptr().add(32 * Q).cast()) }
+}
+
+/// The four code vectors of a block, lining up with activations 0..32, 32..64, 64..96, 96..128.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unpack(w: &[u8; B]) -> [__m256i; 4] {
+    let v = load_w(w);
+    let m = _mm256_set1_epi8(3);
+    [
+        _mm256_and_si256(v, m),
+        _mm256_and_si256(_mm256_srli_epi16::<2>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m),
+        _mm256_and_si256(_mm256_srli_epi16::<6>(v), m),
+    ]
+}
+
+/// `dot(u, x)` of one block as eight `i32` partial sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn block(u: &[__m256i; 4], x: &[i8; W]) -> __m256i {
+    let p0 = _mm256_maddubs_epi16(u[0], load_x::<0>(x));
+    let p1 = _mm256_maddubs_epi16(u[1], load_x::<1>(x));
+    let p2 = _mm256_maddubs_epi16(u[2], load_x::<2>(x));
+    let p3 = _mm256_maddubs_epi16(u[3], load_x::<3>(x));
+    let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+    _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Horizontal sums of four vectors at once.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum4(v: [__m256i; 4]) -> [i32; 4] {
+    let t01 = _mm256_hadd_epi32(v[0], v[1]);
+    let t23 = _mm256_hadd_epi32(v[2], v[3]);
+    let t = _mm256_hadd_epi32(t01, t23);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256::<1>(t));
+    [
+        _mm_extract_epi32::<0>(s),
+        _mm_extract_epi32::<1>(s),
+        _mm_extract_epi32::<2>(s),
+        _mm_extract_epi32::<3>(s),
+    ]
+}
+
+/// One weight row by one activation row.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
+    let mut acc = _mm256_setzero_si256();
+    for (wb, xb) in w.iter().zip(a.full) {
+        acc = _mm256_add_epi32(acc, block(&unpack(wb), xb));
+    }
+    if let (Some(t), Some(wb)) = (&a.tail, w.get(a.full.len())) {
+        acc = _mm256_add_epi32(acc, block(&unpack(wb), t));
+    }
+    hsum(acc).wrapping_sub(a.sum)
+}
+
+/// Four weight rows by one activation row (batch 1): one activation load serves four rows.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
+    for ((((w0, w1), w2), w3), xb) in rows.zip(a.full) {
+        acc[0] = _mm256_add_epi32(acc[0], block(&unpack(w0), xb));
+        acc[1] = _mm256_add_epi32(acc[1], block(&unpack(w1), xb));
+        acc[2] = _mm256_add_epi32(acc[2], block(&unpack(w2), xb));
+        acc[3] = _mm256_add_epi32(acc[3], block(&unpack(w3), xb));
+    }
+    if let Some(t) = &a.tail {
+        let k = a.full.len();
+        for (acc, row) in acc.iter_mut().zip(w) {
+            if let Some(wb) = row.get(k) {
+                *acc = _mm256_add_epi32(*acc, block(&unpack(wb), t));
+            }
+        }
+    }
+    hsum4(acc).map(|d| d.wrapping_sub(a.sum))
+}
+
+/// One weight row by four activation rows: each unpacked block serves four activation rows.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_1x4(w: &[[u8; B]], a: &[Act; 4]) -> [i32; 4] {
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let xs = a[0]
+        .full
+        .iter()
+        .zip(a[1].full)
+        .zip(a[2].full)
+        .zip(a[3].full);
+    for (wb, (((x0, x1), x2), x3)) in w.iter().zip(xs) {
+        let u = unpack(wb);
+        acc[0] = _mm256_add_epi32(acc[0], block(&u, x0));
+        acc[1] = _mm256_add_epi32(acc[1], block(&u, x1));
+        acc[2] = _mm256_add_epi32(acc[2], block(&u, x2));
+        acc[3] = _mm256_add_epi32(acc[3], block(&u, x3));
+    }
+    if let Some(wb) = w.get(a[0].full.len()) {
+        let u = unpack(wb);
+        for (acc, a) in acc.iter_mut().zip(a) {
+            if let Some(t) = &a.tail {
+                *acc = _mm256_add_epi32(*acc, block(&u, t));
+            }
+        }
+    }
+    let d = hsum4(acc);
+    [
+        d[0].wrapping_sub(a[0].sum),
+        d[1].wrapping_sub(a[1].sum),
+        d[2].wrapping_sub(a[2].sum),
+        d[3].wrapping_sub(a[3].sum),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitnet_core::scalar::ScalarKernel;
+
+    #[test]
+    fn matches_scalar_on_a_tail_and_batch_five() {
+        let Some(k) = Avx2Kernel::new() else { return };
+        let (rows, cols, batch) = (9, 300, 5);
+        let w: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
+        let x: Vec<i8> = (0..batch * cols)
+            .map(|i| (i * 37 % 256) as u8 as i8)
+            .collect();
+        let m = TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
+        let (mut a, mut b) = (vec![0; batch * rows], vec![0; batch * rows]);
+        k.prepare(&m).unwrap().matmul_i32(&x, batch, &mut a);
+        ScalarKernel
+            .prepare(&m)
+            .unwrap()
+            .matmul_i32(&x, batch, &mut b);
+        assert_eq!(a, b);
+    }
+}

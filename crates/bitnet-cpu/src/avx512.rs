@@ -1,0 +1,415 @@
+//! The AVX-512 VNNI backend: 2-bit codes unpacked 64 lanes at a time and multiplied with
+//! `vpdpbusd`, which sums four unsigned-code by signed-activation products straight into `i32`
+//! lanes (no `i16` intermediate, so no saturation to reason about).
+//! Batches of four activation rows share each unpacked weight block; at batch 1, four weight
+//! rows share each activation load.
+
+use std::arch::x86_64::*;
+
+use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
+
+use crate::pack::{PackedTernary, act_sum};
+
+/// Packed bytes per block (one 512-bit load).
+const B: usize = 64;
+/// Weights per block.
+const W: usize = 4 * B;
+/// Longest row (in blocks) for which [`dot_4x1_scaled`]'s `64 * u` accumulators cannot wrap:
+/// a block adds at most 4 * 2 * 128 * 64 = 2^16 to a lane, and 2^15 blocks stay below 2^31.
+const MAX_SCALED_BLOCKS: usize = 1 << 15;
+/// How many 4-row groups ahead the batch-1 loop prefetches packed weights.
+const PREFETCH_GROUPS: usize = 2;
+
+/// The AVX-512 VNNI kernel (`avx512vnni`). It can only be obtained on a CPU with AVX-512F,
+/// AVX-512BW and AVX-512 VNNI, which is what makes its prepared matrices safe to run.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx512Kernel {
+    _detected: (),
+}
+
+impl Avx512Kernel {
+    /// The kernel, if this CPU supports AVX-512F, AVX-512BW and AVX-512 VNNI; `None` otherwise.
+    pub fn new() -> Option<Self> {
+        (is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni"))
+        .then_some(Self { _detected: () })
+    }
+}
+
+impl LinearKernel for Avx512Kernel {
+    fn name(&self) -> &'static str {
+        "avx512vnni"
+    }
+
+    fn prepare(&self, weights: &TernaryMatrix) -> Result<Box<dyn PreparedLinear>, CoreError> {
+        Ok(Box::new(Avx512Linear(PackedTernary::pack(weights, B)?)))
+    }
+}
+
+/// A matrix packed for the AVX-512 kernel; only [`Avx512Kernel::prepare`] builds one.
+struct Avx512Linear(PackedTernary);
+
+impl PreparedLinear for Avx512Linear {
+    fn rows(&self) -> usize {
+        self.0.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.0.cols
+    }
+
+    fn scale(&self) -> f32 {
+        self.0.scale
+    }
+
+    fn matmul_i32(&self, x: &[i8], batch: usize, out: &mut [i32]) {
+        self.0.check(x, batch, out);
+        // SAFETY: an Avx512Linear is only built by Avx512Kernel::prepare, and an Avx512Kernel
+        // only exists after `Avx512Kernel::new` detected AVX-512F, BW and VNNI on this CPU.
+        unsafe { matmul(&self.0, x, batch, out) }
+    }
+}
+
+/// One activation row cut into whole blocks, plus its zero-padded last block (on the stack).
+struct Act<'a> {
+    full: &'a [[i8; W]],
+    tail: Option<[i8; W]>,
+    sum: i32,
+}
+
+#[inline(always)]
+fn act(x: &[i8]) -> Act<'_> {
+    let (full, rest) = x.as_chunks::<W>();
+    let tail = (!rest.is_empty()).then(|| {
+        let mut t = [0i8; W];
+        t[..rest.len()].copy_from_slice(rest);
+        t
+    });
+    Act {
+        full,
+        tail,
+        sum: act_sum(x),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
+    let (rows, cols, nb) = (p.rows, p.cols, p.blocks_per_row);
+    if rows == 0 || batch == 0 {
+        return;
+    }
+    if cols == 0 {
+        out.fill(0);
+        return;
+    }
+    let (blocks, _) = p.packed().as_chunks::<B>();
+    let mut xs = x.chunks_exact(cols);
+    let mut os = out.chunks_exact_mut(rows);
+    for _ in 0..batch / 4 {
+        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
+        else {
+            break;
+        };
+        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
+        else {
+            break;
+        };
+        let acts = [act(x0), act(x1), act(x2), act(x3)];
+        let mut outs = [o0, o1, o2, o3];
+        let mut w2 = blocks.chunks_exact(2 * nb);
+        for (r, w) in w2.by_ref().enumerate() {
+            let (wa, wb) = w.split_at(nb);
+            let [da, db] = dot_2x4([wa, wb], &acts);
+            for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
+                if let Some(pair) = o.get_mut(2 * r..2 * r + 2) {
+                    pair.copy_from_slice(&[ya, yb]);
+                }
+            }
+        }
+        if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
+            let d = dot_1x4(w, &acts);
+            for (o, y) in outs.iter_mut().zip(d) {
+                if let Some(last) = o.last_mut() {
+                    *last = y;
+                }
+            }
+        }
+    }
+    for (xr, or) in xs.zip(os) {
+        let a = act(xr);
+        let mut w4 = blocks.chunks_exact(4 * nb);
+        let mut o4 = or.chunks_exact_mut(4);
+        for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
+            // Decoding streams weights from DRAM: ask for the group after next ahead of time.
+            let ahead = (g + PREFETCH_GROUPS) * 4 * nb;
+            for line in blocks.get(ahead..ahead + 4 * nb).unwrap_or(&[]) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+            let (w01, w23) = w.split_at(2 * nb);
+            let (r0, r1) = w01.split_at(nb);
+            let (r2, r3) = w23.split_at(nb);
+            let d = if nb <= MAX_SCALED_BLOCKS {
+                dot_4x1_scaled([r0, r1, r2, r3], &a)
+            } else {
+                dot_4x1([r0, r1, r2, r3], &a)
+            };
+            o.copy_from_slice(&d);
+        }
+        for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
+            *y = dot_1x1(w, &a);
+        }
+    }
+}
+
+/// Loads 64 packed bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn load_w(w: &[u8; B]) -> __m512i {
+    // SAFETY: the reference covers exactly 64 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm512_loadu_si512(w.as_ptr().cast()) }
+}
+
+/// Loads activations `64 Q .. 64 Q + 64` of a block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn load_x<const Q: usize>(x: &[i8; W]) -> __m512i {
+    const { assert!(Q < 4) };
+    // SAFETY: Q < 4, so bytes 64Q..64Q+64 lie inside the 256-byte array; loadu is unaligned.
+    unsafe { _mm512_loadu_si512(x.as_ptr().add(64 * Q).cast()) }
+}
+
+/// The four code vectors of a block, lining up with activations 0..64, .., 192..256.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn unpack(w: &[u8; B]) -> [__m512i; 4] {
+    let v = load_w(w);
+    let m = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(v, m),
+        _mm512_and_si512(_mm512_srli_epi16::<2>(v), m),
+        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
+        _mm512_and_si512(_mm512_srli_epi16::<6>(v), m),
+    ]
+}
+
+/// Adds `dot(u, x)` of one block into sixteen `i32` partial sums.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn block(acc: __m512i, u: &[__m512i; 4], x: &[i8; W]) -> __m512i {
+    let acc = _mm512_dpbusd_epi32(acc, u[0], load_x::<0>(x));
+    let acc = _mm512_dpbusd_epi32(acc, u[1], load_x::<1>(x));
+    let acc = _mm512_dpbusd_epi32(acc, u[2], load_x::<2>(x));
+    _mm512_dpbusd_epi32(acc, u[3], load_x::<3>(x))
+}
+
+/// The four code quarters of a block masked in place, without shifts: quarter `q` holds
+/// `4^q * u` (at most 128, still a valid unsigned byte for `vpdpbusd`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn unpack_scaled(w: &[u8; B]) -> [__m512i; 4] {
+    let v = load_w(w);
+    [
+        _mm512_and_si512(v, _mm512_set1_epi8(0x03)),
+        _mm512_and_si512(v, _mm512_set1_epi8(0x0c)),
+        _mm512_and_si512(v, _mm512_set1_epi8(0x30)),
+        _mm512_and_si512(v, _mm512_set1_epi8(0xc0u8 as i8)),
+    ]
+}
+
+/// Four weight rows by one activation row, like [`dot_4x1`] but with shift-free unpacking: each
+/// quarter keeps its own accumulator of `4^q * dot`, divided back exactly (arithmetic shifts of
+/// exact multiples) once per row. Saves three of the seven unpack operations per block, which
+/// bound the batch-1 loop when the weights are in cache. Only valid up to
+/// [`MAX_SCALED_BLOCKS`] blocks per row.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_4x1_scaled(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
+    let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
+    let tail = a.tail.as_ref();
+    let k = a.full.len();
+    let xs = a.full.iter().chain(tail);
+    for ((((w0, w1), w2), w3), xb) in rows.zip(xs) {
+        let x = [
+            load_x::<0>(xb),
+            load_x::<1>(xb),
+            load_x::<2>(xb),
+            load_x::<3>(xb),
+        ];
+        for (acc, wb) in acc.iter_mut().zip([w0, w1, w2, w3]) {
+            let u = unpack_scaled(wb);
+            for q in 0..4 {
+                acc[q] = _mm512_dpbusd_epi32(acc[q], u[q], x[q]);
+            }
+        }
+    }
+    debug_assert!(w[0].len() == k + usize::from(tail.is_some()));
+    acc.map(|[a0, a1, a2, a3]| {
+        let s = _mm512_add_epi32(
+            _mm512_add_epi32(a0, _mm512_srai_epi32::<2>(a1)),
+            _mm512_add_epi32(_mm512_srai_epi32::<4>(a2), _mm512_srai_epi32::<6>(a3)),
+        );
+        _mm512_reduce_add_epi32(s).wrapping_sub(a.sum)
+    })
+}
+
+/// One weight row by one activation row.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
+    let mut acc = _mm512_setzero_si512();
+    for (wb, xb) in w.iter().zip(a.full) {
+        acc = block(acc, &unpack(wb), xb);
+    }
+    if let (Some(t), Some(wb)) = (&a.tail, w.get(a.full.len())) {
+        acc = block(acc, &unpack(wb), t);
+    }
+    _mm512_reduce_add_epi32(acc).wrapping_sub(a.sum)
+}
+
+/// Four weight rows by one activation row (batch 1): one activation load serves four rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
+    for ((((w0, w1), w2), w3), xb) in rows.zip(a.full) {
+        acc[0] = block(acc[0], &unpack(w0), xb);
+        acc[1] = block(acc[1], &unpack(w1), xb);
+        acc[2] = block(acc[2], &unpack(w2), xb);
+        acc[3] = block(acc[3], &unpack(w3), xb);
+    }
+    if let Some(t) = &a.tail {
+        let k = a.full.len();
+        for (acc, row) in acc.iter_mut().zip(w) {
+            if let Some(wb) = row.get(k) {
+                *acc = block(*acc, &unpack(wb), t);
+            }
+        }
+    }
+    acc.map(|v| _mm512_reduce_add_epi32(v).wrapping_sub(a.sum))
+}
+
+/// Two weight rows by four activation rows (batched prefill): each unpacked block serves four
+/// activation rows and each activation load serves two weight rows, which keeps the loop bound
+/// by `vpdpbusd` throughput rather than by loads.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_2x4(w: [&[[u8; B]]; 2], a: &[Act; 4]) -> [[i32; 4]; 2] {
+    let mut acc = [[_mm512_setzero_si512(); 4]; 2];
+    let xs = a[0]
+        .full
+        .iter()
+        .zip(a[1].full)
+        .zip(a[2].full)
+        .zip(a[3].full);
+    for ((wa, wb), (((x0, x1), x2), x3)) in w[0].iter().zip(w[1]).zip(xs) {
+        let (ua, ub) = (unpack(wa), unpack(wb));
+        for (q, x) in [x0, x1, x2, x3].into_iter().enumerate() {
+            acc[0][q] = block(acc[0][q], &ua, x);
+            acc[1][q] = block(acc[1][q], &ub, x);
+        }
+    }
+    let k = a[0].full.len();
+    if let (Some(wa), Some(wb)) = (w[0].get(k), w[1].get(k)) {
+        let (ua, ub) = (unpack(wa), unpack(wb));
+        for (q, a) in a.iter().enumerate() {
+            if let Some(t) = &a.tail {
+                acc[0][q] = block(acc[0][q], &ua, t);
+                acc[1][q] = block(acc[1][q], &ub, t);
+            }
+        }
+    }
+    acc.map(|row| {
+        let mut d = [0i32; 4];
+        for ((d, v), a) in d.iter_mut().zip(row).zip(a) {
+            *d = _mm512_reduce_add_epi32(v).wrapping_sub(a.sum);
+        }
+        d
+    })
+}
+
+/// One weight row by four activation rows: each unpacked block serves four activation rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_1x4(w: &[[u8; B]], a: &[Act; 4]) -> [i32; 4] {
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let xs = a[0]
+        .full
+        .iter()
+        .zip(a[1].full)
+        .zip(a[2].full)
+        .zip(a[3].full);
+    for (wb, (((x0, x1), x2), x3)) in w.iter().zip(xs) {
+        let u = unpack(wb);
+        acc[0] = block(acc[0], &u, x0);
+        acc[1] = block(acc[1], &u, x1);
+        acc[2] = block(acc[2], &u, x2);
+        acc[3] = block(acc[3], &u, x3);
+    }
+    if let Some(wb) = w.get(a[0].full.len()) {
+        let u = unpack(wb);
+        for (acc, a) in acc.iter_mut().zip(a) {
+            if let Some(t) = &a.tail {
+                *acc = block(*acc, &u, t);
+            }
+        }
+    }
+    [
+        _mm512_reduce_add_epi32(acc[0]).wrapping_sub(a[0].sum),
+        _mm512_reduce_add_epi32(acc[1]).wrapping_sub(a[1].sum),
+        _mm512_reduce_add_epi32(acc[2]).wrapping_sub(a[2].sum),
+        _mm512_reduce_add_epi32(acc[3]).wrapping_sub(a[3].sum),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitnet_core::scalar::ScalarKernel;
+
+    #[test]
+    fn scaled_and_shifted_unpacking_agree() {
+        let Some(_) = Avx512Kernel::new() else { return };
+        for cols in [1usize, 255, 256, 257, 1000, 2560] {
+            let w: Vec<i8> = (0..4 * cols).map(|i| (i * 7 % 3) as i8 - 1).collect();
+            let x: Vec<i8> = (0..cols)
+                .map(|i| if i % 3 == 0 { -128 } else { 127 })
+                .collect();
+            let m = TernaryMatrix::new(4, cols, w, 1.0).unwrap();
+            let p = PackedTernary::pack(&m, B).unwrap();
+            let (blocks, _) = p.packed().as_chunks::<B>();
+            let nb = p.blocks_per_row;
+            let rows = [0, 1, 2, 3].map(|r| &blocks[r * nb..(r + 1) * nb]);
+            let a = act(&x);
+            // SAFETY: `new` returned Some, so this CPU has AVX-512F, BW and VNNI.
+            let (s, t) = unsafe { (dot_4x1_scaled(rows, &a), dot_4x1(rows, &a)) };
+            let mut want = [0i32; 4];
+            ScalarKernel
+                .prepare(&m)
+                .unwrap()
+                .matmul_i32(&x, 1, &mut want);
+            assert_eq!(s, want, "scaled, cols {cols}");
+            assert_eq!(t, want, "shifted, cols {cols}");
+        }
+    }
+
+    #[test]
+    fn matches_scalar_on_a_tail_and_batch_five() {
+        let Some(k) = Avx512Kernel::new() else { return };
+        let (rows, cols, batch) = (9, 600, 5);
+        let w: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
+        let x: Vec<i8> = (0..batch * cols)
+            .map(|i| (i * 37 % 256) as u8 as i8)
+            .collect();
+        let m = TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
+        let (mut a, mut b) = (vec![0; batch * rows], vec![0; batch * rows]);
+        k.prepare(&m).unwrap().matmul_i32(&x, batch, &mut a);
+        ScalarKernel
+            .prepare(&m)
+            .unwrap()
+            .matmul_i32(&x, batch, &mut b);
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,125 @@
+//! The 2-bit weight layout shared by the SIMD kernels, parameterised by the vector width.
+//!
+//! Each row is cut into blocks of `4 * B` weights stored in `B` bytes (`B` = 32 for AVX2, 64 for
+//! AVX-512). Byte `j` of a block holds the codes `u = t + 1` of the block's weights `j`, `j + B`,
+//! `j + 2B` and `j + 3B` in bits 0-1, 2-3, 4-5 and 6-7. One `B`-byte load, shifted right by 0, 2,
+//! 4, 6 and masked with 3, thus yields four vectors of `B` codes, each lining up with `B`
+//! consecutive activations. Rows are padded to whole blocks with `u = 1` (`t = 0`); the kernels
+//! also zero-pad the activations of the last partial block, so padding never contributes.
+
+use bitnet_core::{CoreError, TernaryMatrix};
+
+/// A ternary matrix in the blocked 2-bit layout.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedTernary {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) scale: f32,
+    /// Blocks per row, `ceil(cols / (4 * B))`.
+    pub(crate) blocks_per_row: usize,
+    /// `rows * blocks_per_row * B` bytes starting at `offset`, plus slack for the alignment.
+    data: Vec<u8>,
+    /// Where the 64-byte-aligned packed bytes start in `data`.
+    offset: usize,
+    /// Packed bytes.
+    len: usize,
+}
+
+/// Alignment of the packed bytes: a cache line, so no 512-bit load ever splits two lines.
+const ALIGN: usize = 64;
+
+impl PackedTernary {
+    /// Repacks `m` with blocks of `block_bytes` bytes.
+    pub(crate) fn pack(m: &TernaryMatrix, block_bytes: usize) -> Result<Self, CoreError> {
+        let (rows, cols) = (m.rows(), m.cols());
+        let per_block = 4 * block_bytes;
+        let blocks_per_row = cols.div_ceil(per_block);
+        let len = rows
+            .checked_mul(blocks_per_row)
+            .and_then(|n| n.checked_mul(block_bytes))
+            .ok_or_else(|| CoreError::Length {
+                what: format!("packed ternary {rows}x{cols}"),
+                expected: usize::MAX,
+                found: rows.saturating_mul(cols),
+            })?;
+        let mut data = vec![0u8; len.saturating_add(ALIGN - 1)];
+        // The Vec never grows after this, so the alignment found here holds for its lifetime.
+        let offset = data.as_ptr().align_offset(ALIGN).min(ALIGN - 1);
+        if let Some(packed) = data.get_mut(offset..offset + len).filter(|p| !p.is_empty()) {
+            for (r, packed_row) in packed
+                .chunks_exact_mut(blocks_per_row * block_bytes)
+                .enumerate()
+            {
+                let row = m.row(r);
+                for (k, block) in packed_row.chunks_exact_mut(block_bytes).enumerate() {
+                    let base = k * per_block;
+                    for (j, byte) in block.iter_mut().enumerate() {
+                        let mut v = 0u8;
+                        for q in 0..4 {
+                            // Codes are validated ternary by TernaryMatrix, so t + 1 is 0, 1 or 2.
+                            let t = row.get(base + q * block_bytes + j).copied().unwrap_or(0);
+                            v |= ((t + 1) as u8 & 3) << (2 * q);
+                        }
+                        *byte = v;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            rows,
+            cols,
+            scale: m.scale(),
+            blocks_per_row,
+            data,
+            offset,
+            len,
+        })
+    }
+
+    /// The packed bytes, 64-byte aligned, row after row.
+    pub(crate) fn packed(&self) -> &[u8] {
+        self.data
+            .get(self.offset..self.offset + self.len)
+            .unwrap_or(&[])
+    }
+
+    /// Checks the slice lengths every `matmul_i32` promises its caller it will check.
+    pub(crate) fn check(&self, x: &[i8], batch: usize, out: &[i32]) {
+        assert_eq!(x.len(), batch * self.cols, "matmul_i32: activation length");
+        assert_eq!(out.len(), batch * self.rows, "matmul_i32: output length");
+    }
+}
+
+/// Sum of an activation row, wrapping like the SIMD accumulators do.
+#[inline(always)]
+pub(crate) fn act_sum(x: &[i8]) -> i32 {
+    x.iter().fold(0i32, |s, &v| s.wrapping_add(v as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_by_hand() {
+        // 1 row, 5 columns, block of 2 bytes = 8 weights: byte 0 holds weights 0,2,4,6 and byte 1
+        // holds weights 1,3,5,7; missing weights 5..8 are padded with u = 1.
+        let m = TernaryMatrix::new(1, 5, vec![-1, 0, 1, -1, 1], 1.0).unwrap();
+        let p = PackedTernary::pack(&m, 2).unwrap();
+        assert_eq!(p.blocks_per_row, 1);
+        assert_eq!(p.packed().len(), 2);
+        assert_eq!(p.packed().as_ptr() as usize % ALIGN, 0);
+        // byte 0: w0=-1 -> 0, w2=1 -> 2, w4=1 -> 2, w6 pad -> 1
+        assert_eq!(p.packed()[0], 0b01_10_10_00);
+        // byte 1: w1=0 -> 1, w3=-1 -> 0, w5 pad -> 1, w7 pad -> 1
+        assert_eq!(p.packed()[1], 0b01_01_00_01);
+    }
+
+    #[test]
+    fn empty_shapes_pack() {
+        let m = TernaryMatrix::new(3, 0, vec![], 1.0).unwrap();
+        assert_eq!(PackedTernary::pack(&m, 32).unwrap().packed().len(), 0);
+        let m = TernaryMatrix::new(0, 7, vec![], 1.0).unwrap();
+        assert_eq!(PackedTernary::pack(&m, 64).unwrap().packed().len(), 0);
+    }
+}

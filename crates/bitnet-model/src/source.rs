@@ -1,0 +1,176 @@
+//! Where a model's decoded weights come from. Every reader (GGUF, Hugging Face) implements
+//! [`WeightSource`] once; the model loader and the converter both consume it, so the mapping from
+//! file names to roles lives in one place per format.
+
+use bitnet_core::ops::FloatMatrix;
+use bitnet_core::{LinearKernel, TernaryMatrix};
+
+use crate::model::{Layer, Model};
+use crate::{ModelConfig, ModelError};
+
+/// The seven BitLinear projections of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proj {
+    /// Query.
+    Q,
+    /// Key.
+    K,
+    /// Value.
+    V,
+    /// Attention output.
+    O,
+    /// FFN gate.
+    Gate,
+    /// FFN up.
+    Up,
+    /// FFN down.
+    Down,
+}
+
+impl Proj {
+    /// All projections in block order.
+    pub const ALL: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
+    /// `(out_features, in_features)` under `c`.
+    pub fn shape(self, c: &ModelConfig) -> (usize, usize) {
+        match self {
+            Proj::Q => (c.q_dim(), c.hidden_size),
+            Proj::K | Proj::V => (c.kv_dim(), c.hidden_size),
+            Proj::O => (c.hidden_size, c.q_dim()),
+            Proj::Gate | Proj::Up => (c.intermediate_size, c.hidden_size),
+            Proj::Down => (c.hidden_size, c.intermediate_size),
+        }
+    }
+
+    /// llama.cpp's tensor name stem (`attn_q`, ...).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "attn_q",
+            Proj::K => "attn_k",
+            Proj::V => "attn_v",
+            Proj::O => "attn_output",
+            Proj::Gate => "ffn_gate",
+            Proj::Up => "ffn_up",
+            Proj::Down => "ffn_down",
+        }
+    }
+
+    /// Hugging Face module path within a layer (`self_attn.q_proj`, ...).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Proj::Q => "self_attn.q_proj",
+            Proj::K => "self_attn.k_proj",
+            Proj::V => "self_attn.v_proj",
+            Proj::O => "self_attn.o_proj",
+            Proj::Gate => "mlp.gate_proj",
+            Proj::Up => "mlp.up_proj",
+            Proj::Down => "mlp.down_proj",
+        }
+    }
+}
+
+/// The four RMSNorms of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Norm {
+    /// Before attention.
+    Attn,
+    /// Over the heads, before `o`.
+    AttnSub,
+    /// Before the FFN.
+    Ffn,
+    /// Over the gated activations, before `down`.
+    FfnSub,
+}
+
+impl Norm {
+    /// All norms in block order.
+    pub const ALL: [Norm; 4] = [Norm::Attn, Norm::AttnSub, Norm::Ffn, Norm::FfnSub];
+
+    /// Length under `c`.
+    pub fn len(self, c: &ModelConfig) -> usize {
+        match self {
+            Norm::FfnSub => c.intermediate_size,
+            _ => c.hidden_size,
+        }
+    }
+
+    /// llama.cpp's tensor name stem.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Norm::Attn => "attn_norm",
+            Norm::AttnSub => "attn_sub_norm",
+            Norm::Ffn => "ffn_norm",
+            Norm::FfnSub => "ffn_sub_norm",
+        }
+    }
+
+    /// Hugging Face name within a layer.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Norm::Attn => "input_layernorm",
+            Norm::AttnSub => "self_attn.attn_sub_norm",
+            Norm::Ffn => "post_attention_layernorm",
+            Norm::FfnSub => "mlp.ffn_sub_norm",
+        }
+    }
+}
+
+/// Decoded weights of a model, by role.
+pub trait WeightSource {
+    /// Hyper-parameters.
+    fn config(&self) -> &ModelConfig;
+    /// A BitLinear's ternary codes and per-tensor scale, shape `proj.shape(config)`.
+    fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError>;
+    /// A block's RMSNorm weight.
+    fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError>;
+    /// The final RMSNorm weight.
+    fn output_norm(&self) -> Result<Vec<f32>, ModelError>;
+    /// The token embedding `[vocab, hidden]`.
+    fn embedding(&self) -> Result<FloatMatrix, ModelError>;
+    /// The output head `[vocab, hidden]`, `None` when tied to the embedding.
+    fn head(&self) -> Result<Option<FloatMatrix>, ModelError>;
+}
+
+impl Model {
+    /// Loads every weight from `src`, preparing the ternary linears with `kernel`.
+    pub fn from_source(
+        src: &dyn WeightSource,
+        kernel: &dyn LinearKernel,
+    ) -> Result<Model, ModelError> {
+        let c = src.config().clone();
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let lin =
+                |p: Proj| -> Result<_, ModelError> { Ok(kernel.prepare(&src.ternary(i, p)?)?) };
+            layers.push(Layer {
+                attn_norm: src.norm(i, Norm::Attn)?,
+                attn_sub_norm: src.norm(i, Norm::AttnSub)?,
+                ffn_norm: src.norm(i, Norm::Ffn)?,
+                ffn_sub_norm: src.norm(i, Norm::FfnSub)?,
+                q: lin(Proj::Q)?,
+                k: lin(Proj::K)?,
+                v: lin(Proj::V)?,
+                o: lin(Proj::O)?,
+                gate: lin(Proj::Gate)?,
+                up: lin(Proj::Up)?,
+                down: lin(Proj::Down)?,
+            });
+        }
+        Model::new(
+            c,
+            src.embedding()?,
+            src.head()?,
+            src.output_norm()?,
+            layers,
+            kernel.name(),
+        )
+    }
+}
