@@ -49,9 +49,12 @@ struct RunArgs {
     /// Context length (prompt + output); default and maximum: the model's.
     #[arg(long = "ctx", short = 'c')]
     ctx: Option<usize>,
-    /// Linear kernel (auto, scalar, ...); also BITNET_KERNEL.
+    /// Linear kernel (auto, avx512vnni, avx2, scalar); also BITNET_KERNEL.
     #[arg(long, default_value = "auto")]
     kernel: String,
+    /// Threads (default: physical cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -70,6 +73,9 @@ impl RunArgs {
         }
         if let Some(n) = self.ctx {
             b = b.context_length(n);
+        }
+        if let Some(n) = self.threads {
+            b = b.threads(n);
         }
         Ok(b.build()?)
     }

@@ -6,6 +6,9 @@
 //! The integer result is the conformance contract: every backend must return exactly the scalar
 //! reference's `i32` dot products.
 
+use std::sync::Arc;
+
+use crate::pool::ThreadPool;
 use crate::{CoreError, QuantizedActivations, TernaryMatrix};
 
 /// A backend that can run BitNet linears.
@@ -15,6 +18,12 @@ pub trait LinearKernel: Send + Sync {
 
     /// Repacks a ternary matrix into this backend's layout. Called once per tensor at load.
     fn prepare(&self, weights: &TernaryMatrix) -> Result<Box<dyn PreparedLinear>, CoreError>;
+
+    /// The thread pool this kernel runs on, which the model also uses for its float work (the
+    /// head); `None` for single-threaded kernels.
+    fn thread_pool(&self) -> Option<Arc<ThreadPool>> {
+        None
+    }
 }
 
 /// A ternary matrix in a backend's layout, ready to multiply.

@@ -9,6 +9,7 @@
 mod error;
 pub mod kernel;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 pub mod scalar;
 mod ternary;

@@ -183,27 +183,65 @@ impl FloatMatrix {
         }
     }
 
-    /// `out[r] = row_r . x` for every row: the float (unquantized) output head. `row_buf` is
-    /// scratch of `cols` elements, reused by row decoders.
-    pub fn matvec(&self, x: &[f32], out: &mut [f32], row_buf: &mut Vec<f32>) {
-        debug_assert_eq!(x.len(), self.cols);
-        debug_assert_eq!(out.len(), self.rows);
+    /// `out[i] = row_(first + i) . x` for a range of rows; f16/bf16 rows convert on the fly,
+    /// decoded rows go through a per-thread buffer.
+    pub fn matvec_rows(&self, x: &[f32], first: usize, out: &mut [f32]) {
         let cols = self.cols;
+        let rows = first..first + out.len();
         match &self.storage {
             FloatStorage::F32(v) => {
-                for (r, o) in out.iter_mut().enumerate() {
+                for (r, o) in rows.zip(out.iter_mut()) {
                     *o = dot(&v[r * cols..(r + 1) * cols], x);
                 }
             }
-            _ => {
-                row_buf.resize(cols, 0.0);
-                for (r, o) in out.iter_mut().enumerate() {
-                    self.row_into(r, row_buf);
-                    *o = dot(row_buf, x);
+            FloatStorage::F16(v) => {
+                for (r, o) in rows.zip(out.iter_mut()) {
+                    *o = dot_with(&v[r * cols..(r + 1) * cols], x, |h| h.to_f32());
                 }
+            }
+            FloatStorage::BF16(v) => {
+                for (r, o) in rows.zip(out.iter_mut()) {
+                    *o = dot_with(&v[r * cols..(r + 1) * cols], x, |h| h.to_f32());
+                }
+            }
+            FloatStorage::Rows(d) => {
+                thread_local! {
+                    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                ROW.with_borrow_mut(|buf| {
+                    buf.resize(cols, 0.0);
+                    for (r, o) in rows.zip(out.iter_mut()) {
+                        d.decode_row(r, buf);
+                        *o = dot(buf, x);
+                    }
+                });
             }
         }
     }
+
+    /// `out[r] = row_r . x` for every row: the float (unquantized) output head.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        debug_assert_eq!(x.len(), self.cols);
+        debug_assert_eq!(out.len(), self.rows);
+        self.matvec_rows(x, 0, out);
+    }
+}
+
+/// Like [`dot`], converting `a`'s elements on the fly (same summation order, so results equal
+/// converting first).
+fn dot_with<T: Copy>(a: &[T], b: &[f32], conv: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += conv(a[c * 8 + l]) * b[c * 8 + l];
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in chunks * 8..a.len() {
+        tail += conv(a[i]) * b[i];
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// f32 dot product with eight partial sums (vectorizes and stays close to a pairwise sum).
@@ -265,8 +303,8 @@ mod tests {
         )
         .unwrap();
         let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
-        f32m.matvec(&[1.0, 2.0, 3.0], &mut a, &mut Vec::new());
-        f16m.matvec(&[1.0, 2.0, 3.0], &mut b, &mut Vec::new());
+        f32m.matvec(&[1.0, 2.0, 3.0], &mut a);
+        f16m.matvec(&[1.0, 2.0, 3.0], &mut b);
         assert_eq!(a, b);
         assert_eq!(a, [4.0, 6.0]);
         assert!(FloatMatrix::new(2, 2, FloatStorage::F32(vec![0.0; 3])).is_err());

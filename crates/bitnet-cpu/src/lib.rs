@@ -16,6 +16,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod pack;
+mod threaded;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use bitnet_core::{CoreError, LinearKernel};
 pub use avx2::Avx2Kernel;
 #[cfg(target_arch = "x86_64")]
 pub use avx512::Avx512Kernel;
+pub use threaded::Threaded;
 
 /// Every kernel this CPU can run, best first (`avx512vnni`, `avx2`, then `scalar`).
 ///
@@ -83,6 +85,17 @@ pub fn default_kernel() -> Result<Arc<dyn LinearKernel>, CoreError> {
         Ok(name) if !name.is_empty() && name != "auto" => kernel_by_name(&name),
         _ => Ok(best(available_kernels())),
     }
+}
+
+/// `kernel` spread over `threads` threads (the kernel itself when `threads <= 1`).
+pub fn with_threads(kernel: Arc<dyn LinearKernel>, threads: usize) -> Arc<dyn LinearKernel> {
+    if threads <= 1 {
+        return kernel;
+    }
+    Arc::new(Threaded::new(
+        kernel,
+        Arc::new(bitnet_core::pool::ThreadPool::new(threads)),
+    ))
 }
 
 /// The first (best) kernel of a registry list, which always ends with the scalar kernel.

@@ -3,9 +3,11 @@
 //! sizes 1..=64, extreme activations and all-(-1)/all-(+1) weight rows; and the float forward
 //! pass must then agree bit for bit across kernels.
 
+use std::sync::Arc;
+
 use bitnet_core::scalar::ScalarKernel;
 use bitnet_core::{CoreError, LinearKernel, QuantizedActivations, TernaryMatrix};
-use bitnet_cpu::{available_kernels, kernel_by_name};
+use bitnet_cpu::{available_kernels, kernel_by_name, with_threads};
 use proptest::prelude::*;
 
 /// The oracle, spelled out independently of any kernel.
@@ -72,6 +74,13 @@ fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<i8>, Vec<i8>)> {
     })
 }
 
+/// Every kernel, alone and spread over a pool of three threads.
+fn all_kernels() -> Vec<Arc<dyn LinearKernel>> {
+    let mut all = available_kernels();
+    all.extend(available_kernels().into_iter().map(|k| with_threads(k, 3)));
+    all
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
     #[test]
@@ -81,7 +90,7 @@ proptest! {
         let mut got = vec![0i32; batch * rows];
         ScalarKernel.prepare(&m).unwrap().matmul_i32(&x, batch, &mut got);
         prop_assert_eq!(&got, &want);
-        for k in available_kernels() {
+        for k in all_kernels() {
             let p = k.prepare(&m).unwrap();
             prop_assert_eq!((p.rows(), p.cols(), p.scale()), (rows, cols, 1.5));
             // Poison the output so a kernel that skips an element cannot pass.
@@ -108,7 +117,7 @@ proptest! {
         q.quantize(&xf, batch, cols);
         let mut want = vec![0f32; batch * rows];
         ScalarKernel.prepare(&m).unwrap().forward(&q, &mut want, &mut Vec::new());
-        for k in available_kernels() {
+        for k in all_kernels() {
             let mut got = vec![f32::NAN; batch * rows];
             k.prepare(&m).unwrap().forward(&q, &mut got, &mut Vec::new());
             let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
@@ -119,7 +128,7 @@ proptest! {
 
 #[test]
 fn empty_shapes_work_for_every_kernel() {
-    for k in available_kernels() {
+    for k in all_kernels() {
         let m = TernaryMatrix::new(3, 0, vec![], 1.0).unwrap();
         let mut out = [7i32; 6];
         k.prepare(&m).unwrap().matmul_i32(&[], 2, &mut out);
@@ -159,5 +168,25 @@ fn unknown_kernel_names_error_and_list_the_alternatives() {
     assert!(msg.contains("nope") && msg.contains("scalar"), "{msg}");
     for k in available_kernels() {
         assert!(msg.contains(k.name()), "{msg}");
+    }
+}
+
+#[test]
+fn threaded_kernels_split_rows_exactly() {
+    let (rows, cols) = (1000, 333);
+    let w: Vec<i8> = (0..rows * cols)
+        .map(|i| ((i * 7 + i / 13) % 3) as i8 - 1)
+        .collect();
+    let m = TernaryMatrix::new(rows, cols, w.clone(), 2.0).unwrap();
+    for batch in [1, 2, 5, 8] {
+        let x: Vec<i8> = (0..batch * cols)
+            .map(|i| ((i * 31) % 256) as u8 as i8)
+            .collect();
+        let want = reference(&w, &x, rows, cols, batch);
+        for k in all_kernels() {
+            let mut got = vec![i32::MIN; batch * rows];
+            k.prepare(&m).unwrap().matmul_i32(&x, batch, &mut got);
+            assert_eq!(got, want, "kernel {} batch {batch}", k.name());
+        }
     }
 }

@@ -61,6 +61,8 @@ pub struct ModelInfo {
     pub format: ModelFormat,
     /// The linear kernel in use.
     pub kernel: String,
+    /// Threads the kernels run on.
+    pub threads: usize,
 }
 
 /// Options for loading a model; `build` loads it.
@@ -68,6 +70,7 @@ pub struct ModelInfo {
 pub struct EngineBuilder {
     model: String,
     kernel: Option<String>,
+    threads: Option<usize>,
     context_length: Option<usize>,
     max_kv_bytes: Option<usize>,
     device: Device,
@@ -83,6 +86,7 @@ impl EngineBuilder {
         Self {
             model: model.into(),
             kernel: None,
+            threads: None,
             context_length: None,
             max_kv_bytes: None,
             device: Device::Auto,
@@ -95,6 +99,12 @@ impl EngineBuilder {
     /// Forces a linear kernel by name (`scalar`, ...; default: `BITNET_KERNEL` or the best).
     pub fn kernel(mut self, name: impl Into<String>) -> Self {
         self.kernel = Some(name.into());
+        self
+    }
+
+    /// Threads for the kernels and the head (default: the machine's physical cores).
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
         self
     }
 
@@ -159,6 +169,13 @@ impl EngineBuilder {
             }
             None => bitnet_cpu::default_kernel().map_err(bitnet_model::ModelError::from)?,
         };
+        let threads = self
+            .threads
+            .unwrap_or_else(bitnet_core::pool::physical_cores);
+        if threads == 0 {
+            return Err(EngineError::Options("threads must be at least 1".into()));
+        }
+        let kernel = bitnet_cpu::with_threads(kernel, threads);
         let path = self.resolve()?;
         let (model, tokenizer, template, format) = match detect(&path)? {
             Source::Gguf(file) => {
@@ -207,6 +224,7 @@ impl EngineBuilder {
             path,
             format,
             kernel: kernel.name().to_string(),
+            threads,
         };
         Ok(Engine {
             inner: Arc::new(Inner {

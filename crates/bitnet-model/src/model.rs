@@ -6,7 +6,13 @@
 //! rescaled by `s_w / s_x`. The embedding, norms and head stay float.
 
 use bitnet_core::ops::{self, FloatMatrix, Rope};
-use bitnet_core::{PreparedLinear, QuantizedActivations};
+use std::sync::Arc;
+
+use bitnet_core::pool::ThreadPool;
+use bitnet_core::{LinearKernel, PreparedLinear, QuantizedActivations};
+
+/// Vocabulary rows of the head per thread-pool task.
+const HEAD_ROWS_PER_TASK: usize = 2048;
 
 use crate::config::{Activation, ModelConfig};
 use crate::{KvCache, ModelError};
@@ -84,6 +90,7 @@ pub struct Model {
     layers: Vec<Layer>,
     rope: Rope,
     kernel: String,
+    pool: Option<Arc<ThreadPool>>,
 }
 
 /// Reusable buffers of a forward pass, so decode steps stop allocating once warmed up.
@@ -101,7 +108,6 @@ pub struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     ints: Vec<i32>,
-    row: Vec<f32>,
     segs: Vec<Segment>,
 }
 
@@ -154,7 +160,7 @@ impl Model {
         head: Option<FloatMatrix>,
         output_norm: Vec<f32>,
         layers: Vec<Layer>,
-        kernel: &str,
+        kernel: &dyn LinearKernel,
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let c = &config;
@@ -246,7 +252,8 @@ impl Model {
             output_norm,
             layers,
             rope,
-            kernel: kernel.to_string(),
+            kernel: kernel.name().to_string(),
+            pool: kernel.thread_pool(),
         })
     }
 
@@ -368,7 +375,13 @@ impl Model {
                 );
                 let o = logits.len();
                 logits.resize(o + v, 0.0);
-                head.matvec(&s.x[r], &mut logits[o..o + v], &mut s.row);
+                let (x, out) = (&s.x[r], &mut logits[o..o + v]);
+                match &self.pool {
+                    Some(pool) => pool.for_each_chunk_mut(out, HEAD_ROWS_PER_TASK, &|i, part| {
+                        head.matvec_rows(x, i * HEAD_ROWS_PER_TASK, part)
+                    }),
+                    None => head.matvec_rows(x, 0, out),
+                }
             }
         }
         if let Some(tr) = tracer {

@@ -170,7 +170,7 @@ impl Model {
             src.head()?,
             src.output_norm()?,
             layers,
-            kernel.name(),
+            kernel,
         )
     }
 }
