@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use bitnet::{ChatMessage, Device, EngineBuilder, GenerateOptions, Prompt, SamplingOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+
 #[derive(Parser)]
 #[command(name = "bitnet", version, about = "Run BitNet b1.58 language models", long_about = None)]
 struct Cli {
@@ -27,6 +28,8 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Download a model from the Hugging Face hub into the standard cache.
     Pull(PullArgs),
+    /// Write a model as GGUF with a chosen ternary encoding and head type, or a synthetic model.
+    Convert(ConvertArgs),
 }
 
 #[derive(Args, Clone)]
@@ -43,7 +46,7 @@ struct ModelArgs {
 }
 
 #[derive(Args, Clone)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Context length (prompt + output); default and maximum: the model's.
@@ -61,7 +64,7 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn load(&self) -> Result<bitnet::Engine> {
+    pub(crate) fn load(&self) -> Result<bitnet::Engine> {
         let device: Device = self.device.parse().map_err(anyhow::Error::msg)?;
         let mut b = EngineBuilder::new(&self.model.model)
             .kernel(&self.kernel)
@@ -217,6 +220,36 @@ struct TokenizeArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["model", "synthetic"])))]
+struct ConvertArgs {
+    /// The model to convert: a GGUF file, a Hugging Face directory or a hub id.
+    #[arg(short, long)]
+    model: Option<String>,
+    /// Instead of converting, write a model of this shape with random ternary weights
+    /// (2b4t = microsoft/bitnet-b1.58-2B-4T's exact shape; 700m, 125m, tiny).
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Seed of the synthetic weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The GGUF file to write.
+    #[arg(short, long)]
+    out: std::path::PathBuf,
+    /// Ternary encoding: i2_s (bitnet.cpp), tq2_0, tq1_0 (llama.cpp), f16.
+    #[arg(long, default_value = "i2_s")]
+    weights: String,
+    /// Head type (for tied models, the shared embedding's): f16, q8_0, q6_k, f32.
+    #[arg(long, default_value = "f16")]
+    head: String,
+    /// Embedding type when the head is separate.
+    #[arg(long, default_value = "f16")]
+    embedding: String,
+    /// Use only the local Hugging Face cache for hub ids.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Args)]
 struct PullArgs {
     /// The hub repo id (owner/name[:file.gguf]).
     repo: String,
@@ -240,6 +273,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect(a),
         Command::Tokenize(a) => tokenize(a),
         Command::Pull(a) => pull(a),
+        Command::Convert(a) => convert(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -465,5 +499,27 @@ fn pull(a: PullArgs) -> Result<()> {
     }
     let path = b.resolve()?;
     println!("{}", path.display());
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let opts = bitnet::convert::ConvertOptions {
+        weights: a.weights.parse().map_err(anyhow::Error::msg)?,
+        head: a.head.parse().map_err(anyhow::Error::msg)?,
+        embedding: a.embedding.parse().map_err(anyhow::Error::msg)?,
+    };
+    let report = match (&a.model, &a.synthetic) {
+        (_, Some(preset)) => bitnet::convert::synthetic(preset, a.seed, &a.out, &opts)?,
+        (Some(model), None) => bitnet::convert::convert(model, &a.out, &opts, a.offline)?,
+        (None, None) => bail!("give --model or --synthetic"),
+    };
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB: ternary {:.1} MB, head {:.1} MB)",
+        a.out.display(),
+        report.tensors,
+        report.bytes as f64 / 1e6,
+        report.ternary_bytes as f64 / 1e6,
+        report.head_bytes as f64 / 1e6
+    );
     Ok(())
 }

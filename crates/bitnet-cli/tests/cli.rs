@@ -266,7 +266,7 @@ fn inspect_lists_architecture_tensors_and_tokenizer() {
     let out = ok(&["inspect", &fixture("tied-gqa2/model-i2_s.gguf")]);
     assert!(out.contains("bitnet-b1.58"), "{out}");
     assert!(
-        out.contains("blk.0.attn_q.weight") && out.contains("i2_s"),
+        out.contains("blk.0.attn_q.weight") && out.contains(" I2_S "),
         "{out}"
     );
     let v: serde_json::Value = serde_json::from_str(&ok(&[

@@ -6,6 +6,7 @@
 //! the library facade are both clients of this crate.
 #![deny(missing_docs)]
 
+pub mod convert;
 mod error;
 mod generate;
 mod inspect;

@@ -109,6 +109,95 @@ impl Tokenizer {
         gguf_vocab::build_byte_level(vocab.to_spec()?)
     }
 
+    /// The vocabulary as GGUF lists (`tokenizer.ggml.*`), for converters. Only byte-level BPE
+    /// vocabularies with a pre-tokenizer GGUF can name (LLaMA-3's or GPT-2's split) convert;
+    /// anything else is an error rather than a file that tokenizes differently.
+    pub fn to_gguf_vocab(&self) -> Result<GgufVocab> {
+        let unsupported = |reason: String| {
+            TokenizerError::InvalidVocab(format!("cannot convert to GGUF: {reason}"))
+        };
+        if self.decoding != PieceDecoding::ByteLevel {
+            return Err(unsupported(
+                "only byte-level BPE vocabularies convert".into(),
+            ));
+        }
+        let json: serde_json::Value = self
+            .inner
+            .to_string(false)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .ok_or_else(|| unsupported("the tokenizer does not serialize".into()))?;
+        let model = &json["model"];
+        if model["type"] != "BPE" {
+            return Err(unsupported(format!(
+                "model type {} is not BPE",
+                model["type"]
+            )));
+        }
+        let pre = json["pre_tokenizer"].to_string();
+        let pre = if pre
+            .contains(&serde_json::Value::from(gguf_vocab::LLAMA3_SPLIT_REGEX).to_string()[1..])
+        {
+            "llama-bpe"
+        } else if pre
+            .contains(&serde_json::Value::from(gguf_vocab::GPT2_SPLIT_REGEX).to_string()[1..])
+        {
+            "gpt-2"
+        } else {
+            return Err(unsupported(
+                "its pre-tokenizer is neither LLaMA-3's nor GPT-2's split".into(),
+            ));
+        };
+        let merges = model["merges"]
+            .as_array()
+            .ok_or_else(|| unsupported("no merges".into()))?
+            .iter()
+            .map(|m| match m {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Array(p) => {
+                    Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| unsupported("a merge is neither \"a b\" nor [a, b]".into()))?;
+        let tokens = self
+            .pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.clone()
+                    .ok_or_else(|| unsupported(format!("id {i} has no token")))
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let token_types = self
+            .kinds
+            .iter()
+            .map(|k| match k {
+                TokenKind::Normal => 1,
+                TokenKind::Control => 3,
+                TokenKind::UserDefined => 4,
+                TokenKind::Unused => 5,
+            })
+            .collect();
+        Ok(GgufVocab {
+            model: "gpt2".into(),
+            pre: Some(pre.into()),
+            tokens,
+            token_types: Some(token_types),
+            merges,
+            bos: self.bos,
+            eos: self.eos,
+            eot: self.eot,
+            add_bos: Some(self.add_bos_default()),
+            add_eos: Some(matches!(
+                self.specials,
+                SpecialsMode::Manual { add_eos: true, .. }
+            )),
+            chat_template: self.chat_template.clone(),
+        })
+    }
+
     /// Encodes `text`.
     ///
     /// `add_special` adds the special tokens the tokenizer is configured to add, exactly as HF

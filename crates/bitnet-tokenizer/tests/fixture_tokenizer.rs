@@ -164,3 +164,17 @@ fn fixture_chat_template_renders_like_the_builtin_2b4t_one() {
     assert_eq!(ids.first(), Some(&379));
     assert_eq!(ids.iter().filter(|&&i| i == 381).count(), 2);
 }
+
+#[test]
+fn tokenizer_json_converts_to_gguf_lists_that_tokenize_the_same() {
+    let t = load(&fixtures().join("tokenizer"));
+    let vocab = t.to_gguf_vocab().unwrap();
+    assert_eq!(vocab.pre.as_deref(), Some("llama-bpe"));
+    assert_eq!(vocab.tokens.len(), 384);
+    let back = Tokenizer::from_gguf_vocab(&vocab).unwrap();
+    assert_eq!(
+        (back.bos_id(), back.eos_id(), back.eot_id()),
+        (t.bos_id(), t.eos_id(), t.eot_id())
+    );
+    check_cases(&back);
+}

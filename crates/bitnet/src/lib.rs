@@ -38,6 +38,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use bitnet_engine::convert;
 pub use bitnet_engine::{
     ChatMessage, ChatTemplate, Device, Engine, EngineBuilder, FinishReason, GenerateOptions,
     Generation, Inspection, ModelConfig, ModelFormat, ModelInfo, Prompt, SamplingOptions,

@@ -1,0 +1,211 @@
+//! `convert` round trips: every weight type written from every kind of source reads back with
+//! exactly the source's ternary codes, scales, norms and float tensors, and runs to the
+//! reference's greedy tokens; synthetic models have the shape they claim.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bitnet_engine::convert::{self, ConvertOptions, FloatType, WeightType};
+use bitnet_engine::{Engine, GenerateOptions, Prompt};
+use bitnet_gguf::GgufFile;
+use bitnet_model::{GgufSource, HfSource, Norm, Proj, WeightSource};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(rel)
+}
+
+fn greedy_ids(model: &str) -> Vec<u32> {
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(model).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    r["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn same_weights(a: &dyn WeightSource, b: &dyn WeightSource) {
+    let c = a.config();
+    let strip = |c: &bitnet_model::ModelConfig| bitnet_model::ModelConfig {
+        architecture: String::new(),
+        ..c.clone()
+    };
+    assert_eq!(strip(c), strip(b.config()));
+    for l in 0..c.n_layers {
+        for p in Proj::ALL {
+            assert_eq!(
+                a.ternary(l, p).unwrap(),
+                b.ternary(l, p).unwrap(),
+                "layer {l} {p:?}"
+            );
+        }
+        for n in Norm::ALL {
+            assert_eq!(
+                a.norm(l, n).unwrap(),
+                b.norm(l, n).unwrap(),
+                "layer {l} {n:?}"
+            );
+        }
+    }
+    assert_eq!(a.output_norm().unwrap(), b.output_norm().unwrap());
+    let rows = |m: bitnet_core::ops::FloatMatrix| {
+        let mut v = vec![0.0f32; m.rows() * m.cols()];
+        for (r, row) in v.chunks_exact_mut(m.cols()).enumerate() {
+            m.row_into(r, row);
+        }
+        v
+    };
+    assert_eq!(rows(a.embedding().unwrap()), rows(b.embedding().unwrap()));
+    assert_eq!(a.head().unwrap().map(rows), b.head().unwrap().map(rows));
+}
+
+fn greedy(path: &Path, n: usize) -> Vec<u32> {
+    let e = Engine::load(path.to_str().unwrap()).unwrap();
+    let g = e
+        .generate(
+            Prompt::Text("The quick brown fox".into()),
+            GenerateOptions::greedy(n),
+        )
+        .unwrap();
+    g.map(|t| t.unwrap().id).collect()
+}
+
+#[test]
+fn every_weight_type_round_trips_exactly_from_gguf_and_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    for model in ["untied-gqa4", "hd128"] {
+        let want = greedy_ids(model);
+        let hf = bitnet_hf::HfModel::open(&fixture(model).join("hf-packed")).unwrap();
+        let hf_src = HfSource::new(&hf).unwrap();
+        for (src_name, src_path) in [
+            ("hf", fixture(model).join("hf-packed")),
+            ("gguf", fixture(model).join("model-tq1_0.gguf")),
+        ] {
+            for weights in [
+                WeightType::I2S,
+                WeightType::TQ2_0,
+                WeightType::TQ1_0,
+                WeightType::F16,
+            ] {
+                let out = dir
+                    .path()
+                    .join(format!("{model}-{src_name}-{weights:?}.gguf"));
+                let opts = ConvertOptions {
+                    weights,
+                    ..ConvertOptions::default()
+                };
+                convert::convert(src_path.to_str().unwrap(), &out, &opts, true).unwrap();
+                let back = GgufSource::new(Arc::new(GgufFile::open(&out).unwrap())).unwrap();
+                same_weights(&hf_src, &back);
+                assert_eq!(
+                    greedy(&out, want.len()),
+                    want,
+                    "{model} from {src_name} as {weights:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn compact_heads_load_and_stay_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = greedy_ids("untied-gqa4");
+    for head in [FloatType::Q8_0, FloatType::Q6K, FloatType::F32] {
+        let out = dir.path().join(format!("{head:?}.gguf"));
+        let opts = ConvertOptions {
+            head,
+            ..ConvertOptions::default()
+        };
+        convert::convert(
+            fixture("untied-gqa4/hf-packed").to_str().unwrap(),
+            &out,
+            &opts,
+            true,
+        )
+        .unwrap();
+        let file = GgufFile::open(&out).unwrap();
+        let kind = file.tensor("output.weight").unwrap().kind.unwrap();
+        assert_eq!(
+            kind.name(),
+            match head {
+                FloatType::Q8_0 => "Q8_0",
+                FloatType::Q6K => "Q6_K",
+                _ => "F32",
+            }
+        );
+        let got = greedy(&out, want.len());
+        // Quantized heads may change late tokens; the first ones hold the reference's margins.
+        assert_eq!(got[..3], want[..3], "{head:?}");
+        if head == FloatType::F32 {
+            assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn odd_widths_refuse_block_types_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = ConvertOptions {
+        weights: WeightType::TQ2_0,
+        ..ConvertOptions::default()
+    };
+    let err = convert::convert(
+        fixture("odd-mha/hf-packed").to_str().unwrap(),
+        &dir.path().join("x.gguf"),
+        &opts,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("TQ2_0") && err.contains("blk.0.attn_q"),
+        "{err}"
+    );
+}
+
+#[test]
+fn synthetic_models_have_the_claimed_shape_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.gguf");
+    let report = convert::synthetic("tiny", 1, &out, &ConvertOptions::default()).unwrap();
+    assert_eq!(report.tensors, 2 + 2 * 11);
+    let e = Engine::load(out.to_str().unwrap()).unwrap();
+    let c = e.model().config();
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab_size
+        ),
+        (256, 2, 4, 2, 1024)
+    );
+    assert!(e.tokenizer().is_none());
+    let g = e
+        .generate(Prompt::Tokens(vec![1, 2, 3]), GenerateOptions::greedy(4))
+        .unwrap();
+    assert_eq!(g.count(), 4);
+    // Same seed, same bytes; the 2B4T preset has the real shape.
+    let again = dir.path().join("again.gguf");
+    convert::synthetic("tiny", 1, &again, &ConvertOptions::default()).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    let c = convert::synthetic_config("2b4t").unwrap();
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.n_layers,
+            c.intermediate_size,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab_size
+        ),
+        (2560, 30, 6912, 20, 5, 128256)
+    );
+}
