@@ -30,6 +30,8 @@ enum Command {
     Pull(PullArgs),
     /// Write a model as GGUF with a chosen ternary encoding and head type, or a synthetic model.
     Convert(ConvertArgs),
+    /// Measure prompt processing and generation speed (llama-bench compatible).
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -250,6 +252,41 @@ struct ConvertArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// The model (GGUF file, Hugging Face directory or hub id).
+    #[arg(short = 'm', long)]
+    model: String,
+    /// Prompt lengths to test (pp), comma-separated; 0 skips.
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths to test (tg), comma-separated; 0 skips.
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Thread counts to test, comma-separated (default: physical cores).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Timed repetitions per test (after one warm-up run).
+    #[arg(short = 'r', long, default_value_t = 5)]
+    repetitions: usize,
+    /// Output: md (llama-bench's table) or json.
+    #[arg(short = 'o', long, default_value = "md")]
+    output: String,
+    /// Linear kernel (auto, avx512vnni, avx2, scalar).
+    #[arg(long, default_value = "auto")]
+    kernel: String,
+}
+
+#[derive(Args)]
 struct PullArgs {
     /// The hub repo id (owner/name[:file.gguf]).
     repo: String,
@@ -274,6 +311,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize(a),
         Command::Pull(a) => pull(a),
         Command::Convert(a) => convert(a),
+        Command::Bench(a) => bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -521,5 +559,115 @@ fn convert(a: ConvertArgs) -> Result<()> {
         report.ternary_bytes as f64 / 1e6,
         report.head_bytes as f64 / 1e6
     );
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if !["md", "json"].contains(&a.output.as_str()) {
+        bail!("unknown output '{}' (md, json)", a.output);
+    }
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let threads = if a.threads.is_empty() {
+        vec![bitnet::default_threads()]
+    } else {
+        a.threads.clone()
+    };
+    let mut rows = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let mut header_done = false;
+    for &t in &threads {
+        let engine = EngineBuilder::new(&a.model)
+            .kernel(&a.kernel)
+            .threads(t)
+            .progress(true)
+            .build()?;
+        let c = engine.model().config().clone();
+        let file_bytes = std::fs::metadata(&engine.info().path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let params = c.vocab_size * c.hidden_size * if c.tied_embeddings { 1 } else { 2 }
+            + c.n_layers
+                * (c.hidden_size * (c.q_dim() + 2 * c.kv_dim())
+                    + c.q_dim() * c.hidden_size
+                    + 3 * c.hidden_size * c.intermediate_size);
+        let model_desc = format!(
+            "{} {} {}",
+            c.architecture,
+            engine.info().kernel,
+            engine.model().head_type()
+        );
+        let mut results = Vec::new();
+        for &p in a.n_prompt.iter().filter(|&&p| p > 0) {
+            results.push(bitnet::bench::bench_pp(&engine, p, a.repetitions)?);
+        }
+        for &n in a.n_gen.iter().filter(|&&n| n > 0) {
+            results.push(bitnet::bench::bench_tg(&engine, n, a.repetitions)?);
+        }
+        let rss = bitnet::bench::peak_rss_bytes().unwrap_or(0);
+        for r in results {
+            if a.output == "md" {
+                if !header_done {
+                    writeln!(
+                        out,
+                        "| model | size | params | backend | threads | test | t/s | GB/s | B/token | peak RSS |"
+                    )?;
+                    writeln!(
+                        out,
+                        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+                    )?;
+                    header_done = true;
+                }
+                let bw = if r.bytes_per_token > 0 {
+                    (
+                        format!("{:.1}", r.gb_per_s),
+                        format!(
+                            "{:.1} MB",
+                            (r.bytes_per_token + r.kv_bytes_per_token) as f64 / 1e6
+                        ),
+                    )
+                } else {
+                    ("-".into(), "-".into())
+                };
+                writeln!(
+                    out,
+                    "| {model_desc} | {:.2} GiB | {:.2} B | CPU | {t} | {} | {:.2} ± {:.2} | {} | {} | {:.0} MiB |",
+                    file_bytes as f64 / (1u64 << 30) as f64,
+                    params as f64 / 1e9,
+                    r.test,
+                    r.avg_ts,
+                    r.stddev_ts,
+                    bw.0,
+                    bw.1,
+                    rss as f64 / (1u64 << 20) as f64,
+                )?;
+                out.flush()?;
+            }
+            rows.push(serde_json::json!({
+                "model_filename": engine.info().path.display().to_string(),
+                "model_type": model_desc,
+                "model_size": file_bytes,
+                "model_n_params": params,
+                "kernel": engine.info().kernel,
+                "head_type": engine.model().head_type(),
+                "n_threads": t,
+                "n_prompt": if r.test.starts_with("pp") { r.n_tokens } else { 0 },
+                "n_gen": if r.test.starts_with("tg") { r.n_tokens } else { 0 },
+                "test": r.test,
+                "avg_ts": r.avg_ts,
+                "stddev_ts": r.stddev_ts,
+                "samples_ts": r.samples_ts,
+                "bytes_per_token": r.bytes_per_token,
+                "kv_bytes_per_token": r.kv_bytes_per_token,
+                "gb_per_s": r.gb_per_s,
+                "peak_rss_bytes": rss,
+            }));
+        }
+    }
+    if a.output == "json" {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    }
     Ok(())
 }

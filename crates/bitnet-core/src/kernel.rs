@@ -37,6 +37,12 @@ pub trait PreparedLinear: Send + Sync {
     /// The per-tensor weight scale `s_w`.
     fn scale(&self) -> f32;
 
+    /// Bytes of weights one multiply streams (a decode step reads them all): 2 bits per weight
+    /// unless the backend's layout says otherwise.
+    fn weight_bytes(&self) -> usize {
+        self.rows() * self.cols().div_ceil(4)
+    }
+
     /// Integer products: `out[b * rows + o] = sum_i x[b * cols + i] * t[o][i]` for `batch` rows of
     /// activation codes. This is the conformance contract between backends.
     ///

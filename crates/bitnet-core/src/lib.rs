@@ -12,6 +12,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 pub mod scalar;
+mod simd;
 mod ternary;
 
 pub use error::CoreError;

@@ -77,6 +77,8 @@ pub trait RowDecoder: Send + Sync {
     fn decode_row(&self, r: usize, out: &mut [f32]);
     /// Human-readable storage type, for reports.
     fn type_name(&self) -> &'static str;
+    /// Bytes the whole matrix occupies in its storage (what a full pass reads).
+    fn storage_bytes(&self) -> usize;
 }
 
 /// Storage of a float matrix.
@@ -154,13 +156,13 @@ impl FloatMatrix {
         }
     }
 
-    /// Bytes the storage occupies (for row decoders, an estimate is not available: 0).
+    /// Bytes the storage occupies: what one pass of the head reads.
     pub fn storage_bytes(&self) -> usize {
         match &self.storage {
             FloatStorage::F32(v) => v.len() * 4,
             FloatStorage::F16(v) => v.len() * 2,
             FloatStorage::BF16(v) => v.len() * 2,
-            FloatStorage::Rows(_) => 0,
+            FloatStorage::Rows(d) => d.storage_bytes(),
         }
     }
 
@@ -191,12 +193,12 @@ impl FloatMatrix {
         match &self.storage {
             FloatStorage::F32(v) => {
                 for (r, o) in rows.zip(out.iter_mut()) {
-                    *o = dot(&v[r * cols..(r + 1) * cols], x);
+                    *o = crate::simd::dot_f32(&v[r * cols..(r + 1) * cols], x);
                 }
             }
             FloatStorage::F16(v) => {
                 for (r, o) in rows.zip(out.iter_mut()) {
-                    *o = dot_with(&v[r * cols..(r + 1) * cols], x, |h| h.to_f32());
+                    *o = crate::simd::dot_f16(&v[r * cols..(r + 1) * cols], x);
                 }
             }
             FloatStorage::BF16(v) => {
@@ -229,7 +231,7 @@ impl FloatMatrix {
 
 /// Like [`dot`], converting `a`'s elements on the fly (same summation order, so results equal
 /// converting first).
-fn dot_with<T: Copy>(a: &[T], b: &[f32], conv: impl Fn(T) -> f32) -> f32 {
+pub(crate) fn dot_with<T: Copy>(a: &[T], b: &[f32], conv: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8;
     for c in 0..chunks {

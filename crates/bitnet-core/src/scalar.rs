@@ -35,6 +35,10 @@ impl PreparedLinear for ScalarLinear {
         self.0.scale()
     }
 
+    fn weight_bytes(&self) -> usize {
+        self.rows() * self.cols()
+    }
+
     fn matmul_i32(&self, x: &[i8], batch: usize, out: &mut [i32]) {
         let (rows, cols) = (self.rows(), self.cols());
         assert_eq!(x.len(), batch * cols, "matmul_i32: activation length");

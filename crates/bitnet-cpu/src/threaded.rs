@@ -94,6 +94,10 @@ impl PreparedLinear for ThreadedLinear {
         self.scale
     }
 
+    fn weight_bytes(&self) -> usize {
+        self.parts.iter().map(|p| p.weight_bytes()).sum()
+    }
+
     fn matmul_i32(&self, x: &[i8], batch: usize, out: &mut [i32]) {
         assert_eq!(x.len(), batch * self.cols, "matmul_i32: activation length");
         assert_eq!(out.len(), batch * self.rows, "matmul_i32: output length");

@@ -6,6 +6,7 @@
 //! the library facade are both clients of this crate.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod convert;
 mod error;
 mod generate;
@@ -23,6 +24,11 @@ pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
 pub use sampling::{Sampler, SamplingOptions};
+
+/// The default thread count: the machine's physical cores.
+pub fn default_threads() -> usize {
+    bitnet_core::pool::physical_cores()
+}
 
 /// A loaded model, its tokenizer and chat template. Cheap to clone (shared).
 #[derive(Clone)]

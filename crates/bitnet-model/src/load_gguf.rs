@@ -225,6 +225,10 @@ impl RowDecoder for GgufRows {
     fn type_name(&self) -> &'static str {
         self.name
     }
+
+    fn storage_bytes(&self) -> usize {
+        self.file.tensors()[self.index].n_bytes as usize
+    }
 }
 
 fn float_matrix(

@@ -148,6 +148,18 @@ impl Model {
         self.head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Bytes one decode step reads from weights: every ternary linear in its kernel's layout plus
+    /// the whole head (the KV cache comes on top: [`KvCache::bytes`]).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        let linears: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .map(|w| w.weight_bytes())
+            .sum();
+        (linears + self.output_head().storage_bytes()) as u64
+    }
+
     /// The token embedding.
     pub fn embedding(&self) -> &FloatMatrix {
         &self.embed

@@ -38,15 +38,20 @@
 //! ```
 #![deny(missing_docs)]
 
-pub use bitnet_engine::convert;
 pub use bitnet_engine::{
     ChatMessage, ChatTemplate, Device, Engine, EngineBuilder, FinishReason, GenerateOptions,
     Generation, Inspection, ModelConfig, ModelFormat, ModelInfo, Prompt, SamplingOptions,
     TensorSummary, Token, Tokenizer, inspect, load_tokenizer,
 };
+pub use bitnet_engine::{bench, convert};
 
 /// Everything that can go wrong loading or running a model.
 pub type Error = bitnet_engine::EngineError;
+
+/// The default thread count: the machine's physical cores.
+pub fn default_threads() -> usize {
+    bitnet_engine::default_threads()
+}
 
 /// Loads a model with default options: a GGUF file, a Hugging Face directory, or a hub repo id
 /// (downloaded into the standard Hugging Face cache).

@@ -1,0 +1,147 @@
+//! `bitnet bench`: prompt processing (pp) and token generation (tg) speed measured the way
+//! llama-bench measures them, so numbers line up side by side: pp = `n_prompt` tokens in one
+//! batch from an empty context; tg = `n_gen` tokens decoded one at a time from an empty context;
+//! one warm-up run, then `repetitions` timed runs, reported as mean and standard deviation of
+//! tokens per second.
+
+use std::time::Instant;
+
+use bitnet_model::{Logits, Scratch};
+use serde::Serialize;
+
+use crate::{Engine, EngineError};
+
+/// One measured test.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// `pp512`, `tg128`, ...
+    pub test: String,
+    /// Tokens per run.
+    pub n_tokens: usize,
+    /// Mean tokens per second.
+    pub avg_ts: f64,
+    /// Standard deviation of tokens per second.
+    pub stddev_ts: f64,
+    /// Each run's tokens per second.
+    pub samples_ts: Vec<f64>,
+    /// Weight bytes read per generated token (tg only): ternary linears in the kernel's layout
+    /// plus the whole head; the KV cache adds [`BenchResult::kv_bytes_per_token`].
+    pub bytes_per_token: u64,
+    /// Mean KV-cache bytes read per generated token (tg only).
+    pub kv_bytes_per_token: u64,
+    /// Achieved read bandwidth in GB/s (tg only): (weights + KV) bytes x tokens/s.
+    pub gb_per_s: f64,
+}
+
+/// Deterministic token ids spread over the vocabulary (speed does not depend on them).
+fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n)
+        .map(|i| ((i * 7919 + salt * 104_729 + 13) % vocab) as u32)
+        .collect()
+}
+
+fn stats(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = if samples.len() > 1 {
+        samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Prompt processing: `n_prompt` tokens in one forward pass (chunked as the engine would).
+pub fn bench_pp(
+    engine: &Engine,
+    n_prompt: usize,
+    repetitions: usize,
+) -> Result<BenchResult, EngineError> {
+    let model = engine.model();
+    let vocab = model.config().vocab_size;
+    let mut samples = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut logits = Vec::new();
+    for rep in 0..=repetitions {
+        let toks = tokens(n_prompt, vocab, rep);
+        let mut cache = model.new_cache(n_prompt + 1);
+        let t = Instant::now();
+        model.forward(
+            &toks,
+            &mut cache,
+            Logits::Last,
+            &mut logits,
+            &mut scratch,
+            None,
+        )?;
+        let dt = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push(n_prompt as f64 / dt);
+        }
+    }
+    let (avg_ts, stddev_ts) = stats(&samples);
+    Ok(BenchResult {
+        test: format!("pp{n_prompt}"),
+        n_tokens: n_prompt,
+        avg_ts,
+        stddev_ts,
+        samples_ts: samples,
+        bytes_per_token: 0,
+        kv_bytes_per_token: 0,
+        gb_per_s: 0.0,
+    })
+}
+
+/// Token generation: `n_gen` single-token decode steps from an empty context.
+pub fn bench_tg(
+    engine: &Engine,
+    n_gen: usize,
+    repetitions: usize,
+) -> Result<BenchResult, EngineError> {
+    let model = engine.model();
+    let c = model.config();
+    let mut samples = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut logits = Vec::new();
+    for rep in 0..=repetitions {
+        let toks = tokens(n_gen, c.vocab_size, rep);
+        let mut cache = model.new_cache(n_gen + 1);
+        let t = Instant::now();
+        for tok in &toks {
+            model.forward(
+                std::slice::from_ref(tok),
+                &mut cache,
+                Logits::Last,
+                &mut logits,
+                &mut scratch,
+                None,
+            )?;
+        }
+        let dt = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push(n_gen as f64 / dt);
+        }
+    }
+    let (avg_ts, stddev_ts) = stats(&samples);
+    let bytes_per_token = model.weight_bytes_per_token();
+    // Step i reads the keys and values of positions 0..=i: on average (n + 1) / 2 positions.
+    let kv_bytes_per_token = (2 * c.n_layers * c.kv_dim() * 4) as u64 * (n_gen as u64 + 1) / 2;
+    Ok(BenchResult {
+        test: format!("tg{n_gen}"),
+        n_tokens: n_gen,
+        avg_ts,
+        stddev_ts,
+        samples_ts: samples,
+        bytes_per_token,
+        kv_bytes_per_token,
+        gb_per_s: (bytes_per_token + kv_bytes_per_token) as f64 * avg_ts / 1e9,
+    })
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
