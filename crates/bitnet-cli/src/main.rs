@@ -60,6 +60,9 @@ pub(crate) struct RunArgs {
     /// Threads (default: physical cores).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Copy f16 heads into memory instead of reading them from the mapped file.
+    #[arg(long)]
+    no_mmap: bool,
     /// Device: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -82,6 +85,7 @@ impl RunArgs {
         if let Some(n) = self.threads {
             b = b.threads(n);
         }
+        b = b.mmap(!self.no_mmap);
         Ok(b.build()?)
     }
 }
@@ -284,6 +288,9 @@ struct BenchArgs {
     /// Linear kernel (auto, avx512vnni, avx2, scalar).
     #[arg(long, default_value = "auto")]
     kernel: String,
+    /// Copy f16 heads into memory instead of reading them from the mapped file.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 #[derive(Args)]
@@ -581,6 +588,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         let engine = EngineBuilder::new(&a.model)
             .kernel(&a.kernel)
             .threads(t)
+            .mmap(!a.no_mmap)
             .progress(true)
             .build()?;
         let c = engine.model().config().clone();

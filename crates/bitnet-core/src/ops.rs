@@ -81,12 +81,21 @@ pub trait RowDecoder: Send + Sync {
     fn storage_bytes(&self) -> usize;
 }
 
+/// f16 values that live elsewhere (a memory-mapped model file), borrowed per use so that the
+/// largest tensor of a model is never copied.
+pub trait F16Source: Send + Sync {
+    /// All values, row-major.
+    fn f16s(&self) -> &[f16];
+}
+
 /// Storage of a float matrix.
 pub enum FloatStorage {
     /// f32 values.
     F32(Vec<f32>),
     /// IEEE half values.
     F16(Vec<f16>),
+    /// IEEE half values held elsewhere (zero-copy from a mapped file).
+    F16Mapped(Box<dyn F16Source>),
     /// bfloat16 values.
     BF16(Vec<bf16>),
     /// Rows decoded on demand (block-quantized formats).
@@ -119,6 +128,7 @@ impl FloatMatrix {
         let found = match &storage {
             FloatStorage::F32(v) => v.len(),
             FloatStorage::F16(v) => v.len(),
+            FloatStorage::F16Mapped(v) => v.f16s().len(),
             FloatStorage::BF16(v) => v.len(),
             FloatStorage::Rows(_) => expected,
         };
@@ -150,7 +160,7 @@ impl FloatMatrix {
     pub fn type_name(&self) -> &'static str {
         match &self.storage {
             FloatStorage::F32(_) => "f32",
-            FloatStorage::F16(_) => "f16",
+            FloatStorage::F16(_) | FloatStorage::F16Mapped(_) => "f16",
             FloatStorage::BF16(_) => "bf16",
             FloatStorage::Rows(d) => d.type_name(),
         }
@@ -161,6 +171,7 @@ impl FloatMatrix {
         match &self.storage {
             FloatStorage::F32(v) => v.len() * 4,
             FloatStorage::F16(v) => v.len() * 2,
+            FloatStorage::F16Mapped(v) => v.f16s().len() * 2,
             FloatStorage::BF16(v) => v.len() * 2,
             FloatStorage::Rows(d) => d.storage_bytes(),
         }
@@ -173,6 +184,11 @@ impl FloatMatrix {
             FloatStorage::F32(v) => out.copy_from_slice(&v[range]),
             FloatStorage::F16(v) => {
                 for (o, h) in out.iter_mut().zip(&v[range]) {
+                    *o = h.to_f32();
+                }
+            }
+            FloatStorage::F16Mapped(v) => {
+                for (o, h) in out.iter_mut().zip(&v.f16s()[range]) {
                     *o = h.to_f32();
                 }
             }
@@ -197,6 +213,12 @@ impl FloatMatrix {
                 }
             }
             FloatStorage::F16(v) => {
+                for (r, o) in rows.zip(out.iter_mut()) {
+                    *o = crate::simd::dot_f16(&v[r * cols..(r + 1) * cols], x);
+                }
+            }
+            FloatStorage::F16Mapped(v) => {
+                let v = v.f16s();
                 for (r, o) in rows.zip(out.iter_mut()) {
                     *o = crate::simd::dot_f16(&v[r * cols..(r + 1) * cols], x);
                 }

@@ -77,6 +77,7 @@ pub struct EngineBuilder {
     offline: bool,
     revision: Option<String>,
     progress: bool,
+    mmap: bool,
 }
 
 impl EngineBuilder {
@@ -93,6 +94,7 @@ impl EngineBuilder {
             offline: false,
             revision: None,
             progress: false,
+            mmap: true,
         }
     }
 
@@ -138,6 +140,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Reads f16 heads in place from the memory-mapped file (default) instead of copying them
+    /// into process memory.
+    pub fn mmap(mut self, on: bool) -> Self {
+        self.mmap = on;
+        self
+    }
+
     /// Shows download progress bars on stderr.
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
@@ -180,7 +189,8 @@ impl EngineBuilder {
         let (model, tokenizer, template, format) = match detect(&path)? {
             Source::Gguf(file) => {
                 let gguf = Arc::new(GgufFile::open(&file)?);
-                let model = bitnet_model::load_gguf(gguf.clone(), kernel.as_ref())?;
+                let source = bitnet_model::GgufSource::new(gguf.clone())?.zero_copy(self.mmap);
+                let model = bitnet_model::Model::from_source(&source, kernel.as_ref())?;
                 let vocab = gguf_vocab(&gguf)?;
                 let tokenizer = vocab.as_ref().map(Tokenizer::from_gguf_vocab).transpose()?;
                 let template = vocab.and_then(|v| v.chat_template);

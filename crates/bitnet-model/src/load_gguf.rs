@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bitnet_core::ops::{FloatMatrix, FloatStorage, RowDecoder};
+use bitnet_core::ops::{F16Source, FloatMatrix, FloatStorage, RowDecoder};
 use bitnet_core::{LinearKernel, TernaryMatrix};
 use bitnet_gguf::{GgufFile, TensorInfo, TensorType};
 
@@ -98,13 +98,26 @@ fn to_usize(key: &str, v: u64) -> Result<usize, ModelError> {
 pub struct GgufSource {
     file: Arc<GgufFile>,
     config: ModelConfig,
+    zero_copy: bool,
 }
 
 impl GgufSource {
     /// Reads the hyper-parameters; tensors are decoded on demand.
     pub fn new(file: Arc<GgufFile>) -> Result<Self, ModelError> {
         let config = config_from_gguf(&file)?;
-        Ok(Self { file, config })
+        Ok(Self {
+            file,
+            config,
+            zero_copy: true,
+        })
+    }
+
+    /// Whether f16 embeddings and heads are read in place from the mapped file (the default:
+    /// resident memory stays near the file size) or copied into process memory (which the
+    /// kernel may back with huge pages; llama.cpp's `--no-mmap`).
+    pub fn zero_copy(mut self, on: bool) -> Self {
+        self.zero_copy = on;
+        self
     }
 
     /// The file.
@@ -143,6 +156,7 @@ impl WeightSource for GgufSource {
             "token_embd.weight",
             self.config.vocab_size,
             self.config.hidden_size,
+            self.zero_copy,
         )
     }
 
@@ -155,12 +169,14 @@ impl WeightSource for GgufSource {
             "output.weight",
             self.config.vocab_size,
             self.config.hidden_size,
+            self.zero_copy,
         )
         .map(Some)
     }
 }
 
-/// Loads a GGUF model, preparing every ternary linear with `kernel`.
+/// Loads a GGUF model, preparing every ternary linear with `kernel` (f16 heads stay in the
+/// mapped file; see [`GgufSource::zero_copy`]).
 pub fn load_gguf(file: Arc<GgufFile>, kernel: &dyn LinearKernel) -> Result<Model, ModelError> {
     Model::from_source(&GgufSource::new(file)?, kernel)
 }
@@ -231,11 +247,41 @@ impl RowDecoder for GgufRows {
     }
 }
 
+/// An F16 tensor viewed in place in the mapped file.
+struct MappedF16 {
+    file: Arc<GgufFile>,
+    index: usize,
+}
+
+impl MappedF16 {
+    /// `None` when the data cannot be viewed as f16 in place (misaligned), so the caller copies.
+    fn new(file: Arc<GgufFile>, t: &TensorInfo) -> Option<Self> {
+        let index = file.tensors().iter().position(|x| x.name == t.name)?;
+        let view = Self { file, index };
+        let ok = view.slice().is_some();
+        ok.then_some(view)
+    }
+
+    fn slice(&self) -> Option<&[half::f16]> {
+        let t = &self.file.tensors()[self.index];
+        let bytes = self.file.tensor_data(t).ok()?;
+        bytemuck::try_cast_slice(bytes).ok()
+    }
+}
+
+impl F16Source for MappedF16 {
+    fn f16s(&self) -> &[half::f16] {
+        // Checked in `new`; the map is immutable, so the view cannot fail later.
+        self.slice().unwrap_or_default()
+    }
+}
+
 fn float_matrix(
     file: &Arc<GgufFile>,
     name: &str,
     rows: usize,
     cols: usize,
+    zero_copy: bool,
 ) -> Result<FloatMatrix, ModelError> {
     let t = find(file, name)?;
     check_dims(t, &[cols, rows])?;
@@ -243,12 +289,16 @@ fn float_matrix(
     let storage = match k {
         // f16/bf16 values convert to f32 and back exactly.
         TensorType::F32 => FloatStorage::F32(file.decode_f32(t)?),
-        TensorType::F16 => FloatStorage::F16(
-            file.decode_f32(t)?
-                .into_iter()
-                .map(half::f16::from_f32)
-                .collect(),
-        ),
+        TensorType::F16 => match MappedF16::new(file.clone(), t).filter(|_| zero_copy) {
+            // Zero-copy: the head is read straight from the mapped file.
+            Some(m) => FloatStorage::F16Mapped(Box::new(m)),
+            None => FloatStorage::F16(
+                file.decode_f32(t)?
+                    .into_iter()
+                    .map(half::f16::from_f32)
+                    .collect(),
+            ),
+        },
         TensorType::BF16 => FloatStorage::BF16(
             file.decode_f32(t)?
                 .into_iter()
