@@ -16,6 +16,16 @@ if [ -z "${BITNET_LLAMA3_TOKENIZER:-}" ]; then
   fi
 fi
 
+# The official openai Python client against `bitnet serve` (crates/bitnet-cli/tests/serve_openai.rs),
+# from a venv under target/ with the pinned package from PyPI.
+if [ -z "${BITNET_TEST_PYTHON:-}" ]; then
+  if py=$(bash scripts/python-test-env.sh | tail -n 1); then
+    export BITNET_TEST_PYTHON="$py"
+  else
+    echo "warning: could not set up the openai Python client; its test will skip" >&2
+  fi
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use bitnet::{ChatMessage, Device, EngineBuilder, GenerateOptions, Prompt, SamplingOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "bitnet", version, about = "Run BitNet b1.58 language models", long_about = None)]
@@ -32,6 +33,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Measure prompt processing and generation speed (llama-bench compatible).
     Bench(BenchArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args, Clone)]
@@ -319,6 +322,7 @@ fn main() -> ExitCode {
         Command::Pull(a) => pull(a),
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,8 @@ struct Shared {
     pending: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Set while a caller owns the workers; a second caller runs its job on its own thread.
+    busy: AtomicBool,
 }
 
 /// A fixed set of worker threads that run indexed tasks.
@@ -53,6 +55,7 @@ impl ThreadPool {
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
         });
         let workers = (1..threads)
             .map(|i| {
@@ -76,16 +79,30 @@ impl ThreadPool {
         self.threads
     }
 
-    /// Runs `f(0..n_tasks)` across the pool and returns when every task is done.
+    /// Runs `f(0..n_tasks)` across the pool and returns when every task is done. Safe to call
+    /// from several threads at once: while one caller owns the workers, another runs its tasks
+    /// on its own thread (no lock, no waiting on each other).
     ///
     /// # Panics
     /// If a task panicked (re-raised on the caller's thread after all threads stopped).
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if self.workers.is_empty() || n_tasks <= 1 {
+        let s = &*self.shared;
+        if self.workers.is_empty()
+            || n_tasks <= 1
+            || s.busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
             (0..n_tasks).for_each(f);
             return;
         }
-        let s = &*self.shared;
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _owner = Release(&s.busy);
         let job: Job<'_> = f;
         s.n_tasks.store(n_tasks, Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
@@ -226,6 +243,31 @@ mod tests {
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_each_get_every_task_once() {
+        let pool = Arc::new(ThreadPool::new(3));
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let pool = pool.clone();
+                thread::spawn(move || {
+                    for round in 0..300 {
+                        let hits: Vec<AtomicU64> = (0..17).map(|_| AtomicU64::new(0)).collect();
+                        pool.run(17, &|i| {
+                            hits[i].fetch_add((t * 1000 + round) as u64, Ordering::Relaxed);
+                        });
+                        assert!(
+                            hits.iter()
+                                .all(|h| h.load(Ordering::Relaxed) == (t * 1000 + round) as u64)
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
         }
     }
 

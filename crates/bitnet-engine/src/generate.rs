@@ -292,7 +292,7 @@ impl Iterator for Generation {
 
 /// Removes and returns the longest valid UTF-8 prefix of `buf`; invalid bytes that can never
 /// start a character are replaced with U+FFFD instead of being held forever.
-fn take_valid_utf8(buf: &mut Vec<u8>) -> String {
+pub(crate) fn take_valid_utf8(buf: &mut Vec<u8>) -> String {
     let mut out = String::new();
     loop {
         match std::str::from_utf8(buf) {

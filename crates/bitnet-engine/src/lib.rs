@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod load;
 pub mod sampling;
+pub mod scheduler;
 pub mod stop;
 
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
 pub use sampling::{Sampler, SamplingOptions};
+pub use scheduler::{
+    Completion, Event, EventSink, Request, Scheduler, SchedulerConfig, SchedulerStats, SubmitError,
+};
 
 /// The default thread count: the machine's physical cores.
 pub fn default_threads() -> usize {

@@ -1,0 +1,103 @@
+//! `bitnet serve`: the OpenAI-compatible HTTP API over the continuous-batching engine. Parses
+//! options and hands over to `bitnet_server::run`; all server logic lives in that crate.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use bitnet_server::{Scheduler, SchedulerConfig, ServerConfig};
+use clap::Args;
+
+/// Options of `bitnet serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    run: crate::RunArgs,
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most sequences decoded together in one batched step.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most requests waiting for a slot; past it, requests get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// KV cache budget of all running sequences in MiB (default: max-batch full contexts).
+    #[arg(long)]
+    kv_budget_mb: Option<usize>,
+    /// Prompt tokens prefilled per engine step (long prompts are read in chunks of this size so
+    /// running streams keep flowing).
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a client may take to send its request (headers, then body).
+    #[arg(long, default_value_t = 30)]
+    client_timeout: u64,
+    /// Seconds running requests get to finish on SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+    /// The model id reported by /v1/models (default: the model file's name).
+    #[arg(long)]
+    model_name: Option<String>,
+}
+
+/// Runs the server until SIGINT/SIGTERM; exits 0 after a graceful shutdown.
+pub fn run(a: ServeArgs) -> Result<()> {
+    if a.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
+    let model_name = a.model_name.clone().unwrap_or_else(|| {
+        let m = &a.run.model.model;
+        std::path::Path::new(m)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.clone())
+    });
+    let config = ServerConfig {
+        api_key: a.api_key.clone(),
+        model_name,
+        max_body_bytes: a.max_body_bytes,
+        header_timeout: Duration::from_secs(a.client_timeout.max(1)),
+        body_timeout: Duration::from_secs(a.client_timeout.max(1)),
+        shutdown_grace: Duration::from_secs(a.shutdown_grace),
+    };
+    let run = a.run.clone();
+    let (max_batch, queue, kv_mb, chunk) = (a.max_batch, a.queue, a.kv_budget_mb, a.prefill_chunk);
+    let load = move || -> Result<Scheduler, String> {
+        let engine = run.load().map_err(|e| format!("{e:#}"))?;
+        let mut cfg = SchedulerConfig::for_engine(&engine);
+        cfg.max_batch = max_batch;
+        cfg.max_queue = queue;
+        cfg.prefill_chunk = chunk.max(1);
+        cfg.kv_budget_bytes = match kv_mb {
+            Some(mb) => mb.saturating_mul(1 << 20),
+            None => max_batch
+                .saturating_mul(engine.context_length())
+                .saturating_mul(bitnet_server::kv_bytes_per_position(&engine)),
+        };
+        let ctx = engine.context_length();
+        let sched = Scheduler::start(engine, cfg).map_err(|e| e.to_string())?;
+        eprintln!("model loaded (context {ctx} tokens, max batch {max_batch}); ready");
+        Ok(sched)
+    };
+    let addr = if a.host.contains(':') && !a.host.starts_with('[') {
+        format!("[{}]:{}", a.host, a.port)
+    } else {
+        format!("{}:{}", a.host, a.port)
+    };
+    bitnet_server::run(
+        &addr,
+        config,
+        |local| eprintln!("listening on http://{local}"),
+        load,
+    )?;
+    eprintln!("shut down");
+    Ok(())
+}
