@@ -366,9 +366,11 @@ pub fn synthetic_config(preset: &str) -> Result<ModelConfig, EngineError> {
         "700m" => (1536, 24, 16, 4, 4096, 32000),
         "125m" => (768, 12, 12, 4, 2048, 32000),
         "tiny" => (256, 2, 4, 2, 512, 1024),
+        // About one million parameters: the seed's "1M-parameter model" benchmark target.
+        "1m" => (128, 4, 4, 2, 384, 512),
         _ => {
             return Err(EngineError::Options(format!(
-                "unknown synthetic preset '{preset}' (2b4t, 700m, 125m, tiny)"
+                "unknown synthetic preset '{preset}' (2b4t, 700m, 125m, tiny, 1m)"
             )));
         }
     };
