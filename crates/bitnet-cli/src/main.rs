@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use bitnet::{ChatMessage, Device, EngineBuilder, GenerateOptions, Prompt, SamplingOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod perplexity;
 mod serve;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "bitnet", version, about = "Run BitNet b1.58 language models", long_about = None)]
@@ -35,6 +37,10 @@ enum Command {
     Bench(BenchArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Train a small BitNet b1.58 model (quantization-aware).
+    Train(train::TrainArgs),
+    /// Perplexity of a model on a text file.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 #[derive(Args, Clone)]
@@ -241,6 +247,9 @@ struct ConvertArgs {
     /// Seed of the synthetic weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Give the synthetic model this model's tokenizer (so text prompts and the server work).
+    #[arg(long, requires = "synthetic")]
+    vocab_from: Option<String>,
     /// The GGUF file to write.
     #[arg(short, long)]
     out: std::path::PathBuf,
@@ -323,6 +332,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert(a),
         Command::Bench(a) => bench(a),
         Command::Serve(a) => serve::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -558,7 +569,9 @@ fn convert(a: ConvertArgs) -> Result<()> {
         embedding: a.embedding.parse().map_err(anyhow::Error::msg)?,
     };
     let report = match (&a.model, &a.synthetic) {
-        (_, Some(preset)) => bitnet::convert::synthetic(preset, a.seed, &a.out, &opts)?,
+        (_, Some(preset)) => {
+            bitnet::convert::synthetic(preset, a.seed, &a.out, &opts, a.vocab_from.as_deref())?
+        }
         (Some(model), None) => bitnet::convert::convert(model, &a.out, &opts, a.offline)?,
         (None, None) => bail!("give --model or --synthetic"),
     };

@@ -12,7 +12,7 @@ fn forward(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("bitnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("1m.gguf");
-    synthetic("1m", 0, &path, &ConvertOptions::default()).expect("synthetic model");
+    synthetic("1m", 0, &path, &ConvertOptions::default(), None).expect("synthetic model");
     let engine = EngineBuilder::new(path.to_str().expect("utf-8 path"))
         .threads(1)
         .build()

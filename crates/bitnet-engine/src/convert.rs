@@ -486,19 +486,31 @@ impl WeightSource for SyntheticSource {
     }
 }
 
-/// Writes a synthetic model of `preset`'s shape (no tokenizer: run it with token ids).
+/// Writes a synthetic model of `preset`'s shape. Without `vocab_from` it has no tokenizer (run
+/// it with token ids); with it, it borrows that model's tokenizer (whose ids must fit the
+/// preset's vocabulary), so text prompts and the server work on it too.
 pub fn synthetic(
     preset: &str,
     seed: u64,
     out: &Path,
     opts: &ConvertOptions,
+    vocab_from: Option<&str>,
 ) -> Result<ConvertReport, EngineError> {
     let src = SyntheticSource::new(preset, seed)?;
-    write_gguf(
-        &src,
-        None,
-        Some(&format!("bitnet-rs synthetic {preset}")),
-        out,
-        opts,
-    )
+    let vocab = match vocab_from {
+        Some(m) => {
+            let v = crate::load_tokenizer(m, true)?.to_gguf_vocab()?;
+            if v.tokens.len() > src.config.vocab_size {
+                return Err(EngineError::Options(format!(
+                    "{m}'s tokenizer has {} tokens, more than the {preset} vocabulary of {}",
+                    v.tokens.len(),
+                    src.config.vocab_size
+                )));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let name = format!("bitnet-rs synthetic {preset}");
+    write_gguf(&src, vocab.as_ref(), Some(&name), out, opts)
 }

@@ -12,6 +12,7 @@ mod error;
 mod generate;
 mod inspect;
 mod load;
+pub mod perplexity;
 pub mod sampling;
 pub mod scheduler;
 pub mod stop;
@@ -24,6 +25,7 @@ pub use error::EngineError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
+pub use perplexity::{PerplexityOptions, PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingOptions};
 pub use scheduler::{
     Completion, Event, EventSink, Request, Scheduler, SchedulerConfig, SchedulerStats, SubmitError,

@@ -78,6 +78,7 @@ pub struct EngineBuilder {
     revision: Option<String>,
     progress: bool,
     mmap: bool,
+    bytes: Option<&'static [u8]>,
 }
 
 impl EngineBuilder {
@@ -95,6 +96,16 @@ impl EngineBuilder {
             revision: None,
             progress: false,
             mmap: true,
+            bytes: None,
+        }
+    }
+
+    /// A GGUF model held in memory (the one bundled into a binary); `name` is what reports show
+    /// as its path.
+    pub fn from_gguf_bytes(name: impl Into<String>, bytes: &'static [u8]) -> Self {
+        Self {
+            bytes: Some(bytes),
+            ..Self::new(name)
         }
     }
 
@@ -185,10 +196,24 @@ impl EngineBuilder {
             return Err(EngineError::Options("threads must be at least 1".into()));
         }
         let kernel = bitnet_cpu::with_threads(kernel, threads);
-        let path = self.resolve()?;
-        let (model, tokenizer, template, format) = match detect(&path)? {
+        // A model in memory is a GGUF image; anything else is found on disk (or the hub).
+        let (path, source) = match self.bytes {
+            Some(_) => (
+                PathBuf::from(&self.model),
+                Source::Gguf(PathBuf::from(&self.model)),
+            ),
+            None => {
+                let path = self.resolve()?;
+                let source = detect(&path)?;
+                (path, source)
+            }
+        };
+        let (model, tokenizer, template, format) = match source {
             Source::Gguf(file) => {
-                let gguf = Arc::new(GgufFile::open(&file)?);
+                let gguf = Arc::new(match self.bytes {
+                    Some(b) => GgufFile::from_bytes(b.to_vec())?,
+                    None => GgufFile::open(&file)?,
+                });
                 let source = bitnet_model::GgufSource::new(gguf.clone())?.zero_copy(self.mmap);
                 let model = bitnet_model::Model::from_source(&source, kernel.as_ref())?;
                 let vocab = gguf_vocab(&gguf)?;

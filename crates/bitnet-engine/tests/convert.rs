@@ -173,7 +173,7 @@ fn odd_widths_refuse_block_types_with_a_clear_error() {
 fn synthetic_models_have_the_claimed_shape_and_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny.gguf");
-    let report = convert::synthetic("tiny", 1, &out, &ConvertOptions::default()).unwrap();
+    let report = convert::synthetic("tiny", 1, &out, &ConvertOptions::default(), None).unwrap();
     assert_eq!(report.tensors, 2 + 2 * 11);
     let e = Engine::load(out.to_str().unwrap()).unwrap();
     let c = e.model().config();
@@ -194,8 +194,27 @@ fn synthetic_models_have_the_claimed_shape_and_run() {
     assert_eq!(g.count(), 4);
     // Same seed, same bytes; the 2B4T preset has the real shape.
     let again = dir.path().join("again.gguf");
-    convert::synthetic("tiny", 1, &again, &ConvertOptions::default()).unwrap();
+    convert::synthetic("tiny", 1, &again, &ConvertOptions::default(), None).unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    // Borrowing a tokenizer makes text prompts work.
+    let with_vocab = dir.path().join("vocab.gguf");
+    let fixture_model = fixture("tied-gqa2/model-tq2_0.gguf");
+    convert::synthetic(
+        "tiny",
+        1,
+        &with_vocab,
+        &ConvertOptions::default(),
+        Some(fixture_model.to_str().unwrap()),
+    )
+    .unwrap();
+    let e = Engine::load(with_vocab.to_str().unwrap()).unwrap();
+    assert_eq!(e.tokenizer().unwrap().vocab_size(), 384);
+    assert_eq!(
+        e.generate("The quick", GenerateOptions::greedy(3))
+            .unwrap()
+            .count(),
+        3
+    );
     let c = convert::synthetic_config("2b4t").unwrap();
     assert_eq!(
         (
