@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use bitnet::{ChatMessage, Device, EngineBuilder, GenerateOptions, Prompt, SamplingOptions};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod default_model;
 mod perplexity;
 mod serve;
 mod train;
@@ -45,9 +46,10 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// A GGUF file, a Hugging Face model directory, or a hub repo id (owner/name[:file.gguf]).
+    /// A GGUF file, a Hugging Face model directory, or a hub repo id (owner/name[:file.gguf]);
+    /// default: the small Shakespeare model bundled into this binary.
     #[arg(short, long, env = "BITNET_MODEL")]
-    model: String,
+    model: Option<String>,
     /// Use only the local Hugging Face cache for hub ids; say what is missing.
     #[arg(long)]
     offline: bool,
@@ -80,7 +82,11 @@ pub(crate) struct RunArgs {
 impl RunArgs {
     pub(crate) fn load(&self) -> Result<bitnet::Engine> {
         let device: Device = self.device.parse().map_err(anyhow::Error::msg)?;
-        let mut b = EngineBuilder::new(&self.model.model)
+        let b = match &self.model.model {
+            Some(m) => EngineBuilder::new(m),
+            None => EngineBuilder::from_gguf_bytes(default_model::NAME, default_model::GGUF),
+        };
+        let mut b = b
             .kernel(&self.kernel)
             .device(device)
             .offline(self.model.offline)
@@ -519,7 +525,20 @@ fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let tok = bitnet::load_tokenizer(&a.model.model, a.model.offline)?;
+    let (owned, bundled);
+    let tok = match &a.model.model {
+        Some(m) => {
+            owned = bitnet::load_tokenizer(m, a.model.offline)?;
+            &owned
+        }
+        None => {
+            bundled =
+                EngineBuilder::from_gguf_bytes(default_model::NAME, default_model::GGUF).build()?;
+            bundled
+                .tokenizer()
+                .context("the bundled model has no tokenizer")?
+        }
+    };
     let text = match (a.prompt, a.file) {
         (Some(p), _) => p,
         (None, Some(f)) => {

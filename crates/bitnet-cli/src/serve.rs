@@ -54,11 +54,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         bail!("--max-batch must be at least 1");
     }
     let model_name = a.model_name.clone().unwrap_or_else(|| {
-        let m = &a.run.model.model;
+        let m = a
+            .run
+            .model
+            .model
+            .as_deref()
+            .unwrap_or(crate::default_model::NAME);
         std::path::Path::new(m)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| m.clone())
+            .unwrap_or_else(|| m.to_string())
     });
     let config = ServerConfig {
         api_key: a.api_key.clone(),

@@ -553,3 +553,33 @@ fn stop_strings_cut_the_output_before_them() {
     assert_eq!(cut["finish_reason"], "stop");
     assert!(cut["tokens"].as_array().unwrap().len() < 12);
 }
+
+#[test]
+fn the_bundled_default_model_runs_without_model() {
+    let args = [
+        "generate",
+        "--prompt",
+        "ROMEO:",
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+        "--format",
+        "json",
+    ];
+    let bundled: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    let file = root()
+        .join("models/default/model.gguf")
+        .display()
+        .to_string();
+    let mut with_file = args.to_vec();
+    with_file.extend(["--model", &file]);
+    let from_file: serde_json::Value = serde_json::from_str(&ok(&with_file)).unwrap();
+    assert_eq!(bundled["tokens"], from_file["tokens"]);
+    assert_eq!(bundled["tokens"].as_array().unwrap().len(), 12);
+    // BOS + the tokenizer's pieces of "ROMEO:".
+    assert!(bundled["prompt_tokens"].as_array().unwrap().len() >= 2);
+    let tok = ok(&["tokenize", "--prompt", "ROMEO:", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&tok).unwrap();
+    assert_eq!(v["ids"], bundled["prompt_tokens"]);
+}

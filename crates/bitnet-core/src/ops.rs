@@ -243,6 +243,65 @@ impl FloatMatrix {
         }
     }
 
+    /// Several vectors at once: `out[i * m + j] = row_(first + i) . xs_j` for `m` vectors `xs`
+    /// (`m x cols`, row-major). Each row is read once for all vectors, and each product is
+    /// computed exactly as [`FloatMatrix::matvec_rows`] computes it, so batching never changes
+    /// a logit.
+    pub fn matmul_rows(&self, xs: &[f32], m: usize, first: usize, out: &mut [f32]) {
+        let cols = self.cols;
+        if m == 1 {
+            return self.matvec_rows(xs, first, out);
+        }
+        let n_rows = out.len() / m.max(1);
+        let rows = first..first + n_rows;
+        let xs_of = |j: usize| &xs[j * cols..(j + 1) * cols];
+        match &self.storage {
+            FloatStorage::F32(v) => {
+                for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
+                    let row = &v[r * cols..(r + 1) * cols];
+                    for (j, y) in o.iter_mut().enumerate() {
+                        *y = crate::simd::dot_f32(row, xs_of(j));
+                    }
+                }
+            }
+            FloatStorage::F16(_) | FloatStorage::F16Mapped(_) => {
+                let v: &[f16] = match &self.storage {
+                    FloatStorage::F16(v) => v,
+                    FloatStorage::F16Mapped(v) => v.f16s(),
+                    _ => &[],
+                };
+                for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
+                    let row = &v[r * cols..(r + 1) * cols];
+                    for (j, y) in o.iter_mut().enumerate() {
+                        *y = crate::simd::dot_f16(row, xs_of(j));
+                    }
+                }
+            }
+            FloatStorage::BF16(v) => {
+                for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
+                    let row = &v[r * cols..(r + 1) * cols];
+                    for (j, y) in o.iter_mut().enumerate() {
+                        *y = dot_with(row, xs_of(j), |h| h.to_f32());
+                    }
+                }
+            }
+            FloatStorage::Rows(d) => {
+                thread_local! {
+                    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                ROWS.with_borrow_mut(|buf| {
+                    buf.resize(cols, 0.0);
+                    for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
+                        d.decode_row(r, buf);
+                        for (j, y) in o.iter_mut().enumerate() {
+                            *y = dot(buf, xs_of(j));
+                        }
+                    }
+                });
+            }
+        }
+    }
+
     /// `out[r] = row_r . x` for every row: the float (unquantized) output head.
     pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
         debug_assert_eq!(x.len(), self.cols);

@@ -109,6 +109,8 @@ pub struct Scratch {
     up: Vec<f32>,
     ints: Vec<i32>,
     segs: Vec<Segment>,
+    head_in: Vec<f32>,
+    head_out: Vec<f32>,
 }
 
 /// Rows `row..row + n` of a batched step belong to one sequence at positions `start..start + n`.
@@ -375,7 +377,10 @@ impl Model {
             Logits::Last => seg.row..seg.row,
             Logits::All => seg.row..seg.row + seg.n,
         };
-        let head = self.output_head();
+        // Gather the wanted rows, normed, then run the head once over all of them: each head
+        // row is read from memory once per step, not once per sequence.
+        let mut m = 0;
+        s.head_in.clear();
         for (e, seg) in batch.iter().zip(&segs) {
             for t in wanted(e, seg) {
                 let r = t * hd..(t + 1) * hd;
@@ -385,14 +390,31 @@ impl Model {
                     c.rms_norm_eps,
                     &mut s.x[r.clone()],
                 );
-                let o = logits.len();
-                logits.resize(o + v, 0.0);
-                let (x, out) = (&s.x[r], &mut logits[o..o + v]);
-                match &self.pool {
-                    Some(pool) => pool.for_each_chunk_mut(out, HEAD_ROWS_PER_TASK, &|i, part| {
-                        head.matvec_rows(x, i * HEAD_ROWS_PER_TASK, part)
-                    }),
-                    None => head.matvec_rows(x, 0, out),
+                s.head_in.extend_from_slice(&s.x[r]);
+                m += 1;
+            }
+        }
+        let head = self.output_head();
+        let xs = &s.head_in;
+        logits.resize(m * v, 0.0);
+        // Head results come out row-major by vocabulary entry (`v x m`); with one token that is
+        // already the logits' layout.
+        let out: &mut [f32] = if m == 1 {
+            logits
+        } else {
+            s.head_out.resize(v * m, 0.0);
+            &mut s.head_out
+        };
+        match &self.pool {
+            Some(pool) => pool.for_each_chunk_mut(out, HEAD_ROWS_PER_TASK * m, &|i, part| {
+                head.matmul_rows(xs, m, i * HEAD_ROWS_PER_TASK, part)
+            }),
+            None => head.matmul_rows(xs, m, 0, out),
+        }
+        if m > 1 {
+            for (r, row) in s.head_out.chunks_exact(m).enumerate() {
+                for (j, &y) in row.iter().enumerate() {
+                    logits[j * v + r] = y;
                 }
             }
         }
