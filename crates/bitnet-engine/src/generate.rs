@@ -137,29 +137,8 @@ impl Generation {
         opts: GenerateOptions,
     ) -> Result<Self, EngineError> {
         opts.sampling.validate().map_err(EngineError::Options)?;
-        let tokens = match prompt {
-            Prompt::Tokens(t) => t,
-            Prompt::Text(text) => {
-                let tok = engine.tokenizer().ok_or(EngineError::NoTokenizer)?;
-                let add_bos = opts.add_bos.unwrap_or_else(|| tok.add_bos_default());
-                tok.encode(&text, add_bos, true)?
-            }
-            Prompt::Chat(messages) => {
-                let rendered = engine.render_chat(&messages)?;
-                let tok = engine.tokenizer().ok_or(EngineError::NoTokenizer)?;
-                tok.encode_chat_prompt(&rendered)?
-            }
-        };
-        if tokens.is_empty() {
-            return Err(EngineError::Options("the prompt is empty".into()));
-        }
+        let tokens = crate::scheduler::tokenize_prompt(&engine, prompt, opts.add_bos)?;
         let ctx = engine.context_length();
-        if tokens.len() >= ctx {
-            return Err(EngineError::PromptTooLong {
-                tokens: tokens.len(),
-                context: ctx,
-            });
-        }
         let model = engine.model();
         let mut cache = model.new_cache(ctx);
         let mut scratch = Scratch::default();
