@@ -9,7 +9,9 @@ use bitnet_model::{BatchEntry, Logits, Scratch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or("usage: batch_step MODEL.gguf [threads]")?;
+    let path = args
+        .next()
+        .ok_or("usage: batch_step MODEL.gguf [threads]")?;
     let threads: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
     let engine = EngineBuilder::new(path).threads(threads).build()?;
     let model = engine.model();
@@ -31,7 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut entries: Vec<BatchEntry<'_>> = caches
                 .iter_mut()
                 .zip(&toks)
-                .map(|(cache, tok)| BatchEntry { tokens: tok, cache, logits: Logits::Last })
+                .map(|(cache, tok)| BatchEntry {
+                    tokens: tok,
+                    cache,
+                    logits: Logits::Last,
+                })
                 .collect();
             model.forward_batch(&mut entries, &mut logits, &mut scratch, None)?;
         }
