@@ -270,12 +270,13 @@ impl FloatMatrix {
                     FloatStorage::F16Mapped(v) => v.f16s(),
                     _ => &[],
                 };
-                for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
-                    let row = &v[r * cols..(r + 1) * cols];
-                    for (j, y) in o.iter_mut().enumerate() {
-                        *y = crate::simd::dot_f16(row, xs_of(j));
-                    }
-                }
+                crate::simd::dots_f16(
+                    &v[rows.start * cols..rows.end * cols],
+                    cols,
+                    &xs[..m * cols],
+                    m,
+                    out,
+                );
             }
             FloatStorage::BF16(v) => {
                 for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
