@@ -88,6 +88,7 @@ mod x86 {
     /// Register-blocked [`dot_f16_avx512`]: the same per-pair accumulation order (two
     /// accumulators over alternating 16-lane chunks, reduced, then a scalar tail).
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // tile indices read clearer than zipped iterators here
     pub(super) fn dots_f16_avx512(
         rows: &[f16],
         cols: usize,
