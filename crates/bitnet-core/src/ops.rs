@@ -330,18 +330,7 @@ pub(crate) fn dot_with<T: Copy>(a: &[T], b: &[f32], conv: impl Fn(T) -> f32) -> 
 
 /// f32 dot product with eight partial sums (vectorizes and stays close to a pairwise sum).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut tail = 0.0f32;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
-    }
-    acc.iter().sum::<f32>() + tail
+    dot_with(a, b, |v| v)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{PackedTernary, act_sum};
+use crate::pack::{Act, PackedTernary, act};
 
 /// Packed bytes per block (one 256-bit load).
 const B: usize = 32;
@@ -64,28 +64,6 @@ impl PreparedLinear for Avx2Linear {
         // SAFETY: an Avx2Linear is only built by Avx2Kernel::prepare, and an Avx2Kernel only
         // exists after `Avx2Kernel::new` detected AVX2 on this CPU.
         unsafe { matmul(&self.0, x, batch, out) }
-    }
-}
-
-/// One activation row cut into whole blocks, plus its zero-padded last block (on the stack).
-struct Act<'a> {
-    full: &'a [[i8; W]],
-    tail: Option<[i8; W]>,
-    sum: i32,
-}
-
-#[inline(always)]
-fn act(x: &[i8]) -> Act<'_> {
-    let (full, rest) = x.as_chunks::<W>();
-    let tail = (!rest.is_empty()).then(|| {
-        let mut t = [0i8; W];
-        t[..rest.len()].copy_from_slice(rest);
-        t
-    });
-    Act {
-        full,
-        tail,
-        sum: act_sum(x),
     }
 }
 
@@ -216,7 +194,7 @@ fn hsum4(v: [__m256i; 4]) -> [i32; 4] {
 /// One weight row by one activation row.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
+fn dot_1x1(w: &[[u8; B]], a: &Act<'_, W>) -> i32 {
     let mut acc = _mm256_setzero_si256();
     for (wb, xb) in w.iter().zip(a.full) {
         acc = _mm256_add_epi32(acc, block(&unpack(wb), xb));
@@ -230,7 +208,7 @@ fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
 /// Four weight rows by one activation row (batch 1): one activation load serves four rows.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     let mut acc = [_mm256_setzero_si256(); 4];
     let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
     for ((((w0, w1), w2), w3), xb) in rows.zip(a.full) {
@@ -253,7 +231,7 @@ fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
 /// One weight row by four activation rows: each unpacked block serves four activation rows.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_1x4(w: &[[u8; B]], a: &[Act; 4]) -> [i32; 4] {
+fn dot_1x4(w: &[[u8; B]], a: &[Act<'_, W>; 4]) -> [i32; 4] {
     let mut acc = [_mm256_setzero_si256(); 4];
     let xs = a[0]
         .full

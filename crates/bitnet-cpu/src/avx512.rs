@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{PackedTernary, act_sum};
+use crate::pack::{Act, PackedTernary, act};
 
 /// Packed bytes per block (one 512-bit load).
 const B: usize = 64;
@@ -68,28 +68,6 @@ impl PreparedLinear for Avx512Linear {
         // SAFETY: an Avx512Linear is only built by Avx512Kernel::prepare, and an Avx512Kernel
         // only exists after `Avx512Kernel::new` detected AVX-512F, BW and VNNI on this CPU.
         unsafe { matmul(&self.0, x, batch, out) }
-    }
-}
-
-/// One activation row cut into whole blocks, plus its zero-padded last block (on the stack).
-struct Act<'a> {
-    full: &'a [[i8; W]],
-    tail: Option<[i8; W]>,
-    sum: i32,
-}
-
-#[inline(always)]
-fn act(x: &[i8]) -> Act<'_> {
-    let (full, rest) = x.as_chunks::<W>();
-    let tail = (!rest.is_empty()).then(|| {
-        let mut t = [0i8; W];
-        t[..rest.len()].copy_from_slice(rest);
-        t
-    });
-    Act {
-        full,
-        tail,
-        sum: act_sum(x),
     }
 }
 
@@ -224,7 +202,7 @@ fn unpack_scaled(w: &[u8; B]) -> [__m512i; 4] {
 /// [`MAX_SCALED_BLOCKS`] blocks per row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_4x1_scaled(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+fn dot_4x1_scaled(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
     let tail = a.tail.as_ref();
@@ -257,7 +235,7 @@ fn dot_4x1_scaled(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
 /// One weight row by one activation row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
+fn dot_1x1(w: &[[u8; B]], a: &Act<'_, W>) -> i32 {
     let mut acc = _mm512_setzero_si512();
     for (wb, xb) in w.iter().zip(a.full) {
         acc = block(acc, &unpack(wb), xb);
@@ -271,7 +249,7 @@ fn dot_1x1(w: &[[u8; B]], a: &Act) -> i32 {
 /// Four weight rows by one activation row (batch 1): one activation load serves four rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
+fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     let mut acc = [_mm512_setzero_si512(); 4];
     let rows = w[0].iter().zip(w[1]).zip(w[2]).zip(w[3]);
     for ((((w0, w1), w2), w3), xb) in rows.zip(a.full) {
@@ -296,7 +274,7 @@ fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act) -> [i32; 4] {
 /// by `vpdpbusd` throughput rather than by loads.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_2x4(w: [&[[u8; B]]; 2], a: &[Act; 4]) -> [[i32; 4]; 2] {
+fn dot_2x4(w: [&[[u8; B]]; 2], a: &[Act<'_, W>; 4]) -> [[i32; 4]; 2] {
     let mut acc = [[_mm512_setzero_si512(); 4]; 2];
     let xs = a[0]
         .full
@@ -333,7 +311,7 @@ fn dot_2x4(w: [&[[u8; B]]; 2], a: &[Act; 4]) -> [[i32; 4]; 2] {
 /// One weight row by four activation rows: each unpacked block serves four activation rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_1x4(w: &[[u8; B]], a: &[Act; 4]) -> [i32; 4] {
+fn dot_1x4(w: &[[u8; B]], a: &[Act<'_, W>; 4]) -> [i32; 4] {
     let mut acc = [_mm512_setzero_si512(); 4];
     let xs = a[0]
         .full

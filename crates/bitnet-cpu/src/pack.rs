@@ -90,6 +90,30 @@ impl PackedTernary {
     }
 }
 
+/// One activation row cut into whole blocks of `W` codes, plus its zero-padded last block (on
+/// the stack), and the row's sum (the `- sum(x)` of `dot(t, x) = dot(t + 1, x) - sum(x)`).
+pub(crate) struct Act<'a, const W: usize> {
+    pub(crate) full: &'a [[i8; W]],
+    pub(crate) tail: Option<[i8; W]>,
+    pub(crate) sum: i32,
+}
+
+/// Splits an activation row for the SIMD kernels.
+#[inline(always)]
+pub(crate) fn act<const W: usize>(x: &[i8]) -> Act<'_, W> {
+    let (full, rest) = x.as_chunks::<W>();
+    let tail = (!rest.is_empty()).then(|| {
+        let mut t = [0i8; W];
+        t[..rest.len()].copy_from_slice(rest);
+        t
+    });
+    Act {
+        full,
+        tail,
+        sum: act_sum(x),
+    }
+}
+
 /// Sum of an activation row, wrapping like the SIMD accumulators do.
 #[inline(always)]
 pub(crate) fn act_sum(x: &[i8]) -> i32 {

@@ -120,6 +120,13 @@ impl Sampler {
     /// for the repetition penalty) and the generated ones (`generated`, for presence/frequency).
     pub fn sample(&mut self, logits: &[f32], history: &[u32], generated: &[u32]) -> u32 {
         let o = &self.opts;
+        let penalties = (o.repeat_penalty != 1.0 && o.repeat_last_n > 0)
+            || o.presence_penalty != 0.0
+            || o.frequency_penalty != 0.0;
+        if o.temperature <= 0.0 && !penalties {
+            // Plain greedy: no need to copy the vocabulary-sized logits every token.
+            return argmax(logits);
+        }
         self.work.clear();
         self.work.extend_from_slice(logits);
         let w = &mut self.work;

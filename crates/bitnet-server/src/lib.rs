@@ -433,17 +433,24 @@ fn body_error(r: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
+/// The request body parsed as `T`, or the error response (size limit, timeout, bad JSON).
+// The error is the response itself, built once per rejected request: its size does not matter.
+#[allow(clippy::result_large_err)]
+fn parse_body<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Response> {
+    let body = body.map_err(|r| body_error(r, st.config.max_body_bytes).into_response())?;
+    api::parse(&body).map_err(IntoResponse::into_response)
+}
+
 async fn chat_completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return body_error(r, st.config.max_body_bytes).into_response(),
-    };
-    let req: ChatRequest = match api::parse(&body) {
+    let req: ChatRequest = match parse_body(&st, body) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return e,
     };
     let messages = match req.messages() {
         Ok(m) => m,
@@ -458,13 +465,9 @@ async fn completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(r) => return body_error(r, st.config.max_body_bytes).into_response(),
-    };
-    let req: CompletionRequest = match api::parse(&body) {
+    let req: CompletionRequest = match parse_body(&st, body) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(e) => return e,
     };
     let prompt = match req.prompt() {
         Ok(p) => p,
