@@ -74,21 +74,49 @@ pub(crate) struct RunArgs {
     /// Copy f16 heads into memory instead of reading them from the mapped file.
     #[arg(long)]
     no_mmap: bool,
-    /// Device: auto, cpu, cuda or cuda:N.
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// Where the model runs.
+#[derive(Args, Clone)]
+pub(crate) struct DeviceArgs {
+    /// Device: auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Head storage on a GPU: native (as in the file) or int8 (half the bytes of f16).
+    #[arg(long, default_value = "native", value_parser = ["native", "int8"])]
+    gpu_head: String,
+    /// KV cache element type on a GPU: f16 or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    gpu_kv: String,
+}
+
+impl DeviceArgs {
+    /// Applies the device options to a builder; returns the parsed device too.
+    fn apply(&self, b: EngineBuilder) -> Result<(EngineBuilder, Device)> {
+        let device: Device = self.device.parse().map_err(anyhow::Error::msg)?;
+        let head = match self.gpu_head.as_str() {
+            "int8" => bitnet::cuda::HeadType::Int8,
+            _ => bitnet::cuda::HeadType::Native,
+        };
+        let kv = match self.gpu_kv.as_str() {
+            "f32" => bitnet::cuda::KvType::F32,
+            _ => bitnet::cuda::KvType::F16,
+        };
+        Ok((b.device(device).gpu_head(head).gpu_kv(kv), device))
+    }
 }
 
 impl RunArgs {
     pub(crate) fn load(&self) -> Result<bitnet::Engine> {
-        let device: Device = self.device.parse().map_err(anyhow::Error::msg)?;
         let b = match &self.model.model {
             Some(m) => EngineBuilder::new(m),
             None => EngineBuilder::from_gguf_bytes(default_model::NAME, default_model::GGUF),
         };
+        let (b, device) = self.device.apply(b)?;
         let mut b = b
             .kernel(&self.kernel)
-            .device(device)
             .offline(self.model.offline)
             .progress(true);
         if let Some(r) = &self.model.revision {
@@ -101,7 +129,16 @@ impl RunArgs {
             b = b.threads(n);
         }
         b = b.mmap(!self.no_mmap);
-        Ok(b.build()?)
+        let engine = b.build()?;
+        // Say where the model runs whenever we chose (auto), in one line on stderr.
+        if device == Device::Auto {
+            let info = engine.info();
+            match &info.device_note {
+                Some(why) => eprintln!("device: cpu (no GPU used: {why})"),
+                None => eprintln!("device: {}", info.device),
+            }
+        }
+        Ok(engine)
     }
 }
 
@@ -309,6 +346,15 @@ struct BenchArgs {
     /// Copy f16 heads into memory instead of reading them from the mapped file.
     #[arg(long)]
     no_mmap: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also measure aggregate decode with this many concurrent sequences (comma-separated),
+    /// each filled to --depth positions first.
+    #[arg(short = 'b', long = "batch", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Context depth of the sequences in the --batch tests.
+    #[arg(long, default_value_t = 512)]
+    depth: usize,
 }
 
 #[derive(Args)]
@@ -621,12 +667,18 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let mut header_done = false;
     for &t in &threads {
-        let engine = EngineBuilder::new(&a.model)
+        let (b, _) = a.device.apply(EngineBuilder::new(&a.model))?;
+        let engine = b
             .kernel(&a.kernel)
             .threads(t)
             .mmap(!a.no_mmap)
             .progress(true)
             .build()?;
+        let backend = if engine.model().device().is_some() {
+            "CUDA"
+        } else {
+            "CPU"
+        };
         let c = engine.model().config().clone();
         let file_bytes = std::fs::metadata(&engine.info().path)
             .map(|m| m.len())
@@ -648,6 +700,15 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
         for &n in a.n_gen.iter().filter(|&&n| n > 0) {
             results.push(bitnet::bench::bench_tg(&engine, n, a.repetitions)?);
+            for &b in &a.batch {
+                results.push(bitnet::bench::bench_batch(
+                    &engine,
+                    b,
+                    a.depth,
+                    n,
+                    a.repetitions,
+                )?);
+            }
         }
         let rss = bitnet::bench::peak_rss_bytes().unwrap_or(0);
         for r in results {
@@ -676,7 +737,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 };
                 writeln!(
                     out,
-                    "| {model_desc} | {:.2} GiB | {:.2} B | CPU | {t} | {} | {:.2} ± {:.2} | {} | {} | {:.0} MiB |",
+                    "| {model_desc} | {:.2} GiB | {:.2} B | {backend} | {t} | {} | {:.2} ± {:.2} | {} | {} | {:.0} MiB |",
                     file_bytes as f64 / (1u64 << 30) as f64,
                     params as f64 / 1e9,
                     r.test,
@@ -694,6 +755,7 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "model_size": file_bytes,
                 "model_n_params": params,
                 "kernel": engine.info().kernel,
+                "device": engine.info().device,
                 "head_type": engine.model().head_type(),
                 "n_threads": t,
                 "n_prompt": if r.test.starts_with("pp") { r.n_tokens } else { 0 },

@@ -583,3 +583,38 @@ fn the_bundled_default_model_runs_without_model() {
     let v: serde_json::Value = serde_json::from_str(&tok).unwrap();
     assert_eq!(v["ids"], bundled["prompt_tokens"]);
 }
+
+/// Device choice: `auto` says in one stderr line where the model runs; `cuda` without a usable
+/// GPU is a clear error, never a panic. (On a machine with a GPU the second half checks that the
+/// model runs there instead.)
+#[test]
+fn device_selection_is_announced_and_cuda_without_gpu_is_a_clear_error() {
+    let model = fixture("tied-gqa2/model-i2_s.gguf");
+    let args = [
+        "generate",
+        "-m",
+        &model,
+        "--prompt-tokens",
+        "1,2,3",
+        "-n",
+        "2",
+    ];
+    let out = bitnet(&[&args[..], &["--temperature", "0"]].concat());
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("device: ")).collect();
+    assert_eq!(lines.len(), 1, "one device line: {err}");
+    if lines[0].starts_with("device: cpu") {
+        assert!(lines[0].contains("no GPU used"), "{}", lines[0]);
+        let err = fails(&[&args[..], &["--device", "cuda"]].concat());
+        assert!(err.contains("cuda:0"), "{err}");
+        let err = fails(&[&args[..], &["--device", "cuda:x"]].concat());
+        assert!(err.contains("unknown device"), "{err}");
+    } else {
+        assert!(lines[0].starts_with("device: cuda:0"), "{}", lines[0]);
+    }
+    // An explicit CPU choice runs quietly.
+    let out = bitnet(&[&args[..], &["--device", "cpu"]].concat());
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("device: "));
+}

@@ -56,13 +56,16 @@ impl Rope {
         Self { half, inv_freq }
     }
 
+    /// `(sin, cos)` of frequency `i`'s angle at position `pos`, as [`Rope::apply`] uses them.
+    pub fn sin_cos(&self, pos: usize, i: usize) -> (f32, f32) {
+        (pos as f32 * self.inv_freq[i]).sin_cos()
+    }
+
     /// Rotates one head vector (length `2 * half`) in place for position `pos`: the two halves are
     /// rotated against each other, `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let p = pos as f32;
         for i in 0..self.half {
-            let angle = p * self.inv_freq[i];
-            let (s, c) = angle.sin_cos();
+            let (s, c) = self.sin_cos(pos, i);
             let (x1, x2) = (x[i], x[i + self.half]);
             x[i] = x1 * c - x2 * s;
             x[i + self.half] = x2 * c + x1 * s;
@@ -154,6 +157,11 @@ impl FloatMatrix {
     /// Columns.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// The values as stored (for backends that upload them).
+    pub fn storage(&self) -> &FloatStorage {
+        &self.storage
     }
 
     /// Storage type name (`f32`, `f16`, `bf16`, or the decoder's).

@@ -46,11 +46,11 @@ fn forward(c: &mut Criterion) {
         .expect("prefill");
     c.bench_function("1m_decode_token", |b| {
         b.iter(|| {
-            let mut cache = base.clone();
+            base.truncate(prompt.len());
             model
                 .forward(
                     &[7],
-                    &mut cache,
+                    &mut base,
                     Logits::Last,
                     &mut logits,
                     &mut scratch,
@@ -61,8 +61,26 @@ fn forward(c: &mut Criterion) {
     });
     c.bench_function("1m_decode_batch8", |b| {
         let toks: Vec<[u32; 1]> = (0..8).map(|i| [i as u32]).collect();
+        let mut caches: Vec<_> = (0..8)
+            .map(|_| {
+                let mut c = model.new_cache(64);
+                model
+                    .forward(
+                        &prompt,
+                        &mut c,
+                        Logits::Last,
+                        &mut logits,
+                        &mut scratch,
+                        None,
+                    )
+                    .expect("prefill");
+                c
+            })
+            .collect();
         b.iter(|| {
-            let mut caches: Vec<_> = (0..8).map(|_| base.clone()).collect();
+            for c in caches.iter_mut() {
+                c.truncate(prompt.len());
+            }
             let mut batch: Vec<BatchEntry<'_>> = caches
                 .iter_mut()
                 .zip(&toks)

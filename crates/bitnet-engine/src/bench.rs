@@ -145,3 +145,87 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Aggregate decode: `batch` sequences, each first filled to `depth` positions, then `n_gen`
+/// batched decode steps (one token per sequence per step, greedy on the device when there is
+/// one). Reports generated tokens per second over all sequences; pp is not counted.
+pub fn bench_batch(
+    engine: &Engine,
+    batch: usize,
+    depth: usize,
+    n_gen: usize,
+    repetitions: usize,
+) -> Result<BenchResult, EngineError> {
+    use bitnet_model::BatchEntry;
+    let model = engine.model();
+    let c = model.config();
+    if batch == 0 || n_gen == 0 {
+        return Err(EngineError::Options(
+            "batch and n-gen must be at least 1".into(),
+        ));
+    }
+    let mut samples = Vec::new();
+    let mut scratch = Scratch::default();
+    let mut logits = Vec::new();
+    let mut next = Vec::new();
+    for rep in 0..=repetitions {
+        let mut caches: Vec<_> = (0..batch)
+            .map(|_| model.new_cache(depth + n_gen + 1))
+            .collect();
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|i| tokens(depth.max(1), c.vocab_size, rep * batch + i))
+            .collect();
+        // Fill the contexts a few sequences at a time, as a server's chunked prefill would.
+        for (cs, ps) in caches.chunks_mut(4).zip(prompts.chunks(4)) {
+            let mut entries: Vec<BatchEntry<'_>> = cs
+                .iter_mut()
+                .zip(ps)
+                .map(|(cache, p)| BatchEntry {
+                    tokens: p,
+                    cache,
+                    logits: Logits::Last,
+                })
+                .collect();
+            model.forward_batch(&mut entries, &mut logits, &mut scratch, None)?;
+        }
+        let mut step: Vec<[u32; 1]> = prompts.iter().map(|p| [p[0]]).collect();
+        let t = Instant::now();
+        for _ in 0..n_gen {
+            let mut entries: Vec<BatchEntry<'_>> = caches
+                .iter_mut()
+                .zip(&step)
+                .map(|(cache, tok)| BatchEntry {
+                    tokens: tok,
+                    cache,
+                    logits: Logits::Last,
+                })
+                .collect();
+            model.forward_batch_greedy(&mut entries, &mut next, &mut scratch)?;
+            for (s, &n) in step.iter_mut().zip(&next) {
+                s[0] = n;
+            }
+        }
+        let dt = t.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push((batch * n_gen) as f64 / dt);
+        }
+    }
+    let (avg_ts, stddev_ts) = stats(&samples);
+    let weights = model.weight_bytes_per_token();
+    let kv_per_step = (2 * c.n_layers * c.kv_dim() * 4) as u64
+        * batch as u64
+        * (depth as u64 + (n_gen as u64).div_ceil(2));
+    // Bytes per generated token: one pass over the weights serves the whole batch.
+    let bytes_per_token = weights / batch as u64;
+    let kv_bytes_per_token = kv_per_step / batch as u64;
+    Ok(BenchResult {
+        test: format!("tg{n_gen} b{batch} d{depth}"),
+        n_tokens: batch * n_gen,
+        avg_ts,
+        stddev_ts,
+        samples_ts: samples,
+        bytes_per_token,
+        kv_bytes_per_token,
+        gb_per_s: (bytes_per_token + kv_bytes_per_token) as f64 * avg_ts / 1e9,
+    })
+}

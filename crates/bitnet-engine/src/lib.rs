@@ -25,6 +25,10 @@ pub use error::EngineError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
+/// The GPU backend's public options.
+pub mod cuda {
+    pub use bitnet_cuda::{HeadType, KvType};
+}
 pub use perplexity::{PerplexityOptions, PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingOptions};
 pub use scheduler::{

@@ -15,7 +15,7 @@ use crate::{Engine, EngineError, Inner};
 /// Where the model runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
-    /// The best device available (today: the CPU).
+    /// The first CUDA GPU when one and its libraries are present, else the CPU.
     #[default]
     Auto,
     /// The CPU.
@@ -63,6 +63,10 @@ pub struct ModelInfo {
     pub kernel: String,
     /// Threads the kernels run on.
     pub threads: usize,
+    /// The device in words (`cpu`, `cuda:0 (NVIDIA H100 ..., sm_90)`).
+    pub device: String,
+    /// Why `auto` chose the CPU, when it did.
+    pub device_note: Option<String>,
 }
 
 /// Options for loading a model; `build` loads it.
@@ -74,6 +78,8 @@ pub struct EngineBuilder {
     context_length: Option<usize>,
     max_kv_bytes: Option<usize>,
     device: Device,
+    gpu_head: bitnet_cuda::HeadType,
+    gpu_kv: bitnet_cuda::KvType,
     offline: bool,
     revision: Option<String>,
     progress: bool,
@@ -92,6 +98,8 @@ impl EngineBuilder {
             context_length: None,
             max_kv_bytes: None,
             device: Device::Auto,
+            gpu_head: Default::default(),
+            gpu_kv: Default::default(),
             offline: false,
             revision: None,
             progress: false,
@@ -139,6 +147,18 @@ impl EngineBuilder {
         self
     }
 
+    /// How the head is stored on a GPU (default: as in the file).
+    pub fn gpu_head(mut self, head: bitnet_cuda::HeadType) -> Self {
+        self.gpu_head = head;
+        self
+    }
+
+    /// The KV cache element type on a GPU (default: f16).
+    pub fn gpu_kv(mut self, kv: bitnet_cuda::KvType) -> Self {
+        self.gpu_kv = kv;
+        self
+    }
+
     /// Uses only the local Hugging Face cache for hub ids.
     pub fn offline(mut self, offline: bool) -> Self {
         self.offline = offline;
@@ -178,11 +198,7 @@ impl EngineBuilder {
 
     /// Loads the model, its tokenizer and chat template.
     pub fn build(self) -> Result<Engine, EngineError> {
-        if let Device::Cuda(n) = self.device {
-            return Err(EngineError::Device(format!(
-                "cuda:{n} requested, but this build has no CUDA backend yet; use --device cpu"
-            )));
-        }
+        let (gpu, device_note) = self.pick_device()?;
         let kernel: Arc<dyn LinearKernel> = match &self.kernel {
             Some(name) => {
                 bitnet_cpu::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
@@ -208,6 +224,30 @@ impl EngineBuilder {
                 (path, source)
             }
         };
+        let place =
+            |src: &dyn bitnet_model::WeightSource| -> Result<bitnet_model::Model, EngineError> {
+                match gpu {
+                    None => Ok(bitnet_model::Model::from_source(src, kernel.as_ref())?),
+                    Some(ordinal) => {
+                        let mut max_context = src.config().context_length;
+                        if let Some(n) = self.context_length {
+                            max_context = max_context.min(n.max(1));
+                        }
+                        let opts = bitnet_cuda::CudaOptions {
+                            ordinal,
+                            kv: self.gpu_kv,
+                            head: self.gpu_head,
+                            max_context,
+                        };
+                        let cuda = bitnet_cuda::CudaModel::load(src, opts)?;
+                        Ok(bitnet_model::Model::on_device(
+                            src.config().clone(),
+                            src.embedding()?,
+                            Box::new(cuda),
+                        )?)
+                    }
+                }
+            };
         let (model, tokenizer, template, format) = match source {
             Source::Gguf(file) => {
                 let gguf = Arc::new(match self.bytes {
@@ -215,7 +255,7 @@ impl EngineBuilder {
                     None => GgufFile::open(&file)?,
                 });
                 let source = bitnet_model::GgufSource::new(gguf.clone())?.zero_copy(self.mmap);
-                let model = bitnet_model::Model::from_source(&source, kernel.as_ref())?;
+                let model = place(&source)?;
                 let vocab = gguf_vocab(&gguf)?;
                 let tokenizer = vocab.as_ref().map(Tokenizer::from_gguf_vocab).transpose()?;
                 let template = vocab.and_then(|v| v.chat_template);
@@ -223,7 +263,7 @@ impl EngineBuilder {
             }
             Source::Hf(dir) => {
                 let hf = HfModel::open(&dir)?;
-                let model = bitnet_model::load_hf(&hf, kernel.as_ref())?;
+                let model = place(&bitnet_model::HfSource::new(&hf)?)?;
                 let tokenizer = crate::inspect::load_hf_tokenizer(&hf)?;
                 let template = tokenizer
                     .as_ref()
@@ -258,8 +298,10 @@ impl EngineBuilder {
         let info = ModelInfo {
             path,
             format,
-            kernel: kernel.name().to_string(),
+            kernel: model.kernel_name().to_string(),
             threads,
+            device: model.device().unwrap_or_else(|| "cpu".into()),
+            device_note,
         };
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -270,6 +312,30 @@ impl EngineBuilder {
                 info,
             }),
         })
+    }
+}
+
+impl EngineBuilder {
+    /// The GPU to load onto (`None`: the CPU) and, for `auto` falling back, why.
+    fn pick_device(&self) -> Result<(Option<usize>, Option<String>), EngineError> {
+        match self.device {
+            Device::Cpu => Ok((None, None)),
+            Device::Cuda(n) => {
+                let count = bitnet_cuda::device_count()
+                    .map_err(|e| EngineError::Device(format!("cuda:{n}: {e}")))?;
+                if n >= count {
+                    return Err(EngineError::Device(format!(
+                        "cuda:{n} requested, but {count} CUDA device(s) are present"
+                    )));
+                }
+                Ok((Some(n), None))
+            }
+            Device::Auto => match bitnet_cuda::device_count() {
+                Ok(n) if n > 0 => Ok((Some(0), None)),
+                Ok(_) => Ok((None, Some("no CUDA device found".into()))),
+                Err(e) => Ok((None, Some(e.to_string()))),
+            },
+        }
     }
 }
 

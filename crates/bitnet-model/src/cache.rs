@@ -1,15 +1,29 @@
-//! The key/value cache of one sequence: f32 keys and values per layer, `capacity` positions.
+//! The key/value cache of one sequence: f32 keys and values per layer, `capacity` positions, on
+//! the host; or, for a model on a device, the device's storage with the same bookkeeping.
 
 use crate::ModelConfig;
+use crate::accel::DeviceCache;
 
 /// Keys and values of every layer for the positions seen so far.
-#[derive(Clone, Debug)]
 pub struct KvCache {
     kv_dim: usize,
     capacity: usize,
     len: usize,
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Set for a model on a device: created at the sequence's first step.
+    pub(crate) device: Option<Box<dyn DeviceCache>>,
+    pub(crate) on_device: bool,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("on_device", &self.on_device)
+            .finish()
+    }
 }
 
 impl KvCache {
@@ -21,6 +35,18 @@ impl KvCache {
             len: 0,
             keys: vec![Vec::new(); config.n_layers],
             values: vec![Vec::new(); config.n_layers],
+            device: None,
+            on_device: false,
+        }
+    }
+
+    /// An empty cache whose storage lives on a device (allocated at the first step).
+    pub(crate) fn new_on_device(config: &ModelConfig, capacity: usize) -> Self {
+        Self {
+            on_device: true,
+            keys: Vec::new(),
+            values: Vec::new(),
+            ..Self::new(config, capacity)
         }
     }
 
@@ -49,6 +75,9 @@ impl KvCache {
 
     /// Bytes currently used by keys and values.
     pub fn bytes(&self) -> usize {
+        if let Some(d) = &self.device {
+            return self.len * d.bytes_per_position();
+        }
         self.keys
             .iter()
             .chain(&self.values)

@@ -44,4 +44,7 @@ pub enum ModelError {
     /// A kernel or core-type error.
     #[error(transparent)]
     Core(#[from] bitnet_core::CoreError),
+    /// The accelerator (GPU) failed: driver, compiler or memory.
+    #[error("device: {0}")]
+    Device(String),
 }

@@ -7,6 +7,7 @@
 //! and reaches compute only through `bitnet_core`'s kernel trait.
 #![deny(missing_docs)]
 
+mod accel;
 mod cache;
 mod config;
 mod error;
@@ -15,6 +16,7 @@ mod load_hf;
 mod model;
 mod source;
 
+pub use accel::{Accelerator, DeviceCache, DeviceEntry};
 pub use cache::KvCache;
 pub use config::{Activation, ModelConfig};
 pub use error::ModelError;

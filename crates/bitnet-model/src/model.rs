@@ -14,6 +14,7 @@ use bitnet_core::{LinearKernel, PreparedLinear, QuantizedActivations};
 /// Vocabulary rows of the head per thread-pool task.
 const HEAD_ROWS_PER_TASK: usize = 2048;
 
+use crate::accel::{Accelerator, DeviceEntry};
 use crate::config::{Activation, ModelConfig};
 use crate::{KvCache, ModelError};
 
@@ -91,6 +92,7 @@ pub struct Model {
     rope: Rope,
     kernel: String,
     pool: Option<Arc<ThreadPool>>,
+    accel: Option<Box<dyn Accelerator>>,
 }
 
 /// Reusable buffers of a forward pass, so decode steps stop allocating once warmed up.
@@ -111,6 +113,7 @@ pub struct Scratch {
     segs: Vec<Segment>,
     head_in: Vec<f32>,
     head_out: Vec<f32>,
+    greedy_logits: Vec<f32>,
 }
 
 /// Rows `row..row + n` of a batched step belong to one sequence at positions `start..start + n`.
@@ -153,6 +156,9 @@ impl Model {
     /// Bytes one decode step reads from weights: every ternary linear in its kernel's layout plus
     /// the whole head (the KV cache comes on top: [`KvCache::bytes`]).
     pub fn weight_bytes_per_token(&self) -> u64 {
+        if let Some(a) = &self.accel {
+            return a.weight_bytes_per_token();
+        }
         let linears: usize = self
             .layers
             .iter()
@@ -268,7 +274,36 @@ impl Model {
             rope,
             kernel: kernel.name().to_string(),
             pool: kernel.thread_pool(),
+            accel: None,
         })
+    }
+
+    /// A model whose whole forward pass runs on a device. `embed` stays on the host for reports
+    /// (pass the source's embedding; a mapped f16 table costs no memory); the host-side layer
+    /// APIs ([`Model::run_layer`]) are not available on such a model.
+    pub fn on_device(
+        config: ModelConfig,
+        embed: FloatMatrix,
+        accel: Box<dyn Accelerator>,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let rope = Rope::new(config.head_dim, config.rope_theta);
+        Ok(Self {
+            output_norm: vec![1.0; config.hidden_size],
+            config,
+            embed,
+            head: None,
+            layers: Vec::new(),
+            rope,
+            kernel: accel.describe(),
+            pool: None,
+            accel: Some(accel),
+        })
+    }
+
+    /// The device running this model, if it is not the CPU.
+    pub fn device(&self) -> Option<String> {
+        self.accel.as_ref().map(|a| a.describe())
     }
 
     /// The hyper-parameters.
@@ -283,12 +318,19 @@ impl Model {
 
     /// Storage type of the output head (`f16`, `q6_k`, ...).
     pub fn head_type(&self) -> &'static str {
+        if let Some(a) = &self.accel {
+            return a.head_type();
+        }
         self.head.as_ref().unwrap_or(&self.embed).type_name()
     }
 
     /// A KV cache for up to `capacity` positions (at most the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(&self.config, capacity.min(self.config.context_length))
+        let capacity = capacity.min(self.config.context_length);
+        match self.accel {
+            Some(_) => KvCache::new_on_device(&self.config, capacity),
+            None => KvCache::new(&self.config, capacity),
+        }
     }
 
     /// Runs `tokens` at the next positions of `cache`, appends their keys and values, and writes
@@ -328,21 +370,10 @@ impl Model {
         let s = scratch;
         let mut segs = std::mem::take(&mut s.segs);
         segs.clear();
+        self.check_batch(batch)?;
         let mut rows = 0;
         for e in batch.iter() {
             let (start, n) = (e.cache.len(), e.tokens.len());
-            if start + n > e.cache.capacity() {
-                return Err(ModelError::ContextExceeded {
-                    needed: start + n,
-                    capacity: e.cache.capacity(),
-                });
-            }
-            if let Some(&id) = e.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
             segs.push(Segment {
                 start,
                 n,
@@ -354,6 +385,13 @@ impl Model {
         if rows == 0 {
             s.segs = segs;
             return Ok(());
+        }
+        if let Some(accel) = &self.accel {
+            s.segs = segs;
+            let mut tracer = tracer;
+            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
+                accel.forward_batch(entries, logits, tracer.take())
+            });
         }
         s.h.resize(rows * hd, 0.0);
         for (e, seg) in batch.iter().zip(&segs) {
@@ -425,9 +463,105 @@ impl Model {
         Ok(())
     }
 
+    fn forward_on_device(
+        &self,
+        accel: &dyn Accelerator,
+        batch: &mut [BatchEntry<'_>],
+        run: &mut dyn FnMut(&[DeviceEntry<'_>]) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        for e in batch.iter_mut() {
+            if !e.cache.on_device {
+                return Err(ModelError::Device(
+                    "a host KV cache was given to a model on a device (use Model::new_cache)"
+                        .into(),
+                ));
+            }
+            if e.cache.device.is_none() && !e.tokens.is_empty() {
+                e.cache.device = Some(accel.new_cache(e.cache.capacity())?);
+            }
+        }
+        let entries: Vec<DeviceEntry<'_>> = batch
+            .iter()
+            .filter_map(|e| {
+                let cache = e.cache.device.as_deref()?;
+                Some(DeviceEntry {
+                    tokens: e.tokens,
+                    start: e.cache.len(),
+                    cache,
+                    logits: e.logits,
+                })
+            })
+            .collect();
+        run(&entries)?;
+        drop(entries);
+        for e in batch.iter_mut() {
+            e.cache.advance(e.tokens.len());
+        }
+        Ok(())
+    }
+
+    /// Checks every entry against its cache and the vocabulary.
+    fn check_batch(&self, batch: &[BatchEntry<'_>]) -> Result<(), ModelError> {
+        let c = &self.config;
+        for e in batch {
+            let (start, n) = (e.cache.len(), e.tokens.len());
+            if start + n > e.cache.capacity() {
+                return Err(ModelError::ContextExceeded {
+                    needed: start + n,
+                    capacity: e.cache.capacity(),
+                });
+            }
+            if let Some(&id) = e.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One batched step like [`Model::forward_batch`] that returns, for every entry with tokens,
+    /// the greedy next token (the first largest logit of its last token) instead of logits. On
+    /// a device the choice is made there and only the ids travel back.
+    pub fn forward_batch_greedy(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        tokens: &mut Vec<u32>,
+        scratch: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        tokens.clear();
+        for e in batch.iter_mut() {
+            e.logits = Logits::Last;
+        }
+        if let Some(accel) = &self.accel {
+            self.check_batch(batch)?;
+            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
+                accel.forward_batch_greedy(entries, tokens)
+            });
+        }
+        let mut logits = std::mem::take(&mut scratch.greedy_logits);
+        self.forward_batch(batch, &mut logits, scratch, None)?;
+        let v = self.config.vocab_size;
+        tokens.extend(logits.chunks_exact(v).map(|row| {
+            let mut best = 0;
+            for (i, &x) in row.iter().enumerate() {
+                if x > row[best] {
+                    best = i;
+                }
+            }
+            best as u32
+        }));
+        scratch.greedy_logits = logits;
+        Ok(())
+    }
+
     /// Runs layer `li` on the residual stream held in `scratch` (`n` tokens at positions
     /// `start..start + n`), writing their keys and values into `cache` (which is not advanced).
     /// Public so that tests can drive one layer at a time from the reference's inputs.
+    ///
+    /// # Panics
+    /// On a model built with [`Model::on_device`] (its layers live on the device).
     pub fn run_layer<'t>(
         &self,
         li: usize,

@@ -45,6 +45,12 @@ pub use bitnet_engine::{
 };
 pub use bitnet_engine::{bench, convert};
 
+/// GPU options (head storage, KV cache type) for [`EngineBuilder::gpu_head`] and
+/// [`EngineBuilder::gpu_kv`].
+pub mod cuda {
+    pub use bitnet_engine::cuda::{HeadType, KvType};
+}
+
 /// Everything that can go wrong loading or running a model.
 pub type Error = bitnet_engine::EngineError;
 

@@ -1,0 +1,311 @@
+//! Finding a GPU, compiling the kernels once (cached on disk per architecture) and launching them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::CudaError;
+
+/// The kernels' source, compiled at run time by NVRTC.
+pub const KERNELS: &str = include_str!("kernels.cu");
+
+/// Whether the CUDA driver library can be opened (no GPU needed to answer `false`).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Whether the NVRTC library can be opened.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// The number of CUDA devices, or why there are none usable.
+pub fn device_count() -> Result<usize, CudaError> {
+    if !driver_present() {
+        return Err(CudaError::Unavailable(
+            "the CUDA driver library (libcuda) was not found".into(),
+        ));
+    }
+    if !nvrtc_present() {
+        return Err(CudaError::Unavailable(
+            "the NVRTC library (libnvrtc, part of the CUDA toolkit) was not found".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(|e| CudaError::Unavailable(e.to_string()))?;
+    Ok(n.max(0) as usize)
+}
+
+/// A kernel argument by value.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer.
+    P(u64),
+    /// An `int`.
+    I(i32),
+    /// A `float`.
+    F(f32),
+}
+
+/// The raw device address of a buffer (the context does no event tracking, so nothing waits).
+pub fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
+
+/// One device: context, stream and the compiled module.
+pub struct Gpu {
+    /// The context.
+    pub ctx: Arc<CudaContext>,
+    /// The one stream everything runs on.
+    pub stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    /// `sm_XY`.
+    pub arch: String,
+    /// The device's name.
+    pub name: String,
+    /// Its index.
+    pub ordinal: usize,
+    /// With `BITNET_CUDA_PROFILE=1`: device time per kernel (CUDA events around every
+    /// launch), printed to stderr when the device is dropped.
+    profile: Option<std::sync::Mutex<Profile>>,
+}
+
+/// Kernel timings: events still in flight, and totals by kernel.
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
+    totals: std::collections::BTreeMap<String, (u64, f64)>,
+}
+
+impl Profile {
+    fn settle(&mut self) {
+        for (name, a, b) in self.pending.drain(..) {
+            if let Ok(ms) = a.elapsed_ms(&b) {
+                let e = self.totals.entry(name).or_default();
+                e.0 += 1;
+                e.1 += ms as f64 / 1e3;
+            }
+        }
+    }
+}
+
+/// A compiled kernel and its name.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    f: CudaFunction,
+    name: String,
+}
+
+impl Kernel {
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let Some(p) = self.profile.take() else { return };
+        let mut p = p.into_inner().unwrap_or_default();
+        p.settle();
+        let total: f64 = p.totals.values().map(|v| v.1).sum();
+        eprintln!(
+            "kernel profile (device time, CUDA events): {:.3} s total",
+            total
+        );
+        let mut rows: Vec<_> = p.totals.into_iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        for (name, (n, t)) in rows {
+            eprintln!(
+                "  {name:<20} {n:>8} launches {:>10.3} ms {:>6.1}% {:>8.2} us/launch",
+                t * 1e3,
+                100.0 * t / total.max(1e-12),
+                t * 1e6 / n as f64
+            );
+        }
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal` and loads the kernels (compiling them on first use).
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let n = device_count()?;
+        if ordinal >= n {
+            return Err(CudaError::Unavailable(format!(
+                "cuda:{ordinal} requested, but {n} CUDA device(s) are present"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // One stream, in order: cudarc's per-buffer events would only add work (and break graph
+        // capture).
+        // SAFETY: called before any buffer exists on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let (maj, min) = ctx.compute_capability()?;
+        let arch = format!("sm_{maj}{min}");
+        let name = ctx.name()?;
+        let module = load_module(&ctx, &arch)?;
+        let stream = ctx.new_stream()?;
+        let profile = std::env::var("BITNET_CUDA_PROFILE")
+            .is_ok_and(|v| v == "1")
+            .then(Default::default);
+        Ok(Self {
+            ctx,
+            stream,
+            module,
+            arch,
+            name,
+            ordinal,
+            profile,
+        })
+    }
+
+    /// A kernel by name.
+    pub fn function(&self, name: &str) -> Result<Kernel, CudaError> {
+        Ok(Kernel {
+            f: self.module.load_function(name)?,
+            name: name.to_string(),
+        })
+    }
+
+    /// A kernel that may be missing on older architectures.
+    pub fn optional_function(&self, name: &str) -> Option<Kernel> {
+        self.function(name).ok()
+    }
+
+    /// Whether launches are being profiled (graphs would hide them).
+    pub fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// Launches `f` on the stream.
+    pub fn launch(
+        &self,
+        k: &Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let t0 = match &self.profile {
+            Some(_) => Some(self.stream.record_event(timing)?),
+            None => None,
+        };
+        let mut b = self.stream.launch_builder(&k.f);
+        for a in args {
+            match a {
+                Arg::P(p) => b.arg(p),
+                Arg::I(i) => b.arg(i),
+                Arg::F(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: every kernel's argument list is built next to its signature in this crate;
+        // buffers are sized by the caller for the grid given.
+        unsafe { b.launch(cfg) }?;
+        if let (Some(p), Some(t0)) = (&self.profile, t0) {
+            let t1 = self.stream.record_event(timing)?;
+            if let Ok(mut p) = p.lock() {
+                p.pending.push((k.name.clone(), t0, t1));
+                if p.pending.len() > 4096 {
+                    p.settle();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.clone_htod(data)?)
+    }
+
+    /// A zeroed device buffer of `n` elements (at least one, so that it has an address).
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
+    }
+
+    /// Waits for the stream.
+    pub fn sync(&self) -> Result<(), CudaError> {
+        Ok(self.stream.synchronize()?)
+    }
+}
+
+/// Where compiled PTX is kept: `$BITNET_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/bitnet-rs/cuda`,
+/// else `~/.cache/bitnet-rs/cuda`.
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("BITNET_CACHE_DIR") {
+        return Some(PathBuf::from(d).join("cuda"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("bitnet-rs").join("cuda"))
+}
+
+/// FNV-1a, to name cache entries by their source.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        for &b in *p {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, CudaError> {
+    let key = fnv1a(&[KERNELS.as_bytes(), arch.as_bytes()]);
+    let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}-{arch}.ptx")));
+    if let Some(p) = &path
+        && let Ok(src) = std::fs::read_to_string(p)
+        && let Ok(m) = ctx.load_module(Ptx::from_src(src))
+    {
+        return Ok(m);
+    }
+    let ptx = compile(arch)?;
+    if let Some(p) = &path
+        && let Some(dir) = p.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        // Written whole, then renamed, so that a concurrent reader never sees half a file.
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
+            let _ = std::fs::rename(&tmp, p);
+        }
+    }
+    Ok(ctx.load_module(ptx)?)
+}
+
+/// Compiles the kernels for `arch` (`sm_90`, ...).
+pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
+    // NVRTC wants a &'static str; the few architectures a process sees are leaked once each.
+    let arch: &'static str = Box::leak(arch.to_string().into_boxed_str());
+    let opts = CompileOptions {
+        arch: Some(arch),
+        // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
+        fmad: Some(false),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            CudaError::Compile(log.to_string_lossy().into_owned())
+        }
+        other => CudaError::Compile(other.to_string()),
+    })
+}

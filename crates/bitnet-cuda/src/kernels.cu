@@ -1,0 +1,674 @@
+// The BitNet b1.58 forward pass on NVIDIA GPUs, compiled at run time by NVRTC (no headers).
+//
+// Layouts (packed on the host by pack.rs, documented there):
+// - Ternary weights: codes w+1 in {0,1,2}, 2 bits each, in tiles of 16 rows x 128 columns; lane
+//   (g = lane/4, t = lane%4) of a warp loads one uint4 per tile whose word kb holds the four
+//   int8x4 registers a0..a3 of the m16n8k32 mma A fragment for k-block kb: register j is
+//   (word >> 2j) & 0x03030303, row g + 8*(j&1), columns kb*32 + 16*(j>>1) + 4t .. +3.
+// - Int8 activations: per token, columns permuted within each 128-column group so that lane t
+//   finds the 32 bytes it needs contiguous: column kb*32 + 16*half + 4t + b sits at
+//   t*32 + kb*8 + half*4 + b. Padding columns hold 0.
+// Because weights are stored as w+1, sum((w+1) x) = sum(w x) + sum(x): kernels subtract the
+// activation row's code sum (computed by the quantizer).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+typedef signed char i8;
+
+#define FULL 0xffffffffu
+#define INFINITY __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+struct F32T { typedef float T; static __device__ __forceinline__ float get(const float* p, size_t i) { return p[i]; } };
+struct F16T { typedef u16 T; static __device__ __forceinline__ float get(const u16* p, size_t i) { return h2f(p[i]); } };
+struct BF16T { typedef u16 T; static __device__ __forceinline__ float get(const u16* p, size_t i) { return bf2f(p[i]); } };
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
+    return v;
+}
+__device__ __forceinline__ int warp_isum(int v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+    return v;
+}
+
+// Block-wide reductions for blockDim.x a multiple of 32 (<= 1024). `red` holds 32 floats.
+__device__ float block_sum(float v, float* red) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = 0.f;
+    for (int i = 0; i < nw; i++) r += red[i];
+    return r;
+}
+__device__ float block_max(float v, float* red) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = 0.f;
+    for (int i = 0; i < nw; i++) r = fmaxf(r, red[i]);
+    return r;
+}
+__device__ int block_isum(int v, int* red) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_isum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    int r = 0;
+    for (int i = 0; i < nw; i++) r += red[i];
+    return r;
+}
+
+__device__ __forceinline__ int perm_col(int c) {
+    int w = c & 127;
+    return (c & ~127) + ((w >> 2) & 3) * 32 + (w >> 5) * 8 + ((w >> 4) & 1) * 4 + (w & 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding lookup: h[r] = table[tokens[r]] as f32.
+template <class D>
+__device__ void embed_body(const typename D::T* table, const u32* tokens, float* h, int cols) {
+    int r = blockIdx.x;
+    size_t base = (size_t)tokens[r] * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) h[(size_t)r * cols + c] = D::get(table, base + c);
+}
+extern "C" __global__ void embed_f32(const float* t, const u32* tok, float* h, int cols) { embed_body<F32T>(t, tok, h, cols); }
+extern "C" __global__ void embed_f16(const u16* t, const u32* tok, float* h, int cols) { embed_body<F16T>(t, tok, h, cols); }
+extern "C" __global__ void embed_bf16(const u16* t, const u32* tok, float* h, int cols) { embed_body<BF16T>(t, tok, h, cols); }
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm, then int8 quantization (model.md): one block per row. `mode` 0 normalizes x itself;
+// 1 and 2 first form act(gate) * up from a row holding gate | up (relu2, silu).
+// Writes permuted codes (kpad per row), the scale s_x and the code sum.
+__device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
+    if (mode == 0) return x[c];
+    float g = x[c], u = x[cols + c];
+    float a;
+    if (mode == 1) {
+        float r = fmaxf(g, 0.f);
+        a = r * r;
+    } else {
+        a = g / (1.f + expf(-g));
+    }
+    return a * u;
+}
+
+// With `cached`, the input row (act(gate) * up for the FFN) is formed once into dynamic shared
+// memory (cols floats); otherwise it is recomputed in each of the three passes.
+extern "C" __global__ void norm_quant(const float* x, int x_stride, const float* w, int cols, int kpad,
+                                      float eps, int mode, i8* codes, float* scales, int* xsums, int cached) {
+    __shared__ float red[32];
+    __shared__ int ired[32];
+    extern __shared__ float row[];
+    int r = blockIdx.x;
+    const float* xr = x + (size_t)r * x_stride;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = glu_in(xr, c, cols, mode);
+        if (cached) row[c] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+    float mx = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = w[c] * ((cached ? row[c] : glu_in(xr, c, cols, mode)) * inv);
+        if (cached) row[c] = v;
+        mx = fmaxf(mx, fabsf(v));
+    }
+    mx = block_max(mx, red);
+    float scale = 127.0f / fmaxf(mx, 1e-5f);
+    int sum = 0;
+    i8* out = codes + (size_t)r * kpad;
+    for (int c = threadIdx.x; c < kpad; c += blockDim.x) {
+        int q = 0;
+        if (c < cols) {
+            float v = cached ? row[c] : w[c] * (glu_in(xr, c, cols, mode) * inv);
+            float f = fminf(fmaxf(rintf(v * scale), -128.f), 127.f);
+            q = (int)f;
+        }
+        out[perm_col(c)] = (i8)q;
+        sum += q;
+    }
+    sum = block_isum(sum, ired);
+    if (threadIdx.x == 0) {
+        scales[r] = scale;
+        xsums[r] = sum;
+    }
+}
+
+// Final RMSNorm of the rows whose logits are wanted: out[i] = norm(h[rows[i]]).
+extern "C" __global__ void final_norm(const float* h, const u32* rows, const float* w, int cols, float eps,
+                                      float* out) {
+    __shared__ float red[32];
+    const float* xr = h + (size_t)rows[blockIdx.x] * cols;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = block_sum(ss, red);
+    float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = w[c] * (xr[c] * inv);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ternary x int8 products. One block of 4 warps per 16-row strip; the warps split the 128-column
+// groups. Epilogue: y = (acc - xsum) / s_x * s_w[row], stored or added into `out`
+// (out[t * out_stride + row]).
+__device__ __forceinline__ void store_out(float* out, int out_stride, int t, int row, int rows, int acc,
+                                          const int* xsum, const float* xscale, const float* wscale,
+                                          int accumulate) {
+    if (row >= rows) return;
+    float y = (float)(acc - xsum[t]) / xscale[t] * wscale[row];
+    float* p = out + (size_t)t * out_stride + row;
+    if (accumulate) *p += y; else *p = y;
+}
+
+// Warps per block of the ternary kernels (they split the 128-column groups of one strip).
+#define NW 8
+
+// Batch 1..4 with dp4a (CUDA cores): each weight register is used for every token. Each warp
+// issues up to four 16-byte weight loads before using any, to keep enough bytes in flight.
+template <int MAXT>
+__device__ __forceinline__ void gemv_group(const uint4& wv, int q, int tq, const i8* __restrict__ codes, int kpad,
+                                           int T, int (&acc)[MAXT][2]) {
+    u32 wk[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int t = 0; t < MAXT; t++) {
+        if (t < T) {
+            const uint4* xp = (const uint4*)(codes + (size_t)t * kpad + q * 128 + tq * 32);
+            uint4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+            u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+            for (int kb = 0; kb < 4; kb++) {
+                u32 w = wk[kb];
+                int a0 = (int)(w & 0x03030303u), a1 = (int)((w >> 2) & 0x03030303u);
+                int a2 = (int)((w >> 4) & 0x03030303u), a3 = (int)((w >> 6) & 0x03030303u);
+                acc[t][0] = __dp4a(a0, (int)xk[kb * 2], acc[t][0]);
+                acc[t][0] = __dp4a(a2, (int)xk[kb * 2 + 1], acc[t][0]);
+                acc[t][1] = __dp4a(a1, (int)xk[kb * 2], acc[t][1]);
+                acc[t][1] = __dp4a(a3, (int)xk[kb * 2 + 1], acc[t][1]);
+            }
+        }
+    }
+}
+
+template <int MAXT>
+__device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                          const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+    __shared__ int red[NW][MAXT][16];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int strip = blockIdx.x;
+    int acc[MAXT][2];
+#pragma unroll
+    for (int t = 0; t < MAXT; t++) acc[t][0] = acc[t][1] = 0;
+    const uint4* ws = W + (size_t)strip * kgroups * 32 + lane;
+    for (int base = warp; base < kgroups; base += 4 * NW) {
+        uint4 wv[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int q = base + j * NW;
+            wv[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int q = base + j * NW;
+            if (q < kgroups) gemv_group<MAXT>(wv[j], q, tq, codes, kpad, T, acc);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MAXT; t++) {
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            int v = acc[t][j];
+            v += __shfl_xor_sync(FULL, v, 1);
+            v += __shfl_xor_sync(FULL, v, 2);
+            if (tq == 0) red[warp][t][g + 8 * j] = v;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < MAXT * 16; i += blockDim.x) {
+        int t = i / 16, rr = i % 16;
+        if (t < T) {
+            int v = 0;
+#pragma unroll
+            for (int w = 0; w < NW; w++) v += red[w][t][rr];
+            store_out(out, out_stride, t, strip * 16 + rr, rows, v, xsum, xscale, wscale, accumulate);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* W, const float* wscale, int rows,
+                                                                    int kgroups, const i8* codes, int kpad,
+                                                                    const float* xscale, const int* xsum, int T,
+                                                                    float* out, int out_stride, int accumulate) {
+    gemv_body<4>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate);
+}
+
+// Batches of up to 8 * TILES tokens on the tensor cores: mma.m16n8k32 with the weights (u8
+// codes) as A and eight tokens' int8 codes as B.
+#if __CUDA_ARCH__ >= 800
+// Each warp takes the same k-groups of two adjacent strips, so every activation fragment it
+// loads serves 32 weight rows.
+template <int TILES>
+__device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                         const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                         const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+    // Integer sums over the warps' k-groups: exact in any order, so shared-memory atomics.
+    __shared__ int red[32][TILES * 8 + 1];
+    for (int i = threadIdx.x; i < 32 * (TILES * 8 + 1); i += blockDim.x) (&red[0][0])[i] = 0;
+    __syncthreads();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int strip0 = blockIdx.x * 2;
+    int strips = (rows + 15) / 16;
+    bool two = strip0 + 1 < strips;
+    int acc[2][TILES][4];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int n = 0; n < TILES; n++) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0;
+    const uint4* ws0 = W + (size_t)strip0 * kgroups * 32 + lane;
+    const uint4* ws1 = ws0 + (size_t)kgroups * 32;
+    for (int q = warp; q < kgroups; q += NW) {
+        uint4 wv0 = __ldg(ws0 + (size_t)q * 32);
+        uint4 wv1 = two ? __ldg(ws1 + (size_t)q * 32) : make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u);
+        u32 wk[2][4] = {{wv0.x, wv0.y, wv0.z, wv0.w}, {wv1.x, wv1.y, wv1.z, wv1.w}};
+#pragma unroll
+        for (int n = 0; n < TILES; n++) {
+            int tok = n * 8 + g;
+            uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+            if (tok < T) {
+                const uint4* xp = (const uint4*)(codes + (size_t)tok * kpad + q * 128 + tq * 32);
+                x0 = __ldg(xp);
+                x1 = __ldg(xp + 1);
+            }
+            u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++) {
+                    u32 w = wk[r][kb];
+                    u32 a0 = w & 0x03030303u, a1 = (w >> 2) & 0x03030303u;
+                    u32 a2 = (w >> 4) & 0x03030303u, a3 = (w >> 6) & 0x03030303u;
+                    asm volatile(
+                        "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                        "{%0,%1,%2,%3};"
+                        : "+r"(acc[r][n][0]), "+r"(acc[r][n][1]), "+r"(acc[r][n][2]), "+r"(acc[r][n][3])
+                        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(xk[kb * 2]), "r"(xk[kb * 2 + 1]));
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+#pragma unroll
+        for (int n = 0; n < TILES; n++) {
+            atomicAdd(&red[16 * r + g][n * 8 + tq * 2], acc[r][n][0]);
+            atomicAdd(&red[16 * r + g][n * 8 + tq * 2 + 1], acc[r][n][1]);
+            atomicAdd(&red[16 * r + g + 8][n * 8 + tq * 2], acc[r][n][2]);
+            atomicAdd(&red[16 * r + g + 8][n * 8 + tq * 2 + 1], acc[r][n][3]);
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < TILES * 8 * 32; i += blockDim.x) {
+        int t = i / 32, rr = i % 32;
+        if (t < T) {
+            store_out(out, out_stride, t, strip0 * 16 + rr, rows, red[rr][t], xsum, xscale, wscale, accumulate);
+        }
+    }
+}
+#define MMA_ENTRY(N)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                  \
+        ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
+                        const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
+                        int accumulate) {                                                                   \
+        mma_body<N>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate);   \
+    }
+MMA_ENTRY(1)
+MMA_ENTRY(2)
+MMA_ENTRY(4)
+MMA_ENTRY(8)
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// RoPE on q and k of each row (half-split rotation, cos/sin tables from the host), then the
+// row's key and value into its sequence's cache at its position.
+// Per-row parameters: pos[r], seq[r]; per sequence s: cache base pointer (lo, hi) and capacity
+// at seqtab[3s..3s+3]. Cache layout: [layer][k|v][capacity][kv_dim].
+template <class KV>
+__device__ __forceinline__ void kv_store(KV* p, float v);
+template <>
+__device__ __forceinline__ void kv_store<float>(float* p, float v) { *p = v; }
+template <>
+__device__ __forceinline__ void kv_store<u16>(u16* p, float v) { *p = f2h(v); }
+__device__ __forceinline__ float kv_load(const float* p) { return *p; }
+__device__ __forceinline__ float kv_load(const u16* p) { return h2f(*p); }
+
+template <class KV>
+__device__ __forceinline__ KV* seq_cache(const u32* seqtab, int s, int layer, int which, int kvd, int pos) {
+    u64 base = (u64)seqtab[3 * s] | ((u64)seqtab[3 * s + 1] << 32);
+    u64 cap = seqtab[3 * s + 2];
+    return (KV*)base + (((u64)layer * 2 + which) * cap + pos) * kvd;
+}
+
+template <class KV>
+__device__ void rope_kv_body(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                             const float* cosT, const float* sinT, int n_heads, int n_kv, int hd, int layer) {
+    int r = blockIdx.x;
+    int p = pos[r];
+    int half = hd / 2;
+    int qd = n_heads * hd, kvd = n_kv * hd;
+    float* row = qkv + (size_t)r * stride;
+    const float* cs = cosT + (size_t)p * half;
+    const float* sn = sinT + (size_t)p * half;
+    for (int i = threadIdx.x; i < (n_heads + n_kv) * half; i += blockDim.x) {
+        int h = i / half, j = i % half;
+        float* x = row + h * hd;  // k heads follow the q heads directly
+        float x1 = x[j], x2 = x[j + half];
+        float c = cs[j], s = sn[j];
+        x[j] = x1 * c - x2 * s;
+        x[j + half] = x2 * c + x1 * s;
+    }
+    __syncthreads();
+    KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, p);
+    KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, p);
+    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+        kv_store<KV>(kc + i, row[qd + i]);
+        kv_store<KV>(vc + i, row[qd + kvd + i]);
+    }
+}
+extern "C" __global__ void rope_kv_f32(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                                       const float* c, const float* s, int nh, int nkv, int hd, int layer) {
+    rope_kv_body<float>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
+}
+extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                                       const float* c, const float* s, int nh, int nkv, int hd, int layer) {
+    rope_kv_body<u16>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention, split over chunks of CHUNK positions: block (chunk, kv head, row) scores the row's
+// query heads of that kv head against the chunk's keys (positions <= the row's own), and writes
+// per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v.
+// attn_combine merges the chunks. Dynamic shared memory: group*hd + group*CHUNK floats.
+#define CHUNK 64
+template <class KV>
+__device__ void attn_part_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
+                               int maxchunks) {
+    extern __shared__ float sm[];
+    int c = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
+    int p = pos[r];
+    int lo = c * CHUNK;
+    if (lo > p) return;
+    int hi = min(lo + CHUNK, p + 1);
+    int n = hi - lo;
+    int group = n_heads / n_kv, kvd = n_kv * hd;
+    float* qs = sm;                 // group * hd
+    float* sc = sm + group * hd;    // group * CHUNK
+    const float* qrow = qkv + (size_t)r * stride + kvh * group * hd;
+    for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qrow[i];
+    __syncthreads();
+    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, 0) + kvh * hd;
+    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, 0) + kvh * hd;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    // Scores: each warp takes positions warp, warp + nw, ...; four at a time so that their key
+    // rows load together.
+    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
+        float d[4][8];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int h = 0; h < 8; h++) d[u][h] = 0.f;
+        for (int e = lane; e < hd; e += 32) {
+            float kv[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int i = i0 + u * nw;
+                kv[u] = i < n ? kv_load(kc + (size_t)(lo + i) * kvd + e) : 0.f;
+            }
+#pragma unroll
+            for (int h = 0; h < 8; h++) {
+                if (h < group) {
+                    float qv = qs[h * hd + e];
+#pragma unroll
+                    for (int u = 0; u < 4; u++) d[u][h] += qv * kv[u];
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int i = i0 + u * nw;
+#pragma unroll
+            for (int h = 0; h < 8; h++) {
+                if (h < group) {
+                    float v = warp_sum(d[u][h]);
+                    if (lane == 0 && i < n) sc[h * CHUNK + i] = v * scaling;
+                }
+            }
+        }
+        // Groups of more than 8 query heads per key head take the plain path.
+        for (int h = 8; h < group; h++) {
+            for (int u = 0; u < 4; u++) {
+                int i = i0 + u * nw;
+                if (i >= n) break;
+                const KV* k = kc + (size_t)(lo + i) * kvd;
+                float v = 0.f;
+                for (int e = lane; e < hd; e += 32) v += qs[h * hd + e] * kv_load(k + e);
+                v = warp_sum(v);
+                if (lane == 0) sc[h * CHUNK + i] = v * scaling;
+            }
+        }
+    }
+    __syncthreads();
+    // Per head: max and sum of exponentials (one warp per head).
+    __shared__ float ml[2 * 32];
+    for (int h = warp; h < group; h += nw) {
+        float m = -INFINITY;
+        for (int i = lane; i < n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
+        m = warp_max(m);
+        float l = 0.f;
+        for (int i = lane; i < n; i += 32) {
+            float e = expf(sc[h * CHUNK + i] - m);
+            sc[h * CHUNK + i] = e;
+            l += e;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            ml[2 * h] = m;
+            ml[2 * h + 1] = l;
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        int h = idx / hd, e = idx % hd;
+        float o = 0.f;
+        const KV* vp = vc + (size_t)lo * kvd + e;
+        const float* p = sc + h * CHUNK;
+        int i = 0;
+        for (; i + 8 <= n; i += 8) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = kv_load(vp + (size_t)(i + u) * kvd);
+#pragma unroll
+            for (int u = 0; u < 8; u++) o += p[i + u] * v[u];
+        }
+        for (; i < n; i++) o += p[i] * kv_load(vp + (size_t)i * kvd);
+        float* dst = part + (((size_t)r * n_heads + kvh * group + h) * maxchunks + c) * (hd + 2);
+        dst[e] = o;
+        if (e == 0) {
+            dst[hd] = ml[2 * h];
+            dst[hd + 1] = ml[2 * h + 1];
+        }
+    }
+}
+extern "C" __global__ void attn_part_f32(const float* qkv, int stride, const u32* pos, const u32* seq,
+                                         const u32* seqtab, int layer, int nh, int nkv, int hd, float scaling,
+                                         float* part, int maxchunks) {
+    attn_part_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
+}
+extern "C" __global__ void attn_part_f16(const float* qkv, int stride, const u32* pos, const u32* seq,
+                                         const u32* seqtab, int layer, int nh, int nkv, int hd, float scaling,
+                                         float* part, int maxchunks) {
+    attn_part_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
+}
+
+// Block (head, row), one thread per head dimension (looping when hd > blockDim).
+extern "C" __global__ void attn_combine(const float* part, const u32* pos, int n_heads, int hd, int maxchunks,
+                                        float* out) {
+    int h = blockIdx.x, r = blockIdx.y;
+    int nc = pos[r] / CHUNK + 1;
+    const float* base = part + ((size_t)r * n_heads + h) * maxchunks * (hd + 2);
+    float m = -INFINITY;
+    for (int c = 0; c < nc; c++) m = fmaxf(m, base[c * (hd + 2) + hd]);
+    float l = 0.f;
+    for (int c = 0; c < nc; c++) l += base[c * (hd + 2) + hd + 1] * expf(base[c * (hd + 2) + hd] - m);
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float o = 0.f;
+        for (int c = 0; c < nc; c++) o += base[c * (hd + 2) + e] * expf(base[c * (hd + 2) + hd] - m);
+        out[((size_t)r * n_heads + h) * hd + e] = o / l;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The head: logits[t][v] = dot(W[v], x[t]) for up to 8 rows of x at a time; one warp per
+// vocabulary row, eight per block. Int8 rows carry a per-row scale.
+template <class D>
+__device__ __forceinline__ void load8(const typename D::T* w, size_t i, float* f);
+template <>
+__device__ __forceinline__ void load8<F32T>(const float* w, size_t i, float* f) {
+    float4 a = *(const float4*)(w + i), b = *(const float4*)(w + i + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+template <>
+__device__ __forceinline__ void load8<F16T>(const u16* w, size_t i, float* f) {
+    uint4 v = __ldg((const uint4*)(w + i));
+    u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        f[2 * j] = h2f((u16)(u[j] & 0xffff));
+        f[2 * j + 1] = h2f((u16)(u[j] >> 16));
+    }
+}
+template <>
+__device__ __forceinline__ void load8<BF16T>(const u16* w, size_t i, float* f) {
+    uint4 v = __ldg((const uint4*)(w + i));
+    u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        f[2 * j] = __uint_as_float(u[j] << 16);
+        f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+    }
+}
+struct I8T { typedef i8 T; };
+template <>
+__device__ __forceinline__ void load8<I8T>(const i8* w, size_t i, float* f) {
+    uint2 v = __ldg((const uint2*)(w + i));
+    u32 u[2] = {v.x, v.y};
+#pragma unroll
+    for (int j = 0; j < 8; j++) f[j] = (float)(i8)((u[j >> 2] >> (8 * (j & 3))) & 0xff);
+}
+
+// `cols` is a multiple of 8 here (checked on the host; other widths take head_generic).
+template <class D>
+__device__ void head_body(const typename D::T* W, const float* rscale, int vocab, int cols, const float* x, int m,
+                          float* logits) {
+    int lane = threadIdx.x & 31;
+    int v = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (v >= vocab) return;
+    float acc[8];
+#pragma unroll
+    for (int t = 0; t < 8; t++) acc[t] = 0.f;
+    size_t base = (size_t)v * cols;
+    for (int c = lane * 8; c < cols; c += 256) {
+        float f[8];
+        load8<D>(W, base + c, f);
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            if (t < m) {
+                const float4* xp = (const float4*)(x + (size_t)t * cols + c);
+                float4 a = xp[0], b = xp[1];
+                acc[t] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
+                          f[6] * b.z + f[7] * b.w;
+            }
+        }
+    }
+    float s = rscale ? rscale[v] : 1.f;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        if (t < m) {
+            float a = warp_sum(acc[t]);
+            if (lane == 0) logits[(size_t)t * vocab + v] = a * s;
+        }
+    }
+}
+extern "C" __global__ void head_f32(const float* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                    float* out) { head_body<F32T>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void head_f16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                    float* out) { head_body<F16T>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void head_bf16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                     float* out) { head_body<BF16T>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void head_i8(const i8* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                   float* out) { head_body<I8T>(W, rs, vocab, cols, x, m, out); }
+
+// Any width, f32 weights (fixtures with odd hidden sizes): one warp per vocabulary row.
+extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols, const float* x, int m,
+                                            float* logits) {
+    int lane = threadIdx.x & 31;
+    int v = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (v >= vocab) return;
+    for (int t = 0; t < m; t++) {
+        float a = 0.f;
+        for (int c = lane; c < cols; c += 32) a += W[(size_t)v * cols + c] * x[(size_t)t * cols + c];
+        a = warp_sum(a);
+        if (lane == 0) logits[(size_t)t * vocab + v] = a;
+    }
+}
+
+// Greedy sampling on the device: out[t] = the first index of the largest logit of row t.
+extern "C" __global__ void argmax_rows(const float* logits, int vocab, u32* out) {
+    __shared__ float bv[32];
+    __shared__ u32 bi[32];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float best = -INFINITY;
+    u32 idx = 0xffffffffu;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) { best = v; idx = i; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL, best, o);
+        u32 oi = __shfl_xor_sync(FULL, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > best || (bv[w] == best && bi[w] < idx)) { best = bv[w]; idx = bi[w]; }
+        out[blockIdx.x] = idx;
+    }
+}

@@ -1,0 +1,81 @@
+//! The NVIDIA GPU backend of bitnet-rs: the whole BitNet b1.58 forward pass on one GPU.
+//!
+//! Nothing CUDA is needed to build this crate: [`cudarc`] opens the driver (`libcuda`) and the
+//! run-time compiler (`libnvrtc`) when a model is first placed on a GPU, and the kernels
+//! (`kernels.cu`) are compiled then for the device's architecture and cached on disk. On a
+//! machine without them, [`device_count`] says why and the engine stays on the CPU.
+//!
+//! Per step: embedding lookup, then per layer RMSNorm + int8 quantization (one kernel), the
+//! stacked q|k|v ternary product, RoPE + KV-cache store, split attention and its merge, sub-norm +
+//! quantization, the output projection added into the residual, the same for the FFN with
+//! gate|up stacked and `act(gate) * up` fused into the next norm; then the final norm and the
+//! head. Ternary products use `dp4a` for up to 4 tokens and int8 tensor-core `mma` beyond.
+#![deny(missing_docs)]
+
+mod device;
+mod model;
+pub mod pack;
+
+pub use device::{Gpu, Kernel, compile, device_count, driver_present, nvrtc_present};
+pub use model::{CudaKv, CudaModel, LinearPath, MAX_ROWS, norm_quant, ternary_forward};
+
+/// Element type of the KV cache on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// IEEE half (default: half the bytes per attended position).
+    #[default]
+    F16,
+    /// f32, as the CPU path stores it.
+    F32,
+}
+
+/// How the output head is stored on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeadType {
+    /// As the file stores it (f32/f16/bf16; block-quantized heads are decoded to f16).
+    #[default]
+    Native,
+    /// Per-row symmetric int8 (half the bytes of f16).
+    Int8,
+}
+
+/// Where and how a model is placed on a GPU.
+#[derive(Clone, Copy, Debug)]
+pub struct CudaOptions {
+    /// Device index.
+    pub ordinal: usize,
+    /// KV cache element type.
+    pub kv: KvType,
+    /// Head storage.
+    pub head: HeadType,
+    /// The longest sequence to serve (sizes the RoPE table and attention scratch).
+    pub max_context: usize,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            ordinal: 0,
+            kv: KvType::default(),
+            head: HeadType::default(),
+            max_context: 4096,
+        }
+    }
+}
+
+/// Errors of the GPU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// No usable GPU (library missing, no device, bad index).
+    #[error("no usable CUDA GPU: {0}")]
+    Unavailable(String),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// NVRTC rejected the kernels.
+    #[error("compiling the CUDA kernels failed: {0}")]
+    Compile(String),
+    /// A previous step panicked while holding the device's buffers.
+    #[error("the GPU state was poisoned by an earlier failure")]
+    Poisoned,
+}

@@ -1,0 +1,1111 @@
+//! The whole BitNet forward pass on one GPU: weights uploaded once in the kernels' layout, one
+//! batched pass per step over every sequence's new tokens.
+
+use std::sync::Mutex;
+
+use bitnet_core::QuantizedActivations;
+use bitnet_core::ops::{FloatMatrix, FloatStorage, Rope};
+use bitnet_model::{
+    Accelerator, Activation, DeviceCache, DeviceEntry, Logits, ModelConfig, ModelError, Norm, Proj,
+    TracePoint, Tracer, WeightSource,
+};
+use cudarc::driver::CudaSlice;
+use half::f16;
+
+use crate::device::{Arg, Gpu, Kernel, ptr};
+use crate::pack::{self, KGROUP, STRIP};
+use crate::{CudaError, CudaOptions, HeadType, KvType};
+
+/// Rows (tokens over all sequences) one pass runs; longer batches run in several passes.
+pub const MAX_ROWS: usize = 256;
+/// Positions per attention chunk (`CHUNK` in the kernels).
+const CHUNK: usize = 64;
+/// Tokens per ternary-kernel launch on the tensor cores.
+const MMA_TOKENS: usize = 64;
+
+/// A ternary matrix (or several stacked) on the device.
+pub(crate) struct DevTernary {
+    words: CudaSlice<u32>,
+    scales: CudaSlice<f32>,
+    rows: usize,
+    kgroups: usize,
+    bytes: usize,
+}
+
+impl DevTernary {
+    /// Stacks `parts` (same width) row-wise and uploads them.
+    pub(crate) fn upload(
+        gpu: &Gpu,
+        parts: &[bitnet_core::TernaryMatrix],
+    ) -> Result<Self, CudaError> {
+        let cols = parts[0].cols();
+        let rows: usize = parts.iter().map(|p| p.rows()).sum();
+        let mut codes = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows);
+        for p in parts {
+            codes.extend_from_slice(p.codes());
+            scales.extend(std::iter::repeat_n(p.scale(), p.rows()));
+        }
+        let words = pack::pack_ternary(&codes, rows, cols);
+        Ok(Self {
+            bytes: words.len() * 4,
+            words: gpu.upload(&words)?,
+            scales: gpu.upload(&scales)?,
+            rows,
+            kgroups: cols.div_ceil(KGROUP),
+        })
+    }
+}
+
+/// A float table (embedding or head) on the device.
+enum Table {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<u16>),
+    BF16(CudaSlice<u16>),
+    I8 {
+        values: CudaSlice<i8>,
+        scales: CudaSlice<f32>,
+    },
+}
+
+impl Table {
+    fn name(&self) -> &'static str {
+        match self {
+            Table::F32(_) => "f32",
+            Table::F16(_) => "f16",
+            Table::BF16(_) => "bf16",
+            Table::I8 { .. } => "int8",
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Table::F32(v) => v.len() * 4,
+            Table::F16(v) | Table::BF16(v) => v.len() * 2,
+            Table::I8 { values, scales } => values.len() + scales.len() * 4,
+        }
+    }
+
+    /// Uploads `m` as stored (f32/f16/bf16); block-quantized tables are decoded to f16, or to f32
+    /// with `f32_only`.
+    fn upload(gpu: &Gpu, m: &FloatMatrix, f32_only: bool) -> Result<Self, CudaError> {
+        let bits = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<u16>>();
+        if f32_only {
+            return Ok(Table::F32(gpu.upload(&decode_all(m))?));
+        }
+        Ok(match m.storage() {
+            FloatStorage::F32(v) => Table::F32(gpu.upload(v)?),
+            FloatStorage::F16(v) => Table::F16(gpu.upload(&bits(v))?),
+            FloatStorage::F16Mapped(v) => Table::F16(gpu.upload(&bits(v.f16s()))?),
+            FloatStorage::BF16(v) => {
+                Table::BF16(gpu.upload(&v.iter().map(|h| h.to_bits()).collect::<Vec<_>>())?)
+            }
+            FloatStorage::Rows(_) => {
+                let f = decode_all(m);
+                Table::F16(
+                    gpu.upload(
+                        &f.iter()
+                            .map(|&x| f16::from_f32(x).to_bits())
+                            .collect::<Vec<_>>(),
+                    )?,
+                )
+            }
+        })
+    }
+
+    /// Per-row symmetric int8: `w ~ s_row * q`, `s_row = max|w| / 127`.
+    fn upload_int8(gpu: &Gpu, m: &FloatMatrix) -> Result<Self, CudaError> {
+        let cols = m.cols();
+        let mut row = vec![0f32; cols];
+        let mut values = Vec::with_capacity(m.rows() * cols);
+        let mut scales = Vec::with_capacity(m.rows());
+        for r in 0..m.rows() {
+            m.row_into(r, &mut row);
+            let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(s);
+            values.extend(
+                row.iter()
+                    .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        Ok(Table::I8 {
+            values: gpu.upload(&values)?,
+            scales: gpu.upload(&scales)?,
+        })
+    }
+
+    fn ptr(&self, gpu: &Gpu) -> u64 {
+        match self {
+            Table::F32(v) => ptr(v, &gpu.stream),
+            Table::F16(v) | Table::BF16(v) => ptr(v, &gpu.stream),
+            Table::I8 { values, .. } => ptr(values, &gpu.stream),
+        }
+    }
+}
+
+fn decode_all(m: &FloatMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; m.rows() * m.cols()];
+    for (r, row) in out.chunks_exact_mut(m.cols()).enumerate() {
+        m.row_into(r, row);
+    }
+    out
+}
+
+struct DevLayer {
+    attn_norm: CudaSlice<f32>,
+    attn_sub_norm: CudaSlice<f32>,
+    ffn_norm: CudaSlice<f32>,
+    ffn_sub_norm: CudaSlice<f32>,
+    qkv: DevTernary,
+    o: DevTernary,
+    gate_up: DevTernary,
+    down: DevTernary,
+}
+
+struct Kernels {
+    embed: Kernel,
+    norm_quant: Kernel,
+    final_norm: Kernel,
+    gemv: Kernel,
+    /// `ternary_mma_{1,2,4,8}` (sm_80+).
+    mma: Option<[Kernel; 4]>,
+    rope_kv: Kernel,
+    attn_part: Kernel,
+    attn_combine: Kernel,
+    head: Kernel,
+    argmax: Kernel,
+}
+
+/// Where a pass's results go.
+enum Out<'a> {
+    /// Logit rows, appended.
+    Logits(&'a mut Vec<f32>),
+    /// Greedy token ids, appended.
+    Greedy(&'a mut Vec<u32>),
+}
+
+/// Per-pass buffers, sized once for [`MAX_ROWS`].
+struct Scratch {
+    /// u32 parameters: tokens, positions, sequence of each row, wanted rows, sequence table.
+    params: CudaSlice<u32>,
+    host_params: Vec<u32>,
+    h: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    gate_up: CudaSlice<f32>,
+    codes: CudaSlice<i8>,
+    xscale: CudaSlice<f32>,
+    xsum: CudaSlice<i32>,
+    part: CudaSlice<f32>,
+    normed: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    tokens_out: CudaSlice<u32>,
+    /// Captured decode steps by batch size.
+    graphs: std::collections::HashMap<usize, Graph>,
+}
+
+/// A captured CUDA graph. Graphs are not internally synchronized; this one is only touched under
+/// the model's scratch lock.
+struct Graph(cudarc::driver::CudaGraph);
+
+// SAFETY: used only while holding the `Mutex<Scratch>` that owns it (see above).
+unsafe impl Send for Graph {}
+
+// Offsets into the parameter buffer.
+const P_TOKENS: usize = 0;
+const P_POS: usize = MAX_ROWS;
+const P_SEQ: usize = 2 * MAX_ROWS;
+const P_WANTED: usize = 3 * MAX_ROWS;
+const P_SEQTAB: usize = 4 * MAX_ROWS;
+const P_LEN: usize = 4 * MAX_ROWS + 3 * MAX_ROWS;
+
+/// The model on a GPU.
+pub struct CudaModel {
+    gpu: Gpu,
+    config: ModelConfig,
+    opts: CudaOptions,
+    k: Kernels,
+    layers: Vec<DevLayer>,
+    embed: Table,
+    /// `None`: the embedding is the head.
+    head: Option<Table>,
+    head_generic: bool,
+    output_norm: CudaSlice<f32>,
+    rope_cos: CudaSlice<f32>,
+    rope_sin: CudaSlice<f32>,
+    max_chunks: usize,
+    scratch: Mutex<Scratch>,
+    weight_bytes: u64,
+    /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
+    graphs: bool,
+}
+
+/// One sequence's keys and values on the GPU: `[layer][k|v][capacity][kv_dim]`.
+pub struct CudaKv {
+    buf: CudaSlice<u8>,
+    addr: u64,
+    capacity: usize,
+    per_position: usize,
+    ordinal: usize,
+}
+
+impl DeviceCache for CudaKv {
+    fn bytes_per_position(&self) -> usize {
+        self.per_position
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl CudaKv {
+    /// Bytes held on the device.
+    pub fn device_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+fn dev(e: CudaError) -> ModelError {
+    ModelError::Device(e.to_string())
+}
+
+impl CudaModel {
+    /// Uploads every weight of `src` to the GPU named in `opts`.
+    pub fn load(src: &dyn WeightSource, opts: CudaOptions) -> Result<Self, ModelError> {
+        let gpu = Gpu::open(opts.ordinal).map_err(dev)?;
+        Self::load_on(gpu, src, opts)
+    }
+
+    fn load_on(gpu: Gpu, src: &dyn WeightSource, opts: CudaOptions) -> Result<Self, ModelError> {
+        let c = src.config().clone();
+        if !c.head_dim.is_multiple_of(2) || c.head_dim > 1024 {
+            return Err(ModelError::Config(format!(
+                "head_dim {} is not supported on the GPU",
+                c.head_dim
+            )));
+        }
+        if c.n_heads / c.n_kv_heads > 32 {
+            return Err(ModelError::Config(
+                "more than 32 query heads per key/value head".into(),
+            ));
+        }
+        let k = load_kernels(&gpu, opts.kv).map_err(dev)?;
+        let up = |v: &[f32]| gpu.upload(v).map_err(dev);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut weight_bytes = 0usize;
+        for i in 0..c.n_layers {
+            let t = |p: Proj| src.ternary(i, p);
+            let qkv =
+                DevTernary::upload(&gpu, &[t(Proj::Q)?, t(Proj::K)?, t(Proj::V)?]).map_err(dev)?;
+            let o = DevTernary::upload(&gpu, &[t(Proj::O)?]).map_err(dev)?;
+            let gate_up = DevTernary::upload(&gpu, &[t(Proj::Gate)?, t(Proj::Up)?]).map_err(dev)?;
+            let down = DevTernary::upload(&gpu, &[t(Proj::Down)?]).map_err(dev)?;
+            weight_bytes += qkv.bytes + o.bytes + gate_up.bytes + down.bytes;
+            layers.push(DevLayer {
+                attn_norm: up(&src.norm(i, Norm::Attn)?)?,
+                attn_sub_norm: up(&src.norm(i, Norm::AttnSub)?)?,
+                ffn_norm: up(&src.norm(i, Norm::Ffn)?)?,
+                ffn_sub_norm: up(&src.norm(i, Norm::FfnSub)?)?,
+                qkv,
+                o,
+                gate_up,
+                down,
+            });
+        }
+        let embed_m = src.embedding()?;
+        let head_m = src.head()?;
+        // The vectorized head reads 8 values at a time; other widths use the generic f32 one.
+        let head_generic = !c.hidden_size.is_multiple_of(8);
+        let embed = Table::upload(&gpu, &embed_m, false).map_err(dev)?;
+        let head = match (&head_m, opts.head) {
+            (_, _) if head_generic => {
+                Some(Table::upload(&gpu, head_m.as_ref().unwrap_or(&embed_m), true).map_err(dev)?)
+            }
+            (Some(h), HeadType::Native) => Some(Table::upload(&gpu, h, false).map_err(dev)?),
+            (None, HeadType::Native) => None,
+            (h, HeadType::Int8) => {
+                Some(Table::upload_int8(&gpu, h.as_ref().unwrap_or(&embed_m)).map_err(dev)?)
+            }
+        };
+        weight_bytes += head.as_ref().unwrap_or(&embed).bytes();
+
+        // RoPE tables computed exactly as the CPU path does.
+        let ctx = opts.max_context.min(c.context_length).max(1);
+        let rope = Rope::new(c.head_dim, c.rope_theta);
+        let half = c.head_dim / 2;
+        let (mut cos, mut sin) = (vec![0f32; ctx * half], vec![0f32; ctx * half]);
+        for p in 0..ctx {
+            for i in 0..half {
+                let (sn, cs) = rope.sin_cos(p, i);
+                cos[p * half + i] = cs;
+                sin[p * half + i] = sn;
+            }
+        }
+        let max_chunks = ctx.div_ceil(CHUNK);
+        let kpad_max = pack::round_up(
+            c.hidden_size.max(c.q_dim()).max(c.intermediate_size),
+            KGROUP,
+        );
+        let qkv_dim = c.q_dim() + 2 * c.kv_dim();
+        let scratch = Scratch {
+            params: gpu.zeros::<u32>(P_LEN).map_err(dev)?,
+            host_params: vec![0u32; P_LEN],
+            h: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
+            qkv: gpu.zeros(MAX_ROWS * qkv_dim).map_err(dev)?,
+            attn: gpu.zeros(MAX_ROWS * c.q_dim()).map_err(dev)?,
+            gate_up: gpu.zeros(MAX_ROWS * 2 * c.intermediate_size).map_err(dev)?,
+            codes: gpu.zeros(MAX_ROWS * kpad_max).map_err(dev)?,
+            xscale: gpu.zeros(MAX_ROWS).map_err(dev)?,
+            xsum: gpu.zeros(MAX_ROWS).map_err(dev)?,
+            part: gpu
+                .zeros(MAX_ROWS * c.n_heads * max_chunks * (c.head_dim + 2))
+                .map_err(dev)?,
+            normed: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
+            logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
+            tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
+            graphs: Default::default(),
+        };
+        let profiling = gpu.profiling();
+        let model = Self {
+            output_norm: up(&src.output_norm()?)?,
+            rope_cos: up(&cos)?,
+            rope_sin: up(&sin)?,
+            k: Kernels {
+                embed: gpu
+                    .function(match embed {
+                        Table::F32(_) => "embed_f32",
+                        Table::F16(_) => "embed_f16",
+                        _ => "embed_bf16",
+                    })
+                    .map_err(dev)?,
+                head: gpu
+                    .function(match head.as_ref().unwrap_or(&embed) {
+                        _ if head_generic => "head_generic_f32",
+                        Table::F32(_) => "head_f32",
+                        Table::F16(_) => "head_f16",
+                        Table::BF16(_) => "head_bf16",
+                        Table::I8 { .. } => "head_i8",
+                    })
+                    .map_err(dev)?,
+                ..k
+            },
+            gpu,
+            config: c,
+            opts,
+            layers,
+            embed,
+            head,
+            head_generic,
+            max_chunks,
+            scratch: Mutex::new(scratch),
+            weight_bytes: weight_bytes as u64,
+            graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
+        };
+        model.gpu.sync().map_err(dev)?;
+        Ok(model)
+    }
+
+    /// The GPU in use.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn kv_elem(&self) -> usize {
+        match self.opts.kv {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+
+    /// Ternary product of `t` activation rows with `w` (see [`launch_linear`]).
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        w: &DevTernary,
+        t: usize,
+        kpad: usize,
+        codes: u64,
+        xscale: u64,
+        xsum: u64,
+        out: u64,
+        out_stride: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        let k = &self.k;
+        let io = LinearIo {
+            t,
+            kpad,
+            codes,
+            xscale,
+            xsum,
+            out,
+            out_stride,
+            accumulate,
+        };
+        launch_linear(&self.gpu, &k.gemv, k.mma.as_ref(), LinearPath::Auto, w, &io)
+    }
+
+    /// RMSNorm (optionally of act(gate) * up) and int8 quantization of `rows` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_quant(
+        &self,
+        s: &Scratch,
+        x: u64,
+        x_stride: usize,
+        w: &CudaSlice<f32>,
+        cols: usize,
+        mode: i32,
+        rows: usize,
+    ) -> Result<usize, CudaError> {
+        let kpad = pack::round_up(cols, KGROUP);
+        let st = &self.gpu.stream;
+        let nq = NormQuant {
+            x,
+            x_stride,
+            weight: ptr(w, st),
+            cols,
+            eps: self.config.rms_norm_eps,
+            mode,
+            codes: ptr(&s.codes, st),
+            scales: ptr(&s.xscale, st),
+            sums: ptr(&s.xsum, st),
+            rows,
+        };
+        launch_norm_quant(&self.gpu, &self.k.norm_quant, &nq)?;
+        Ok(kpad)
+    }
+
+    fn trace_codes(
+        &self,
+        s: &Scratch,
+        rows: usize,
+        cols: usize,
+        layer: usize,
+        point: TracePoint,
+        tracer: &mut dyn Tracer,
+    ) -> Result<(), CudaError> {
+        let kpad = pack::round_up(cols, KGROUP);
+        let mut perm = vec![0i8; rows * kpad];
+        let mut scales = vec![0f32; rows];
+        self.gpu
+            .stream
+            .memcpy_dtoh(&s.codes.slice(..rows * kpad), &mut perm)?;
+        self.gpu
+            .stream
+            .memcpy_dtoh(&s.xscale.slice(..rows), &mut scales)?;
+        self.gpu.sync()?;
+        let qa = QuantizedActivations {
+            codes: pack::unpermute_codes(&perm, rows, cols),
+            scales,
+            cols,
+        };
+        tracer.activation(layer, point, &qa);
+        Ok(())
+    }
+
+    /// One pass over at most [`MAX_ROWS`] rows.
+    fn pass<'t>(
+        &self,
+        s: &mut Scratch,
+        rows: &[(u32, u32, u32)],
+        seqs: &[(u64, usize)],
+        wanted: &[u32],
+        out: &mut Out<'_>,
+        tracer: Option<&mut (dyn Tracer + 't)>,
+    ) -> Result<(), CudaError> {
+        let n = rows.len();
+        let st = self.gpu.stream.clone();
+        let p = &mut s.host_params;
+        for (i, &(tok, pos, seq)) in rows.iter().enumerate() {
+            p[P_TOKENS + i] = tok;
+            p[P_POS + i] = pos;
+            p[P_SEQ + i] = seq;
+        }
+        p[P_WANTED..P_WANTED + wanted.len()].copy_from_slice(wanted);
+        for (i, &(addr, cap)) in seqs.iter().enumerate() {
+            p[P_SEQTAB + 3 * i] = addr as u32;
+            p[P_SEQTAB + 3 * i + 1] = (addr >> 32) as u32;
+            p[P_SEQTAB + 3 * i + 2] = cap as u32;
+        }
+        st.memcpy_htod(&s.host_params, &mut s.params)?;
+        let m = wanted.len();
+        // A decode step (one token per sequence, every logit row wanted) replays a captured graph
+        // per batch size: its launches and arguments never change, only the parameters' values.
+        let decode = tracer.is_none() && m == n && seqs.len() == n;
+        if decode && self.graphs {
+            if !s.graphs.contains_key(&n) {
+                st.begin_capture(
+                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                )?;
+                let launched = self.launch_forward(s, n, m, self.max_chunks, None);
+                let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
+                launched?;
+                let graph = graph.ok_or_else(|| {
+                    CudaError::Unavailable("graph capture produced no graph".into())
+                })?;
+                s.graphs.insert(n, Graph(graph));
+            }
+            s.graphs[&n].0.launch()?;
+        } else {
+            let max_pos = rows.iter().map(|r| r.1 as usize).max().unwrap_or(0);
+            let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
+            self.launch_forward(s, n, m, chunks, tracer)?;
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let v = self.config.vocab_size;
+        match out {
+            Out::Logits(logits) => {
+                let old = logits.len();
+                logits.resize(old + m * v, 0.0);
+                st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
+            }
+            Out::Greedy(tokens) => {
+                self.gpu.launch(
+                    &self.k.argmax,
+                    (m as u32, 1, 1),
+                    1024,
+                    0,
+                    &[
+                        Arg::P(ptr(&s.logits, &st)),
+                        Arg::I(v as i32),
+                        Arg::P(ptr(&s.tokens_out, &st)),
+                    ],
+                )?;
+                let old = tokens.len();
+                tokens.resize(old + m, 0);
+                st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
+            }
+        }
+        self.gpu.sync()?;
+        Ok(())
+    }
+
+    /// Every launch of one pass over `n` rows (their parameters already on the device), ending
+    /// with the `m` wanted rows' logits in `s.logits`.
+    fn launch_forward<'t>(
+        &self,
+        s: &Scratch,
+        n: usize,
+        m: usize,
+        chunks: usize,
+        mut tracer: Option<&mut (dyn Tracer + 't)>,
+    ) -> Result<(), CudaError> {
+        let c = &self.config;
+        let (hd, qd, kvd, id) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let qkv_dim = qd + 2 * kvd;
+        let st = self.gpu.stream.clone();
+        let pb = ptr(&s.params, &st);
+        let (tokens, pos, seq, want, seqtab) = (
+            pb + 4 * P_TOKENS as u64,
+            pb + 4 * P_POS as u64,
+            pb + 4 * P_SEQ as u64,
+            pb + 4 * P_WANTED as u64,
+            pb + 4 * P_SEQTAB as u64,
+        );
+        let (h, qkv, attn, gu) = (
+            ptr(&s.h, &st),
+            ptr(&s.qkv, &st),
+            ptr(&s.attn, &st),
+            ptr(&s.gate_up, &st),
+        );
+        let (codes, xscale, xsum) = (ptr(&s.codes, &st), ptr(&s.xscale, &st), ptr(&s.xsum, &st));
+        let group = c.n_heads / c.n_kv_heads;
+        let attn_smem = ((group * c.head_dim + group * CHUNK) * 4) as u32;
+        let glu_mode = match c.activation {
+            Activation::Relu2 => 1,
+            Activation::Silu => 2,
+        };
+
+        self.gpu.launch(
+            &self.k.embed,
+            (n as u32, 1, 1),
+            256,
+            0,
+            &[
+                Arg::P(self.embed.ptr(&self.gpu)),
+                Arg::P(tokens),
+                Arg::P(h),
+                Arg::I(hd as i32),
+            ],
+        )?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let kp = self.norm_quant(s, h, hd, &l.attn_norm, hd, 0, n)?;
+            if let Some(tr) = tracer.as_deref_mut() {
+                self.trace_codes(s, n, hd, li, TracePoint::AttnIn, tr)?;
+            }
+            self.linear(&l.qkv, n, kp, codes, xscale, xsum, qkv, qkv_dim, false)?;
+            self.gpu.launch(
+                &self.k.rope_kv,
+                (n as u32, 1, 1),
+                128,
+                0,
+                &[
+                    Arg::P(qkv),
+                    Arg::I(qkv_dim as i32),
+                    Arg::P(pos),
+                    Arg::P(seq),
+                    Arg::P(seqtab),
+                    Arg::P(ptr(&self.rope_cos, &st)),
+                    Arg::P(ptr(&self.rope_sin, &st)),
+                    Arg::I(c.n_heads as i32),
+                    Arg::I(c.n_kv_heads as i32),
+                    Arg::I(c.head_dim as i32),
+                    Arg::I(li as i32),
+                ],
+            )?;
+            self.gpu.launch(
+                &self.k.attn_part,
+                (chunks as u32, c.n_kv_heads as u32, n as u32),
+                128,
+                attn_smem,
+                &[
+                    Arg::P(qkv),
+                    Arg::I(qkv_dim as i32),
+                    Arg::P(pos),
+                    Arg::P(seq),
+                    Arg::P(seqtab),
+                    Arg::I(li as i32),
+                    Arg::I(c.n_heads as i32),
+                    Arg::I(c.n_kv_heads as i32),
+                    Arg::I(c.head_dim as i32),
+                    Arg::F((c.head_dim as f64).powf(-0.5) as f32),
+                    Arg::P(ptr(&s.part, &st)),
+                    Arg::I(self.max_chunks as i32),
+                ],
+            )?;
+            self.gpu.launch(
+                &self.k.attn_combine,
+                (c.n_heads as u32, n as u32, 1),
+                c.head_dim.next_multiple_of(32).min(256) as u32,
+                0,
+                &[
+                    Arg::P(ptr(&s.part, &st)),
+                    Arg::P(pos),
+                    Arg::I(c.n_heads as i32),
+                    Arg::I(c.head_dim as i32),
+                    Arg::I(self.max_chunks as i32),
+                    Arg::P(attn),
+                ],
+            )?;
+            let kp = self.norm_quant(s, attn, qd, &l.attn_sub_norm, qd, 0, n)?;
+            if let Some(tr) = tracer.as_deref_mut() {
+                self.trace_codes(s, n, qd, li, TracePoint::OIn, tr)?;
+            }
+            self.linear(&l.o, n, kp, codes, xscale, xsum, h, hd, true)?;
+            let kp = self.norm_quant(s, h, hd, &l.ffn_norm, hd, 0, n)?;
+            if let Some(tr) = tracer.as_deref_mut() {
+                self.trace_codes(s, n, hd, li, TracePoint::FfnIn, tr)?;
+            }
+            self.linear(&l.gate_up, n, kp, codes, xscale, xsum, gu, 2 * id, false)?;
+            let kp = self.norm_quant(s, gu, 2 * id, &l.ffn_sub_norm, id, glu_mode, n)?;
+            if let Some(tr) = tracer.as_deref_mut() {
+                self.trace_codes(s, n, id, li, TracePoint::DownIn, tr)?;
+            }
+            self.linear(&l.down, n, kp, codes, xscale, xsum, h, hd, true)?;
+            if let Some(tr) = tracer.as_deref_mut() {
+                let mut host = vec![0f32; n * hd];
+                st.memcpy_dtoh(&s.h.slice(..n * hd), &mut host)?;
+                self.gpu.sync()?;
+                tr.layer_output(li, &host);
+            }
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let normed = ptr(&s.normed, &st);
+        self.gpu.launch(
+            &self.k.final_norm,
+            (m as u32, 1, 1),
+            256,
+            0,
+            &[
+                Arg::P(h),
+                Arg::P(want),
+                Arg::P(ptr(&self.output_norm, &st)),
+                Arg::I(hd as i32),
+                Arg::F(c.rms_norm_eps),
+                Arg::P(normed),
+            ],
+        )?;
+        let v = c.vocab_size;
+        let table = self.head.as_ref().unwrap_or(&self.embed);
+        let rscale = match table {
+            Table::I8 { scales, .. } => ptr(scales, &st),
+            _ => 0,
+        };
+        let lp = ptr(&s.logits, &st);
+        for t0 in (0..m).step_by(8) {
+            let mm = (m - t0).min(8);
+            let x = normed + 4 * (t0 * hd) as u64;
+            let out = lp + 4 * (t0 * v) as u64;
+            let args: Vec<Arg> = if self.head_generic {
+                vec![
+                    Arg::P(table.ptr(&self.gpu)),
+                    Arg::I(v as i32),
+                    Arg::I(hd as i32),
+                    Arg::P(x),
+                    Arg::I(mm as i32),
+                    Arg::P(out),
+                ]
+            } else {
+                vec![
+                    Arg::P(table.ptr(&self.gpu)),
+                    Arg::P(rscale),
+                    Arg::I(v as i32),
+                    Arg::I(hd as i32),
+                    Arg::P(x),
+                    Arg::I(mm as i32),
+                    Arg::P(out),
+                ]
+            };
+            self.gpu
+                .launch(&self.k.head, (v.div_ceil(8) as u32, 1, 1), 256, 0, &args)?;
+        }
+        if let Some(tr) = tracer {
+            let mut host = vec![0f32; m * hd];
+            st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
+            self.gpu.sync()?;
+            tr.final_norm(&host);
+        }
+        Ok(())
+    }
+}
+
+/// Device addresses and sizes of one fused RMSNorm + quantization.
+struct NormQuant {
+    x: u64,
+    x_stride: usize,
+    weight: u64,
+    cols: usize,
+    eps: f32,
+    mode: i32,
+    codes: u64,
+    scales: u64,
+    sums: u64,
+    rows: usize,
+}
+
+/// Launches `norm_quant`: one block per row; the row is kept in shared memory when it fits in
+/// the default 48 KB.
+fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaError> {
+    let cached = a.cols * 4 <= 48 * 1024;
+    gpu.launch(
+        k,
+        (a.rows as u32, 1, 1),
+        if a.cols >= 2048 { 1024 } else { 256 },
+        if cached { (a.cols * 4) as u32 } else { 0 },
+        &[
+            Arg::P(a.x),
+            Arg::I(a.x_stride as i32),
+            Arg::P(a.weight),
+            Arg::I(a.cols as i32),
+            Arg::I(pack::round_up(a.cols, KGROUP) as i32),
+            Arg::F(a.eps),
+            Arg::I(a.mode),
+            Arg::P(a.codes),
+            Arg::P(a.scales),
+            Arg::P(a.sums),
+            Arg::I(cached as i32),
+        ],
+    )
+}
+
+/// Which ternary kernel runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearPath {
+    /// `dp4a` for up to 4 tokens, tensor cores beyond (what the model uses).
+    Auto,
+    /// `dp4a` only, 4 tokens per launch.
+    Dp4a,
+    /// Tensor cores only.
+    Mma,
+}
+
+/// Device addresses and sizes of one ternary product.
+struct LinearIo {
+    t: usize,
+    kpad: usize,
+    codes: u64,
+    xscale: u64,
+    xsum: u64,
+    out: u64,
+    out_stride: usize,
+    accumulate: bool,
+}
+
+/// Launches the ternary kernels over `io.t` activation rows (permuted codes `kpad` apart,
+/// scales, code sums) into `out` (`out_stride` apart), added when `accumulate`: `dp4a` up to 4
+/// rows, tensor cores (up to 64 rows per launch) beyond.
+fn launch_linear(
+    gpu: &Gpu,
+    gemv: &Kernel,
+    mma: Option<&[Kernel; 4]>,
+    path: LinearPath,
+    w: &DevTernary,
+    io: &LinearIo,
+) -> Result<(), CudaError> {
+    let strips = w.rows.div_ceil(STRIP) as u32;
+    let mma = if path == LinearPath::Dp4a { None } else { mma };
+    let gemv_name = gemv.name();
+    let mut t0 = 0;
+    while t0 < io.t {
+        let (f, n) = match (mma, io.t - t0) {
+            (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
+            (Some(m), n) if n <= 8 => (&m[0], n),
+            (Some(m), n) if n <= 16 => (&m[1], n),
+            (Some(m), n) if n <= 32 => (&m[2], n),
+            (Some(m), n) => (&m[3], n.min(MMA_TOKENS)),
+            (None, n) => (gemv, n.min(4)),
+        };
+        // The tensor-core kernels take two strips per block.
+        let blocks = if f.name() == gemv_name {
+            strips
+        } else {
+            strips.div_ceil(2)
+        };
+        gpu.launch(
+            f,
+            (blocks, 1, 1),
+            256,
+            0,
+            &[
+                Arg::P(ptr(&w.words, &gpu.stream)),
+                Arg::P(ptr(&w.scales, &gpu.stream)),
+                Arg::I(w.rows as i32),
+                Arg::I(w.kgroups as i32),
+                Arg::P(io.codes + (t0 * io.kpad) as u64),
+                Arg::I(io.kpad as i32),
+                Arg::P(io.xscale + 4 * t0 as u64),
+                Arg::P(io.xsum + 4 * t0 as u64),
+                Arg::I(n as i32),
+                Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
+                Arg::I(io.out_stride as i32),
+                Arg::I(io.accumulate as i32),
+            ],
+        )?;
+        t0 += n;
+    }
+    Ok(())
+}
+
+/// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
+/// `batch x rows`, computed as the CPU kernels do (`dot / s_x * s_w`). For conformance tests.
+pub fn ternary_forward(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &QuantizedActivations,
+    path: LinearPath,
+) -> Result<Vec<f32>, CudaError> {
+    let t = x.batch();
+    let kpad = pack::round_up(w.cols(), KGROUP);
+    let k = load_kernels(gpu, KvType::F32)?;
+    let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
+    let perm = pack::permute_codes(&x.codes, t, x.cols);
+    let sums: Vec<i32> = x
+        .codes
+        .chunks_exact(x.cols.max(1))
+        .map(|r| r.iter().map(|&c| c as i32).sum())
+        .collect();
+    let codes = gpu.upload(&perm)?;
+    let scales = gpu.upload(&x.scales)?;
+    let sums = gpu.upload(&sums)?;
+    let out = gpu.zeros::<f32>(t * w.rows())?;
+    let st = &gpu.stream;
+    let io = LinearIo {
+        t,
+        kpad,
+        codes: ptr(&codes, st),
+        xscale: ptr(&scales, st),
+        xsum: ptr(&sums, st),
+        out: ptr(&out, st),
+        out_stride: w.rows(),
+        accumulate: false,
+    };
+    launch_linear(gpu, &k.gemv, k.mma.as_ref(), path, &dw, &io)?;
+    let mut host = vec![0f32; t * w.rows()];
+    st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
+/// RMSNorm then int8 quantization of `rows` rows of `x` on the GPU, as the model's first step of
+/// each block runs it: the codes (unpermuted, `rows x cols`) and scales. For conformance tests.
+pub fn norm_quant(
+    gpu: &Gpu,
+    x: &[f32],
+    rows: usize,
+    weight: &[f32],
+    eps: f32,
+) -> Result<QuantizedActivations, CudaError> {
+    let cols = weight.len();
+    let kpad = pack::round_up(cols, KGROUP);
+    let k = load_kernels(gpu, KvType::F32)?;
+    let st = &gpu.stream;
+    let dx = gpu.upload(x)?;
+    let dw = gpu.upload(weight)?;
+    let codes = gpu.zeros::<i8>(rows * kpad)?;
+    let scales = gpu.zeros::<f32>(rows)?;
+    let sums = gpu.zeros::<i32>(rows)?;
+    let nq = NormQuant {
+        x: ptr(&dx, st),
+        x_stride: cols,
+        weight: ptr(&dw, st),
+        cols,
+        eps,
+        mode: 0,
+        codes: ptr(&codes, st),
+        scales: ptr(&scales, st),
+        sums: ptr(&sums, st),
+        rows,
+    };
+    launch_norm_quant(gpu, &k.norm_quant, &nq)?;
+    let mut perm = vec![0i8; rows * kpad];
+    let mut sc = vec![0f32; rows];
+    st.memcpy_dtoh(&codes.slice(..rows * kpad), &mut perm)?;
+    st.memcpy_dtoh(&scales.slice(..rows), &mut sc)?;
+    gpu.sync()?;
+    Ok(QuantizedActivations {
+        codes: pack::unpermute_codes(&perm, rows, cols),
+        scales: sc,
+        cols,
+    })
+}
+
+fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
+    let sfx = match kv {
+        KvType::F16 => "f16",
+        KvType::F32 => "f32",
+    };
+    let mma = match (
+        gpu.optional_function("ternary_mma_1"),
+        gpu.optional_function("ternary_mma_2"),
+        gpu.optional_function("ternary_mma_4"),
+        gpu.optional_function("ternary_mma_8"),
+    ) {
+        (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+        _ => None,
+    };
+    Ok(Kernels {
+        embed: gpu.function("embed_f32")?,
+        norm_quant: gpu.function("norm_quant")?,
+        final_norm: gpu.function("final_norm")?,
+        gemv: gpu.function("ternary_gemv")?,
+        mma,
+        rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
+        attn_part: gpu.function(&format!("attn_part_{sfx}"))?,
+        attn_combine: gpu.function("attn_combine")?,
+        head: gpu.function("head_f32")?,
+        argmax: gpu.function("argmax_rows")?,
+    })
+}
+
+impl CudaModel {
+    fn run(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        out: &mut Out<'_>,
+        mut tracer: Option<&mut dyn Tracer>,
+    ) -> Result<(), ModelError> {
+        let mut s = self.scratch.lock().map_err(|_| dev(CudaError::Poisoned))?;
+        // Rows in order; a pass closes when it holds MAX_ROWS rows.
+        let mut rows: Vec<(u32, u32, u32)> = Vec::with_capacity(MAX_ROWS);
+        let mut seqs: Vec<(u64, usize)> = Vec::new();
+        let mut wanted: Vec<u32> = Vec::new();
+        for e in batch {
+            let kv = e
+                .cache
+                .as_any()
+                .downcast_ref::<CudaKv>()
+                .filter(|kv| kv.ordinal == self.gpu.ordinal)
+                .ok_or_else(|| ModelError::Device("a KV cache from another device".into()))?;
+            if e.start + e.tokens.len() > kv.capacity {
+                return Err(ModelError::ContextExceeded {
+                    needed: e.start + e.tokens.len(),
+                    capacity: kv.capacity,
+                });
+            }
+            let n = e.tokens.len();
+            for (i, &tok) in e.tokens.iter().enumerate() {
+                if rows.is_empty() || seqs.last().map(|s| s.0) != Some(kv.addr) {
+                    seqs.push((kv.addr, kv.capacity));
+                }
+                let want = match e.logits {
+                    Logits::All => true,
+                    Logits::Last => i + 1 == n,
+                };
+                if want {
+                    wanted.push(rows.len() as u32);
+                }
+                rows.push((tok, (e.start + i) as u32, (seqs.len() - 1) as u32));
+                if rows.len() == MAX_ROWS {
+                    self.pass(&mut s, &rows, &seqs, &wanted, out, tracer.as_deref_mut())
+                        .map_err(dev)?;
+                    rows.clear();
+                    seqs.clear();
+                    wanted.clear();
+                }
+            }
+        }
+        if !rows.is_empty() {
+            self.pass(&mut s, &rows, &seqs, &wanted, out, tracer)
+                .map_err(dev)?;
+        }
+        Ok(())
+    }
+}
+
+impl Accelerator for CudaModel {
+    fn describe(&self) -> String {
+        format!(
+            "cuda:{} ({}, {})",
+            self.gpu.ordinal, self.gpu.name, self.gpu.arch
+        )
+    }
+
+    fn new_cache(&self, capacity: usize) -> Result<Box<dyn DeviceCache>, ModelError> {
+        let c = &self.config;
+        let capacity = capacity
+            .min(self.opts.max_context.min(c.context_length))
+            .max(1);
+        let per_position = c.n_layers * 2 * c.kv_dim() * self.kv_elem();
+        let buf = self.gpu.zeros::<u8>(capacity * per_position).map_err(dev)?;
+        let addr = ptr(&buf, &self.gpu.stream);
+        Ok(Box::new(CudaKv {
+            buf,
+            addr,
+            capacity,
+            per_position,
+            ordinal: self.gpu.ordinal,
+        }))
+    }
+
+    fn forward_batch(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        logits: &mut Vec<f32>,
+        tracer: Option<&mut dyn Tracer>,
+    ) -> Result<(), ModelError> {
+        logits.clear();
+        self.run(batch, &mut Out::Logits(logits), tracer)
+    }
+
+    fn forward_batch_greedy(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        tokens: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        tokens.clear();
+        self.run(batch, &mut Out::Greedy(tokens), None)
+    }
+
+    fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    fn head_type(&self) -> &'static str {
+        self.head.as_ref().unwrap_or(&self.embed).name()
+    }
+}

@@ -1,0 +1,117 @@
+//! Every CUDA ternary kernel against the scalar reference kernel on random shapes and batch sizes
+//! 1..=64 (and longer batches that take several launches); the fused norm + quantizer against
+//! the CPU's. Needs a GPU: without one each test prints SKIPPED and passes, unless
+//! `BITNET_REQUIRE_GPU=1` (set by `scripts/gpu-check.sh`) makes that a failure.
+
+use bitnet_core::{LinearKernel, QuantizedActivations, TernaryMatrix};
+use bitnet_cuda::{Gpu, LinearPath};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn gpu() -> Option<Gpu> {
+    let found = bitnet_cuda::device_count().and_then(|n| {
+        if n == 0 {
+            Err(bitnet_cuda::CudaError::Unavailable("no CUDA device".into()))
+        } else {
+            Gpu::open(0)
+        }
+    });
+    match found {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("BITNET_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("BITNET_REQUIRE_GPU=1 but: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (no GPU): {e}");
+            None
+        }
+    }
+}
+
+fn random_case(
+    rng: &mut StdRng,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+) -> (TernaryMatrix, QuantizedActivations) {
+    let codes: Vec<i8> = (0..rows * cols).map(|_| rng.random_range(-1..=1)).collect();
+    let w = TernaryMatrix::new(rows, cols, codes, rng.random_range(0.05f32..3.0)).unwrap();
+    let x = QuantizedActivations {
+        codes: (0..batch * cols)
+            .map(|_| rng.random_range(-128i32..=127) as i8)
+            .collect(),
+        scales: (0..batch)
+            .map(|_| rng.random_range(0.5f32..400.0))
+            .collect(),
+        cols,
+    };
+    (w, x)
+}
+
+fn scalar(w: &TernaryMatrix, x: &QuantizedActivations) -> Vec<f32> {
+    let p = bitnet_core::scalar::ScalarKernel.prepare(w).unwrap();
+    let mut out = vec![0f32; x.batch() * w.rows()];
+    p.forward(x, &mut out, &mut Vec::new());
+    out
+}
+
+#[test]
+fn ternary_kernels_equal_the_scalar_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(0xb17);
+    let mut cases: Vec<(usize, usize, usize)> = vec![
+        (1, 1, 1),
+        (16, 128, 1),
+        (2560, 2560, 1),
+        (640, 2560, 3),
+        (2560, 6912, 16),
+        (6912, 2560, 64),
+        (300, 700, 130),
+    ];
+    for b in 1..=64 {
+        cases.push((rng.random_range(1..300), rng.random_range(1..700), b));
+    }
+    for (rows, cols, batch) in cases {
+        let (w, x) = random_case(&mut rng, rows, cols, batch);
+        let want = scalar(&w, &x);
+        for path in [LinearPath::Auto, LinearPath::Dp4a, LinearPath::Mma] {
+            let got = bitnet_cuda::ternary_forward(&gpu, &w, &x, path).unwrap();
+            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{path:?} rows {rows} cols {cols} batch {batch}: output {i} is {} but the scalar kernel gives {}",
+                    got[i], want[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn norm_quant_matches_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut flips = 0usize;
+    let mut total = 0usize;
+    for (rows, cols) in [(1, 64), (5, 2560), (64, 6912), (3, 37), (9, 1000)] {
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-4.0f32..4.0))
+            .collect();
+        let w: Vec<f32> = (0..cols).map(|_| rng.random_range(0.5f32..1.5)).collect();
+        let got = bitnet_cuda::norm_quant(&gpu, &x, rows, &w, 1e-5).unwrap();
+        for r in 0..rows {
+            let mut normed = vec![0f32; cols];
+            bitnet_core::ops::rmsnorm(&x[r * cols..(r + 1) * cols], &w, 1e-5, &mut normed);
+            let mut codes = vec![0i8; cols];
+            let s = bitnet_core::quant::quantize_row(&normed, &mut codes);
+            let gs = got.scales[r];
+            assert!((gs - s).abs() <= 1e-5 * s, "scale {gs} vs {s}");
+            for (a, b) in got.codes[r * cols..(r + 1) * cols].iter().zip(&codes) {
+                // The sum of squares is reduced in another order; a code may move by one only
+                // where the value sits on a rounding edge.
+                assert!((*a as i32 - *b as i32).abs() <= 1, "code {a} vs {b}");
+                flips += (a != b) as usize;
+                total += 1;
+            }
+        }
+    }
+    assert!(flips * 1000 <= total, "{flips} of {total} codes differ");
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu-check.sh runs on a GPU machine into DIR (default .gpu, git-ignored):
+# the release `bitnet` binary and the bitnet-cuda test binaries, stripped. Needs no CUDA here.
+set -euo pipefail
+DIR=${1:-.gpu}
+mkdir -p "$DIR"
+cargo build --release -p bitnet-cli
+cp target/release/bitnet "$DIR/bitnet"
+for t in compile conformance parity; do
+  exe=$(cargo test --release -p bitnet-cuda --test "$t" --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import sys, json
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1)
+  cp "$exe" "$DIR/$t"
+done
+strip "$DIR"/* 2>/dev/null || true
+pwd > "$DIR/built_at"
+ls -la "$DIR"

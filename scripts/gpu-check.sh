@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU half of the test and benchmark suite, run on a machine with an NVIDIA GPU.
+#
+#   scripts/gpu-check.sh BIN_DIR [tests|bench|quick|all]
+#
+# BIN_DIR holds the release `bitnet` binary and the bitnet-cuda test binaries (compile,
+# conformance, parity), built elsewhere with `scripts/gpu-build.sh` (no Rust or network is
+# needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails instead of skipping.
+# Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
+# bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
+# `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes).
+set -uo pipefail
+BIN=$(realpath "${1:?usage: gpu-check.sh BIN_DIR [tests|bench|all]}")
+WHAT=${2:-all}
+LOG=${OUT:-/tmp}
+export BITNET_REQUIRE_GPU=1 BITNET_CACHE_DIR=/tmp/bitnet-cache
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+# The test binaries find the fixtures through the absolute path they were built at.
+built_at=$(cat "$BIN/built_at" 2>/dev/null || echo /work/main)
+if [ ! -e "$built_at/fixtures" ]; then mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at"; fi
+status=0
+if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
+  for t in compile conformance parity; do
+    echo "== test $t"
+    "$BIN/$t" --test-threads=1 2>&1 | tail -25 || status=1
+  done
+fi
+if [ "$WHAT" != tests ]; then
+  B="$BIN/bitnet"
+  if [ "$WHAT" = quick ]; then
+    "$B" convert --synthetic 2b4t -o /tmp/same.gguf 2>&1 | tail -1
+  else
+    echo "== the shared weights (transformers, random bf16 masters) and our conversion"
+    python3 bench/gpu/hf_peer.py write /tmp/hf2b4t 2>&1 | tail -2
+    time "$B" convert --model /tmp/hf2b4t -o /tmp/same.gguf --weights i2_s --head f16 2>&1 | tail -2
+  fi
+  echo "== bitnet bench, f16 head"
+  "$B" bench -m /tmp/same.gguf --device cuda -p 128,512 -n 128 -r 5 -b 1,16,64 --depth 512 -o md 2>&1 | tee "$LOG/bench-f16.md" | tail -8
+  echo "== bitnet bench, int8 head"
+  "$B" bench -m /tmp/same.gguf --device cuda --gpu-head int8 -p 0 -n 128 -r 5 -b 1,64 --depth 512 -o md 2>&1 | tee "$LOG/bench-i8.md" | tail -5
+  if [ "$WHAT" != quick ]; then
+    echo "== transformers BitNetForCausalLM on the same weights"
+    timeout "${PEER_TIMEOUT:-300}" python3 bench/gpu/hf_peer.py time /tmp/hf2b4t 2>&1 | tail -3 | tee "$LOG/peer.json"
+  fi
+  if [ "$WHAT" = quick ]; then
+    echo "== per-kernel profile (synchronized launches, no graphs): pp512; tg64; tg16 at batch 64, depth 512"
+    for args in "-p 512 -n 0" "-p 0 -n 64" "-p 0 -n 16 -b 64 --depth 512"; do
+      BITNET_CUDA_PROFILE=1 "$B" bench -m /tmp/same.gguf --device cuda -r 1 $args 2>&1 | grep -A12 "kernel profile"
+    done
+  fi
+  echo "== greedy text through the CLI on the GPU vs the CPU (bundled model)"
+  "$B" generate --prompt "ROMEO:" -n 24 --temperature 0 --device cuda > /tmp/g.txt 2>/dev/null
+  "$B" generate --prompt "ROMEO:" -n 24 --temperature 0 --device cpu > /tmp/c.txt 2>/dev/null
+  cmp /tmp/g.txt /tmp/c.txt && echo "same greedy text on GPU and CPU" || { echo "GPU and CPU greedy text differ"; cat /tmp/g.txt /tmp/c.txt; status=1; }
+fi
+exit $status
