@@ -25,6 +25,24 @@ if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
     "$BIN/$t" --test-threads=1 2>&1 | tail -25 || status=1
   done
 fi
+if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
+  echo "== bitnet serve --device cuda: concurrent greedy completions equal the CPU's"
+  "$BIN/bitnet" serve --device cuda --port 18080 > /tmp/serve.log 2>&1 &
+  spid=$!
+  for _ in $(seq 1 60); do curl -sf localhost:18080/health > /dev/null && break; sleep 0.5; done
+  for i in 1 2 3 4 5 6 7 8; do
+    curl -sf localhost:18080/v1/completions -H 'content-type: application/json' \
+      -d "{\"prompt\": \"ROMEO $i:\", \"max_tokens\": 24, \"temperature\": 0}" > /tmp/srv$i.json &
+  done
+  wait $(jobs -p | grep -v "^$spid$") 2>/dev/null
+  for i in 1 2 3 4 5 6 7 8; do
+    want=$("$BIN/bitnet" generate --device cpu --prompt "ROMEO $i:" -n 24 --temperature 0 2>/dev/null)
+    got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' /tmp/srv$i.json)
+    if [ "$got" = "$want" ]; then echo "request $i: same text as the CPU"; else echo "request $i DIFFERS: [$got] vs [$want]"; status=1; fi
+  done
+  grep -m1 "device" /tmp/serve.log
+  kill -INT $spid; wait $spid; echo "server exit: $?"
+fi
 if [ "$WHAT" != tests ]; then
   B="$BIN/bitnet"
   if [ "$WHAT" = quick ]; then

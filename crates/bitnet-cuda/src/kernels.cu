@@ -195,8 +195,9 @@ __device__ __forceinline__ void gemv_group(const uint4& wv, int q, int tq, const
 #pragma unroll
     for (int t = 0; t < MAXT; t++) {
         if (t < T) {
+            // Global or shared memory (the fused kernel), hence no __ldg.
             const uint4* xp = (const uint4*)(codes + (size_t)t * kpad + q * 128 + tq * 32);
-            uint4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+            uint4 x0 = xp[0], x1 = xp[1];
             u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
             for (int kb = 0; kb < 4; kb++) {
@@ -212,10 +213,13 @@ __device__ __forceinline__ void gemv_group(const uint4& wv, int q, int tq, const
     }
 }
 
-template <int MAXT>
+// PRE: the caller already loaded this warp's first four weight vectors into `pre` (the fused
+// kernel issues them before normalizing, to hide their latency).
+template <int MAXT, bool PRE>
 __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                           const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
-                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
+                          const uint4 (&pre)[4]) {
     __shared__ int red[NW][MAXT][16];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, tq = lane & 3;
@@ -229,7 +233,8 @@ __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int q = base + j * NW;
-            wv[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
+            if (PRE && base == warp) wv[j] = pre[j];
+            else wv[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -263,7 +268,77 @@ extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* 
                                                                     int kgroups, const i8* codes, int kpad,
                                                                     const float* xscale, const int* xsum, int T,
                                                                     float* out, int out_stride, int accumulate) {
-    gemv_body<4>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate);
+    const uint4 none[4] = {};
+    gemv_body<4, false>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate, none);
+}
+
+// Decode (1..4 tokens): RMSNorm + quantization of the input rows fused into the dp4a product.
+// Every block normalizes the rows itself (they are small and sit in L2) into shared memory, so a
+// step needs no separate norm kernel. Rows up to FUSED_MAX_COLS wide (values held in registers).
+#define FUSED_PER_THREAD 28
+#define FUSED_MAX_COLS (FUSED_PER_THREAD * NW * 32)
+extern "C" __global__ void __launch_bounds__(NW * 32)
+    ternary_gemv_norm(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                      const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad,
+                      float eps, int mode, int T, float* out, int out_stride, int accumulate) {
+    __shared__ __align__(16) i8 xs[4 * FUSED_MAX_COLS];
+    __shared__ float xscale[4];
+    __shared__ int xsum[4];
+    __shared__ float red[32];
+    __shared__ int ired[32];
+    uint4 pre[4];
+    {
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        const uint4* ws = W + (size_t)blockIdx.x * kgroups * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int q = warp + j * NW;
+            pre[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        const float* xr = x + (size_t)t * x_stride;
+        float v[FUSED_PER_THREAD];
+        float ss = 0.f;
+#pragma unroll
+        for (int j = 0; j < FUSED_PER_THREAD; j++) {
+            int c = threadIdx.x + j * NW * 32;
+            v[j] = c < cols ? glu_in(xr, c, cols, mode) : 0.f;
+            ss += v[j] * v[j];
+        }
+        ss = block_sum(ss, red);
+        float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+        float mx = 0.f;
+#pragma unroll
+        for (int j = 0; j < FUSED_PER_THREAD; j++) {
+            int c = threadIdx.x + j * NW * 32;
+            if (c < cols) {
+                v[j] = nw[c] * (v[j] * inv);
+                mx = fmaxf(mx, fabsf(v[j]));
+            }
+        }
+        mx = block_max(mx, red);
+        float scale = 127.0f / fmaxf(mx, 1e-5f);
+        int sum = 0;
+#pragma unroll
+        for (int j = 0; j < FUSED_PER_THREAD; j++) {
+            int c = threadIdx.x + j * NW * 32;
+            if (c < kpad) {
+                int q = 0;
+                if (c < cols) q = (int)fminf(fmaxf(rintf(v[j] * scale), -128.f), 127.f);
+                xs[t * kpad + perm_col(c)] = (i8)q;
+                sum += q;
+            }
+        }
+        for (int c = threadIdx.x + FUSED_PER_THREAD * NW * 32; c < kpad; c += NW * 32) xs[t * kpad + perm_col(c)] = 0;
+        sum = block_isum(sum, ired);
+        if (threadIdx.x == 0) {
+            xscale[t] = scale;
+            xsum[t] = sum;
+        }
+    }
+    __syncthreads();
+    gemv_body<4, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre);
 }
 
 // Batches of up to 8 * TILES tokens on the tensor cores: mma.m16n8k32 with the weights (u8
@@ -411,89 +486,71 @@ extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, c
 // ---------------------------------------------------------------------------------------------
 // Attention, split over chunks of CHUNK positions: block (chunk, kv head, row) scores the row's
 // query heads of that kv head against the chunk's keys (positions <= the row's own), and writes
-// per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v.
-// attn_combine merges the chunks. Dynamic shared memory: group*hd + group*CHUNK floats.
+// per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v;
+// attn_combine merges the chunks. Needs head_dim % 4 == 0, <= 128, and <= 8 query heads per kv
+// head (checked on the host): lane l holds elements 4l..4l+3 of a key or value row (one 8- or
+// 16-byte load), each warp takes every 4th position of the chunk, four positions' loads in
+// flight at once; the warps' partial outputs are summed in shared memory. Dynamic shared memory:
+// (group*hd + group*CHUNK + 4*group*hd) floats.
 #define CHUNK 64
+__device__ __forceinline__ float4 kv_load4(const float* p) { return *(const float4*)p; }
+__device__ __forceinline__ float4 kv_load4(const u16* p) {
+    uint2 v = *(const uint2*)p;
+    return make_float4(h2f((u16)(v.x & 0xffff)), h2f((u16)(v.x >> 16)), h2f((u16)(v.y & 0xffff)),
+                       h2f((u16)(v.y >> 16)));
+}
+
 template <class KV>
-__device__ void attn_part_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
-                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
-                               int maxchunks) {
+__device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                              int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
+                              int maxchunks) {
     extern __shared__ float sm[];
     int c = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
     int p = pos[r];
     int lo = c * CHUNK;
     if (lo > p) return;
-    int hi = min(lo + CHUNK, p + 1);
-    int n = hi - lo;
+    int n = min(lo + CHUNK, p + 1) - lo;
     int group = n_heads / n_kv, kvd = n_kv * hd;
-    float* qs = sm;                 // group * hd
-    float* sc = sm + group * hd;    // group * CHUNK
+    float* qs = sm;                       // group * hd
+    float* sc = sm + group * hd;          // group * CHUNK
+    float* acc = sc + group * CHUNK;      // 4 warps * group * hd
     const float* qrow = qkv + (size_t)r * stride + kvh * group * hd;
     for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qrow[i];
     __syncthreads();
-    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, 0) + kvh * hd;
-    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, 0) + kvh * hd;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    // Scores: each warp takes positions warp, warp + nw, ...; four at a time so that their key
-    // rows load together.
-    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
-        float d[4][8];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-#pragma unroll
-            for (int h = 0; h < 8; h++) d[u][h] = 0.f;
-        for (int e = lane; e < hd; e += 32) {
-            float kv[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) {
-                int i = i0 + u * nw;
-                kv[u] = i < n ? kv_load(kc + (size_t)(lo + i) * kvd + e) : 0.f;
-            }
-#pragma unroll
-            for (int h = 0; h < 8; h++) {
-                if (h < group) {
-                    float qv = qs[h * hd + e];
-#pragma unroll
-                    for (int u = 0; u < 4; u++) d[u][h] += qv * kv[u];
-                }
-            }
-        }
+    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * hd;
+    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * hd;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int e = lane * 4;
+    bool on = e < hd;
+    for (int i0 = warp; i0 < n; i0 += 16) {
+        float4 k[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int i = i0 + u * nw;
-#pragma unroll
-            for (int h = 0; h < 8; h++) {
-                if (h < group) {
-                    float v = warp_sum(d[u][h]);
-                    if (lane == 0 && i < n) sc[h * CHUNK + i] = v * scaling;
-                }
-            }
+            int i = i0 + 4 * u;
+            k[u] = (on && i < n) ? kv_load4(kc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
-        // Groups of more than 8 query heads per key head take the plain path.
-        for (int h = 8; h < group; h++) {
+        for (int h = 0; h < group; h++) {
+            float4 q = on ? *(const float4*)(qs + h * hd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
             for (int u = 0; u < 4; u++) {
-                int i = i0 + u * nw;
-                if (i >= n) break;
-                const KV* k = kc + (size_t)(lo + i) * kvd;
-                float v = 0.f;
-                for (int e = lane; e < hd; e += 32) v += qs[h * hd + e] * kv_load(k + e);
-                v = warp_sum(v);
-                if (lane == 0) sc[h * CHUNK + i] = v * scaling;
+                float d = q.x * k[u].x + q.y * k[u].y + q.z * k[u].z + q.w * k[u].w;
+                d = warp_sum(d);
+                int i = i0 + 4 * u;
+                if (lane == 0 && i < n) sc[h * CHUNK + i] = d * scaling;
             }
         }
     }
     __syncthreads();
-    // Per head: max and sum of exponentials (one warp per head).
     __shared__ float ml[2 * 32];
-    for (int h = warp; h < group; h += nw) {
+    for (int h = warp; h < group; h += 4) {
         float m = -INFINITY;
         for (int i = lane; i < n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
         m = warp_max(m);
         float l = 0.f;
         for (int i = lane; i < n; i += 32) {
-            float e = expf(sc[h * CHUNK + i] - m);
-            sc[h * CHUNK + i] = e;
-            l += e;
+            float x = expf(sc[h * CHUNK + i] - m);
+            sc[h * CHUNK + i] = x;
+            l += x;
         }
         l = warp_sum(l);
         if (lane == 0) {
@@ -502,37 +559,62 @@ __device__ void attn_part_body(const float* qkv, int stride, const u32* pos, con
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-        int h = idx / hd, e = idx % hd;
-        float o = 0.f;
-        const KV* vp = vc + (size_t)lo * kvd + e;
-        const float* p = sc + h * CHUNK;
-        int i = 0;
-        for (; i + 8 <= n; i += 8) {
-            float v[8];
+    float o[8][4];
 #pragma unroll
-            for (int u = 0; u < 8; u++) v[u] = kv_load(vp + (size_t)(i + u) * kvd);
+    for (int h = 0; h < 8; h++) o[h][0] = o[h][1] = o[h][2] = o[h][3] = 0.f;
+    for (int i0 = warp; i0 < n; i0 += 16) {
+        float4 v[4];
 #pragma unroll
-            for (int u = 0; u < 8; u++) o += p[i + u] * v[u];
+        for (int u = 0; u < 4; u++) {
+            int i = i0 + 4 * u;
+            v[u] = (on && i < n) ? kv_load4(vc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
-        for (; i < n; i++) o += p[i] * kv_load(vp + (size_t)i * kvd);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            int i = i0 + 4 * u;
+            if (i < n) {
+#pragma unroll
+                for (int h = 0; h < 8; h++) {
+                    if (h < group) {
+                        float w = sc[h * CHUNK + i];
+                        o[h][0] += w * v[u].x;
+                        o[h][1] += w * v[u].y;
+                        o[h][2] += w * v[u].z;
+                        o[h][3] += w * v[u].w;
+                    }
+                }
+            }
+        }
+    }
+    if (on) {
+#pragma unroll
+        for (int h = 0; h < 8; h++)
+            if (h < group) *(float4*)(acc + (warp * group + h) * hd + e) = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        int h = idx / hd, ee = idx % hd;
+        float sum = acc[(0 * group + h) * hd + ee] + acc[(1 * group + h) * hd + ee] +
+                    acc[(2 * group + h) * hd + ee] + acc[(3 * group + h) * hd + ee];
         float* dst = part + (((size_t)r * n_heads + kvh * group + h) * maxchunks + c) * (hd + 2);
-        dst[e] = o;
-        if (e == 0) {
+        dst[ee] = sum;
+        if (ee == 0) {
             dst[hd] = ml[2 * h];
             dst[hd + 1] = ml[2 * h + 1];
         }
     }
 }
-extern "C" __global__ void attn_part_f32(const float* qkv, int stride, const u32* pos, const u32* seq,
-                                         const u32* seqtab, int layer, int nh, int nkv, int hd, float scaling,
-                                         float* part, int maxchunks) {
-    attn_part_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
+extern "C" __global__ void __launch_bounds__(128) attn_vec_f32(const float* qkv, int stride, const u32* pos,
+                                                                const u32* seq, const u32* seqtab, int layer,
+                                                                int nh, int nkv, int hd, float scaling,
+                                                                float* part, int maxchunks) {
+    attn_vec_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
 }
-extern "C" __global__ void attn_part_f16(const float* qkv, int stride, const u32* pos, const u32* seq,
-                                         const u32* seqtab, int layer, int nh, int nkv, int hd, float scaling,
-                                         float* part, int maxchunks) {
-    attn_part_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
+extern "C" __global__ void __launch_bounds__(128) attn_vec_f16(const float* qkv, int stride, const u32* pos,
+                                                                const u32* seq, const u32* seqtab, int layer,
+                                                                int nh, int nkv, int hd, float scaling,
+                                                                float* part, int maxchunks) {
+    attn_vec_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
 }
 
 // Block (head, row), one thread per head dimension (looping when hd > blockDim).
@@ -602,16 +684,24 @@ __device__ void head_body(const typename D::T* W, const float* rscale, int vocab
 #pragma unroll
     for (int t = 0; t < 8; t++) acc[t] = 0.f;
     size_t base = (size_t)v * cols;
-    for (int c = lane * 8; c < cols; c += 256) {
-        float f[8];
-        load8<D>(W, base + c, f);
+    // Two 8-value weight loads in flight per lane.
+    for (int c0 = lane * 8; c0 < cols; c0 += 512) {
+        float f[2][8];
 #pragma unroll
-        for (int t = 0; t < 8; t++) {
-            if (t < m) {
-                const float4* xp = (const float4*)(x + (size_t)t * cols + c);
-                float4 a = xp[0], b = xp[1];
-                acc[t] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y +
-                          f[6] * b.z + f[7] * b.w;
+        for (int u = 0; u < 2; u++)
+            if (c0 + 256 * u < cols) load8<D>(W, base + c0 + 256 * u, f[u]);
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int c = c0 + 256 * u;
+            if (c >= cols) break;
+#pragma unroll
+            for (int t = 0; t < 8; t++) {
+                if (t < m) {
+                    const float4* xp = (const float4*)(x + (size_t)t * cols + c);
+                    float4 a = xp[0], b = xp[1];
+                    acc[t] += f[u][0] * a.x + f[u][1] * a.y + f[u][2] * a.z + f[u][3] * a.w + f[u][4] * b.x +
+                              f[u][5] * b.y + f[u][6] * b.z + f[u][7] * b.w;
+                }
             }
         }
     }

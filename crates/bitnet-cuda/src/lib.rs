@@ -17,7 +17,9 @@ mod model;
 pub mod pack;
 
 pub use device::{Gpu, Kernel, compile, device_count, driver_present, nvrtc_present};
-pub use model::{CudaKv, CudaModel, LinearPath, MAX_ROWS, norm_quant, ternary_forward};
+pub use model::{
+    CudaKv, CudaModel, LinearPath, MAX_ROWS, norm_linear_forward, norm_quant, ternary_forward,
+};
 
 /// Element type of the KV cache on the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -168,6 +168,8 @@ struct Kernels {
     norm_quant: Kernel,
     final_norm: Kernel,
     gemv: Kernel,
+    /// RMSNorm + quantization fused into the dp4a product (decode).
+    gemv_norm: Kernel,
     /// `ternary_mma_{1,2,4,8}` (sm_80+).
     mma: Option<[Kernel; 4]>,
     rope_kv: Kernel,
@@ -279,15 +281,16 @@ impl CudaModel {
 
     fn load_on(gpu: Gpu, src: &dyn WeightSource, opts: CudaOptions) -> Result<Self, ModelError> {
         let c = src.config().clone();
-        if !c.head_dim.is_multiple_of(2) || c.head_dim > 1024 {
+        // The attention kernel's limits (BitNet b1.58 2B4T: head_dim 128, 4 heads per kv head).
+        if !c.head_dim.is_multiple_of(4) || c.head_dim > 128 {
             return Err(ModelError::Config(format!(
-                "head_dim {} is not supported on the GPU",
+                "head_dim {} is not supported on the GPU (multiples of 4 up to 128 are)",
                 c.head_dim
             )));
         }
-        if c.n_heads / c.n_kv_heads > 32 {
+        if c.n_heads / c.n_kv_heads > 8 {
             return Err(ModelError::Config(
-                "more than 32 query heads per key/value head".into(),
+                "more than 8 query heads per key/value head is not supported on the GPU".into(),
             ));
         }
         let k = load_kernels(&gpu, opts.kv).map_err(dev)?;
@@ -444,6 +447,53 @@ impl CudaModel {
             accumulate,
         };
         launch_linear(&self.gpu, &k.gemv, k.mma.as_ref(), LinearPath::Auto, w, &io)
+    }
+
+    /// One BitLinear: RMSNorm (of `act(gate) * up` for modes 1, 2) and int8 quantization of `n`
+    /// rows of `x = (address, row stride, norm weight, width, mode)`, then the ternary product
+    /// with `w` into `out = (address, row stride, accumulate)`. Decode-sized batches run as one
+    /// fused kernel; traced passes run the two steps to read the codes in between.
+    fn norm_linear<'t>(
+        &self,
+        s: &Scratch,
+        n: usize,
+        x: (u64, usize, &CudaSlice<f32>, usize, i32),
+        w: &DevTernary,
+        out: (u64, usize, bool),
+        trace: Option<(&mut (dyn Tracer + 't), usize, TracePoint)>,
+    ) -> Result<(), CudaError> {
+        let (xp, x_stride, norm, cols, mode) = x;
+        let (op, out_stride, accumulate) = out;
+        let st = &self.gpu.stream;
+        if trace.is_none() && n <= 4 && cols <= FUSED_MAX_COLS {
+            let nq = NormQuant {
+                x: xp,
+                x_stride,
+                weight: ptr(norm, st),
+                cols,
+                eps: self.config.rms_norm_eps,
+                mode,
+                codes: 0,
+                scales: 0,
+                sums: 0,
+                rows: n,
+            };
+            return launch_gemv_norm(
+                &self.gpu,
+                &self.k.gemv_norm,
+                w,
+                &nq,
+                op,
+                out_stride,
+                accumulate,
+            );
+        }
+        let kp = self.norm_quant(s, xp, x_stride, norm, cols, mode, n)?;
+        if let Some((tr, li, point)) = trace {
+            self.trace_codes(s, n, cols, li, point, tr)?;
+        }
+        let (codes, xscale, xsum) = (ptr(&s.codes, st), ptr(&s.xscale, st), ptr(&s.xsum, st));
+        self.linear(w, n, kp, codes, xscale, xsum, op, out_stride, accumulate)
     }
 
     /// RMSNorm (optionally of act(gate) * up) and int8 quantization of `rows` rows.
@@ -611,9 +661,8 @@ impl CudaModel {
             ptr(&s.attn, &st),
             ptr(&s.gate_up, &st),
         );
-        let (codes, xscale, xsum) = (ptr(&s.codes, &st), ptr(&s.xscale, &st), ptr(&s.xsum, &st));
         let group = c.n_heads / c.n_kv_heads;
-        let attn_smem = ((group * c.head_dim + group * CHUNK) * 4) as u32;
+        let attn_smem = (5 * group * c.head_dim + group * CHUNK) * 4;
         let glu_mode = match c.activation {
             Activation::Relu2 => 1,
             Activation::Silu => 2,
@@ -632,11 +681,9 @@ impl CudaModel {
             ],
         )?;
         for (li, l) in self.layers.iter().enumerate() {
-            let kp = self.norm_quant(s, h, hd, &l.attn_norm, hd, 0, n)?;
-            if let Some(tr) = tracer.as_deref_mut() {
-                self.trace_codes(s, n, hd, li, TracePoint::AttnIn, tr)?;
-            }
-            self.linear(&l.qkv, n, kp, codes, xscale, xsum, qkv, qkv_dim, false)?;
+            let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::AttnIn));
+            let x = (h, hd, &l.attn_norm, hd, 0);
+            self.norm_linear(s, n, x, &l.qkv, (qkv, qkv_dim, false), tr)?;
             self.gpu.launch(
                 &self.k.rope_kv,
                 (n as u32, 1, 1),
@@ -660,7 +707,7 @@ impl CudaModel {
                 &self.k.attn_part,
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
                 128,
-                attn_smem,
+                attn_smem as u32,
                 &[
                     Arg::P(qkv),
                     Arg::I(qkv_dim as i32),
@@ -690,21 +737,15 @@ impl CudaModel {
                     Arg::P(attn),
                 ],
             )?;
-            let kp = self.norm_quant(s, attn, qd, &l.attn_sub_norm, qd, 0, n)?;
-            if let Some(tr) = tracer.as_deref_mut() {
-                self.trace_codes(s, n, qd, li, TracePoint::OIn, tr)?;
-            }
-            self.linear(&l.o, n, kp, codes, xscale, xsum, h, hd, true)?;
-            let kp = self.norm_quant(s, h, hd, &l.ffn_norm, hd, 0, n)?;
-            if let Some(tr) = tracer.as_deref_mut() {
-                self.trace_codes(s, n, hd, li, TracePoint::FfnIn, tr)?;
-            }
-            self.linear(&l.gate_up, n, kp, codes, xscale, xsum, gu, 2 * id, false)?;
-            let kp = self.norm_quant(s, gu, 2 * id, &l.ffn_sub_norm, id, glu_mode, n)?;
-            if let Some(tr) = tracer.as_deref_mut() {
-                self.trace_codes(s, n, id, li, TracePoint::DownIn, tr)?;
-            }
-            self.linear(&l.down, n, kp, codes, xscale, xsum, h, hd, true)?;
+            let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::OIn));
+            let x = (attn, qd, &l.attn_sub_norm, qd, 0);
+            self.norm_linear(s, n, x, &l.o, (h, hd, true), tr)?;
+            let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::FfnIn));
+            let x = (h, hd, &l.ffn_norm, hd, 0);
+            self.norm_linear(s, n, x, &l.gate_up, (gu, 2 * id, false), tr)?;
+            let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::DownIn));
+            let x = (gu, 2 * id, &l.ffn_sub_norm, id, glu_mode);
+            self.norm_linear(s, n, x, &l.down, (h, hd, true), tr)?;
             if let Some(tr) = tracer.as_deref_mut() {
                 let mut host = vec![0f32; n * hd];
                 st.memcpy_dtoh(&s.h.slice(..n * hd), &mut host)?;
@@ -788,6 +829,45 @@ struct NormQuant {
     rows: usize,
 }
 
+/// Widest row the fused decode kernel normalizes (`FUSED_MAX_COLS` in the kernels).
+const FUSED_MAX_COLS: usize = 28 * 256;
+
+/// Launches `ternary_gemv_norm` over `a.rows` (at most 4) rows: each block normalizes and
+/// quantizes the rows itself, then multiplies its strip.
+fn launch_gemv_norm(
+    gpu: &Gpu,
+    k: &Kernel,
+    w: &DevTernary,
+    a: &NormQuant,
+    out: u64,
+    out_stride: usize,
+    accumulate: bool,
+) -> Result<(), CudaError> {
+    gpu.launch(
+        k,
+        (w.rows.div_ceil(STRIP) as u32, 1, 1),
+        256,
+        0,
+        &[
+            Arg::P(ptr(&w.words, &gpu.stream)),
+            Arg::P(ptr(&w.scales, &gpu.stream)),
+            Arg::I(w.rows as i32),
+            Arg::I(w.kgroups as i32),
+            Arg::P(a.x),
+            Arg::I(a.x_stride as i32),
+            Arg::P(a.weight),
+            Arg::I(a.cols as i32),
+            Arg::I(pack::round_up(a.cols, KGROUP) as i32),
+            Arg::F(a.eps),
+            Arg::I(a.mode),
+            Arg::I(a.rows as i32),
+            Arg::P(out),
+            Arg::I(out_stride as i32),
+            Arg::I(accumulate as i32),
+        ],
+    )
+}
+
 /// Launches `norm_quant`: one block per row; the row is kept in shared memory when it fits in
 /// the default 48 KB.
 fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaError> {
@@ -795,7 +875,8 @@ fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaErr
     gpu.launch(
         k,
         (a.rows as u32, 1, 1),
-        if a.cols >= 2048 { 1024 } else { 256 },
+        // 256 threads, as the fused decode kernel: the same summation order, the same codes.
+        256,
         if cached { (a.cols * 4) as u32 } else { 0 },
         &[
             Arg::P(a.x),
@@ -974,6 +1055,63 @@ pub fn norm_quant(
     })
 }
 
+/// RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`), then the product with
+/// `w`, either fused into one kernel (decode, at most 4 rows) or as the two kernels prefill uses.
+/// For conformance tests: both must give the same outputs bit for bit.
+pub fn norm_linear_forward(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &[f32],
+    rows: usize,
+    norm: &[f32],
+    eps: f32,
+    fused: bool,
+) -> Result<Vec<f32>, CudaError> {
+    let cols = norm.len();
+    let k = load_kernels(gpu, KvType::F32)?;
+    let st = &gpu.stream;
+    let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
+    let dx = gpu.upload(x)?;
+    let dn = gpu.upload(norm)?;
+    let kpad = pack::round_up(cols, KGROUP);
+    let codes = gpu.zeros::<i8>(rows * kpad)?;
+    let scales = gpu.zeros::<f32>(rows)?;
+    let sums = gpu.zeros::<i32>(rows)?;
+    let out = gpu.zeros::<f32>(rows * w.rows())?;
+    let nq = NormQuant {
+        x: ptr(&dx, st),
+        x_stride: cols,
+        weight: ptr(&dn, st),
+        cols,
+        eps,
+        mode: 0,
+        codes: ptr(&codes, st),
+        scales: ptr(&scales, st),
+        sums: ptr(&sums, st),
+        rows,
+    };
+    if fused {
+        launch_gemv_norm(gpu, &k.gemv_norm, &dw, &nq, ptr(&out, st), w.rows(), false)?;
+    } else {
+        launch_norm_quant(gpu, &k.norm_quant, &nq)?;
+        let io = LinearIo {
+            t: rows,
+            kpad,
+            codes: nq.codes,
+            xscale: nq.scales,
+            xsum: nq.sums,
+            out: ptr(&out, st),
+            out_stride: w.rows(),
+            accumulate: false,
+        };
+        launch_linear(gpu, &k.gemv, k.mma.as_ref(), LinearPath::Dp4a, &dw, &io)?;
+    }
+    let mut host = vec![0f32; rows * w.rows()];
+    st.memcpy_dtoh(&out.slice(..rows * w.rows()), &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
 fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
     let sfx = match kv {
         KvType::F16 => "f16",
@@ -993,9 +1131,10 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         norm_quant: gpu.function("norm_quant")?,
         final_norm: gpu.function("final_norm")?,
         gemv: gpu.function("ternary_gemv")?,
+        gemv_norm: gpu.function("ternary_gemv_norm")?,
         mma,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
-        attn_part: gpu.function(&format!("attn_part_{sfx}"))?,
+        attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_combine: gpu.function("attn_combine")?,
         head: gpu.function("head_f32")?,
         argmax: gpu.function("argmax_rows")?,

@@ -115,3 +115,26 @@ fn norm_quant_matches_the_cpu() {
     }
     assert!(flips * 1000 <= total, "{flips} of {total} codes differ");
 }
+
+#[test]
+fn fused_decode_kernel_equals_norm_then_product() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(11);
+    for (rows, cols, batch) in [
+        (16, 128, 1),
+        (2560, 2560, 1),
+        (300, 6912, 4),
+        (77, 1000, 3),
+        (640, 7168, 2),
+    ] {
+        let (w, _) = random_case(&mut rng, rows, cols, 1);
+        let x: Vec<f32> = (0..batch * cols)
+            .map(|_| rng.random_range(-3.0f32..3.0))
+            .collect();
+        let norm: Vec<f32> = (0..cols).map(|_| rng.random_range(0.5f32..1.5)).collect();
+        let two =
+            bitnet_cuda::norm_linear_forward(&gpu, &w, &x, batch, &norm, 1e-5, false).unwrap();
+        let one = bitnet_cuda::norm_linear_forward(&gpu, &w, &x, batch, &norm, 1e-5, true).unwrap();
+        assert_eq!(one, two, "rows {rows} cols {cols} batch {batch}");
+    }
+}
