@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request (headers, then body).
     #[arg(long, default_value_t = 30)]
     client_timeout: u64,
+    /// Seconds a client may leave its response unread (its window full) before the connection is
+    /// cut and its request cancelled; a slow model never trips it.
+    #[arg(long, default_value_t = 30)]
+    write_timeout: u64,
     /// Seconds running requests get to finish on SIGINT/SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
@@ -71,6 +75,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         header_timeout: Duration::from_secs(a.client_timeout.max(1)),
         body_timeout: Duration::from_secs(a.client_timeout.max(1)),
+        write_timeout: Duration::from_secs(a.write_timeout.max(1)),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
     };
     let run = a.run.clone();

@@ -12,9 +12,19 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let scale = 127.0f32 / max.max(1e-5);
     for (q, &v) in out.iter_mut().zip(x) {
-        *q = (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *q = round_ties_even_small(v * scale).clamp(-128.0, 127.0) as i8;
     }
     scale
+}
+
+/// `x.round_ties_even()` for `|x| <= 2^22`, which all scaled activations are (at most 127 in
+/// magnitude): adding and removing 1.5 * 2^23 leaves exactly the nearest integer, ties to even,
+/// under IEEE round-to-nearest. Unlike `round_ties_even` (a libm `rintf` call on baseline
+/// x86-64), this vectorizes; the quantizer was a sixth of a batched decode step before.
+#[inline(always)]
+fn round_ties_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
 }
 
 /// A batch of quantized activation rows with their scales; reused across calls so the
@@ -62,6 +72,20 @@ mod tests {
         let s = quantize_row(&x, &mut q);
         assert_eq!(s, 127.0);
         assert_eq!(q, [127, -127, 0, 2, 0]);
+    }
+
+    #[test]
+    fn fast_rounding_equals_round_ties_even() {
+        let mut x = -130.0f32;
+        while x <= 130.0 {
+            for v in [x, x + 0.5, -x - 0.5, x.next_up(), x.next_down()] {
+                assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            }
+            x += 0.25;
+        }
+        for v in [0.0f32, -0.0, 4_194_304.5, -4_194_303.5, 1e-30, -1e-30] {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+        }
     }
 
     #[test]

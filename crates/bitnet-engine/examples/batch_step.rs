@@ -1,6 +1,7 @@
 //! Times one batched decode step (`Model::forward_batch`) at several batch sizes, to see how
 //! decode throughput scales with concurrent sequences.
-//! `cargo run --release -p bitnet-engine --example batch_step -- MODEL.gguf [threads]`
+//! `cargo run --release -p bitnet-engine --example batch_step -- MODEL.gguf [threads] [batches]`
+//! (batches comma-separated, default 1,4,16,64)
 
 use std::time::Instant;
 
@@ -11,8 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: batch_step MODEL.gguf [threads]")?;
+        .ok_or("usage: batch_step MODEL.gguf [threads] [batches]")?;
     let threads: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
+    let batches: Vec<usize> = match args.next() {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1, 4, 16, 64],
+    };
     let engine = EngineBuilder::new(path).threads(threads).build()?;
     let model = engine.model();
     let mut scratch = Scratch::default();
@@ -20,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| batch | ms/step | tok/s | x batch 1 |");
     println!("|---:|---:|---:|---:|");
     let mut base = 0.0;
-    for batch in [1usize, 4, 16, 64] {
+    for batch in batches {
         let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache(64)).collect();
         for (i, c) in caches.iter_mut().enumerate() {
             let prompt: Vec<u32> = (0..16).map(|t| (t * 31 + i * 7) as u32).collect();

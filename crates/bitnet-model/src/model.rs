@@ -11,6 +11,11 @@ use std::sync::Arc;
 use bitnet_core::pool::ThreadPool;
 use bitnet_core::{LinearKernel, PreparedLinear, QuantizedActivations};
 
+thread_local! {
+    /// Attention scores of one (token, head) task, reused across calls on each thread.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Vocabulary rows of the head per thread-pool task.
 const HEAD_ROWS_PER_TASK: usize = 2048;
 
@@ -105,7 +110,6 @@ pub struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
-    scores: Vec<f32>,
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
@@ -627,8 +631,9 @@ impl Model {
             }
             let rows = seg.row * kvd..(seg.row + seg.n) * kvd;
             e.cache.write(li, seg.start, &s.k[rows.clone()], &s.v[rows]);
-            self.attention(li, seg, e.cache, s);
         }
+        let caches: Vec<&KvCache> = batch.iter().map(|e| &*e.cache).collect();
+        self.attention(li, segs, &caches, s);
         s.x.resize(n * qd, 0.0);
         for t in 0..n {
             let r = t * qd..(t + 1) * qd;
@@ -699,35 +704,49 @@ impl Model {
         }
     }
 
-    /// Causal attention of one sequence's new tokens (rows `seg.row..`) against every cached
-    /// position of its cache, softmax in f32.
-    fn attention(&self, layer: usize, seg: &Segment, cache: &KvCache, s: &mut Scratch) {
+    /// Causal attention of every new token (rows of `segs`, each against its own sequence's
+    /// cache), softmax in f32; one task per (token, head) on the thread pool.
+    fn attention(&self, layer: usize, segs: &[Segment], caches: &[&KvCache], s: &mut Scratch) {
         let c = &self.config;
         let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
         let scaling = (hd as f64).powf(-0.5) as f32;
-        let (keys, values) = cache.layer(layer);
-        for i in 0..seg.n {
-            let t = seg.row + i;
-            let len = seg.start + i + 1;
-            s.scores.resize(len, 0.0);
-            for h in 0..c.n_heads {
-                let kvh = h / group;
-                let q = &s.q[t * qd + h * hd..t * qd + (h + 1) * hd];
-                for (p, sc) in s.scores.iter_mut().enumerate() {
+        // Row t -> (its sequence, its position).
+        let mut owner = Vec::with_capacity(s.attn.len() / qd.max(1));
+        for (i, seg) in segs.iter().enumerate() {
+            owner.extend((0..seg.n).map(|j| (i, seg.start + j)));
+        }
+        let q = &s.q;
+        let task = |i: usize, out: &mut [f32]| {
+            let (t, h) = (i / c.n_heads, i % c.n_heads);
+            let (seq, pos) = owner[t];
+            let (keys, values) = caches[seq].layer(layer);
+            let kvh = h / group;
+            let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            SCORES.with_borrow_mut(|scores| {
+                scores.clear();
+                scores.extend((0..=pos).map(|p| {
                     let k = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    *sc = ops::dot(q, k) * scaling;
-                }
-                ops::softmax(&mut s.scores);
-                let out = &mut s.attn[t * qd + h * hd..t * qd + (h + 1) * hd];
+                    ops::dot(qv, k) * scaling
+                }));
+                ops::softmax(scores);
                 out.fill(0.0);
-                for (p, &w) in s.scores.iter().enumerate() {
+                for (p, &w) in scores.iter().enumerate() {
                     let v = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
                     for (o, &x) in out.iter_mut().zip(v) {
                         *o += w * x;
                     }
                 }
-            }
+            });
+        };
+        let n = owner.len();
+        let out = &mut s.attn[..n * qd];
+        match &self.pool {
+            Some(pool) if n * c.n_heads > 1 => pool.for_each_chunk_mut(out, hd, &task),
+            _ => out
+                .chunks_exact_mut(hd)
+                .enumerate()
+                .for_each(|(i, o)| task(i, o)),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! metrics and graceful shutdown. It never runs model work on the async runtime's threads: the
 //! engine thread of [`Scheduler`] does all of it, and handlers talk to it through channels
 //! (tokenization, short CPU work, runs on tokio's blocking pool). A handler that goes away (the
-//! client disconnected) drops its channel's receiver, and the scheduler frees the sequence at its
-//! next step.
+//! client disconnected, or stopped reading its response for [`ServerConfig::write_timeout`], at
+//! which point the server closes the connection) drops its channel's receiver, and the scheduler
+//! frees the sequence at its next step.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`, `GET /health`
 //! (503 until a scheduler is [set](Server::set_ready)), `GET /metrics` (Prometheus text). With an
@@ -13,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod api;
+mod conn;
 mod metrics;
 
 use std::convert::Infallible;
@@ -59,6 +61,13 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// A client must send its request body within this time.
     pub body_timeout: Duration,
+    /// A client must keep reading its response: once the server has had bytes waiting for the
+    /// connection's socket this long without any going out (the client's receive window and
+    /// the send buffer are full), the connection is closed and its request cancelled, freeing
+    /// its batch slot and KV cache. Only a client that stops reading trips it: a model slower
+    /// than this between tokens does not, as nothing waits to be written then. (Zero closes a
+    /// connection at the first sign of backpressure.)
+    pub write_timeout: Duration,
     /// On shutdown, running requests get this long to finish before they are cancelled.
     pub shutdown_grace: Duration,
 }
@@ -71,6 +80,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -145,6 +155,7 @@ impl Server {
         let router = self.router();
         let graceful = GracefulShutdown::new();
         let header_timeout = self.state.config.header_timeout;
+        let write_timeout = self.state.config.write_timeout;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -161,6 +172,11 @@ impl Server {
                     };
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                    let stream = conn::WriteTimeout::new(
+                        stream,
+                        write_timeout,
+                        self.state.metrics.write_stalls.clone(),
+                    );
                     let conn = builder.serve_connection(
                         TokioIo::new(stream),
                         TowerToHyperService::new(router.clone()),

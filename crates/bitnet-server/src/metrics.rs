@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bitnet_engine::SchedulerStats;
@@ -61,6 +61,9 @@ pub(crate) struct Metrics {
     pub(crate) ttft: Histogram,
     pub(crate) itl: Histogram,
     pub(crate) rejected_busy: AtomicU64,
+    /// Connections closed because their client stopped reading (shared with each connection's
+    /// socket wrapper).
+    pub(crate) write_stalls: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -74,6 +77,7 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
             rejected_busy: AtomicU64::new(0),
+            write_stalls: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -132,6 +136,12 @@ impl Metrics {
             "counter",
             "Requests refused with 429 because the queue was full.",
             self.rejected_busy.load(Ordering::Relaxed).to_string(),
+        );
+        put(
+            "bitnet_write_timeouts_total",
+            "counter",
+            "Connections closed because the client stopped reading its response.",
+            self.write_stalls.load(Ordering::Relaxed).to_string(),
         );
         put(
             "bitnet_queue_depth",

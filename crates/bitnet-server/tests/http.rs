@@ -1,10 +1,11 @@
 //! The HTTP server end to end on loopback with a fixture model: OpenAI shapes, greedy output
-//! equal to the engine alone, concurrent streaming load with disconnects, errors, 429, auth,
-//! readiness and graceful shutdown. Fixture text is gibberish by design: outputs are compared
+//! equal to the engine alone, errors, stalled clients (sending or reading), 429, auth,
+//! readiness and graceful shutdown (the concurrent load test is in `load.rs`). Fixture text is gibberish by design: outputs are compared
 //! exactly, never for meaning.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,12 +15,6 @@ use bitnet_engine::{
 use bitnet_server::ServerConfig;
 use common::*;
 use serde_json::{Value, json};
-
-fn greedy_alone(engine: &bitnet_engine::Engine, prompt: Prompt, n: usize) -> String {
-    engine
-        .generate_text(prompt, GenerateOptions::greedy(n))
-        .unwrap()
-}
 
 #[test]
 fn completions_and_chat_equal_the_engine_alone_streaming_or_not() {
@@ -114,111 +109,6 @@ fn completions_and_chat_equal_the_engine_alone_streaming_or_not() {
     assert_eq!(models["data"][0]["id"], "bitnet");
     let stats = srv.wait_idle();
     assert_eq!((stats.in_flight, stats.kv_reserved_bytes), (0, 0));
-}
-
-#[test]
-fn concurrent_streams_with_disconnects_match_alone_and_free_everything() {
-    let engine = engine();
-    let cfg = SchedulerConfig {
-        max_batch: 12,
-        max_queue: 64,
-        // Small prefill chunks so long prompts are read over several steps beside decodes.
-        prefill_chunk: 16,
-        ..SchedulerConfig::for_engine(&engine)
-    };
-    let srv = TestServer::start(ServerConfig::default(), engine.clone(), cfg);
-    let words = [
-        "fox", "dog", "brown", "jumps", "over", "lazy", "quick", "the",
-    ];
-    let jobs: Vec<(String, usize, Option<usize>)> = (0..32)
-        .map(|i| {
-            let len = 1 + (i * 7) % 20;
-            let prompt: Vec<&str> = (0..len).map(|j| words[(i + j) % words.len()]).collect();
-            let max_tokens = 4 + (i * 5) % 28;
-            // Every fourth client hangs up after two chunks.
-            let cut = (i % 4 == 3).then_some(2);
-            (prompt.join(" "), max_tokens, cut)
-        })
-        .collect();
-    let expected: Vec<String> = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, (p, n, _))| {
-            let prompt = if i % 2 == 0 {
-                Prompt::Text(p.clone())
-            } else {
-                Prompt::Chat(vec![ChatMessage::user(p.as_str())])
-            };
-            greedy_alone(&engine, prompt, *n)
-        })
-        .collect();
-    let steps_before = srv.scheduler().stats().steps;
-    let started = Instant::now();
-    let handles: Vec<_> = jobs
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, (prompt, n, cut))| {
-            // Even clients use completions, odd ones chat.
-            let (path, body) = if i % 2 == 0 {
-                let b =
-                    json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": true});
-                ("/v1/completions", b)
-            } else {
-                let b = json!({"messages": [{"role": "user", "content": prompt}],
-                               "max_tokens": n, "temperature": 0, "stream": true});
-                ("/v1/chat/completions", b)
-            };
-            let url = srv.url(path);
-            std::thread::spawn(move || stream(&url, &body.to_string(), cut))
-        })
-        .collect();
-    let results: Vec<Streamed> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert!(started.elapsed() < Duration::from_secs(60));
-    let mut completed = 0;
-    for (i, (r, want)) in results.iter().zip(&expected).enumerate() {
-        assert!(r.error.is_none(), "request {i}: {:?}", r.error);
-        if jobs[i].2.is_none() {
-            assert!(r.done, "request {i} did not end with [DONE]");
-            assert_eq!(&r.text, want, "request {i} differs from running alone");
-            completed += 1;
-        } else {
-            assert!(
-                want.starts_with(&r.text),
-                "request {i}: a prefix must match"
-            );
-        }
-    }
-    assert_eq!(completed, 24);
-    let stats = srv.wait_idle();
-    assert_eq!(
-        (stats.in_flight, stats.active, stats.waiting),
-        (0, 0, 0),
-        "{stats:?}"
-    );
-    assert_eq!((stats.kv_reserved_bytes, stats.kv_used_bytes), (0, 0));
-    // Sequences really shared steps: far fewer batched forwards than tokens generated.
-    let steps = stats.steps - steps_before;
-    assert!(
-        steps < stats.generated_tokens,
-        "{steps} steps for {} tokens",
-        stats.generated_tokens
-    );
-    let (status, metrics) = get(&srv.url("/metrics"), None);
-    assert_eq!(status, 200);
-    assert!(metrics.contains("bitnet_active_sequences 0\n"), "{metrics}");
-    assert!(metrics.contains("bitnet_queue_depth 0\n"));
-    assert!(metrics.contains("bitnet_kv_reserved_bytes 0\n"));
-    for route in ["/v1/completions", "/v1/chat/completions"] {
-        let line = format!("bitnet_requests_total{{route=\"{route}\",status=\"200\"}} 16\n");
-        assert!(metrics.contains(&line), "{metrics}");
-    }
-    assert!(
-        metrics.contains("bitnet_time_to_first_token_seconds_count 32\n"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("bitnet_inter_token_latency_seconds_bucket{le=\"+Inf\"}"));
-    assert!(!metrics.contains("status=\"5"), "{metrics}");
 }
 
 fn error_of(v: &Value) -> (&str, Option<&str>, Option<&str>) {
@@ -364,6 +254,272 @@ fn stalled_clients_are_cut_off() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"error\""), "{text}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+/// A request submitted straight to the scheduler whose sink sleeps on every event: it holds the
+/// engine thread that long each step, so it makes the model as slow as a test needs, and it
+/// leaves when told to.
+struct Pacer {
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicUsize>,
+}
+
+struct PacerSink {
+    delay: Duration,
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicUsize>,
+}
+
+impl EventSink for PacerSink {
+    fn send(&mut self, _event: Event) -> bool {
+        if self.stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.events.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        true
+    }
+    fn is_closed(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl Pacer {
+    /// Starts it (the longest generation the context allows) and waits until it is running.
+    fn start(srv: &TestServer, engine: &bitnet_engine::Engine, delay: Duration) -> Self {
+        let prompt = bitnet_engine::scheduler::tokenize_prompt(engine, "dog".into(), None).unwrap();
+        let mut opts = GenerateOptions::greedy(engine.context_length() - prompt.len());
+        opts.ignore_eos = true;
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(AtomicUsize::new(0));
+        srv.scheduler()
+            .submit(Request {
+                prompt,
+                opts,
+                sink: Box::new(PacerSink {
+                    delay,
+                    stop: stop.clone(),
+                    events: events.clone(),
+                }),
+            })
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while events.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the pacer did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self { stop, events }
+    }
+
+    fn events(&self) -> usize {
+        self.events.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects with a small receive buffer (a small TCP window) and sends `body` to `path`; the
+/// caller then never reads.
+fn send_and_never_read(addr: std::net::SocketAddr, path: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_recv_buffer_size(1024)?;
+            socket.connect(addr).await
+        })
+        .unwrap();
+    let mut c = stream.into_std().unwrap();
+    c.set_nonblocking(false).unwrap();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    c.flush().unwrap();
+    c
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_its_sequence_freed() {
+    use std::io::Read;
+    let engine = engine();
+    let cfg = SchedulerConfig::for_engine(&engine);
+    let config = ServerConfig {
+        write_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    // Small socket buffers on both ends, so that the 128-token context of the fixture makes
+    // enough output to fill them (see `TestServer::start_unready_with`).
+    let srv = TestServer::start_with(config, engine.clone(), cfg, Some(1024));
+    // Every engine step takes at least 40 ms: the stalled stream is still generating when the
+    // server notices, instead of finishing first (the fixture alone is that fast).
+    let pacer = Pacer::start(&srv, &engine, Duration::from_millis(40));
+
+    let prompt = "The quick brown fox";
+    let n_prompt = bitnet_engine::scheduler::tokenize_prompt(&engine, prompt.into(), None)
+        .unwrap()
+        .len();
+    let max_tokens = engine.context_length() - n_prompt;
+    let full = engine
+        .generate(prompt, GenerateOptions::greedy(max_tokens))
+        .unwrap()
+        .count();
+    let generated_before = srv.scheduler().stats().generated_tokens;
+    let pacer_before = pacer.events();
+    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                      "stream": true});
+    let started = Instant::now();
+    let mut stalled = send_and_never_read(srv.addr, "/v1/completions", &body.to_string());
+    assert!(
+        eventually(Duration::from_secs(20), || srv.scheduler().stats().active
+            == 2),
+        "the stream never started"
+    );
+    // Other clients are served while it stalls.
+    let (status, v, _) = post(
+        &srv.url("/v1/completions"),
+        r#"{"prompt": "fox", "max_tokens": 3, "temperature": 0}"#,
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["text"],
+        greedy_alone(&engine, "fox".into(), 3).as_str()
+    );
+    let other_tokens = v["usage"]["completion_tokens"].as_u64().unwrap();
+    // The server gives up on it and the scheduler frees its sequence, while the pacer (started
+    // first, running the whole context) is still generating.
+    assert!(
+        eventually(Duration::from_secs(20), || srv.scheduler().stats().active
+            == 1),
+        "the stalled stream was not freed: {:?}",
+        srv.scheduler().stats()
+    );
+    let cut_after = started.elapsed();
+    let pacer_events = pacer.events();
+    let generated = srv.scheduler().stats().generated_tokens - generated_before;
+    let stream_tokens = (generated - other_tokens) as usize - (pacer_events - pacer_before);
+    eprintln!(
+        "stalled stream cut off after {cut_after:?}, {stream_tokens} of {full} tokens generated"
+    );
+    assert!(
+        pacer_events < engine.context_length() - 10,
+        "the pacer ran out ({pacer_events} events) before the stall was noticed"
+    );
+    assert!(
+        stream_tokens + 5 < full,
+        "the stream generated {stream_tokens} of {full} tokens: not cut off mid-generation"
+    );
+    pacer.stop();
+    let stats = srv.wait_idle();
+    assert_eq!(
+        (
+            stats.in_flight,
+            stats.active,
+            stats.kv_reserved_bytes,
+            stats.kv_used_bytes
+        ),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    let (_, metrics) = get(&srv.url("/metrics"), None);
+    assert_eq!(
+        metric(&metrics, "bitnet_active_sequences"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "bitnet_write_timeouts_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // The connection was closed: reading it drains what was sent and ends, without [DONE].
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let end = loop {
+        let mut buf = [0; 8192];
+        match stalled.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert!(
+        !matches!(
+            end,
+            Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        ),
+        "the server did not close the connection"
+    );
+    let text = String::from_utf8_lossy(&got);
+    eprintln!(
+        "the stalled client then read {} bytes before {:?}",
+        got.len(),
+        end.map_or("end of stream".to_string(), |k| k.to_string())
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
+    // And new clients are served as before.
+    let s = stream(
+        &srv.url("/v1/completions"),
+        r#"{"prompt": "fox", "max_tokens": 6, "temperature": 0, "stream": true}"#,
+        None,
+    );
+    assert!(s.done && s.error.is_none(), "{s:?}");
+    assert_eq!(s.text, greedy_alone(&engine, "fox".into(), 6));
+}
+
+#[test]
+fn a_model_slower_than_the_write_timeout_does_not_trip_it() {
+    let engine = engine();
+    let cfg = SchedulerConfig::for_engine(&engine);
+    let config = ServerConfig {
+        write_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let srv = TestServer::start(config, engine.clone(), cfg);
+    // Steps of at least 400 ms: twice the write timeout between tokens.
+    let pacer = Pacer::start(&srv, &engine, Duration::from_millis(400));
+    let t = Instant::now();
+    let s = stream(
+        &srv.url("/v1/chat/completions"),
+        r#"{"messages": [{"role": "user", "content": "fox"}], "max_tokens": 3,
+            "temperature": 0, "stream": true}"#,
+        None,
+    );
+    let took = t.elapsed();
+    assert!(s.done && s.error.is_none(), "{s:?}");
+    assert_eq!(
+        s.text,
+        greedy_alone(&engine, Prompt::Chat(vec![ChatMessage::user("fox")]), 3)
+    );
+    assert!(took > Duration::from_millis(800), "{took:?}");
+    pacer.stop();
+    let (_, metrics) = get(&srv.url("/metrics"), None);
+    assert_eq!(
+        metric(&metrics, "bitnet_write_timeouts_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(srv.wait_idle().in_flight, 0);
 }
 
 #[test]

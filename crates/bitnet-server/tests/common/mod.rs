@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bitnet_engine::{Engine, EngineBuilder, Scheduler, SchedulerConfig};
+use bitnet_engine::{Engine, EngineBuilder, GenerateOptions, Prompt, Scheduler, SchedulerConfig};
 use bitnet_server::{Server, ServerConfig};
 use serde_json::Value;
 
@@ -28,6 +28,13 @@ pub fn engine() -> Engine {
         .unwrap()
 }
 
+/// The greedy output of the engine alone (no server, no batching): what responses must equal.
+pub fn greedy_alone(engine: &Engine, prompt: Prompt, n: usize) -> String {
+    engine
+        .generate_text(prompt, GenerateOptions::greedy(n))
+        .unwrap()
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub server: Server,
@@ -38,6 +45,14 @@ pub struct TestServer {
 impl TestServer {
     /// A server without a model yet (`/health` is 503 until `ready`).
     pub fn start_unready(config: ServerConfig) -> Self {
+        Self::start_unready_with(config, None)
+    }
+
+    /// As [`start_unready`](Self::start_unready); with `send_buffer`, the listening socket's
+    /// SO_SNDBUF is set to it, which (on Linux) accepted connections inherit, with the kernel's
+    /// send-buffer autotuning off: responses back up into the server after a few KiB when the
+    /// client does not read, instead of after the megabytes loopback autotuning allows.
+    pub fn start_unready_with(config: ServerConfig, send_buffer: Option<u32>) -> Self {
         let server = Server::new(config);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -49,7 +64,15 @@ impl TestServer {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = match send_buffer {
+                    None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                    Some(n) => {
+                        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                        socket.set_send_buffer_size(n).unwrap();
+                        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                        socket.listen(128).unwrap()
+                    }
+                };
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 s2.serve(listener, async {
                     let _ = stop_rx.await;
@@ -68,7 +91,18 @@ impl TestServer {
     }
 
     pub fn start(config: ServerConfig, engine: Engine, sched: SchedulerConfig) -> Self {
-        let s = Self::start_unready(config);
+        Self::start_with(config, engine, sched, None)
+    }
+
+    /// As [`start`](Self::start), with a small socket send buffer (see
+    /// [`start_unready_with`](Self::start_unready_with)).
+    pub fn start_with(
+        config: ServerConfig,
+        engine: Engine,
+        sched: SchedulerConfig,
+        send_buffer: Option<u32>,
+    ) -> Self {
+        let s = Self::start_unready_with(config, send_buffer);
         s.server.set_ready(Scheduler::start(engine, sched).unwrap());
         s
     }
@@ -215,4 +249,46 @@ pub fn stream(url: &str, body: &str, max_chunks: Option<usize>) -> Streamed {
         }
     }
     out
+}
+
+/// Polls `f` every 10 ms until it holds; false if it did not within `limit`.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        if n == name {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// This process's resident set size in bytes (`VmRSS` of /proc/self/status), where there is
+/// one (Linux); `None` elsewhere.
+pub fn vm_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    // "VmRSS:    123456 kB"
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
