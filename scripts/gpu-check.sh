@@ -8,7 +8,8 @@
 # needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails instead of skipping.
 # Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
 # bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
-# `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes).
+# `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with
+# PROFILE=1 adds a per-kernel device-time profile.
 set -uo pipefail
 BIN=$(realpath "${1:?usage: gpu-check.sh BIN_DIR [tests|bench|all]}")
 WHAT=${2:-all}
@@ -60,7 +61,7 @@ if [ "$WHAT" != tests ]; then
     echo "== transformers BitNetForCausalLM on the same weights"
     timeout "${PEER_TIMEOUT:-300}" python3 bench/gpu/hf_peer.py time /tmp/hf2b4t 2>&1 | tail -3 | tee "$LOG/peer.json"
   fi
-  if [ "$WHAT" = quick ]; then
+  if [ "$WHAT" = quick ] && [ "${PROFILE:-0}" = 1 ]; then
     echo "== per-kernel profile (synchronized launches, no graphs): pp512; tg64; tg16 at batch 64, depth 512"
     for args in "-p 512 -n 0" "-p 0 -n 64" "-p 0 -n 16 -b 64 --depth 512"; do
       BITNET_CUDA_PROFILE=1 "$B" bench -m /tmp/same.gguf --device cuda -r 1 $args 2>&1 | grep -A12 "kernel profile"

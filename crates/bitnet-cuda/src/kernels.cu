@@ -486,8 +486,8 @@ extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, c
 // ---------------------------------------------------------------------------------------------
 // Attention, split over chunks of CHUNK positions: block (chunk, kv head, row) scores the row's
 // query heads of that kv head against the chunk's keys (positions <= the row's own), and writes
-// per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v;
-// attn_combine merges the chunks. Needs head_dim % 4 == 0, <= 128, and <= 8 query heads per kv
+// per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v; the
+// last chunk to finish merges them into the output. Needs head_dim % 4 == 0, <= 128, and <= 8 query heads per kv
 // head (checked on the host): lane l holds elements 4l..4l+3 of a key or value row (one 8- or
 // 16-byte load), each warp takes every 4th position of the chunk, four positions' loads in
 // flight at once; the warps' partial outputs are summed in shared memory. Dynamic shared memory:
@@ -503,7 +503,8 @@ __device__ __forceinline__ float4 kv_load4(const u16* p) {
 template <class KV>
 __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
-                              int maxchunks) {
+                              int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
+                              float* out) {
     extern __shared__ float sm[];
     int c = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
     int p = pos[r];
@@ -514,8 +515,34 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     float* qs = sm;                       // group * hd
     float* sc = sm + group * hd;          // group * CHUNK
     float* acc = sc + group * CHUNK;      // 4 warps * group * hd
-    const float* qrow = qkv + (size_t)r * stride + kvh * group * hd;
-    for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qrow[i];
+    const float* row = qkv + (size_t)r * stride;
+    const float* qrow = row + kvh * group * hd;
+    if (rope) {
+        // Decode (one row per sequence): RoPE of the query heads here, and the block whose chunk
+        // holds the row's own position rotates and stores its key and value first.
+        int half = hd / 2;
+        const float* cs = cosT + (size_t)p * half;
+        const float* sn = sinT + (size_t)p * half;
+        for (int i = threadIdx.x; i < group * hd; i += blockDim.x) {
+            int h = i / hd, j = i % hd, jj = j % half;
+            float x1 = qrow[h * hd + jj], x2 = qrow[h * hd + jj + half];
+            qs[i] = j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj];
+        }
+        if (c == p / CHUNK) {
+            const float* krow = row + n_heads * hd + kvh * hd;
+            const float* vrow = row + n_heads * hd + kvd + kvh * hd;
+            KV* kd = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, p) + kvh * hd;
+            KV* vd = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, p) + kvh * hd;
+            for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+                int jj = j % half;
+                float x1 = krow[jj], x2 = krow[jj + half];
+                kv_store<KV>(kd + j, j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj]);
+                kv_store<KV>(vd + j, vrow[j]);
+            }
+        }
+    } else {
+        for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qrow[i];
+    }
     __syncthreads();
     const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * hd;
     const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * hd;
@@ -603,35 +630,46 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
             dst[hd + 1] = ml[2 * h + 1];
         }
     }
-}
-extern "C" __global__ void __launch_bounds__(128) attn_vec_f32(const float* qkv, int stride, const u32* pos,
-                                                                const u32* seq, const u32* seqtab, int layer,
-                                                                int nh, int nkv, int hd, float scaling,
-                                                                float* part, int maxchunks) {
-    attn_vec_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
-}
-extern "C" __global__ void __launch_bounds__(128) attn_vec_f16(const float* qkv, int stride, const u32* pos,
-                                                                const u32* seq, const u32* seqtab, int layer,
-                                                                int nh, int nkv, int hd, float scaling,
-                                                                float* part, int maxchunks) {
-    attn_vec_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks);
-}
-
-// Block (head, row), one thread per head dimension (looping when hd > blockDim).
-extern "C" __global__ void attn_combine(const float* part, const u32* pos, int n_heads, int hd, int maxchunks,
-                                        float* out) {
-    int h = blockIdx.x, r = blockIdx.y;
-    int nc = pos[r] / CHUNK + 1;
-    const float* base = part + ((size_t)r * n_heads + h) * maxchunks * (hd + 2);
-    float m = -INFINITY;
-    for (int c = 0; c < nc; c++) m = fmaxf(m, base[c * (hd + 2) + hd]);
-    float l = 0.f;
-    for (int c = 0; c < nc; c++) l += base[c * (hd + 2) + hd + 1] * expf(base[c * (hd + 2) + hd] - m);
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float o = 0.f;
-        for (int c = 0; c < nc; c++) o += base[c * (hd + 2) + e] * expf(base[c * (hd + 2) + hd] - m);
-        out[((size_t)r * n_heads + h) * hd + e] = o / l;
+    // The last chunk of (row, kv head) to finish merges all of them: partials are published with
+    // a fence before the counter moves, and read back past L1.
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    int nc = p / CHUNK + 1;
+    if (threadIdx.x == 0) {
+        u32* ctr = counters + (size_t)r * n_kv + kvh;
+        last = atomicAdd(ctr, 1u) == (u32)(nc - 1);
+        if (last) *ctr = 0;
     }
+    __syncthreads();
+    if (!last) return;
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        int h = idx / hd, ee = idx % hd;
+        const float* base = part + ((size_t)r * n_heads + kvh * group + h) * maxchunks * (hd + 2);
+        float m = -INFINITY;
+        for (int k = 0; k < nc; k++) m = fmaxf(m, __ldcg(base + k * (hd + 2) + hd));
+        float l = 0.f, o = 0.f;
+        for (int k = 0; k < nc; k++) {
+            float w = expf(__ldcg(base + k * (hd + 2) + hd) - m);
+            l += __ldcg(base + k * (hd + 2) + hd + 1) * w;
+            o += __ldcg(base + k * (hd + 2) + ee) * w;
+        }
+        out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
+    }
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attn_vec_f32(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
+                 int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
+                 int rope, u32* counters, float* out) {
+    attn_vec_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
+                        counters, out);
+}
+extern "C" __global__ void __launch_bounds__(128)
+    attn_vec_f16(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
+                 int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
+                 int rope, u32* counters, float* out) {
+    attn_vec_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
+                        counters, out);
 }
 
 // ---------------------------------------------------------------------------------------------

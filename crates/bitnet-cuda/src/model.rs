@@ -174,7 +174,6 @@ struct Kernels {
     mma: Option<[Kernel; 4]>,
     rope_kv: Kernel,
     attn_part: Kernel,
-    attn_combine: Kernel,
     head: Kernel,
     argmax: Kernel,
 }
@@ -200,6 +199,8 @@ struct Scratch {
     xscale: CudaSlice<f32>,
     xsum: CudaSlice<i32>,
     part: CudaSlice<f32>,
+    /// Per (row, kv head): attention chunks finished (the last one merges; reset by it).
+    counters: CudaSlice<u32>,
     normed: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     tokens_out: CudaSlice<u32>,
@@ -364,6 +365,7 @@ impl CudaModel {
             part: gpu
                 .zeros(MAX_ROWS * c.n_heads * max_chunks * (c.head_dim + 2))
                 .map_err(dev)?,
+            counters: gpu.zeros(MAX_ROWS * c.n_kv_heads).map_err(dev)?,
             normed: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
             logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
             tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
@@ -588,7 +590,7 @@ impl CudaModel {
                 st.begin_capture(
                     cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
                 )?;
-                let launched = self.launch_forward(s, n, m, self.max_chunks, None);
+                let launched = self.launch_forward(s, n, m, self.max_chunks, true, None);
                 let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
                 launched?;
                 let graph = graph.ok_or_else(|| {
@@ -600,7 +602,7 @@ impl CudaModel {
         } else {
             let max_pos = rows.iter().map(|r| r.1 as usize).max().unwrap_or(0);
             let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
-            self.launch_forward(s, n, m, chunks, tracer)?;
+            self.launch_forward(s, n, m, chunks, decode, tracer)?;
         }
         if m == 0 {
             return Ok(());
@@ -634,13 +636,15 @@ impl CudaModel {
     }
 
     /// Every launch of one pass over `n` rows (their parameters already on the device), ending
-    /// with the `m` wanted rows' logits in `s.logits`.
+    /// with the `m` wanted rows' logits in `s.logits`. `decode`: every row is its own
+    /// sequence's one new token, so RoPE and the key/value store run inside attention.
     fn launch_forward<'t>(
         &self,
         s: &Scratch,
         n: usize,
         m: usize,
         chunks: usize,
+        decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
         let c = &self.config;
@@ -684,25 +688,28 @@ impl CudaModel {
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::AttnIn));
             let x = (h, hd, &l.attn_norm, hd, 0);
             self.norm_linear(s, n, x, &l.qkv, (qkv, qkv_dim, false), tr)?;
-            self.gpu.launch(
-                &self.k.rope_kv,
-                (n as u32, 1, 1),
-                128,
-                0,
-                &[
-                    Arg::P(qkv),
-                    Arg::I(qkv_dim as i32),
-                    Arg::P(pos),
-                    Arg::P(seq),
-                    Arg::P(seqtab),
-                    Arg::P(ptr(&self.rope_cos, &st)),
-                    Arg::P(ptr(&self.rope_sin, &st)),
-                    Arg::I(c.n_heads as i32),
-                    Arg::I(c.n_kv_heads as i32),
-                    Arg::I(c.head_dim as i32),
-                    Arg::I(li as i32),
-                ],
-            )?;
+            let (cos, sin) = (ptr(&self.rope_cos, &st), ptr(&self.rope_sin, &st));
+            if !decode {
+                self.gpu.launch(
+                    &self.k.rope_kv,
+                    (n as u32, 1, 1),
+                    128,
+                    0,
+                    &[
+                        Arg::P(qkv),
+                        Arg::I(qkv_dim as i32),
+                        Arg::P(pos),
+                        Arg::P(seq),
+                        Arg::P(seqtab),
+                        Arg::P(cos),
+                        Arg::P(sin),
+                        Arg::I(c.n_heads as i32),
+                        Arg::I(c.n_kv_heads as i32),
+                        Arg::I(c.head_dim as i32),
+                        Arg::I(li as i32),
+                    ],
+                )?;
+            }
             self.gpu.launch(
                 &self.k.attn_part,
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
@@ -721,19 +728,10 @@ impl CudaModel {
                     Arg::F((c.head_dim as f64).powf(-0.5) as f32),
                     Arg::P(ptr(&s.part, &st)),
                     Arg::I(self.max_chunks as i32),
-                ],
-            )?;
-            self.gpu.launch(
-                &self.k.attn_combine,
-                (c.n_heads as u32, n as u32, 1),
-                c.head_dim.next_multiple_of(32).min(256) as u32,
-                0,
-                &[
-                    Arg::P(ptr(&s.part, &st)),
-                    Arg::P(pos),
-                    Arg::I(c.n_heads as i32),
-                    Arg::I(c.head_dim as i32),
-                    Arg::I(self.max_chunks as i32),
+                    Arg::P(cos),
+                    Arg::P(sin),
+                    Arg::I(decode as i32),
+                    Arg::P(ptr(&s.counters, &st)),
                     Arg::P(attn),
                 ],
             )?;
@@ -1135,7 +1133,6 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         mma,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
-        attn_combine: gpu.function("attn_combine")?,
         head: gpu.function("head_f32")?,
         argmax: gpu.function("argmax_rows")?,
     })
