@@ -26,6 +26,13 @@ if [ -z "${BITNET_TEST_PYTHON:-}" ]; then
   fi
 fi
 
+# NVRTC for the CUDA kernels' compile test (no GPU needed; the other GPU tests skip without one).
+if [ "$(uname -m)" = x86_64 ] && lib=$(bash scripts/nvrtc-env.sh | tail -n 1); then
+  export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  echo "warning: NVRTC unavailable; the CUDA kernels' compile test will skip" >&2
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
