@@ -1206,7 +1206,7 @@ impl Accelerator for CudaModel {
         let capacity = capacity
             .min(self.opts.max_context.min(c.context_length))
             .max(1);
-        let per_position = c.n_layers * 2 * c.kv_dim() * self.kv_elem();
+        let per_position = self.kv_bytes_per_position();
         let buf = self.gpu.zeros::<u8>(capacity * per_position).map_err(dev)?;
         let addr = ptr(&buf, &self.gpu.stream);
         Ok(Box::new(CudaKv {
@@ -1235,6 +1235,10 @@ impl Accelerator for CudaModel {
     ) -> Result<(), ModelError> {
         tokens.clear();
         self.run(batch, &mut Out::Greedy(tokens), None)
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        self.config.n_layers * 2 * self.config.kv_dim() * self.kv_elem()
     }
 
     fn weight_bytes_per_token(&self) -> u64 {

@@ -125,7 +125,7 @@ pub fn bench_tg(
     let (avg_ts, stddev_ts) = stats(&samples);
     let bytes_per_token = model.weight_bytes_per_token();
     // Step i reads the keys and values of positions 0..=i: on average (n + 1) / 2 positions.
-    let kv_bytes_per_token = (2 * c.n_layers * c.kv_dim() * 4) as u64 * (n_gen as u64 + 1) / 2;
+    let kv_bytes_per_token = model.kv_bytes_per_position() as u64 * (n_gen as u64 + 1) / 2;
     Ok(BenchResult {
         test: format!("tg{n_gen}"),
         n_tokens: n_gen,
@@ -212,7 +212,7 @@ pub fn bench_batch(
     }
     let (avg_ts, stddev_ts) = stats(&samples);
     let weights = model.weight_bytes_per_token();
-    let kv_per_step = (2 * c.n_layers * c.kv_dim() * 4) as u64
+    let kv_per_step = model.kv_bytes_per_position() as u64
         * batch as u64
         * (depth as u64 + (n_gen as u64).div_ceil(2));
     // Bytes per generated token: one pass over the weights serves the whole batch.

@@ -361,7 +361,13 @@ fn add_vocab(w: &mut GgufWriter<'_>, v: &GgufVocab) -> bitnet_gguf::Result<()> {
 
 /// Shapes of synthetic models: `2b4t` is microsoft/bitnet-b1.58-2B-4T's exact shape.
 pub fn synthetic_config(preset: &str) -> Result<ModelConfig, EngineError> {
-    let (hidden, layers, heads, kv, inter, vocab) = match preset {
+    // `<preset>-silu`: the same shape as llama.cpp's `bitnet` architecture (SiLU FFN), the form
+    // the peers load, for side-by-side speed runs.
+    let (shape, silu) = match preset.strip_suffix("-silu") {
+        Some(base) => (base, true),
+        None => (preset, false),
+    };
+    let (hidden, layers, heads, kv, inter, vocab) = match shape {
         "2b4t" => (2560, 30, 20, 5, 6912, 128256),
         "700m" => (1536, 24, 16, 4, 4096, 32000),
         "125m" => (768, 12, 12, 4, 2048, 32000),
@@ -370,13 +376,17 @@ pub fn synthetic_config(preset: &str) -> Result<ModelConfig, EngineError> {
         "1m" => (128, 4, 4, 2, 384, 512),
         _ => {
             return Err(EngineError::Options(format!(
-                "unknown synthetic preset '{preset}' (2b4t, 700m, 125m, tiny, 1m)"
+                "unknown synthetic preset '{preset}' (2b4t, 700m, 125m, tiny, 1m; -silu for llama.cpp's bitnet architecture)"
             )));
         }
     };
     Ok(ModelConfig {
-        architecture: "bitnet-b1.58".into(),
-        activation: Activation::Relu2,
+        architecture: if silu { "bitnet" } else { "bitnet-b1.58" }.into(),
+        activation: if silu {
+            Activation::Silu
+        } else {
+            Activation::Relu2
+        },
         hidden_size: hidden,
         intermediate_size: inter,
         n_layers: layers,

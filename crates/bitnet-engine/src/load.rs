@@ -286,7 +286,7 @@ impl EngineBuilder {
             context_length = context_length.min(n);
         }
         if let Some(limit) = self.max_kv_bytes {
-            let per_pos = 2 * model.config().n_layers * model.config().kv_dim() * 4;
+            let per_pos = model.kv_bytes_per_position();
             let fit = limit / per_pos.max(1);
             if fit < 2 {
                 return Err(EngineError::Options(format!(

@@ -61,10 +61,10 @@ impl SchedulerConfig {
     }
 }
 
-/// Bytes of KV cache one position takes (keys and values of every layer, f32).
+/// Bytes of KV cache one position takes (keys and values of every layer; f32 on the CPU, the
+/// device's element type on a GPU).
 pub fn kv_bytes_per_position(engine: &Engine) -> usize {
-    let c = engine.model().config();
-    2 * c.n_layers * c.kv_dim() * 4
+    engine.model().kv_bytes_per_position()
 }
 
 /// What a request's sink receives, in order: tokens, then exactly one `Done` or `Error`.

@@ -52,6 +52,8 @@ pub trait Accelerator: Send + Sync {
         batch: &[DeviceEntry<'_>],
         tokens: &mut Vec<u32>,
     ) -> Result<(), ModelError>;
+    /// Bytes one position of one sequence's cache holds on the device (all layers, K and V).
+    fn kv_bytes_per_position(&self) -> usize;
     /// Bytes one decode step reads from weights on the device.
     fn weight_bytes_per_token(&self) -> u64;
     /// The storage type of the head on the device (`f16`, `int8`, ...).

@@ -172,6 +172,15 @@ impl Model {
         (linears + self.output_head().storage_bytes()) as u64
     }
 
+    /// Bytes one cached position of one sequence takes (all layers, keys and values): f32 on the
+    /// CPU, the device's element type on a device.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        match &self.accel {
+            Some(a) => a.kv_bytes_per_position(),
+            None => 2 * self.config.n_layers * self.config.kv_dim() * 4,
+        }
+    }
+
     /// The token embedding.
     pub fn embedding(&self) -> &FloatMatrix {
         &self.embed
