@@ -82,6 +82,43 @@ pub trait RowDecoder: Send + Sync {
     fn type_name(&self) -> &'static str;
     /// Bytes the whole matrix occupies in its storage (what a full pass reads).
     fn storage_bytes(&self) -> usize;
+    /// Dot products of rows `first..first + out.len() / m` with `m` vectors `xs` (`m x cols`,
+    /// row-major): `out[i * m + j] = row_(first + i) . xs_j`, the layout of
+    /// [`FloatMatrix::matmul_rows`]. Each product must depend only on its row and its vector
+    /// (so batching and row splits never change a logit).
+    ///
+    /// The default decodes each row to f32 and uses [`dot`]; block-quantized formats override it
+    /// to work on their blocks directly.
+    fn dot_rows(&self, first: usize, xs: &[f32], m: usize, out: &mut [f32]) {
+        decoded_dot_rows(self, first, xs, m, out);
+    }
+}
+
+/// [`RowDecoder::dot_rows`] by decoding: each row goes through a per-thread f32 buffer and
+/// [`dot`] (the default, and the fallback of decoders that override it for some formats).
+pub fn decoded_dot_rows<D: RowDecoder + ?Sized>(
+    d: &D,
+    first: usize,
+    xs: &[f32],
+    m: usize,
+    out: &mut [f32],
+) {
+    thread_local! {
+        static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if m == 0 {
+        return;
+    }
+    let cols = xs.len() / m;
+    ROW.with_borrow_mut(|buf| {
+        buf.resize(cols, 0.0);
+        for (i, o) in out.chunks_exact_mut(m).enumerate() {
+            d.decode_row(first + i, buf);
+            for (y, x) in o.iter_mut().zip(xs.chunks_exact(cols)) {
+                *y = dot(buf, x);
+            }
+        }
+    });
 }
 
 /// f16 values that live elsewhere (a memory-mapped model file), borrowed per use so that the
@@ -210,7 +247,7 @@ impl FloatMatrix {
     }
 
     /// `out[i] = row_(first + i) . x` for a range of rows; f16/bf16 rows convert on the fly,
-    /// decoded rows go through a per-thread buffer.
+    /// block-quantized rows go through [`RowDecoder::dot_rows`].
     pub fn matvec_rows(&self, x: &[f32], first: usize, out: &mut [f32]) {
         let cols = self.cols;
         let rows = first..first + out.len();
@@ -236,18 +273,7 @@ impl FloatMatrix {
                     *o = dot_with(&v[r * cols..(r + 1) * cols], x, |h| h.to_f32());
                 }
             }
-            FloatStorage::Rows(d) => {
-                thread_local! {
-                    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-                }
-                ROW.with_borrow_mut(|buf| {
-                    buf.resize(cols, 0.0);
-                    for (r, o) in rows.zip(out.iter_mut()) {
-                        d.decode_row(r, buf);
-                        *o = dot(buf, x);
-                    }
-                });
-            }
+            FloatStorage::Rows(d) => d.dot_rows(first, &x[..cols], 1, out),
         }
     }
 
@@ -294,20 +320,7 @@ impl FloatMatrix {
                     }
                 }
             }
-            FloatStorage::Rows(d) => {
-                thread_local! {
-                    static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-                }
-                ROWS.with_borrow_mut(|buf| {
-                    buf.resize(cols, 0.0);
-                    for (r, o) in rows.zip(out.chunks_exact_mut(m)) {
-                        d.decode_row(r, buf);
-                        for (j, y) in o.iter_mut().enumerate() {
-                            *y = dot(buf, xs_of(j));
-                        }
-                    }
-                });
-            }
+            FloatStorage::Rows(d) => d.dot_rows(first, &xs[..m * cols], m, &mut out[..n_rows * m]),
         }
     }
 
@@ -389,5 +402,45 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, [4.0, 6.0]);
         assert!(FloatMatrix::new(2, 2, FloatStorage::F32(vec![0.0; 3])).is_err());
+    }
+
+    /// Rows `r` of `i * 0.25 - r` for i in 0..cols, decoded on demand.
+    struct Ramp(usize);
+
+    impl RowDecoder for Ramp {
+        fn decode_row(&self, r: usize, out: &mut [f32]) {
+            for (i, o) in out.iter_mut().enumerate().take(self.0) {
+                *o = i as f32 * 0.25 - r as f32;
+            }
+        }
+        fn type_name(&self) -> &'static str {
+            "ramp"
+        }
+        fn storage_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn decoded_rows_use_the_default_dot_rows() {
+        let (rows, cols, m) = (7, 37, 3);
+        let mat = FloatMatrix::new(rows, cols, FloatStorage::Rows(Box::new(Ramp(cols)))).unwrap();
+        let xs: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        let mut all = vec![f32::NAN; (rows - 2) * m];
+        mat.matmul_rows(&xs, m, 2, &mut all);
+        let mut row = vec![0.0f32; cols];
+        for r in 2..rows {
+            mat.row_into(r, &mut row);
+            for j in 0..m {
+                let x = &xs[j * cols..(j + 1) * cols];
+                let want = dot(&row, x);
+                assert_eq!(all[(r - 2) * m + j], want);
+                let mut one = [f32::NAN];
+                mat.matvec_rows(x, r, &mut one);
+                assert_eq!(one[0], want);
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bitnet_core::ops::{F16Source, FloatMatrix, FloatStorage, RowDecoder};
+use bitnet_core::ops::{F16Source, FloatMatrix, FloatStorage, RowDecoder, decoded_dot_rows};
 use bitnet_core::{LinearKernel, TernaryMatrix};
 use bitnet_gguf::{GgufFile, TensorInfo, TensorType};
 
@@ -244,6 +244,23 @@ impl RowDecoder for GgufRows {
 
     fn storage_bytes(&self) -> usize {
         self.file.tensors()[self.index].n_bytes as usize
+    }
+
+    /// Q8_0 and Q6_K rows are multiplied block by block (SIMD, activations quantized to int8
+    /// per 32 values, as ggml does); other formats decode rows.
+    fn dot_rows(&self, first: usize, xs: &[f32], m: usize, out: &mut [f32]) {
+        let t = &self.file.tensors()[self.index];
+        let kind = t.kind.filter(|&k| bitnet_gguf::quants::supports_dot(k));
+        let (Some(kind), Ok(row_len)) = (kind, usize::try_from(t.row_len())) else {
+            return decoded_dot_rows(self, first, xs, m, out);
+        };
+        // As in `decode_row`: the type, size and row width were checked at load.
+        let result = self.file.tensor_data(t).and_then(|data| {
+            bitnet_gguf::quants::dot_rows_f32(kind, data, row_len, first, xs, m, out)
+        });
+        if let Err(e) = result {
+            panic!("dot products of rows {first}.. of {}: {e}", t.name);
+        }
     }
 }
 

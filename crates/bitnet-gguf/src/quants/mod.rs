@@ -4,6 +4,7 @@
 //! Decoders take `&[u8]` and an element count and check that the byte length is exactly what the
 //! format needs before allocating anything, so a hostile length can never size an allocation.
 
+pub mod dot;
 pub mod float;
 pub mod i2s;
 pub mod q6_k;
@@ -12,6 +13,7 @@ pub mod q8_0;
 pub mod ternary;
 pub mod tq;
 
+pub use dot::{DotKernel, QuantizedActs, dot_rows_f32, supports_dot};
 pub use float::{encode_bf16, encode_f16, encode_f32};
 pub use i2s::encode_i2_s;
 pub use q6_k::encode_q6_k;

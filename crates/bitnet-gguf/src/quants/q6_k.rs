@@ -6,6 +6,7 @@
 //! search step by step, in the same f32 operation order (no fused multiply-add), so it produces
 //! the bytes of a ggml build compiled without FMA contraction.
 
+use super::dot::{ActRef, DotKernel, LANE, QuantizedActs};
 use super::float::{f16_to_f32, f32_to_f16_bits};
 use crate::error::{GgufError, Result};
 
@@ -230,6 +231,256 @@ pub(crate) fn decode_into(data: &[u8], out: &mut [f32]) {
                 y[l + 96] = d * s(6) * f32::from(q4);
             }
         }
+    }
+}
+
+/// Dot products of Q6_K rows (`rows` holds whole rows of `row_bytes`) with quantized vectors:
+/// `out[i * m + j] = row_i . acts_j`. The caller checked the shapes and that `kernel` runs here.
+pub(crate) fn dot_rows(
+    kernel: DotKernel,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let m = acts.m();
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        for (j, y) in o.iter_mut().enumerate() {
+            let x = acts.vector(j);
+            *y = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `dot_rows_quantized` only passes kernels that `DotKernel::available`
+                // detected on this CPU.
+                DotKernel::Avx512Vnni => unsafe { x86::row_avx512(row, x) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                DotKernel::Avx2 => unsafe { x86::row_avx2(row, x) },
+                _ => row_scalar(row, x),
+            };
+        }
+    }
+}
+
+/// Level (`q - 32`, in -32..32) of value `v` (0..256) of a super-block.
+fn level(block: &[u8], v: usize) -> i32 {
+    let (half, r) = (v / 128, v % 128);
+    let (k, l) = (r / 32, r % 32);
+    let b = block[64 * half + l + 32 * (k & 1)];
+    let low = if k >= 2 { b >> 4 } else { b & 0xF };
+    let high = (block[128 + 32 * half + l] >> (2 * k)) & 3;
+    i32::from(low | (high << 4)) - 32
+}
+
+/// Portable reference: per 32-value activation block, the exact i32 sum of
+/// `scale * (q - 32) * x_q` over its two sub-blocks, scaled in f32 by `d_x`, then by `d`.
+fn row_scalar(row: &[u8], x: ActRef<'_>) -> f32 {
+    let mut sum = 0.0f32;
+    for (s, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+        let d = f16_to_f32(u16::from_le_bytes([block[208], block[209]]));
+        let xq = &x.q[s * QK_K..(s + 1) * QK_K];
+        let mut sb = 0.0f32;
+        for c in 0..QK_K / 32 {
+            let mut isum = 0i32;
+            for sub in 2 * c..2 * c + 2 {
+                let p: i32 = (16 * sub..16 * sub + 16)
+                    .map(|v| level(block, v) * i32::from(xq[v]))
+                    .sum();
+                isum += p * i32::from(block[192 + sub] as i8);
+            }
+            sb += isum as f32 * x.scale[(s * QK_K + 32 * c) / LANE];
+        }
+        sum += sb * d;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{ActRef, BLOCK_BYTES, LANE, QK_K};
+
+    /// Panics unless `x` covers exactly the super-blocks of `row` (the kernels read within these).
+    fn check(row: &[u8], x: &ActRef<'_>) -> usize {
+        let n = row.len() / BLOCK_BYTES;
+        assert!(
+            row.len() == n * BLOCK_BYTES
+                && x.q.len() == n * QK_K
+                && x.scale.len() == n * QK_K / LANE
+                && x.neg_sum.len() == n * QK_K / LANE
+        );
+        n
+    }
+
+    /// f16 bits to f32 with F16C.
+    #[target_feature(enable = "f16c")]
+    fn h2f(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// `pshufb` masks that spread sub-block scales over i32 lanes: mask `g` maps byte `i` to
+    /// scale `per * g + i / 4` (each 16-value sub-block covers 4 lanes of 4 values).
+    fn scale_masks<const N: usize>(per: usize) -> [[u8; 16]; N] {
+        let mut out = [[0u8; 16]; N];
+        for (g, m) in out.iter_mut().enumerate() {
+            for (i, b) in m.iter_mut().enumerate() {
+                *b = ((per * g + i / 4) % 16) as u8;
+            }
+        }
+        out
+    }
+
+    /// Per half super-block (128 values): 64 `ql` bytes and 32 `qh` bytes (broadcast to both
+    /// halves of a register) unpack into two registers of 64 unsigned levels (0..64): values
+    /// 0..64 (low nibbles, `qh` bits 0-1 / 2-3) and 64..128 (high nibbles, bits 4-5 / 6-7).
+    /// `vpdpbusd` starts from `-32 * (lane sum of x)` to remove the level offset, the i32 lanes
+    /// are multiplied by their sub-block's scale, then scaled by `d_x` per lane in f32 and by `d`
+    /// per super-block.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
+        let n = check(row, &x);
+        let m0f = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        // Per-16-bit-lane shift counts: bytes 0..32 (values 0..32 resp. 64..96) and 32..64.
+        let sh_low = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_set1_epi16(4)),
+            _mm256_set1_epi16(2),
+            1,
+        );
+        let sh_high = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+        let masks = scale_masks::<4>(4);
+        // SAFETY: each mask is 16 bytes.
+        let masks = masks.map(|m| unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+        let mut acc = _mm512_setzero_ps();
+        for s in 0..n {
+            // SAFETY: super-block s lies inside `row` (s < n), so its bytes 0..210 are in
+            // bounds: ql 0..128, qh 128..192, scales 192..208, d 208..210.
+            let (scv, d) = unsafe {
+                let blk = row.as_ptr().add(s * BLOCK_BYTES);
+                (
+                    _mm_loadu_si128(blk.add(192).cast()),
+                    u16::from_le_bytes([*blk.add(208), *blk.add(209)]),
+                )
+            };
+            let mut sacc = _mm512_setzero_ps();
+            for h in 0..2 {
+                // SAFETY: as above (64 * h + 64 <= 128, 128 + 32 * h + 32 <= 192).
+                let (qlv, qhv) = unsafe {
+                    let blk = row.as_ptr().add(s * BLOCK_BYTES);
+                    (
+                        _mm512_loadu_si512(blk.add(64 * h).cast()),
+                        _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * h).cast())),
+                    )
+                };
+                let lo = _mm512_or_si512(
+                    _mm512_and_si512(qlv, m0f),
+                    _mm512_and_si512(_mm512_sllv_epi16(qhv, sh_low), m30),
+                );
+                let hi = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(qlv, 4), m0f),
+                    _mm512_and_si512(_mm512_srlv_epi16(qhv, sh_high), m30),
+                );
+                for (k, w) in [lo, hi].into_iter().enumerate() {
+                    let g = 2 * h + k;
+                    let e = s * QK_K + 64 * g;
+                    // SAFETY: x covers n super-blocks (`check`): codes e..e+64 and lanes
+                    // e/4..e/4+16 are in bounds.
+                    let (xv, ns, xs) = unsafe {
+                        (
+                            _mm512_loadu_si512(x.q.as_ptr().add(e).cast()),
+                            _mm512_loadu_si512(x.neg_sum.as_ptr().add(e / LANE).cast()),
+                            _mm512_loadu_ps(x.scale.as_ptr().add(e / LANE)),
+                        )
+                    };
+                    let dot = _mm512_dpbusd_epi32(_mm512_slli_epi32(ns, 5), w, xv);
+                    let sc = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(scv, masks[g]));
+                    let prod = _mm512_mullo_epi32(dot, sc);
+                    sacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(prod), xs, sacc);
+                }
+            }
+            acc = _mm512_fmadd_ps(sacc, _mm512_set1_ps(h2f(d)), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// 32 values per step: `vpmaddubsw(level, x)` (pair sums <= 2 * 63 * 127, no saturation),
+    /// `vpmaddwd` with ones to 8 i32 lanes, plus `-32 * (lane sum of x)`, times the sub-block
+    /// scales, then `d_x` per lane in f32 and `d` per super-block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
+        let n = check(row, &x);
+        let m0f = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let ones = _mm256_set1_epi16(1);
+        let masks = scale_masks::<8>(2);
+        // SAFETY: each mask is 16 bytes.
+        let masks = masks.map(|m| unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
+        let mut acc = _mm256_setzero_ps();
+        for s in 0..n {
+            // SAFETY: super-block s lies inside `row` (s < n): bytes 192..208 and 208..210.
+            let (scv, d) = unsafe {
+                let blk = row.as_ptr().add(s * BLOCK_BYTES);
+                (
+                    _mm_loadu_si128(blk.add(192).cast()),
+                    u16::from_le_bytes([*blk.add(208), *blk.add(209)]),
+                )
+            };
+            let mut sacc = _mm256_setzero_ps();
+            for h in 0..2 {
+                // SAFETY: as above (64 * h + 64 <= 128, 128 + 32 * h + 32 <= 192).
+                let (ql0, ql1, qh) = unsafe {
+                    let blk = row.as_ptr().add(s * BLOCK_BYTES);
+                    (
+                        _mm256_loadu_si256(blk.add(64 * h).cast()),
+                        _mm256_loadu_si256(blk.add(64 * h + 32).cast()),
+                        _mm256_loadu_si256(blk.add(128 + 32 * h).cast()),
+                    )
+                };
+                let levels = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m0f),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m0f),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0f),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0f),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (c, w) in levels.into_iter().enumerate() {
+                    let chunk = 4 * h + c;
+                    let e = s * QK_K + 32 * chunk;
+                    // SAFETY: x covers n super-blocks (`check`): codes e..e+32 and lanes
+                    // e/4..e/4+8 are in bounds.
+                    let (xv, ns, xs) = unsafe {
+                        (
+                            _mm256_loadu_si256(x.q.as_ptr().add(e).cast()),
+                            _mm256_loadu_si256(x.neg_sum.as_ptr().add(e / LANE).cast()),
+                            _mm256_loadu_ps(x.scale.as_ptr().add(e / LANE)),
+                        )
+                    };
+                    let dot = _mm256_add_epi32(
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones),
+                        _mm256_slli_epi32(ns, 5),
+                    );
+                    let sc = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(scv, masks[chunk]));
+                    let prod = _mm256_mullo_epi32(dot, sc);
+                    sacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), xs, sacc);
+                }
+            }
+            acc = _mm256_fmadd_ps(sacc, _mm256_set1_ps(h2f(d)), acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum()
     }
 }
 

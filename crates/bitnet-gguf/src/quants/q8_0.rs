@@ -1,6 +1,7 @@
 //! Q8_0: blocks of 32 values stored as an f16 scale `d` followed by 32 signed bytes; `x = q * d`.
 //! The encoder is ggml's `quantize_row_q8_0_ref` (also gguf-py's `Q8_0.quantize_blocks`).
 
+use super::dot::{ActRef, DotKernel, LANE, QuantizedActs};
 use super::float::{f16_to_f32, f32_to_f16_bits};
 use crate::error::{GgufError, Result};
 
@@ -57,6 +58,200 @@ pub(crate) fn decode_into(data: &[u8], out: &mut [f32]) {
         for (o, &q) in y.iter_mut().zip(qs) {
             *o = f32::from(q as i8) * d;
         }
+    }
+}
+
+/// Dot products of Q8_0 rows (`rows` holds whole rows of `row_bytes`) with quantized vectors:
+/// `out[i * m + j] = row_i . acts_j`. The caller checked the shapes and that `kernel` runs here.
+pub(crate) fn dot_rows(
+    kernel: DotKernel,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let m = acts.m();
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        for (j, y) in o.iter_mut().enumerate() {
+            let x = acts.vector(j);
+            *y = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `dot_rows_quantized` only passes kernels that `DotKernel::available`
+                // detected on this CPU.
+                DotKernel::Avx512Vnni => unsafe { x86::row_avx512(row, x) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                DotKernel::Avx2 => unsafe { x86::row_avx2(row, x) },
+                _ => row_scalar(row, x),
+            };
+        }
+    }
+}
+
+/// Block `b`'s f16 scale.
+fn block_scale(row: &[u8], b: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([
+        row[b * BLOCK_BYTES],
+        row[b * BLOCK_BYTES + 1],
+    ]))
+}
+
+/// Portable reference: per block, the exact i32 sum of code products, scaled in f32.
+fn row_scalar(row: &[u8], x: ActRef<'_>) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, (block, xq)) in row
+        .chunks_exact(BLOCK_BYTES)
+        .zip(x.q.chunks_exact(QK8_0))
+        .enumerate()
+    {
+        let isum: i32 = block[2..]
+            .iter()
+            .zip(xq)
+            .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
+            .sum();
+        sum += isum as f32 * (block_scale(row, b) * x.scale[b * QK8_0 / LANE]);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{ActRef, BLOCK_BYTES, LANE, QK8_0};
+
+    /// Panics unless `x` covers exactly the blocks of `row` (the kernels read within these).
+    fn check(row: &[u8], x: &ActRef<'_>) -> usize {
+        let nb = row.len() / BLOCK_BYTES;
+        assert!(
+            row.len() == nb * BLOCK_BYTES
+                && x.q.len() == nb * QK8_0
+                && x.scale.len() == nb * QK8_0 / LANE
+                && x.neg_sum.len() == nb * QK8_0 / LANE
+        );
+        nb
+    }
+
+    /// f16 bits to f32 with F16C.
+    #[target_feature(enable = "f16c")]
+    fn h2f(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// Two blocks per step: the 64 weight codes are flipped to unsigned (`w + 128`) for
+    /// `vpdpbusd`, whose accumulator starts at `-128 * (lane sum of x)` to undo the offset; the
+    /// 16 i32 lanes (8 per block) are scaled by `d_w * d_x` per lane and summed in f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
+        let nb = check(row, &x);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut b = 0;
+        while b + 4 <= nb {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: b + 2k + 2 <= nb.
+                *acc = unsafe { pair_avx512(row, x, b + 2 * k, *acc) };
+            }
+            b += 4;
+        }
+        if b + 2 <= nb {
+            // SAFETY: b + 2 <= nb.
+            acc[0] = unsafe { pair_avx512(row, x, b, acc[0]) };
+            b += 2;
+        }
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        if b < nb {
+            let block = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
+            let isum: i32 = block[2..]
+                .iter()
+                .zip(&x.q[b * QK8_0..(b + 1) * QK8_0])
+                .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
+                .sum();
+            let d = h2f(u16::from_le_bytes([block[0], block[1]]));
+            sum += isum as f32 * (d * x.scale[b * QK8_0 / LANE]);
+        }
+        sum
+    }
+
+    /// `acc + (blocks b, b + 1 of row) . x` per lane (see [`row_avx512`]).
+    ///
+    /// # Safety
+    ///
+    /// `b + 2 <= nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    unsafe fn pair_avx512(row: &[u8], x: ActRef<'_>, b: usize, acc: __m512) -> __m512 {
+        let flip = _mm512_set1_epi8(0x80u8 as i8);
+        // Lanes 0..8 take scale 0 (first block), lanes 8..16 scale 1.
+        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        // SAFETY: blocks b and b + 1 lie inside `row` (b + 2 <= nb) and their codes (bytes
+        // 2..34 of each) inside it too; x's arrays cover nb blocks (`check`), so codes
+        // b*32..b*32+64 and lanes b*8..b*8+16 are in bounds.
+        unsafe {
+            let pa = row.as_ptr().add(b * BLOCK_BYTES);
+            let pb = pa.add(BLOCK_BYTES);
+            let wa = _mm256_loadu_si256(pa.add(2).cast());
+            let wb = _mm256_loadu_si256(pb.add(2).cast());
+            let w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
+            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK8_0).cast());
+            let bias =
+                _mm512_slli_epi32(_mm512_loadu_si512(x.neg_sum.as_ptr().add(b * 8).cast()), 7);
+            let dot = _mm512_dpbusd_epi32(bias, w, xv);
+            let bits = u32::from(pa.cast::<u16>().read_unaligned().to_le())
+                | (u32::from(pb.cast::<u16>().read_unaligned().to_le()) << 16);
+            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+            let dw = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dw));
+            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.scale.as_ptr().add(b * 8)));
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc)
+        }
+    }
+
+    /// One block per step: `vpmaddubsw(|w|, sign(x, w))` (pair sums <= 2 * 128 * 127, no
+    /// saturation), then `vpmaddwd` with ones to 8 i32 lanes, scaled by `d_w * d_x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
+        let nb = check(row, &x);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut b = 0;
+        while b + 2 <= nb {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: b + k < nb.
+                *acc = unsafe { block_avx2(row, x, b + k, *acc) };
+            }
+            b += 2;
+        }
+        if b < nb {
+            // SAFETY: b < nb.
+            acc[0] = unsafe { block_avx2(row, x, b, acc[0]) };
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
+        lanes.iter().sum()
+    }
+
+    /// `acc + (block b of row) . x` per lane (see [`row_avx2`]).
+    ///
+    /// # Safety
+    ///
+    /// `b < nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
+        // SAFETY: block b lies inside `row` and its codes (bytes 2..34) too; codes
+        // b*32..b*32+32 and lane b*8 of x exist (`check`).
+        let (w, xv, bits, dx) = unsafe {
+            let pa = row.as_ptr().add(b * BLOCK_BYTES);
+            (
+                _mm256_loadu_si256(pa.add(2).cast()),
+                _mm256_loadu_si256(x.q.as_ptr().add(b * QK8_0).cast()),
+                pa.cast::<u16>().read_unaligned().to_le(),
+                *x.scale.get_unchecked(b * QK8_0 / LANE),
+            )
+        };
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+        let dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+        let s = _mm256_set1_ps(h2f(bits) * dx);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
     }
 }
 
