@@ -510,13 +510,20 @@ pub fn synthetic(
     let vocab = match vocab_from {
         Some(m) => {
             let v = crate::load_tokenizer(m, true)?.to_gguf_vocab()?;
-            if v.tokens.len() > src.config.vocab_size {
+            let mut v = v;
+            let (have, want) = (v.tokens.len(), src.config.vocab_size);
+            if have > want {
                 return Err(EngineError::Options(format!(
-                    "{m}'s tokenizer has {} tokens, more than the {preset} vocabulary of {}",
-                    v.tokens.len(),
-                    src.config.vocab_size
+                    "{m}'s tokenizer has {have} tokens, more than the {preset} vocabulary of {want}"
                 )));
             }
+            // Pad the token list to the embedding's rows with unused placeholders: llama.cpp
+            // takes the vocabulary size from the token list and checks the embedding against it.
+            let mut types = v.token_types.take().unwrap_or_else(|| vec![1; have]);
+            v.tokens
+                .extend((have..want).map(|i| format!("<|bitnet_rs_unused_{i}|>")));
+            types.resize(want, 5); // 5: UNUSED in GGUF's token types
+            v.token_types = Some(types);
             Some(v)
         }
         None => None,

@@ -208,13 +208,19 @@ fn synthetic_models_have_the_claimed_shape_and_run() {
     )
     .unwrap();
     let e = Engine::load(with_vocab.to_str().unwrap()).unwrap();
-    assert_eq!(e.tokenizer().unwrap().vocab_size(), 384);
+    // The fixture's 384 tokens, padded with unused placeholders to the model's 1024 rows (as
+    // llama.cpp requires: it sizes the vocabulary by the token list).
+    let tok = e.tokenizer().unwrap();
+    assert_eq!(tok.vocab_size(), 1024);
+    assert_eq!(tok.token_piece(1000), Some("<|bitnet_rs_unused_1000|>"));
     assert_eq!(
         e.generate("The quick", GenerateOptions::greedy(3))
             .unwrap()
             .count(),
         3
     );
+    let silu = convert::synthetic_config("2b4t-silu").unwrap();
+    assert_eq!(silu.architecture, "bitnet");
     let c = convert::synthetic_config("2b4t").unwrap();
     assert_eq!(
         (
