@@ -277,6 +277,27 @@ impl GgufFile {
         Ok((i, own))
     }
 
+    /// Tells the OS that tensor `name`'s mapped bytes are no longer needed, so their pages leave
+    /// this process's resident memory (for weights already repacked elsewhere). Reading them
+    /// again still works: the pages come back from the file. A no-op for files held in memory,
+    /// on non-Unix systems, and for unknown names.
+    pub fn release_pages(&self, name: &str) {
+        #[cfg(unix)]
+        if let (Storage::Mapped(map), Some(info)) = (&self.storage, self.tensor(name))
+            && let Ok(data) = self.tensor_data(info)
+        {
+            let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+            // SAFETY: the map is a read-only, private mapping of a file; MADV_DONTNEED only
+            // drops its pages, which later reads fault back in from the file unchanged, so no
+            // reference into the map ever sees different bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// The exact data bytes of a tensor (zero-copy). Refuses tensors whose type is unknown for
     /// this architecture (their size cannot be known), and I2_S tensors whose stored extent does
     /// not match `n/4 + 32` (bitnet.cpp's 2024 layout, which would be misread).

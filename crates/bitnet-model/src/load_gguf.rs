@@ -133,12 +133,12 @@ impl WeightSource for GgufSource {
 
     fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError> {
         let (rows, cols) = proj.shape(&self.config);
-        linear(
-            &self.file,
-            &format!("blk.{layer}.{}", proj.gguf_name()),
-            rows,
-            cols,
-        )
+        let prefix = format!("blk.{layer}.{}", proj.gguf_name());
+        let m = linear(&self.file, &prefix, rows, cols)?;
+        // The caller repacks the codes into its own layout: the mapped bytes are done with, so
+        // they stop counting against resident memory (a second read faults them back in).
+        self.file.release_pages(&format!("{prefix}.weight"));
+        Ok(m)
     }
 
     fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError> {
