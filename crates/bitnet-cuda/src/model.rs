@@ -206,7 +206,13 @@ struct Scratch {
     tokens_out: CudaSlice<u32>,
     /// Captured decode steps by batch size.
     graphs: std::collections::HashMap<usize, Graph>,
+    /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
+    /// wanted rows, reused across steps.
+    lists: StepLists,
 }
+
+/// A step's rows, sequences and wanted rows (`Scratch::lists`).
+type StepLists = (Vec<(u32, u32, u32)>, Vec<(u64, usize)>, Vec<u32>);
 
 /// A captured CUDA graph. Graphs are not internally synchronized; this one is only touched under
 /// the model's scratch lock.
@@ -370,6 +376,7 @@ impl CudaModel {
             logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
             tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
             graphs: Default::default(),
+            lists: Default::default(),
         };
         let profiling = gpu.profiling();
         let model = Self {
@@ -1146,10 +1153,12 @@ impl CudaModel {
         mut tracer: Option<&mut dyn Tracer>,
     ) -> Result<(), ModelError> {
         let mut s = self.scratch.lock().map_err(|_| dev(CudaError::Poisoned))?;
-        // Rows in order; a pass closes when it holds MAX_ROWS rows.
-        let mut rows: Vec<(u32, u32, u32)> = Vec::with_capacity(MAX_ROWS);
-        let mut seqs: Vec<(u64, usize)> = Vec::new();
-        let mut wanted: Vec<u32> = Vec::new();
+        // Rows in order; a pass closes when it holds MAX_ROWS rows. The lists live in the
+        // scratch so that steps do not allocate.
+        let (mut rows, mut seqs, mut wanted) = std::mem::take(&mut s.lists);
+        rows.clear();
+        seqs.clear();
+        wanted.clear();
         for e in batch {
             let kv = e
                 .cache
@@ -1189,6 +1198,7 @@ impl CudaModel {
             self.pass(&mut s, &rows, &seqs, &wanted, out, tracer)
                 .map_err(dev)?;
         }
+        s.lists = (rows, seqs, wanted);
         Ok(())
     }
 }

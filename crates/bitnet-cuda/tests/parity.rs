@@ -118,19 +118,7 @@ fn silu_bitnet() {
 
 /// Teacher-forced logits only (the f16 cache moves int8 codes at rounding edges).
 fn check_teacher_forced_logits(model: &Model, r: &Reference, what: &str, tol: Tolerance) {
-    let mut cache = model.new_cache(r.tokens.len());
-    let mut logits = Vec::new();
-    model
-        .forward(
-            &r.tokens,
-            &mut cache,
-            bitnet_model::Logits::All,
-            &mut logits,
-            &mut bitnet_model::Scratch::default(),
-            None,
-        )
-        .unwrap();
-    let d = max_diff(&logits, &r.logits);
+    let d = max_diff(&teacher_forced(model, r, None), &r.logits);
     assert!(d < tol.logits, "{what}: logits differ by {d}");
 }
 

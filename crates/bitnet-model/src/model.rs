@@ -118,6 +118,8 @@ pub struct Scratch {
     head_in: Vec<f32>,
     head_out: Vec<f32>,
     greedy_logits: Vec<f32>,
+    /// Attention: each row's (sequence, position).
+    owner: Vec<(usize, usize)>,
 }
 
 /// Rows `row..row + n` of a batched step belong to one sequence at positions `start..start + n`.
@@ -641,8 +643,7 @@ impl Model {
             let rows = seg.row * kvd..(seg.row + seg.n) * kvd;
             e.cache.write(li, seg.start, &s.k[rows.clone()], &s.v[rows]);
         }
-        let caches: Vec<&KvCache> = batch.iter().map(|e| &*e.cache).collect();
-        self.attention(li, segs, &caches, s);
+        self.attention(li, segs, batch, s);
         s.x.resize(n * qd, 0.0);
         for t in 0..n {
             let r = t * qd..(t + 1) * qd;
@@ -715,13 +716,14 @@ impl Model {
 
     /// Causal attention of every new token (rows of `segs`, each against its own sequence's
     /// cache), softmax in f32; one task per (token, head) on the thread pool.
-    fn attention(&self, layer: usize, segs: &[Segment], caches: &[&KvCache], s: &mut Scratch) {
+    fn attention(&self, layer: usize, segs: &[Segment], batch: &[BatchEntry<'_>], s: &mut Scratch) {
         let c = &self.config;
         let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
         let group = c.n_heads / c.n_kv_heads;
         let scaling = (hd as f64).powf(-0.5) as f32;
-        // Row t -> (its sequence, its position).
-        let mut owner = Vec::with_capacity(s.attn.len() / qd.max(1));
+        // Row t -> (its sequence, its position), in a buffer kept across steps.
+        let mut owner = std::mem::take(&mut s.owner);
+        owner.clear();
         for (i, seg) in segs.iter().enumerate() {
             owner.extend((0..seg.n).map(|j| (i, seg.start + j)));
         }
@@ -729,7 +731,7 @@ impl Model {
         let task = |i: usize, out: &mut [f32]| {
             let (t, h) = (i / c.n_heads, i % c.n_heads);
             let (seq, pos) = owner[t];
-            let (keys, values) = caches[seq].layer(layer);
+            let (keys, values) = batch[seq].cache.layer(layer);
             let kvh = h / group;
             let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
             SCORES.with_borrow_mut(|scores| {
@@ -757,5 +759,6 @@ impl Model {
                 .enumerate()
                 .for_each(|(i, o)| task(i, o)),
         }
+        s.owner = owner;
     }
 }

@@ -280,11 +280,52 @@ pub fn dot_rows_quantized(
         .and_then(|len| start.checked_add(len))
         .ok_or_else(out_of_range)?;
     let rows = data.get(start..end).ok_or_else(out_of_range)?;
-    match kind {
-        TensorType::Q8_0 => super::q8_0::dot_rows(kernel, rows, row_bytes, acts, out),
-        _ => super::q6_k::dot_rows(kernel, rows, row_bytes, acts, out),
-    }
+    let dots = match kind {
+        TensorType::Q8_0 => &super::q8_0::ROW_DOTS,
+        _ => &super::q6_k::ROW_DOTS,
+    };
+    dot_rows(dots, kernel, rows, row_bytes, acts, out);
     Ok(())
+}
+
+/// One block format's row-times-vector kernels.
+pub(crate) struct RowDots {
+    /// Portable.
+    pub(crate) scalar: fn(&[u8], ActRef<'_>) -> f32,
+    /// Needs AVX-512 F/BW/VNNI (and F16C).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) avx512: unsafe fn(&[u8], ActRef<'_>) -> f32,
+    /// Needs AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) avx2: unsafe fn(&[u8], ActRef<'_>) -> f32,
+}
+
+/// Dot products of rows (`rows` holds whole rows of `row_bytes`) with quantized vectors:
+/// `out[i * m + j] = row_i . acts_j`. The caller checked the shapes and that `kernel` runs here.
+fn dot_rows(
+    dots: &RowDots,
+    kernel: DotKernel,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) {
+    let m = acts.m();
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+        for (j, y) in o.iter_mut().enumerate() {
+            let x = acts.vector(j);
+            *y = match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `dot_rows_quantized` only passes kernels that `DotKernel::available`
+                // detected on this CPU.
+                DotKernel::Avx512Vnni => unsafe { (dots.avx512)(row, x) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                DotKernel::Avx2 => unsafe { (dots.avx2)(row, x) },
+                _ => (dots.scalar)(row, x),
+            };
+        }
+    }
 }
 
 /// The bound on `|fast - exact|` for one product, from the activation rounding alone:

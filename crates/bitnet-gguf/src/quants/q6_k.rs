@@ -6,7 +6,7 @@
 //! search step by step, in the same f32 operation order (no fused multiply-add), so it produces
 //! the bytes of a ggml build compiled without FMA contraction.
 
-use super::dot::{ActRef, DotKernel, LANE, QuantizedActs};
+use super::dot::{ActRef, LANE, RowDots};
 use super::float::{f16_to_f32, f32_to_f16_bits};
 use crate::error::{GgufError, Result};
 
@@ -234,32 +234,14 @@ pub(crate) fn decode_into(data: &[u8], out: &mut [f32]) {
     }
 }
 
-/// Dot products of Q6_K rows (`rows` holds whole rows of `row_bytes`) with quantized vectors:
-/// `out[i * m + j] = row_i . acts_j`. The caller checked the shapes and that `kernel` runs here.
-pub(crate) fn dot_rows(
-    kernel: DotKernel,
-    rows: &[u8],
-    row_bytes: usize,
-    acts: &QuantizedActs,
-    out: &mut [f32],
-) {
-    let m = acts.m();
-    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-        for (j, y) in o.iter_mut().enumerate() {
-            let x = acts.vector(j);
-            *y = match kernel {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `dot_rows_quantized` only passes kernels that `DotKernel::available`
-                // detected on this CPU.
-                DotKernel::Avx512Vnni => unsafe { x86::row_avx512(row, x) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                DotKernel::Avx2 => unsafe { x86::row_avx2(row, x) },
-                _ => row_scalar(row, x),
-            };
-        }
-    }
-}
+/// This format's row kernels for [`super::dot`].
+pub(crate) const ROW_DOTS: RowDots = RowDots {
+    scalar: row_scalar,
+    #[cfg(target_arch = "x86_64")]
+    avx512: x86::row_avx512,
+    #[cfg(target_arch = "x86_64")]
+    avx2: x86::row_avx2,
+};
 
 /// Level (`q - 32`, in -32..32) of value `v` (0..256) of a super-block.
 fn level(block: &[u8], v: usize) -> i32 {

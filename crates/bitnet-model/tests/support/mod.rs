@@ -146,10 +146,10 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Teacher-forced forward over all tokens: logits, int8 codes, scales and layer outputs.
-pub fn check_teacher_forced(model: &Model, r: &Reference, what: &str, tol: Tolerance) {
+/// Every token's logits of one forward pass over all of the reference's tokens.
+pub fn teacher_forced(model: &Model, r: &Reference, tracer: Option<&mut dyn Tracer>) -> Vec<f32> {
     let mut cache = model.new_cache(r.tokens.len());
     let mut logits = Vec::new();
-    let mut cap = Capture::default();
     model
         .forward(
             &r.tokens,
@@ -157,9 +157,15 @@ pub fn check_teacher_forced(model: &Model, r: &Reference, what: &str, tol: Toler
             Logits::All,
             &mut logits,
             &mut Scratch::default(),
-            Some(&mut cap),
+            tracer,
         )
         .unwrap();
+    logits
+}
+
+pub fn check_teacher_forced(model: &Model, r: &Reference, what: &str, tol: Tolerance) {
+    let mut cap = Capture::default();
+    let logits = teacher_forced(model, r, Some(&mut cap));
     let st = r.st();
     for (name, codes, scales) in &cap.codes {
         let want = i8s(&st, &format!("{name}_codes"));
