@@ -87,9 +87,26 @@ pub(crate) struct DeviceArgs {
     /// Head storage on a GPU: native (as in the file) or int8 (half the bytes of f16).
     #[arg(long, default_value = "native", value_parser = ["native", "int8"])]
     gpu_head: String,
-    /// KV cache element type on a GPU: f16 or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    gpu_kv: String,
+    #[command(flatten)]
+    kv: KvArgs,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct KvArgs {
+    /// KV cache storage: f16 (half the memory of f32, logits within a few hundredths of it),
+    /// f32 (exact, as the reference computes) or q8 (int8 with one scale per head vector: about
+    /// a quarter of f32's memory, logits within about 0.1; CPU only).
+    #[arg(long, default_value = "f16", value_parser = ["f32", "f16", "q8"])]
+    kv: String,
+}
+
+impl KvArgs {
+    /// Applies the KV type to a builder.
+    pub(crate) fn apply(&self, b: EngineBuilder) -> Result<EngineBuilder> {
+        let kv: bitnet::KvType = self.kv.parse().map_err(anyhow::Error::msg)?;
+        Ok(b.kv(kv))
+    }
 }
 
 impl DeviceArgs {
@@ -100,11 +117,8 @@ impl DeviceArgs {
             "int8" => bitnet::cuda::HeadType::Int8,
             _ => bitnet::cuda::HeadType::Native,
         };
-        let kv = match self.gpu_kv.as_str() {
-            "f32" => bitnet::cuda::KvType::F32,
-            _ => bitnet::cuda::KvType::F16,
-        };
-        Ok((b.device(device).gpu_head(head).gpu_kv(kv), device))
+        let b = self.kv.apply(b.device(device).gpu_head(head))?;
+        Ok((b, device))
     }
 }
 
@@ -299,7 +313,7 @@ struct ConvertArgs {
     /// Ternary encoding: i2_s (bitnet.cpp), tq2_0, tq1_0 (llama.cpp), f16.
     #[arg(long, default_value = "i2_s")]
     weights: String,
-    /// Head type (for tied models, the shared embedding's): f16, q8_0, q6_k, f32.
+    /// Head type (for tied models, the shared embedding's): f16, q8_0, q6_k, q4_k, q4_0, f32.
     #[arg(long, default_value = "f16")]
     head: String,
     /// Embedding type when the head is separate.
@@ -757,6 +771,8 @@ fn bench(a: BenchArgs) -> Result<()> {
                 "kernel": engine.info().kernel,
                 "device": engine.info().device,
                 "head_type": engine.model().head_type(),
+                "type_k": engine.model().kv_type().name(),
+                "type_v": engine.model().kv_type().name(),
                 "n_threads": t,
                 "n_prompt": if r.test.starts_with("pp") { r.n_tokens } else { 0 },
                 "n_gen": if r.test.starts_with("tg") { r.n_tokens } else { 0 },

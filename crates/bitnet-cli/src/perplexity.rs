@@ -28,17 +28,19 @@ pub struct PerplexityArgs {
     /// Use only the local Hugging Face cache for hub ids.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    kv: crate::KvArgs,
 }
 
 /// Runs `bitnet perplexity`.
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let engine = EngineBuilder::new(&args.model)
+    let builder = EngineBuilder::new(&args.model)
         .kernel(&args.kernel)
         .offline(args.offline)
-        .progress(true)
-        .build()?;
+        .progress(true);
+    let engine = args.kv.apply(builder)?.build()?;
     let ctx = args.ctx.unwrap_or_else(|| engine.context_length().min(512));
     let opts = PerplexityOptions {
         ctx,

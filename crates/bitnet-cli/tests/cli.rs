@@ -75,6 +75,7 @@ fn greedy_json_matches_the_reference_in_every_format() {
                 continue;
             }
             let path = dir.join(&name).display().to_string();
+            // The reference's own f32 KV cache: a 16-bit one moves tied-gqa2 off its tokens.
             let out = ok(&[
                 "generate",
                 "--model",
@@ -87,6 +88,8 @@ fn greedy_json_matches_the_reference_in_every_format() {
                 &want.len().to_string(),
                 "--format",
                 "json",
+                "--kv",
+                "f32",
             ]);
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert_eq!(ids(&v["tokens"]), want, "{model}/{name}");
@@ -132,6 +135,8 @@ fn logits_are_the_reference_logits() {
         "--format",
         "json",
         "--logits",
+        "--kv",
+        "f32",
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let logits = v["logits"].as_array().unwrap();
@@ -455,6 +460,8 @@ fn hub_ids_resolve_from_a_hand_made_cache_offline() {
         "0",
         "--format",
         "json",
+        "--kv",
+        "f32",
     ]);
     assert!(
         out.status.success(),
@@ -617,4 +624,59 @@ fn device_selection_is_announced_and_cuda_without_gpu_is_a_clear_error() {
     let out = bitnet(&[&args[..], &["--device", "cpu"]].concat());
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("device: "));
+}
+
+/// `--kv q8` has no GPU kernels: with `--device cuda` it is a clear error whether or not a GPU
+/// is present (no probe happens first); on the CPU it runs.
+#[test]
+fn kv_q8_with_cuda_is_a_clear_error() {
+    let model = fixture("tied-gqa2/model-i2_s.gguf");
+    let args = [
+        "generate",
+        "-m",
+        &model,
+        "--prompt-tokens",
+        "1,2,3",
+        "-n",
+        "2",
+    ];
+    for device in ["cuda", "cuda:1"] {
+        let err = fails(&[&args[..], &["--kv", "q8", "--device", device]].concat());
+        assert!(
+            err.contains("q8 KV cache is CPU-only; use --kv f16"),
+            "{err}"
+        );
+    }
+    ok(&[&args[..], &["--kv", "q8", "--device", "cpu"]].concat());
+    let err = fails(&[&args[..], &["--kv", "bf16"]].concat());
+    assert!(err.contains("f32, f16, q8"), "{err}");
+}
+
+/// The bundled (trained) model greedy-decodes the same tokens with the f32 and the f16 cache
+/// (and, on this prompt, with q8 too).
+#[test]
+fn the_bundled_model_decodes_the_same_tokens_with_f32_and_f16_caches() {
+    let tokens = |kv: &str| {
+        let out = ok(&[
+            "generate",
+            "--prompt",
+            "ROMEO:",
+            "-n",
+            "24",
+            "--temperature",
+            "0",
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+            "--kv",
+            kv,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        ids(&v["tokens"])
+    };
+    let exact = tokens("f32");
+    assert_eq!(exact.len(), 24);
+    assert_eq!(tokens("f16"), exact, "f16");
+    assert_eq!(tokens("q8"), exact, "q8");
 }

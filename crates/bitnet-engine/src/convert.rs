@@ -60,6 +60,12 @@ pub enum FloatType {
     Q8_0,
     /// 6.56-bit k-quant (bitnet.cpp's recommended head type).
     Q6K,
+    /// 4.5-bit, blocks of 32 with an f16 scale (ggml's Q4_0): the smallest head, at a cost in
+    /// accuracy.
+    Q4_0,
+    /// 4.5-bit k-quant: 256-value super-blocks of 32-value sub-blocks with 6-bit scales and
+    /// mins (ggml's Q4_K), as small as Q4_0 and usually closer.
+    Q4K,
 }
 
 impl std::str::FromStr for FloatType {
@@ -70,7 +76,11 @@ impl std::str::FromStr for FloatType {
             "f16" => Ok(Self::F16),
             "q8_0" => Ok(Self::Q8_0),
             "q6_k" => Ok(Self::Q6K),
-            _ => Err(format!("unknown float type '{s}' (f32, f16, q8_0, q6_k)")),
+            "q4_0" => Ok(Self::Q4_0),
+            "q4_k" => Ok(Self::Q4K),
+            _ => Err(format!(
+                "unknown float type '{s}' (f32, f16, q8_0, q6_k, q4_k, q4_0)"
+            )),
         }
     }
 }
@@ -173,6 +183,14 @@ fn encode_float(name: &str, values: &[f32], t: FloatType) -> Result<(u32, Vec<u8
         FloatType::Q6K => (
             TensorType::Q6_K.id(),
             bitnet_gguf::encode_q6_k(values).map_err(err)?,
+        ),
+        FloatType::Q4_0 => (
+            TensorType::Q4_0.id(),
+            bitnet_gguf::encode_q4_0(values).map_err(err)?,
+        ),
+        FloatType::Q4K => (
+            TensorType::Q4_K.id(),
+            bitnet_gguf::encode_q4_k(values).map_err(err)?,
         ),
     })
 }

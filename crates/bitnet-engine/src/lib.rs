@@ -19,15 +19,15 @@ pub mod stop;
 
 use std::sync::Arc;
 
-pub use bitnet_model::{Model, ModelConfig};
+pub use bitnet_model::{KvType, Model, ModelConfig};
 pub use bitnet_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 pub use error::EngineError;
 pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
-/// The GPU backend's public options.
+/// The GPU backend's public options (its KV type follows [`EngineBuilder::kv`]).
 pub mod cuda {
-    pub use bitnet_cuda::{HeadType, KvType};
+    pub use bitnet_cuda::HeadType;
 }
 pub use perplexity::{PerplexityOptions, PerplexityReport, perplexity};
 pub use sampling::{Sampler, SamplingOptions};

@@ -8,6 +8,7 @@ use bitnet_core::LinearKernel;
 use bitnet_gguf::GgufFile;
 use bitnet_hf::HfModel;
 use bitnet_hf::hub::{self, HubOptions};
+use bitnet_model::KvType;
 use bitnet_tokenizer::{ChatTemplate, GgufVocab, Tokenizer};
 
 use crate::{Engine, EngineError, Inner};
@@ -79,7 +80,7 @@ pub struct EngineBuilder {
     max_kv_bytes: Option<usize>,
     device: Device,
     gpu_head: bitnet_cuda::HeadType,
-    gpu_kv: bitnet_cuda::KvType,
+    kv: KvType,
     offline: bool,
     revision: Option<String>,
     progress: bool,
@@ -99,7 +100,7 @@ impl EngineBuilder {
             max_kv_bytes: None,
             device: Device::Auto,
             gpu_head: Default::default(),
-            gpu_kv: Default::default(),
+            kv: KvType::default(),
             offline: false,
             revision: None,
             progress: false,
@@ -153,9 +154,11 @@ impl EngineBuilder {
         self
     }
 
-    /// The KV cache element type on a GPU (default: f16).
-    pub fn gpu_kv(mut self, kv: bitnet_cuda::KvType) -> Self {
-        self.gpu_kv = kv;
+    /// How the KV cache stores keys and values (default: f16, as llama.cpp). On a GPU f32 and
+    /// f16 map onto the backend's own types; q8 is CPU-only, and asking for it on a GPU (also
+    /// through [`Device::Auto`] finding one) is an error rather than a silent change of type.
+    pub fn kv(mut self, kv: KvType) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -198,7 +201,14 @@ impl EngineBuilder {
 
     /// Loads the model, its tokenizer and chat template.
     pub fn build(self) -> Result<Engine, EngineError> {
+        // An explicit GPU with q8 fails before probing for the GPU: the answer is the same
+        // either way, and this one says what to change.
+        if matches!(self.device, Device::Cuda(_)) {
+            gpu_kv(self.kv)?;
+        }
         let (gpu, device_note) = self.pick_device()?;
+        // The GPU and its KV element type (`auto` finding a GPU with q8 fails here).
+        let gpu = gpu.map(|o| gpu_kv(self.kv).map(|kv| (o, kv))).transpose()?;
         let kernel: Arc<dyn LinearKernel> = match &self.kernel {
             Some(name) => {
                 bitnet_cpu::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
@@ -227,15 +237,16 @@ impl EngineBuilder {
         let place =
             |src: &dyn bitnet_model::WeightSource| -> Result<bitnet_model::Model, EngineError> {
                 match gpu {
-                    None => Ok(bitnet_model::Model::from_source(src, kernel.as_ref())?),
-                    Some(ordinal) => {
+                    None => Ok(bitnet_model::Model::from_source(src, kernel.as_ref())?
+                        .with_kv_type(self.kv)),
+                    Some((ordinal, kv)) => {
                         let mut max_context = src.config().context_length;
                         if let Some(n) = self.context_length {
                             max_context = max_context.min(n.max(1));
                         }
                         let opts = bitnet_cuda::CudaOptions {
                             ordinal,
-                            kv: self.gpu_kv,
+                            kv,
                             head: self.gpu_head,
                             max_context,
                         };
@@ -244,7 +255,8 @@ impl EngineBuilder {
                             src.config().clone(),
                             src.embedding()?,
                             Box::new(cuda),
-                        )?)
+                        )?
+                        .with_kv_type(self.kv))
                     }
                 }
             };
@@ -312,6 +324,17 @@ impl EngineBuilder {
                 info,
             }),
         })
+    }
+}
+
+/// The GPU backend's KV element type for `kv`; q8 has none.
+fn gpu_kv(kv: KvType) -> Result<bitnet_cuda::KvType, EngineError> {
+    match kv {
+        KvType::F32 => Ok(bitnet_cuda::KvType::F32),
+        KvType::F16 => Ok(bitnet_cuda::KvType::F16),
+        KvType::Q8 => Err(EngineError::Device(
+            "q8 KV cache is CPU-only; use --kv f16".into(),
+        )),
     }
 }
 

@@ -32,11 +32,12 @@
 //!
 //! # Decoding and encoding
 //!
-//! The codecs in [`quants`] are pure functions over byte slices. Float formats and Q8_0/Q6_K
-//! dequantize value for value as ggml does; [`decode_ternary`] recovers `t * scale` from TQ1_0,
-//! TQ2_0, I2_S or float tensors and refuses anything that is not one per-tensor ternary tensor.
-//! The encoders reproduce ggml / gguf-py / bitnet.cpp bytes (checked against gguf-py golden
-//! vectors in `tests/data`).
+//! The codecs in [`quants`] are pure functions over byte slices. Float formats and
+//! Q8_0/Q6_K/Q4_K/Q4_0 dequantize value for value as ggml does; [`decode_ternary`] recovers
+//! `t * scale` from TQ1_0, TQ2_0, I2_S or float tensors and refuses anything that is not one
+//! per-tensor ternary tensor. The encoders reproduce ggml / gguf-py / bitnet.cpp bytes (checked
+//! against gguf-py golden vectors in `tests/data`, and for Q4_K, which gguf-py cannot quantize,
+//! against ggml's own C quantizer).
 //!
 //! # Writing
 //!
@@ -56,7 +57,8 @@ pub mod writer;
 pub use error::{GgufError, Result};
 pub use quants::{
     Ternary, decode_f32, decode_rows_f32, decode_ternary, encode_bf16, encode_f16, encode_f32,
-    encode_i2_s, encode_q6_k, encode_q8_0, encode_tq1_0, encode_tq2_0, ternarize_f32,
+    encode_i2_s, encode_q4_0, encode_q4_k, encode_q6_k, encode_q8_0, encode_tq1_0, encode_tq2_0,
+    ternarize_f32,
 };
 pub use reader::{GgufFile, TensorInfo};
 pub use types::{TensorType, ggml_type_name, uses_bitnet_fork_ids};

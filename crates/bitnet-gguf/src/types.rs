@@ -25,8 +25,14 @@ pub enum TensorType {
     F16,
     /// bfloat16, id 30.
     BF16,
+    /// Blocks of 32: f16 `d` + 16 bytes of 4-bit codes (value `j` in the low nibble of byte `j`,
+    /// value `j + 16` in its high nibble), `(q - 8) * d`; 18 bytes, id 2.
+    Q4_0,
     /// Blocks of 32: f16 `d` + 32 i8, 34 bytes, id 8.
     Q8_0,
+    /// Blocks of 256: f16 `d`, f16 `dmin`, `scales[12]` (8 packed 6-bit scales and mins),
+    /// `qs[128]` (4-bit); `d * sc * q - dmin * m`; 144 bytes, id 12.
+    Q4_K,
     /// Blocks of 256: `ql[128]`, `qh[64]`, `scales[16]` (i8), f16 `d`; 210 bytes, id 14.
     Q6_K,
     /// Ternary, blocks of 256: base-3 packed `qs[48]`, `qh[4]`, f16 `d`; 54 bytes, id 34.
@@ -40,11 +46,13 @@ pub enum TensorType {
 
 impl TensorType {
     /// Every type this crate supports.
-    pub const ALL: [TensorType; 8] = [
+    pub const ALL: [TensorType; 10] = [
         TensorType::F32,
         TensorType::F16,
         TensorType::BF16,
+        TensorType::Q4_0,
         TensorType::Q8_0,
+        TensorType::Q4_K,
         TensorType::Q6_K,
         TensorType::TQ1_0,
         TensorType::TQ2_0,
@@ -57,7 +65,9 @@ impl TensorType {
         match type_id {
             0 => Some(TensorType::F32),
             1 => Some(TensorType::F16),
+            2 => Some(TensorType::Q4_0),
             8 => Some(TensorType::Q8_0),
+            12 => Some(TensorType::Q4_K),
             14 => Some(TensorType::Q6_K),
             30 => Some(TensorType::BF16),
             34 => Some(TensorType::TQ1_0),
@@ -72,7 +82,9 @@ impl TensorType {
         match self {
             TensorType::F32 => 0,
             TensorType::F16 => 1,
+            TensorType::Q4_0 => 2,
             TensorType::Q8_0 => 8,
+            TensorType::Q4_K => 12,
             TensorType::Q6_K => 14,
             TensorType::BF16 => 30,
             TensorType::TQ1_0 => 34,
@@ -87,7 +99,9 @@ impl TensorType {
             TensorType::F32 => "F32",
             TensorType::F16 => "F16",
             TensorType::BF16 => "BF16",
+            TensorType::Q4_0 => "Q4_0",
             TensorType::Q8_0 => "Q8_0",
+            TensorType::Q4_K => "Q4_K",
             TensorType::Q6_K => "Q6_K",
             TensorType::TQ1_0 => "TQ1_0",
             TensorType::TQ2_0 => "TQ2_0",
@@ -101,9 +115,9 @@ impl TensorType {
     pub fn block_size(self) -> u64 {
         match self {
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => 1,
-            TensorType::Q8_0 => 32,
+            TensorType::Q4_0 | TensorType::Q8_0 => 32,
             TensorType::I2_S => 128,
-            TensorType::Q6_K | TensorType::TQ1_0 | TensorType::TQ2_0 => 256,
+            TensorType::Q4_K | TensorType::Q6_K | TensorType::TQ1_0 | TensorType::TQ2_0 => 256,
         }
     }
 
@@ -112,7 +126,9 @@ impl TensorType {
         match self {
             TensorType::F32 => 4,
             TensorType::F16 | TensorType::BF16 => 2,
+            TensorType::Q4_0 => 18,
             TensorType::Q8_0 => 34,
+            TensorType::Q4_K => 144,
             TensorType::Q6_K => 210,
             TensorType::TQ1_0 => 54,
             TensorType::TQ2_0 => 66,
@@ -240,7 +256,7 @@ mod tests {
         assert_eq!(TensorType::from_id(36, "llama"), None);
         assert_eq!(TensorType::from_id(36, ""), None);
         for arch in ["bitnet-b1.58", "llama"] {
-            for id in [37, 38, 39, 2, 12, 40] {
+            for id in [37, 38, 39, 3, 13, 40] {
                 assert_eq!(TensorType::from_id(id, arch), None, "id {id} arch {arch}");
             }
         }
@@ -263,6 +279,9 @@ mod tests {
         assert_eq!(TensorType::TQ2_0.n_bytes(256).unwrap(), 66);
         assert_eq!(TensorType::Q6_K.n_bytes(256).unwrap(), 210);
         assert_eq!(TensorType::Q8_0.n_bytes(64).unwrap(), 68);
+        assert_eq!(TensorType::Q4_0.n_bytes(64).unwrap(), 36);
+        assert_eq!(TensorType::Q4_K.n_bytes(512).unwrap(), 288);
+        assert!(TensorType::Q4_0.n_bytes(48).is_err());
         assert_eq!(TensorType::BF16.n_bytes(3).unwrap(), 6);
         assert_eq!(TensorType::F32.n_bytes(0).unwrap(), 0);
         assert!(TensorType::I2_S.n_bytes(64).is_err());

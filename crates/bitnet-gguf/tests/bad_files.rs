@@ -5,7 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use bitnet_gguf::{
-    GgufError, GgufFile, GgufWriter, TensorType, encode_f32, encode_i2_s, encode_q8_0,
+    GgufError, GgufFile, GgufWriter, TensorType, encode_f32, encode_i2_s, encode_q4_0, encode_q4_k,
+    encode_q8_0,
 };
 use proptest::prelude::*;
 
@@ -127,7 +128,8 @@ fn assert_err(bytes: Vec<u8>, needles: &[&str]) {
     }
 }
 
-/// A small valid file: bitnet.cpp architecture, an F32 norm, a Q8_0 matrix and an I2_S matrix
+/// A small valid file: bitnet.cpp architecture, an F32 norm, Q8_0, Q4_0 and Q4_K matrices and an
+/// I2_S matrix
 /// whose size is a multiple of the alignment (so every proper prefix of the data is invalid).
 fn valid_file() -> Vec<u8> {
     let mut w = GgufWriter::new();
@@ -144,6 +146,11 @@ fn valid_file() -> Vec<u8> {
     let q8: Vec<f32> = (0..64).map(|i| i as f32 / 10.0).collect();
     w.add_tensor("q8", vec![32, 2], 8, encode_q8_0(&q8).unwrap())
         .unwrap();
+    w.add_tensor("q4", vec![32, 2], 2, encode_q4_0(&q8).unwrap())
+        .unwrap();
+    let q4k: Vec<f32> = (0..256).map(|i| (i % 19) as f32 / 7.0 - 1.0).collect();
+    w.add_tensor("q4k", vec![256, 1], 12, encode_q4_k(&q4k).unwrap())
+        .unwrap();
     let codes: Vec<i8> = (0..384).map(|i| (i % 3) as i8 - 1).collect();
     w.add_tensor("w", vec![128, 3], 36, encode_i2_s(&codes, 1.5).unwrap())
         .unwrap();
@@ -159,6 +166,13 @@ fn exercise(f: &GgufFile) {
         if t.row_len() > 0 && t.row_len() <= 4096 {
             let mut row = vec![0.0f32; t.row_len() as usize];
             let _ = f.decode_rows_f32(t, 0, &mut row);
+            if let (Some(k), Ok(data)) = (t.kind, f.tensor_data(t))
+                && bitnet_gguf::quants::supports_dot(k)
+            {
+                row.fill(0.5);
+                let mut out = [0.0f32; 2];
+                let _ = bitnet_gguf::quants::dot_rows_f32(k, data, row.len(), 0, &row, 1, &mut out);
+            }
         }
     }
     let _ = f.architecture();
@@ -184,7 +198,7 @@ fn the_allocation_tracker_works() {
 #[test]
 fn the_base_file_is_valid() {
     let f = GgufFile::from_bytes(valid_file()).unwrap();
-    assert_eq!(f.tensors().len(), 3);
+    assert_eq!(f.tensors().len(), 5);
     exercise(&f);
     let w = f.tensor("w").unwrap();
     assert_eq!(f.decode_ternary(w).unwrap().scale, 1.5);
@@ -450,10 +464,10 @@ fn tensor_info_errors() {
 
 #[test]
 fn unknown_types_open_but_refuse_their_data() {
-    // TL1 (38 in bitnet.cpp's table), Q4_K (12), and 36 under an upstream architecture.
+    // TL1 (38 in bitnet.cpp's table), Q5_K (13), and 36 under an upstream architecture.
     for (arch, id, label) in [
         ("bitnet-b1.58", 38u32, "TL1"),
-        ("bitnet-25", 12, "Q4_K"),
+        ("bitnet-25", 13, "Q5_K"),
         ("bitnet", 36, ""),
         ("llama", 999, ""),
     ] {

@@ -4,7 +4,7 @@
 
 use bitnet_gguf::{
     Array, GgufFile, TensorType, Value, decode_f32, decode_ternary, encode_bf16, encode_f16,
-    encode_q8_0, encode_tq1_0, encode_tq2_0,
+    encode_q4_0, encode_q4_k, encode_q8_0, encode_tq1_0, encode_tq2_0,
 };
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -89,6 +89,41 @@ fn q8_0_matches_gguf_py_both_ways() {
     let deq = f32s(include_bytes!("data/q8_0_dequant.f32"));
     assert_eq!(
         bits(&decode_f32(TensorType::Q8_0, golden, x.len()).unwrap()),
+        bits(&deq)
+    );
+}
+
+#[test]
+fn q4_0_matches_gguf_py_both_ways() {
+    let x = f32s(include_bytes!("data/q4_0_input.f32"));
+    let golden = include_bytes!("data/q4_0.bin");
+    let ours = encode_q4_0(&x).unwrap();
+    for (b, (a, g)) in ours.chunks(18).zip(golden.chunks(18)).enumerate() {
+        assert_eq!(a, g, "Q4_0 block {b} differs from gguf-py");
+    }
+    assert_eq!(ours, golden.to_vec());
+    let deq = f32s(include_bytes!("data/q4_0_dequant.f32"));
+    assert_eq!(
+        bits(&decode_f32(TensorType::Q4_0, golden, x.len()).unwrap()),
+        bits(&deq)
+    );
+}
+
+/// Q4_K bytes from ggml's own C quantizer (`data/gen_q4_k.c`; gguf-py has none), and gguf-py's
+/// dequantization of arbitrary blocks.
+#[test]
+fn q4_k_matches_ggml_and_gguf_py() {
+    let x = f32s(include_bytes!("data/q4_k_input.f32"));
+    let golden = include_bytes!("data/q4_k.bin");
+    let ours = encode_q4_k(&x).unwrap();
+    for (b, (a, g)) in ours.chunks(144).zip(golden.chunks(144)).enumerate() {
+        assert_eq!(a, g, "Q4_K super-block {b} differs from ggml");
+    }
+    assert_eq!(ours, golden.to_vec());
+    let data = include_bytes!("data/q4_k_random.bin");
+    let deq = f32s(include_bytes!("data/q4_k_random_dequant.f32"));
+    assert_eq!(
+        bits(&decode_f32(TensorType::Q4_K, data, 768).unwrap()),
         bits(&deq)
     );
 }

@@ -15,9 +15,11 @@ use bitnet_gguf::quants::dot::{DotKernel, QuantizedActs, dot_rows_quantized};
 fn random_rows(kind: TensorType, rows: usize, cols: usize) -> Vec<u8> {
     let (block, scale_at) = match kind {
         TensorType::Q8_0 => (34, 0),
+        TensorType::Q4_0 => (18, 0),
+        TensorType::Q4_K => (144, 0),
         _ => (210, 208),
     };
-    let n = rows * cols / if kind == TensorType::Q8_0 { 32 } else { 256 };
+    let n = rows * cols / kind.block_size() as usize;
     let mut s = 0x1234_5678_9abc_def0u64;
     let mut out: Vec<u8> = (0..n * block)
         .map(|_| {
@@ -30,6 +32,9 @@ fn random_rows(kind: TensorType, rows: usize, cols: usize) -> Vec<u8> {
     let d = half::f16::from_f32(0.001).to_bits().to_le_bytes();
     for b in out.chunks_exact_mut(block) {
         b[scale_at..scale_at + 2].copy_from_slice(&d);
+        if kind == TensorType::Q4_K {
+            b[2..4].copy_from_slice(&d); // dmin
+        }
     }
     out
 }
@@ -79,7 +84,12 @@ fn kernel_throughput() {
         .collect();
     let mut acts = QuantizedActs::new();
     acts.quantize(&x, 1).unwrap();
-    for kind in [TensorType::Q8_0, TensorType::Q6_K] {
+    for kind in [
+        TensorType::Q8_0,
+        TensorType::Q6_K,
+        TensorType::Q4_K,
+        TensorType::Q4_0,
+    ] {
         for rows in [32768usize, 256] {
             let data = random_rows(kind, rows, cols);
             let mut out = vec![0.0f32; rows];

@@ -4,8 +4,8 @@
 
 use bitnet_gguf::{
     Array, GgufFile, GgufWriter, TensorType, Value, decode_f32, decode_rows_f32, decode_ternary,
-    encode_bf16, encode_f16, encode_f32, encode_i2_s, encode_q6_k, encode_q8_0, encode_tq1_0,
-    encode_tq2_0,
+    encode_bf16, encode_f16, encode_f32, encode_i2_s, encode_q4_0, encode_q4_k, encode_q6_k,
+    encode_q8_0, encode_tq1_0, encode_tq2_0,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -81,7 +81,9 @@ fn arb_tensor() -> impl Strategy<Value = (TensorType, Vec<u64>, Vec<u8>)> {
         Just(TensorType::F32),
         Just(TensorType::F16),
         Just(TensorType::BF16),
+        Just(TensorType::Q4_0),
         Just(TensorType::Q8_0),
+        Just(TensorType::Q4_K),
         Just(TensorType::Q6_K),
         Just(TensorType::TQ1_0),
         Just(TensorType::TQ2_0),
@@ -238,6 +240,25 @@ proptest! {
     }
 
     #[test]
+    fn q4_0_round_trip(x in (1usize..4).prop_flat_map(|k| vec(-100.0f32..100.0, 32 * k))) {
+        let bytes = encode_q4_0(&x).unwrap();
+        let y = decode_f32(TensorType::Q4_0, &bytes, x.len()).unwrap();
+        for (block, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 8.0;
+            for (a, b) in xs.iter().zip(ys) {
+                // Half a step, except near -max, which is clipped to 7 steps (level +8 does not
+                // exist): up to one step off.
+                let step = if a.abs() > 7.0 * d { 1.0 } else { 0.5 };
+                let tol = d * step + amax * 1e-3;
+                prop_assert!((a - b).abs() <= tol, "block {} {} vs {}", block, a, b);
+            }
+        }
+        // Values decoded from Q4_0 re-encode to the same bytes.
+        prop_assert_eq!(encode_q4_0(&y).unwrap(), bytes);
+    }
+
+    #[test]
     fn q6_k_reencoding_decoded_blocks_is_lossless(
         blocks in (1usize..3).prop_flat_map(|k| vec(any::<u8>(), 210 * k)),
         d_bits in vec(any::<u16>(), 2),
@@ -282,7 +303,14 @@ proptest! {
         let raw: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
         let grid: Vec<f32> = small.iter().map(|&k| k as f32 * 2f32.powi(exp)).collect();
         for x in [&raw, &grid] {
-            for bytes in [encode_q6_k(x), encode_q8_0(x), encode_f16(x), encode_bf16(x)]
+            for bytes in [
+                encode_q6_k(x),
+                encode_q8_0(x),
+                encode_q4_0(x),
+                encode_q4_k(x),
+                encode_f16(x),
+                encode_bf16(x),
+            ]
                 .into_iter()
                 .flatten()
             {
@@ -290,6 +318,10 @@ proptest! {
             }
             if let Ok(b) = encode_q6_k(x) {
                 let y = decode_f32(TensorType::Q6_K, &b, 256).unwrap();
+                prop_assert!(y.iter().all(|v| v.is_finite()));
+            }
+            if let Ok(b) = encode_q4_k(x) {
+                let y = decode_f32(TensorType::Q4_K, &b, 256).unwrap();
                 prop_assert!(y.iter().all(|v| v.is_finite()));
             }
             let _ = bitnet_gguf::ternarize_f32(x);
@@ -379,8 +411,10 @@ fn gguf_py_compatible_sample() {
         (TensorType::F32, encode_f32(&x)),
         (TensorType::F16, encode_f16(&x).unwrap()),
         (TensorType::BF16, encode_bf16(&x).unwrap()),
+        (TensorType::Q4_0, encode_q4_0(&x).unwrap()),
         (TensorType::Q8_0, encode_q8_0(&x).unwrap()),
         (TensorType::Q6_K, encode_q6_k(&x).unwrap()),
+        (TensorType::Q4_K, encode_q4_k(&x).unwrap()),
         (TensorType::TQ1_0, encode_tq1_0(&codes, 0.5).unwrap()),
         (TensorType::TQ2_0, encode_tq2_0(&codes, 0.5).unwrap()),
     ];

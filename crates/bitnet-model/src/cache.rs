@@ -1,16 +1,20 @@
-//! The key/value cache of one sequence: f32 keys and values per layer, `capacity` positions, on
-//! the host; or, for a model on a device, the device's storage with the same bookkeeping.
+//! The key/value cache of one sequence: keys and values per layer, `capacity` positions, on the
+//! host in the model's [`KvType`] (f32, f16 or q8; their errors are documented there); or, for a model on a
+//! device, the device's storage with the same bookkeeping.
 
 use crate::ModelConfig;
 use crate::accel::DeviceCache;
+use crate::kv::{KvType, KvView, Store};
 
 /// Keys and values of every layer for the positions seen so far.
 pub struct KvCache {
+    kv: KvType,
     kv_dim: usize,
+    head_dim: usize,
     capacity: usize,
     len: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<Store>,
+    values: Vec<Store>,
     /// Set for a model on a device: created at the sequence's first step.
     pub(crate) device: Option<Box<dyn DeviceCache>>,
     pub(crate) on_device: bool,
@@ -19,6 +23,7 @@ pub struct KvCache {
 impl std::fmt::Debug for KvCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvCache")
+            .field("kv", &self.kv)
             .field("len", &self.len)
             .field("capacity", &self.capacity)
             .field("on_device", &self.on_device)
@@ -27,26 +32,29 @@ impl std::fmt::Debug for KvCache {
 }
 
 impl KvCache {
-    /// An empty cache; memory is reserved lazily as positions are written.
-    pub fn new(config: &ModelConfig, capacity: usize) -> Self {
+    /// An empty host cache storing `kv` elements; memory is reserved lazily as positions are
+    /// written. [`crate::Model::new_cache`] picks the model's type.
+    pub fn new(config: &ModelConfig, capacity: usize, kv: KvType) -> Self {
         Self {
+            kv,
             kv_dim: config.kv_dim(),
+            head_dim: config.head_dim,
             capacity,
             len: 0,
-            keys: vec![Vec::new(); config.n_layers],
-            values: vec![Vec::new(); config.n_layers],
+            keys: (0..config.n_layers).map(|_| Store::new(kv)).collect(),
+            values: (0..config.n_layers).map(|_| Store::new(kv)).collect(),
             device: None,
             on_device: false,
         }
     }
 
     /// An empty cache whose storage lives on a device (allocated at the first step).
-    pub(crate) fn new_on_device(config: &ModelConfig, capacity: usize) -> Self {
+    pub(crate) fn new_on_device(config: &ModelConfig, capacity: usize, kv: KvType) -> Self {
         Self {
             on_device: true,
             keys: Vec::new(),
             values: Vec::new(),
-            ..Self::new(config, capacity)
+            ..Self::new(config, capacity, kv)
         }
     }
 
@@ -65,39 +73,48 @@ impl KvCache {
         self.capacity
     }
 
+    /// How keys and values are stored (on a device: what the model was loaded with; the
+    /// backend's own type governs there).
+    pub fn kv_type(&self) -> KvType {
+        self.kv
+    }
+
     /// Forgets positions from `len` on (to reuse a shared prompt prefix or rewind).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
-        for l in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            l.truncate(self.len * self.kv_dim);
+        for s in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            s.truncate(self.len, self.kv_dim, self.head_dim);
         }
     }
 
-    /// Bytes currently used by keys and values.
+    /// Bytes currently used by keys and values (scales included).
     pub fn bytes(&self) -> usize {
         if let Some(d) = &self.device {
             return self.len * d.bytes_per_position();
         }
-        self.keys
-            .iter()
-            .chain(&self.values)
-            .map(|v| v.len() * 4)
-            .sum()
+        self.keys.iter().chain(&self.values).map(Store::bytes).sum()
+    }
+
+    /// The stored keys and values of `layer` (host caches; empty views on a device), for tests
+    /// and tools that inspect what attention reads.
+    pub fn layer_view(&self, layer: usize) -> (KvView<'_>, KvView<'_>) {
+        match (self.keys.get(layer), self.values.get(layer)) {
+            (Some(k), Some(v)) => (k.view(), v.view()),
+            _ => (KvView::F32(&[]), KvView::F32(&[])),
+        }
     }
 
     pub(crate) fn write(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        let end = start * self.kv_dim;
-        self.keys[layer].truncate(end);
-        self.keys[layer].extend_from_slice(k);
-        self.values[layer].truncate(end);
-        self.values[layer].extend_from_slice(v);
+        let (kvd, hd) = (self.kv_dim, self.head_dim);
+        self.keys[layer].write(start, k, kvd, hd);
+        self.values[layer].write(start, v, kvd, hd);
     }
 
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
 
-    pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
-        (&self.keys[layer], &self.values[layer])
+    pub(crate) fn layer(&self, layer: usize) -> (KvView<'_>, KvView<'_>) {
+        (self.keys[layer].view(), self.values[layer].view())
     }
 }

@@ -221,7 +221,8 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError>
     Ok(file.decode_f32(t)?)
 }
 
-/// A Q8_0/Q6_K (or other block-quantized) matrix decoded one row at a time from the mapped file.
+/// A Q8_0/Q6_K/Q4_K/Q4_0 (or other block-quantized) matrix decoded one row at a time from the
+/// mapped file.
 struct GgufRows {
     file: Arc<GgufFile>,
     index: usize,
@@ -246,8 +247,8 @@ impl RowDecoder for GgufRows {
         self.file.tensors()[self.index].n_bytes as usize
     }
 
-    /// Q8_0 and Q6_K rows are multiplied block by block (SIMD, activations quantized to int8
-    /// per 32 values, as ggml does); other formats decode rows.
+    /// Q8_0, Q6_K, Q4_K and Q4_0 rows are multiplied block by block (SIMD, activations
+    /// quantized to int8 per 32 values, as ggml does); other formats decode rows.
     fn dot_rows(&self, first: usize, xs: &[f32], m: usize, out: &mut [f32]) {
         let t = &self.file.tensors()[self.index];
         let kind = t.kind.filter(|&k| bitnet_gguf::quants::supports_dot(k));
@@ -330,7 +331,7 @@ fn float_matrix(
             file.release_pages(name);
             FloatStorage::BF16(v)
         }
-        TensorType::Q8_0 | TensorType::Q6_K => {
+        TensorType::Q4_0 | TensorType::Q8_0 | TensorType::Q4_K | TensorType::Q6_K => {
             if !(cols as u64).is_multiple_of(k.block_size()) {
                 return Err(tensor_err(
                     name,

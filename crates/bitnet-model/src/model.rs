@@ -21,7 +21,7 @@ const HEAD_ROWS_PER_TASK: usize = 2048;
 
 use crate::accel::{Accelerator, DeviceEntry};
 use crate::config::{Activation, ModelConfig};
-use crate::{KvCache, ModelError};
+use crate::{KvCache, KvType, ModelError};
 
 /// The weights of one transformer block.
 pub struct Layer {
@@ -98,6 +98,7 @@ pub struct Model {
     kernel: String,
     pool: Option<Arc<ThreadPool>>,
     accel: Option<Box<dyn Accelerator>>,
+    kv: KvType,
 }
 
 /// Reusable buffers of a forward pass, so decode steps stop allocating once warmed up.
@@ -174,13 +175,29 @@ impl Model {
         (linears + self.output_head().storage_bytes()) as u64
     }
 
-    /// Bytes one cached position of one sequence takes (all layers, keys and values): f32 on the
-    /// CPU, the device's element type on a device.
+    /// Bytes one cached position of one sequence takes (all layers, keys and values, q8 scales
+    /// included): the model's [`KvType`] on the CPU, the device's element type on a device.
     pub fn kv_bytes_per_position(&self) -> usize {
         match &self.accel {
             Some(a) => a.kv_bytes_per_position(),
-            None => 2 * self.config.n_layers * self.config.kv_dim() * 4,
+            None => {
+                let c = &self.config;
+                2 * c.n_layers * c.n_kv_heads * self.kv.vector_bytes(c.head_dim)
+            }
         }
+    }
+
+    /// Sets how the caches of [`Model::new_cache`] store keys and values on the CPU (default:
+    /// [`KvType::F16`]). A model on a device stores them as its backend was told when it was
+    /// placed there; this only records the type for reports.
+    pub fn with_kv_type(mut self, kv: KvType) -> Self {
+        self.kv = kv;
+        self
+    }
+
+    /// How this model's caches store keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
     }
 
     /// The token embedding.
@@ -290,6 +307,7 @@ impl Model {
             kernel: kernel.name().to_string(),
             pool: kernel.thread_pool(),
             accel: None,
+            kv: KvType::default(),
         })
     }
 
@@ -313,6 +331,7 @@ impl Model {
             kernel: accel.describe(),
             pool: None,
             accel: Some(accel),
+            kv: KvType::default(),
         })
     }
 
@@ -339,12 +358,13 @@ impl Model {
         self.head.as_ref().unwrap_or(&self.embed).type_name()
     }
 
-    /// A KV cache for up to `capacity` positions (at most the model's context length).
+    /// A KV cache for up to `capacity` positions (at most the model's context length), storing
+    /// the model's [`KvType`].
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let capacity = capacity.min(self.config.context_length);
         match self.accel {
-            Some(_) => KvCache::new_on_device(&self.config, capacity),
-            None => KvCache::new(&self.config, capacity),
+            Some(_) => KvCache::new_on_device(&self.config, capacity, self.kv),
+            None => KvCache::new(&self.config, capacity, self.kv),
         }
     }
 
@@ -715,7 +735,8 @@ impl Model {
     }
 
     /// Causal attention of every new token (rows of `segs`, each against its own sequence's
-    /// cache), softmax in f32; one task per (token, head) on the thread pool.
+    /// cache), softmax in f32; one task per (token, head) on the thread pool. Keys and values are
+    /// read as stored (f32, f16 or q8), widened a vector at a time inside the loops.
     fn attention(&self, layer: usize, segs: &[Segment], batch: &[BatchEntry<'_>], s: &mut Scratch) {
         let c = &self.config;
         let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
@@ -736,18 +757,10 @@ impl Model {
             let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
             SCORES.with_borrow_mut(|scores| {
                 scores.clear();
-                scores.extend((0..=pos).map(|p| {
-                    let k = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    ops::dot(qv, k) * scaling
-                }));
+                scores.resize(pos + 1, 0.0);
+                keys.scores(qv, kvh, kvd, scaling, scores);
                 ops::softmax(scores);
-                out.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let v = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    for (o, &x) in out.iter_mut().zip(v) {
-                        *o += w * x;
-                    }
-                }
+                values.mix(scores, kvh, kvd, out);
             });
         };
         let n = owner.len();

@@ -1,21 +1,29 @@
 //! Batched forward passes (several sequences, mixed prefill and decode, one GEMM per linear) give
-//! bit-identical logits to running each sequence alone.
+//! bit-identical logits to running each sequence alone, whatever the KV cache stores.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use bitnet_model::{BatchEntry, Logits, Model, Scratch};
+use bitnet_model::{BatchEntry, KvType, Logits, Model, Scratch};
 
-fn model() -> Model {
+fn model(kv: KvType) -> Model {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/models/untied-gqa4/model-tq2_0.gguf");
     let file = bitnet_gguf::GgufFile::open(path).unwrap();
-    bitnet_model::load_gguf(Arc::new(file), &bitnet_core::scalar::ScalarKernel).unwrap()
+    bitnet_model::load_gguf(Arc::new(file), &bitnet_core::scalar::ScalarKernel)
+        .unwrap()
+        .with_kv_type(kv)
 }
 
 #[test]
 fn batched_equals_alone() {
-    let m = model();
+    for kv in KvType::ALL {
+        batched_equals_alone_with(kv);
+    }
+}
+
+fn batched_equals_alone_with(kv: KvType) {
+    let m = model(kv);
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9], &[100, 200, 300]];
     // Alone: prefill each prompt, then decode two tokens.
     let mut alone = Vec::new();
@@ -124,7 +132,7 @@ fn batched_equals_alone() {
 
 #[test]
 fn an_invalid_entry_changes_nothing() {
-    let m = model();
+    let m = model(KvType::default());
     let mut a = m.new_cache(4);
     let mut b = m.new_cache(4);
     let mut step = [

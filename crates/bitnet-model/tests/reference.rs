@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bitnet_core::LinearKernel;
-use bitnet_model::{Model, Scratch};
+use bitnet_model::{KvType, Model, Scratch};
 
 mod support;
 use support::*;
@@ -16,9 +16,11 @@ const TOL: Tolerance = Tolerance {
     hidden: 1e-4,
 };
 
+/// A fixture model with an f32 KV cache: the reference keeps its cache in f32, and the 1e-4
+/// tolerance leaves no room for a 16-bit one (tests/kv.rs bounds those).
 fn load(model: &str, format: &str, kernel: &dyn LinearKernel) -> Model {
     let path = fixtures().join(model).join(format);
-    if format.ends_with(".gguf") {
+    let model = if format.ends_with(".gguf") {
         let file = bitnet_gguf::GgufFile::open(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         bitnet_model::load_gguf(Arc::new(file), kernel)
@@ -27,7 +29,8 @@ fn load(model: &str, format: &str, kernel: &dyn LinearKernel) -> Model {
         let hf =
             bitnet_hf::HfModel::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         bitnet_model::load_hf(&hf, kernel).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
+    };
+    model.with_kv_type(KvType::F32)
 }
 
 fn check_model(model_name: &str) {

@@ -12,8 +12,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Builder** — the advanced options (kernel, context length, KV memory limit, device, offline
-//! hub cache):
+//! **Builder** — the advanced options (kernel, context length, KV cache type and memory limit,
+//! device, offline hub cache):
 //! ```
 //! # fn main() -> Result<(), bitnet::Error> {
 //! # let path = "../../fixtures/models/tied-gqa2/hf-packed";
@@ -40,15 +40,15 @@
 
 pub use bitnet_engine::{
     ChatMessage, ChatTemplate, Device, Engine, EngineBuilder, FinishReason, GenerateOptions,
-    Generation, Inspection, ModelConfig, ModelFormat, ModelInfo, Prompt, SamplingOptions,
+    Generation, Inspection, KvType, ModelConfig, ModelFormat, ModelInfo, Prompt, SamplingOptions,
     TensorSummary, Token, Tokenizer, inspect, load_tokenizer,
 };
 pub use bitnet_engine::{bench, convert};
 
-/// GPU options (head storage, KV cache type) for [`EngineBuilder::gpu_head`] and
-/// [`EngineBuilder::gpu_kv`].
+/// GPU options (head storage) for [`EngineBuilder::gpu_head`]; the KV cache type is
+/// [`EngineBuilder::kv`] on every device.
 pub mod cuda {
-    pub use bitnet_engine::cuda::{HeadType, KvType};
+    pub use bitnet_engine::cuda::HeadType;
 }
 
 /// Everything that can go wrong loading or running a model.

@@ -1,6 +1,6 @@
-//! Dot products of block-quantized rows (Q8_0, Q6_K) with f32 activation vectors, computed from
-//! the blocks themselves instead of decoding each row to f32 first: what a Q8_0 or Q6_K output
-//! head needs to run at memory speed.
+//! Dot products of block-quantized rows (Q8_0, Q6_K, Q4_K, Q4_0) with f32 activation vectors,
+//! computed from the blocks themselves instead of decoding each row to f32 first: what a compact
+//! output head needs to run at memory speed.
 //!
 //! # Numerics
 //!
@@ -176,14 +176,25 @@ impl DotKernel {
     }
 }
 
-/// Whether [`dot_rows_f32`] computes products for `kind` (Q8_0 and Q6_K).
+/// Whether [`dot_rows_f32`] computes products for `kind` (Q8_0, Q6_K, Q4_K and Q4_0).
 pub fn supports_dot(kind: TensorType) -> bool {
-    matches!(kind, TensorType::Q8_0 | TensorType::Q6_K)
+    row_dots(kind).is_some()
 }
 
-/// `out[i * m + j] = row_(first_row + i) . xs_j` for the rows of a Q8_0 or Q6_K tensor whose
-/// rows hold `row_len` elements, against `m` f32 vectors (`xs` is `m x row_len`, row-major);
-/// `out.len() / m` rows are computed. `data` is the whole tensor's bytes.
+/// The row kernels of `kind`, if it has any.
+fn row_dots(kind: TensorType) -> Option<&'static RowDots> {
+    match kind {
+        TensorType::Q8_0 => Some(&super::q8_0::ROW_DOTS),
+        TensorType::Q6_K => Some(&super::q6_k::ROW_DOTS),
+        TensorType::Q4_K => Some(&super::q4_k::ROW_DOTS),
+        TensorType::Q4_0 => Some(&super::q4_0::ROW_DOTS),
+        _ => None,
+    }
+}
+
+/// `out[i * m + j] = row_(first_row + i) . xs_j` for the rows of a Q8_0, Q6_K, Q4_K or Q4_0
+/// tensor whose rows hold `row_len` elements, against `m` f32 vectors (`xs` is `m x row_len`,
+/// row-major); `out.len() / m` rows are computed. `data` is the whole tensor's bytes.
 ///
 /// The vectors are quantized to int8 (see the module notes for the error this adds); the
 /// quantization is cached per thread, so calls that split one head over many row ranges with
@@ -234,12 +245,12 @@ pub fn dot_rows_quantized(
     acts: &QuantizedActs,
     out: &mut [f32],
 ) -> Result<()> {
-    if !supports_dot(kind) {
+    let Some(dots) = row_dots(kind) else {
         return Err(GgufError::data(
             kind.name(),
-            "quantized dot products support only Q8_0 and Q6_K",
+            "quantized dot products support only Q8_0, Q6_K, Q4_K and Q4_0",
         ));
-    }
+    };
     if !DotKernel::available().contains(&kernel) {
         return Err(GgufError::input(
             "quantized dot products",
@@ -280,10 +291,6 @@ pub fn dot_rows_quantized(
         .and_then(|len| start.checked_add(len))
         .ok_or_else(out_of_range)?;
     let rows = data.get(start..end).ok_or_else(out_of_range)?;
-    let dots = match kind {
-        TensorType::Q8_0 => &super::q8_0::ROW_DOTS,
-        _ => &super::q6_k::ROW_DOTS,
-    };
     dot_rows(dots, kernel, rows, row_bytes, acts, out);
     Ok(())
 }

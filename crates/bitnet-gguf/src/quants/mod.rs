@@ -1,5 +1,6 @@
 //! Pure, bounds-checked codecs for the ggml tensor encodings a BitNet engine meets: float types,
-//! Q8_0 and Q6_K (embeddings and heads), and the ternary packings TQ1_0, TQ2_0 and I2_S.
+//! Q8_0, Q6_K, Q4_K and Q4_0 (embeddings and heads), and the ternary packings TQ1_0, TQ2_0 and
+//! I2_S.
 //!
 //! Decoders take `&[u8]` and an element count and check that the byte length is exactly what the
 //! format needs before allocating anything, so a hostile length can never size an allocation.
@@ -7,6 +8,8 @@
 pub mod dot;
 pub mod float;
 pub mod i2s;
+pub mod q4_0;
+pub mod q4_k;
 pub mod q6_k;
 mod q6_k_exact;
 pub mod q8_0;
@@ -16,6 +19,8 @@ pub mod tq;
 pub use dot::{DotKernel, QuantizedActs, dot_rows_f32, supports_dot};
 pub use float::{encode_bf16, encode_f16, encode_f32};
 pub use i2s::encode_i2_s;
+pub use q4_0::encode_q4_0;
+pub use q4_k::encode_q4_k;
 pub use q6_k::encode_q6_k;
 pub use q8_0::encode_q8_0;
 pub use ternary::{Ternary, decode_ternary, ternarize_f32};
@@ -45,7 +50,9 @@ fn decode_into(kind: TensorType, data: &[u8], out: &mut [f32]) -> Result<()> {
         TensorType::F32 => float::decode_f32_into(data, out),
         TensorType::F16 => float::decode_f16_into(data, out),
         TensorType::BF16 => float::decode_bf16_into(data, out),
+        TensorType::Q4_0 => q4_0::decode_into(data, out),
         TensorType::Q8_0 => q8_0::decode_into(data, out),
+        TensorType::Q4_K => q4_k::decode_into(data, out),
         TensorType::Q6_K => q6_k::decode_into(data, out),
         TensorType::TQ1_0 => tq::decode_tq1_0_into(data, out),
         TensorType::TQ2_0 => tq::decode_tq2_0_into(data, out),
@@ -131,7 +138,9 @@ mod tests {
             .collect();
         for (kind, data) in [
             (TensorType::Q8_0, encode_q8_0(&values).unwrap()),
+            (TensorType::Q4_0, encode_q4_0(&values).unwrap()),
             (TensorType::Q6_K, encode_q6_k(&values).unwrap()),
+            (TensorType::Q4_K, encode_q4_k(&values).unwrap()),
             (TensorType::F16, encode_f16(&values).unwrap()),
             (TensorType::BF16, encode_bf16(&values).unwrap()),
             (TensorType::F32, encode_f32(&values)),

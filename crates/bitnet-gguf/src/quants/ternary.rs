@@ -58,10 +58,12 @@ pub fn decode_ternary(kind: TensorType, data: &[u8], n: usize) -> Result<Ternary
                 }
             })
         }
-        TensorType::Q8_0 | TensorType::Q6_K => Err(GgufError::data(
-            kind.name(),
-            "not a ternary encoding: a BitNet linear weight must be TQ1_0, TQ2_0, I2_S or a float type",
-        )),
+        TensorType::Q4_0 | TensorType::Q8_0 | TensorType::Q4_K | TensorType::Q6_K => {
+            Err(GgufError::data(
+                kind.name(),
+                "not a ternary encoding: a BitNet linear weight must be TQ1_0, TQ2_0, I2_S or a float type",
+            ))
+        }
     }
 }
 

@@ -64,6 +64,47 @@ q6 = q6.reshape(-1)
 save("q6_k.bin", q6)
 save("q6_k_dequant.f32", dequantize(q6.reshape(1, -1), Q.Q6_K).astype(np.float32))
 
+# Q4_0: gguf-py's quantizer follows ggml's quantize_row_q4_0_ref. Its own generator, so the files
+# above do not change: head-like normal values, an all-zero block, sign ties (the first of +-a
+# wins), a block whose extreme is positive, exact half-levels, values near f16's range, and
+# subnormal-ish tiny blocks whose f16 scale rounds to zero. (Not -0.0 in a zero block: gguf-py
+# takes the sign of the element there, ggml the +0.0 it starts from.)
+rng4 = np.random.default_rng(4)
+x4 = (rng4.standard_normal(32 * 12) * 0.02).astype(np.float32)
+x4[32:64] = 0.0
+x4[64:96] = np.linspace(-1, 1, 32, dtype=np.float32)
+x4[70], x4[90] = np.float32(-3.0), np.float32(3.0)
+x4[96:128] *= 50
+x4[100] = np.float32(5.0)
+x4[128:160] = np.float32(0.25) * (np.arange(32, dtype=np.float32) % 17 - 8) / 2  # k/2 levels
+x4[135] = np.float32(-2.0)
+x4[160:192] = (rng4.standard_normal(32) * 1e5).astype(np.float32)
+x4[160] = np.float32(5.2e5)
+x4[192:224] = (rng4.standard_normal(32) * 1e-9).astype(np.float32)
+x4[224:256] = (rng4.standard_normal(32) * 3e-7).astype(np.float32)
+save("q4_0_input.f32", x4)
+q4 = quantize(x4.reshape(1, -1), Q.Q4_0).reshape(-1)
+save("q4_0.bin", q4)
+save("q4_0_dequant.f32", dequantize(q4.reshape(1, -1), Q.Q4_0).astype(np.float32))
+
+# Q4_K: gguf-py has no Q4_K quantizer. Its dequantization of arbitrary blocks (every 6-bit scale
+# and min packing, sane f16 d/dmin), and an input for ggml's own quantizer: gen_q4_k.c (see there)
+# turns q4_k_input.f32 into q4_k.bin with quantize_row_q4_K_ref.
+rngk = np.random.default_rng(12)
+qk = rngk.integers(0, 256, size=(3, 144), dtype=np.uint8)
+qk[:, 0:4] = np.array([[0.0123, 0.25], [-0.00042, 0.003], [1.5, -0.75]],
+                      dtype=np.float16).view(np.uint8).reshape(3, 4)
+qk = qk.reshape(-1)
+save("q4_k_random.bin", qk)
+save("q4_k_random_dequant.f32", dequantize(qk.reshape(1, -1), Q.Q4_K).astype(np.float32))
+xk = (rngk.standard_normal(256 * 6) * 0.02).astype(np.float32)
+xk[256:512] = rngk.uniform(0, 1, 256).astype(np.float32)  # all positive: the min clamps to 0
+xk[512:768] = (rngk.integers(-8, 8, 256) * 0.125).astype(np.float32)
+xk[768:800] = 0.0  # an all-zero sub-block
+xk[1024:1280] *= np.where(np.arange(256) % 37 == 3, 50, 1).astype(np.float32)  # outliers
+xk[1280:1536] = 0.0  # an all-zero super-block
+save("q4_k_input.f32", xk)
+
 # F16 / BF16 rounding (including exact ties for bf16).
 f = np.concatenate([
     (rng.standard_normal(60) * 3).astype(np.float32),

@@ -1,0 +1,869 @@
+//! How the host KV cache stores keys and values, and the two loops attention runs over them.
+//!
+//! Three element types, chosen when a model is loaded ([`KvType`]):
+//!
+//! - **f32**: what the reference computes; exact.
+//! - **f16** (default): IEEE half, rounded to nearest even when written. Each element carries a
+//!   relative error of at most 2^-11 (about 4.9e-4); magnitudes beyond 65504 become infinite, as
+//!   in llama.cpp's f16 cache (BitNet's keys and values stay far below that).
+//! - **q8**: per (position, kv head) one f32 scale `s = absmax / 127` and int8 codes
+//!   `round_ties_even(x / s)`. Each element is off by at most `s / 2 = absmax / 254` (0.39% of the
+//!   largest magnitude in its head vector). A score `q . k` moves by at most
+//!   `sum|q_i| * absmax_k / 254`, and because softmax weights sum to 1, the value mix moves by at
+//!   most the largest `absmax_v / 254` of the attended positions, on top of the shift the scores'
+//!   error causes in the weights (a factor `exp(+-2 * max score error)` on each weight).
+//!
+//! The loops never widen the cache into a temporary f32 copy: [`KvView`] converts 16 (AVX-512)
+//! or 8 (AVX2 + F16C, portable) elements at a time inside the dot products and the weighted
+//! sums, picking the instruction set at run time.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// Element type of the host KV cache, chosen when a model is loaded
+/// ([`crate::Model::with_kv_type`]). A model on a GPU stores its cache as its backend's options
+/// say instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    /// f32: exact (what the reference computes), 4 bytes per element.
+    F32,
+    /// IEEE half, 2 bytes per element, rounded to nearest even when written: a relative error
+    /// of at most 2^-11 (about 4.9e-4) per element; magnitudes beyond 65504 would become
+    /// infinite (BitNet's keys and values stay far below). The default, as in llama.cpp and the
+    /// GPU path; the bf16 reference model keeps its own cache in 16 bits too.
+    #[default]
+    F16,
+    /// int8 codes `round_ties_even(x / s)` with one f32 scale `s = absmax / 127` per (position,
+    /// kv head): 1 byte per element plus 4 per head vector. Each element is off by at most
+    /// `s / 2` (0.39% of its head vector's largest magnitude); a score `q . k` by at most
+    /// `sum|q_i| * s_k / 2`; the value mix, whose weights sum to 1, by at most the largest
+    /// `s_v / 2` attended, plus the scores' error carried through softmax. CPU only.
+    Q8,
+}
+
+impl KvType {
+    /// Every type, in order of size.
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::F16, KvType::Q8];
+
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8 => "q8",
+        }
+    }
+
+    /// Bytes one head vector of `head_dim` elements takes, scale included.
+    pub fn vector_bytes(self, head_dim: usize) -> usize {
+        match self {
+            KvType::F32 => 4 * head_dim,
+            KvType::F16 => 2 * head_dim,
+            KvType::Q8 => head_dim + 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown KV cache type '{s}' (expected f32, f16 or q8)"))
+    }
+}
+
+/// Quantizes one head vector as the q8 cache stores it: returns its scale `absmax / 127` (0 for
+/// a zero vector, whose codes are all 0) and writes `round_ties_even(x / scale)` into `codes`.
+pub fn quantize_q8(x: &[f32], codes: &mut [i8]) -> f32 {
+    let absmax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = absmax / 127.0;
+    if scale == 0.0 {
+        codes.fill(0);
+        return 0.0;
+    }
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+/// Keys or values of one layer, for every position written so far (`positions x kv_dim`).
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    /// Codes `positions x kv_dim`, scales `positions x n_kv_heads`.
+    Q8 {
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+    },
+}
+
+impl Store {
+    pub(crate) fn new(kv: KvType) -> Self {
+        match kv {
+            KvType::F32 => Store::F32(Vec::new()),
+            KvType::F16 => Store::F16(Vec::new()),
+            KvType::Q8 => Store::Q8 {
+                codes: Vec::new(),
+                scales: Vec::new(),
+            },
+        }
+    }
+
+    /// Keeps the first `positions`.
+    pub(crate) fn truncate(&mut self, positions: usize, kv_dim: usize, head_dim: usize) {
+        match self {
+            Store::F32(v) => v.truncate(positions * kv_dim),
+            Store::F16(v) => v.truncate(positions * kv_dim),
+            Store::Q8 { codes, scales } => {
+                codes.truncate(positions * kv_dim);
+                scales.truncate(positions * (kv_dim / head_dim));
+            }
+        }
+    }
+
+    /// Stores the rows of `x` (`n x kv_dim`) at positions `start..start + n`, forgetting any
+    /// position from `start` on.
+    pub(crate) fn write(&mut self, start: usize, x: &[f32], kv_dim: usize, head_dim: usize) {
+        self.truncate(start, kv_dim, head_dim);
+        match self {
+            Store::F32(v) => v.extend_from_slice(x),
+            Store::F16(v) => {
+                // Rounds to nearest even, as `f16::from_f32`, with F16C where the CPU has it.
+                let at = v.len();
+                v.resize(at + x.len(), f16::ZERO);
+                v[at..].convert_from_f32_slice(x);
+            }
+            Store::Q8 { codes, scales } => {
+                let at = codes.len();
+                codes.resize(at + x.len(), 0);
+                for (xs, cs) in x
+                    .chunks_exact(head_dim)
+                    .zip(codes[at..].chunks_exact_mut(head_dim))
+                {
+                    scales.push(quantize_q8(xs, cs));
+                }
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::F16(v) => v.len() * 2,
+            Store::Q8 { codes, scales } => codes.len() + scales.len() * 4,
+        }
+    }
+
+    pub(crate) fn view(&self) -> KvView<'_> {
+        match self {
+            Store::F32(v) => KvView::F32(v),
+            Store::F16(v) => KvView::F16(v),
+            Store::Q8 { codes, scales } => KvView::Q8 { codes, scales },
+        }
+    }
+}
+
+/// Read access to one layer's keys or values as stored: `positions x kv_dim` elements, head
+/// `h` of a position at `h * head_dim..(h + 1) * head_dim` of its row.
+#[derive(Clone, Copy, Debug)]
+pub enum KvView<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// IEEE half elements.
+    F16(&'a [f16]),
+    /// int8 codes; element `i` of head `h` at position `p` is
+    /// `codes[p * kv_dim + h * head_dim + i] * scales[p * n_kv_heads + h]`.
+    Q8 {
+        /// `positions x kv_dim` codes.
+        codes: &'a [i8],
+        /// `positions x n_kv_heads` scales.
+        scales: &'a [f32],
+    },
+}
+
+impl KvView<'_> {
+    /// Attention scores against kv head `head`: `out[p] = (q . k_p) * scaling` for every
+    /// position `p < out.len()`, with `head_dim = q.len()`.
+    pub(crate) fn scores(
+        &self,
+        q: &[f32],
+        head: usize,
+        kv_dim: usize,
+        scaling: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        let at = head * hd;
+        match *self {
+            KvView::F32(v) => {
+                simd::dots(q, &v[at..], kv_dim, out);
+                out.iter_mut().for_each(|s| *s *= scaling);
+            }
+            KvView::F16(v) => {
+                simd::dots(q, &v[at..], kv_dim, out);
+                out.iter_mut().for_each(|s| *s *= scaling);
+            }
+            KvView::Q8 { codes, scales } => {
+                simd::dots(q, &codes[at..], kv_dim, out);
+                let n_kv = kv_dim / hd;
+                for (p, s) in out.iter_mut().enumerate() {
+                    *s *= scales[p * n_kv + head] * scaling;
+                }
+            }
+        }
+    }
+
+    /// The weighted sum of kv head `head`'s values: `out = sum_p w[p] * v_p` over the positions
+    /// `p < w.len()`, with `head_dim = out.len()`; `out` is overwritten. For q8 the weights are
+    /// multiplied by their position's scale in place first.
+    pub(crate) fn mix(&self, w: &mut [f32], head: usize, kv_dim: usize, out: &mut [f32]) {
+        let hd = out.len();
+        let at = head * hd;
+        out.fill(0.0);
+        match *self {
+            KvView::F32(v) => simd::axpys(w, &v[at..], kv_dim, out),
+            KvView::F16(v) => simd::axpys(w, &v[at..], kv_dim, out),
+            KvView::Q8 { codes, scales } => {
+                let n_kv = kv_dim / hd;
+                for (p, x) in w.iter_mut().enumerate() {
+                    *x *= scales[p * n_kv + head];
+                }
+                simd::axpys(w, &codes[at..], kv_dim, out);
+            }
+        }
+    }
+}
+
+/// The attention loops over rows of any stored element type, vectorized per instruction set.
+mod simd {
+    use half::f16;
+
+    /// An element the cache stores, widened to f32 one at a time (portable path and tails).
+    pub(crate) trait Elem: Copy + Send + Sync + 'static {
+        fn widen(self) -> f32;
+    }
+
+    impl Elem for f32 {
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self
+        }
+    }
+
+    impl Elem for f16 {
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    impl Elem for i8 {
+        #[inline(always)]
+        fn widen(self) -> f32 {
+            self as f32
+        }
+    }
+
+    /// `out[p] = q . rows[p * stride..p * stride + q.len()]`.
+    pub(crate) fn dots<E: x86::Lanes>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
+        if out.is_empty() {
+            return;
+        }
+        assert!(rows.len() >= (out.len() - 1) * stride + q.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            match x86::level() {
+                // SAFETY: the features were detected on this CPU; bounds checked above.
+                x86::Level::Avx512 => return unsafe { x86::dots_avx512(q, rows, stride, out) },
+                x86::Level::Avx2 => return unsafe { x86::dots_avx2(q, rows, stride, out) },
+                x86::Level::None => {}
+            }
+        }
+        dots_portable(q, rows, stride, out);
+    }
+
+    /// [`dots`] without vector instructions (other CPUs, and the oracle of the tests).
+    pub(crate) fn dots_portable<E: Elem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = dot(q, &rows[p * stride..p * stride + q.len()]);
+        }
+    }
+
+    /// `out += sum_p w[p] * rows[p * stride..p * stride + out.len()]`.
+    pub(crate) fn axpys<E: x86::Lanes>(w: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
+        if w.is_empty() {
+            return;
+        }
+        assert!(rows.len() >= (w.len() - 1) * stride + out.len());
+        #[cfg(target_arch = "x86_64")]
+        {
+            match x86::level() {
+                // SAFETY: the features were detected on this CPU; bounds checked above.
+                x86::Level::Avx512 => return unsafe { x86::axpys_avx512(w, rows, stride, out) },
+                x86::Level::Avx2 => return unsafe { x86::axpys_avx2(w, rows, stride, out) },
+                x86::Level::None => {}
+            }
+        }
+        axpys_portable(w, rows, stride, out);
+    }
+
+    /// [`axpys`] without vector instructions.
+    pub(crate) fn axpys_portable<E: Elem>(w: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
+        for (p, &wp) in w.iter().enumerate() {
+            axpy(wp, &rows[p * stride..p * stride + out.len()], out);
+        }
+    }
+
+    /// Portable dot: eight partial sums over 8-lane chunks (vectorizes), then the tail.
+    fn dot<E: Elem>(q: &[f32], k: &[E]) -> f32 {
+        let (qc, qt) = q.as_chunks::<8>();
+        let (kc, kt) = k.as_chunks::<8>();
+        let mut acc = [0.0f32; 8];
+        for (a, b) in qc.iter().zip(kc) {
+            for l in 0..8 {
+                acc[l] += a[l] * b[l].widen();
+            }
+        }
+        let tail: f32 = qt.iter().zip(kt).map(|(a, b)| a * b.widen()).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// Portable `out += w * v` in 8-lane chunks.
+    fn axpy<E: Elem>(w: f32, v: &[E], out: &mut [f32]) {
+        let (oc, ot) = out.as_chunks_mut::<8>();
+        let (vc, vt) = v.as_chunks::<8>();
+        for (o, x) in oc.iter_mut().zip(vc) {
+            for l in 0..8 {
+                o[l] += w * x[l].widen();
+            }
+        }
+        for (o, x) in ot.iter_mut().zip(vt) {
+            *o += w * x.widen();
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(crate) mod x86 {
+        /// Every element type (no vector loads off x86).
+        pub(crate) trait Lanes: super::Elem {}
+        impl<E: super::Elem> Lanes for E {}
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) mod x86 {
+        use std::arch::x86_64::*;
+
+        use half::f16;
+
+        use super::Elem;
+
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Level {
+            Avx512,
+            Avx2,
+            None,
+        }
+
+        /// The widest instruction set usable here (detection is cached by std).
+        pub(crate) fn level() -> Level {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                Level::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                Level::Avx2
+            } else {
+                Level::None
+            }
+        }
+
+        /// Loads of 16 (AVX-512) or 8 (AVX2) elements widened to f32.
+        pub(crate) trait Lanes: Elem {
+            /// # Safety
+            /// AVX-512F is present and `p..p + 16` is readable.
+            unsafe fn load16(p: *const Self) -> __m512;
+            /// # Safety
+            /// AVX2 and F16C are present and `p..p + 8` is readable.
+            unsafe fn load8(p: *const Self) -> __m256;
+        }
+
+        impl Lanes for f32 {
+            #[inline(always)]
+            unsafe fn load16(p: *const f32) -> __m512 {
+                // SAFETY: as the trait requires.
+                unsafe { _mm512_loadu_ps(p) }
+            }
+            #[inline(always)]
+            unsafe fn load8(p: *const f32) -> __m256 {
+                // SAFETY: as the trait requires.
+                unsafe { _mm256_loadu_ps(p) }
+            }
+        }
+
+        impl Lanes for f16 {
+            #[inline(always)]
+            unsafe fn load16(p: *const f16) -> __m512 {
+                // SAFETY: as the trait requires; f16 is a transparent u16.
+                unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+            }
+            #[inline(always)]
+            unsafe fn load8(p: *const f16) -> __m256 {
+                // SAFETY: as the trait requires; f16 is a transparent u16.
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+            }
+        }
+
+        impl Lanes for i8 {
+            #[inline(always)]
+            unsafe fn load16(p: *const i8) -> __m512 {
+                // SAFETY: as the trait requires.
+                unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+            }
+            #[inline(always)]
+            unsafe fn load8(p: *const i8) -> __m256 {
+                // SAFETY: as the trait requires.
+                unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+            }
+        }
+
+        /// # Safety
+        /// AVX-512F is present; `rows` holds `(out.len() - 1) * stride + q.len()` elements.
+        #[target_feature(enable = "avx512f")]
+        pub(crate) unsafe fn dots_avx512<E: Lanes>(
+            q: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let n = q.len();
+            let full = n / 32 * 32;
+            let half = n / 16 * 16;
+            for (p, o) in out.iter_mut().enumerate() {
+                let row = &rows[p * stride..p * stride + n];
+                let (qp, kp) = (q.as_ptr(), row.as_ptr());
+                let mut acc = [_mm512_setzero_ps(); 2];
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 32 <= n for both q and row.
+                    unsafe {
+                        acc[0] = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(qp.add(i)),
+                            E::load16(kp.add(i)),
+                            acc[0],
+                        );
+                        acc[1] = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(qp.add(i + 16)),
+                            E::load16(kp.add(i + 16)),
+                            acc[1],
+                        );
+                    }
+                    i += 32;
+                }
+                if i < half {
+                    // SAFETY: i + 16 <= n.
+                    unsafe {
+                        acc[0] = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(qp.add(i)),
+                            E::load16(kp.add(i)),
+                            acc[0],
+                        );
+                    }
+                    i += 16;
+                }
+                let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                for k in i..n {
+                    sum += q[k] * row[k].widen();
+                }
+                *o = sum;
+            }
+        }
+
+        /// # Safety
+        /// AVX-512F is present; `rows` holds `(w.len() - 1) * stride + out.len()` elements.
+        #[target_feature(enable = "avx512f")]
+        pub(crate) unsafe fn axpys_avx512<E: Lanes>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let n = out.len();
+            let full = n / 16 * 16;
+            for (p, &wp) in w.iter().enumerate() {
+                let row = &rows[p * stride..p * stride + n];
+                let (kp, op) = (row.as_ptr(), out.as_mut_ptr());
+                let wv = _mm512_set1_ps(wp);
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 16 <= n for both row and out.
+                    unsafe {
+                        let o =
+                            _mm512_fmadd_ps(wv, E::load16(kp.add(i)), _mm512_loadu_ps(op.add(i)));
+                        _mm512_storeu_ps(op.add(i), o);
+                    }
+                    i += 16;
+                }
+                for k in full..n {
+                    out[k] += wp * row[k].widen();
+                }
+            }
+        }
+
+        /// # Safety
+        /// AVX2, FMA and F16C are present; `rows` holds `(out.len() - 1) * stride + q.len()`
+        /// elements.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dots_avx2<E: Lanes>(
+            q: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let n = q.len();
+            let full = n / 16 * 16;
+            let half = n / 8 * 8;
+            for (p, o) in out.iter_mut().enumerate() {
+                let row = &rows[p * stride..p * stride + n];
+                let (qp, kp) = (q.as_ptr(), row.as_ptr());
+                let mut acc = [_mm256_setzero_ps(); 2];
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 16 <= n for both q and row.
+                    unsafe {
+                        acc[0] = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(qp.add(i)),
+                            E::load8(kp.add(i)),
+                            acc[0],
+                        );
+                        acc[1] = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(qp.add(i + 8)),
+                            E::load8(kp.add(i + 8)),
+                            acc[1],
+                        );
+                    }
+                    i += 16;
+                }
+                if i < half {
+                    // SAFETY: i + 8 <= n.
+                    unsafe {
+                        acc[0] = _mm256_fmadd_ps(
+                            _mm256_loadu_ps(qp.add(i)),
+                            E::load8(kp.add(i)),
+                            acc[0],
+                        );
+                    }
+                    i += 8;
+                }
+                let s = _mm256_add_ps(acc[0], acc[1]);
+                let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                let mut sum = _mm_cvtss_f32(s);
+                for k in i..n {
+                    sum += q[k] * row[k].widen();
+                }
+                *o = sum;
+            }
+        }
+
+        /// # Safety
+        /// AVX2, FMA and F16C are present; `rows` holds `(w.len() - 1) * stride + out.len()`
+        /// elements.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn axpys_avx2<E: Lanes>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let n = out.len();
+            let full = n / 8 * 8;
+            for (p, &wp) in w.iter().enumerate() {
+                let row = &rows[p * stride..p * stride + n];
+                let (kp, op) = (row.as_ptr(), out.as_mut_ptr());
+                let wv = _mm256_set1_ps(wp);
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 8 <= n for both row and out.
+                    unsafe {
+                        let o =
+                            _mm256_fmadd_ps(wv, E::load8(kp.add(i)), _mm256_loadu_ps(op.add(i)));
+                        _mm256_storeu_ps(op.add(i), o);
+                    }
+                    i += 8;
+                }
+                for k in full..n {
+                    out[k] += wp * row[k].widen();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1) (xorshift), so failures reproduce.
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn store(kv: KvType, x: &[f32], kv_dim: usize, head_dim: usize) -> Store {
+        let mut s = Store::new(kv);
+        s.write(0, x, kv_dim, head_dim);
+        s
+    }
+
+    /// Exact attention of one head in f64 over f32 keys and values.
+    fn attend_f64(q: &[f32], k: &[f32], v: &[f32], head: usize, kv_dim: usize) -> Vec<f64> {
+        let hd = q.len();
+        let n = k.len() / kv_dim;
+        let row = |m: &[f32], p: usize| m[p * kv_dim + head * hd..][..hd].to_vec();
+        let s: Vec<f64> = (0..n)
+            .map(|p| {
+                let kp = row(k, p);
+                q.iter()
+                    .zip(&kp)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        let mut out = vec![0.0f64; hd];
+        for (p, w) in e.iter().enumerate() {
+            for (o, x) in out.iter_mut().zip(row(v, p)) {
+                *o += w / z * x as f64;
+            }
+        }
+        out
+    }
+
+    fn attend(kv: KvType, q: &[f32], k: &[f32], v: &[f32], head: usize, kv_dim: usize) -> Vec<f32> {
+        let hd = q.len();
+        let (ks, vs) = (store(kv, k, kv_dim, hd), store(kv, v, kv_dim, hd));
+        let mut w = vec![0.0f32; k.len() / kv_dim];
+        ks.view()
+            .scores(q, head, kv_dim, (hd as f32).powf(-0.5), &mut w);
+        bitnet_core::ops::softmax(&mut w);
+        let mut out = vec![0.0f32; hd];
+        vs.view().mix(&mut w, head, kv_dim, &mut out);
+        out
+    }
+
+    /// Every instruction-set path this CPU has gives the portable path's results (to rounding).
+    #[test]
+    fn every_vector_path_agrees_with_the_portable_one() {
+        fn check<E: simd::x86::Lanes + std::fmt::Debug>(conv: fn(f32) -> E) {
+            for hd in [1, 5, 8, 9, 16, 23, 32, 47, 64, 128] {
+                let (stride, n) = (3 * hd + 1, 9);
+                let rows: Vec<E> = noise(n * stride, hd as u64).into_iter().map(conv).collect();
+                let q = noise(hd, 5);
+                let w = noise(n, 6);
+                let mut want = vec![0.0f32; n];
+                simd::dots_portable(&q, &rows, stride, &mut want);
+                let mut want_mix = vec![0.0f32; hd];
+                simd::axpys_portable(&w, &rows, stride, &mut want_mix);
+                let close = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + y.abs()))
+                };
+                let mut got = vec![0.0f32; n];
+                let mut mix = vec![0.0f32; hd];
+                simd::dots(&q, &rows, stride, &mut got);
+                simd::axpys(&w, &rows, stride, &mut mix);
+                assert!(
+                    close(&got, &want) && close(&mix, &want_mix),
+                    "dispatched, hd {hd}"
+                );
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
+                    got.fill(0.0);
+                    mix.fill(0.0);
+                    // SAFETY: the features were detected just above; the sizes fit.
+                    unsafe {
+                        simd::x86::dots_avx2(&q, &rows, stride, &mut got);
+                        simd::x86::axpys_avx2(&w, &rows, stride, &mut mix);
+                    }
+                    assert!(
+                        close(&got, &want) && close(&mix, &want_mix),
+                        "avx2, hd {hd}"
+                    );
+                }
+            }
+        }
+        check::<f32>(|x| x);
+        check::<f16>(f16::from_f32);
+        check::<i8>(|x| (x * 127.0) as i8);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for t in KvType::ALL {
+            assert_eq!(t.to_string().parse::<KvType>(), Ok(t));
+        }
+        assert!(
+            "bf16"
+                .parse::<KvType>()
+                .unwrap_err()
+                .contains("f32, f16 or q8")
+        );
+        assert_eq!(KvType::default(), KvType::F16);
+    }
+
+    #[test]
+    fn q8_rounds_ties_to_even_and_keeps_absmax() {
+        let mut codes = [0i8; 6];
+        let s = quantize_q8(&[127.0, 0.5, 1.5, -2.5, -127.0, 3.49], &mut codes);
+        assert_eq!(s, 1.0);
+        assert_eq!(codes, [127, 0, 2, -2, -127, 3]);
+        let s = quantize_q8(&[0.0; 6], &mut codes);
+        assert_eq!((s, codes), (0.0, [0; 6]));
+    }
+
+    #[test]
+    fn stores_hold_exactly_what_each_type_defines() {
+        let (hd, kv_dim, n) = (24, 72, 5);
+        let x = noise(n * kv_dim, 1);
+        let f16s = store(KvType::F16, &x, kv_dim, hd);
+        let KvView::F16(h) = f16s.view() else {
+            unreachable!()
+        };
+        let want: Vec<f16> = x.iter().map(|&e| f16::from_f32(e)).collect();
+        assert_eq!(h, &want[..]);
+        let s = store(KvType::Q8, &x, kv_dim, hd);
+        let KvView::Q8 { codes, scales } = s.view() else {
+            unreachable!()
+        };
+        for (i, v) in x.chunks_exact(hd).enumerate() {
+            let absmax = v.iter().fold(0.0f32, |m, e| m.max(e.abs()));
+            let scale = absmax / 127.0;
+            assert_eq!(scales[i], scale);
+            for (j, &e) in v.iter().enumerate() {
+                assert_eq!(codes[i * hd + j], (e / scale).round_ties_even() as i8);
+            }
+        }
+        assert_eq!(s.bytes(), n * kv_dim + n * 3 * 4);
+        // Rewriting from a position replaces it and forgets the rest.
+        let mut s = s;
+        s.write(2, &x[..kv_dim], kv_dim, hd);
+        let KvView::Q8 { codes, scales } = s.view() else {
+            unreachable!()
+        };
+        assert_eq!((codes.len(), scales.len()), (3 * kv_dim, 9));
+        assert_eq!(&codes[2 * kv_dim..], &codes[..kv_dim]);
+    }
+
+    /// The vector loops against plain f64 sums, for every type, odd sizes and tails included.
+    #[test]
+    fn dots_and_mixes_match_f64_sums() {
+        for hd in [1, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 128] {
+            let (n_kv, n) = (3, 11);
+            let kv_dim = n_kv * hd;
+            let x = noise(n * kv_dim, hd as u64);
+            let q = noise(hd, 99);
+            let w: Vec<f32> = noise(n, 7).iter().map(|v| v.abs()).collect();
+            for kv in KvType::ALL {
+                let s = store(kv, &x, kv_dim, hd);
+                // What the store holds, widened exactly.
+                let held: Vec<f64> = match s.view() {
+                    KvView::F32(v) => v.iter().map(|&e| e as f64).collect(),
+                    KvView::F16(v) => v.iter().map(|e| e.to_f64()).collect(),
+                    KvView::Q8 { codes, scales } => codes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &c)| c as f64 * scales[i / hd] as f64)
+                        .collect(),
+                };
+                let head = 2;
+                let row = |p: usize| &held[p * kv_dim + head * hd..][..hd];
+                let mut scores = vec![0.0f32; n];
+                s.view().scores(&q, head, kv_dim, 0.5, &mut scores);
+                for (p, &got) in scores.iter().enumerate() {
+                    let want: f64 = 0.5
+                        * q.iter()
+                            .zip(row(p))
+                            .map(|(&a, b)| a as f64 * b)
+                            .sum::<f64>();
+                    assert!((got as f64 - want).abs() < 1e-5, "{kv} hd {hd} score {p}");
+                }
+                let mut out = vec![f32::NAN; hd];
+                let mut ww = w.clone();
+                s.view().mix(&mut ww, head, kv_dim, &mut out);
+                for (i, &got) in out.iter().enumerate() {
+                    let want: f64 = (0..n).map(|p| w[p] as f64 * row(p)[i]).sum();
+                    assert!((got as f64 - want).abs() < 1e-5, "{kv} hd {hd} mix {i}");
+                }
+            }
+        }
+    }
+
+    /// Attention over random keys and values: f16 within its per-element error of the exact
+    /// result, q8 within the bound documented on [`KvType::Q8`].
+    #[test]
+    fn attention_error_stays_within_each_types_bound() {
+        let (hd, n_kv, n) = (128, 2, 300);
+        let kv_dim = n_kv * hd;
+        for seed in 0..4 {
+            // Keys scaled so that the scores spread over several units, like a trained model's.
+            let k: Vec<f32> = noise(n * kv_dim, 10 + seed)
+                .iter()
+                .map(|x| 3.0 * x)
+                .collect();
+            let v = noise(n * kv_dim, 20 + seed);
+            let q = noise(hd, 30 + seed);
+            let head = 1;
+            let exact = attend_f64(&q, &k, &v, head, kv_dim);
+            let err = |kv| {
+                let got = attend(kv, &q, &k, &v, head, kv_dim);
+                got.iter()
+                    .zip(&exact)
+                    .map(|(&a, b)| (a as f64 - b).abs())
+                    .fold(0.0, f64::max)
+            };
+            assert!(err(KvType::F32) < 1e-6);
+            // Measured 3e-5 to 5e-5 (outputs of about 0.03).
+            assert!(err(KvType::F16) < 2e-4, "f16: {}", err(KvType::F16));
+            // q8: value error <= max s_v / 2; score error <= sum|q| * max s_k / 2 / sqrt(hd),
+            // which moves each weight by a factor exp(+-2 * that), bounded on |v| <= 1.
+            let q1: f64 = q.iter().map(|x| x.abs() as f64).sum();
+            let s_k = 3.0 / 127.0;
+            let s_v = 1.0 / 127.0;
+            let score_err = q1 * s_k / 2.0 / (hd as f64).sqrt();
+            let bound = s_v / 2.0 + ((2.0 * score_err).exp() - 1.0);
+            let e = err(KvType::Q8);
+            assert!(e < bound, "q8: {e} vs bound {bound}");
+            // Rounding errors of many positions mostly cancel: measured 6e-4 to 1e-3, under
+            // the value part of the bound alone.
+            assert!(e < s_v / 2.0, "q8: {e}");
+        }
+    }
+}
