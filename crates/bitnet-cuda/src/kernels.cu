@@ -451,12 +451,15 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         }
     }
 }
+// blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
 #define MMA_ENTRY(N)                                                                                         \
     extern "C" __global__ void __launch_bounds__(NW * 32)                                                  \
         ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
                         const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
                         int accumulate) {                                                                   \
-        mma_body<N>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate);   \
+        int t0 = blockIdx.y * N * 8;                                                                        \
+        mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
+                    min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);             \
     }
 MMA_ENTRY(1)
 MMA_ENTRY(2)

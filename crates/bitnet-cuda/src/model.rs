@@ -1042,18 +1042,19 @@ fn launch_linear(
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
             (Some(m), n) if n <= 32 => (&m[2], n),
-            (Some(m), n) => (&m[3], n.min(MMA_TOKENS)),
+            // Every remaining token in one launch: MMA_TOKENS per tile, tiles along grid y.
+            (Some(m), n) => (&m[3], n),
             (None, n) => (gemv, n.min(4)),
         };
         // The tensor-core kernels take two strips per block.
-        let blocks = if f.name() == gemv_name {
-            strips
+        let (blocks, tiles) = if f.name() == gemv_name {
+            (strips, 1)
         } else {
-            strips.div_ceil(2)
+            (strips.div_ceil(2), n.div_ceil(MMA_TOKENS) as u32)
         };
         gpu.launch(
             f,
-            (blocks, 1, 1),
+            (blocks, tiles, 1),
             256,
             0,
             &[
