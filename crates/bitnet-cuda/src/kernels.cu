@@ -452,8 +452,10 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     }
 }
 // blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
-#define MMA_ENTRY(N)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(NW * 32)                                                  \
+// MINB blocks per SM bound the registers (a 64-token N = 8 variant took 134 per thread, so one
+// block per SM, and lost to 32-token tiles at three blocks per SM: BENCHMARKS.md, v9).
+#define MMA_ENTRY(N, MINB)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                            \
         ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
                         const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
                         int accumulate) {                                                                   \
@@ -461,10 +463,9 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
                     min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);             \
     }
-MMA_ENTRY(1)
-MMA_ENTRY(2)
-MMA_ENTRY(4)
-MMA_ENTRY(8)
+MMA_ENTRY(1, 3)
+MMA_ENTRY(2, 3)
+MMA_ENTRY(4, 3)
 #endif
 
 // ---------------------------------------------------------------------------------------------

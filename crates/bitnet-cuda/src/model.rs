@@ -24,7 +24,7 @@ const CHUNK: usize = 64;
 /// is chosen on the host from the copied logits.
 pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
-const MMA_TOKENS: usize = 64;
+const MMA_TOKENS: usize = 32;
 
 /// A ternary matrix (or several stacked) on the device.
 pub(crate) struct DevTernary {
@@ -173,8 +173,8 @@ struct Kernels {
     gemv: Kernel,
     /// RMSNorm + quantization fused into the dp4a product (decode).
     gemv_norm: Kernel,
-    /// `ternary_mma_{1,2,4,8}` (sm_80+).
-    mma: Option<[Kernel; 4]>,
+    /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
+    mma: Option<[Kernel; 3]>,
     rope_kv: Kernel,
     attn_part: Kernel,
     head: Kernel,
@@ -1027,7 +1027,7 @@ struct LinearIo {
 fn launch_linear(
     gpu: &Gpu,
     gemv: &Kernel,
-    mma: Option<&[Kernel; 4]>,
+    mma: Option<&[Kernel; 3]>,
     path: LinearPath,
     w: &DevTernary,
     io: &LinearIo,
@@ -1041,9 +1041,9 @@ fn launch_linear(
             (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
-            (Some(m), n) if n <= 32 => (&m[2], n),
-            // Every remaining token in one launch: MMA_TOKENS per tile, tiles along grid y.
-            (Some(m), n) => (&m[3], n),
+            // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
+            // tiles beat 64: fewer registers, three blocks per SM; BENCHMARKS.md, v9).
+            (Some(m), n) => (&m[2], n),
             (None, n) => (gemv, n.min(4)),
         };
         // The tensor-core kernels take two strips per block.
@@ -1226,9 +1226,8 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         gpu.optional_function("ternary_mma_1"),
         gpu.optional_function("ternary_mma_2"),
         gpu.optional_function("ternary_mma_4"),
-        gpu.optional_function("ternary_mma_8"),
     ) {
-        (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
         _ => None,
     };
     Ok(Kernels {
