@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU half of the test and benchmark suite, run on a machine with an NVIDIA GPU.
 #
-#   scripts/gpu-check.sh BIN_DIR [tests|bench|quick|all]
+#   scripts/gpu-check.sh BIN_DIR [tests|bench|quick|ncu|all]
 #
 # BIN_DIR holds the release `bitnet` binary and the bitnet-cuda test binaries (compile,
 # conformance, parity), built elsewhere with `scripts/gpu-build.sh` (no Rust or network is
@@ -9,7 +9,9 @@
 # Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
 # bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
 # `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with
-# PROFILE=1 adds a per-kernel device-time profile.
+# PROFILE=1 adds a per-kernel device-time profile; AB=VAR also times `quick` with VAR=0 and VAR=1
+# (an A/B of a switch such as BITNET_CUDA_PDL); `ncu` reads Nsight Compute's counters for one
+# decode layer's kernels (the four fused GEMVs, attention) and the head.
 set -uo pipefail
 BIN=$(realpath "${1:?usage: gpu-check.sh BIN_DIR [tests|bench|all]}")
 WHAT=${2:-all}
@@ -20,6 +22,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --f
 built_at=$(cat "$BIN/built_at" 2>/dev/null || echo /work/main)
 if [ ! -e "$built_at/fixtures" ]; then mkdir -p "$(dirname "$built_at")" && ln -sfn "$PWD" "$built_at"; fi
 status=0
+if [ "$WHAT" = ncu ]; then
+  B="$BIN/bitnet"
+  [ -e /tmp/same.gguf ] || "$B" convert --synthetic 2b4t -o /tmp/same.gguf 2>&1 | tail -1
+  # Graphs and PDL off, so that every launch is its own kernel; skip the first token's 120 GEMVs.
+  export BITNET_CUDA_GRAPHS=0 BITNET_CUDA_PDL=0
+  ncu --clock-control none --cache-control none -k regex:'ternary_gemv_norm' -s 240 -c 4 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis "$B" bench -m /tmp/same.gguf --device cuda -p 0 -n 4 -r 1 2>&1 \
+    | grep -v "^==PROF==" | grep -E "ternary|Duration|Throughput|Elapsed|Registers|Achieved Occ|Theoretical Occ|Block Limit|Stall|Warp Cycles|Issued|Grid Size|Shared Memory|L2 Hit|L1/TEX Hit|DRAM|Memory \[%\]" | head -150
+  ncu --clock-control none --cache-control none -k regex:'attn_vec|head_f16' -s 62 -c 3 \
+    --section SpeedOfLight --section LaunchStats --section WarpStateStats "$B" bench -m /tmp/same.gguf \
+    --device cuda -p 0 -n 4 -r 1 2>&1 | grep -v "^==PROF==" \
+    | grep -E "attn|head|Duration|Throughput|Stall|Warp Cycles|Grid Size|DRAM" | head -60
+  exit 0
+fi
 if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
   for t in compile conformance parity; do
     echo "== test $t"
@@ -43,6 +60,13 @@ if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
   done
   grep -m1 "device" /tmp/serve.log
   kill -INT $spid; wait $spid; echo "server exit: $?"
+  echo "== sampling with top-k chosen on the GPU: reproducible by seed"
+  for i in 1 2; do
+    "$BIN/bitnet" generate --device cuda --prompt "ROMEO:" -n 48 --temperature 0.9 --top-k 40 --seed 7 > /tmp/topk$i.txt 2>/dev/null
+  done
+  "$BIN/bitnet" generate --device cpu --prompt "ROMEO:" -n 48 --temperature 0.9 --top-k 40 --seed 7 > /tmp/topk-cpu.txt 2>/dev/null
+  if [ -s /tmp/topk1.txt ] && cmp -s /tmp/topk1.txt /tmp/topk2.txt; then echo "same seed, same text on the GPU"; else echo "GPU top-k sampling not reproducible"; status=1; fi
+  cmp -s /tmp/topk1.txt /tmp/topk-cpu.txt && echo "(and the CPU's text)" || echo "(differs from the CPU's text: logits differ in the last bits, so draws may)"
 fi
 if [ "$WHAT" != tests ]; then
   B="$BIN/bitnet"
@@ -52,6 +76,12 @@ if [ "$WHAT" != tests ]; then
     echo "== the shared weights (transformers, random bf16 masters) and our conversion"
     python3 bench/gpu/hf_peer.py write /tmp/hf2b4t 2>&1 | tail -2
     time "$B" convert --model /tmp/hf2b4t -o /tmp/same.gguf --weights i2_s --head f16 2>&1 | tail -2
+  fi
+  if [ -n "${AB:-}" ]; then
+    for v in 0 1; do
+      echo "== $AB=$v"
+      env "$AB=$v" "$B" bench -m /tmp/same.gguf --device cuda -p 512 -n 128 -r 5 -b 1,64 --depth 512 -o md 2>&1 | tail -5
+    done
   fi
   echo "== bitnet bench, f16 head"
   "$B" bench -m /tmp/same.gguf --device cuda -p 128,512 -n 128 -r 5 -b 1,16,64 --depth 512 -o md 2>&1 | tee "$LOG/bench-f16.md" | tail -8

@@ -354,6 +354,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(a, b, |v| v)
 }
 
+/// The `k` largest logits of `logits` with their ids, best first: ordered by value
+/// (`f32::total_cmp`, descending), ties to the lower id; NaNs are never candidates. Written into
+/// `out` (cleared first); fewer than `k` only when fewer non-NaN logits exist. This is the
+/// candidate list every sampler starts from, on the host and (computed there) on a device.
+pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    out.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (i as u32, l)),
+    );
+    let better = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if k < out.len() {
+        if k == 0 {
+            out.clear();
+            return;
+        }
+        out.select_nth_unstable_by(k - 1, better);
+        out.truncate(k);
+    }
+    out.sort_unstable_by(better);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +466,43 @@ mod tests {
                 mat.matvec_rows(x, r, &mut one);
                 assert_eq!(one[0], want);
             }
+        }
+    }
+    #[test]
+    fn top_k_orders_by_value_then_id_and_skips_nan() {
+        let logits = [1.0, f32::NAN, 3.0, 3.0, -0.0, 0.0, f32::NEG_INFINITY, 2.0];
+        let mut out = Vec::new();
+        top_k(&logits, 4, &mut out);
+        assert_eq!(out, vec![(2, 3.0), (3, 3.0), (7, 2.0), (0, 1.0)]);
+        top_k(&logits, 7, &mut out);
+        let ids: Vec<u32> = out.iter().map(|c| c.0).collect();
+        assert_eq!(ids, vec![2, 3, 7, 0, 5, 4, 6]); // +0 above -0 (total order)
+        top_k(&logits, 100, &mut out);
+        assert_eq!(out.len(), 7);
+        top_k(&logits, 0, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn top_k_equals_a_full_sort_on_random_rows() {
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) % 64) as f32 / 8.0 // many ties
+        };
+        let row: Vec<f32> = (0..1000).map(|_| next()).collect();
+        let mut full: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        full.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out = Vec::new();
+        for k in [1, 2, 40, 256, 999, 1000] {
+            top_k(&row, k, &mut out);
+            assert_eq!(out, full[..k]);
         }
     }
 }

@@ -75,6 +75,11 @@ pub struct Gpu {
     /// With `BITNET_CUDA_PROFILE=1`: device time per kernel (CUDA events around every
     /// launch), printed to stderr when the device is dropped.
     profile: Option<std::sync::Mutex<Profile>>,
+    /// Programmatic dependent launch (sm_90+, opt-in with `BITNET_CUDA_PDL=1`): each kernel may
+    /// start while its predecessor finishes, prefetching what does not depend on it. Off by
+    /// default: measured 1-4% slower on an H200 (BENCHMARKS.md, v7), because what each kernel
+    /// waits for is its own dependent chain after the predecessor, not the launch.
+    pdl: bool,
 }
 
 /// Kernel timings: events still in flight, and totals by kernel.
@@ -104,6 +109,21 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Blocks of `block` threads (no dynamic shared memory) that run at once on the whole GPU:
+    /// one wave. At least 1.
+    pub fn wave(&self, gpu: &Gpu, block: u32) -> u32 {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        let per_sm = self
+            .f
+            .occupancy_max_active_blocks_per_multiprocessor(block, 0, None)
+            .unwrap_or(1);
+        let sms = gpu
+            .ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1);
+        (per_sm.max(1)).saturating_mul(sms.max(1) as u32)
+    }
+
     /// The kernel's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -155,6 +175,7 @@ impl Gpu {
         let profile = std::env::var("BITNET_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
             .then(Default::default);
+        let pdl = maj >= 9 && std::env::var("BITNET_CUDA_PDL").is_ok_and(|v| v == "1");
         Ok(Self {
             ctx,
             stream,
@@ -163,6 +184,7 @@ impl Gpu {
             name,
             ordinal,
             profile,
+            pdl,
         })
     }
 
@@ -198,6 +220,9 @@ impl Gpu {
             Some(_) => Some(self.stream.record_event(timing)?),
             None => None,
         };
+        if self.pdl && self.profile.is_none() {
+            return self.launch_pdl(k, grid, block, smem, args);
+        }
         let mut b = self.stream.launch_builder(&k.f);
         for a in args {
             match a {
@@ -222,6 +247,79 @@ impl Gpu {
                     p.settle();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Launches with the programmatic-stream-serialization attribute: the kernel may begin once
+    /// its predecessor's blocks have all started (every kernel of `kernels.cu` signals that at
+    /// entry), and waits (`griddepcontrol.wait`) before touching anything a predecessor writes.
+    fn launch_pdl(
+        &self,
+        k: &Kernel,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        use cudarc::driver::sys;
+        // Each argument in its own 8-byte slot; the driver reads the parameter's size from it
+        // (little-endian, so an int or float sits in the slot's first four bytes).
+        let mut slots = [0u64; 32];
+        if args.len() > slots.len() {
+            return Err(CudaError::Unavailable(format!(
+                "{}: {} kernel arguments (at most 32)",
+                k.name,
+                args.len()
+            )));
+        }
+        for (slot, a) in slots.iter_mut().zip(args) {
+            *slot = match *a {
+                Arg::P(p) => p,
+                Arg::I(i) => i as u32 as u64,
+                Arg::F(x) => x.to_bits() as u64,
+            };
+        }
+        let mut params: [*mut std::ffi::c_void; 32] = [std::ptr::null_mut(); 32];
+        for (p, slot) in params.iter_mut().zip(slots.iter_mut()) {
+            *p = (slot as *mut u64).cast();
+        }
+        // SAFETY: zero is a valid bit pattern for this plain C union.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: the argument list matches the kernel's signature (built next to it in this
+        // crate), `params` points at live slots for the call, and the stream belongs to the
+        // function's context.
+        let r = unsafe {
+            sys::cuLaunchKernelEx(
+                &cfg,
+                k.f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(CudaError::Unavailable(format!(
+                "launching {}: {r:?}",
+                k.name
+            )));
         }
         Ok(())
     }

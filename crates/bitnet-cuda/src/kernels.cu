@@ -17,6 +17,24 @@ typedef unsigned long long u64;
 typedef signed char i8;
 
 #define FULL 0xffffffffu
+
+// Programmatic dependent launch (sm_90+, launched so by the host): PDL_START lets the next kernel
+// in the stream begin launching its blocks; PDL_WAIT blocks until every earlier kernel has
+// finished and its writes are visible. Every kernel runs both first, before any early return
+// (a kernel that could finish without waiting would let its successor overtake its
+// predecessor), except that the decode GEMV issues its constant weight loads in between.
+#if __CUDA_ARCH__ >= 900
+#define PDL_START() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_START()
+#define PDL_WAIT()
+#endif
+#define PDL_ENTRY() \
+    do {            \
+        PDL_START(); \
+        PDL_WAIT();  \
+    } while (0)
 #define INFINITY __int_as_float(0x7f800000)
 
 __device__ __forceinline__ float h2f(u16 h) {
@@ -89,6 +107,7 @@ __device__ __forceinline__ int perm_col(int c) {
 // Embedding lookup: h[r] = table[tokens[r]] as f32.
 template <class D>
 __device__ void embed_body(const typename D::T* table, const u32* tokens, float* h, int cols) {
+    PDL_ENTRY();
     int r = blockIdx.x;
     size_t base = (size_t)tokens[r] * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) h[(size_t)r * cols + c] = D::get(table, base + c);
@@ -118,6 +137,7 @@ __device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mod
 // memory (cols floats); otherwise it is recomputed in each of the three passes.
 extern "C" __global__ void norm_quant(const float* x, int x_stride, const float* w, int cols, int kpad,
                                       float eps, int mode, i8* codes, float* scales, int* xsums, int cached) {
+    PDL_ENTRY();
     __shared__ float red[32];
     __shared__ int ired[32];
     extern __shared__ float row[];
@@ -161,6 +181,7 @@ extern "C" __global__ void norm_quant(const float* x, int x_stride, const float*
 // Final RMSNorm of the rows whose logits are wanted: out[i] = norm(h[rows[i]]).
 extern "C" __global__ void final_norm(const float* h, const u32* rows, const float* w, int cols, float eps,
                                       float* out) {
+    PDL_ENTRY();
     __shared__ float red[32];
     const float* xr = h + (size_t)rows[blockIdx.x] * cols;
     float ss = 0.f;
@@ -219,11 +240,10 @@ template <int MAXT, bool PRE>
 __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                           const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
                           const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
-                          const uint4 (&pre)[4]) {
+                          const uint4 (&pre)[4], int strip) {
     __shared__ int red[NW][MAXT][16];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, tq = lane & 3;
-    int strip = blockIdx.x;
     int acc[MAXT][2];
 #pragma unroll
     for (int t = 0; t < MAXT; t++) acc[t][0] = acc[t][1] = 0;
@@ -268,13 +288,28 @@ extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* 
                                                                     int kgroups, const i8* codes, int kpad,
                                                                     const float* xscale, const int* xsum, int T,
                                                                     float* out, int out_stride, int accumulate) {
+    PDL_ENTRY();
     const uint4 none[4] = {};
-    gemv_body<4, false>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate, none);
+    gemv_body<4, false>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate, none,
+                        blockIdx.x);
 }
 
 // Decode (1..4 tokens): RMSNorm + quantization of the input rows fused into the dp4a product.
 // Every block normalizes the rows itself (they are small and sit in L2) into shared memory, so a
 // step needs no separate norm kernel. Rows up to FUSED_MAX_COLS wide (values held in registers).
+// The grid is at most one wave: each block takes strips blockIdx.x, + gridDim.x, ... so that
+// the normalization is paid once per block, and the next strip's first weights are in flight
+// while the current one is multiplied.
+__device__ __forceinline__ void gemv_prefetch(const uint4* __restrict__ W, int kgroups, int strip, int strips,
+                                              uint4 (&pre)[4]) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint4* ws = W + (size_t)strip * kgroups * 32 + lane;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int q = warp + j * NW;
+        pre[j] = (strip < strips && q < kgroups) ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
+    }
+}
 #define FUSED_PER_THREAD 28
 #define FUSED_MAX_COLS (FUSED_PER_THREAD * NW * 32)
 extern "C" __global__ void __launch_bounds__(NW * 32)
@@ -286,16 +321,11 @@ extern "C" __global__ void __launch_bounds__(NW * 32)
     __shared__ int xsum[4];
     __shared__ float red[32];
     __shared__ int ired[32];
+    PDL_START();
+    int strips = (rows + 15) / 16;
     uint4 pre[4];
-    {
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        const uint4* ws = W + (size_t)blockIdx.x * kgroups * 32 + lane;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int q = warp + j * NW;
-            pre[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
-        }
-    }
+    gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+    PDL_WAIT();
     for (int t = 0; t < T; t++) {
         const float* xr = x + (size_t)t * x_stride;
         float v[FUSED_PER_THREAD];
@@ -338,7 +368,13 @@ extern "C" __global__ void __launch_bounds__(NW * 32)
         }
     }
     __syncthreads();
-    gemv_body<4, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre);
+    for (int strip = blockIdx.x; strip < strips; strip += gridDim.x) {
+        uint4 cur[4] = {pre[0], pre[1], pre[2], pre[3]};
+        gemv_prefetch(W, kgroups, strip + gridDim.x, strips, pre);
+        gemv_body<4, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, cur,
+                           strip);
+        __syncthreads();  // `red` is reused by the next strip
+    }
 }
 
 // Batches of up to 8 * TILES tokens on the tensor cores: mma.m16n8k32 with the weights (u8
@@ -350,6 +386,7 @@ template <int TILES>
 __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                          const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+    PDL_ENTRY();
     // Integer sums over the warps' k-groups: exact in any order, so shared-memory atomics.
     __shared__ int red[32][TILES * 8 + 1];
     for (int i = threadIdx.x; i < 32 * (TILES * 8 + 1); i += blockDim.x) (&red[0][0])[i] = 0;
@@ -414,17 +451,21 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         }
     }
 }
-#define MMA_ENTRY(N)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(NW * 32)                                                  \
+// blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
+// MINB blocks per SM bound the registers (a 64-token N = 8 variant took 134 per thread, so one
+// block per SM, and lost to 32-token tiles at three blocks per SM: BENCHMARKS.md, v9).
+#define MMA_ENTRY(N, MINB)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                            \
         ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
                         const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
                         int accumulate) {                                                                   \
-        mma_body<N>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate);   \
+        int t0 = blockIdx.y * N * 8;                                                                        \
+        mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
+                    min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);             \
     }
-MMA_ENTRY(1)
-MMA_ENTRY(2)
-MMA_ENTRY(4)
-MMA_ENTRY(8)
+MMA_ENTRY(1, 3)
+MMA_ENTRY(2, 3)
+MMA_ENTRY(4, 3)
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -451,6 +492,7 @@ __device__ __forceinline__ KV* seq_cache(const u32* seqtab, int s, int layer, in
 template <class KV>
 __device__ void rope_kv_body(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                              const float* cosT, const float* sinT, int n_heads, int n_kv, int hd, int layer) {
+    PDL_ENTRY();
     int r = blockIdx.x;
     int p = pos[r];
     int half = hd / 2;
@@ -505,6 +547,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
                               int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
                               float* out) {
+    PDL_ENTRY();
     extern __shared__ float sm[];
     int c = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
     int p = pos[r];
@@ -619,10 +662,16 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
             if (h < group) *(float4*)(acc + (warp * group + h) * hd + e) = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
     }
     __syncthreads();
+    int nc = p / CHUNK + 1;
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
         float sum = acc[(0 * group + h) * hd + ee] + acc[(1 * group + h) * hd + ee] +
                     acc[(2 * group + h) * hd + ee] + acc[(3 * group + h) * hd + ee];
+        if (nc == 1) {
+            // The only chunk: no partials to merge (exp(m - m) = 1 in the merge below).
+            out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = sum / ml[2 * h + 1];
+            continue;
+        }
         float* dst = part + (((size_t)r * n_heads + kvh * group + h) * maxchunks + c) * (hd + 2);
         dst[ee] = sum;
         if (ee == 0) {
@@ -632,10 +681,10 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     }
     // The last chunk of (row, kv head) to finish merges all of them: partials are published with
     // a fence before the counter moves, and read back past L1.
+    if (nc == 1) return;
     __shared__ int last;
     __threadfence();
     __syncthreads();
-    int nc = p / CHUNK + 1;
     if (threadIdx.x == 0) {
         u32* ctr = counters + (size_t)r * n_kv + kvh;
         last = atomicAdd(ctr, 1u) == (u32)(nc - 1);
@@ -715,6 +764,7 @@ __device__ __forceinline__ void load8<I8T>(const i8* w, size_t i, float* f) {
 template <class D>
 __device__ void head_body(const typename D::T* W, const float* rscale, int vocab, int cols, const float* x, int m,
                           float* logits) {
+    PDL_ENTRY();
     int lane = threadIdx.x & 31;
     int v = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (v >= vocab) return;
@@ -764,6 +814,7 @@ extern "C" __global__ void head_i8(const i8* W, const float* rs, int vocab, int 
 // Any width, f32 weights (fixtures with odd hidden sizes): one warp per vocabulary row.
 extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols, const float* x, int m,
                                             float* logits) {
+    PDL_ENTRY();
     int lane = threadIdx.x & 31;
     int v = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (v >= vocab) return;
@@ -777,6 +828,7 @@ extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols,
 
 // Greedy sampling on the device: out[t] = the first index of the largest logit of row t.
 extern "C" __global__ void argmax_rows(const float* logits, int vocab, u32* out) {
+    PDL_ENTRY();
     __shared__ float bv[32];
     __shared__ u32 bi[32];
     const float* row = logits + (size_t)blockIdx.x * vocab;
@@ -798,5 +850,102 @@ extern "C" __global__ void argmax_rows(const float* logits, int vocab, u32* out)
         for (int w = 1; w < (int)(blockDim.x >> 5); w++)
             if (bv[w] > best || (bv[w] == best && bi[w] < idx)) { best = bv[w]; idx = bi[w]; }
         out[blockIdx.x] = idx;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k candidates on the device: the k (<= TOPK_MAX) largest logits of row t with their ids,
+// best first, ordered exactly as the host's `ops::top_k` orders them (f32 total order, ties to
+// the lower id, NaN last). One block per row: a radix select over the logits' order-preserving
+// keys (four 8-bit digits, histograms with warp-aggregated shared-memory atomics) finds the k-th
+// key; one pass in index order gathers every larger key and the first ties; the <= k survivors
+// are ranked by comparison.
+#define TOPK_MAX 256
+__device__ __forceinline__ u32 order_key(float f) {
+    u32 b = __float_as_uint(f);
+    if (f != f) return 0u;  // NaN: below every number
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits, int vocab, int k, u32* ids,
+                                                             float* vals) {
+    PDL_ENTRY();
+    __shared__ u32 hist[256];
+    __shared__ u32 wsum[32];
+    __shared__ u32 s_prefix, s_remaining, s_count, s_ties;
+    __shared__ u32 c_key[TOPK_MAX], c_id[TOPK_MAX];
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    u32 prefix = 0, mask = 0, remaining = (u32)k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+        __syncthreads();
+        for (int base = 0; base < vocab; base += blockDim.x) {
+            int i = base + tid;
+            u32 key = i < vocab ? order_key(row[i]) : 0u;
+            bool in = i < vocab && (key & mask) == prefix;
+            u32 digit = in ? (key >> shift) & 255u : 256u + lane;  // outsiders never match
+            u32 peers = __match_any_sync(FULL, digit);
+            if (in && (__ffs(peers) - 1) == lane) atomicAdd(&hist[digit], __popc(peers));
+        }
+        __syncthreads();
+        if (tid == 0) {
+            u32 above = 0;
+            int b = 255;
+            for (; b > 0; b--) {
+                if (above + hist[b] >= remaining) break;
+                above += hist[b];
+            }
+            s_prefix = prefix | ((u32)b << shift);
+            s_remaining = remaining - above;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        remaining = s_remaining;
+        mask |= 255u << shift;
+    }
+    // prefix is the k-th largest key; `remaining` of the keys equal to it are taken (the first by
+    // index), with every larger key (k - remaining of them).
+    if (tid == 0) {
+        s_count = 0;
+        s_ties = 0;
+    }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += blockDim.x) {
+        int i = base + tid;
+        u32 key = i < vocab ? order_key(row[i]) : 0u;
+        bool gt = i < vocab && key > prefix;
+        bool eq = i < vocab && key == prefix;
+        if (gt) {
+            u32 slot = atomicAdd(&s_count, 1u);
+            c_key[slot] = key;
+            c_id[slot] = (u32)i;
+        }
+        u32 bal = __ballot_sync(FULL, eq);
+        if (lane == 0) wsum[warp] = __popc(bal);
+        __syncthreads();
+        u32 before = s_ties;
+        for (int w = 0; w < warp; w++) before += wsum[w];
+        u32 rank = before + __popc(bal & ((1u << lane) - 1u));
+        if (eq && rank < remaining) {
+            u32 slot = (u32)k - remaining + rank;
+            c_key[slot] = key;
+            c_id[slot] = (u32)i;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            u32 all = 0;
+            for (int w = 0; w < nw; w++) all += wsum[w];
+            s_ties += all;
+        }
+        __syncthreads();
+    }
+    if (tid < k) {
+        u32 key = c_key[tid], id = c_id[tid];
+        int r = 0;
+        for (int j = 0; j < k; j++) r += (c_key[j] > key) || (c_key[j] == key && c_id[j] < id);
+        size_t o = (size_t)blockIdx.x * k + r;
+        ids[o] = id;
+        vals[o] = row[id];
     }
 }

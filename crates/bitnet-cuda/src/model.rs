@@ -20,8 +20,11 @@ use crate::{CudaError, CudaOptions, HeadType, KvType};
 pub const MAX_ROWS: usize = 256;
 /// Positions per attention chunk (`CHUNK` in the kernels).
 const CHUNK: usize = 64;
+/// Most candidates the top-k kernel returns per row (`TOPK_MAX` in the kernels); a wider `k`
+/// is chosen on the host from the copied logits.
+pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
-const MMA_TOKENS: usize = 64;
+const MMA_TOKENS: usize = 32;
 
 /// A ternary matrix (or several stacked) on the device.
 pub(crate) struct DevTernary {
@@ -170,12 +173,13 @@ struct Kernels {
     gemv: Kernel,
     /// RMSNorm + quantization fused into the dp4a product (decode).
     gemv_norm: Kernel,
-    /// `ternary_mma_{1,2,4,8}` (sm_80+).
-    mma: Option<[Kernel; 4]>,
+    /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
+    mma: Option<[Kernel; 3]>,
     rope_kv: Kernel,
     attn_part: Kernel,
     head: Kernel,
     argmax: Kernel,
+    top_k: Kernel,
 }
 
 /// Where a pass's results go.
@@ -184,6 +188,8 @@ enum Out<'a> {
     Logits(&'a mut Vec<f32>),
     /// Greedy token ids, appended.
     Greedy(&'a mut Vec<u32>),
+    /// The `k` best `(id, logit)` of each wanted row, appended.
+    TopK(usize, &'a mut Vec<(u32, f32)>),
 }
 
 /// Per-pass buffers, sized once for [`MAX_ROWS`].
@@ -204,6 +210,11 @@ struct Scratch {
     normed: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     tokens_out: CudaSlice<u32>,
+    /// Top-k candidates of each wanted row (`TOPK_MAX` per row): ids and logits, and their
+    /// host copies.
+    top_ids: CudaSlice<u32>,
+    top_vals: CudaSlice<f32>,
+    host_top: (Vec<u32>, Vec<f32>),
     /// Captured decode steps by batch size.
     graphs: std::collections::HashMap<usize, Graph>,
     /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
@@ -375,6 +386,9 @@ impl CudaModel {
             normed: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
             logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
             tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
+            top_ids: gpu.zeros(MAX_ROWS * TOPK_MAX).map_err(dev)?,
+            top_vals: gpu.zeros(MAX_ROWS * TOPK_MAX).map_err(dev)?,
+            host_top: (vec![0; MAX_ROWS * TOPK_MAX], vec![0.0; MAX_ROWS * TOPK_MAX]),
             graphs: Default::default(),
             lists: Default::default(),
         };
@@ -637,6 +651,35 @@ impl CudaModel {
                 tokens.resize(old + m, 0);
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
             }
+            Out::TopK(k, out) if *k <= TOPK_MAX => {
+                let k = *k;
+                let addrs = (
+                    ptr(&s.logits, &st),
+                    ptr(&s.top_ids, &st),
+                    ptr(&s.top_vals, &st),
+                );
+                launch_top_k(&self.gpu, &self.k.top_k, addrs, m, v, k)?;
+                let (ids, vals) = &mut s.host_top;
+                st.memcpy_dtoh(&s.top_ids.slice(..m * k), &mut ids[..m * k])?;
+                st.memcpy_dtoh(&s.top_vals.slice(..m * k), &mut vals[..m * k])?;
+                self.gpu.sync()?;
+                out.extend(
+                    ids[..m * k]
+                        .iter()
+                        .copied()
+                        .zip(vals[..m * k].iter().copied()),
+                );
+            }
+            Out::TopK(k, out) => {
+                let mut logits = vec![0f32; m * v];
+                st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits)?;
+                let mut row_top = Vec::with_capacity(*k);
+                for row in logits.chunks_exact(v) {
+                    bitnet_core::ops::top_k(row, *k, &mut row_top);
+                    out.extend_from_slice(&row_top);
+                    out.extend(std::iter::repeat_n((0, f32::NAN), *k - row_top.len()));
+                }
+            }
         }
         self.gpu.sync()?;
         Ok(())
@@ -848,9 +891,11 @@ fn launch_gemv_norm(
     out_stride: usize,
     accumulate: bool,
 ) -> Result<(), CudaError> {
+    // One wave at most: each block loops over strips (the kernel normalizes once per block).
+    let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu, 256));
     gpu.launch(
         k,
-        (w.rows.div_ceil(STRIP) as u32, 1, 1),
+        (blocks, 1, 1),
         256,
         0,
         &[
@@ -875,6 +920,60 @@ fn launch_gemv_norm(
 
 /// Launches `norm_quant`: one block per row; the row is kept in shared memory when it fits in
 /// the default 48 KB.
+/// `topk_rows` over `m` rows of `vocab` logits (device addresses): `k` ids and values per row.
+fn launch_top_k(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    (logits, ids, vals): (u64, u64, u64),
+    m: usize,
+    vocab: usize,
+    k: usize,
+) -> Result<(), CudaError> {
+    gpu.launch(
+        kernel,
+        (m as u32, 1, 1),
+        1024,
+        0,
+        &[
+            Arg::P(logits),
+            Arg::I(vocab as i32),
+            Arg::I(k as i32),
+            Arg::P(ids),
+            Arg::P(vals),
+        ],
+    )
+}
+
+/// The `k` (at most [`TOPK_MAX`]) best candidates of each row of `logits` (`vocab` wide),
+/// chosen by the device's top-k kernel, row after row. For conformance tests against
+/// `bitnet_core::ops::top_k`.
+pub fn top_k_rows(
+    gpu: &Gpu,
+    logits: &[f32],
+    vocab: usize,
+    k: usize,
+) -> Result<Vec<(u32, f32)>, CudaError> {
+    let m = logits.len() / vocab.max(1);
+    if k == 0 || k > TOPK_MAX || k > vocab {
+        return Err(CudaError::Unavailable(format!(
+            "top-k kernel: k = {k} must be in 1..={}",
+            TOPK_MAX.min(vocab)
+        )));
+    }
+    let kernel = gpu.function("topk_rows")?;
+    let dl = gpu.upload(logits)?;
+    let ids = gpu.zeros::<u32>(m * k)?;
+    let vals = gpu.zeros::<f32>(m * k)?;
+    let st = &gpu.stream;
+    let addrs = (ptr(&dl, st), ptr(&ids, st), ptr(&vals, st));
+    launch_top_k(gpu, &kernel, addrs, m, vocab, k)?;
+    let (mut hi, mut hv) = (vec![0u32; m * k], vec![0f32; m * k]);
+    st.memcpy_dtoh(&ids, &mut hi)?;
+    st.memcpy_dtoh(&vals, &mut hv)?;
+    gpu.sync()?;
+    Ok(hi.into_iter().zip(hv).collect())
+}
+
 fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaError> {
     let cached = a.cols * 4 <= 48 * 1024;
     gpu.launch(
@@ -928,7 +1027,7 @@ struct LinearIo {
 fn launch_linear(
     gpu: &Gpu,
     gemv: &Kernel,
-    mma: Option<&[Kernel; 4]>,
+    mma: Option<&[Kernel; 3]>,
     path: LinearPath,
     w: &DevTernary,
     io: &LinearIo,
@@ -942,19 +1041,20 @@ fn launch_linear(
             (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
-            (Some(m), n) if n <= 32 => (&m[2], n),
-            (Some(m), n) => (&m[3], n.min(MMA_TOKENS)),
+            // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
+            // tiles beat 64: fewer registers, three blocks per SM; BENCHMARKS.md, v9).
+            (Some(m), n) => (&m[2], n),
             (None, n) => (gemv, n.min(4)),
         };
         // The tensor-core kernels take two strips per block.
-        let blocks = if f.name() == gemv_name {
-            strips
+        let (blocks, tiles) = if f.name() == gemv_name {
+            (strips, 1)
         } else {
-            strips.div_ceil(2)
+            (strips.div_ceil(2), n.div_ceil(MMA_TOKENS) as u32)
         };
         gpu.launch(
             f,
-            (blocks, 1, 1),
+            (blocks, tiles, 1),
             256,
             0,
             &[
@@ -1126,9 +1226,8 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         gpu.optional_function("ternary_mma_1"),
         gpu.optional_function("ternary_mma_2"),
         gpu.optional_function("ternary_mma_4"),
-        gpu.optional_function("ternary_mma_8"),
     ) {
-        (Some(a), Some(b), Some(c), Some(d)) => Some([a, b, c, d]),
+        (Some(a), Some(b), Some(c)) => Some([a, b, c]),
         _ => None,
     };
     Ok(Kernels {
@@ -1142,6 +1241,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         head: gpu.function("head_f32")?,
         argmax: gpu.function("argmax_rows")?,
+        top_k: gpu.function("topk_rows")?,
     })
 }
 
@@ -1245,6 +1345,16 @@ impl Accelerator for CudaModel {
     ) -> Result<(), ModelError> {
         tokens.clear();
         self.run(batch, &mut Out::Greedy(tokens), None)
+    }
+
+    fn forward_batch_top_k(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        self.run(batch, &mut Out::TopK(k, out), None)
     }
 
     fn kv_bytes_per_position(&self) -> usize {

@@ -13,7 +13,7 @@ fn kernels_compile_for_supported_architectures() {
         let ptx = bitnet_cuda::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         let src = ptx.to_src();
         assert!(src.contains(".entry ternary_gemv"), "{arch}");
-        let has_mma = src.contains(".entry ternary_mma_8");
+        let has_mma = src.contains(".entry ternary_mma_4");
         assert_eq!(
             has_mma,
             arch != "sm_75",

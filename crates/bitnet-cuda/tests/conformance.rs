@@ -138,3 +138,48 @@ fn fused_decode_kernel_equals_norm_then_product() {
         assert_eq!(one, two, "rows {rows} cols {cols} batch {batch}");
     }
 }
+
+/// The top-k kernel chooses exactly the host's candidates (`ops::top_k`): same ids, same
+/// values, same order, on rows with many ties, signed zeros, infinities and NaNs, for k from 1
+/// to the kernel's maximum and vocabularies smaller and larger than a block.
+#[test]
+fn top_k_kernel_equals_the_host_selection() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(0x70b);
+    for (vocab, rows) in [(1, 3), (7, 2), (300, 5), (1024, 2), (4099, 3), (128_256, 4)] {
+        for k in [1usize, 2, 5, 40, 64, 255, 256] {
+            if k > vocab {
+                continue;
+            }
+            let logits: Vec<f32> = (0..vocab * rows)
+                .map(|_| match rng.random_range(0..40) {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => f32::INFINITY,
+                    3 => -0.0,
+                    4 => 0.0,
+                    5..=20 => rng.random_range(-8i32..8) as f32 * 0.5, // ties
+                    _ => rng.random_range(-20.0f32..20.0),
+                })
+                .collect();
+            let got = bitnet_cuda::top_k_rows(&gpu, &logits, vocab, k).unwrap();
+            let mut want = Vec::new();
+            for (r, row) in logits.chunks_exact(vocab).enumerate() {
+                bitnet_core::ops::top_k(row, k, &mut want);
+                let g = &got[r * k..(r + 1) * k];
+                // Where a row has fewer than k numbers the kernel fills in NaN entries.
+                assert_eq!(
+                    g[..want.len()]
+                        .iter()
+                        .map(|c| (c.0, c.1.to_bits()))
+                        .collect::<Vec<_>>(),
+                    want.iter()
+                        .map(|c| (c.0, c.1.to_bits()))
+                        .collect::<Vec<_>>(),
+                    "vocab {vocab} k {k} row {r}"
+                );
+                assert!(g[want.len()..].iter().all(|c| c.1.is_nan()));
+            }
+        }
+    }
+}

@@ -173,3 +173,70 @@ fn f16_kv_matches_f32_kv_on_the_trained_default_model() {
     assert!(d < 5e-2, "f16 cache moves logits by {d}");
     eprintln!("f16 vs f32 KV on the default model: max logit difference {d}");
 }
+
+/// Candidates chosen on the GPU (`forward_batch_top_k`) are exactly the host's top-k of the
+/// logits the same GPU forward returns, for a batch of three sequences over several steps.
+#[test]
+fn top_k_on_the_gpu_equals_the_host_selection_of_its_logits() {
+    if !have_gpu() {
+        return;
+    }
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.gguf");
+    let file = Arc::new(bitnet_gguf::GgufFile::open(&path).unwrap());
+    let src = bitnet_model::GgufSource::new(file).unwrap();
+    let model = on_gpu(&src, KvType::F16, HeadType::Native);
+    let vocab = model.config().vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|s| (0..5 + 4 * s).map(|i| (i * 31 + 7 * s + 3) % 400).collect())
+        .collect();
+    let mut caches_a: Vec<_> = (0..3).map(|_| model.new_cache(64)).collect();
+    let mut caches_b: Vec<_> = (0..3).map(|_| model.new_cache(64)).collect();
+    let (mut sa, mut sb) = (
+        bitnet_model::Scratch::default(),
+        bitnet_model::Scratch::default(),
+    );
+    let mut feed: Vec<Vec<u32>> = prompts.clone();
+    for step in 0..4 {
+        let k = [1usize, 40, 256, 3][step];
+        let mut logits = Vec::new();
+        let mut ea: Vec<_> = caches_a
+            .iter_mut()
+            .zip(&feed)
+            .map(|(c, t)| bitnet_model::BatchEntry {
+                tokens: t,
+                cache: c,
+                logits: bitnet_model::Logits::Last,
+            })
+            .collect();
+        model
+            .forward_batch(&mut ea, &mut logits, &mut sa, None)
+            .unwrap();
+        drop(ea);
+        let mut eb: Vec<_> = caches_b
+            .iter_mut()
+            .zip(&feed)
+            .map(|(c, t)| bitnet_model::BatchEntry {
+                tokens: t,
+                cache: c,
+                logits: bitnet_model::Logits::Last,
+            })
+            .collect();
+        let mut got = Vec::new();
+        model
+            .forward_batch_top_k(&mut eb, k, &mut got, &mut sb)
+            .unwrap();
+        drop(eb);
+        let mut want = Vec::new();
+        for (r, row) in logits.chunks_exact(vocab).enumerate() {
+            bitnet_core::ops::top_k(row, k, &mut want);
+            let g: Vec<_> = got[r * k..(r + 1) * k]
+                .iter()
+                .map(|c| (c.0, c.1.to_bits()))
+                .collect();
+            let w: Vec<_> = want.iter().map(|c| (c.0, c.1.to_bits())).collect();
+            assert_eq!(g, w, "step {step} row {r} k {k}");
+        }
+        feed = (0..3).map(|r| vec![got[r * k].0]).collect();
+    }
+}

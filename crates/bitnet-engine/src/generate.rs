@@ -1,9 +1,10 @@
 //! One generation: prefill the prompt, then decode token by token as an iterator. Dropping the
 //! iterator cancels the generation (nothing runs in the background).
 
-use bitnet_model::{KvCache, Logits, Scratch};
+use bitnet_model::{BatchEntry, KvCache, Logits, Scratch};
 use serde::{Deserialize, Serialize};
 
+use crate::candidates::{Row, StepOut, StepRows};
 use crate::sampling::{Sampler, SamplingOptions};
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{Engine, EngineError};
@@ -123,7 +124,9 @@ pub struct Generation {
     sampler: Sampler,
     tokens: Vec<u32>,
     prompt_len: usize,
-    logits: Vec<f32>,
+    /// What each forward returns: logit rows, or (on a device) the best candidates.
+    mode: StepOut,
+    rows: StepRows,
     utf8: Vec<u8>,
     stop: StopMatcher,
     finish: Option<FinishReason>,
@@ -142,16 +145,10 @@ impl Generation {
         let model = engine.model();
         let mut cache = model.new_cache(ctx);
         let mut scratch = Scratch::default();
-        let mut logits = Vec::new();
-        model.forward(
-            &tokens,
-            &mut cache,
-            Logits::Last,
-            &mut logits,
-            &mut scratch,
-            None,
-        )?;
         let sampler = Sampler::new(opts.sampling.clone());
+        let mode = StepOut::choose(model, [(&sampler, opts.logits)]);
+        let mut rows = StepRows::default();
+        rows.forward(mode, model, &mut [entry(&tokens, &mut cache)], &mut scratch)?;
         let stop = StopMatcher::new(&opts.stop);
         let prompt_len = tokens.len();
         let finish = (opts.max_tokens == 0).then_some(FinishReason::Length);
@@ -163,7 +160,8 @@ impl Generation {
             sampler,
             tokens,
             prompt_len,
-            logits,
+            mode,
+            rows,
             utf8: Vec::new(),
             stop,
             finish,
@@ -207,8 +205,16 @@ impl Generation {
             return Ok(None);
         }
         let generated = &self.tokens[self.prompt_len..];
-        let id = self.sampler.sample(&self.logits, &self.tokens, generated);
-        let logits = self.opts.logits.then(|| self.logits.clone());
+        let vocab = self.engine.model().config().vocab_size;
+        let row = self
+            .rows
+            .row(0, vocab)
+            .ok_or_else(|| EngineError::Device("the step returned no logits".into()))?;
+        let logits = match (&row, self.opts.logits) {
+            (Row::Logits(l), true) => Some(l.to_vec()),
+            _ => None,
+        };
+        let id = self.sampler.pick(row, &self.tokens, generated);
         self.tokens.push(id);
         let n_gen = self.tokens.len() - self.prompt_len;
         let tok = self.engine.tokenizer();
@@ -235,13 +241,11 @@ impl Generation {
             } else if self.cache.len() >= self.cache.capacity() {
                 self.finish = Some(FinishReason::ContextFull);
             } else {
-                self.engine.model().forward(
-                    &[id],
-                    &mut self.cache,
-                    Logits::Last,
-                    &mut self.logits,
+                self.rows.forward(
+                    self.mode,
+                    self.engine.model(),
+                    &mut [entry(&[id], &mut self.cache)],
                     &mut self.scratch,
-                    None,
                 )?;
             }
         }
@@ -296,6 +300,15 @@ pub(crate) fn take_valid_utf8(buf: &mut Vec<u8>) -> String {
                 }
             }
         }
+    }
+}
+
+/// One sequence's entry of a step, wanting its last row.
+fn entry<'a>(tokens: &'a [u32], cache: &'a mut KvCache) -> BatchEntry<'a> {
+    BatchEntry {
+        tokens,
+        cache,
+        logits: Logits::Last,
     }
 }
 

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+mod candidates;
 pub mod convert;
 mod error;
 mod generate;

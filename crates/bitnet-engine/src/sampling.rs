@@ -161,18 +161,58 @@ impl Sampler {
         if o.temperature <= 0.0 {
             return argmax(w);
         }
-        let c = &mut self.candidates;
+        let mut c = std::mem::take(&mut self.candidates);
+        let k = if o.top_k > 0 { o.top_k } else { w.len() };
+        bitnet_core::ops::top_k(w, k, &mut c);
+        let id = self.draw(&mut c);
+        self.candidates = c;
+        id
+    }
+
+    /// How many best candidates [`Sampler::sample_top`] needs to choose exactly as
+    /// [`Sampler::sample`] would from the whole row: 1 for greedy, `top_k` when that is at most
+    /// `max`; `None` when penalties are on (they need every logit) or the filter is wider.
+    pub fn candidates_wanted(&self, max: usize) -> Option<usize> {
+        let o = &self.opts;
+        let penalties = (o.repeat_penalty != 1.0 && o.repeat_last_n > 0)
+            || o.presence_penalty != 0.0
+            || o.frequency_penalty != 0.0;
+        if penalties {
+            None
+        } else if o.temperature <= 0.0 {
+            Some(1)
+        } else {
+            (o.top_k > 0 && o.top_k <= max).then_some(o.top_k)
+        }
+    }
+
+    /// Picks the next token from the row's best candidates (as [`bitnet_core::ops::top_k`]
+    /// orders them; at least [`Sampler::candidates_wanted`] of them, or all there are): the
+    /// same token, and the same use of the random generator, as [`Sampler::sample`] on the
+    /// full row.
+    pub fn sample_top(&mut self, candidates: &[(u32, f32)]) -> u32 {
+        let o = &self.opts;
+        let Some(&(best, _)) = candidates.iter().find(|c| !c.1.is_nan()) else {
+            return 0;
+        };
+        if o.temperature <= 0.0 {
+            return best;
+        }
+        let mut c = std::mem::take(&mut self.candidates);
         c.clear();
-        c.extend(
-            w.iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l)),
-        );
+        c.extend(candidates.iter().filter(|x| !x.1.is_nan()));
+        let id = self.draw(&mut c);
+        self.candidates = c;
+        id
+    }
+
+    /// The filters after top-k (temperature softmax, top-p, min-p) and the draw, over
+    /// candidates sorted best first.
+    fn draw(&mut self, c: &mut Vec<(u32, f32)>) -> u32 {
+        let o = &self.opts;
         if c.is_empty() {
             return 0;
         }
-        c.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if o.top_k > 0 && o.top_k < c.len() {
             c.truncate(o.top_k);
         }
@@ -311,5 +351,58 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().unwrap_err().contains("top_p"));
+    }
+    #[test]
+    fn sampling_from_the_best_candidates_equals_sampling_the_row() {
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % 4000) as f32 / 500.0 - 4.0
+        };
+        let rows: Vec<Vec<f32>> = (0..40)
+            .map(|_| (0..3000).map(|_| next()).collect())
+            .collect();
+        for opts in [
+            SamplingOptions::greedy(),
+            SamplingOptions {
+                seed: Some(3),
+                ..Default::default()
+            },
+            SamplingOptions {
+                temperature: 1.5,
+                top_k: 200,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: Some(9),
+                ..Default::default()
+            },
+        ] {
+            let (mut a, mut b) = (Sampler::new(opts.clone()), Sampler::new(opts));
+            let k = b.candidates_wanted(256).unwrap();
+            let mut cands = Vec::new();
+            for row in &rows {
+                bitnet_core::ops::top_k(row, k, &mut cands);
+                assert_eq!(a.sample(row, &[], &[]), b.sample_top(&cands));
+            }
+        }
+    }
+
+    #[test]
+    fn candidates_are_not_enough_with_penalties_or_wide_filters() {
+        let s = |o: SamplingOptions| Sampler::new(o).candidates_wanted(256);
+        assert_eq!(s(SamplingOptions::greedy()), Some(1));
+        assert_eq!(s(SamplingOptions::default()), Some(40));
+        let wide = SamplingOptions {
+            top_k: 0,
+            ..Default::default()
+        };
+        assert_eq!(s(wide), None);
+        let penalized = SamplingOptions {
+            presence_penalty: 0.5,
+            ..SamplingOptions::greedy()
+        };
+        assert_eq!(s(penalized), None);
     }
 }

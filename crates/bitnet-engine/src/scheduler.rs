@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bitnet_model::{BatchEntry, KvCache, Logits, Scratch};
 
+use crate::candidates::{Row, StepOut, StepRows};
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{Engine, EngineError, FinishReason, GenerateOptions, Prompt, Token};
@@ -230,7 +231,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             active: Vec::new(),
             scratch: Scratch::default(),
-            logits: Vec::new(),
+            rows: StepRows::default(),
             deadline: None,
             disconnected: false,
         };
@@ -421,7 +422,7 @@ struct Worker {
     waiting: VecDeque<Pending>,
     active: Vec<Seq>,
     scratch: Scratch,
-    logits: Vec<f32>,
+    rows: StepRows,
     deadline: Option<Instant>,
     disconnected: bool,
 }
@@ -582,6 +583,11 @@ impl Worker {
         if self.active.is_empty() {
             return;
         }
+        let model = self.engine.model();
+        let mode = StepOut::choose(
+            model,
+            self.active.iter().map(|s| (&s.sampler, s.opts.logits)),
+        );
         let mut budget = self.config.prefill_chunk.max(1);
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.active.len());
         let mut entries = Vec::with_capacity(self.active.len());
@@ -604,12 +610,9 @@ impl Worker {
                 logits: Logits::Last,
             });
         }
-        let result = self.engine.model().forward_batch(
-            &mut entries,
-            &mut self.logits,
-            &mut self.scratch,
-            None,
-        );
+        let result = self
+            .rows
+            .forward(mode, model, &mut entries, &mut self.scratch);
         drop(entries);
         self.shared.steps.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = result {
@@ -638,10 +641,10 @@ impl Worker {
             if s.fed < s.tokens.len() {
                 continue; // more prompt to read
             }
-            let Some(row_logits) = self.logits.get(row * vocab..(row + 1) * vocab) else {
+            let Some(row) = self.rows.row(row, vocab) else {
                 continue;
             };
-            sample_one(s, row_logits, tokenizer);
+            sample_one(s, row, tokenizer);
             self.shared.generated.fetch_add(1, Ordering::Relaxed);
         }
         self.finish_done();
@@ -675,10 +678,13 @@ impl Worker {
 
 /// Samples the next token of `s` from its logits and sends what it releases, mirroring
 /// `Generation::step` so batched and lone runs agree token for token and byte for byte.
-fn sample_one(s: &mut Seq, logits: &[f32], tok: Option<&bitnet_tokenizer::Tokenizer>) {
+fn sample_one(s: &mut Seq, row: Row<'_>, tok: Option<&bitnet_tokenizer::Tokenizer>) {
     let generated = &s.tokens[s.prompt_len..];
-    let id = s.sampler.sample(logits, &s.tokens, generated);
-    let token_logits = s.opts.logits.then(|| logits.to_vec());
+    let token_logits = match (&row, s.opts.logits) {
+        (Row::Logits(l), true) => Some(l.to_vec()),
+        _ => None,
+    };
+    let id = s.sampler.pick(row, &s.tokens, generated);
     s.tokens.push(id);
     let n_gen = s.tokens.len() - s.prompt_len;
     let is_eog = tok.is_some_and(|t| t.is_eog(id)) && !s.opts.ignore_eos;

@@ -52,6 +52,15 @@ pub trait Accelerator: Send + Sync {
         batch: &[DeviceEntry<'_>],
         tokens: &mut Vec<u32>,
     ) -> Result<(), ModelError>;
+    /// Like [`Accelerator::forward_batch_greedy`], but returns each entry's `k` best
+    /// candidates `(id, logit)` as [`crate::Model::forward_batch_top_k`] documents, chosen on
+    /// the device (`k` pairs per entry). `k` is at least 1 and at most the vocabulary.
+    fn forward_batch_top_k(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+    ) -> Result<(), ModelError>;
     /// Bytes one position of one sequence's cache holds on the device (all layers, K and V).
     fn kv_bytes_per_position(&self) -> usize;
     /// Bytes one decode step reads from weights on the device.

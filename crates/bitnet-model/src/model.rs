@@ -591,6 +591,46 @@ impl Model {
         Ok(())
     }
 
+    /// One batched step like [`Model::forward_batch_greedy`] that returns, for every entry with
+    /// tokens, the `k` best candidates of its last token's logits (as
+    /// [`bitnet_core::ops::top_k`] orders them: `k` per entry, fewer only where a row has fewer
+    /// non-NaN logits — then padded with `(0, NaN)`), entry after entry. On a device they are
+    /// chosen there and only the `k` pairs per entry travel back.
+    pub fn forward_batch_top_k(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        k: usize,
+        out: &mut Vec<(u32, f32)>,
+        scratch: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        out.clear();
+        let v = self.config.vocab_size;
+        if k == 0 || k > v {
+            return Err(ModelError::Device(format!(
+                "top-k candidates: k = {k} must be in 1..={v}"
+            )));
+        }
+        for e in batch.iter_mut() {
+            e.logits = Logits::Last;
+        }
+        if let Some(accel) = &self.accel {
+            self.check_batch(batch)?;
+            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
+                accel.forward_batch_top_k(entries, k, out)
+            });
+        }
+        let mut logits = std::mem::take(&mut scratch.greedy_logits);
+        self.forward_batch(batch, &mut logits, scratch, None)?;
+        let mut row_top = Vec::with_capacity(k);
+        for row in logits.chunks_exact(v) {
+            bitnet_core::ops::top_k(row, k, &mut row_top);
+            out.extend_from_slice(&row_top);
+            out.extend(std::iter::repeat_n((0, f32::NAN), k - row_top.len()));
+        }
+        scratch.greedy_logits = logits;
+        Ok(())
+    }
+
     /// Runs layer `li` on the residual stream held in `scratch` (`n` tokens at positions
     /// `start..start + n`), writing their keys and values into `cache` (which is not advanced).
     /// Public so that tests can drive one layer at a time from the reference's inputs.
