@@ -11,7 +11,7 @@
 # `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with
 # PROFILE=1 adds a per-kernel device-time profile; AB=VAR also times `quick` with VAR=0 and VAR=1
 # (an A/B of a switch such as BITNET_CUDA_PDL); `ncu` reads Nsight Compute's counters for one
-# decode layer's kernels (the four fused GEMVs, attention) and the head.
+# decode layer's kernels (the four fused GEMVs, attention), the head and one prefill pass.
 set -uo pipefail
 BIN=$(realpath "${1:?usage: gpu-check.sh BIN_DIR [tests|bench|all]}")
 WHAT=${2:-all}
@@ -35,6 +35,11 @@ if [ "$WHAT" = ncu ]; then
     --section SpeedOfLight --section LaunchStats --section WarpStateStats "$B" bench -m /tmp/same.gguf \
     --device cuda -p 0 -n 4 -r 1 2>&1 | grep -v "^==PROF==" \
     | grep -E "attn|head|Duration|Throughput|Stall|Warp Cycles|Grid Size|DRAM" | head -60
+  # One 256-token prefill pass: the tensor-core GEMMs, norm+quantize and attention.
+  ncu --clock-control none --cache-control none -k regex:'ternary_mma|attn_vec|norm_quant' -s 40 -c 6 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats "$B" bench \
+    -m /tmp/same.gguf --device cuda -p 256 -n 0 -r 1 2>&1 | grep -v "^==PROF==" \
+    | grep -E "mma|attn|norm_quant|Duration|Registers|Theoretical Occ|Achieved Occ|Grid Size" | head -60
   exit 0
 fi
 if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then

@@ -8,6 +8,10 @@
 //! All SIMD kernels use the same trick: weights are stored as unsigned codes `u = t + 1` in
 //! {0, 1, 2}, two bits each, so `dot(t, x) = dot(u, x) - sum(x)` is an unsigned-by-signed byte
 //! product that `maddubs` (AVX2) and `dpbusd` (AVX-512 VNNI) compute directly.
+//!
+//! `avx512vnni-t1` stores the same codes five to a byte (1.6 bits per weight, a base-3 code
+//! decoded by register table lookups) to stream 20% fewer bytes. It is offered after
+//! `avx512vnni`, so `auto` does not pick it: see `avx512_t1.rs` for the measurements.
 #![deny(missing_docs)]
 
 #[cfg(target_arch = "x86_64")]
@@ -15,7 +19,11 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
+mod avx512_t1;
+#[cfg(target_arch = "x86_64")]
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pack_t1;
 mod threaded;
 
 use std::sync::Arc;
@@ -27,9 +35,12 @@ use bitnet_core::{CoreError, LinearKernel};
 pub use avx2::Avx2Kernel;
 #[cfg(target_arch = "x86_64")]
 pub use avx512::Avx512Kernel;
+#[cfg(target_arch = "x86_64")]
+pub use avx512_t1::Avx512Tq1Kernel;
 pub use threaded::Threaded;
 
-/// Every kernel this CPU can run, best first (`avx512vnni`, `avx2`, then `scalar`).
+/// Every kernel this CPU can run, best first (`avx512vnni`, `avx512vnni-t1`, `avx2`, then
+/// `scalar`).
 ///
 /// Callers that just want speed take the first entry; tests iterate all of them.
 pub fn available_kernels() -> Vec<Arc<dyn LinearKernel>> {
@@ -41,8 +52,11 @@ pub fn available_kernels() -> Vec<Arc<dyn LinearKernel>> {
 /// The SIMD kernels this x86-64 CPU supports, best first.
 #[cfg(target_arch = "x86_64")]
 fn simd_kernels() -> Vec<Arc<dyn LinearKernel>> {
-    let mut all: Vec<Arc<dyn LinearKernel>> = Vec::with_capacity(3);
+    let mut all: Vec<Arc<dyn LinearKernel>> = Vec::with_capacity(4);
     if let Some(k) = Avx512Kernel::new() {
+        all.push(Arc::new(k));
+    }
+    if let Some(k) = Avx512Tq1Kernel::new() {
         all.push(Arc::new(k));
     }
     if let Some(k) = Avx2Kernel::new() {
@@ -123,6 +137,9 @@ mod tests {
         let mut want = Vec::new();
         if Avx512Kernel::new().is_some() {
             want.push("avx512vnni");
+        }
+        if Avx512Tq1Kernel::new().is_some() {
+            want.push("avx512vnni-t1");
         }
         if Avx2Kernel::new().is_some() {
             want.push("avx2");

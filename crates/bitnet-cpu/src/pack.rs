@@ -17,16 +17,48 @@ pub(crate) struct PackedTernary {
     pub(crate) scale: f32,
     /// Blocks per row, `ceil(cols / (4 * B))`.
     pub(crate) blocks_per_row: usize,
-    /// `rows * blocks_per_row * B` bytes starting at `offset`, plus slack for the alignment.
-    data: Vec<u8>,
-    /// Where the 64-byte-aligned packed bytes start in `data`.
-    offset: usize,
-    /// Packed bytes.
-    len: usize,
+    /// `rows * blocks_per_row * B` packed bytes.
+    data: AlignedBytes,
 }
 
 /// Alignment of the packed bytes: a cache line, so no 512-bit load ever splits two lines.
-const ALIGN: usize = 64;
+pub(crate) const ALIGN: usize = 64;
+
+/// A zero-initialised byte buffer whose bytes start on an [`ALIGN`]-byte boundary (a `Vec<u8>`
+/// with slack in front, since `Vec` itself only promises the alignment of `u8`).
+#[derive(Clone, Debug)]
+pub(crate) struct AlignedBytes {
+    /// `len` bytes starting at `offset`, plus slack for the alignment.
+    data: Vec<u8>,
+    /// Where the aligned bytes start in `data`.
+    offset: usize,
+    /// Usable bytes.
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes, aligned.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        let data = vec![0u8; len.saturating_add(ALIGN - 1)];
+        // The Vec never grows after this, so the alignment found here holds for its lifetime.
+        let offset = data.as_ptr().align_offset(ALIGN).min(ALIGN - 1);
+        Self { data, offset, len }
+    }
+
+    /// The aligned bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.data
+            .get(self.offset..self.offset + self.len)
+            .unwrap_or(&[])
+    }
+
+    /// The aligned bytes, writable.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        self.data
+            .get_mut(self.offset..self.offset + self.len)
+            .unwrap_or(&mut [])
+    }
+}
 
 impl PackedTernary {
     /// Repacks `m` with blocks of `block_bytes` bytes.
@@ -42,10 +74,10 @@ impl PackedTernary {
                 expected: usize::MAX,
                 found: rows.saturating_mul(cols),
             })?;
-        let mut data = vec![0u8; len.saturating_add(ALIGN - 1)];
-        // The Vec never grows after this, so the alignment found here holds for its lifetime.
-        let offset = data.as_ptr().align_offset(ALIGN).min(ALIGN - 1);
-        if let Some(packed) = data.get_mut(offset..offset + len).filter(|p| !p.is_empty()) {
+        let mut data = AlignedBytes::zeroed(len);
+        let packed = data.bytes_mut();
+        // An empty row (cols == 0) has no chunks to cut.
+        if !packed.is_empty() {
             for (r, packed_row) in packed
                 .chunks_exact_mut(blocks_per_row * block_bytes)
                 .enumerate()
@@ -71,16 +103,12 @@ impl PackedTernary {
             scale: m.scale(),
             blocks_per_row,
             data,
-            offset,
-            len,
         })
     }
 
     /// The packed bytes, 64-byte aligned, row after row.
     pub(crate) fn packed(&self) -> &[u8] {
-        self.data
-            .get(self.offset..self.offset + self.len)
-            .unwrap_or(&[])
+        self.data.bytes()
     }
 
     /// Checks the slice lengths every `matmul_i32` promises its caller it will check.
