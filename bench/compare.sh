@@ -9,9 +9,10 @@
 #        each (GGML_NATIVE=ON, no curl); ~5 and ~16 minutes on 2 cores.
 # run:   writes the synthetic model as f16 GGUF (`bitnet convert --synthetic 2b4t-silu`), has each
 #        peer's llama-quantize make its ternary format (llama.cpp TQ2_0, ik_llama.cpp IQ2_BN) with
-#        an f16 and a Q6_K head, writes ours (I2_S; f16 and Q6_K heads), runs every llama-bench and
-#        `bitnet bench` (pp512, tg128), and prints the table. Also checks that our TQ1_0/TQ2_0
-#        files load in llama.cpp.
+#        an f16 and a Q6_K head, writes ours (I2_S; f16, Q6_K and Q4_K heads), runs every
+#        llama-bench and `bitnet bench` (pp512, tg128; ours with the 2-bit and the 1.6-bit
+#        kernel, and the compact mode: 1.6-bit kernel + Q4_K head), and prints the table. Also
+#        checks that our TQ1_0/TQ2_0 files load in llama.cpp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
@@ -97,9 +98,10 @@ print(f"{label}|{pp:.2f}|{tg:.2f}")
 PY
 }
 
+# bench_ours LABEL MODEL [KERNEL]
 bench_ours() {
   local out
-  out=$(target/release/bitnet bench -m "$2" -p 512 -n 128 -t "$T" -r "$R" --device cpu -o json 2>/dev/null)
+  out=$(target/release/bitnet bench -m "$2" -p 512 -n 128 -t "$T" -r "$R" --device cpu --kernel "${3:-auto}" -o json 2>/dev/null)
   python3 - "$1" "$out" <<'PY'
 import json, sys
 label, rows = sys.argv[1], json.loads(sys.argv[2])
@@ -119,6 +121,7 @@ run() {
   [ -f "$M/f16.gguf" ] || $B convert --synthetic 2b4t-silu --weights f16 --head f16 --vocab-from $V --out "$M/f16.gguf" >&2
   [ -f "$M/ours-f16.gguf" ] || $B convert --synthetic 2b4t --weights i2_s --head f16 --vocab-from $V --out "$M/ours-f16.gguf" >&2
   [ -f "$M/ours-q6k.gguf" ] || $B convert --synthetic 2b4t --weights i2_s --head q6_k --vocab-from $V --out "$M/ours-q6k.gguf" >&2
+  [ -f "$M/ours-q4k.gguf" ] || $B convert --synthetic 2b4t --weights i2_s --head q4_k --vocab-from $V --out "$M/ours-q4k.gguf" >&2
   [ -f "$M/ours-tq2.gguf" ] || $B convert --synthetic 2b4t-silu --weights tq2_0 --head f16 --vocab-from $V --out "$M/ours-tq2.gguf" >&2
   [ -f "$M/ours-tq1.gguf" ] || $B convert --synthetic 2b4t-silu --weights tq1_0 --head f16 --vocab-from $V --out "$M/ours-tq1.gguf" >&2
   q() { [ -f "$4" ] || "$1" --token-embedding-type "$3" --output-tensor-type "$3" "$M/f16.gguf" "$4" "$2" > "$4.log" 2>&1; }
@@ -137,10 +140,14 @@ run() {
   local rows=()
   rows+=("$(bench_peer "llama.cpp TQ2_0, f16 head" "$L/llama-bench" "$M/llama-tq2-f16.gguf")")
   rows+=("$(bench_peer "ik_llama.cpp IQ2_BN, f16 head" "$K/llama-bench" "$M/ik-iq2bn-f16.gguf")")
-  rows+=("$(bench_ours "bitnet-rs I2_S, f16 head" "$M/ours-f16.gguf")")
+  rows+=("$(bench_ours "bitnet-rs 2-bit kernel, f16 head" "$M/ours-f16.gguf" avx512vnni)")
+  rows+=("$(bench_ours "bitnet-rs 1.6-bit kernel, f16 head" "$M/ours-f16.gguf" avx512vnni-t1)")
   rows+=("$(bench_peer "llama.cpp TQ2_0, Q6_K head" "$L/llama-bench" "$M/llama-tq2-q6k.gguf")")
   rows+=("$(bench_peer "ik_llama.cpp IQ2_BN, Q6_K head" "$K/llama-bench" "$M/ik-iq2bn-q6k.gguf")")
-  rows+=("$(bench_ours "bitnet-rs I2_S, Q6_K head" "$M/ours-q6k.gguf")")
+  rows+=("$(bench_ours "bitnet-rs 2-bit kernel, Q6_K head" "$M/ours-q6k.gguf" avx512vnni)")
+  rows+=("$(bench_ours "bitnet-rs 1.6-bit kernel, Q6_K head" "$M/ours-q6k.gguf" avx512vnni-t1)")
+  # The most compact mode: 1.6-bit weights and a 4-bit head, against the peers' Q6_K best.
+  rows+=("$(bench_ours "bitnet-rs 1.6-bit kernel, Q4_K head (compact)" "$M/ours-q4k.gguf" avx512vnni-t1)")
   python3 - "$T" "$R" "${rows[@]}" <<'PY'
 import sys
 t, r, rows = sys.argv[1], sys.argv[2], [x.split("|") for x in sys.argv[3:]]

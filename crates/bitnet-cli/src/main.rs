@@ -65,7 +65,8 @@ pub(crate) struct RunArgs {
     /// Context length (prompt + output); default and maximum: the model's.
     #[arg(long = "ctx", short = 'c')]
     ctx: Option<usize>,
-    /// Linear kernel (auto, avx512vnni, avx2, scalar); also BITNET_KERNEL.
+    /// Linear kernel (auto, avx512vnni, avx512vnni-t1 = 1.6-bit weights, avx2, scalar); also
+    /// BITNET_KERNEL.
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Threads (default: physical cores).
@@ -354,7 +355,7 @@ struct BenchArgs {
     /// Output: md (llama-bench's table) or json.
     #[arg(short = 'o', long, default_value = "md")]
     output: String,
-    /// Linear kernel (auto, avx512vnni, avx2, scalar).
+    /// Linear kernel (auto, avx512vnni, avx512vnni-t1 = 1.6-bit weights, avx2, scalar).
     #[arg(long, default_value = "auto")]
     kernel: String,
     /// Copy f16 heads into memory instead of reading them from the mapped file.
