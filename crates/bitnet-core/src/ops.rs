@@ -379,6 +379,17 @@ pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     out.sort_unstable_by(better);
 }
 
+/// Appends to `out` the [`top_k`] candidates of every `vocab`-wide row of `logits`, `k` per
+/// row: a row with fewer non-NaN logits is padded with `(0, NaN)`.
+pub fn top_k_rows(logits: &[f32], vocab: usize, k: usize, out: &mut Vec<(u32, f32)>) {
+    let mut row_top = Vec::with_capacity(k);
+    for row in logits.chunks_exact(vocab.max(1)) {
+        top_k(row, k, &mut row_top);
+        out.extend_from_slice(&row_top);
+        out.extend(std::iter::repeat_n((0, f32::NAN), k - row_top.len()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,9 +113,15 @@ impl PackedTernary {
 
     /// Checks the slice lengths every `matmul_i32` promises its caller it will check.
     pub(crate) fn check(&self, x: &[i8], batch: usize, out: &[i32]) {
-        assert_eq!(x.len(), batch * self.cols, "matmul_i32: activation length");
-        assert_eq!(out.len(), batch * self.rows, "matmul_i32: output length");
+        check_lengths(self.rows, self.cols, x, batch, out);
     }
+}
+
+/// The slice lengths every `matmul_i32` promises its caller it will check, for a `rows x cols`
+/// matrix (shared by the 2-bit and the 1.6-bit layouts).
+pub(crate) fn check_lengths(rows: usize, cols: usize, x: &[i8], batch: usize, out: &[i32]) {
+    assert_eq!(x.len(), batch * cols, "matmul_i32: activation length");
+    assert_eq!(out.len(), batch * rows, "matmul_i32: output length");
 }
 
 /// One activation row cut into whole blocks of `W` codes, plus its zero-padded last block (on

@@ -202,8 +202,7 @@ impl PackedTrits {
 
     /// Checks the slice lengths every `matmul_i32` promises its caller it will check.
     pub(crate) fn check(&self, x: &[i8], batch: usize, out: &[i32]) {
-        assert_eq!(x.len(), batch * self.cols, "matmul_i32: activation length");
-        assert_eq!(out.len(), batch * self.rows, "matmul_i32: output length");
+        crate::pack::check_lengths(self.rows, self.cols, x, batch, out);
     }
 }
 

@@ -106,23 +106,30 @@ impl Profile {
 pub struct Kernel {
     f: CudaFunction,
     name: String,
+    /// [`Kernel::wave`], asked of the driver once.
+    wave: std::sync::OnceLock<u32>,
 }
 
 impl Kernel {
-    /// Blocks of `block` threads (no dynamic shared memory) that run at once on the whole GPU:
-    /// one wave. At least 1.
-    pub fn wave(&self, gpu: &Gpu, block: u32) -> u32 {
+    /// Blocks of [`Kernel::WAVE_BLOCK`] threads (no dynamic shared memory) that run at once on
+    /// the whole GPU: one wave. At least 1; asked of the driver at the first call only.
+    pub fn wave(&self, gpu: &Gpu) -> u32 {
         use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-        let per_sm = self
-            .f
-            .occupancy_max_active_blocks_per_multiprocessor(block, 0, None)
-            .unwrap_or(1);
-        let sms = gpu
-            .ctx
-            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .unwrap_or(1);
-        (per_sm.max(1)).saturating_mul(sms.max(1) as u32)
+        *self.wave.get_or_init(|| {
+            let per_sm = self
+                .f
+                .occupancy_max_active_blocks_per_multiprocessor(Self::WAVE_BLOCK, 0, None)
+                .unwrap_or(1);
+            let sms = gpu
+                .ctx
+                .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(1);
+            (per_sm.max(1)).saturating_mul(sms.max(1) as u32)
+        })
     }
+
+    /// The block size [`Kernel::wave`] counts for.
+    pub const WAVE_BLOCK: u32 = 256;
 
     /// The kernel's name.
     pub fn name(&self) -> &str {
@@ -193,6 +200,7 @@ impl Gpu {
         Ok(Kernel {
             f: self.module.load_function(name)?,
             name: name.to_string(),
+            wave: std::sync::OnceLock::new(),
         })
     }
 

@@ -673,12 +673,7 @@ impl CudaModel {
             Out::TopK(k, out) => {
                 let mut logits = vec![0f32; m * v];
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits)?;
-                let mut row_top = Vec::with_capacity(*k);
-                for row in logits.chunks_exact(v) {
-                    bitnet_core::ops::top_k(row, *k, &mut row_top);
-                    out.extend_from_slice(&row_top);
-                    out.extend(std::iter::repeat_n((0, f32::NAN), *k - row_top.len()));
-                }
+                bitnet_core::ops::top_k_rows(&logits, v, *k, out);
             }
         }
         self.gpu.sync()?;
@@ -892,11 +887,11 @@ fn launch_gemv_norm(
     accumulate: bool,
 ) -> Result<(), CudaError> {
     // One wave at most: each block loops over strips (the kernel normalizes once per block).
-    let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu, 256));
+    let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu));
     gpu.launch(
         k,
         (blocks, 1, 1),
-        256,
+        Kernel::WAVE_BLOCK,
         0,
         &[
             Arg::P(ptr(&w.words, &gpu.stream)),

@@ -57,6 +57,13 @@ impl SamplingOptions {
         }
     }
 
+    /// Whether any repetition, presence or frequency penalty is on (they need the whole row).
+    fn penalties(&self) -> bool {
+        (self.repeat_penalty != 1.0 && self.repeat_last_n > 0)
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
     /// Rejects values that make no sense, naming the field.
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: f32| {
@@ -120,10 +127,7 @@ impl Sampler {
     /// for the repetition penalty) and the generated ones (`generated`, for presence/frequency).
     pub fn sample(&mut self, logits: &[f32], history: &[u32], generated: &[u32]) -> u32 {
         let o = &self.opts;
-        let penalties = (o.repeat_penalty != 1.0 && o.repeat_last_n > 0)
-            || o.presence_penalty != 0.0
-            || o.frequency_penalty != 0.0;
-        if o.temperature <= 0.0 && !penalties {
+        if o.temperature <= 0.0 && !o.penalties() {
             // Plain greedy: no need to copy the vocabulary-sized logits every token.
             return argmax(logits);
         }
@@ -174,10 +178,7 @@ impl Sampler {
     /// `max`; `None` when penalties are on (they need every logit) or the filter is wider.
     pub fn candidates_wanted(&self, max: usize) -> Option<usize> {
         let o = &self.opts;
-        let penalties = (o.repeat_penalty != 1.0 && o.repeat_last_n > 0)
-            || o.presence_penalty != 0.0
-            || o.frequency_penalty != 0.0;
-        if penalties {
+        if o.penalties() {
             None
         } else if o.temperature <= 0.0 {
             Some(1)

@@ -621,12 +621,7 @@ impl Model {
         }
         let mut logits = std::mem::take(&mut scratch.greedy_logits);
         self.forward_batch(batch, &mut logits, scratch, None)?;
-        let mut row_top = Vec::with_capacity(k);
-        for row in logits.chunks_exact(v) {
-            bitnet_core::ops::top_k(row, k, &mut row_top);
-            out.extend_from_slice(&row_top);
-            out.extend(std::iter::repeat_n((0, f32::NAN), k - row_top.len()));
-        }
+        bitnet_core::ops::top_k_rows(&logits, v, k, out);
         scratch.greedy_logits = logits;
         Ok(())
     }

@@ -132,6 +132,29 @@ pub(crate) struct ActRef<'a> {
     pub neg_sum: &'a [i32],
 }
 
+impl ActRef<'_> {
+    /// How many blocks of `block_bytes` (each covering `per_block` codes) `row` holds; panics
+    /// unless this vector covers exactly those blocks (the SIMD row kernels read within them).
+    pub(crate) fn blocks_of(&self, row: &[u8], block_bytes: usize, per_block: usize) -> usize {
+        let n = row.len() / block_bytes;
+        assert!(
+            row.len() == n * block_bytes
+                && self.q.len() == n * per_block
+                && self.scale.len() == n * per_block / LANE
+                && self.neg_sum.len() == n * per_block / LANE
+        );
+        n
+    }
+}
+
+/// f16 bits to f32 with F16C (the block scales of the x86 row kernels).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c")]
+pub(crate) fn h2f(bits: u16) -> f32 {
+    use std::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
 /// An implementation of the quantized dot products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotKernel {

@@ -131,24 +131,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ActRef, BLOCK_BYTES, LANE, QK4_0, block_isum};
-
-    /// Panics unless `x` covers exactly the blocks of `row` (the kernels read within these).
-    fn check(row: &[u8], x: &ActRef<'_>) -> usize {
-        let nb = row.len() / BLOCK_BYTES;
-        assert!(
-            row.len() == nb * BLOCK_BYTES
-                && x.q.len() == nb * QK4_0
-                && x.scale.len() == nb * QK4_0 / LANE
-                && x.neg_sum.len() == nb * QK4_0 / LANE
-        );
-        nb
-    }
-
-    /// f16 bits to f32 with F16C.
-    #[target_feature(enable = "f16c")]
-    fn h2f(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
+    use crate::quants::dot::h2f;
 
     /// Block `b` of `row` times the matching activation codes, exactly, scaled in f32 (the
     /// tail of the SIMD loops).
@@ -167,7 +150,7 @@ mod x86 {
     /// `q - 8`; the 16 i32 lanes (8 per block) are scaled by `d_w * d_x` per lane in f32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = check(row, &x);
+        let nb = x.blocks_of(row, BLOCK_BYTES, QK4_0);
         let mut acc = [_mm512_setzero_ps(); 2];
         let mut b = 0;
         while b + 4 <= nb {
@@ -232,7 +215,7 @@ mod x86 {
     /// `d_w * d_x`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = check(row, &x);
+        let nb = x.blocks_of(row, BLOCK_BYTES, QK4_0);
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut b = 0;
         while b + 2 <= nb {

@@ -348,26 +348,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ActRef, BLOCK_BYTES, LANE, QK_K, packed_scales, scales_mins, scales_mins_bytes};
-
-    /// Panics unless `x` covers exactly the super-blocks of `row` (the kernels read within these).
-    fn check(row: &[u8], x: &ActRef<'_>) -> usize {
-        let n = row.len() / BLOCK_BYTES;
-        assert!(
-            row.len() == n * BLOCK_BYTES
-                && x.q.len() == n * QK_K
-                && x.scale.len() == n * QK_K / LANE
-                && x.neg_sum.len() == n * QK_K / LANE
-        );
-        n
-    }
-
-    /// The little-endian f16 `[lo, hi]` to f32 with F16C.
-    #[target_feature(enable = "f16c")]
-    fn h2f(lo: u8, hi: u8) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(
-            u16::from_le_bytes([lo, hi]),
-        ))))
-    }
+    use crate::quants::dot::h2f;
 
     /// Per 64 values (one 32-byte group: sub-blocks `2g` and `2g + 1`): the low and high
     /// nibbles side by side are the 64 levels in element order; `vpmaddubsw` with the
@@ -377,7 +358,7 @@ mod x86 {
     /// `+dmin`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = check(row, &x);
+        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
         let m4 = _mm256_set1_epi8(0x0F);
         let half = |a: i16, b: i16| {
             _mm512_inserti64x4::<1>(
@@ -395,7 +376,10 @@ mod x86 {
         let mut acc = _mm512_setzero_ps();
         let (blocks, _) = row.as_chunks::<BLOCK_BYTES>();
         for (s, blk) in blocks.iter().enumerate().take(n) {
-            let (d, dmin) = (h2f(blk[0], blk[1]), h2f(blk[2], blk[3]));
+            let (d, dmin) = (
+                h2f(u16::from_le_bytes([blk[0], blk[1]])),
+                h2f(u16::from_le_bytes([blk[2], blk[3]])),
+            );
             let [u0, u1, u2, u3] = scales_mins(packed_scales(blk));
             let smv = _mm_set_epi32(u3 as i32, u2 as i32, u1 as i32, u0 as i32);
             let sm16 = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(smv));
@@ -435,12 +419,15 @@ mod x86 {
     /// negated lane sums times the broadcast min; `d` and `dmin` per super-block.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = check(row, &x);
+        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
         let m4 = _mm256_set1_epi8(0x0F);
         let mut acc = _mm256_setzero_ps();
         let (blocks, _) = row.as_chunks::<BLOCK_BYTES>();
         for (s, blk) in blocks.iter().enumerate().take(n) {
-            let (d, dmin) = (h2f(blk[0], blk[1]), h2f(blk[2], blk[3]));
+            let (d, dmin) = (
+                h2f(u16::from_le_bytes([blk[0], blk[1]])),
+                h2f(u16::from_le_bytes([blk[2], blk[3]])),
+            );
             let sm = scales_mins_bytes(packed_scales(blk));
             let (mut acc_d, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             for g in 0..4 {

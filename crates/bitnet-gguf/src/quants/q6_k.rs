@@ -281,24 +281,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ActRef, BLOCK_BYTES, LANE, QK_K};
-
-    /// Panics unless `x` covers exactly the super-blocks of `row` (the kernels read within these).
-    fn check(row: &[u8], x: &ActRef<'_>) -> usize {
-        let n = row.len() / BLOCK_BYTES;
-        assert!(
-            row.len() == n * BLOCK_BYTES
-                && x.q.len() == n * QK_K
-                && x.scale.len() == n * QK_K / LANE
-                && x.neg_sum.len() == n * QK_K / LANE
-        );
-        n
-    }
-
-    /// f16 bits to f32 with F16C.
-    #[target_feature(enable = "f16c")]
-    fn h2f(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
+    use crate::quants::dot::h2f;
 
     /// `pshufb` masks that spread sub-block scales over i32 lanes: mask `g` maps byte `i` to
     /// scale `per * g + i / 4` (each 16-value sub-block covers 4 lanes of 4 values).
@@ -320,7 +303,7 @@ mod x86 {
     /// per super-block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = check(row, &x);
+        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
         let m0f = _mm512_set1_epi8(0x0F);
         let m30 = _mm512_set1_epi8(0x30);
         // Per-16-bit-lane shift counts: bytes 0..32 (values 0..32 resp. 64..96) and 32..64.
@@ -390,7 +373,7 @@ mod x86 {
     /// scales, then `d_x` per lane in f32 and `d` per super-block.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = check(row, &x);
+        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
         let m0f = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
         let ones = _mm256_set1_epi16(1);
