@@ -16,6 +16,7 @@ mod load_gguf;
 mod load_hf;
 mod model;
 mod source;
+mod stacked;
 
 pub use accel::{Accelerator, DeviceCache, DeviceEntry};
 pub use cache::KvCache;
@@ -26,3 +27,4 @@ pub use load_gguf::{GgufSource, config_from_gguf, load_gguf};
 pub use load_hf::{HfSource, config_from_hf, load_hf};
 pub use model::{BatchEntry, Layer, Logits, Model, Scratch, TracePoint, Tracer};
 pub use source::{Norm, Proj, WeightSource};
+pub use stacked::Stacked;

@@ -17,10 +17,19 @@ thread_local! {
 }
 
 /// Vocabulary rows of the head per thread-pool task.
-const HEAD_ROWS_PER_TASK: usize = 2048;
+fn head_rows_per_task() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("BITNET_HEADROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2048)
+    })
+}
 
 use crate::accel::{Accelerator, DeviceEntry};
 use crate::config::{Activation, ModelConfig};
+use crate::stacked::Stacked;
 use crate::{KvCache, KvType, ModelError};
 
 /// The weights of one transformer block.
@@ -33,18 +42,12 @@ pub struct Layer {
     pub ffn_norm: Vec<f32>,
     /// RMSNorm over the gated FFN activations, before `down`.
     pub ffn_sub_norm: Vec<f32>,
-    /// Query projection.
-    pub q: Box<dyn PreparedLinear>,
-    /// Key projection.
-    pub k: Box<dyn PreparedLinear>,
-    /// Value projection.
-    pub v: Box<dyn PreparedLinear>,
+    /// Query, key and value projections, stacked (one multiply per step).
+    pub qkv: Stacked,
     /// Attention output projection.
     pub o: Box<dyn PreparedLinear>,
-    /// FFN gate projection.
-    pub gate: Box<dyn PreparedLinear>,
-    /// FFN up projection.
-    pub up: Box<dyn PreparedLinear>,
+    /// FFN gate and up projections, stacked.
+    pub gate_up: Stacked,
     /// FFN down projection.
     pub down: Box<dyn PreparedLinear>,
 }
@@ -169,8 +172,12 @@ impl Model {
         let linears: usize = self
             .layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .map(|w| w.weight_bytes())
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.o.weight_bytes()
+                    + l.gate_up.weight_bytes()
+                    + l.down.weight_bytes()
+            })
             .sum();
         (linears + self.output_head().storage_bytes()) as u64
     }
@@ -274,23 +281,30 @@ impl Model {
                     ));
                 }
             }
-            let linears: [(&str, &dyn PreparedLinear, usize, usize); 7] = [
-                ("q", &*l.q, c.q_dim(), c.hidden_size),
-                ("k", &*l.k, c.kv_dim(), c.hidden_size),
-                ("v", &*l.v, c.kv_dim(), c.hidden_size),
-                ("o", &*l.o, c.hidden_size, c.q_dim()),
-                ("gate", &*l.gate, c.intermediate_size, c.hidden_size),
-                ("up", &*l.up, c.intermediate_size, c.hidden_size),
-                ("down", &*l.down, c.hidden_size, c.intermediate_size),
+            let stacked = [
+                ("q, k, v", &l.qkv, vec![c.q_dim(), c.kv_dim(), c.kv_dim()]),
+                ("gate, up", &l.gate_up, vec![c.intermediate_size; 2]),
             ];
-            for (name, w, rows, cols) in linears {
-                if w.rows() != rows || w.cols() != cols {
+            let linears = stacked
+                .into_iter()
+                .map(|(name, w, rows)| (name, w.segment_rows().collect(), w.cols(), rows))
+                .chain([
+                    ("o", vec![l.o.rows()], l.o.cols(), vec![c.hidden_size]),
+                    (
+                        "down",
+                        vec![l.down.rows()],
+                        l.down.cols(),
+                        vec![c.hidden_size],
+                    ),
+                ]);
+            let want_cols = [c.hidden_size, c.hidden_size, c.q_dim(), c.intermediate_size];
+            for ((name, rows, cols, want_rows), want_cols) in linears.zip(want_cols) {
+                if rows != want_rows || cols != want_cols {
                     return Err(shape_err(
                         &format!("layer {i} {name}"),
                         format!(
-                            "shape [{}, {}] (out, in), expected [{rows}, {cols}]",
-                            w.rows(),
-                            w.cols()
+                            "rows {rows:?} x {cols} columns (out, in), expected \
+                             {want_rows:?} x {want_cols}"
                         ),
                     ));
                 }
@@ -479,9 +493,12 @@ impl Model {
             &mut s.head_out
         };
         match &self.pool {
-            Some(pool) => pool.for_each_chunk_mut(out, HEAD_ROWS_PER_TASK * m, &|i, part| {
-                head.matmul_rows(xs, m, i * HEAD_ROWS_PER_TASK, part)
-            }),
+            Some(pool) => {
+                let hr = head_rows_per_task();
+                pool.for_each_chunk_mut(out, hr * m, &|i, part| {
+                    head.matmul_rows(xs, m, i * hr, part)
+                })
+            }
             None => head.matmul_rows(xs, m, 0, out),
         }
         if m > 1 {
@@ -679,9 +696,9 @@ impl Model {
         s.q.resize(n * qd, 0.0);
         s.k.resize(n * kvd, 0.0);
         s.v.resize(n * kvd, 0.0);
-        layer.q.forward(&s.qa, &mut s.q, &mut s.ints);
-        layer.k.forward(&s.qa, &mut s.k, &mut s.ints);
-        layer.v.forward(&s.qa, &mut s.v, &mut s.ints);
+        layer
+            .qkv
+            .forward(&s.qa, &mut [&mut s.q, &mut s.k, &mut s.v], &mut s.ints);
         s.attn.resize(n * qd, 0.0);
         for (e, seg) in batch.iter_mut().zip(segs) {
             for t in seg.row..seg.row + seg.n {
@@ -737,8 +754,9 @@ impl Model {
         let id = c.intermediate_size;
         s.gate.resize(n * id, 0.0);
         s.up.resize(n * id, 0.0);
-        layer.gate.forward(&s.qa, &mut s.gate, &mut s.ints);
-        layer.up.forward(&s.qa, &mut s.up, &mut s.ints);
+        layer
+            .gate_up
+            .forward(&s.qa, &mut [&mut s.gate, &mut s.up], &mut s.ints);
         let act: fn(f32) -> f32 = match c.activation {
             Activation::Relu2 => ops::relu2,
             Activation::Silu => ops::silu,

@@ -6,6 +6,7 @@ use bitnet_core::ops::FloatMatrix;
 use bitnet_core::{LinearKernel, TernaryMatrix};
 
 use crate::model::{Layer, Model};
+use crate::stacked::Stacked;
 use crate::{ModelConfig, ModelError};
 
 /// The seven BitLinear projections of a block.
@@ -150,17 +151,21 @@ impl Model {
         for i in 0..c.n_layers {
             let lin =
                 |p: Proj| -> Result<_, ModelError> { Ok(kernel.prepare(&src.ternary(i, p)?)?) };
+            let stack = |ps: &[Proj]| {
+                let mats = ps
+                    .iter()
+                    .map(|&p| src.ternary(i, p))
+                    .collect::<Result<_, _>>()?;
+                Stacked::prepare(kernel, mats)
+            };
             layers.push(Layer {
                 attn_norm: src.norm(i, Norm::Attn)?,
                 attn_sub_norm: src.norm(i, Norm::AttnSub)?,
                 ffn_norm: src.norm(i, Norm::Ffn)?,
                 ffn_sub_norm: src.norm(i, Norm::FfnSub)?,
-                q: lin(Proj::Q)?,
-                k: lin(Proj::K)?,
-                v: lin(Proj::V)?,
+                qkv: stack(&[Proj::Q, Proj::K, Proj::V])?,
                 o: lin(Proj::O)?,
-                gate: lin(Proj::Gate)?,
-                up: lin(Proj::Up)?,
+                gate_up: stack(&[Proj::Gate, Proj::Up])?,
                 down: lin(Proj::Down)?,
             });
         }
