@@ -11,8 +11,12 @@ use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 /// Rows per part are a multiple of this (the kernels work on groups of four rows).
 const ROW_ALIGN: usize = 16;
-/// Parts per thread, so that uneven threads balance.
-const PARTS_PER_THREAD: usize = 4;
+/// Parts per thread, so that uneven threads balance. Two, not more: a decode multiply lasts
+/// microseconds and every part costs a cold start (the first rows' weights are not prefetched,
+/// and each part is its own allocation, so the hardware streams restart); on 2B4T shapes at
+/// batch 1, 2 parts per thread streamed ~3-12% faster than 4 in the same process (BENCHMARKS.md),
+/// and a second part still lets one thread take over when the other is late.
+const PARTS_PER_THREAD: usize = 2;
 /// Parts never get smaller than this many rows (tiny matrices stay whole).
 const MIN_PART_ROWS: usize = 64;
 
