@@ -82,6 +82,13 @@ pub struct Gpu {
     pdl: bool,
 }
 
+/// The launch attribute of [`Gpu::launch_ex`].
+#[derive(Clone, Copy)]
+enum Attr {
+    Pdl,
+    Cooperative,
+}
+
 /// Kernel timings: events still in flight, and totals by kernel.
 #[derive(Default)]
 struct Profile {
@@ -114,18 +121,30 @@ impl Kernel {
     /// Blocks of [`Kernel::WAVE_BLOCK`] threads (no dynamic shared memory) that run at once on
     /// the whole GPU: one wave. At least 1; asked of the driver at the first call only.
     pub fn wave(&self, gpu: &Gpu) -> u32 {
-        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
-        *self.wave.get_or_init(|| {
-            let per_sm = self
-                .f
-                .occupancy_max_active_blocks_per_multiprocessor(Self::WAVE_BLOCK, 0, None)
-                .unwrap_or(1);
-            let sms = gpu
-                .ctx
-                .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .unwrap_or(1);
-            (per_sm.max(1)).saturating_mul(sms.max(1) as u32)
-        })
+        *self
+            .wave
+            .get_or_init(|| self.resident(gpu, Self::WAVE_BLOCK, 0).max(1))
+    }
+
+    /// Blocks of `block` threads with `smem` bytes of dynamic shared memory that fit on the
+    /// whole GPU at once (0 if the driver cannot say).
+    pub fn resident(&self, gpu: &Gpu, block: u32, smem: usize) -> u32 {
+        let per_sm = self
+            .f
+            .occupancy_max_active_blocks_per_multiprocessor(block, smem, None)
+            .unwrap_or(0);
+        per_sm.saturating_mul(gpu.sm_count())
+    }
+
+    /// Lets launches of this kernel use up to `bytes` of dynamic shared memory (beyond the
+    /// default 48 KB, where the device allows).
+    pub fn allow_smem(&self, bytes: usize) -> Result<(), CudaError> {
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        let bytes = i32::try_from(bytes)
+            .map_err(|_| CudaError::Unavailable(format!("{bytes} bytes of shared memory")))?;
+        Ok(self
+            .f
+            .set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)?)
     }
 
     /// The block size [`Kernel::wave`] counts for.
@@ -209,9 +228,41 @@ impl Gpu {
         self.function(name).ok()
     }
 
+    /// The number of streaming multiprocessors (at least 1).
+    pub fn sm_count(&self) -> u32 {
+        use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        let n = self
+            .ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1);
+        n.max(1) as u32
+    }
+
     /// Whether launches are being profiled (graphs would hide them).
     pub fn profiling(&self) -> bool {
         self.profile.is_some()
+    }
+
+    /// Runs `go` (one launch of `k`), between two CUDA events when profiling.
+    fn timed(
+        &self,
+        k: &Kernel,
+        go: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<(), CudaError> {
+        let Some(p) = &self.profile else {
+            return go();
+        };
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let t0 = self.stream.record_event(timing)?;
+        go()?;
+        let t1 = self.stream.record_event(timing)?;
+        if let Ok(mut p) = p.lock() {
+            p.pending.push((k.name.clone(), t0, t1));
+            if p.pending.len() > 4096 {
+                p.settle();
+            }
+        }
+        Ok(())
     }
 
     /// Launches `f` on the stream.
@@ -223,52 +274,57 @@ impl Gpu {
         smem: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let t0 = match &self.profile {
-            Some(_) => Some(self.stream.record_event(timing)?),
-            None => None,
-        };
         if self.pdl && self.profile.is_none() {
-            return self.launch_pdl(k, grid, block, smem, args);
+            return self.launch_ex(k, grid, block, smem, args, Attr::Pdl);
         }
-        let mut b = self.stream.launch_builder(&k.f);
-        for a in args {
-            match a {
-                Arg::P(p) => b.arg(p),
-                Arg::I(i) => b.arg(i),
-                Arg::F(x) => b.arg(x),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: every kernel's argument list is built next to its signature in this crate;
-        // buffers are sized by the caller for the grid given.
-        unsafe { b.launch(cfg) }?;
-        if let (Some(p), Some(t0)) = (&self.profile, t0) {
-            let t1 = self.stream.record_event(timing)?;
-            if let Ok(mut p) = p.lock() {
-                p.pending.push((k.name.clone(), t0, t1));
-                if p.pending.len() > 4096 {
-                    p.settle();
-                }
+        self.timed(k, || {
+            let mut b = self.stream.launch_builder(&k.f);
+            for a in args {
+                match a {
+                    Arg::P(p) => b.arg(p),
+                    Arg::I(i) => b.arg(i),
+                    Arg::F(x) => b.arg(x),
+                };
             }
-        }
-        Ok(())
+            let cfg = LaunchConfig {
+                grid_dim: grid,
+                block_dim: (block, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            // SAFETY: every kernel's argument list is built next to its signature in this
+            // crate; buffers are sized by the caller for the grid given.
+            unsafe { b.launch(cfg) }?;
+            Ok(())
+        })
     }
 
-    /// Launches with the programmatic-stream-serialization attribute: the kernel may begin once
-    /// its predecessor's blocks have all started (every kernel of `kernels.cu` signals that at
-    /// entry), and waits (`griddepcontrol.wait`) before touching anything a predecessor writes.
-    fn launch_pdl(
+    /// Launches `k` as a cooperative grid: every block resident at once (the driver refuses a
+    /// grid larger than one wave instead of letting grid-wide barriers deadlock).
+    pub fn launch_cooperative(
+        &self,
+        k: &Kernel,
+        grid: u32,
+        block: u32,
+        smem: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        self.timed(k, || {
+            self.launch_ex(k, (grid, 1, 1), block, smem, args, Attr::Cooperative)
+        })
+    }
+
+    /// Launches with one launch attribute. [`Attr::Pdl`]: programmatic stream serialization, the
+    /// kernel may begin once its predecessor's blocks have all started (every kernel of
+    /// `kernels.cu` signals that at entry), and waits (`griddepcontrol.wait`) before touching
+    /// anything a predecessor writes. [`Attr::Cooperative`]: all blocks co-resident.
+    fn launch_ex(
         &self,
         k: &Kernel,
         grid: (u32, u32, u32),
         block: u32,
         smem: u32,
         args: &[Arg],
+        kind: Attr,
     ) -> Result<(), CudaError> {
         use cudarc::driver::sys;
         // Each argument in its own 8-byte slot; the driver reads the parameter's size from it
@@ -294,9 +350,18 @@ impl Gpu {
         }
         // SAFETY: zero is a valid bit pattern for this plain C union.
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.programmaticStreamSerializationAllowed = 1;
+        let id = match kind {
+            Attr::Pdl => {
+                value.programmaticStreamSerializationAllowed = 1;
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            }
+            Attr::Cooperative => {
+                value.cooperative = 1;
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+            }
+        };
         let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            id,
             pad: [0; 4],
             value,
         };
@@ -376,7 +441,8 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, CudaError> {
-    let key = fnv1a(&[KERNELS.as_bytes(), arch.as_bytes()]);
+    let lineinfo = lineinfo();
+    let key = fnv1a(&[KERNELS.as_bytes(), arch.as_bytes(), &[lineinfo as u8]]);
     let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}-{arch}.ptx")));
     if let Some(p) = &path
         && let Ok(src) = std::fs::read_to_string(p)
@@ -398,6 +464,10 @@ fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, Cu
     Ok(ctx.load_module(ptx)?)
 }
 
+fn lineinfo() -> bool {
+    std::env::var("BITNET_CUDA_LINEINFO").is_ok_and(|v| v == "1")
+}
+
 /// Compiles the kernels for `arch` (`sm_90`, ...).
 pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
     // NVRTC wants a &'static str; the few architectures a process sees are leaked once each.
@@ -406,6 +476,12 @@ pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
         arch: Some(arch),
         // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
         fmad: Some(false),
+        // Source lines in the PTX for compute-sanitizer and Nsight (BITNET_CUDA_LINEINFO=1).
+        options: if lineinfo() {
+            vec!["-lineinfo".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| match e {

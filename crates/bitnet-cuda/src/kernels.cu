@@ -120,17 +120,16 @@ extern "C" __global__ void embed_bf16(const u16* t, const u32* tok, float* h, in
 // RMSNorm, then int8 quantization (model.md): one block per row. `mode` 0 normalizes x itself;
 // 1 and 2 first form act(gate) * up from a row holding gate | up (relu2, silu).
 // Writes permuted codes (kpad per row), the scale s_x and the code sum.
-__device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
-    if (mode == 0) return x[c];
-    float g = x[c], u = x[cols + c];
-    float a;
+__device__ __forceinline__ float glu_act(float g, int mode) {
     if (mode == 1) {
         float r = fmaxf(g, 0.f);
-        a = r * r;
-    } else {
-        a = g / (1.f + expf(-g));
+        return r * r;
     }
-    return a * u;
+    return g / (1.f + expf(-g));
+}
+__device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
+    if (mode == 0) return x[c];
+    return glu_act(x[c], mode) * x[cols + c];
 }
 
 // With `cached`, the input row (act(gate) * up for the FFN) is formed once into dynamic shared
@@ -179,16 +178,18 @@ extern "C" __global__ void norm_quant(const float* x, int x_stride, const float*
 }
 
 // Final RMSNorm of the rows whose logits are wanted: out[i] = norm(h[rows[i]]).
-extern "C" __global__ void final_norm(const float* h, const u32* rows, const float* w, int cols, float eps,
-                                      float* out) {
-    PDL_ENTRY();
-    __shared__ float red[32];
-    const float* xr = h + (size_t)rows[blockIdx.x] * cols;
+__device__ void final_norm_row(const float* xr, const float* w, int cols, float eps, float* out, float* red) {
     float ss = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) ss += xr[c] * xr[c];
     ss = block_sum(ss, red);
     float inv = 1.0f / sqrtf(ss / (float)cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)blockIdx.x * cols + c] = w[c] * (xr[c] * inv);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = w[c] * (xr[c] * inv);
+}
+extern "C" __global__ void final_norm(const float* h, const u32* rows, const float* w, int cols, float eps,
+                                      float* out) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    final_norm_row(h + (size_t)rows[blockIdx.x] * cols, w, cols, eps, out + (size_t)blockIdx.x * cols, red);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,7 +237,8 @@ __device__ __forceinline__ void gemv_group(const uint4& wv, int q, int tq, const
 
 // PRE: the caller already loaded this warp's first four weight vectors into `pre` (the fused
 // kernel issues them before normalizing, to hide their latency).
-template <int MAXT, bool PRE>
+// SMEMW: `W` is the strip's copy in shared memory (the persistent step's staged weights).
+template <int MAXT, bool PRE, bool SMEMW = false>
 __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                           const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
                           const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
@@ -247,13 +249,14 @@ __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__
     int acc[MAXT][2];
 #pragma unroll
     for (int t = 0; t < MAXT; t++) acc[t][0] = acc[t][1] = 0;
-    const uint4* ws = W + (size_t)strip * kgroups * 32 + lane;
+    const uint4* ws = (SMEMW ? W : W + (size_t)strip * kgroups * 32) + lane;
     for (int base = warp; base < kgroups; base += 4 * NW) {
         uint4 wv[4];
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int q = base + j * NW;
             if (PRE && base == warp) wv[j] = pre[j];
+            else if (SMEMW) wv[j] = q < kgroups ? ws[(size_t)q * 32] : make_uint4(0, 0, 0, 0);
             else wv[j] = q < kgroups ? __ldg(ws + (size_t)q * 32) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
@@ -312,6 +315,69 @@ __device__ __forceinline__ void gemv_prefetch(const uint4* __restrict__ W, int k
 }
 #define FUSED_PER_THREAD 28
 #define FUSED_MAX_COLS (FUSED_PER_THREAD * NW * 32)
+// RMSNorm and int8 quantization of one row by the whole block (NW * 32 threads) into shared
+// memory: permuted codes xs[0..kpad), the scale and the code sum (written by thread 0).
+__device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __restrict__ nw, int cols, int kpad,
+                                                float eps, int mode, i8* xs, float* xscale, int* xsum,
+                                                float* red, int* ired) {
+    float v[FUSED_PER_THREAD];
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < FUSED_PER_THREAD; j++) {
+        int c = threadIdx.x + j * NW * 32;
+        v[j] = c < cols ? glu_in(xr, c, cols, mode) : 0.f;
+        ss += v[j] * v[j];
+    }
+    ss = block_sum(ss, red);
+    float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+    float mx = 0.f;
+#pragma unroll
+    for (int j = 0; j < FUSED_PER_THREAD; j++) {
+        int c = threadIdx.x + j * NW * 32;
+        if (c < cols) {
+            v[j] = nw[c] * (v[j] * inv);
+            mx = fmaxf(mx, fabsf(v[j]));
+        }
+    }
+    mx = block_max(mx, red);
+    float scale = 127.0f / fmaxf(mx, 1e-5f);
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < FUSED_PER_THREAD; j++) {
+        int c = threadIdx.x + j * NW * 32;
+        if (c < kpad) {
+            int q = 0;
+            if (c < cols) q = (int)fminf(fmaxf(rintf(v[j] * scale), -128.f), 127.f);
+            xs[perm_col(c)] = (i8)q;
+            sum += q;
+        }
+    }
+    for (int c = threadIdx.x + FUSED_PER_THREAD * NW * 32; c < kpad; c += NW * 32) xs[perm_col(c)] = 0;
+    sum = block_isum(sum, ired);
+    if (threadIdx.x == 0) {
+        *xscale = scale;
+        *xsum = sum;
+    }
+}
+
+// The block's strips (first, + stride, ...) of a T-token product whose codes sit in shared
+// memory; `pre` holds the first strip's first weights and, on return, the weights of the strip
+// after the last (none: zeros).
+template <int MAXT>
+__device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows,
+                                            int kgroups, const i8* xs, int kpad, const float* xscale,
+                                            const int* xsum, int T, float* out, int out_stride, int accumulate,
+                                            uint4 (&pre)[4], int first, int stride) {
+    int strips = (rows + 15) / 16;
+    for (int strip = first; strip < strips; strip += stride) {
+        uint4 cur[4] = {pre[0], pre[1], pre[2], pre[3]};
+        gemv_prefetch(W, kgroups, strip + stride, strips, pre);
+        gemv_body<MAXT, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate,
+                              cur, strip);
+        __syncthreads();  // `red` is reused by the next strip
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NW * 32)
     ternary_gemv_norm(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                       const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad,
@@ -326,55 +392,12 @@ extern "C" __global__ void __launch_bounds__(NW * 32)
     uint4 pre[4];
     gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     PDL_WAIT();
-    for (int t = 0; t < T; t++) {
-        const float* xr = x + (size_t)t * x_stride;
-        float v[FUSED_PER_THREAD];
-        float ss = 0.f;
-#pragma unroll
-        for (int j = 0; j < FUSED_PER_THREAD; j++) {
-            int c = threadIdx.x + j * NW * 32;
-            v[j] = c < cols ? glu_in(xr, c, cols, mode) : 0.f;
-            ss += v[j] * v[j];
-        }
-        ss = block_sum(ss, red);
-        float inv = 1.0f / sqrtf(ss / (float)cols + eps);
-        float mx = 0.f;
-#pragma unroll
-        for (int j = 0; j < FUSED_PER_THREAD; j++) {
-            int c = threadIdx.x + j * NW * 32;
-            if (c < cols) {
-                v[j] = nw[c] * (v[j] * inv);
-                mx = fmaxf(mx, fabsf(v[j]));
-            }
-        }
-        mx = block_max(mx, red);
-        float scale = 127.0f / fmaxf(mx, 1e-5f);
-        int sum = 0;
-#pragma unroll
-        for (int j = 0; j < FUSED_PER_THREAD; j++) {
-            int c = threadIdx.x + j * NW * 32;
-            if (c < kpad) {
-                int q = 0;
-                if (c < cols) q = (int)fminf(fmaxf(rintf(v[j] * scale), -128.f), 127.f);
-                xs[t * kpad + perm_col(c)] = (i8)q;
-                sum += q;
-            }
-        }
-        for (int c = threadIdx.x + FUSED_PER_THREAD * NW * 32; c < kpad; c += NW * 32) xs[t * kpad + perm_col(c)] = 0;
-        sum = block_isum(sum, ired);
-        if (threadIdx.x == 0) {
-            xscale[t] = scale;
-            xsum[t] = sum;
-        }
-    }
+    for (int t = 0; t < T; t++)
+        norm_quant_smem(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad, xscale + t, xsum + t, red,
+                        ired);
     __syncthreads();
-    for (int strip = blockIdx.x; strip < strips; strip += gridDim.x) {
-        uint4 cur[4] = {pre[0], pre[1], pre[2], pre[3]};
-        gemv_prefetch(W, kgroups, strip + gridDim.x, strips, pre);
-        gemv_body<4, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, cur,
-                           strip);
-        __syncthreads();  // `red` is reused by the next strip
-    }
+    gemv_strips<4>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre,
+                   blockIdx.x, gridDim.x);
 }
 
 // Batches of up to 8 * TILES tokens on the tensor cores: mma.m16n8k32 with the weights (u8
@@ -533,7 +556,7 @@ extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, c
 // head (checked on the host): lane l holds elements 4l..4l+3 of a key or value row (one 8- or
 // 16-byte load), each warp takes every 4th position of the chunk, four positions' loads in
 // flight at once; the warps' partial outputs are summed in shared memory. Dynamic shared memory:
-// (group*hd + group*CHUNK + 4*group*hd) floats.
+// (group*hd + group*CHUNK + warps*group*hd) floats, for blocks of any number of warps.
 #define CHUNK 64
 __device__ __forceinline__ float4 kv_load4(const float* p) { return *(const float4*)p; }
 __device__ __forceinline__ float4 kv_load4(const u16* p) {
@@ -546,10 +569,8 @@ template <class KV>
 __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
                               int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
-                              float* out) {
-    PDL_ENTRY();
+                              float* out, int c, int kvh, int r) {
     extern __shared__ float sm[];
-    int c = blockIdx.x, kvh = blockIdx.y, r = blockIdx.z;
     int p = pos[r];
     int lo = c * CHUNK;
     if (lo > p) return;
@@ -557,7 +578,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     int group = n_heads / n_kv, kvd = n_kv * hd;
     float* qs = sm;                       // group * hd
     float* sc = sm + group * hd;          // group * CHUNK
-    float* acc = sc + group * CHUNK;      // 4 warps * group * hd
+    float* acc = sc + group * CHUNK;      // warps * group * hd
     const float* row = qkv + (size_t)r * stride;
     const float* qrow = row + kvh * group * hd;
     if (rope) {
@@ -589,14 +610,14 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     __syncthreads();
     const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * hd;
     const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * hd;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     int e = lane * 4;
     bool on = e < hd;
-    for (int i0 = warp; i0 < n; i0 += 16) {
+    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
         float4 k[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int i = i0 + 4 * u;
+            int i = i0 + nw * u;
             k[u] = (on && i < n) ? kv_load4(kc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
         for (int h = 0; h < group; h++) {
@@ -605,14 +626,14 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
             for (int u = 0; u < 4; u++) {
                 float d = q.x * k[u].x + q.y * k[u].y + q.z * k[u].z + q.w * k[u].w;
                 d = warp_sum(d);
-                int i = i0 + 4 * u;
+                int i = i0 + nw * u;
                 if (lane == 0 && i < n) sc[h * CHUNK + i] = d * scaling;
             }
         }
     }
     __syncthreads();
     __shared__ float ml[2 * 32];
-    for (int h = warp; h < group; h += 4) {
+    for (int h = warp; h < group; h += nw) {
         float m = -INFINITY;
         for (int i = lane; i < n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
         m = warp_max(m);
@@ -632,16 +653,16 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     float o[8][4];
 #pragma unroll
     for (int h = 0; h < 8; h++) o[h][0] = o[h][1] = o[h][2] = o[h][3] = 0.f;
-    for (int i0 = warp; i0 < n; i0 += 16) {
+    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
         float4 v[4];
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int i = i0 + 4 * u;
+            int i = i0 + nw * u;
             v[u] = (on && i < n) ? kv_load4(vc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            int i = i0 + 4 * u;
+            int i = i0 + nw * u;
             if (i < n) {
 #pragma unroll
                 for (int h = 0; h < 8; h++) {
@@ -665,8 +686,8 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     int nc = p / CHUNK + 1;
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
-        float sum = acc[(0 * group + h) * hd + ee] + acc[(1 * group + h) * hd + ee] +
-                    acc[(2 * group + h) * hd + ee] + acc[(3 * group + h) * hd + ee];
+        float sum = acc[h * hd + ee];
+        for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
         if (nc == 1) {
             // The only chunk: no partials to merge (exp(m - m) = 1 in the merge below).
             out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = sum / ml[2 * h + 1];
@@ -706,20 +727,241 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
     }
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
     attn_vec_f32(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
                  int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
                  int rope, u32* counters, float* out) {
+    PDL_ENTRY();
     attn_vec_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
-                        counters, out);
+                         counters, out, blockIdx.x, blockIdx.y, blockIdx.z);
 }
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(256)
     attn_vec_f16(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
                  int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
                  int rope, u32* counters, float* out) {
+    PDL_ENTRY();
     attn_vec_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
-                        counters, out);
+                       counters, out, blockIdx.x, blockIdx.y, blockIdx.z);
 }
+
+#if __CUDA_ARCH__ >= 800
+// ---------------------------------------------------------------------------------------------
+// The persistent decode step: one sequence's one new token through every layer in a single
+// launch of one co-resident wave of blocks (a cooperative launch), the phases of each layer
+// separated by grid-wide barriers instead of kernel boundaries:
+//   embedding | qkv (norm + quantize + GEMV) | attention (RoPE, KV store, chunks, merge) |
+//   o (+= into h) | gate/up | down (+= into h) | ... | final norm (block 0).
+// Each block copies its strips of the next product into shared memory (cp.async, two stages)
+// while the current phase runs, so weights never wait on DRAM. The head runs as its own kernel
+// next. Per layer the host passes 16 u64 (model.rs, `Mega::build`): for qkv, o, gate/up and
+// down the words, the row scales and rows | kgroups << 32; then the four norm weights.
+// Measured slower than one kernel per operation on an H200 (BENCHMARKS.md, v10: each phase's
+// norm, ~5 us, and the barriers, ~2 us, cost what the kernel boundaries did), so it is opt-in.
+__device__ __forceinline__ u32 ld_acquire(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+// bar[0] counts arrivals (reset by the last to arrive), bar[1] is the generation it advances.
+__device__ void grid_sync(u32* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32 g = ld_acquire(bar + 1);
+        __threadfence();
+        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+            atomicExch(bar, 0u);
+            __threadfence();
+            atomicAdd(bar + 1, 1u);
+        } else {
+            while (ld_acquire(bar + 1) == g) {
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+struct MegaLin {
+    const uint4* w;
+    const float* s;
+    int rows, kgroups;
+};
+__device__ __forceinline__ MegaLin mega_lin(const u64* L, int i) {
+    MegaLin m;
+    m.w = (const uint4*)L[3 * i];
+    m.s = (const float*)L[3 * i + 1];
+    u64 d = L[3 * i + 2];
+    m.rows = (int)(u32)d;
+    m.kgroups = (int)(d >> 32);
+    return m;
+}
+__device__ __forceinline__ int mega_strips(const MegaLin& m) { return (m.rows + 15) / 16; }
+// This block's strips of `m` (blockIdx.x, + gridDim.x, ...) copied into `buf` in shared memory
+// by asynchronous copies, as one commit group (empty for a block without strips, so that every
+// thread's groups stay counted alike). `m.w == 0`: nothing to copy.
+__device__ __forceinline__ void mega_stage(const MegaLin& m, uint4* buf) {
+    if (m.w) {
+        int strips = mega_strips(m);
+        size_t per = (size_t)m.kgroups * 32;
+        int k = 0;
+        for (int strip = blockIdx.x; strip < strips; strip += gridDim.x, k++) {
+            const uint4* src = m.w + strip * per;
+            uint4* dst = buf + k * per;
+            for (size_t i = threadIdx.x; i < per; i += blockDim.x) {
+                u32 d = (u32)__cvta_generic_to_shared(dst + i);
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src + i) : "memory");
+            }
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// Norm (+ act(gate) * up for modes 1, 2) and quantization of the row x, then this block's
+// strips of m from `buf`, once all but the most recent commit group have landed.
+__device__ __forceinline__ u64 gtimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+// `acc3` (measurements only, block 0): running sums of the norm, the wait for the staged weights
+// and the products.
+// Once the row is quantized (its loads done, so that they do not queue behind the copies), the
+// next product's strips start their copy into the other stage, `nbuf`.
+__device__ __forceinline__ void mega_linear(const MegaLin& m, const uint4* buf, const float* x, const float* nw,
+                                            int cols, float eps, int mode, float* out, int accumulate, i8* xs,
+                                            float* xscale, int* xsum, float* red, int* ired, u64* acc3,
+                                            const MegaLin& next, uint4* nbuf) {
+    int strips = mega_strips(m);
+    if ((int)blockIdx.x >= strips) {
+        mega_stage(next, nbuf);
+        return;
+    }
+    bool timing = acc3 && blockIdx.x == 0 && threadIdx.x == 0;
+    u64 t0 = timing ? gtimer() : 0;
+    int kpad = m.kgroups * 128;
+    norm_quant_smem(x, nw, cols, kpad, eps, mode, xs, xscale, xsum, red, ired);
+    mega_stage(next, nbuf);
+    u64 t1 = timing ? gtimer() : 0;
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+    __syncthreads();
+    u64 t2 = timing ? gtimer() : 0;
+    const uint4 none[4] = {};
+    size_t per = (size_t)m.kgroups * 32;
+    int k = 0;
+    for (int strip = blockIdx.x; strip < strips; strip += gridDim.x, k++) {
+        gemv_body<1, false, true>(buf + k * per, m.s, m.rows, m.kgroups, xs, kpad, xscale, xsum, 1, out, 0,
+                                  accumulate, none, strip);
+        __syncthreads();  // `red` and, after the last strip, `buf` are reused
+    }
+    if (timing) {
+        u64 t3 = gtimer();
+        acc3[0] += t1 - t0;
+        acc3[1] += t2 - t1;
+        acc3[2] += t3 - t2;
+    }
+}
+
+template <class KV>
+__device__ void decode_step_body(const u64* __restrict__ layers, int n_layers, const void* embed, int embed_type,
+                                 const u32* tokens, const u32* pos, const u32* seq, const u32* seqtab, float* h,
+                                 float* qkv, float* attn, float* gu, float* part, u32* counters,
+                                 const float* cosT, const float* sinT, int hidden, int n_heads, int n_kv, int hd,
+                                 int inter, float eps, float scaling, int glu_mode, int maxchunks,
+                                 const float* out_norm, float* normed, u32* bar, int stage_off, int stage_len,
+                                 u64* stamps) {
+    __shared__ __align__(16) i8 xs[FUSED_MAX_COLS];
+    __shared__ float xscale[1];
+    __shared__ int xsum[1];
+    __shared__ float red[32];
+    __shared__ int ired[32];
+    extern __shared__ __align__(16) float dyn[];
+    // Dynamic shared memory: attention's scratch, then two weight stages of stage_len uint4.
+    uint4* stage[2] = {(uint4*)((char*)dyn + stage_off), (uint4*)((char*)dyn + stage_off) + stage_len};
+    int qd = n_heads * hd, kvd = n_kv * hd, qkv_dim = qd + 2 * kvd;
+    // With `stamps` (measurements only): block 0 records the global timer at each barrier's
+    // arrival and departure.
+    int nstamp = 0;
+    bool stamping = stamps != 0 && blockIdx.x == 0 && threadIdx.x == 0;
+#define STAMP()                                                                         \
+    do {                                                                                \
+        if (stamping) {                                                                 \
+            u64 t;                                                                      \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));                       \
+            stamps[nstamp] = t;                                                         \
+        }                                                                               \
+        nstamp++;                                                                       \
+    } while (0)
+#define SYNC()          \
+    do {                \
+        STAMP();        \
+        grid_sync(bar);          \
+        STAMP();        \
+    } while (0)
+    // Past the stamps: per product (qkv, o, gate/up, down) sums of norm, wait and product time.
+#define ACC3(i) (stamps ? stamps + 1 + 2 * (1 + 5 * n_layers) + 3 * (i) : (u64*)0)
+    STAMP();
+    // Products in order qkv, o, gate/up, down, layer after layer; product g computes from
+    // stage g & 1, and once its row is quantized, product g + 1's copy into the other stage
+    // starts (that stage's product g - 1 finished before the last barrier).
+    MegaLin none;
+    none.w = 0;
+    mega_stage(mega_lin(layers, 0), stage[0]);
+    {
+        u32 tok = tokens[0];
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < hidden; c += gridDim.x * blockDim.x) {
+            size_t i = (size_t)tok * hidden + c;
+            h[c] = embed_type == 0 ? ((const float*)embed)[i]
+                                   : embed_type == 1 ? h2f(((const u16*)embed)[i]) : bf2f(((const u16*)embed)[i]);
+        }
+    }
+    SYNC();
+    int p = pos[0];
+    int nc = p / CHUNK + 1;
+    for (int l = 0; l < n_layers; l++) {
+        const u64* L = layers + 16 * l;
+        MegaLin lq = mega_lin(L, 0), lo = mega_lin(L, 1), lg = mega_lin(L, 2), ld = mega_lin(L, 3);
+        bool more = l + 1 < n_layers;
+        MegaLin nq = more ? mega_lin(L + 16, 0) : none;
+        const float* norms[4] = {(const float*)L[12], (const float*)L[13], (const float*)L[14], (const float*)L[15]};
+        mega_linear(lq, stage[0], h, norms[0], hidden, eps, 0, qkv, 0, xs, xscale, xsum, red, ired, ACC3(0), lo,
+                    stage[1]);
+        SYNC();
+        for (int item = blockIdx.x; item < nc * n_kv; item += gridDim.x) {
+            attn_vec_body<KV>(qkv, qkv_dim, pos, seq, seqtab, l, n_heads, n_kv, hd, scaling, part, maxchunks, cosT,
+                              sinT, 1, counters, attn, item / n_kv, item % n_kv, 0);
+            __syncthreads();
+        }
+        SYNC();
+        mega_linear(lo, stage[1], attn, norms[1], qd, eps, 0, h, 1, xs, xscale, xsum, red, ired, ACC3(1), lg,
+                    stage[0]);
+        SYNC();
+        mega_linear(lg, stage[0], h, norms[2], hidden, eps, 0, gu, 0, xs, xscale, xsum, red, ired, ACC3(2), ld,
+                    stage[1]);
+        SYNC();
+        mega_linear(ld, stage[1], gu, norms[3], inter, eps, glu_mode, h, 1, xs, xscale, xsum, red, ired, ACC3(3),
+                    nq, stage[0]);
+        SYNC();
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    if (blockIdx.x == 0) final_norm_row(h, out_norm, hidden, eps, normed, red);
+#undef STAMP
+#undef SYNC
+#undef ACC3
+}
+#define DECODE_STEP(SFX, KV)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(NW * 32, 2) decode_step_##SFX(                                \
+        const u64* layers, int n_layers, const void* embed, int embed_type, const u32* tokens, const u32* pos,  \
+        const u32* seq, const u32* seqtab, float* h, float* qkv, float* attn, float* gu, float* part,          \
+        u32* counters, const float* cosT, const float* sinT, int hidden, int n_heads, int n_kv, int hd,         \
+        int inter, float eps, float scaling, int glu_mode, int maxchunks, const float* out_norm, float* normed,  \
+        u32* bar, int stage_off, int stage_len, u64* stamps) {                                                \
+        PDL_ENTRY();                                                                                            \
+        decode_step_body<KV>(layers, n_layers, embed, embed_type, tokens, pos, seq, seqtab, h, qkv, attn, gu,  \
+                             part, counters, cosT, sinT, hidden, n_heads, n_kv, hd, inter, eps, scaling,        \
+                             glu_mode, maxchunks, out_norm, normed, bar, stage_off, stage_len, stamps);       \
+    }
+DECODE_STEP(f32, float)
+DECODE_STEP(f16, u16)
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // The head: logits[t][v] = dot(W[v], x[t]) for up to 8 rows of x at a time; one warp per

@@ -180,6 +180,202 @@ struct Kernels {
     head: Kernel,
     argmax: Kernel,
     top_k: Kernel,
+    /// The persistent decode step (`decode_step_*`, one launch for every layer; sm_80+).
+    decode_step: Option<Kernel>,
+}
+
+/// The persistent decode step's per-layer table and launch shape (see `decode_step_body` in
+/// the kernels).
+struct Mega {
+    table: CudaSlice<u64>,
+    grid: u32,
+    smem: u32,
+    /// Whether it runs (`BITNET_CUDA_MEGA=1`, [`CudaModel::set_persistent_decode`]); cleared
+    /// for good when the driver refuses the launch.
+    on: std::sync::atomic::AtomicBool,
+    /// Where the two weight stages start in dynamic shared memory (after attention's
+    /// scratch), and each one's length in 16-byte units.
+    stage: (u32, u32),
+    /// The grid barrier: `[arrivals, generation]`.
+    bar: CudaSlice<u32>,
+    /// `BITNET_CUDA_MEGA_STAMPS=1`: block 0's timer at each barrier's arrival and departure,
+    /// then per product the running sums of its norm, wait and product times; summed per phase
+    /// over the steps and printed when the model is dropped.
+    stamps: Option<(CudaSlice<u64>, Mutex<Stamps>)>,
+}
+
+/// Summed phase times of the persistent step: each phase's own work and its barrier wait (block
+/// 0's view), and the number of steps.
+type Stamps = ([u64; 6], [u64; 6], u64, [u64; 12]);
+
+impl Mega {
+    /// Adds the last step's phase times (after the step has finished).
+    fn settle_stamps(&self, gpu: &Gpu, layers: usize) -> Result<(), CudaError> {
+        let Some((buf, totals)) = &self.stamps else {
+            return Ok(());
+        };
+        // Start, then per barrier (the embedding's, then five per layer) arrival and departure.
+        let n = 1 + 2 * (1 + 5 * layers);
+        let mut host = vec![0u64; n + 12];
+        gpu.stream.memcpy_dtoh(buf, &mut host)?;
+        gpu.sync()?;
+        if let Ok(mut t) = totals.lock() {
+            t.3.copy_from_slice(&host[n..]);
+            for (i, w) in host[1..n].chunks_exact(2).enumerate() {
+                let phase = if i == 0 { 0 } else { 1 + (i - 1) % 5 };
+                t.0[phase] += w[0].saturating_sub(host[2 * i]);
+                t.1[phase] += w[1].saturating_sub(w[0]);
+            }
+            t.2 += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mega {
+    fn drop(&mut self) {
+        let Some((_, totals)) = &self.stamps else {
+            return;
+        };
+        let Ok(t) = totals.lock() else { return };
+        let steps = t.2 as f64;
+        if steps == 0.0 {
+            return;
+        }
+        let names = ["embed", "qkv", "attention", "o", "gate/up", "down"];
+        let all: u64 = t.0.iter().chain(&t.1).sum();
+        eprintln!(
+            "persistent decode step, {} steps: {:.1} us per step (block 0: work | barrier)",
+            t.2,
+            all as f64 / steps / 1e3
+        );
+        for ((n, w), b) in names.iter().zip(t.0).zip(t.1) {
+            eprintln!(
+                "  {n:<10} {:>8.1} | {:>8.1} us per step",
+                w as f64 / steps / 1e3,
+                b as f64 / steps / 1e3
+            );
+        }
+        for (n, v) in ["qkv", "o", "gate/up", "down"]
+            .iter()
+            .zip(t.3.chunks_exact(3))
+        {
+            eprintln!(
+                "  {n:<10} norm {:.1} wait {:.1} product {:.1} us per step",
+                v[0] as f64 / steps / 1e3,
+                v[1] as f64 / steps / 1e3,
+                v[2] as f64 / steps / 1e3
+            );
+        }
+    }
+}
+
+/// Threads per attention block: in decode steps 256, the persistent step's block size (so that
+/// both sum the warps' partial outputs in the same order; 4-6% faster at batch 1 than 128),
+/// in prefill passes 128 (256 lost 13% at pp512: BENCHMARKS.md, v10).
+fn attn_block(decode: bool) -> u32 {
+    if decode { Kernel::WAVE_BLOCK } else { 128 }
+}
+
+/// Dynamic shared memory of one attention block of `block` threads: the query heads, their
+/// chunk scores and each warp's partial outputs.
+fn attn_smem(c: &ModelConfig, block: u32) -> usize {
+    let group = c.n_heads / c.n_kv_heads;
+    let warps = block as usize / 32;
+    (group * c.head_dim * (1 + warps) + group * CHUNK) * 4
+}
+
+impl Mega {
+    /// The table and launch shape, or `None` where a row is wider than the fused kernels take
+    /// or the driver cannot place the blocks. It runs only once turned on (`BITNET_CUDA_MEGA=1`
+    /// or [`CudaModel::set_persistent_decode`]): measured slower than one kernel per
+    /// operation (BENCHMARKS.md, v10). `BITNET_CUDA_MEGA_GRID=N`
+    /// caps the grid at N blocks (for measurements).
+    fn build(
+        gpu: &Gpu,
+        k: &Kernel,
+        c: &ModelConfig,
+        layers: &[DevLayer],
+        embed: &Table,
+    ) -> Result<Option<Self>, CudaError> {
+        let widths = [c.hidden_size, c.q_dim(), c.intermediate_size];
+        if matches!(embed, Table::I8 { .. })
+            || layers.is_empty()
+            || widths.iter().any(|&w| w > FUSED_MAX_COLS)
+        {
+            return Ok(None);
+        }
+        // Two blocks per SM where their shared memory fits, else one: attention's scratch and
+        // two stages, each holding one block's strips of the largest product.
+        let sms = gpu.sm_count();
+        let attn = pack::round_up(attn_smem(c, Kernel::WAVE_BLOCK), 16);
+        let cap = std::env::var("BITNET_CUDA_MEGA_GRID")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
+        let mut shape = None;
+        for per_sm in [2, 1] {
+            let grid = (sms * per_sm).min(cap).max(1) as usize;
+            let stage = layers
+                .iter()
+                .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down])
+                .map(|w| w.rows.div_ceil(STRIP).div_ceil(grid) * w.kgroups * 512)
+                .max()
+                .unwrap_or(0);
+            let smem = attn + 2 * stage;
+            if k.allow_smem(smem).is_ok()
+                && k.resident(gpu, Kernel::WAVE_BLOCK, smem) as usize >= grid
+            {
+                shape = Some((grid as u32, smem, attn, stage / 16));
+                break;
+            }
+        }
+        let Some((grid, smem, attn, stage_len)) = shape else {
+            return Ok(None);
+        };
+        let st = &gpu.stream;
+        let lin = |w: &DevTernary| {
+            [
+                ptr(&w.words, st),
+                ptr(&w.scales, st),
+                w.rows as u64 | (w.kgroups as u64) << 32,
+            ]
+        };
+        let mut table = Vec::with_capacity(16 * layers.len());
+        for l in layers {
+            for w in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                table.extend(lin(w));
+            }
+            for n in [&l.attn_norm, &l.attn_sub_norm, &l.ffn_norm, &l.ffn_sub_norm] {
+                table.push(ptr(n, st));
+            }
+        }
+        if std::env::var("BITNET_CUDA_VERBOSE").is_ok_and(|v| v == "1") {
+            eprintln!(
+                "persistent decode step: {grid} blocks of {} threads, {smem} bytes of shared memory each",
+                Kernel::WAVE_BLOCK
+            );
+        }
+        let stamps = if std::env::var("BITNET_CUDA_MEGA_STAMPS").is_ok_and(|v| v == "1") {
+            Some((
+                gpu.zeros(1 + 2 * (1 + 5 * layers.len()) + 12)?,
+                Mutex::new(([0; 6], [0; 6], 0, [0; 12])),
+            ))
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            table: gpu.upload(&table)?,
+            grid,
+            smem: smem as u32,
+            on: std::sync::atomic::AtomicBool::new(
+                std::env::var("BITNET_CUDA_MEGA").is_ok_and(|v| v == "1"),
+            ),
+            stage: (attn as u32, stage_len as u32),
+            bar: gpu.zeros(2)?,
+            stamps,
+        }))
+    }
 }
 
 /// Where a pass's results go.
@@ -259,6 +455,9 @@ pub struct CudaModel {
     weight_bytes: u64,
     /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
+    /// The persistent single-sequence decode step, where the shapes allow it (off unless
+    /// `BITNET_CUDA_MEGA=1`).
+    mega: Option<Mega>,
 }
 
 /// One sequence's keys and values on the GPU: `[layer][k|v][capacity][kv_dim]`.
@@ -393,6 +592,10 @@ impl CudaModel {
             lists: Default::default(),
         };
         let profiling = gpu.profiling();
+        let mega = match &k.decode_step {
+            Some(step) => Mega::build(&gpu, step, &c, &layers, &embed).map_err(dev)?,
+            None => None,
+        };
         let model = Self {
             output_norm: up(&src.output_norm()?)?,
             rope_cos: up(&cos)?,
@@ -427,9 +630,29 @@ impl CudaModel {
             scratch: Mutex::new(scratch),
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
+            mega,
         };
         model.gpu.sync().map_err(dev)?;
         Ok(model)
+    }
+
+    /// Whether single-sequence decode steps run as the persistent kernel (one launch for every
+    /// layer) rather than one kernel per operation; both compute the same values in the same
+    /// order. Off by default (measured slower, BENCHMARKS.md v10); `BITNET_CUDA_MEGA=1` turns
+    /// it on where the shapes allow it.
+    pub fn persistent_decode(&self) -> bool {
+        self.mega_on()
+    }
+
+    /// Turns the persistent decode step on (where the shapes and the device allow it) or off,
+    /// dropping the captured graphs. For comparisons and measurements.
+    pub fn set_persistent_decode(&self, on: bool) -> Result<(), ModelError> {
+        if let Some(g) = &self.mega {
+            g.on.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut s = self.scratch.lock().map_err(|_| dev(CudaError::Poisoned))?;
+        s.graphs.clear();
+        Ok(())
     }
 
     /// The GPU in use.
@@ -608,15 +831,17 @@ impl CudaModel {
         let decode = tracer.is_none() && m == n && seqs.len() == n;
         if decode && self.graphs {
             if !s.graphs.contains_key(&n) {
-                st.begin_capture(
-                    cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-                )?;
-                let launched = self.launch_forward(s, n, m, self.max_chunks, true, None);
-                let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
-                launched?;
-                let graph = graph.ok_or_else(|| {
-                    CudaError::Unavailable("graph capture produced no graph".into())
-                })?;
+                let graph = match self.capture(s, n, m) {
+                    Err(e) if n == 1 && self.mega_on() => {
+                        // The driver refused the persistent step (inside a graph): without it.
+                        eprintln!(
+                            "warning: the persistent decode step is unavailable ({e}); using one kernel per operation"
+                        );
+                        self.mega_off();
+                        self.capture(s, n, m)?
+                    }
+                    r => r?,
+                };
                 s.graphs.insert(n, Graph(graph));
             }
             s.graphs[&n].0.launch()?;
@@ -677,7 +902,102 @@ impl CudaModel {
             }
         }
         self.gpu.sync()?;
+        if decode
+            && n == 1
+            && self.mega_on()
+            && let Some(g) = &self.mega
+        {
+            g.settle_stamps(&self.gpu, self.config.n_layers)?;
+        }
         Ok(())
+    }
+
+    /// Captures one decode step over `n` rows as a graph.
+    fn capture(
+        &self,
+        s: &Scratch,
+        n: usize,
+        m: usize,
+    ) -> Result<cudarc::driver::CudaGraph, CudaError> {
+        let st = &self.gpu.stream;
+        st.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )?;
+        let launched = self.launch_forward(s, n, m, self.max_chunks, true, None);
+        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
+        launched?;
+        graph.ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))
+    }
+
+    fn mega_on(&self) -> bool {
+        self.mega
+            .as_ref()
+            .is_some_and(|g| g.on.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn mega_off(&self) {
+        if let Some(g) = &self.mega {
+            g.on.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The persistent decode step of one sequence's one token: every layer and the final norm
+    /// in one cooperative launch, leaving the normalized row in `s.normed`.
+    fn launch_mega(&self, s: &Scratch, g: &Mega) -> Result<(), CudaError> {
+        let c = &self.config;
+        let st = &self.gpu.stream;
+        let pb = ptr(&s.params, st);
+        let embed_type = match self.embed {
+            Table::F32(_) => 0,
+            Table::F16(_) => 1,
+            _ => 2,
+        };
+        let glu_mode = match c.activation {
+            Activation::Relu2 => 1,
+            Activation::Silu => 2,
+        };
+        let Some(step) = &self.k.decode_step else {
+            return Err(CudaError::Unavailable("no persistent decode kernel".into()));
+        };
+        self.gpu.launch_cooperative(
+            step,
+            g.grid,
+            Kernel::WAVE_BLOCK,
+            g.smem,
+            &[
+                Arg::P(ptr(&g.table, st)),
+                Arg::I(c.n_layers as i32),
+                Arg::P(self.embed.ptr(&self.gpu)),
+                Arg::I(embed_type),
+                Arg::P(pb + 4 * P_TOKENS as u64),
+                Arg::P(pb + 4 * P_POS as u64),
+                Arg::P(pb + 4 * P_SEQ as u64),
+                Arg::P(pb + 4 * P_SEQTAB as u64),
+                Arg::P(ptr(&s.h, st)),
+                Arg::P(ptr(&s.qkv, st)),
+                Arg::P(ptr(&s.attn, st)),
+                Arg::P(ptr(&s.gate_up, st)),
+                Arg::P(ptr(&s.part, st)),
+                Arg::P(ptr(&s.counters, st)),
+                Arg::P(ptr(&self.rope_cos, st)),
+                Arg::P(ptr(&self.rope_sin, st)),
+                Arg::I(c.hidden_size as i32),
+                Arg::I(c.n_heads as i32),
+                Arg::I(c.n_kv_heads as i32),
+                Arg::I(c.head_dim as i32),
+                Arg::I(c.intermediate_size as i32),
+                Arg::F(c.rms_norm_eps),
+                Arg::F((c.head_dim as f64).powf(-0.5) as f32),
+                Arg::I(glu_mode),
+                Arg::I(self.max_chunks as i32),
+                Arg::P(ptr(&self.output_norm, st)),
+                Arg::P(ptr(&s.normed, st)),
+                Arg::P(ptr(&g.bar, st)),
+                Arg::I(g.stage.0 as i32),
+                Arg::I(g.stage.1 as i32),
+                Arg::P(g.stamps.as_ref().map_or(0, |(b, _)| ptr(b, st))),
+            ],
+        )
     }
 
     /// Every launch of one pass over `n` rows (their parameters already on the device), ending
@@ -710,12 +1030,22 @@ impl CudaModel {
             ptr(&s.attn, &st),
             ptr(&s.gate_up, &st),
         );
-        let group = c.n_heads / c.n_kv_heads;
-        let attn_smem = (5 * group * c.head_dim + group * CHUNK) * 4;
+        let attn_block = attn_block(decode);
+        let attn_smem = attn_smem(c, attn_block);
         let glu_mode = match c.activation {
             Activation::Relu2 => 1,
             Activation::Silu => 2,
         };
+        if decode
+            && n == 1
+            && m == 1
+            && tracer.is_none()
+            && self.mega_on()
+            && let Some(g) = &self.mega
+        {
+            self.launch_mega(s, g)?;
+            return self.launch_head(s, m);
+        }
 
         self.gpu.launch(
             &self.k.embed,
@@ -758,7 +1088,7 @@ impl CudaModel {
             self.gpu.launch(
                 &self.k.attn_part,
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
-                128,
+                attn_block,
                 attn_smem as u32,
                 &[
                     Arg::P(qkv),
@@ -814,6 +1144,22 @@ impl CudaModel {
                 Arg::P(normed),
             ],
         )?;
+        self.launch_head(s, m)?;
+        if let Some(tr) = tracer {
+            let mut host = vec![0f32; m * hd];
+            st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
+            self.gpu.sync()?;
+            tr.final_norm(&host);
+        }
+        Ok(())
+    }
+
+    /// The head over the `m` normalized rows in `s.normed`, into `s.logits`.
+    fn launch_head(&self, s: &Scratch, m: usize) -> Result<(), CudaError> {
+        let c = &self.config;
+        let hd = c.hidden_size;
+        let st = self.gpu.stream.clone();
+        let normed = ptr(&s.normed, &st);
         let v = c.vocab_size;
         let table = self.head.as_ref().unwrap_or(&self.embed);
         let rscale = match table {
@@ -847,12 +1193,6 @@ impl CudaModel {
             };
             self.gpu
                 .launch(&self.k.head, (v.div_ceil(8) as u32, 1, 1), 256, 0, &args)?;
-        }
-        if let Some(tr) = tracer {
-            let mut host = vec![0f32; m * hd];
-            st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
-            self.gpu.sync()?;
-            tr.final_norm(&host);
         }
         Ok(())
     }
@@ -1237,6 +1577,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         head: gpu.function("head_f32")?,
         argmax: gpu.function("argmax_rows")?,
         top_k: gpu.function("topk_rows")?,
+        decode_step: gpu.optional_function(&format!("decode_step_{sfx}")),
     })
 }
 

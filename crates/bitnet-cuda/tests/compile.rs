@@ -15,6 +15,11 @@ fn kernels_compile_for_supported_architectures() {
         assert!(src.contains(".entry ternary_gemv"), "{arch}");
         let has_mma = src.contains(".entry ternary_mma_4");
         assert_eq!(
+            src.contains(".entry decode_step_f16"),
+            has_mma,
+            "{arch}: sm_80+"
+        );
+        assert_eq!(
             has_mma,
             arch != "sm_75",
             "{arch}: mma kernels only from sm_80"

@@ -122,56 +122,84 @@ fn check_teacher_forced_logits(model: &Model, r: &Reference, what: &str, tol: To
     assert!(d < tol.logits, "{what}: logits differ by {d}");
 }
 
+/// The bundled trained model.
+fn default_model() -> bitnet_model::GgufSource {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.gguf");
+    let file = Arc::new(bitnet_gguf::GgufFile::open(&path).unwrap());
+    bitnet_model::GgufSource::new(file).unwrap()
+}
+
+/// A 40-token prompt, then `steps` greedy decode steps: every step's logits and token.
+fn greedy_steps(model: &Model, steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut cache = model.new_cache(200);
+    let mut scratch = bitnet_model::Scratch::default();
+    let mut logits = Vec::new();
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
+    let (mut all, mut toks) = (Vec::new(), Vec::new());
+    let last = bitnet_model::Logits::Last;
+    model
+        .forward(&prompt, &mut cache, last, &mut logits, &mut scratch, None)
+        .unwrap();
+    for _ in 0..steps {
+        let t = argmax(&logits);
+        all.extend_from_slice(&logits);
+        toks.push(t);
+        model
+            .forward(&[t], &mut cache, last, &mut logits, &mut scratch, None)
+            .unwrap();
+    }
+    (all, toks)
+}
+
 #[test]
 fn f16_kv_matches_f32_kv_on_the_trained_default_model() {
     if !have_gpu() {
         return;
     }
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.gguf");
-    let file = Arc::new(bitnet_gguf::GgufFile::open(&path).unwrap());
-    let src = bitnet_model::GgufSource::new(file).unwrap();
-    let run = |kv| {
-        let model = on_gpu(&src, kv, HeadType::Native);
-        let mut cache = model.new_cache(200);
-        let mut scratch = bitnet_model::Scratch::default();
-        let mut logits = Vec::new();
-        let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
-        let mut all = Vec::new();
-        let mut toks = Vec::new();
-        model
-            .forward(
-                &prompt,
-                &mut cache,
-                bitnet_model::Logits::Last,
-                &mut logits,
-                &mut scratch,
-                None,
-            )
-            .unwrap();
-        for _ in 0..32 {
-            let t = argmax(&logits);
-            all.extend_from_slice(&logits);
-            toks.push(t);
-            model
-                .forward(
-                    &[t],
-                    &mut cache,
-                    bitnet_model::Logits::Last,
-                    &mut logits,
-                    &mut scratch,
-                    None,
-                )
-                .unwrap();
-        }
-        (all, toks)
-    };
-    let (l32, t32) = run(KvType::F32);
-    let (l16, t16) = run(KvType::F16);
+    let src = default_model();
+    let (l32, t32) = greedy_steps(&on_gpu(&src, KvType::F32, HeadType::Native), 32);
+    let (l16, t16) = greedy_steps(&on_gpu(&src, KvType::F16, HeadType::Native), 32);
     assert_eq!(t16, t32, "greedy tokens with the f16 cache");
     let d = max_diff(&l16, &l32);
     assert!(d < 5e-2, "f16 cache moves logits by {d}");
     eprintln!("f16 vs f32 KV on the default model: max logit difference {d}");
+}
+
+/// The persistent decode step (every layer in one cooperative launch) computes exactly what one
+/// kernel per operation computes: same logits, bit for bit, over 48 greedy steps of the trained
+/// default model (context past one attention chunk, so chunk merging runs too).
+#[test]
+fn persistent_decode_step_equals_one_kernel_per_operation() {
+    if !have_gpu() {
+        return;
+    }
+    let src = default_model();
+    let run = |persistent: bool| {
+        let opts = CudaOptions {
+            max_context: 512,
+            ..Default::default()
+        };
+        let gpu = CudaModel::load(&src, opts).unwrap();
+        gpu.set_persistent_decode(persistent).unwrap();
+        assert_eq!(
+            gpu.persistent_decode(),
+            persistent,
+            "persistent step unavailable"
+        );
+        let model = Model::on_device(
+            src.config().clone(),
+            src.embedding().unwrap(),
+            Box::new(gpu),
+        )
+        .unwrap();
+        greedy_steps(&model, 48)
+    };
+    let (a, ta) = run(true);
+    let (b, tb) = run(false);
+    assert_eq!(ta, tb, "greedy tokens");
+    let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same, "logits differ by up to {}", max_diff(&a, &b));
 }
 
 /// Candidates chosen on the GPU (`forward_batch_top_k`) are exactly the host's top-k of the
