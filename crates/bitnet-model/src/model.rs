@@ -757,12 +757,16 @@ impl Model {
         layer
             .gate_up
             .forward(&s.qa, &mut [&mut s.gate, &mut s.up], &mut s.ints);
-        let act: fn(f32) -> f32 = match c.activation {
-            Activation::Relu2 => ops::relu2,
-            Activation::Silu => ops::silu,
-        };
-        for (g, u) in s.gate.iter_mut().zip(&s.up) {
-            *g = act(*g) * u;
+        // One loop per activation, so each inlines and vectorizes (through a function pointer
+        // it was a call per element, ~1% of a decode step in perf).
+        fn gated(gate: &mut [f32], up: &[f32], act: impl Fn(f32) -> f32) {
+            for (g, u) in gate.iter_mut().zip(up) {
+                *g = act(*g) * u;
+            }
+        }
+        match c.activation {
+            Activation::Relu2 => gated(&mut s.gate, &s.up, ops::relu2),
+            Activation::Silu => gated(&mut s.gate, &s.up, ops::silu),
         }
         s.x.resize(n * id, 0.0);
         for t in 0..n {
