@@ -9,7 +9,7 @@ use bitnet_gguf::{GgufFile, TensorInfo, TensorType};
 use crate::ModelError;
 use crate::config::{Activation, ModelConfig};
 use crate::model::Model;
-use crate::source::{Norm, Proj, WeightSource};
+use crate::source::{Norm, Proj, WeightSource, common_width, stacked_matrix};
 
 fn tensor_err(name: &str, msg: impl Into<String>) -> ModelError {
     ModelError::Tensor {
@@ -124,6 +124,18 @@ impl GgufSource {
     pub fn file(&self) -> &Arc<GgufFile> {
         &self.file
     }
+
+    /// A BitLinear's decoded codes and scale, checked against its shape; its mapped pages are
+    /// released afterwards.
+    fn codes(&self, layer: usize, proj: Proj) -> Result<(Vec<i8>, f32), ModelError> {
+        let (rows, cols) = proj.shape(&self.config);
+        let prefix = format!("blk.{layer}.{}", proj.gguf_name());
+        let m = linear_codes(&self.file, &prefix, rows, cols)?;
+        // The caller repacks the codes into its own layout: the mapped bytes are done with, so
+        // they stop counting against resident memory (a second read faults them back in).
+        self.file.release_pages(&format!("{prefix}.weight"));
+        Ok(m)
+    }
 }
 
 impl WeightSource for GgufSource {
@@ -133,12 +145,38 @@ impl WeightSource for GgufSource {
 
     fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError> {
         let (rows, cols) = proj.shape(&self.config);
-        let prefix = format!("blk.{layer}.{}", proj.gguf_name());
-        let m = linear(&self.file, &prefix, rows, cols)?;
-        // The caller repacks the codes into its own layout: the mapped bytes are done with, so
-        // they stop counting against resident memory (a second read faults them back in).
-        self.file.release_pages(&format!("{prefix}.weight"));
-        Ok(m)
+        let (codes, scale) = self.codes(layer, proj)?;
+        TernaryMatrix::new(rows, cols, codes, scale).map_err(|e| {
+            tensor_err(
+                &format!("blk.{layer}.{}.weight", proj.gguf_name()),
+                e.to_string(),
+            )
+        })
+    }
+
+    /// Appends the later projections' codes to the first one's buffer: stacking copies only
+    /// them, and the codes are checked once.
+    fn ternary_stacked(
+        &self,
+        layer: usize,
+        projs: &[Proj],
+    ) -> Result<(TernaryMatrix, Vec<(usize, f32)>), ModelError> {
+        let cols = common_width(projs.iter().map(|p| p.shape(&self.config).1))?;
+        let mut all = Vec::new();
+        let mut segments = Vec::with_capacity(projs.len());
+        for &p in projs {
+            let (codes, scale) = self.codes(layer, p)?;
+            segments.push((p.shape(&self.config).0, scale));
+            if all.is_empty() {
+                all = codes;
+            } else {
+                all.extend_from_slice(&codes);
+            }
+        }
+        stacked_matrix(cols, all, segments).map_err(|e| {
+            let names: Vec<_> = projs.iter().map(|p| p.gguf_name()).collect();
+            tensor_err(&format!("blk.{layer}.{}", names.join("+")), e.to_string())
+        })
     }
 
     fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError> {
@@ -361,12 +399,12 @@ fn float_matrix(
     Ok(FloatMatrix::new(rows, cols, storage)?)
 }
 
-fn linear(
+fn linear_codes(
     file: &GgufFile,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<TernaryMatrix, ModelError> {
+) -> Result<(Vec<i8>, f32), ModelError> {
     let wname = format!("{name}.weight");
     let t = find(file, &wname)?;
     check_dims(t, &[cols, rows])?;
@@ -388,5 +426,5 @@ fn linear(
             }
         }
     }
-    TernaryMatrix::new(rows, cols, tern.codes, scale).map_err(|e| tensor_err(&wname, e.to_string()))
+    Ok((tern.codes, scale))
 }

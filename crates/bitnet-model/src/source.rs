@@ -130,6 +130,21 @@ pub trait WeightSource {
     fn config(&self) -> &ModelConfig;
     /// A BitLinear's ternary codes and per-tensor scale, shape `proj.shape(config)`.
     fn ternary(&self, layer: usize, proj: Proj) -> Result<TernaryMatrix, ModelError>;
+    /// BitLinears of block `layer` that read the same input, stacked row-wise in `projs`' order:
+    /// their codes as one matrix (its scale is unused) and each projection's output rows and
+    /// scale. The default stacks [`WeightSource::ternary`]'s matrices (one more copy of the
+    /// codes); a reader may decode them straight into one buffer.
+    fn ternary_stacked(
+        &self,
+        layer: usize,
+        projs: &[Proj],
+    ) -> Result<(TernaryMatrix, Vec<(usize, f32)>), ModelError> {
+        let mats = projs
+            .iter()
+            .map(|&p| self.ternary(layer, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        stack_matrices(&mats)
+    }
     /// A block's RMSNorm weight.
     fn norm(&self, layer: usize, norm: Norm) -> Result<Vec<f32>, ModelError>;
     /// The final RMSNorm weight.
@@ -152,11 +167,8 @@ impl Model {
             let lin =
                 |p: Proj| -> Result<_, ModelError> { Ok(kernel.prepare(&src.ternary(i, p)?)?) };
             let stack = |ps: &[Proj]| {
-                let mats = ps
-                    .iter()
-                    .map(|&p| src.ternary(i, p))
-                    .collect::<Result<_, _>>()?;
-                Stacked::prepare(kernel, mats)
+                let (m, segments) = src.ternary_stacked(i, ps)?;
+                Stacked::prepare(kernel, &m, segments)
             };
             layers.push(Layer {
                 attn_norm: src.norm(i, Norm::Attn)?,
@@ -178,4 +190,42 @@ impl Model {
             kernel,
         )
     }
+}
+
+/// The input width shared by stacked projections; an error if they differ.
+pub(crate) fn common_width(widths: impl IntoIterator<Item = usize>) -> Result<usize, ModelError> {
+    let mut widths = widths.into_iter();
+    let first = widths.next().unwrap_or(0);
+    match widths.find(|&w| w != first) {
+        Some(w) => Err(ModelError::Config(format!(
+            "stacked projections need one input width: {w} columns next to {first}"
+        ))),
+        None => Ok(first),
+    }
+}
+
+/// `mats` stacked row-wise, as [`WeightSource::ternary_stacked`] returns them.
+pub(crate) fn stack_matrices(
+    mats: &[TernaryMatrix],
+) -> Result<(TernaryMatrix, Vec<(usize, f32)>), ModelError> {
+    let cols = common_width(mats.iter().map(|m| m.cols()))?;
+    let mut codes = Vec::with_capacity(mats.iter().map(|m| m.codes().len()).sum());
+    for m in mats {
+        codes.extend_from_slice(m.codes());
+    }
+    stacked_matrix(
+        cols,
+        codes,
+        mats.iter().map(|m| (m.rows(), m.scale())).collect(),
+    )
+}
+
+/// The stacked matrix of `codes` (`cols` wide, the segments' rows in all) and its segments.
+pub(crate) fn stacked_matrix(
+    cols: usize,
+    codes: Vec<i8>,
+    segments: Vec<(usize, f32)>,
+) -> Result<(TernaryMatrix, Vec<(usize, f32)>), ModelError> {
+    let rows = segments.iter().map(|s| s.0).sum();
+    Ok((TernaryMatrix::new(rows, cols, codes, 1.0)?, segments))
 }

@@ -17,26 +17,23 @@ pub struct Stacked {
 }
 
 impl Stacked {
-    /// Stacks `mats` (same column count) and prepares the result with `kernel`.
+    /// Prepares `stacked` (the projections' rows one after another, as
+    /// [`crate::WeightSource::ternary_stacked`] gives them) with `kernel`; `segments` are each
+    /// projection's output rows and weight scale, in order.
     pub fn prepare(
         kernel: &dyn LinearKernel,
-        mats: Vec<TernaryMatrix>,
+        stacked: &TernaryMatrix,
+        segments: Vec<(usize, f32)>,
     ) -> Result<Self, ModelError> {
-        let cols = mats.first().map_or(0, |m| m.cols());
-        if let Some(m) = mats.iter().find(|m| m.cols() != cols) {
+        let rows: usize = segments.iter().map(|s| s.0).sum();
+        if rows != stacked.rows() {
             return Err(ModelError::Config(format!(
-                "stacked projections need one input width: {} columns next to {cols}",
-                m.cols()
+                "stacked projections: segments of {rows} rows for a matrix of {}",
+                stacked.rows()
             )));
         }
-        let segments: Vec<(usize, f32)> = mats.iter().map(|m| (m.rows(), m.scale())).collect();
-        let rows = segments.iter().map(|s| s.0).sum();
-        let mut codes = Vec::with_capacity(rows * cols);
-        for m in mats {
-            codes.extend_from_slice(m.codes());
-        }
         // The stacked matrix's own scale is never used: `forward` applies each segment's.
-        let linear = kernel.prepare(&TernaryMatrix::new(rows, cols, codes, 1.0)?)?;
+        let linear = kernel.prepare(stacked)?;
         Ok(Self { linear, segments })
     }
 
@@ -88,6 +85,7 @@ impl Stacked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::stack_matrices;
     use bitnet_core::scalar::ScalarKernel;
 
     fn lcg(s: &mut u64) -> u64 {
@@ -122,7 +120,7 @@ mod tests {
         );
         kernels.push(std::sync::Arc::new(ScalarKernel));
         for kernel in &kernels {
-            let stacked = Stacked::prepare(&**kernel, mats.clone()).unwrap();
+            let stacked = stack(&**kernel, &mats).unwrap();
             assert_eq!(stacked.segment_rows().collect::<Vec<_>>(), [200, 72, 72]);
             for batch in [1usize, 3, 8] {
                 let x: Vec<f32> = (0..batch * cols)
@@ -156,10 +154,17 @@ mod tests {
         }
     }
 
+    /// `mats` stacked as the default [`crate::WeightSource::ternary_stacked`] does.
+    fn stack(kernel: &dyn LinearKernel, mats: &[TernaryMatrix]) -> Result<Stacked, ModelError> {
+        let (m, segments) = stack_matrices(mats)?;
+        Stacked::prepare(kernel, &m, segments)
+    }
+
     #[test]
-    fn different_widths_are_refused() {
+    fn different_widths_and_wrong_segments_are_refused() {
         let a = TernaryMatrix::new(2, 3, vec![0; 6], 1.0).unwrap();
         let b = TernaryMatrix::new(2, 4, vec![0; 8], 1.0).unwrap();
-        assert!(Stacked::prepare(&ScalarKernel, vec![a, b]).is_err());
+        assert!(stack(&ScalarKernel, &[a.clone(), b]).is_err());
+        assert!(Stacked::prepare(&ScalarKernel, &a, vec![(1, 1.0)]).is_err());
     }
 }
