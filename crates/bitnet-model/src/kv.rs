@@ -502,23 +502,66 @@ mod simd {
         ) {
             let n = out.len();
             let full = n / 16 * 16;
+            // Up to eight vectors (128 lanes) of `out` stay in registers over every position:
+            // each lane gets the same FMAs in the same order as through memory, without a store
+            // and a reload per position on its dependency chain.
+            let mut c = 0;
+            while c < full {
+                let vecs = (full - c) / 16;
+                // SAFETY: lanes c..c + 16 * min(vecs, 8) lie within n for `out` and every row.
+                unsafe {
+                    match vecs {
+                        1 => axpys_lanes::<E, 1>(w, rows, stride, out, c),
+                        2 => axpys_lanes::<E, 2>(w, rows, stride, out, c),
+                        3 => axpys_lanes::<E, 3>(w, rows, stride, out, c),
+                        4 => axpys_lanes::<E, 4>(w, rows, stride, out, c),
+                        5 => axpys_lanes::<E, 5>(w, rows, stride, out, c),
+                        6 => axpys_lanes::<E, 6>(w, rows, stride, out, c),
+                        7 => axpys_lanes::<E, 7>(w, rows, stride, out, c),
+                        _ => axpys_lanes::<E, 8>(w, rows, stride, out, c),
+                    }
+                }
+                c += 16 * vecs.min(8);
+            }
             for (p, &wp) in w.iter().enumerate() {
                 let row = &rows[p * stride..p * stride + n];
-                let (kp, op) = (row.as_ptr(), out.as_mut_ptr());
-                let wv = _mm512_set1_ps(wp);
-                let mut i = 0;
-                while i < full {
-                    // SAFETY: i + 16 <= n for both row and out.
-                    unsafe {
-                        let o =
-                            _mm512_fmadd_ps(wv, E::load16(kp.add(i)), _mm512_loadu_ps(op.add(i)));
-                        _mm512_storeu_ps(op.add(i), o);
-                    }
-                    i += 16;
-                }
                 for k in full..n {
                     out[k] += wp * row[k].widen();
                 }
+            }
+        }
+
+        /// `out[c..c + 16 V] += sum_p w[p] * rows[p * stride + c..]`, the V accumulators in
+        /// registers.
+        ///
+        /// # Safety
+        /// AVX-512F is present; `c + 16 V <= out.len()` and every row holds `c + 16 V` lanes.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn axpys_lanes<E: Lanes, const V: usize>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+            c: usize,
+        ) {
+            let op = out.as_mut_ptr();
+            let mut acc = [_mm512_setzero_ps(); V];
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: c + 16 j + 16 <= out.len().
+                *a = unsafe { _mm512_loadu_ps(op.add(c + 16 * j)) };
+            }
+            for (p, &wp) in w.iter().enumerate() {
+                let kp = rows[p * stride + c..].as_ptr();
+                let wv = _mm512_set1_ps(wp);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: the row holds lanes c .. c + 16 V.
+                    *a = _mm512_fmadd_ps(wv, unsafe { E::load16(kp.add(16 * j)) }, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                // SAFETY: as for the loads.
+                unsafe { _mm512_storeu_ps(op.add(c + 16 * j), *a) };
             }
         }
 
@@ -679,7 +722,7 @@ mod tests {
     #[test]
     fn every_vector_path_agrees_with_the_portable_one() {
         fn check<E: simd::x86::Lanes + std::fmt::Debug>(conv: fn(f32) -> E) {
-            for hd in [1, 5, 8, 9, 16, 23, 32, 47, 64, 128] {
+            for hd in [1, 5, 8, 9, 16, 23, 32, 47, 64, 128, 200, 300] {
                 let (stride, n) = (3 * hd + 1, 9);
                 let rows: Vec<E> = noise(n * stride, hd as u64).into_iter().map(conv).collect();
                 let q = noise(hd, 5);
@@ -723,6 +766,43 @@ mod tests {
         check::<f32>(|x| x);
         check::<f16>(f16::from_f32);
         check::<i8>(|x| (x * 127.0) as i8);
+    }
+
+    /// The AVX-512 mix keeps its accumulators in registers but gives every lane the same fused
+    /// multiply-adds in the same order as a lane-by-lane sequence (and the tail past the last
+    /// 16 lanes a plain multiply and add): bit for bit, over one and several 128-lane chunks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_mix_is_a_sequence_of_fmas_per_lane() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIPPED: no AVX-512F");
+            return;
+        }
+        for hd in [16, 40, 128, 136, 300] {
+            let (stride, n) = (hd + 3, 11);
+            let rows = noise(n * stride, hd as u64);
+            let w = noise(n, 7);
+            let mut want = noise(hd, 8);
+            let mut got = want.clone();
+            let full = hd / 16 * 16;
+            for (p, &wp) in w.iter().enumerate() {
+                for (k, o) in want.iter_mut().enumerate() {
+                    let v = rows[p * stride + k];
+                    *o = if k < full {
+                        wp.mul_add(v, *o)
+                    } else {
+                        *o + wp * v
+                    };
+                }
+            }
+            // SAFETY: AVX-512F was detected; every row holds hd lanes.
+            unsafe { simd::x86::axpys_avx512(&w, &rows, stride, &mut got) };
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "hd {hd}");
+        }
     }
 
     #[test]
