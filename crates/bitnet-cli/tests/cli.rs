@@ -591,21 +591,26 @@ fn the_bundled_default_model_runs_without_model() {
     assert_eq!(v["ids"], bundled["prompt_tokens"]);
 }
 
+/// `generate` of two tokens after a three-token prompt: the smallest run of `model`.
+fn two_tokens_of(model: &str) -> [&str; 7] {
+    [
+        "generate",
+        "-m",
+        model,
+        "--prompt-tokens",
+        "1,2,3",
+        "-n",
+        "2",
+    ]
+}
+
 /// Device choice: `auto` says in one stderr line where the model runs; `cuda` without a usable
 /// GPU is a clear error, never a panic. (On a machine with a GPU the second half checks that the
 /// model runs there instead.)
 #[test]
 fn device_selection_is_announced_and_cuda_without_gpu_is_a_clear_error() {
     let model = fixture("tied-gqa2/model-i2_s.gguf");
-    let args = [
-        "generate",
-        "-m",
-        &model,
-        "--prompt-tokens",
-        "1,2,3",
-        "-n",
-        "2",
-    ];
+    let args = two_tokens_of(&model);
     let out = bitnet(&[&args[..], &["--temperature", "0"]].concat());
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -631,15 +636,7 @@ fn device_selection_is_announced_and_cuda_without_gpu_is_a_clear_error() {
 #[test]
 fn kv_q8_with_cuda_is_a_clear_error() {
     let model = fixture("tied-gqa2/model-i2_s.gguf");
-    let args = [
-        "generate",
-        "-m",
-        &model,
-        "--prompt-tokens",
-        "1,2,3",
-        "-n",
-        "2",
-    ];
+    let args = two_tokens_of(&model);
     for device in ["cuda", "cuda:1"] {
         let err = fails(&[&args[..], &["--kv", "q8", "--device", device]].concat());
         assert!(

@@ -883,11 +883,7 @@ __device__ void decode_step_body(const u64* __restrict__ layers, int n_layers, c
     bool stamping = stamps != 0 && blockIdx.x == 0 && threadIdx.x == 0;
 #define STAMP()                                                                         \
     do {                                                                                \
-        if (stamping) {                                                                 \
-            u64 t;                                                                      \
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));                       \
-            stamps[nstamp] = t;                                                         \
-        }                                                                               \
+        if (stamping) stamps[nstamp] = gtimer();                                        \
         nstamp++;                                                                       \
     } while (0)
 #define SYNC()          \

@@ -270,6 +270,14 @@ impl Drop for Mega {
     }
 }
 
+/// The kernels' `mode` for the FFN's `act(gate) * up` (1 relu2, 2 SiLU).
+fn glu_mode(a: Activation) -> i32 {
+    match a {
+        Activation::Relu2 => 1,
+        Activation::Silu => 2,
+    }
+}
+
 /// Threads per attention block: in decode steps 256, the persistent step's block size (so that
 /// both sum the warps' partial outputs in the same order; 4-6% faster at batch 1 than 128),
 /// in prefill passes 128 (256 lost 13% at pp512: BENCHMARKS.md, v10).
@@ -952,10 +960,7 @@ impl CudaModel {
             Table::F16(_) => 1,
             _ => 2,
         };
-        let glu_mode = match c.activation {
-            Activation::Relu2 => 1,
-            Activation::Silu => 2,
-        };
+        let glu_mode = glu_mode(c.activation);
         let Some(step) = &self.k.decode_step else {
             return Err(CudaError::Unavailable("no persistent decode kernel".into()));
         };
@@ -1032,10 +1037,7 @@ impl CudaModel {
         );
         let attn_block = attn_block(decode);
         let attn_smem = attn_smem(c, attn_block);
-        let glu_mode = match c.activation {
-            Activation::Relu2 => 1,
-            Activation::Silu => 2,
-        };
+        let glu_mode = glu_mode(c.activation);
         if decode
             && n == 1
             && m == 1
