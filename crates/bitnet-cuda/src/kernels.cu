@@ -389,12 +389,19 @@ extern "C" __global__ void __launch_bounds__(NW * 32)
     __shared__ int ired[32];
     PDL_START();
     int strips = (rows + 15) / 16;
-    uint4 pre[4];
-    gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+    // The first strip's weights into L2 while the rows are normalized (a register prefetch here
+    // was spilled to the stack by ptxas, and the spill's store waited for the DRAM load).
+    if (blockIdx.x < strips) {
+        const char* first = (const char*)(W + (size_t)blockIdx.x * kgroups * 32);
+        for (int i = threadIdx.x; i < kgroups * 4; i += blockDim.x)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(first + (size_t)i * 128));
+    }
     PDL_WAIT();
     for (int t = 0; t < T; t++)
         norm_quant_smem(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad, xscale + t, xsum + t, red,
                         ired);
+    uint4 pre[4];
+    gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     __syncthreads();
     gemv_strips<4>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre,
                    blockIdx.x, gridDim.x);
@@ -763,20 +770,22 @@ __device__ __forceinline__ u32 ld_acquire(const u32* p) {
     return v;
 }
 // bar[0] counts arrivals (reset by the last to arrive), bar[1] is the generation it advances.
+// Release/acquire atomics order the blocks' writes around it (as CUTLASS's grid barrier does);
+// __threadfence() would be a sequentially consistent fence (MEMBAR.SC.GPU), which also waits for
+// the thread's own in-flight cp.async copies.
 __device__ void grid_sync(u32* bar) {
     __syncthreads();
     if (threadIdx.x == 0) {
         u32 g = ld_acquire(bar + 1);
-        __threadfence();
-        if (atomicAdd(bar, 1u) == gridDim.x - 1) {
-            atomicExch(bar, 0u);
-            __threadfence();
-            atomicAdd(bar + 1, 1u);
+        u32 arrived;
+        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(arrived) : "l"(bar) : "memory");
+        if (arrived == gridDim.x - 1) {
+            asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(bar) : "memory");
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar + 1) : "memory");
         } else {
             while (ld_acquire(bar + 1) == g) {
             }
         }
-        __threadfence();
     }
     __syncthreads();
 }
