@@ -407,6 +407,25 @@ extern "C" __global__ void __launch_bounds__(NW * 32)
                    blockIdx.x, gridDim.x);
 }
 
+// The m16n8k32 A fragments (u8 codes w+1) of the four k-blocks of one weight uint4, unpacked once
+// per load: left to itself the compiler redid the shifts and masks for every token tile (seven
+// integer instructions per mma, the kernels' bottleneck).
+__device__ __forceinline__ void unpack_a(const uint4& wv, u32 (&a)[4][4]) {
+    u32 wk[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+        a[kb][0] = wk[kb] & 0x03030303u;
+        a[kb][1] = (wk[kb] >> 2) & 0x03030303u;
+        a[kb][2] = (wk[kb] >> 4) & 0x03030303u;
+        a[kb][3] = (wk[kb] >> 6) & 0x03030303u;
+    }
+}
+__device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Batches of up to 8 * TILES tokens on the tensor cores: mma.m16n8k32 with the weights (u8
 // codes) as A and eight tokens' int8 codes as B.
 #if __CUDA_ARCH__ >= 800
@@ -436,7 +455,9 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     for (int q = warp; q < kgroups; q += NW) {
         uint4 wv0 = __ldg(ws0 + (size_t)q * 32);
         uint4 wv1 = two ? __ldg(ws1 + (size_t)q * 32) : make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u);
-        u32 wk[2][4] = {{wv0.x, wv0.y, wv0.z, wv0.w}, {wv1.x, wv1.y, wv1.z, wv1.w}};
+        u32 a[2][4][4];
+        unpack_a(wv0, a[0]);
+        unpack_a(wv1, a[1]);
 #pragma unroll
         for (int n = 0; n < TILES; n++) {
             int tok = n * 8 + g;
@@ -450,16 +471,7 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 #pragma unroll
             for (int r = 0; r < 2; r++) {
 #pragma unroll
-                for (int kb = 0; kb < 4; kb++) {
-                    u32 w = wk[r][kb];
-                    u32 a0 = w & 0x03030303u, a1 = (w >> 2) & 0x03030303u;
-                    u32 a2 = (w >> 4) & 0x03030303u, a3 = (w >> 6) & 0x03030303u;
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                        "{%0,%1,%2,%3};"
-                        : "+r"(acc[r][n][0]), "+r"(acc[r][n][1]), "+r"(acc[r][n][2]), "+r"(acc[r][n][3])
-                        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(xk[kb * 2]), "r"(xk[kb * 2 + 1]));
-                }
+                for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[r][n], a[r][kb], xk[kb * 2], xk[kb * 2 + 1]);
             }
         }
     }
@@ -1057,6 +1069,184 @@ extern "C" __global__ void head_bf16(const u16* W, const float* rs, int vocab, i
                                      float* out) { head_body<BF16T>(W, rs, vocab, cols, x, m, out); }
 extern "C" __global__ void head_i8(const i8* W, const float* rs, int vocab, int cols, const float* x, int m,
                                    float* out) { head_body<I8T>(W, rs, vocab, cols, x, m, out); }
+
+// The head for batches (9 or more rows) on the tensor cores, reading the table once per 64 rows
+// instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of x as B, f32
+// accumulators. x is first split by `split_rows_*` into two 16-bit parts, hi = round(x) and
+// lo = round(x - hi), both multiplied into the same accumulators: the table's values are exact in
+// the 16-bit format (int8 ones too, converted), so the only rounding left is lo's (about 2^-22 of
+// x for f16, 2^-16 for bf16) and the accumulation's.
+//
+// Block: 8 warps, 32 vocabulary rows per warp (two m16 tiles), up to 64 rows of x (blockIdx.y).
+// x goes through shared memory in 128-column chunks, two stages by cp.async: per row of x 256
+// bytes of hi, 256 of lo and 64 of padding (so that the 8 lanes of a 16-byte load phase fall on
+// distinct banks). Within each 32-column block, lane (g, t) loads columns 8t..8t+7 of its rows
+// (16 bytes) and of x's rows: the k order inside the mma is a permutation of the columns, the
+// same for A and B, so the dot products are unchanged.
+#define HM_ROW 576
+#define HM_STAGE (64 * HM_ROW)
+// out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero.
+template <bool BF>
+__device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out) {
+    PDL_ENTRY();
+    int r = blockIdx.x;
+    if (r >= mpad) return;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = r < m ? x[(size_t)r * cols + c] : 0.f;
+        u16 hi, lo;
+        if (BF) {
+            // Round to nearest even into bf16 (values here are finite).
+            u32 u = __float_as_uint(v);
+            hi = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+            float rest = v - __uint_as_float((u32)hi << 16);
+            u32 w = __float_as_uint(rest);
+            lo = (u16)((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
+        } else {
+            hi = f2h(v);
+            lo = f2h(v - h2f(hi));
+        }
+        out[((size_t)r * 2) * cols + c] = hi;
+        out[((size_t)r * 2 + 1) * cols + c] = lo;
+    }
+}
+extern "C" __global__ void split_rows_f16(const float* x, int m, int mpad, int cols, u16* out) {
+    split_rows_body<false>(x, m, mpad, cols, out);
+}
+extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int cols, u16* out) {
+    split_rows_body<true>(x, m, mpad, cols, out);
+}
+
+#if __CUDA_ARCH__ >= 800
+// Eight table values of one row, as four 16-bit pairs.
+template <class D>
+__device__ __forceinline__ uint4 head_a8(const typename D::T* w, size_t i);
+template <>
+__device__ __forceinline__ uint4 head_a8<F16T>(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
+template <>
+__device__ __forceinline__ uint4 head_a8<BF16T>(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
+template <>
+__device__ __forceinline__ uint4 head_a8<I8T>(const i8* w, size_t i) {
+    uint2 v = __ldg((const uint2*)(w + i));
+    u32 u[2] = {v.x, v.y};
+    u32 o[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 word = u[j >> 1] >> (16 * (j & 1));
+        o[j] = (u32)f2h((float)(i8)(word & 0xff)) | ((u32)f2h((float)(i8)((word >> 8) & 0xff)) << 16);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+template <bool BF>
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (BF)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Stage chunk `ch` of the rows of x (hi and lo) into `buf`, rows 0..nrows.
+__device__ __forceinline__ void head_stage(const u16* xhl, int cols, int ch, int nrows, char* buf) {
+    for (int i = threadIdx.x; i < nrows * 32; i += blockDim.x) {
+        int r = i >> 5, part = (i >> 4) & 1, piece = i & 15;
+        const u16* src = xhl + ((size_t)r * 2 + part) * cols + ch * 128 + piece * 8;
+        u32 d = (u32)__cvta_generic_to_shared(buf + r * HM_ROW + part * 256 + piece * 16);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// `cols` % 128 == 0; xhl holds ceil(m / 8) * 8 rows (split_rows_*).
+template <class D, bool BF>
+__device__ void head_mma_body(const typename D::T* W, const float* rscale, int vocab, int cols, const u16* xhl, int m,
+                              float* logits) {
+    extern __shared__ __align__(16) char hsm[];
+    PDL_ENTRY();
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int t0 = blockIdx.y * 64;
+    int mt = min(m - t0, 64);
+    int nt = (mt + 7) / 8;
+    xhl += (size_t)t0 * 2 * cols;
+    int v0 = blockIdx.x * 256 + warp * 32;
+    // This lane's four table rows (two m16 tiles: g, g + 8), clamped inside the table.
+    size_t rowoff[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) rowoff[i] = (size_t)min(v0 + 8 * i + g, vocab - 1) * cols + 8 * t;
+    float acc[2][8][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[a][j][0] = acc[a][j][1] = acc[a][j][2] = acc[a][j][3] = 0.f;
+    int chunks = cols / 128, kbs = cols / 32;
+    head_stage(xhl, cols, 0, nt * 8, hsm);
+    uint4 nxt[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) nxt[i] = head_a8<D>(W, rowoff[i]);
+    for (int kb = 0; kb < kbs; kb++) {
+        if ((kb & 3) == 0) {
+            int ch = kb >> 2;
+            // This chunk landed; every warp is done with the other stage, which takes the next.
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+            __syncthreads();
+            if (ch + 1 < chunks) head_stage(xhl, cols, ch + 1, nt * 8, hsm + ((ch + 1) & 1) * HM_STAGE);
+        }
+        uint4 cur[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) cur[i] = nxt[i];
+        if (kb + 1 < kbs) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) nxt[i] = head_a8<D>(W, rowoff[i] + (size_t)(kb + 1) * 32);
+        }
+        const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            if (j < nt) {
+                uint4 hi = *(const uint4*)(xb + j * 8 * HM_ROW);
+                uint4 lo = *(const uint4*)(xb + j * 8 * HM_ROW + 256);
+#pragma unroll
+                for (int a = 0; a < 2; a++) {
+                    // Rows g (cur[2a]) and g + 8 (cur[2a + 1]); step 0 takes words x, y, step 1 z, w.
+                    mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, hi.x, hi.y);
+                    mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, hi.z, hi.w);
+                    mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, lo.x, lo.y);
+                    mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, lo.z, lo.w);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int a = 0; a < 2; a++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int v = v0 + 16 * a + 8 * half + g;
+            if (v >= vocab) continue;
+            float s = rscale ? rscale[v] : 1.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int tok = j * 8 + 2 * t;
+                if (tok < mt) logits[(size_t)(t0 + tok) * vocab + v] = acc[a][j][2 * half] * s;
+                if (tok + 1 < mt) logits[(size_t)(t0 + tok + 1) * vocab + v] = acc[a][j][2 * half + 1] * s;
+            }
+        }
+    }
+}
+extern "C" __global__ void __launch_bounds__(256, 2) head_mma_f16(const u16* W, const float* rs, int vocab, int cols,
+                                                                  const u16* xhl, int m, float* out) {
+    head_mma_body<F16T, false>(W, rs, vocab, cols, xhl, m, out);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) head_mma_bf16(const u16* W, const float* rs, int vocab, int cols,
+                                                                   const u16* xhl, int m, float* out) {
+    head_mma_body<BF16T, true>(W, rs, vocab, cols, xhl, m, out);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) head_mma_i8(const i8* W, const float* rs, int vocab, int cols,
+                                                                 const u16* xhl, int m, float* out) {
+    head_mma_body<I8T, false>(W, rs, vocab, cols, xhl, m, out);
+}
+#endif
 
 // Any width, f32 weights (fixtures with odd hidden sizes): one warp per vocabulary row.
 extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols, const float* x, int m,

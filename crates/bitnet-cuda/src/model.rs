@@ -145,6 +145,177 @@ impl Table {
             Table::I8 { values, .. } => ptr(values, &gpu.stream),
         }
     }
+
+    /// The per-row scales (int8 tables) or 0.
+    fn scales(&self, gpu: &Gpu) -> u64 {
+        match self {
+            Table::I8 { scales, .. } => ptr(scales, &gpu.stream),
+            _ => 0,
+        }
+    }
+
+    /// The tensor-core head for batches of rows over this table, as (split, head) kernels:
+    /// 16-bit and int8 tables whose rows are a multiple of 128 wide, on sm_80+.
+    fn head_mma(&self, gpu: &Gpu, cols: usize) -> Option<HeadMma> {
+        if !cols.is_multiple_of(128) {
+            return None;
+        }
+        let (split, head) = match self {
+            Table::F32(_) => return None,
+            Table::F16(_) => ("split_rows_f16", "head_mma_f16"),
+            Table::BF16(_) => ("split_rows_bf16", "head_mma_bf16"),
+            Table::I8 { .. } => ("split_rows_f16", "head_mma_i8"),
+        };
+        let head = gpu.optional_function(head)?;
+        head.allow_smem(HEAD_MMA_SMEM as usize).ok()?;
+        Some(HeadMma {
+            split: gpu.optional_function(split)?,
+            head,
+        })
+    }
+}
+
+/// The tensor-core head's kernels (`head_mma_*` in the kernels): x split into two 16-bit
+/// parts, then the table read once per 64 rows.
+struct HeadMma {
+    split: Kernel,
+    head: Kernel,
+}
+
+/// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
+const HEAD_MMA_SMEM: u32 = 2 * 64 * 576;
+
+/// Rows from which the head runs on the tensor cores (the CUDA-core head reads the table once
+/// per 8 rows).
+const HEAD_MMA_MIN_ROWS: usize = 9;
+
+/// Device addresses of one head evaluation: `m` rows of `x` (`cols` wide) against the table
+/// (`vocab` rows, optional per-row scales) into `logits` (`m` x `vocab`); `xhl` is scratch for
+/// `2 * round_up(m, 8) * cols` 16-bit values (x's two parts).
+struct HeadIo {
+    table: u64,
+    scales: u64,
+    vocab: usize,
+    cols: usize,
+    x: u64,
+    m: usize,
+    xhl: u64,
+    logits: u64,
+}
+
+/// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8), then
+/// one launch over every 64-row tile (grid y).
+fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
+    let mpad = io.m.div_ceil(8) * 8;
+    gpu.launch(
+        &k.split,
+        (mpad as u32, 1, 1),
+        256,
+        0,
+        &[
+            Arg::P(io.x),
+            Arg::I(io.m as i32),
+            Arg::I(mpad as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(io.xhl),
+        ],
+    )?;
+    gpu.launch(
+        &k.head,
+        (io.vocab.div_ceil(256) as u32, io.m.div_ceil(64) as u32, 1),
+        256,
+        HEAD_MMA_SMEM,
+        &[
+            Arg::P(io.table),
+            Arg::P(io.scales),
+            Arg::I(io.vocab as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(io.xhl),
+            Arg::I(io.m as i32),
+            Arg::P(io.logits),
+        ],
+    )
+}
+
+/// The head on the CUDA cores: one launch per 8 rows, each reading the whole table.
+fn launch_head_rows(gpu: &Gpu, k: &Kernel, generic: bool, io: &HeadIo) -> Result<(), CudaError> {
+    for t0 in (0..io.m).step_by(8) {
+        let mm = (io.m - t0).min(8);
+        let x = io.x + 4 * (t0 * io.cols) as u64;
+        let out = io.logits + 4 * (t0 * io.vocab) as u64;
+        let mut args = vec![Arg::P(io.table)];
+        if !generic {
+            args.push(Arg::P(io.scales));
+        }
+        args.extend([
+            Arg::I(io.vocab as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(x),
+            Arg::I(mm as i32),
+            Arg::P(out),
+        ]);
+        gpu.launch(k, (io.vocab.div_ceil(8) as u32, 1, 1), 256, 0, &args)?;
+    }
+    Ok(())
+}
+
+/// The logits of the rows of `x` (`table.cols()` wide) against `table` stored as the model
+/// would store it (`head`), computed by the tensor-core head (`tensor_cores`, for any number of
+/// rows; an error where the table does not allow it) or by the CUDA-core one. For conformance
+/// tests.
+pub fn head_logits(
+    gpu: &Gpu,
+    table: &FloatMatrix,
+    head: HeadType,
+    x: &[f32],
+    tensor_cores: bool,
+) -> Result<Vec<f32>, CudaError> {
+    let (vocab, cols) = (table.rows(), table.cols());
+    let m = x.len() / cols.max(1);
+    let t = match head {
+        HeadType::Int8 => Table::upload_int8(gpu, table)?,
+        HeadType::Native => Table::upload(gpu, table, false)?,
+    };
+    let dx = gpu.upload(x)?;
+    let xhl = gpu.zeros::<u16>(2 * m.div_ceil(8) * 8 * cols)?;
+    let logits = gpu.zeros::<f32>(m * vocab)?;
+    let st = &gpu.stream;
+    let io = HeadIo {
+        table: t.ptr(gpu),
+        scales: t.scales(gpu),
+        vocab,
+        cols,
+        x: ptr(&dx, st),
+        m,
+        xhl: ptr(&xhl, st),
+        logits: ptr(&logits, st),
+    };
+    if tensor_cores {
+        let k = t.head_mma(gpu, cols).ok_or_else(|| {
+            CudaError::Unavailable(format!(
+                "no tensor-core head for a {} table {cols} wide",
+                t.name()
+            ))
+        })?;
+        launch_head_mma(gpu, &k, &io)?;
+    } else {
+        if !cols.is_multiple_of(8) {
+            return Err(CudaError::Unavailable(format!(
+                "the CUDA-core head needs a multiple of 8 columns, not {cols}"
+            )));
+        }
+        let name = match t {
+            Table::F32(_) => "head_f32",
+            Table::F16(_) => "head_f16",
+            Table::BF16(_) => "head_bf16",
+            Table::I8 { .. } => "head_i8",
+        };
+        launch_head_rows(gpu, &gpu.function(name)?, false, &io)?;
+    }
+    let mut host = vec![0f32; m * vocab];
+    st.memcpy_dtoh(&logits, &mut host)?;
+    gpu.sync()?;
+    Ok(host)
 }
 
 fn decode_all(m: &FloatMatrix) -> Vec<f32> {
@@ -178,6 +349,8 @@ struct Kernels {
     rope_kv: Kernel,
     attn_part: Kernel,
     head: Kernel,
+    /// The head for batches on the tensor cores, where the table allows it.
+    head_mma: Option<HeadMma>,
     argmax: Kernel,
     top_k: Kernel,
     /// The persistent decode step (`decode_step_*`, one launch for every layer; sm_80+).
@@ -412,6 +585,8 @@ struct Scratch {
     /// Per (row, kv head): attention chunks finished (the last one merges; reset by it).
     counters: CudaSlice<u32>,
     normed: CudaSlice<f32>,
+    /// The head's input split into two 16-bit parts (tensor-core head).
+    xhl: CudaSlice<u16>,
     logits: CudaSlice<f32>,
     tokens_out: CudaSlice<u32>,
     /// Top-k candidates of each wanted row (`TOPK_MAX` per row): ids and logits, and their
@@ -591,6 +766,7 @@ impl CudaModel {
                 .map_err(dev)?,
             counters: gpu.zeros(MAX_ROWS * c.n_kv_heads).map_err(dev)?,
             normed: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
+            xhl: gpu.zeros(2 * MAX_ROWS * c.hidden_size).map_err(dev)?,
             logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
             tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
             top_ids: gpu.zeros(MAX_ROWS * TOPK_MAX).map_err(dev)?,
@@ -625,6 +801,13 @@ impl CudaModel {
                         Table::I8 { .. } => "head_i8",
                     })
                     .map_err(dev)?,
+                head_mma: match head_generic {
+                    true => None,
+                    false => head
+                        .as_ref()
+                        .unwrap_or(&embed)
+                        .head_mma(&gpu, c.hidden_size),
+                },
                 ..k
             },
             gpu,
@@ -700,7 +883,7 @@ impl CudaModel {
             out_stride,
             accumulate,
         };
-        launch_linear(&self.gpu, &k.gemv, k.mma.as_ref(), LinearPath::Auto, w, &io)
+        launch_linear(&self.gpu, k, LinearPath::Auto, w, &io)
     }
 
     /// One BitLinear: RMSNorm (of `act(gate) * up` for modes 1, 2) and int8 quantization of `n`
@@ -1158,45 +1341,22 @@ impl CudaModel {
 
     /// The head over the `m` normalized rows in `s.normed`, into `s.logits`.
     fn launch_head(&self, s: &Scratch, m: usize) -> Result<(), CudaError> {
-        let c = &self.config;
-        let hd = c.hidden_size;
-        let st = self.gpu.stream.clone();
-        let normed = ptr(&s.normed, &st);
-        let v = c.vocab_size;
+        let st = &self.gpu.stream;
         let table = self.head.as_ref().unwrap_or(&self.embed);
-        let rscale = match table {
-            Table::I8 { scales, .. } => ptr(scales, &st),
-            _ => 0,
+        let io = HeadIo {
+            table: table.ptr(&self.gpu),
+            scales: table.scales(&self.gpu),
+            vocab: self.config.vocab_size,
+            cols: self.config.hidden_size,
+            x: ptr(&s.normed, st),
+            m,
+            xhl: ptr(&s.xhl, st),
+            logits: ptr(&s.logits, st),
         };
-        let lp = ptr(&s.logits, &st);
-        for t0 in (0..m).step_by(8) {
-            let mm = (m - t0).min(8);
-            let x = normed + 4 * (t0 * hd) as u64;
-            let out = lp + 4 * (t0 * v) as u64;
-            let args: Vec<Arg> = if self.head_generic {
-                vec![
-                    Arg::P(table.ptr(&self.gpu)),
-                    Arg::I(v as i32),
-                    Arg::I(hd as i32),
-                    Arg::P(x),
-                    Arg::I(mm as i32),
-                    Arg::P(out),
-                ]
-            } else {
-                vec![
-                    Arg::P(table.ptr(&self.gpu)),
-                    Arg::P(rscale),
-                    Arg::I(v as i32),
-                    Arg::I(hd as i32),
-                    Arg::P(x),
-                    Arg::I(mm as i32),
-                    Arg::P(out),
-                ]
-            };
-            self.gpu
-                .launch(&self.k.head, (v.div_ceil(8) as u32, 1, 1), 256, 0, &args)?;
+        match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {
+            Some(k) => launch_head_mma(&self.gpu, k, &io),
+            None => launch_head_rows(&self.gpu, &self.k.head, self.head_generic, &io),
         }
-        Ok(())
     }
 }
 
@@ -1363,15 +1523,18 @@ struct LinearIo {
 /// rows, tensor cores (up to 64 rows per launch) beyond.
 fn launch_linear(
     gpu: &Gpu,
-    gemv: &Kernel,
-    mma: Option<&[Kernel; 3]>,
+    k: &Kernels,
     path: LinearPath,
     w: &DevTernary,
     io: &LinearIo,
 ) -> Result<(), CudaError> {
     let strips = w.rows.div_ceil(STRIP) as u32;
-    let mma = if path == LinearPath::Dp4a { None } else { mma };
-    let gemv_name = gemv.name();
+    let mma = if path == LinearPath::Dp4a {
+        None
+    } else {
+        k.mma.as_ref()
+    };
+    let gemv = &k.gemv;
     let mut t0 = 0;
     while t0 < io.t {
         let (f, n) = match (mma, io.t - t0) {
@@ -1384,7 +1547,7 @@ fn launch_linear(
             (None, n) => (gemv, n.min(4)),
         };
         // The tensor-core kernels take two strips per block.
-        let (blocks, tiles) = if f.name() == gemv_name {
+        let (blocks, tiles) = if std::ptr::eq(f, gemv) {
             (strips, 1)
         } else {
             (strips.div_ceil(2), n.div_ceil(MMA_TOKENS) as u32)
@@ -1447,7 +1610,7 @@ pub fn ternary_forward(
         out_stride: w.rows(),
         accumulate: false,
     };
-    launch_linear(gpu, &k.gemv, k.mma.as_ref(), path, &dw, &io)?;
+    launch_linear(gpu, &k, path, &dw, &io)?;
     let mut host = vec![0f32; t * w.rows()];
     st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
     gpu.sync()?;
@@ -1546,7 +1709,7 @@ pub fn norm_linear_forward(
             out_stride: w.rows(),
             accumulate: false,
         };
-        launch_linear(gpu, &k.gemv, k.mma.as_ref(), LinearPath::Dp4a, &dw, &io)?;
+        launch_linear(gpu, &k, LinearPath::Dp4a, &dw, &io)?;
     }
     let mut host = vec![0f32; rows * w.rows()];
     st.memcpy_dtoh(&out.slice(..rows * w.rows()), &mut host)?;
@@ -1577,6 +1740,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         head: gpu.function("head_f32")?,
+        head_mma: None,
         argmax: gpu.function("argmax_rows")?,
         top_k: gpu.function("topk_rows")?,
         decode_step: gpu.optional_function(&format!("decode_step_{sfx}")),

@@ -183,3 +183,81 @@ fn top_k_kernel_equals_the_host_selection() {
         }
     }
 }
+
+/// Both heads (the tensor-core one for batches, the CUDA-core one) against a double-precision
+/// host product of the table as stored (f16, bf16, and int8 quantized per row from an f16
+/// table), for row counts around the kernels' tiles (8 rows, 64 rows) and a vocabulary that is
+/// not a multiple of the 256-row block.
+#[test]
+fn head_kernels_equal_a_double_precision_product() {
+    use bitnet_core::ops::{FloatMatrix, FloatStorage};
+    use bitnet_cuda::HeadType;
+    use half::{bf16, f16};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(0x4ead);
+    for (vocab, cols) in [(300, 128), (4099, 384)] {
+        let w: Vec<f32> = (0..vocab * cols)
+            .map(|_| rng.random_range(-0.08f32..0.08))
+            .collect();
+        let tables = [
+            (
+                "f16",
+                HeadType::Native,
+                FloatStorage::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
+            ),
+            (
+                "bf16",
+                HeadType::Native,
+                FloatStorage::BF16(w.iter().map(|&v| bf16::from_f32(v)).collect()),
+            ),
+            (
+                "int8",
+                HeadType::Int8,
+                FloatStorage::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
+            ),
+        ];
+        for (name, head, storage) in tables {
+            let table = FloatMatrix::new(vocab, cols, storage).unwrap();
+            // The values the device holds, as f64 (int8: the per-row quantization the model does).
+            let mut stored = vec![0f32; vocab * cols];
+            for (r, row) in stored.chunks_exact_mut(cols).enumerate() {
+                table.row_into(r, row);
+                if head == HeadType::Int8 {
+                    let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+                    for v in row.iter_mut() {
+                        *v = (*v / s).round().clamp(-127.0, 127.0) * s;
+                    }
+                }
+            }
+            for m in [1usize, 8, 9, 17, 64, 65, 130] {
+                let x: Vec<f32> = (0..m * cols)
+                    .map(|_| rng.random_range(-4.0f32..4.0))
+                    .collect();
+                for tensor_cores in [true, false] {
+                    let got =
+                        bitnet_cuda::head_logits(&gpu, &table, head, &x, tensor_cores).unwrap();
+                    for t in 0..m {
+                        let xr = &x[t * cols..(t + 1) * cols];
+                        for v in 0..vocab {
+                            let wr = &stored[v * cols..(v + 1) * cols];
+                            let want: f64 =
+                                wr.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let mag: f64 = wr
+                                .iter()
+                                .zip(xr)
+                                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                                .sum();
+                            let g = got[t * vocab + v] as f64;
+                            assert!(
+                                (g - want).abs() <= 1e-5 * mag + 1e-6,
+                                "{name} vocab {vocab} cols {cols} m {m} tensor cores {tensor_cores}: row {t} \\
+                                 logit {v}: {g} vs {want} (magnitude {mag})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
