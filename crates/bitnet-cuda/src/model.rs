@@ -451,11 +451,16 @@ fn glu_mode(a: Activation) -> i32 {
     }
 }
 
-/// Threads per attention block: in decode steps 256, the persistent step's block size (so that
-/// both sum the warps' partial outputs in the same order; 4-6% faster at batch 1 than 128),
-/// in prefill passes 128 (256 lost 13% at pp512: BENCHMARKS.md, v10).
-fn attn_block(decode: bool) -> u32 {
-    if decode { Kernel::WAVE_BLOCK } else { 128 }
+/// Threads per attention block: in decode steps of fewer than 32 rows 256, the persistent
+/// step's block size (so that both sum the warps' partial outputs in the same order; 4-6% faster
+/// at batch 1 than 128); in decode steps of 32 rows or more 128 (+10% at batch 64, depth 512;
+/// level at batch 16); in prefill passes 128 (256 lost 13% at pp512: BENCHMARKS.md, v10, v11).
+fn attn_block(decode: bool, rows: usize) -> u32 {
+    if decode && rows < 32 {
+        Kernel::WAVE_BLOCK
+    } else {
+        128
+    }
 }
 
 /// Dynamic shared memory of one attention block of `block` threads: the query heads, their
@@ -1218,7 +1223,7 @@ impl CudaModel {
             ptr(&s.attn, &st),
             ptr(&s.gate_up, &st),
         );
-        let attn_block = attn_block(decode);
+        let attn_block = attn_block(decode, n);
         let attn_smem = attn_smem(c, attn_block);
         let glu_mode = glu_mode(c.activation);
         if decode
