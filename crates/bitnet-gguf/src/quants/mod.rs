@@ -5,6 +5,8 @@
 //! Decoders take `&[u8]` and an element count and check that the byte length is exactly what the
 //! format needs before allocating anything, so a hostile length can never size an allocation.
 
+#[cfg(target_arch = "x86_64")]
+mod blocks32;
 pub mod dot;
 pub mod float;
 pub mod i2s;

@@ -4,6 +4,8 @@
 //! gguf-py's `Q4_0.quantize_blocks`): the scale maps the block's largest-magnitude value to
 //! code 0 (level -8), so the other extreme gets at most level +7.
 
+#[cfg(target_arch = "x86_64")]
+use super::blocks32;
 use super::dot::{ActRef, LANE, RowDots};
 use super::float::{f16_to_f32, f32_to_f16_bits};
 use crate::error::{GgufError, Result};
@@ -93,9 +95,9 @@ fn block_scale(block: &[u8]) -> f32 {
 pub(crate) const ROW_DOTS: RowDots = RowDots {
     scalar: row_scalar,
     #[cfg(target_arch = "x86_64")]
-    avx512: x86::row_avx512,
+    avx512: blocks32::row_avx512::<x86::Q4>,
     #[cfg(target_arch = "x86_64")]
-    avx2: x86::row_avx2,
+    avx2: blocks32::row_avx2::<x86::Q4>,
 };
 
 /// `block . xq` (one block of 18 bytes, 32 activation codes) as an exact i32 sum of
@@ -130,142 +132,69 @@ fn row_scalar(row: &[u8], x: ActRef<'_>) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ActRef, BLOCK_BYTES, LANE, QK4_0, block_isum};
+    use super::{ActRef, BLOCK_BYTES, LANE, QK4_0};
+    use crate::quants::blocks32::Blocks32;
     use crate::quants::dot::h2f;
 
-    /// Block `b` of `row` times the matching activation codes, exactly, scaled in f32 (the
-    /// tail of the SIMD loops).
-    #[target_feature(enable = "f16c")]
-    fn block_tail(row: &[u8], x: ActRef<'_>, b: usize) -> f32 {
-        let block = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-        let isum = block_isum(block, &x.q[b * QK4_0..(b + 1) * QK4_0]);
-        let d = h2f(u16::from_le_bytes([block[0], block[1]]));
-        isum as f32 * (d * x.scale[b * QK4_0 / LANE])
-    }
-
-    /// Two blocks per step. The 2 x 16 code bytes are spread over the four 128-bit lanes of a
-    /// register as `[a, a, b, b]`; lanes 1 and 3 are shifted right by 4, and masking with 0x0F
-    /// leaves the 64 unsigned nibbles (0..16) in element order. `vpdpbusd` multiplies them with
-    /// the signed activation codes, starting from `-8 * (lane sum of x)` to turn `q` into
-    /// `q - 8`; the 16 i32 lanes (8 per block) are scaled by `d_w * d_x` per lane in f32.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = x.blocks_of(row, BLOCK_BYTES, QK4_0);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut b = 0;
-        while b + 4 <= nb {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: b + 2k + 2 <= nb.
-                *acc = unsafe { pair_avx512(row, x, b + 2 * k, *acc) };
-            }
-            b += 4;
-        }
-        if b + 2 <= nb {
-            // SAFETY: b + 2 <= nb.
-            acc[0] = unsafe { pair_avx512(row, x, b, acc[0]) };
-            b += 2;
-        }
-        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        if b < nb {
-            sum += block_tail(row, x, b);
-        }
-        sum
-    }
-
-    /// `acc + (blocks b, b + 1 of row) . x` per lane (see [`row_avx512`]).
-    ///
-    /// # Safety
-    ///
-    /// `b + 2 <= nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn pair_avx512(row: &[u8], x: ActRef<'_>, b: usize, acc: __m512) -> __m512 {
-        let m0f = _mm512_set1_epi8(0x0F);
-        // Lanes 0..8 take scale 0 (first block), lanes 8..16 scale 1.
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        // SAFETY: blocks b and b + 1 lie inside `row` (b + 2 <= nb), their code bytes (2..18
-        // of each) too; x's arrays cover nb blocks (`check`), so codes b*32..b*32+64 and lanes
-        // b*8..b*8+16 are in bounds.
-        unsafe {
-            let pa = row.as_ptr().add(b * BLOCK_BYTES);
-            let pb = pa.add(BLOCK_BYTES);
-            let qa = _mm_loadu_si128(pa.add(2).cast());
-            let qb = _mm_loadu_si128(pb.add(2).cast());
-            let ab = _mm512_castsi256_si512(_mm256_set_m128i(qb, qa));
-            // 128-bit lanes [a, a, b, b]; the high nibbles go to lanes 1 and 3.
-            let q = _mm512_shuffle_i64x2::<0x50>(ab, ab);
-            let q = _mm512_mask_blend_epi64(0xCC, q, _mm512_srli_epi16::<4>(q));
-            let w = _mm512_and_si512(q, m0f);
-            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK4_0).cast());
-            let bias =
-                _mm512_slli_epi32::<3>(_mm512_loadu_si512(x.neg_sum.as_ptr().add(b * 8).cast()));
-            let dot = _mm512_dpbusd_epi32(bias, w, xv);
-            let bits = u32::from(pa.cast::<u16>().read_unaligned().to_le())
-                | (u32::from(pb.cast::<u16>().read_unaligned().to_le()) << 16);
-            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-            let dw = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dw));
-            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.scale.as_ptr().add(b * 8)));
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc)
-        }
-    }
-
-    /// One block per step: the 16 code bytes and their copy shifted right by 4 form the 32
-    /// nibbles in element order; `vpmaddubsw(nibbles, x)` (pair sums <= 2 * 15 * 127, no
+    /// Q4_0 in the shared row drivers. AVX-512: the 2 x 16 code bytes are spread over the four
+    /// 128-bit lanes of a register as `[a, a, b, b]`; lanes 1 and 3 are shifted right by 4, and
+    /// masking with 0x0F leaves the 64 unsigned nibbles (0..16, `q - 8` offset by 8) in element
+    /// order. AVX2, one block per step: the 16 code bytes and their copy shifted right by 4 form
+    /// the 32 nibbles in element order; `vpmaddubsw(nibbles, x)` (pair sums <= 2 * 15 * 127, no
     /// saturation), `vpmaddwd` with ones to 8 i32 lanes, plus `-8 * (lane sum of x)`, scaled by
     /// `d_w * d_x`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = x.blocks_of(row, BLOCK_BYTES, QK4_0);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut b = 0;
-        while b + 2 <= nb {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: b + k < nb.
-                *acc = unsafe { block_avx2(row, x, b + k, *acc) };
-            }
-            b += 2;
-        }
-        if b < nb {
-            // SAFETY: b < nb.
-            acc[0] = unsafe { block_avx2(row, x, b, acc[0]) };
-        }
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
-        lanes.iter().sum()
-    }
+    pub(super) struct Q4;
 
-    /// `acc + (block b of row) . x` per lane (see [`row_avx2`]).
-    ///
-    /// # Safety
-    ///
-    /// `b < nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
-        // SAFETY: block b lies inside `row` and its codes (bytes 2..18) too; codes
-        // b*32..b*32+32, lanes b*8..b*8+8 and scale b*8 of x exist (`check`).
-        let (q, xv, ns, bits, dx) = unsafe {
-            let pa = row.as_ptr().add(b * BLOCK_BYTES);
-            (
-                _mm_loadu_si128(pa.add(2).cast()),
-                _mm256_loadu_si256(x.q.as_ptr().add(b * QK4_0).cast()),
-                _mm256_loadu_si256(x.neg_sum.as_ptr().add(b * 8).cast()),
-                pa.cast::<u16>().read_unaligned().to_le(),
-                *x.scale.get_unchecked(b * QK4_0 / LANE),
-            )
-        };
-        let w = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-            _mm256_set1_epi8(0x0F),
-        );
-        let pairs = _mm256_maddubs_epi16(w, xv);
-        let dot = _mm256_add_epi32(
-            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
-            _mm256_slli_epi32::<3>(ns),
-        );
-        let s = _mm256_set1_ps(h2f(bits) * dx);
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
+    impl Blocks32 for Q4 {
+        const BYTES: usize = BLOCK_BYTES;
+        const BIAS_SHIFT: i32 = 3;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn pair_codes(pa: *const u8, pb: *const u8) -> __m512i {
+            // SAFETY: both blocks' code bytes (2..18) are readable (the caller's contract).
+            unsafe {
+                let qa = _mm_loadu_si128(pa.add(2).cast());
+                let qb = _mm_loadu_si128(pb.add(2).cast());
+                let ab = _mm512_castsi256_si512(_mm256_set_m128i(qb, qa));
+                // 128-bit lanes [a, a, b, b]; the high nibbles go to lanes 1 and 3.
+                let q = _mm512_shuffle_i64x2::<0x50>(ab, ab);
+                let q = _mm512_mask_blend_epi64(0xCC, q, _mm512_srli_epi16::<4>(q));
+                _mm512_and_si512(q, _mm512_set1_epi8(0x0F))
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
+            // SAFETY: block b lies inside `row` and its codes (bytes 2..18) too; codes
+            // b*32..b*32+32, lanes b*8..b*8+8 and scale b*8 of x exist (the caller's contract).
+            let (q, xv, ns, bits, dx) = unsafe {
+                let pa = row.as_ptr().add(b * BLOCK_BYTES);
+                (
+                    _mm_loadu_si128(pa.add(2).cast()),
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK4_0).cast()),
+                    _mm256_loadu_si256(x.neg_sum.as_ptr().add(b * 8).cast()),
+                    pa.cast::<u16>().read_unaligned().to_le(),
+                    *x.scale.get_unchecked(b * QK4_0 / LANE),
+                )
+            };
+            let w = _mm256_and_si256(
+                _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+                _mm256_set1_epi8(0x0F),
+            );
+            let pairs = _mm256_maddubs_epi16(w, xv);
+            let dot = _mm256_add_epi32(
+                _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                _mm256_slli_epi32::<3>(ns),
+            );
+            let s = _mm256_set1_ps(h2f(bits) * dx);
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
+        }
+
+        fn block_isum(block: &[u8], xq: &[i8]) -> i32 {
+            super::block_isum(block, xq)
+        }
     }
 }
 

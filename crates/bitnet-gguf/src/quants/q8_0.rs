@@ -1,6 +1,8 @@
 //! Q8_0: blocks of 32 values stored as an f16 scale `d` followed by 32 signed bytes; `x = q * d`.
 //! The encoder is ggml's `quantize_row_q8_0_ref` (also gguf-py's `Q8_0.quantize_blocks`).
 
+#[cfg(target_arch = "x86_64")]
+use super::blocks32;
 use super::dot::{ActRef, LANE, RowDots};
 use super::float::{f16_to_f32, f32_to_f16_bits};
 use crate::error::{GgufError, Result};
@@ -65,9 +67,9 @@ pub(crate) fn decode_into(data: &[u8], out: &mut [f32]) {
 pub(crate) const ROW_DOTS: RowDots = RowDots {
     scalar: row_scalar,
     #[cfg(target_arch = "x86_64")]
-    avx512: x86::row_avx512,
+    avx512: blocks32::row_avx512::<x86::Q8>,
     #[cfg(target_arch = "x86_64")]
-    avx2: x86::row_avx2,
+    avx2: blocks32::row_avx2::<x86::Q8>,
 };
 
 /// Block `b`'s f16 scale.
@@ -86,14 +88,18 @@ fn row_scalar(row: &[u8], x: ActRef<'_>) -> f32 {
         .zip(x.q.chunks_exact(QK8_0))
         .enumerate()
     {
-        let isum: i32 = block[2..]
-            .iter()
-            .zip(xq)
-            .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
-            .sum();
-        sum += isum as f32 * (block_scale(row, b) * x.scale[b * QK8_0 / LANE]);
+        sum += block_isum(block, xq) as f32 * (block_scale(row, b) * x.scale[b * QK8_0 / LANE]);
     }
     sum
+}
+
+/// `block . xq` (one block of 34 bytes, 32 activation codes) as an exact i32 sum.
+fn block_isum(block: &[u8], xq: &[i8]) -> i32 {
+    block[2..]
+        .iter()
+        .zip(xq)
+        .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -101,122 +107,53 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ActRef, BLOCK_BYTES, LANE, QK8_0};
+    use crate::quants::blocks32::Blocks32;
     use crate::quants::dot::h2f;
 
-    /// Two blocks per step: the 64 weight codes are flipped to unsigned (`w + 128`) for
-    /// `vpdpbusd`, whose accumulator starts at `-128 * (lane sum of x)` to undo the offset; the
-    /// 16 i32 lanes (8 per block) are scaled by `d_w * d_x` per lane and summed in f32.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) fn row_avx512(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = x.blocks_of(row, BLOCK_BYTES, QK8_0);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut b = 0;
-        while b + 4 <= nb {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: b + 2k + 2 <= nb.
-                *acc = unsafe { pair_avx512(row, x, b + 2 * k, *acc) };
+    /// Q8_0 in the shared row drivers: the 64 weight codes are flipped to unsigned (`w + 128`)
+    /// for `vpdpbusd` (AVX-512); with AVX2 `vpmaddubsw(|w|, sign(x, w))` (pair sums <= 2 * 128 *
+    /// 127, no saturation), then `vpmaddwd` with ones to 8 i32 lanes, scaled by `d_w * d_x`.
+    pub(super) struct Q8;
+
+    impl Blocks32 for Q8 {
+        const BYTES: usize = BLOCK_BYTES;
+        const BIAS_SHIFT: i32 = 7;
+
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        unsafe fn pair_codes(pa: *const u8, pb: *const u8) -> __m512i {
+            // SAFETY: both blocks' codes (bytes 2..34) are readable (the caller's contract).
+            unsafe {
+                let wa = _mm256_loadu_si256(pa.add(2).cast());
+                let wb = _mm256_loadu_si256(pb.add(2).cast());
+                let flip = _mm512_set1_epi8(0x80u8 as i8);
+                _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip)
             }
-            b += 4;
         }
-        if b + 2 <= nb {
-            // SAFETY: b + 2 <= nb.
-            acc[0] = unsafe { pair_avx512(row, x, b, acc[0]) };
-            b += 2;
-        }
-        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-        if b < nb {
-            let block = &row[b * BLOCK_BYTES..(b + 1) * BLOCK_BYTES];
-            let isum: i32 = block[2..]
-                .iter()
-                .zip(&x.q[b * QK8_0..(b + 1) * QK8_0])
-                .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
-                .sum();
-            let d = h2f(u16::from_le_bytes([block[0], block[1]]));
-            sum += isum as f32 * (d * x.scale[b * QK8_0 / LANE]);
-        }
-        sum
-    }
 
-    /// `acc + (blocks b, b + 1 of row) . x` per lane (see [`row_avx512`]).
-    ///
-    /// # Safety
-    ///
-    /// `b + 2 <= nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    unsafe fn pair_avx512(row: &[u8], x: ActRef<'_>, b: usize, acc: __m512) -> __m512 {
-        let flip = _mm512_set1_epi8(0x80u8 as i8);
-        // Lanes 0..8 take scale 0 (first block), lanes 8..16 scale 1.
-        let halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        // SAFETY: blocks b and b + 1 lie inside `row` (b + 2 <= nb) and their codes (bytes
-        // 2..34 of each) inside it too; x's arrays cover nb blocks (`check`), so codes
-        // b*32..b*32+64 and lanes b*8..b*8+16 are in bounds.
-        unsafe {
-            let pa = row.as_ptr().add(b * BLOCK_BYTES);
-            let pb = pa.add(BLOCK_BYTES);
-            let wa = _mm256_loadu_si256(pa.add(2).cast());
-            let wb = _mm256_loadu_si256(pb.add(2).cast());
-            let w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
-            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK8_0).cast());
-            let bias =
-                _mm512_slli_epi32(_mm512_loadu_si512(x.neg_sum.as_ptr().add(b * 8).cast()), 7);
-            let dot = _mm512_dpbusd_epi32(bias, w, xv);
-            let bits = u32::from(pa.cast::<u16>().read_unaligned().to_le())
-                | (u32::from(pb.cast::<u16>().read_unaligned().to_le()) << 16);
-            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-            let dw = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dw));
-            let s = _mm512_mul_ps(dw, _mm512_loadu_ps(x.scale.as_ptr().add(b * 8)));
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, acc)
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
+            // SAFETY: block b lies inside `row` and its codes (bytes 2..34) too; codes
+            // b*32..b*32+32 and lane b*8 of x exist (the caller's contract).
+            let (w, xv, bits, dx) = unsafe {
+                let pa = row.as_ptr().add(b * BLOCK_BYTES);
+                (
+                    _mm256_loadu_si256(pa.add(2).cast()),
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK8_0).cast()),
+                    pa.cast::<u16>().read_unaligned().to_le(),
+                    *x.scale.get_unchecked(b * QK8_0 / LANE),
+                )
+            };
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+            let dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+            let s = _mm256_set1_ps(h2f(bits) * dx);
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
         }
-    }
 
-    /// One block per step: `vpmaddubsw(|w|, sign(x, w))` (pair sums <= 2 * 128 * 127, no
-    /// saturation), then `vpmaddwd` with ones to 8 i32 lanes, scaled by `d_w * d_x`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let nb = x.blocks_of(row, BLOCK_BYTES, QK8_0);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut b = 0;
-        while b + 2 <= nb {
-            for (k, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: b + k < nb.
-                *acc = unsafe { block_avx2(row, x, b + k, *acc) };
-            }
-            b += 2;
+        fn block_isum(block: &[u8], xq: &[i8]) -> i32 {
+            super::block_isum(block, xq)
         }
-        if b < nb {
-            // SAFETY: b < nb.
-            acc[0] = unsafe { block_avx2(row, x, b, acc[0]) };
-        }
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
-        lanes.iter().sum()
-    }
-
-    /// `acc + (block b of row) . x` per lane (see [`row_avx2`]).
-    ///
-    /// # Safety
-    ///
-    /// `b < nb` for `row` and `x` as checked by [`check`]; the CPU has the features.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
-        // SAFETY: block b lies inside `row` and its codes (bytes 2..34) too; codes
-        // b*32..b*32+32 and lane b*8 of x exist (`check`).
-        let (w, xv, bits, dx) = unsafe {
-            let pa = row.as_ptr().add(b * BLOCK_BYTES);
-            (
-                _mm256_loadu_si256(pa.add(2).cast()),
-                _mm256_loadu_si256(x.q.as_ptr().add(b * QK8_0).cast()),
-                pa.cast::<u16>().read_unaligned().to_le(),
-                *x.scale.get_unchecked(b * QK8_0 / LANE),
-            )
-        };
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-        let dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        let s = _mm256_set1_ps(h2f(bits) * dx);
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
     }
 }
 
