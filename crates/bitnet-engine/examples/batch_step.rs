@@ -1,7 +1,7 @@
 //! Times one batched decode step (`Model::forward_batch`) at several batch sizes, to see how
 //! decode throughput scales with concurrent sequences.
-//! `cargo run --release -p bitnet-engine --example batch_step -- MODEL.gguf [threads] [batches]`
-//! (batches comma-separated, default 1,4,16,64)
+//! `cargo run --release -p bitnet-engine --example batch_step -- MODEL.gguf [threads] [batches] [steps]`
+//! (batches comma-separated, default 1,4,16,64; steps timed per batch size, default 4)
 
 use std::time::Instant;
 
@@ -12,12 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: batch_step MODEL.gguf [threads] [batches]")?;
+        .ok_or("usage: batch_step MODEL.gguf [threads] [batches] [steps]")?;
     let threads: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
     let batches: Vec<usize> = match args.next() {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![1, 4, 16, 64],
     };
+    let steps: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(4);
     let engine = EngineBuilder::new(path).threads(threads).build()?;
     let model = engine.model();
     let mut scratch = Scratch::default();
@@ -32,7 +33,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             model.forward(&prompt, c, Logits::Last, &mut logits, &mut scratch, None)?;
         }
         let toks: Vec<[u32; 1]> = (0..batch).map(|i| [i as u32 + 1]).collect();
-        let steps = 4;
         let t = Instant::now();
         for _ in 0..steps {
             let mut entries: Vec<BatchEntry<'_>> = caches
