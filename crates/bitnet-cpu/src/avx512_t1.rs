@@ -104,35 +104,13 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    for _ in 0..batch / 4 {
-        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
-        else {
-            break;
-        };
-        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
-        else {
-            break;
-        };
-        let acts = [act(x0), act(x1), act(x2), act(x3)];
-        let mut outs = [o0, o1, o2, o3];
-        let mut w2 = blocks.chunks_exact(2 * nb);
-        for (r, w) in w2.by_ref().enumerate() {
-            let (wa, wb) = w.split_at(nb);
-            let [da, db] = dot_2x4(&t, [wa, wb], &acts);
-            for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
-                if let Some(pair) = o.get_mut(2 * r..2 * r + 2) {
-                    pair.copy_from_slice(&[ya, yb]);
-                }
-            }
-        }
-        if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
-            let d = dot_1x4(&t, w, &acts);
-            for (o, y) in outs.iter_mut().zip(d) {
-                if let Some(last) = o.last_mut() {
-                    *last = y;
-                }
-            }
-        }
+    // Groups of 8 activation rows, then one of 4, then single rows.
+    let groups8 = batch / 8;
+    for _ in 0..groups8 {
+        group::<8>(&t, blocks, nb, rows, &mut xs, &mut os);
+    }
+    if batch % 8 >= 4 {
+        group::<4>(&t, blocks, nb, rows, &mut xs, &mut os);
     }
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
@@ -151,6 +129,46 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
         }
         for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
             *y = dot_1x1(&t, w, &a);
+        }
+    }
+}
+
+/// The next `N` activation rows of `xs` through every weight row, two at a time
+/// ([`dot_2xn`]), into the next `N` output rows of `os` (an odd last weight row takes
+/// [`dot_1x4`] per four activation rows).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+fn group<'x, 'o, const N: usize>(
+    t: &Tables,
+    blocks: &[[u8; B]],
+    nb: usize,
+    rows: usize,
+    xs: &mut std::slice::ChunksExact<'x, i8>,
+    os: &mut std::slice::ChunksExactMut<'o, i32>,
+) {
+    let acts: [Act<'x, W>; N] = std::array::from_fn(|_| act(xs.next().unwrap_or(&[])));
+    let mut outs: [&mut [i32]; N] = std::array::from_fn(|_| os.next().unwrap_or_default());
+    let mut w2 = blocks.chunks_exact(2 * nb);
+    for (r, w) in w2.by_ref().enumerate() {
+        let (wa, wb) = w.split_at(nb);
+        let [da, db] = dot_2xn(t, [wa, wb], &acts);
+        for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
+            if let Some(pair) = o.get_mut(2 * r..2 * r + 2) {
+                pair.copy_from_slice(&[ya, yb]);
+            }
+        }
+    }
+    if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
+        for (acts4, outs4) in acts.chunks_exact(4).zip(outs.chunks_exact_mut(4)) {
+            let Ok(acts4) = <&[Act<'x, W>; 4]>::try_from(acts4) else {
+                continue; // chunks_exact(4) gives exactly four
+            };
+            let d = dot_1x4(t, w, acts4);
+            for (o, y) in outs4.iter_mut().zip(d) {
+                if let Some(last) = o.last_mut() {
+                    *last = y;
+                }
+            }
         }
     }
 }
@@ -273,26 +291,23 @@ fn dot_4x1(t: &Tables, w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     acc.map(|[even, odd]| _mm512_reduce_add_epi32(_mm512_add_epi32(even, odd)).wrapping_sub(a.sum))
 }
 
-/// Two weight rows by four activation rows (batched prefill): each decoded block serves four
-/// activation rows and each activation load serves two weight rows.
+/// Two weight rows by `N` activation rows (batches): each decoded block serves `N` activation
+/// rows and each activation load serves two weight rows. `N = 8` keeps 16 accumulators, the two
+/// rows' ten decoded vectors and an activation in registers, and decodes each block once per
+/// eight activation rows instead of four.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn dot_2x4(t: &Tables, w: [&[[u8; B]]; 2], a: &[Act<'_, W>; 4]) -> [[i32; 4]; 2] {
-    let mut acc = [[_mm512_setzero_si512(); 4]; 2];
-    let xs = a[0]
-        .full
-        .iter()
-        .zip(a[1].full)
-        .zip(a[2].full)
-        .zip(a[3].full);
-    for ((wa, wb), (((x0, x1), x2), x3)) in w[0].iter().zip(w[1]).zip(xs) {
+fn dot_2xn<const N: usize>(t: &Tables, w: [&[[u8; B]]; 2], a: &[Act<'_, W>; N]) -> [[i32; N]; 2] {
+    let mut acc = [[_mm512_setzero_si512(); N]; 2];
+    let k = a[0].full.len();
+    for (i, (wa, wb)) in w[0].iter().zip(w[1]).take(k).enumerate() {
         let (ua, ub) = (unpack(t, wa), unpack(t, wb));
-        for (q, x) in [x0, x1, x2, x3].into_iter().enumerate() {
+        for (q, a) in a.iter().enumerate() {
+            let x = &a.full[i];
             acc[0][q] = block(acc[0][q], &ua, x);
             acc[1][q] = block(acc[1][q], &ub, x);
         }
     }
-    let k = a[0].full.len();
     if let (Some(wa), Some(wb)) = (w[0].get(k), w[1].get(k)) {
         let (ua, ub) = (unpack(t, wa), unpack(t, wb));
         for (q, a) in a.iter().enumerate() {
@@ -303,7 +318,7 @@ fn dot_2x4(t: &Tables, w: [&[[u8; B]]; 2], a: &[Act<'_, W>; 4]) -> [[i32; 4]; 2]
         }
     }
     acc.map(|row| {
-        let mut d = [0i32; 4];
+        let mut d = [0i32; N];
         for ((d, v), a) in d.iter_mut().zip(row).zip(a) {
             *d = _mm512_reduce_add_epi32(v).wrapping_sub(a.sum);
         }
@@ -385,6 +400,9 @@ mod tests {
             (5, 1, 4),
             (13, 959, 3),
             (4, 641, 1),
+            (11, 700, 21),
+            (6, 333, 16),
+            (3, 64, 8),
         ] {
             let w: Vec<i8> = (0..rows * cols)
                 .map(|i| ((i * 5 + i / 7) % 3) as i8 - 1)
