@@ -111,7 +111,7 @@ mod x86 {
         let n_rows = out.len() / m;
         let full = cols / 32 * 32;
         ACC.with_borrow_mut(|acc| {
-            acc.clear();
+            // Each block zeroes the part it uses below.
             acc.resize(BLOCK_ROWS * m * 2, _mm512_setzero_ps());
             let mut r0 = 0;
             while r0 < n_rows {

@@ -135,7 +135,7 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
 
 /// The next `N` activation rows of `xs` through every weight row, two at a time
 /// ([`dot_2xn`]), into the next `N` output rows of `os` (an odd last weight row takes
-/// [`dot_1x4`] per four activation rows).
+/// [`dot_1xn`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn group<'x, 'o, const N: usize>(
@@ -159,15 +159,10 @@ fn group<'x, 'o, const N: usize>(
         }
     }
     if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
-        for (acts4, outs4) in acts.chunks_exact(4).zip(outs.chunks_exact_mut(4)) {
-            let Ok(acts4) = <&[Act<'x, W>; 4]>::try_from(acts4) else {
-                continue; // chunks_exact(4) gives exactly four
-            };
-            let d = dot_1x4(t, w, acts4);
-            for (o, y) in outs4.iter_mut().zip(d) {
-                if let Some(last) = o.last_mut() {
-                    *last = y;
-                }
+        let d = dot_1xn(t, w, &acts);
+        for (o, y) in outs.iter_mut().zip(d) {
+            if let Some(last) = o.last_mut() {
+                *last = y;
             }
         }
     }
@@ -326,25 +321,20 @@ fn dot_2xn<const N: usize>(t: &Tables, w: [&[[u8; B]]; 2], a: &[Act<'_, W>; N]) 
     })
 }
 
-/// One weight row by four activation rows: each decoded block serves four activation rows.
+/// One weight row by `N` activation rows: each decoded block serves `N` activation rows (a
+/// batch group's odd last weight row).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn dot_1x4(t: &Tables, w: &[[u8; B]], a: &[Act<'_, W>; 4]) -> [i32; 4] {
-    let mut acc = [_mm512_setzero_si512(); 4];
-    let xs = a[0]
-        .full
-        .iter()
-        .zip(a[1].full)
-        .zip(a[2].full)
-        .zip(a[3].full);
-    for (wb, (((x0, x1), x2), x3)) in w.iter().zip(xs) {
+fn dot_1xn<const N: usize>(t: &Tables, w: &[[u8; B]], a: &[Act<'_, W>; N]) -> [i32; N] {
+    let mut acc = [_mm512_setzero_si512(); N];
+    let k = a[0].full.len();
+    for (i, wb) in w.iter().take(k).enumerate() {
         let u = unpack(t, wb);
-        acc[0] = block(acc[0], &u, x0);
-        acc[1] = block(acc[1], &u, x1);
-        acc[2] = block(acc[2], &u, x2);
-        acc[3] = block(acc[3], &u, x3);
+        for (acc, a) in acc.iter_mut().zip(a) {
+            *acc = block(*acc, &u, &a.full[i]);
+        }
     }
-    if let Some(wb) = w.get(a[0].full.len()) {
+    if let Some(wb) = w.get(k) {
         let u = unpack(t, wb);
         for (acc, a) in acc.iter_mut().zip(a) {
             if let Some(x) = &a.tail {
@@ -352,7 +342,7 @@ fn dot_1x4(t: &Tables, w: &[[u8; B]], a: &[Act<'_, W>; 4]) -> [i32; 4] {
             }
         }
     }
-    let mut d = [0i32; 4];
+    let mut d = [0i32; N];
     for ((d, v), a) in d.iter_mut().zip(acc).zip(a) {
         *d = _mm512_reduce_add_epi32(v).wrapping_sub(a.sum);
     }

@@ -146,6 +146,18 @@ impl Table {
         }
     }
 
+    /// The CUDA-core head kernel for this table (`head_generic_f32` for widths it cannot take
+    /// 8 values at a time).
+    fn head_kernel(&self, generic: bool) -> &'static str {
+        match self {
+            _ if generic => "head_generic_f32",
+            Table::F32(_) => "head_f32",
+            Table::F16(_) => "head_f16",
+            Table::BF16(_) => "head_bf16",
+            Table::I8 { .. } => "head_i8",
+        }
+    }
+
     /// The per-row scales (int8 tables) or 0.
     fn scales(&self, gpu: &Gpu) -> u64 {
         match self {
@@ -304,13 +316,7 @@ pub fn head_logits(
                 "the CUDA-core head needs a multiple of 8 columns, not {cols}"
             )));
         }
-        let name = match t {
-            Table::F32(_) => "head_f32",
-            Table::F16(_) => "head_f16",
-            Table::BF16(_) => "head_bf16",
-            Table::I8 { .. } => "head_i8",
-        };
-        launch_head_rows(gpu, &gpu.function(name)?, false, &io)?;
+        launch_head_rows(gpu, &gpu.function(t.head_kernel(false))?, false, &io)?;
     }
     let mut host = vec![0f32; m * vocab];
     st.memcpy_dtoh(&logits, &mut host)?;
@@ -798,13 +804,7 @@ impl CudaModel {
                     })
                     .map_err(dev)?,
                 head: gpu
-                    .function(match head.as_ref().unwrap_or(&embed) {
-                        _ if head_generic => "head_generic_f32",
-                        Table::F32(_) => "head_f32",
-                        Table::F16(_) => "head_f16",
-                        Table::BF16(_) => "head_bf16",
-                        Table::I8 { .. } => "head_i8",
-                    })
+                    .function(head.as_ref().unwrap_or(&embed).head_kernel(head_generic))
                     .map_err(dev)?,
                 head_mma: match head_generic {
                     true => None,
