@@ -584,7 +584,9 @@ __device__ __forceinline__ float4 kv_load4(const u16* p) {
                        h2f((u16)(v.y >> 16)));
 }
 
-template <class KV>
+// NWARPS: the block's warps, a compile-time constant so that the position loops unroll (with
+// the count read at run time, pp512 lost 7%: BENCHMARKS.md, v11).
+template <class KV, int NWARPS>
 __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
                               int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
@@ -629,7 +631,8 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     __syncthreads();
     const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * hd;
     const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * hd;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int nw = NWARPS;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int e = lane * 4;
     bool on = e < hd;
     for (int i0 = warp; i0 < n; i0 += 4 * nw) {
@@ -746,22 +749,21 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
     }
 }
-extern "C" __global__ void __launch_bounds__(256)
-    attn_vec_f32(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
-                 int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
-                 int rope, u32* counters, float* out) {
-    PDL_ENTRY();
-    attn_vec_body<float>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
-                         counters, out, blockIdx.x, blockIdx.y, blockIdx.z);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    attn_vec_f16(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh,
-                 int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,
-                 int rope, u32* counters, float* out) {
-    PDL_ENTRY();
-    attn_vec_body<u16>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, cosT, sinT, rope,
-                       counters, out, blockIdx.x, blockIdx.y, blockIdx.z);
-}
+// attn_vec_*: 8 warps (decode steps of fewer than 32 rows, as the persistent step); attn_vec4_*:
+// 4 warps (prefill passes and larger decode steps).
+#define ATTN_ENTRY(NAME, KV, NWARPS)                                                                          \
+    extern "C" __global__ void __launch_bounds__(NWARPS * 32)                                                 \
+        NAME(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh, \
+             int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,  \
+             int rope, u32* counters, float* out) {                                                            \
+        PDL_ENTRY();                                                                                           \
+        attn_vec_body<KV, NWARPS>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, \
+                                  cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);        \
+    }
+ATTN_ENTRY(attn_vec_f32, float, 8)
+ATTN_ENTRY(attn_vec_f16, u16, 8)
+ATTN_ENTRY(attn_vec4_f32, float, 4)
+ATTN_ENTRY(attn_vec4_f16, u16, 4)
 
 #if __CUDA_ARCH__ >= 800
 // ---------------------------------------------------------------------------------------------
@@ -943,7 +945,7 @@ __device__ void decode_step_body(const u64* __restrict__ layers, int n_layers, c
                     stage[1]);
         SYNC();
         for (int item = blockIdx.x; item < nc * n_kv; item += gridDim.x) {
-            attn_vec_body<KV>(qkv, qkv_dim, pos, seq, seqtab, l, n_heads, n_kv, hd, scaling, part, maxchunks, cosT,
+            attn_vec_body<KV, NW>(qkv, qkv_dim, pos, seq, seqtab, l, n_heads, n_kv, hd, scaling, part, maxchunks, cosT,
                               sinT, 1, counters, attn, item / n_kv, item % n_kv, 0);
             __syncthreads();
         }

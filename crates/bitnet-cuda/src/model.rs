@@ -353,7 +353,9 @@ struct Kernels {
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
     mma: Option<[Kernel; 3]>,
     rope_kv: Kernel,
+    /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
+    attn_part4: Kernel,
     head: Kernel,
     /// The head for batches on the tensor cores, where the table allows it.
     head_mma: Option<HeadMma>,
@@ -1276,7 +1278,11 @@ impl CudaModel {
                 )?;
             }
             self.gpu.launch(
-                &self.k.attn_part,
+                if attn_block == 128 {
+                    &self.k.attn_part4
+                } else {
+                    &self.k.attn_part
+                },
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
                 attn_block,
                 attn_smem as u32,
@@ -1744,6 +1750,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         mma,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
+        attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
         head: gpu.function("head_f32")?,
         head_mma: None,
         argmax: gpu.function("argmax_rows")?,
