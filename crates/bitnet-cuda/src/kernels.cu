@@ -132,14 +132,12 @@ __device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mod
     return glu_act(x[c], mode) * x[cols + c];
 }
 
-// With `cached`, the input row (act(gate) * up for the FFN) is formed once into dynamic shared
-// memory (cols floats); otherwise it is recomputed in each of the three passes.
-extern "C" __global__ void norm_quant(const float* x, int x_stride, const float* w, int cols, int kpad,
-                                      float eps, int mode, i8* codes, float* scales, int* xsums, int cached) {
-    PDL_ENTRY();
-    __shared__ float red[32];
-    __shared__ int ired[32];
-    extern __shared__ float row[];
+// Rows wider than the fused kernel's register path: one strided loop per pass. With `cached`,
+// the input row (act(gate) * up for the FFN) is formed once into dynamic shared memory (cols
+// floats); otherwise it is recomputed in each of the three passes.
+__device__ void norm_quant_wide(const float* x, int x_stride, const float* w, int cols, int kpad, float eps,
+                                int mode, i8* codes, float* scales, int* xsums, int cached, float* red, int* ired,
+                                float* row) {
     int r = blockIdx.x;
     const float* xr = x + (size_t)r * x_stride;
     float ss = 0.f;
@@ -358,6 +356,29 @@ __device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __
         *xscale = scale;
         *xsum = sum;
     }
+}
+
+// RMSNorm + int8 quantization, one block of NW * 32 threads per row. Rows up to FUSED_MAX_COLS
+// wide go through the fused decode kernel's register path (every load of the row issued before
+// any use: one memory round trip instead of one per loop step, ncu: 10-25 us -> a few us per
+// launch), so both give the same codes by construction; wider rows take the strided loops.
+extern "C" __global__ void __launch_bounds__(NW * 32)
+    norm_quant(const float* x, int x_stride, const float* w, int cols, int kpad, float eps, int mode, i8* codes,
+               float* scales, int* xsums, int cached) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    __shared__ int ired[32];
+    __shared__ __align__(16) i8 xs[FUSED_MAX_COLS];
+    extern __shared__ float row[];
+    int r = blockIdx.x;
+    if (cols > FUSED_MAX_COLS) {
+        norm_quant_wide(x, x_stride, w, cols, kpad, eps, mode, codes, scales, xsums, cached, red, ired, row);
+        return;
+    }
+    norm_quant_smem(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r, xsums + r, red, ired);
+    __syncthreads();
+    uint4* out = (uint4*)(codes + (size_t)r * kpad);
+    for (int i = threadIdx.x; i < kpad / 16; i += blockDim.x) out[i] = ((const uint4*)xs)[i];
 }
 
 // The block's strips (first, + stride, ...) of a T-token product whose codes sit in shared

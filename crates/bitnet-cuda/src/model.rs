@@ -1426,8 +1426,6 @@ fn launch_gemv_norm(
     )
 }
 
-/// Launches `norm_quant`: one block per row; the row is kept in shared memory when it fits in
-/// the default 48 KB.
 /// `topk_rows` over `m` rows of `vocab` logits (device addresses): `k` ids and values per row.
 fn launch_top_k(
     gpu: &Gpu,
@@ -1482,8 +1480,11 @@ pub fn top_k_rows(
     Ok(hi.into_iter().zip(hv).collect())
 }
 
+/// Launches `norm_quant`: one block per row. Rows up to [`FUSED_MAX_COLS`] wide are held in
+/// registers (the codes staged in 7 KB of static shared memory); a wider row is kept in dynamic
+/// shared memory when it fits next to that in the default 48 KB.
 fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaError> {
-    let cached = a.cols * 4 <= 48 * 1024;
+    let cached = a.cols > FUSED_MAX_COLS && a.cols * 4 + FUSED_MAX_COLS + 256 <= 48 * 1024;
     gpu.launch(
         k,
         (a.rows as u32, 1, 1),
