@@ -516,7 +516,9 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 }
 // blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
 // MINB blocks per SM bound the registers (a 64-token N = 8 variant took 134 per thread, so one
-// block per SM, and lost to 32-token tiles at three blocks per SM: BENCHMARKS.md, v9).
+// block per SM, and lost to 32-token tiles at three blocks per SM: BENCHMARKS.md, v9). The
+// 32-token kernel at three blocks per SM (80 registers) spilled 48 bytes; at two (96, no spill)
+// batch 64 ran 2.5% and pp512 1% faster (v12).
 #define MMA_ENTRY(N, MINB)                                                                                   \
     extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                            \
         ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
@@ -528,7 +530,7 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     }
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
-MMA_ENTRY(4, 3)
+MMA_ENTRY(4, 2)
 #endif
 
 // ---------------------------------------------------------------------------------------------

@@ -1554,7 +1554,7 @@ fn launch_linear(
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
             // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
-            // tiles beat 64: fewer registers, three blocks per SM; BENCHMARKS.md, v9).
+            // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
             (Some(m), n) => (&m[2], n),
             (None, n) => (gemv, n.min(4)),
         };
