@@ -1059,17 +1059,8 @@ impl CudaModel {
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
             }
             Out::Greedy(tokens) => {
-                self.gpu.launch(
-                    &self.k.argmax,
-                    (m as u32, 1, 1),
-                    1024,
-                    0,
-                    &[
-                        Arg::P(ptr(&s.logits, &st)),
-                        Arg::I(v as i32),
-                        Arg::P(ptr(&s.tokens_out, &st)),
-                    ],
-                )?;
+                let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
+                launch_argmax(&self.gpu, &self.k.argmax, io, m, v)?;
                 let old = tokens.len();
                 tokens.resize(old + m, 0);
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
@@ -1478,6 +1469,39 @@ pub fn top_k_rows(
     st.memcpy_dtoh(&vals, &mut hv)?;
     gpu.sync()?;
     Ok(hi.into_iter().zip(hv).collect())
+}
+
+/// `argmax_rows` over `m` rows of `vocab` logits (device addresses): one token id per row.
+fn launch_argmax(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    (logits, out): (u64, u64),
+    m: usize,
+    vocab: usize,
+) -> Result<(), CudaError> {
+    gpu.launch(
+        kernel,
+        (m as u32, 1, 1),
+        1024,
+        0,
+        &[Arg::P(logits), Arg::I(vocab as i32), Arg::P(out)],
+    )
+}
+
+/// The greedy choice of each row of `logits` (`vocab` wide) by the device's argmax kernel: the
+/// first index of the largest logit, NaN never chosen, 0 for a row with no number above -inf.
+/// For conformance tests against the engine's host argmax.
+pub fn argmax_rows(gpu: &Gpu, logits: &[f32], vocab: usize) -> Result<Vec<u32>, CudaError> {
+    let m = logits.len() / vocab.max(1);
+    let kernel = gpu.function("argmax_rows")?;
+    let dl = gpu.upload(logits)?;
+    let out = gpu.zeros::<u32>(m)?;
+    let st = &gpu.stream;
+    launch_argmax(gpu, &kernel, (ptr(&dl, st), ptr(&out, st)), m, vocab)?;
+    let mut host = vec![0u32; m];
+    st.memcpy_dtoh(&out, &mut host)?;
+    gpu.sync()?;
+    Ok(host)
 }
 
 /// Launches `norm_quant`: one block per row. Rows up to [`FUSED_MAX_COLS`] wide are held in

@@ -154,6 +154,59 @@ fn fused_decode_kernel_equals_norm_then_product() {
 /// values, same order, on rows with many ties, signed zeros, infinities and NaNs, for k from 1
 /// to the kernel's maximum and vocabularies smaller and larger than a block.
 #[test]
+fn argmax_kernel_equals_the_host_choice() {
+    let Some(gpu) = gpu() else { return };
+    // The engine's greedy choice (`bitnet_engine::sampling::argmax`, which depends on this
+    // crate): the first index of the largest logit, NaN never wins, 0 when nothing beats -inf.
+    let host = |row: &[f32]| {
+        let (mut best, mut best_v) = (0u32, f32::NEG_INFINITY);
+        for (i, &v) in row.iter().enumerate() {
+            if v > best_v {
+                (best, best_v) = (i as u32, v);
+            }
+        }
+        best
+    };
+    let mut rng = StdRng::seed_from_u64(0xa59);
+    // Widths that are and are not multiples of 4 (the kernel's 16-byte path and its scalar one).
+    for (vocab, rows) in [
+        (1, 3),
+        (3, 2),
+        (8, 3),
+        (37, 4),
+        (1000, 3),
+        (4099, 2),
+        (128_256, 5),
+    ] {
+        let mut logits: Vec<f32> = (0..vocab * rows)
+            .map(|_| match rng.random_range(0..40) {
+                0 => f32::NAN,
+                1 => f32::NEG_INFINITY,
+                2 => -0.0,
+                3 => 0.0,
+                4..=20 => rng.random_range(-8i32..8) as f32 * 0.5, // ties
+                _ => rng.random_range(-20.0f32..20.0),
+            })
+            .collect();
+        // A row of -inf and NaN only, a row of NaN only, and a row whose maximum comes last.
+        if rows >= 3 {
+            for (i, v) in logits[..vocab].iter_mut().enumerate() {
+                *v = if i % 2 == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    f32::NAN
+                };
+            }
+            logits[vocab..2 * vocab].fill(f32::NAN);
+            logits[3 * vocab - 1] = f32::INFINITY;
+        }
+        let got = bitnet_cuda::argmax_rows(&gpu, &logits, vocab).unwrap();
+        let want: Vec<u32> = logits.chunks_exact(vocab).map(host).collect();
+        assert_eq!(got, want, "vocab {vocab}");
+    }
+}
+
+#[test]
 fn top_k_kernel_equals_the_host_selection() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(0x70b);
