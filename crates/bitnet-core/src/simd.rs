@@ -86,8 +86,11 @@ mod x86 {
     }
 
     /// Rows per block and columns per chunk of [`dots_f16_avx512`]: a chunk of every vector
-    /// (16 vectors x 256 columns = 16 KB) stays in L1 while the block's rows pass over it.
-    const BLOCK_ROWS: usize = 8;
+    /// (16 vectors x 256 columns = 16 KB) stays in L1 while the block's rows pass over it, next
+    /// to the block's accumulators (16 rows x 16 vectors x 2 = 32 KB at batch 16). Measured at
+    /// batch 16 (BENCHMARKS.md): 16 rows x 256 columns beat 8 x 256 by ~5%; 8 x 512, 4 x 512,
+    /// 16 x 128 and 32 x 128 were slower or level.
+    const BLOCK_ROWS: usize = 16;
     const CHUNK_COLS: usize = 256;
 
     /// Register-blocked [`dot_f16_avx512`]: the same per-pair accumulation order (two
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn blocked_dots_equal_single_dots_bit_for_bit() {
-        // Row counts across several 8-row blocks, widths across several 256-column chunks.
+        // Row counts across several 16-row blocks, widths across several 256-column chunks.
         let cases = [
             (1, 40, 1),
             (3, 2560, 5),
@@ -305,6 +308,7 @@ mod tests {
             (2, 31, 3),
             (19, 2560, 16),
             (17, 600, 9),
+            (35, 300, 3),
         ];
         for (rows, cols, m) in cases {
             let w: Vec<f16> = (0..rows * cols)
