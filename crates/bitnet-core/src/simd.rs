@@ -123,6 +123,19 @@ mod x86 {
                 let mut c0 = 0;
                 while c0 < full {
                     let c1 = (c0 + CHUNK_COLS).min(full);
+                    // The rows stream from memory: ask for the next chunk (this block's, or the
+                    // next block's first) while this one is multiplied.
+                    let (pr, pn, pc) = if c1 < full {
+                        (r0, nr, c1)
+                    } else {
+                        (r0 + nr, (n_rows - r0 - nr).min(BLOCK_ROWS), 0)
+                    };
+                    for a in pr..pr + pn {
+                        for c in (pc..(pc + CHUNK_COLS).min(full)).step_by(32) {
+                            // A hint: no access happens, and the address lies inside `rows`.
+                            _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast());
+                        }
+                    }
                     let mut r = r0;
                     while r < r0 + nr {
                         let rr = if r + 2 <= r0 + nr { 2 } else { 1 };
