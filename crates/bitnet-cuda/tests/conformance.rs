@@ -153,6 +153,22 @@ fn fused_decode_kernel_equals_norm_then_product() {
 /// The top-k kernel chooses exactly the host's candidates (`ops::top_k`): same ids, same
 /// values, same order, on rows with many ties, signed zeros, infinities and NaNs, for k from 1
 /// to the kernel's maximum and vocabularies smaller and larger than a block.
+/// `n` logits with what a selection must get right: NaN, both infinities, both zeros, and many
+/// ties among the numbers.
+fn awkward_logits(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.random_range(0..40) {
+            0 => f32::NAN,
+            1 => f32::NEG_INFINITY,
+            2 => f32::INFINITY,
+            3 => -0.0,
+            4 => 0.0,
+            5..=20 => rng.random_range(-8i32..8) as f32 * 0.5, // ties
+            _ => rng.random_range(-20.0f32..20.0),
+        })
+        .collect()
+}
+
 #[test]
 fn argmax_kernel_equals_the_host_choice() {
     let Some(gpu) = gpu() else { return };
@@ -178,16 +194,7 @@ fn argmax_kernel_equals_the_host_choice() {
         (4099, 2),
         (128_256, 5),
     ] {
-        let mut logits: Vec<f32> = (0..vocab * rows)
-            .map(|_| match rng.random_range(0..40) {
-                0 => f32::NAN,
-                1 => f32::NEG_INFINITY,
-                2 => -0.0,
-                3 => 0.0,
-                4..=20 => rng.random_range(-8i32..8) as f32 * 0.5, // ties
-                _ => rng.random_range(-20.0f32..20.0),
-            })
-            .collect();
+        let mut logits = awkward_logits(&mut rng, vocab * rows);
         // A row of -inf and NaN only, a row of NaN only, and a row whose maximum comes last.
         if rows >= 3 {
             for (i, v) in logits[..vocab].iter_mut().enumerate() {
@@ -215,17 +222,7 @@ fn top_k_kernel_equals_the_host_selection() {
             if k > vocab {
                 continue;
             }
-            let logits: Vec<f32> = (0..vocab * rows)
-                .map(|_| match rng.random_range(0..40) {
-                    0 => f32::NAN,
-                    1 => f32::NEG_INFINITY,
-                    2 => f32::INFINITY,
-                    3 => -0.0,
-                    4 => 0.0,
-                    5..=20 => rng.random_range(-8i32..8) as f32 * 0.5, // ties
-                    _ => rng.random_range(-20.0f32..20.0),
-                })
-                .collect();
+            let logits = awkward_logits(&mut rng, vocab * rows);
             let got = bitnet_cuda::top_k_rows(&gpu, &logits, vocab, k).unwrap();
             let mut want = Vec::new();
             for (r, row) in logits.chunks_exact(vocab).enumerate() {

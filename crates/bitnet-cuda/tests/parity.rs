@@ -132,14 +132,25 @@ fn default_model() -> bitnet_model::GgufSource {
 
 /// A 40-token prompt, then `steps` greedy decode steps: every step's logits and token.
 fn greedy_steps(model: &Model, steps: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut cache = model.new_cache(200);
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
+    greedy_after(model, &prompt, 200, steps)
+}
+
+/// `prompt` into a fresh cache of `capacity` positions, then `steps` greedy decode steps:
+/// the logits before each chosen token, and the tokens.
+fn greedy_after(
+    model: &Model,
+    prompt: &[u32],
+    capacity: usize,
+    steps: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let mut cache = model.new_cache(capacity);
     let mut scratch = bitnet_model::Scratch::default();
     let mut logits = Vec::new();
-    let prompt: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 500).collect();
     let (mut all, mut toks) = (Vec::new(), Vec::new());
     let last = bitnet_model::Logits::Last;
     model
-        .forward(&prompt, &mut cache, last, &mut logits, &mut scratch, None)
+        .forward(prompt, &mut cache, last, &mut logits, &mut scratch, None)
         .unwrap();
     for _ in 0..steps {
         let t = argmax(&logits);
@@ -325,25 +336,11 @@ fn batched_vs_alone(src: &dyn WeightSource, kv: KvType) -> Vec<Step> {
         .collect();
     let last = bitnet_model::Logits::Last;
     // Alone: prompt, then greedy steps; the logits before each token.
-    let mut alone: Vec<(Vec<f32>, Vec<u32>)> = Vec::new();
+    let alone: Vec<(Vec<f32>, Vec<u32>)> = prompts
+        .iter()
+        .map(|p| greedy_after(&model, p, 64, steps))
+        .collect();
     let mut scratch = bitnet_model::Scratch::default();
-    for p in &prompts {
-        let mut cache = model.new_cache(64);
-        let mut logits = Vec::new();
-        model
-            .forward(p, &mut cache, last, &mut logits, &mut scratch, None)
-            .unwrap();
-        let (mut all, mut toks) = (Vec::new(), Vec::new());
-        for _ in 0..steps {
-            let t = argmax(&logits);
-            all.extend_from_slice(&logits);
-            toks.push(t);
-            model
-                .forward(&[t], &mut cache, last, &mut logits, &mut scratch, None)
-                .unwrap();
-        }
-        alone.push((all, toks));
-    }
     // Together: every prompt in one batched pass, then batched greedy steps.
     let mut caches: Vec<_> = (0..n).map(|_| model.new_cache(64)).collect();
     let mut feed = prompts.clone();
