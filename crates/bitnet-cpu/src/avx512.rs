@@ -19,6 +19,8 @@ const W: usize = 4 * B;
 const MAX_SCALED_BLOCKS: usize = 1 << 15;
 /// How many 4-row groups ahead the batch-1 loop prefetches packed weights.
 const PREFETCH_GROUPS: usize = 2;
+/// How many weight-row pairs ahead the batched loop prefetches packed weights.
+const PREFETCH_PAIRS: usize = 4;
 
 /// The AVX-512 VNNI kernel (`avx512vnni`). It can only be obtained on a CPU with AVX-512F,
 /// AVX-512BW and AVX-512 VNNI, which is what makes its prepared matrices safe to run.
@@ -97,6 +99,11 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
         let mut outs = [o0, o1, o2, o3];
         let mut w2 = blocks.chunks_exact(2 * nb);
         for (r, w) in w2.by_ref().enumerate() {
+            // As in the batch-1 loop: the weights stream from memory.
+            let ahead = (r + PREFETCH_PAIRS) * 2 * nb;
+            for line in blocks.get(ahead..ahead + 2 * nb).unwrap_or(&[]) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
             let (wa, wb) = w.split_at(nb);
             let [da, db] = dot_2x4([wa, wb], &acts);
             for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
