@@ -125,16 +125,11 @@ mod x86 {
                     let c1 = (c0 + CHUNK_COLS).min(full);
                     // The rows stream from memory: ask for the next chunk (this block's, or the
                     // next block's first) while this one is multiplied.
-                    let (pr, pn, pc) = if c1 < full {
-                        (r0, nr, c1)
+                    if c1 < full {
+                        prefetch_chunk(rows, cols, r0..r0 + nr, c1..(c1 + CHUNK_COLS).min(full));
                     } else {
-                        (r0 + nr, (n_rows - r0 - nr).min(BLOCK_ROWS), 0)
-                    };
-                    for a in pr..pr + pn {
-                        for c in (pc..(pc + CHUNK_COLS).min(full)).step_by(32) {
-                            // A hint: no access happens, and the address lies inside `rows`.
-                            _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast());
-                        }
+                        let next = r0 + nr..(r0 + nr + BLOCK_ROWS).min(n_rows);
+                        prefetch_chunk(rows, cols, next, 0..CHUNK_COLS.min(full));
                     }
                     let mut r = r0;
                     while r < r0 + nr {
@@ -188,6 +183,24 @@ mod x86 {
                 r0 += nr;
             }
         });
+    }
+
+    /// Prefetches columns `cs` (32 f16 = one cache line at a time) of rows `rs` of `rows`
+    /// (`cols` wide).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn prefetch_chunk(
+        rows: &[f16],
+        cols: usize,
+        rs: std::ops::Range<usize>,
+        cs: std::ops::Range<usize>,
+    ) {
+        for a in rs {
+            for c in cs.clone().step_by(32) {
+                // A hint: nothing is accessed, and the address lies inside `rows`.
+                _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast());
+            }
+        }
     }
 
     /// A tile of [`dots_f16_avx512`]: rows from `r`, vectors from `j`, columns `c0..c1`; its

@@ -255,18 +255,21 @@ fn launch_head_rows(gpu: &Gpu, k: &Kernel, generic: bool, io: &HeadIo) -> Result
         let mm = (io.m - t0).min(8);
         let x = io.x + 4 * (t0 * io.cols) as u64;
         let out = io.logits + 4 * (t0 * io.vocab) as u64;
-        let mut args = vec![Arg::P(io.table)];
-        if !generic {
-            args.push(Arg::P(io.scales));
-        }
-        args.extend([
+        let [v, c, xa, ma, oa] = [
             Arg::I(io.vocab as i32),
             Arg::I(io.cols as i32),
             Arg::P(x),
             Arg::I(mm as i32),
             Arg::P(out),
-        ]);
-        gpu.launch(k, (io.vocab.div_ceil(8) as u32, 1, 1), 256, 0, &args)?;
+        ];
+        // The typed kernels take the per-row scales after the table; `head_generic_f32` has
+        // none. Fixed arrays: no allocation per decode step.
+        let (typed, plain) = (
+            [Arg::P(io.table), Arg::P(io.scales), v, c, xa, ma, oa],
+            [Arg::P(io.table), v, c, xa, ma, oa],
+        );
+        let args: &[Arg] = if generic { &plain } else { &typed };
+        gpu.launch(k, (io.vocab.div_ceil(8) as u32, 1, 1), 256, 0, args)?;
     }
     Ok(())
 }
@@ -808,13 +811,13 @@ impl CudaModel {
                 head: gpu
                     .function(head.as_ref().unwrap_or(&embed).head_kernel(head_generic))
                     .map_err(dev)?,
-                head_mma: match head_generic {
-                    true => None,
-                    false => head
-                        .as_ref()
-                        .unwrap_or(&embed)
-                        .head_mma(&gpu, c.hidden_size),
-                },
+                head_mma: (!head_generic)
+                    .then(|| {
+                        head.as_ref()
+                            .unwrap_or(&embed)
+                            .head_mma(&gpu, c.hidden_size)
+                    })
+                    .flatten(),
                 ..k
             },
             gpu,
