@@ -313,73 +313,124 @@ __device__ __forceinline__ void gemv_prefetch(const uint4* __restrict__ W, int k
 }
 #define FUSED_PER_THREAD 28
 #define FUSED_MAX_COLS (FUSED_PER_THREAD * NW * 32)
+// The input row's values of this thread (columns threadIdx.x + j * NW * 32), act(gate) * up
+// formed in place for modes 1 and 2; one loop per mode, so no element pays for the others.
+template <int PER, int MODE>
+__device__ __forceinline__ void norm_load(const float* xr, int cols, float (&v)[PER]) {
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        int c = threadIdx.x + j * NW * 32;
+        v[j] = c < cols ? glu_in(xr, c, cols, MODE) : 0.f;
+    }
+}
 // RMSNorm and int8 quantization of one row by the whole block (NW * 32 threads) into shared
-// memory: permuted codes xs[0..kpad), the scale and the code sum (written by thread 0).
-__device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __restrict__ nw, int cols, int kpad,
+// memory: permuted codes xs[0..kpad), the scale and the code sum (written by thread 0). PER
+// values per thread (PER * NW * 32 >= kpad): instantiated per row width, because the loops
+// are unrolled and predicated, and at 28 values a 2,560-wide row spent most of the fused
+// kernel's instructions on columns that do not exist (ncu). Any PER gives the same codes.
+// PRE: the norm weights are loaded with the row (before the first reduction, not after it).
+// ATOM: the code sum is added into *xsum (zeroed by the caller before a block barrier) by one
+// atomic per warp instead of a third block reduction; it is complete after the caller's next
+// barrier (integer sums: the same value in any order).
+template <int PER, bool PRE = false, bool ATOM = false>
+__device__ __forceinline__ void norm_quant_regs(const float* xr, const float* __restrict__ nw, int cols, int kpad,
                                                 float eps, int mode, i8* xs, float* xscale, int* xsum,
                                                 float* red, int* ired) {
-    float v[FUSED_PER_THREAD];
+    float v[PER];
+    float g[PRE ? PER : 1];
+    if (PRE) {
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            int c = threadIdx.x + j * NW * 32;
+            g[j] = c < cols ? nw[c] : 0.f;
+        }
+    }
+    if (mode == 0) norm_load<PER, 0>(xr, cols, v);
+    else if (mode == 1) norm_load<PER, 1>(xr, cols, v);
+    else norm_load<PER, 2>(xr, cols, v);
     float ss = 0.f;
 #pragma unroll
-    for (int j = 0; j < FUSED_PER_THREAD; j++) {
-        int c = threadIdx.x + j * NW * 32;
-        v[j] = c < cols ? glu_in(xr, c, cols, mode) : 0.f;
-        ss += v[j] * v[j];
-    }
+    for (int j = 0; j < PER; j++) ss += v[j] * v[j];
     ss = block_sum(ss, red);
     float inv = 1.0f / sqrtf(ss / (float)cols + eps);
     float mx = 0.f;
 #pragma unroll
-    for (int j = 0; j < FUSED_PER_THREAD; j++) {
+    for (int j = 0; j < PER; j++) {
         int c = threadIdx.x + j * NW * 32;
         if (c < cols) {
-            v[j] = nw[c] * (v[j] * inv);
+            v[j] = (PRE ? g[PRE ? j : 0] : nw[c]) * (v[j] * inv);
             mx = fmaxf(mx, fabsf(v[j]));
         }
     }
     mx = block_max(mx, red);
     float scale = 127.0f / fmaxf(mx, 1e-5f);
     int sum = 0;
+    // perm_col(threadIdx.x + j * NW * 32) = perm_col(threadIdx.x) + j * NW * 32 (the permutation
+    // works within 128-column groups).
+    i8* xt = xs + perm_col(threadIdx.x);
 #pragma unroll
-    for (int j = 0; j < FUSED_PER_THREAD; j++) {
+    for (int j = 0; j < PER; j++) {
         int c = threadIdx.x + j * NW * 32;
         if (c < kpad) {
             int q = 0;
             if (c < cols) q = (int)fminf(fmaxf(rintf(v[j] * scale), -128.f), 127.f);
-            xs[perm_col(c)] = (i8)q;
+            xt[j * NW * 32] = (i8)q;
             sum += q;
         }
     }
-    for (int c = threadIdx.x + FUSED_PER_THREAD * NW * 32; c < kpad; c += NW * 32) xs[perm_col(c)] = 0;
+    for (int c = threadIdx.x + PER * NW * 32; c < kpad; c += NW * 32) xs[perm_col(c)] = 0;
+    if (ATOM) {
+        sum = warp_isum(sum);
+        if ((threadIdx.x & 31) == 0) atomicAdd(xsum, sum);
+        if (threadIdx.x == 0) *xscale = scale;
+        return;
+    }
     sum = block_isum(sum, ired);
     if (threadIdx.x == 0) {
         *xscale = scale;
         *xsum = sum;
     }
 }
+__device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __restrict__ nw, int cols, int kpad,
+                                                float eps, int mode, i8* xs, float* xscale, int* xsum,
+                                                float* red, int* ired) {
+    norm_quant_regs<FUSED_PER_THREAD>(xr, nw, cols, kpad, eps, mode, xs, xscale, xsum, red, ired);
+}
 
-// RMSNorm + int8 quantization, one block of NW * 32 threads per row. Rows up to FUSED_MAX_COLS
+// The row widths the register path is instantiated for (values per thread; the host picks the
+// smallest that holds the row, `norm_per_thread` in model.rs).
+#define FOR_EACH_PER(X) X(4) X(8) X(10) X(12) X(16) X(20) X(28)
+
+// RMSNorm + int8 quantization, one block of NW * 32 threads per row. Rows up to PER * NW * 32
 // wide go through the fused decode kernel's register path (every load of the row issued before
 // any use: one memory round trip instead of one per loop step, ncu: 10-25 us -> a few us per
-// launch), so both give the same codes by construction; wider rows take the strided loops.
-extern "C" __global__ void __launch_bounds__(NW * 32)
-    norm_quant(const float* x, int x_stride, const float* w, int cols, int kpad, float eps, int mode, i8* codes,
-               float* scales, int* xsums, int cached) {
+// launch), so both give the same codes by construction; wider rows (PER 28 only) take the
+// strided loops.
+template <int PER>
+__device__ void norm_quant_body(const float* x, int x_stride, const float* w, int cols, int kpad, float eps, int mode,
+                                i8* codes, float* scales, int* xsums, int cached) {
     PDL_ENTRY();
     __shared__ float red[32];
     __shared__ int ired[32];
-    __shared__ __align__(16) i8 xs[FUSED_MAX_COLS];
+    __shared__ __align__(16) i8 xs[PER * NW * 32];
     extern __shared__ float row[];
     int r = blockIdx.x;
-    if (cols > FUSED_MAX_COLS) {
+    if (cols > PER * NW * 32) {
         norm_quant_wide(x, x_stride, w, cols, kpad, eps, mode, codes, scales, xsums, cached, red, ired, row);
         return;
     }
-    norm_quant_smem(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r, xsums + r, red, ired);
+    norm_quant_regs<PER>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r, xsums + r, red, ired);
     __syncthreads();
     uint4* out = (uint4*)(codes + (size_t)r * kpad);
     for (int i = threadIdx.x; i < kpad / 16; i += blockDim.x) out[i] = ((const uint4*)xs)[i];
 }
+#define NORM_QUANT(P)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                        \
+        norm_quant_p##P(const float* x, int x_stride, const float* w, int cols, int kpad, float eps, int mode,   \
+                        i8* codes, float* scales, int* xsums, int cached) {                                      \
+        norm_quant_body<P>(x, x_stride, w, cols, kpad, eps, mode, codes, scales, xsums, cached);                 \
+    }
+FOR_EACH_PER(NORM_QUANT)
 
 // The block's strips (first, + stride, ...) of a T-token product whose codes sit in shared
 // memory; `pre` holds the first strip's first weights and, on return, the weights of the strip
@@ -399,34 +450,49 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NW * 32)
-    ternary_gemv_norm(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
-                      const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad,
-                      float eps, int mode, int T, float* out, int out_stride, int accumulate) {
-    __shared__ __align__(16) i8 xs[4 * FUSED_MAX_COLS];
+template <int PER, bool PRE = false, bool EARLY = false, bool ATOM = false>
+__device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                               const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols,
+                               int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate) {
+    __shared__ __align__(16) i8 xs[4 * PER * NW * 32];
     __shared__ float xscale[4];
     __shared__ int xsum[4];
     __shared__ float red[32];
     __shared__ int ired[32];
     PDL_START();
     int strips = (rows + 15) / 16;
-    // The first strip's weights into L2 while the rows are normalized (a register prefetch here
-    // was spilled to the stack by ptxas, and the spill's store waited for the DRAM load).
+    // The first strip's weights into L2 while the rows are normalized; with EARLY also its first
+    // loads into registers (for 28 values per thread ptxas spilled those to the stack, and the
+    // spill's store waited for the DRAM load).
     if (blockIdx.x < strips) {
         const char* first = (const char*)(W + (size_t)blockIdx.x * kgroups * 32);
         for (int i = threadIdx.x; i < kgroups * 4; i += blockDim.x)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(first + (size_t)i * 128));
     }
+    uint4 pre[4];
+    if (EARLY) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+    if (ATOM && threadIdx.x < 4) xsum[threadIdx.x] = 0;
     PDL_WAIT();
     for (int t = 0; t < T; t++)
-        norm_quant_smem(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad, xscale + t, xsum + t, red,
-                        ired);
-    uint4 pre[4];
-    gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+        norm_quant_regs<PER, PRE, ATOM>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad, xscale + t,
+                             xsum + t, red, ired);
+    if (!EARLY) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     __syncthreads();
     gemv_strips<4>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre,
                    blockIdx.x, gridDim.x);
 }
+// Rows up to 12 values per thread (3,072 columns) also load their norm weights with the row
+// and issue the first strip's weight loads into registers before normalizing (ptxas: 80
+// registers, no spill; the 28-value instantiation keeps both after the norm, where it spilled).
+#define GEMV_NORM(P)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv_norm_p##P(                                \
+        const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,                    \
+        const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad, float eps,  \
+        int mode, int T, float* out, int out_stride, int accumulate) {                                           \
+        gemv_norm_body<P, (P <= 12), (P <= 12), true>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad,     \
+                                                      eps, mode, T, out, out_stride, accumulate);                \
+    }
+FOR_EACH_PER(GEMV_NORM)
 
 // The m16n8k32 A fragments (u8 codes w+1) of the four k-blocks of one weight uint4, unpacked once
 // per load: left to itself the compiler redid the shifts and masks for every token tile (seven

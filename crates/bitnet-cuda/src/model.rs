@@ -346,13 +346,39 @@ struct DevLayer {
     down: DevTernary,
 }
 
+/// One kernel instantiated per row width: `(values per thread, kernel)`, narrowest first (the
+/// kernels' `FOR_EACH_PER`).
+struct ByWidth(Vec<(usize, Kernel)>);
+
+/// Values per thread of the register-path instantiations, as `FOR_EACH_PER` in the kernels.
+const NORM_PER_THREAD: [usize; 7] = [4, 8, 10, 12, 16, 20, 28];
+
+impl ByWidth {
+    fn load(gpu: &Gpu, stem: &str) -> Result<Self, CudaError> {
+        NORM_PER_THREAD
+            .iter()
+            .map(|&p| Ok((p, gpu.function(&format!("{stem}_p{p}"))?)))
+            .collect::<Result<_, CudaError>>()
+            .map(Self)
+    }
+
+    /// The narrowest instantiation that holds a row of `cols` values in its 256 threads' registers
+    /// (the widest one for wider rows: its strided loops take them).
+    fn for_cols(&self, cols: usize) -> &Kernel {
+        let fits = self.0.iter().find(|(p, _)| p * 256 >= cols);
+        let (_, k) = fits.or(self.0.last()).expect("at least one instantiation");
+        k
+    }
+}
+
 struct Kernels {
     embed: Kernel,
-    norm_quant: Kernel,
+    /// RMSNorm + quantization (`norm_quant_p*`).
+    norm_quant: ByWidth,
     final_norm: Kernel,
     gemv: Kernel,
-    /// RMSNorm + quantization fused into the dp4a product (decode).
-    gemv_norm: Kernel,
+    /// RMSNorm + quantization fused into the dp4a product (decode; `ternary_gemv_norm_p*`).
+    gemv_norm: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
     mma: Option<[Kernel; 3]>,
     rope_kv: Kernel,
@@ -1382,17 +1408,18 @@ struct NormQuant {
 /// Widest row the fused decode kernel normalizes (`FUSED_MAX_COLS` in the kernels).
 const FUSED_MAX_COLS: usize = 28 * 256;
 
-/// Launches `ternary_gemv_norm` over `a.rows` (at most 4) rows: each block normalizes and
+/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width) over `a.rows` (at most 4) rows: each block normalizes and
 /// quantizes the rows itself, then multiplies its strip.
 fn launch_gemv_norm(
     gpu: &Gpu,
-    k: &Kernel,
+    k: &ByWidth,
     w: &DevTernary,
     a: &NormQuant,
     out: u64,
     out_stride: usize,
     accumulate: bool,
 ) -> Result<(), CudaError> {
+    let k = k.for_cols(a.cols);
     // One wave at most: each block loops over strips (the kernel normalizes once per block).
     let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu));
     gpu.launch(
@@ -1507,10 +1534,11 @@ pub fn argmax_rows(gpu: &Gpu, logits: &[f32], vocab: usize) -> Result<Vec<u32>, 
     Ok(host)
 }
 
-/// Launches `norm_quant`: one block per row. Rows up to [`FUSED_MAX_COLS`] wide are held in
+/// Launches `norm_quant_p*` (the instantiation for the row width): one block per row. Rows up to [`FUSED_MAX_COLS`] wide are held in
 /// registers (the codes staged in 7 KB of static shared memory); a wider row is kept in dynamic
 /// shared memory when it fits next to that in the default 48 KB.
-fn launch_norm_quant(gpu: &Gpu, k: &Kernel, a: &NormQuant) -> Result<(), CudaError> {
+fn launch_norm_quant(gpu: &Gpu, k: &ByWidth, a: &NormQuant) -> Result<(), CudaError> {
+    let k = k.for_cols(a.cols);
     let cached = a.cols > FUSED_MAX_COLS && a.cols * 4 + FUSED_MAX_COLS + 256 <= 48 * 1024;
     gpu.launch(
         k,
@@ -1771,10 +1799,10 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
     };
     Ok(Kernels {
         embed: gpu.function("embed_f32")?,
-        norm_quant: gpu.function("norm_quant")?,
+        norm_quant: ByWidth::load(gpu, "norm_quant")?,
         final_norm: gpu.function("final_norm")?,
         gemv: gpu.function("ternary_gemv")?,
-        gemv_norm: gpu.function("ternary_gemv_norm")?,
+        gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?,
         mma,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
