@@ -398,7 +398,7 @@ __device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __
 }
 
 // The row widths the register path is instantiated for (values per thread; the host picks the
-// smallest that holds the row, `norm_per_thread` in model.rs).
+// smallest that holds the row: `ByWidth::for_cols` in model.rs).
 #define FOR_EACH_PER(X) X(4) X(8) X(10) X(12) X(16) X(20) X(28)
 
 // RMSNorm + int8 quantization, one block of NW * 32 threads per row. Rows up to PER * NW * 32
