@@ -10,18 +10,12 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act};
+use crate::pack::{Act, PackedTernary, act, prefetch_groups};
 
 /// Packed bytes per block (one 256-bit load).
 const B: usize = 32;
 /// Weights per block.
 const W: usize = 4 * B;
-/// How far ahead the batch-1 loop prefetches packed weights, in bytes (rounded down to whole
-/// 4-row groups, at least one). Measured on the 2-core Zen VM (`t1_stream_4layers`, both
-/// kernels, interleaved): a fixed 2 groups (4-5 KB ahead on 2,560-wide rows, 11-14 KB on the
-/// 6,912-wide down projection) streamed 27-41% slower than ~8 KB for every shape; 16-24 KB no
-/// better than 8.
-const PREFETCH_BYTES: usize = 8 << 10;
 
 /// The AVX2 kernel (`avx2`). It can only be obtained on a CPU that has AVX2, which is what makes
 /// its prepared matrices safe to run.
@@ -99,13 +93,13 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
             [*y0, *y1, *y2, *y3] = dot_1x4(w, &acts);
         }
     }
-    let groups_ahead = (PREFETCH_BYTES / (4 * nb * B)).max(1);
+    let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
         let mut w4 = blocks.chunks_exact(4 * nb);
         let mut o4 = or.chunks_exact_mut(4);
         for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
-            // Decoding streams weights from DRAM: ask for them PREFETCH_BYTES ahead (two
+            // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead (two
             // 32-byte blocks per 64-byte cache line).
             let ahead = (g + groups_ahead) * 4 * nb;
             for line in blocks

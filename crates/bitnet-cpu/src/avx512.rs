@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act};
+use crate::pack::{Act, PackedTernary, act, prefetch_groups};
 
 /// Packed bytes per block (one 512-bit load).
 const B: usize = 64;
@@ -17,12 +17,6 @@ const W: usize = 4 * B;
 /// Longest row (in blocks) for which [`dot_4x1_scaled`]'s `64 * u` accumulators cannot wrap:
 /// a block adds at most 4 * 2 * 128 * 64 = 2^16 to a lane, and 2^15 blocks stay below 2^31.
 const MAX_SCALED_BLOCKS: usize = 1 << 15;
-/// How far ahead the batch-1 loop prefetches packed weights, in bytes (rounded down to whole
-/// 4-row groups, at least one). Measured on the 2-core Zen VM (`t1_stream_4layers`, both
-/// kernels, interleaved): a fixed 2 groups (4-5 KB ahead on 2,560-wide rows, 11-14 KB on the
-/// 6,912-wide down projection) streamed 27-41% slower than ~8 KB for every shape; 16-24 KB no
-/// better than 8.
-const PREFETCH_BYTES: usize = 8 << 10;
 /// How many weight-row pairs ahead the batched loop prefetches packed weights.
 const PREFETCH_PAIRS: usize = 4;
 
@@ -125,13 +119,13 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
             }
         }
     }
-    let groups_ahead = (PREFETCH_BYTES / (4 * nb * B)).max(1);
+    let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
         let mut w4 = blocks.chunks_exact(4 * nb);
         let mut o4 = or.chunks_exact_mut(4);
         for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
-            // Decoding streams weights from DRAM: ask for them PREFETCH_BYTES ahead.
+            // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead.
             let ahead = (g + groups_ahead) * 4 * nb;
             for line in blocks.get(ahead..ahead + 4 * nb).unwrap_or(&[]) {
                 _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());

@@ -450,7 +450,11 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
     }
 }
 
-template <int PER, bool PRE = false, bool EARLY = false, bool ATOM = false>
+// Up to 12 values per thread (3,072 columns) the norm weights load with the row and the first
+// strip's weight loads go to registers before normalizing (ptxas: 80 registers, no spill; with
+// 28 values the early loads spilled to the stack, whose store then waited for the DRAM load).
+// The code sum always goes by per-warp atomics.
+template <int PER>
 __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                                const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols,
                                int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate) {
@@ -461,36 +465,32 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     __shared__ int ired[32];
     PDL_START();
     int strips = (rows + 15) / 16;
-    // The first strip's weights into L2 while the rows are normalized; with EARLY also its first
-    // loads into registers (for 28 values per thread ptxas spilled those to the stack, and the
-    // spill's store waited for the DRAM load).
+    constexpr bool NARROW = PER <= 12;
+    // The first strip's weights into L2 while the rows are normalized.
     if (blockIdx.x < strips) {
         const char* first = (const char*)(W + (size_t)blockIdx.x * kgroups * 32);
         for (int i = threadIdx.x; i < kgroups * 4; i += blockDim.x)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(first + (size_t)i * 128));
     }
     uint4 pre[4];
-    if (EARLY) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
-    if (ATOM && threadIdx.x < 4) xsum[threadIdx.x] = 0;
+    if (NARROW) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+    if (threadIdx.x < 4) xsum[threadIdx.x] = 0;
     PDL_WAIT();
     for (int t = 0; t < T; t++)
-        norm_quant_regs<PER, PRE, ATOM>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad, xscale + t,
-                             xsum + t, red, ired);
-    if (!EARLY) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
+        norm_quant_regs<PER, NARROW, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,
+                                           xscale + t, xsum + t, red, ired);
+    if (!NARROW) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     __syncthreads();
     gemv_strips<4>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre,
                    blockIdx.x, gridDim.x);
 }
-// Rows up to 12 values per thread (3,072 columns) also load their norm weights with the row
-// and issue the first strip's weight loads into registers before normalizing (ptxas: 80
-// registers, no spill; the 28-value instantiation keeps both after the norm, where it spilled).
 #define GEMV_NORM(P)                                                                                             \
     extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv_norm_p##P(                                \
         const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,                    \
         const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad, float eps,  \
         int mode, int T, float* out, int out_stride, int accumulate) {                                           \
-        gemv_norm_body<P, (P <= 12), (P <= 12), true>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad,     \
-                                                      eps, mode, T, out, out_stride, accumulate);                \
+        gemv_norm_body<P>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out, out_stride,  \
+                          accumulate);                                                                           \
     }
 FOR_EACH_PER(GEMV_NORM)
 

@@ -353,6 +353,9 @@ struct ByWidth(Vec<(usize, Kernel)>);
 /// Values per thread of the register-path instantiations, as `FOR_EACH_PER` in the kernels.
 const NORM_PER_THREAD: [usize; 7] = [4, 8, 10, 12, 16, 20, 28];
 
+/// Threads of a norm block (`NW * 32` in the kernels).
+const NORM_THREADS: usize = 256;
+
 impl ByWidth {
     fn load(gpu: &Gpu, stem: &str) -> Result<Self, CudaError> {
         NORM_PER_THREAD
@@ -365,7 +368,7 @@ impl ByWidth {
     /// The narrowest instantiation that holds a row of `cols` values in its 256 threads' registers
     /// (the widest one for wider rows: its strided loops take them).
     fn for_cols(&self, cols: usize) -> &Kernel {
-        let fits = self.0.iter().find(|(p, _)| p * 256 >= cols);
+        let fits = self.0.iter().find(|(p, _)| p * NORM_THREADS >= cols);
         let (_, k) = fits.or(self.0.last()).expect("at least one instantiation");
         k
     }
@@ -1405,11 +1408,12 @@ struct NormQuant {
     rows: usize,
 }
 
-/// Widest row the fused decode kernel normalizes (`FUSED_MAX_COLS` in the kernels).
-const FUSED_MAX_COLS: usize = 28 * 256;
+/// Widest row the fused decode kernel normalizes (`FUSED_MAX_COLS` in the kernels): the widest
+/// instantiation's.
+const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_THREADS;
 
-/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width) over `a.rows` (at most 4) rows: each block normalizes and
-/// quantizes the rows itself, then multiplies its strip.
+/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width) over `a.rows` (at most
+/// 4) rows: each block normalizes and quantizes the rows itself, then multiplies its strip.
 fn launch_gemv_norm(
     gpu: &Gpu,
     k: &ByWidth,
@@ -1534,9 +1538,10 @@ pub fn argmax_rows(gpu: &Gpu, logits: &[f32], vocab: usize) -> Result<Vec<u32>, 
     Ok(host)
 }
 
-/// Launches `norm_quant_p*` (the instantiation for the row width): one block per row. Rows up to [`FUSED_MAX_COLS`] wide are held in
-/// registers (the codes staged in 7 KB of static shared memory); a wider row is kept in dynamic
-/// shared memory when it fits next to that in the default 48 KB.
+/// Launches `norm_quant_p*` (the instantiation for the row width): one block per row. Rows up to
+/// [`FUSED_MAX_COLS`] wide are held in registers (the codes staged in at most 7 KB of static
+/// shared memory); a wider row is kept in dynamic shared memory when it fits next to that in
+/// the default 48 KB.
 fn launch_norm_quant(gpu: &Gpu, k: &ByWidth, a: &NormQuant) -> Result<(), CudaError> {
     let k = k.for_cols(a.cols);
     let cached = a.cols > FUSED_MAX_COLS && a.cols * 4 + FUSED_MAX_COLS + 256 <= 48 * 1024;
