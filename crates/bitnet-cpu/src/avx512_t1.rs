@@ -400,6 +400,11 @@ mod tests {
             (11, 700, 21),
             (6, 333, 16),
             (3, 64, 8),
+            // Rows wider than 2,560 columns (the down projection's 6,912), with and without
+            // a tail block.
+            (5, 2561, 8),
+            (7, 5120, 12),
+            (3, 6912, 16),
         ] {
             let w: Vec<i8> = (0..rows * cols)
                 .map(|i| ((i * 5 + i / 7) % 3) as i8 - 1)

@@ -60,7 +60,7 @@ fn case() -> impl Strategy<Value = (usize, usize, usize, Vec<i8>, Vec<i8>)> {
     let cols = prop_oneof![
         1usize..600,
         prop::sample::select(vec![
-            127usize, 128, 129, 255, 256, 257, 383, 384, 511, 512, 513
+            127usize, 128, 129, 255, 256, 257, 383, 384, 511, 512, 513, 2689
         ]),
     ];
     (1usize..80, cols, 1usize..=64).prop_flat_map(|(rows, cols, batch)| {
