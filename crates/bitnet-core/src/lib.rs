@@ -6,6 +6,7 @@
 //! engine) talks to kernels only through [`LinearKernel`] and [`PreparedLinear`].
 #![deny(missing_docs)]
 
+pub mod aligned;
 mod error;
 pub mod kernel;
 pub mod ops;

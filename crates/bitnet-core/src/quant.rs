@@ -94,8 +94,8 @@ const MAGIC: f32 = 12_582_912.0;
 /// per-token path does not allocate once it has grown to the largest batch.
 #[derive(Clone, Debug, Default)]
 pub struct QuantizedActivations {
-    /// Codes, `batch` rows of `cols` each.
-    pub codes: Vec<i8>,
+    /// Codes, `batch` rows of `cols` each, from a 64-byte boundary.
+    pub codes: crate::aligned::AlignedVec<i8>,
     /// One `s_x` per row.
     pub scales: Vec<f32>,
     /// Row width.

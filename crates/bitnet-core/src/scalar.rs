@@ -76,7 +76,7 @@ mod tests {
         let mut y = [0.0f32; 2];
         p.forward(&q, &mut y, &mut Vec::new());
         // codes [127, 64, -127], s_x = 127: row0 = 254 / 127 * 2 = 4, row1 = -190 / 127 * 2.
-        assert_eq!(q.codes, [127, 64, -127]);
+        assert_eq!(*q.codes, [127, 64, -127]);
         assert_eq!(y[0], 4.0);
         assert_eq!(y[1], -190.0 / 127.0 * 2.0);
     }

@@ -1022,7 +1022,7 @@ impl CudaModel {
             .memcpy_dtoh(&s.xscale.slice(..rows), &mut scales)?;
         self.gpu.sync()?;
         let qa = QuantizedActivations {
-            codes: pack::unpermute_codes(&perm, rows, cols),
+            codes: pack::unpermute_codes(&perm, rows, cols).into(),
             scales,
             cols,
         };
@@ -1726,7 +1726,7 @@ pub fn norm_quant(
     st.memcpy_dtoh(&scales.slice(..rows), &mut sc)?;
     gpu.sync()?;
     Ok(QuantizedActivations {
-        codes: pack::unpermute_codes(&perm, rows, cols),
+        codes: pack::unpermute_codes(&perm, rows, cols).into(),
         scales: sc,
         cols,
     })

@@ -119,7 +119,8 @@ pub struct Scratch {
     up: Vec<f32>,
     ints: Vec<i32>,
     segs: Vec<Segment>,
-    head_in: Vec<f32>,
+    /// The head's input rows, from a 64-byte boundary (the head reads them in 64-byte vectors).
+    head_in: bitnet_core::aligned::AlignedVec<f32>,
     head_out: Vec<f32>,
     greedy_logits: Vec<f32>,
     /// Attention: each row's (sequence, position).

@@ -125,7 +125,7 @@ impl Tracer for Capture {
         };
         self.codes.push((
             format!("layers.{layer}.{name}"),
-            q.codes.clone(),
+            q.codes.to_vec(),
             q.scales.clone(),
         ));
     }
