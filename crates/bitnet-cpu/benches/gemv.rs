@@ -7,11 +7,15 @@
 //! on all four 2B4T linear shapes, at batch 1 and 16, on 1 and 2 threads. They report GOP/s
 //! (criterion's "elem/s", one multiply-add = 2 ops); each kernel's real streamed bytes per call
 //! are printed once per shape, so GB/s = bytes / time.
+//!
+//! Activations live in 64-byte-aligned buffers, as in the engine (`bitnet_core::aligned`): a
+//! `Vec<i8>` placed off a cache line splits every 64-byte load.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitnet_core::aligned::AlignedVec;
 use bitnet_core::pool::ThreadPool;
 use bitnet_core::{LinearKernel, TernaryMatrix};
 use bitnet_cpu::Threaded;
@@ -35,7 +39,7 @@ fn gemv(c: &mut Criterion) {
         let m = TernaryMatrix::new(rows, cols, codes, 1.0).expect("valid ternary matrix");
         let mut group = c.benchmark_group(format!("gemv_{rows}x{cols}"));
         for batch in [1usize, 8] {
-            let x: Vec<i8> = (0..batch * cols)
+            let x: AlignedVec<i8> = (0..batch * cols)
                 .map(|_| lcg(&mut seed) as u8 as i8)
                 .collect();
             let mut out = vec![0i32; batch * rows];
@@ -65,7 +69,7 @@ fn gemv_stream(c: &mut Criterion) {
         .map(|_| (lcg(&mut seed) % 3) as i8 - 1)
         .collect();
     let m = TernaryMatrix::new(rows, cols, codes, 1.0).expect("valid ternary matrix");
-    let x: Vec<i8> = (0..cols).map(|_| lcg(&mut seed) as u8 as i8).collect();
+    let x: AlignedVec<i8> = (0..cols).map(|_| lcg(&mut seed) as u8 as i8).collect();
     let mut out = vec![0i32; rows];
     let mut group = c.benchmark_group(format!("stream_{copies}x_{rows}x{cols}"));
     group.throughput(Throughput::Bytes((copies * rows * cols / 4) as u64));
@@ -139,7 +143,7 @@ fn t1_shapes(c: &mut Criterion) {
                 })
                 .collect();
             for batch in [1usize, 16] {
-                let x: Vec<i8> = (0..batch * cols)
+                let x: AlignedVec<i8> = (0..batch * cols)
                     .map(|_| lcg(&mut seed) as u8 as i8)
                     .collect();
                 let mut out = vec![0i32; batch * rows];
@@ -198,7 +202,7 @@ fn t1_layers(c: &mut Criterion) {
                 println!("{layers} layers {}: {bytes} weight bytes", k.name());
             }
             for batch in [1usize, 16] {
-                let xs: Vec<Vec<i8>> = shapes
+                let xs: Vec<AlignedVec<i8>> = shapes
                     .iter()
                     .map(|&(_, cols)| {
                         (0..batch * cols)
