@@ -5,7 +5,7 @@
 //! only as aligned as its element type asks (in practice 16 bytes from the allocator, or 16
 //! bytes past a page for the large blocks that `malloc` maps), so whether every such load
 //! split across two cache lines depended on where the allocator put the buffer: the same
-//! batch-16 decode step took 111-116 ms or 136-146 ms on the same weights, depending only on
+//! batch-16 decode step took 113-119 ms or 136-146 ms on the same weights, depending only on
 //! how much the tokenizer had allocated before (BENCHMARKS.md, session 8).
 
 use std::fmt;
