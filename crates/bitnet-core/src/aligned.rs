@@ -25,14 +25,16 @@ mod sealed {
     impl Sealed for i8 {}
     impl Sealed for i32 {}
     impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
 }
 
 /// Element types an [`AlignedVec`] can hold: plain numbers for which every bit pattern is a
-/// valid value and whose alignment divides 64 (`i8`, `i32`, `f32`).
+/// valid value and whose alignment divides 64 (`i8`, `i32`, `f32`, `f16`).
 pub trait Plain: Copy + Default + PartialEq + fmt::Debug + sealed::Sealed {}
 impl Plain for i8 {}
 impl Plain for i32 {}
 impl Plain for f32 {}
+impl Plain for half::f16 {}
 
 /// A `Vec`-like buffer of `T` starting on a 64-byte boundary; it dereferences to `[T]`.
 #[derive(Clone)]
@@ -71,6 +73,16 @@ impl<T: Plain> AlignedVec<T> {
     /// Removes every element, keeping the allocation.
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+
+    /// Keeps the first `len` elements (no change if there are fewer).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends one element.
+    pub fn push(&mut self, value: T) {
+        self.resize(self.len + 1, value);
     }
 
     /// Appends `values`.
@@ -159,7 +171,11 @@ mod tests {
         }
         v.clear();
         v.extend_from_slice(&[1.0, 2.0]);
-        assert_eq!(&v[..], &[1.0, 2.0]);
+        v.push(3.0);
+        assert_eq!(&v[..], &[1.0, 2.0, 3.0]);
+        v.truncate(5);
+        v.truncate(1);
+        assert_eq!(&v[..], &[1.0]);
         let c: AlignedVec<i8> = (0..100).map(|i| i as i8).collect();
         assert_eq!(c.as_ptr() as usize % 64, 0);
         assert_eq!(c[99], 99);

@@ -17,6 +17,7 @@
 //! or 8 (AVX2 + F16C, portable) elements at a time inside the dot products and the weighted
 //! sums, picking the instruction set at run time.
 
+use bitnet_core::aligned::AlignedVec;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -97,25 +98,27 @@ pub fn quantize_q8(x: &[f32], codes: &mut [i8]) -> f32 {
 }
 
 /// Keys or values of one layer, for every position written so far (`positions x kv_dim`).
+/// Rows start on 64-byte boundaries when `kv_dim` fills whole cache lines (the attention loops
+/// read keys and values in 32- and 64-byte vectors).
 #[derive(Clone, Debug)]
 pub(crate) enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
+    F32(AlignedVec<f32>),
+    F16(AlignedVec<f16>),
     /// Codes `positions x kv_dim`, scales `positions x n_kv_heads`.
     Q8 {
-        codes: Vec<i8>,
-        scales: Vec<f32>,
+        codes: AlignedVec<i8>,
+        scales: AlignedVec<f32>,
     },
 }
 
 impl Store {
     pub(crate) fn new(kv: KvType) -> Self {
         match kv {
-            KvType::F32 => Store::F32(Vec::new()),
-            KvType::F16 => Store::F16(Vec::new()),
+            KvType::F32 => Store::F32(AlignedVec::new()),
+            KvType::F16 => Store::F16(AlignedVec::new()),
             KvType::Q8 => Store::Q8 {
-                codes: Vec::new(),
-                scales: Vec::new(),
+                codes: AlignedVec::new(),
+                scales: AlignedVec::new(),
             },
         }
     }
