@@ -119,7 +119,11 @@ mod x86 {
             let mut r0 = 0;
             while r0 < n_rows {
                 let nr = (n_rows - r0).min(BLOCK_ROWS);
-                acc[..nr * m * 2].fill(_mm512_setzero_ps());
+                // The first chunk's tiles start from zero (`dots_tile`), so the buffer only
+                // needs zeroing when there is no chunk at all (rows under 32 columns).
+                if full == 0 {
+                    acc[..nr * m * 2].fill(_mm512_setzero_ps());
+                }
                 let mut c0 = 0;
                 while c0 < full {
                     let c1 = (c0 + CHUNK_COLS).min(full);
@@ -218,7 +222,8 @@ mod x86 {
     }
 
     /// `RR` rows from `t.r` against `JJ` vectors from `t.j` over columns `t.c0..t.c1` (a
-    /// multiple of 32 apart), resuming and saving the accumulators in `acc`.
+    /// multiple of 32 apart), resuming the accumulators from `acc` (from zero in the first
+    /// chunk) and saving them there.
     ///
     /// # Safety
     ///
@@ -230,9 +235,11 @@ mod x86 {
         let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
         let slot = |a: usize, b: usize| ((t.acc_row + a) * t.m + j + b) * 2;
         let mut reg = [[[_mm512_setzero_ps(); 2]; JJ]; RR];
-        for (a, reg_a) in reg.iter_mut().enumerate() {
-            for (b, reg_ab) in reg_a.iter_mut().enumerate() {
-                *reg_ab = [acc[slot(a, b)], acc[slot(a, b) + 1]];
+        if t.c0 > 0 {
+            for (a, reg_a) in reg.iter_mut().enumerate() {
+                for (b, reg_ab) in reg_a.iter_mut().enumerate() {
+                    *reg_ab = [acc[slot(a, b)], acc[slot(a, b) + 1]];
+                }
             }
         }
         let mut i = t.c0;
