@@ -225,7 +225,7 @@ fn batching_never_changes_a_product() {
         TensorType::Q4_K,
         TensorType::Q4_0,
     ] {
-        let (rows, cols, m) = (16, 512, 5);
+        let (rows, cols, m) = (100, 512, 9);
         let data = encode(kind, &weights(&mut rng, rows, cols));
         let xs = hidden(&mut rng, m, cols);
         let mut all = vec![0.0f32; rows * m];

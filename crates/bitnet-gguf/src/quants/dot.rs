@@ -378,22 +378,35 @@ fn dot_rows(
     out: &mut [f32],
 ) {
     let m = acts.m();
-    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
-        for (j, y) in o.iter_mut().enumerate() {
+    // Blocks of rows (~16 KB of them) against one vector at a time: the block stays in L1 while
+    // each vector's codes, scales and sums (7.5 KB at 2,560 columns) are read once per block
+    // instead of once per row (at 16 vectors, 120 KB per row from L2). Each product is the
+    // same call whatever the order.
+    let block = (BLOCK_BYTES / row_bytes.max(1)).max(1);
+    let blocks = rows
+        .chunks(block * row_bytes)
+        .zip(out.chunks_mut(block * m));
+    for (rows, out) in blocks {
+        for j in 0..m {
             let x = acts.vector(j);
-            *y = match kernel {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `dot_rows_quantized` only passes kernels that `DotKernel::available`
-                // detected on this CPU.
-                DotKernel::Avx512Vnni => unsafe { (dots.avx512)(row, x) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                DotKernel::Avx2 => unsafe { (dots.avx2)(row, x) },
-                _ => (dots.scalar)(row, x),
-            };
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(m)) {
+                o[j] = match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `dot_rows_quantized` only passes kernels that
+                    // `DotKernel::available` detected on this CPU.
+                    DotKernel::Avx512Vnni => unsafe { (dots.avx512)(row, x) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    DotKernel::Avx2 => unsafe { (dots.avx2)(row, x) },
+                    _ => (dots.scalar)(row, x),
+                };
+            }
         }
     }
 }
+
+/// Bytes of rows per block of [`dot_rows`].
+const BLOCK_BYTES: usize = 16 * 1024;
 
 /// The bound on `|fast - exact|` for one product, from the activation rounding alone:
 /// `sum_i |w_i| d_(block of i) / 2`, with `w` the decoded row and `d` the block scales of
