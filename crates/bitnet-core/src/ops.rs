@@ -22,7 +22,7 @@ const LANES: usize = 16;
 /// lanes are added pairwise (8 + 8, 4 + 4, ...), then the tail in order. The reference's own
 /// order is its library's (PyTorch reduces in vector lanes too); a strictly left-to-right sum was
 /// a chain of dependent adds (~2.5 us per 2,560-wide row, ~7 ms of a batch-16 decode step).
-pub fn sum_of_squares(x: &[f32]) -> f32 {
+fn sum_of_squares(x: &[f32]) -> f32 {
     let (chunks, tail) = x.as_chunks::<LANES>();
     let mut acc = [0.0f32; LANES];
     for c in chunks {

@@ -44,7 +44,7 @@ fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> f32 {
         }
     }
     for (q, &v) in o_tail.iter_mut().zip(x_tail) {
-        *q = round_ties_even_small(v * scale).clamp(-128.0, 127.0) as i8;
+        *q = code(v, scale);
     }
     scale
 }
@@ -54,9 +54,15 @@ fn quantize_row_body(x: &[f32], out: &mut [i8]) -> f32 {
     let max = abs_max(x);
     let scale = 127.0f32 / max.max(1e-5);
     for (q, &v) in out.iter_mut().zip(x) {
-        *q = round_ties_even_small(v * scale).clamp(-128.0, 127.0) as i8;
+        *q = code(v, scale);
     }
     scale
+}
+
+/// One value's int8 code at scale `scale`.
+#[inline(always)]
+fn code(v: f32, scale: f32) -> i8 {
+    round_ties_even_small(v * scale).clamp(-128.0, 127.0) as i8
 }
 
 /// `max(|x|)` (0 for an empty row; NaNs ignored, as `f32::max` does), in 16 lanes so that it

@@ -20,6 +20,8 @@
 
 use std::cell::RefCell;
 
+use bitnet_core::aligned::AlignedVec;
+
 use crate::error::{GgufError, Result};
 use crate::types::TensorType;
 
@@ -38,46 +40,11 @@ pub(crate) const LANE: usize = 4;
 pub struct QuantizedActs {
     cols: usize,
     m: usize,
-    qs: Lines<i8>,
-    lane_scale: Lines<f32>,
-    lane_neg_sum: Lines<i32>,
-}
-
-/// A buffer whose used part starts on a 64-byte boundary. The row kernels read codes, scales
-/// and sums in 64-byte vectors; a `Vec` is only as aligned as its element type, and a vector
-/// that straddles two cache lines costs two loads (in the engine, misaligned activations made
-/// the same batch-16 step up to 25% slower, BENCHMARKS.md session 8).
-#[derive(Clone, Debug, Default)]
-struct Lines<T> {
-    buf: Vec<T>,
-    off: usize,
-    len: usize,
-}
-
-impl<T: Copy + Default> Lines<T> {
-    /// Resizes to `len` elements (their values are left to the caller to write).
-    fn resize(&mut self, len: usize) {
-        let spare = 64 / size_of::<T>();
-        if self.buf.len() < len + spare {
-            self.buf.resize(len + spare, T::default());
-        }
-        // At most `spare - 1` for any element type whose alignment divides 64.
-        self.off = self.buf.as_ptr().align_offset(64).min(spare);
-        self.len = len;
-    }
-}
-
-impl<T> std::ops::Deref for Lines<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        &self.buf[self.off..self.off + self.len]
-    }
-}
-
-impl<T> std::ops::DerefMut for Lines<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
+    // On 64-byte boundaries: the row kernels read codes, scales and sums in 64-byte vectors,
+    // and one that straddles two cache lines costs two loads (BENCHMARKS.md, session 8).
+    qs: AlignedVec<i8>,
+    lane_scale: AlignedVec<f32>,
+    lane_neg_sum: AlignedVec<i32>,
 }
 
 impl QuantizedActs {
@@ -105,9 +72,9 @@ impl QuantizedActs {
         }
         self.cols = cols;
         self.m = m;
-        self.qs.resize(xs.len());
-        self.lane_scale.resize(xs.len() / LANE);
-        self.lane_neg_sum.resize(xs.len() / LANE);
+        self.qs.resize(xs.len(), 0);
+        self.lane_scale.resize(xs.len() / LANE, 0.0);
+        self.lane_neg_sum.resize(xs.len() / LANE, 0);
         let blocks = xs
             .chunks_exact(ACT_BLOCK)
             .zip(self.qs.chunks_exact_mut(ACT_BLOCK))
