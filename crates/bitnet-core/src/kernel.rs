@@ -53,22 +53,77 @@ pub trait PreparedLinear: Send + Sync {
     /// Float outputs of the BitLinear: `y = dot * s_w / s_x` per row, using `scratch` for the
     /// integer products so that steady-state calls do not allocate.
     fn forward(&self, x: &QuantizedActivations, out: &mut [f32], scratch: &mut Vec<i32>) {
+        self.forward_segments(x, &[(self.rows(), self.scale())], &mut [out], scratch);
+    }
+
+    /// Float outputs of several BitLinears stacked row-wise in this one matrix (q/k/v, gate/up):
+    /// segment `i` is the next `segments[i].0` rows, with weight scale `segments[i].1`, and its
+    /// outputs go to `outs[i]` (`batch x rows_i`), each `y = dot as f32 / s_x * s_w` exactly as
+    /// [`PreparedLinear::forward`] computes it. Backends that split the rows across threads
+    /// override this so each thread scales its own rows.
+    ///
+    /// # Panics
+    /// If the segments do not cover the rows, or a slice does not match `batch` (a programming
+    /// error).
+    fn forward_segments(
+        &self,
+        x: &QuantizedActivations,
+        segments: &[(usize, f32)],
+        outs: &mut [&mut [f32]],
+        scratch: &mut Vec<i32>,
+    ) {
         let (batch, rows) = (x.batch(), self.rows());
-        assert_eq!(
-            x.cols,
-            self.cols(),
-            "forward: activation width != weight columns"
-        );
-        assert_eq!(out.len(), batch * rows, "forward: output length mismatch");
+        check_segments(x, self.cols(), rows, segments, outs);
         scratch.resize(batch * rows, 0);
         self.matmul_i32(&x.codes, batch, scratch);
-        let s_w = self.scale();
-        for b in 0..batch {
-            let s_x = x.scales[b];
-            let row = b * rows..(b + 1) * rows;
-            for (y, &d) in out[row.clone()].iter_mut().zip(&scratch[row]) {
-                *y = d as f32 / s_x * s_w;
+        for (b, ints) in scratch.chunks_exact(rows).enumerate() {
+            let mut start = 0;
+            for (out, &(n, s_w)) in outs.iter_mut().zip(segments) {
+                scale_into(
+                    &ints[start..start + n],
+                    x.scales[b],
+                    s_w,
+                    &mut out[b * n..(b + 1) * n],
+                );
+                start += n;
             }
         }
+    }
+}
+
+/// `out[i] = ints[i] as f32 / s_x * s_w`: the BitLinear's float output, the one place it is
+/// computed on the CPU (so stacked, threaded and plain multiplies agree bit for bit).
+pub fn scale_into(ints: &[i32], s_x: f32, s_w: f32, out: &mut [f32]) {
+    for (y, &d) in out.iter_mut().zip(ints) {
+        *y = d as f32 / s_x * s_w;
+    }
+}
+
+/// The checks of [`PreparedLinear::forward_segments`]: the activation width, the segments'
+/// rows and every output's length.
+///
+/// # Panics
+/// On any mismatch (a programming error, as in [`PreparedLinear::matmul_i32`]).
+pub fn check_segments(
+    x: &QuantizedActivations,
+    cols: usize,
+    rows: usize,
+    segments: &[(usize, f32)],
+    outs: &[&mut [f32]],
+) {
+    let batch = x.batch();
+    assert_eq!(x.cols, cols, "forward: activation width != weight columns");
+    assert_eq!(
+        segments.iter().map(|s| s.0).sum::<usize>(),
+        rows,
+        "forward: segments != rows"
+    );
+    assert_eq!(
+        outs.len(),
+        segments.len(),
+        "forward: one output per segment"
+    );
+    for (out, &(n, _)) in outs.iter().zip(segments) {
+        assert_eq!(out.len(), batch * n, "forward: output length mismatch");
     }
 }

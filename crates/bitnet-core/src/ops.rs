@@ -99,11 +99,37 @@ impl Rope {
     /// Rotates one head vector (length `2 * half`) in place for position `pos`: the two halves are
     /// rotated against each other, `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        for i in 0..self.half {
-            let (s, c) = self.sin_cos(pos, i);
-            let (x1, x2) = (x[i], x[i + self.half]);
-            x[i] = x1 * c - x2 * s;
-            x[i + self.half] = x2 * c + x1 * s;
+        self.apply_heads(x, pos);
+    }
+
+    /// [`Rope::apply`] to every head vector of `x` (consecutive vectors of length `2 * half`,
+    /// e.g. all query heads of one token), computing each angle's sine and cosine once for all
+    /// of them (perf: `sincosf` per head and frequency was ~0.6% of a batch-16 step).
+    pub fn apply_heads(&self, x: &mut [f32], pos: usize) {
+        const MAX_HALF: usize = 256;
+        let dim = 2 * self.half;
+        if self.half == 0 || self.half > MAX_HALF {
+            for v in x.chunks_exact_mut(dim.max(1)) {
+                self.rotate(v, (0..self.half).map(|i| self.sin_cos(pos, i)));
+            }
+            return;
+        }
+        let mut sc = [(0.0f32, 0.0f32); MAX_HALF];
+        for (i, v) in sc[..self.half].iter_mut().enumerate() {
+            *v = self.sin_cos(pos, i);
+        }
+        for v in x.chunks_exact_mut(dim) {
+            self.rotate(v, sc[..self.half].iter().copied());
+        }
+    }
+
+    /// `(x1, x2) -> (x1 c - x2 s, x2 c + x1 s)` for the halves of one head vector.
+    fn rotate(&self, x: &mut [f32], sin_cos: impl Iterator<Item = (f32, f32)>) {
+        let (lo, hi) = x.split_at_mut(self.half);
+        for ((x1, x2), (s, c)) in lo.iter_mut().zip(hi).zip(sin_cos) {
+            let (a, b) = (*x1, *x2);
+            *x1 = a * c - b * s;
+            *x2 = b * c + a * s;
         }
     }
 }
@@ -439,6 +465,30 @@ mod tests {
         rope.apply(&mut y, 1);
         // pair (x[0], x[2]) rotates by angle 1 rad.
         assert!((y[0] - 1f32.cos()).abs() < 1e-7 && (y[2] - 1f32.sin()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn rope_of_many_heads_is_each_head_rotated_alone() {
+        for head_dim in [2usize, 64, 128] {
+            let rope = Rope::new(head_dim, 500000.0);
+            let x: Vec<f32> = (0..5 * head_dim)
+                .map(|i| (i as f32 * 0.731).sin())
+                .collect();
+            for pos in [0usize, 1, 77, 4095] {
+                let mut all = x.clone();
+                rope.apply_heads(&mut all, pos);
+                for (h, got) in all.chunks_exact(head_dim).enumerate() {
+                    let v = &x[h * head_dim..(h + 1) * head_dim];
+                    let half = head_dim / 2;
+                    for i in 0..half {
+                        let (s, c) = rope.sin_cos(pos, i);
+                        let (x1, x2) = (v[i], v[i + half]);
+                        assert_eq!(got[i].to_bits(), (x1 * c - x2 * s).to_bits());
+                        assert_eq!(got[i + half].to_bits(), (x2 * c + x1 * s).to_bits());
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -63,22 +63,8 @@ impl Stacked {
         outs: &mut [&mut [f32]],
         scratch: &mut Vec<i32>,
     ) {
-        let (batch, rows) = (x.batch(), self.linear.rows());
-        assert_eq!(x.cols, self.cols(), "stacked forward: activation width");
-        assert_eq!(outs.len(), self.segments.len(), "stacked forward: outputs");
-        scratch.resize(batch * rows, 0);
-        self.linear.matmul_i32(&x.codes, batch, scratch);
-        for (b, ints) in scratch.chunks_exact(rows).enumerate() {
-            let s_x = x.scales[b];
-            let mut start = 0;
-            for (out, &(n, s_w)) in outs.iter_mut().zip(&self.segments) {
-                let (dst, src) = (&mut out[b * n..(b + 1) * n], &ints[start..start + n]);
-                for (y, &d) in dst.iter_mut().zip(src) {
-                    *y = d as f32 / s_x * s_w;
-                }
-                start += n;
-            }
-        }
+        self.linear
+            .forward_segments(x, &self.segments, outs, scratch);
     }
 }
 
