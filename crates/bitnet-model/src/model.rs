@@ -14,6 +14,8 @@ use bitnet_core::{LinearKernel, PreparedLinear, QuantizedActivations};
 thread_local! {
     /// Attention scores of one (token, head) task, reused across calls on each thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A head task's block of results (`rows x vectors`), reused across calls on each thread.
+    static HEAD_PART: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Vocabulary rows of the head per thread-pool task.
@@ -485,31 +487,49 @@ impl Model {
         }
         let head = self.output_head();
         let xs = &s.head_in;
-        // Every element is written below (by the head, or by the transposition), so a buffer
-        // kept from the last step of the same size is not cleared first (8 MB at batch 16).
+        // Every element is written below, so a buffer kept from the last step of the same size
+        // is not cleared first (8 MB at batch 16).
         logits.truncate(m * v);
         logits.resize(m * v, 0.0);
-        // Head results come out row-major by vocabulary entry (`v x m`); with one token that is
-        // already the logits' layout.
-        let out: &mut [f32] = if m == 1 {
-            logits
-        } else {
-            s.head_out.resize(v * m, 0.0);
-            &mut s.head_out
-        };
+        let hr = head_rows_per_task().max(1);
         match &self.pool {
-            Some(pool) => {
-                let hr = head_rows_per_task();
-                pool.for_each_chunk_mut(out, hr * m, &|i, part| {
-                    head.matmul_rows(xs, m, i * hr, part)
-                })
+            Some(pool) if m > 1 => {
+                // Head results come out row-major by vocabulary entry (`rows x m`); each task
+                // turns its own block of them into its share of every vector's logits, so the
+                // transposition runs on every thread (on the caller's alone it was 33 MB of
+                // scattered writes per batch-64 step).
+                let mut shares: Vec<Vec<&mut [f32]>> =
+                    (0..v.div_ceil(hr)).map(|_| Vec::with_capacity(m)).collect();
+                for row in logits.chunks_exact_mut(v) {
+                    for (share, piece) in shares.iter_mut().zip(row.chunks_mut(hr)) {
+                        share.push(piece);
+                    }
+                }
+                pool.for_each_chunk_mut(&mut shares, 1, &|i, share| {
+                    HEAD_PART.with_borrow_mut(|part| {
+                        let Some(n) = share.first().and_then(|s| s.first()).map(|p| p.len()) else {
+                            return;
+                        };
+                        part.resize(n * m, 0.0);
+                        head.matmul_rows(xs, m, i * hr, part);
+                        for (j, dst) in share[0].iter_mut().enumerate() {
+                            for (a, y) in dst.iter_mut().enumerate() {
+                                *y = part[a * m + j];
+                            }
+                        }
+                    })
+                });
             }
-            None => head.matmul_rows(xs, m, 0, out),
-        }
-        if m > 1 {
-            for (r, row) in s.head_out.chunks_exact(m).enumerate() {
-                for (j, &y) in row.iter().enumerate() {
-                    logits[j * v + r] = y;
+            Some(pool) => pool
+                .for_each_chunk_mut(logits, hr, &|i, part| head.matmul_rows(xs, 1, i * hr, part)),
+            None if m == 1 => head.matmul_rows(xs, 1, 0, logits),
+            None => {
+                s.head_out.resize(v * m, 0.0);
+                head.matmul_rows(xs, m, 0, &mut s.head_out);
+                for (r, row) in s.head_out.chunks_exact(m).enumerate() {
+                    for (j, &y) in row.iter().enumerate() {
+                        logits[j * v + r] = y;
+                    }
                 }
             }
         }

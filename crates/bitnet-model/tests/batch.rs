@@ -7,23 +7,30 @@ use std::sync::Arc;
 use bitnet_model::{BatchEntry, KvType, Logits, Model, Scratch};
 
 fn model(kv: KvType) -> Model {
+    model_on(kv, &bitnet_core::scalar::ScalarKernel)
+}
+
+fn model_on(kv: KvType, kernel: &dyn bitnet_core::LinearKernel) -> Model {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/models/untied-gqa4/model-tq2_0.gguf");
     let file = bitnet_gguf::GgufFile::open(path).unwrap();
-    bitnet_model::load_gguf(Arc::new(file), &bitnet_core::scalar::ScalarKernel)
+    bitnet_model::load_gguf(Arc::new(file), kernel)
         .unwrap()
         .with_kv_type(kv)
 }
 
 #[test]
 fn batched_equals_alone() {
+    // Single-threaded, and on a thread pool (the head's tasks then write each vector's share
+    // of the logits themselves).
+    let threaded = bitnet_cpu::with_threads(Arc::new(bitnet_core::scalar::ScalarKernel), 3);
     for kv in KvType::ALL {
-        batched_equals_alone_with(kv);
+        batched_equals_alone_with(&model(kv));
+        batched_equals_alone_with(&model_on(kv, &*threaded));
     }
 }
 
-fn batched_equals_alone_with(kv: KvType) {
-    let m = model(kv);
+fn batched_equals_alone_with(m: &Model) {
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[9], &[100, 200, 300]];
     // Alone: prefill each prompt, then decode two tokens.
     let mut alone = Vec::new();
