@@ -84,12 +84,45 @@ struct ThreadedLinear {
 /// An output's base pointer, shared by the tasks that write its disjoint row ranges.
 struct SendPtr(*mut f32);
 // SAFETY: the tasks of one `forward_segments` call write disjoint ranges of an exclusively
-// borrowed output (see there); f32 is Send.
+// borrowed output (`scale_part`); f32 is Send. Between calls the pointers kept in `OUTS` are
+// never read.
 unsafe impl Sync for SendPtr {}
+
+/// Scales one part's integer results (`chunk`: one row of `rows.len()` values per activation
+/// row, for weight rows `rows`) into the outputs of `forward_segments`.
+fn scale_part(
+    chunk: &[i32],
+    rows: std::ops::Range<usize>,
+    scales: &[f32],
+    segments: &[(usize, f32)],
+    outs: &[(SendPtr, usize)],
+) {
+    for (b, (ints, &s_x)) in chunk.chunks_exact(rows.len()).zip(scales).enumerate() {
+        let mut seg_start = 0;
+        for (&(seg_rows, s_w), (out, len)) in segments.iter().zip(outs) {
+            // This part's rows inside the segment, in segment coordinates.
+            let lo = rows.start.max(seg_start);
+            let hi = rows.end.min(seg_start + seg_rows);
+            if lo < hi {
+                let at = b * seg_rows + lo - seg_start;
+                assert!(at + hi - lo <= *len, "forward: output range");
+                // SAFETY: rows lo..hi of activation row b are this part's alone (the parts cover
+                // disjoint row ranges), the range lies inside the output (checked above), and the
+                // outputs stay exclusively borrowed until `for_each_chunk_mut` returns.
+                let y = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), hi - lo) };
+                scale_into(&ints[lo - rows.start..hi - rows.start], s_x, s_w, y);
+            }
+            seg_start += seg_rows;
+        }
+    }
+}
 
 thread_local! {
     /// Part-major results of a batched multiply, reused across calls on this thread.
     static STAGING: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// The outputs of a `forward_segments` call as (base, length), reused across calls (no
+    /// allocation per multiply).
+    static OUTS: RefCell<Vec<(SendPtr, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl PreparedLinear for ThreadedLinear {
@@ -121,39 +154,19 @@ impl PreparedLinear for ThreadedLinear {
         // Each part scales its own rows into the outputs, on its own thread: no serial
         // epilogue and no copy out of the part-major staging (perf: ~5% of a batch-16 step
         // ran on the caller's thread alone while the workers waited).
-        let outs: Vec<(SendPtr, usize)> = outs
-            .iter_mut()
-            .map(|o| (SendPtr(o.as_mut_ptr()), o.len()))
-            .collect();
-        STAGING.with_borrow_mut(|staged| {
-            staged.resize(batch * self.rows, 0);
-            self.pool
-                .for_each_chunk_mut(staged, batch * self.part_rows, &|p, chunk| {
-                    let part = &self.parts[p];
-                    part.matmul_i32(&x.codes, batch, chunk);
-                    let (start, n) = (p * self.part_rows, part.rows());
-                    for (b, ints) in chunk.chunks_exact(n).enumerate() {
-                        let mut seg_start = 0;
-                        for (&(seg_rows, s_w), &(ref out, len)) in segments.iter().zip(&outs) {
-                            // This part's rows inside the segment, in segment coordinates.
-                            let lo = start.max(seg_start);
-                            let hi = (start + n).min(seg_start + seg_rows);
-                            if lo < hi {
-                                let at = b * seg_rows + lo - seg_start;
-                                assert!(at + hi - lo <= len, "forward: output range");
-                                // SAFETY: rows lo..hi of sequence b are this part's alone (the
-                                // parts cover disjoint row ranges), the range lies inside the
-                                // output (checked above), and the outputs are exclusively
-                                // borrowed until `for_each_chunk_mut` returns.
-                                let y = unsafe {
-                                    std::slice::from_raw_parts_mut(out.0.add(at), hi - lo)
-                                };
-                                scale_into(&ints[lo - start..hi - start], x.scales[b], s_w, y);
-                            }
-                            seg_start += seg_rows;
-                        }
-                    }
-                });
+        OUTS.with_borrow_mut(|ptrs| {
+            ptrs.clear();
+            ptrs.extend(outs.iter_mut().map(|o| (SendPtr(o.as_mut_ptr()), o.len())));
+            STAGING.with_borrow_mut(|staged| {
+                staged.resize(batch * self.rows, 0);
+                self.pool
+                    .for_each_chunk_mut(staged, batch * self.part_rows, &|p, chunk| {
+                        let part = &self.parts[p];
+                        part.matmul_i32(&x.codes, batch, chunk);
+                        let rows = p * self.part_rows..p * self.part_rows + part.rows();
+                        scale_part(chunk, rows, &x.scales, segments, ptrs);
+                    });
+            });
         });
     }
 

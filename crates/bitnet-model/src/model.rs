@@ -497,24 +497,23 @@ impl Model {
                 // Head results come out row-major by vocabulary entry (`rows x m`); each task
                 // turns its own block of them into its share of every vector's logits, so the
                 // transposition runs on every thread (on the caller's alone it was 33 MB of
-                // scattered writes per batch-64 step).
-                let mut shares: Vec<Vec<&mut [f32]>> =
-                    (0..v.div_ceil(hr)).map(|_| Vec::with_capacity(m)).collect();
-                for row in logits.chunks_exact_mut(v) {
-                    for (share, piece) in shares.iter_mut().zip(row.chunks_mut(hr)) {
-                        share.push(piece);
-                    }
+                // scattered writes per batch-64 step). Task i's share is piece i (rows i * hr..)
+                // of every vector's row, vector by vector.
+                let mut rows: Vec<_> = logits
+                    .chunks_exact_mut(v)
+                    .map(|r| r.chunks_mut(hr))
+                    .collect();
+                let mut shares: Vec<&mut [f32]> = Vec::with_capacity(v.div_ceil(hr) * m);
+                for _ in 0..v.div_ceil(hr) {
+                    shares.extend(rows.iter_mut().filter_map(Iterator::next));
                 }
-                pool.for_each_chunk_mut(&mut shares, 1, &|i, share| {
+                pool.for_each_chunk_mut(&mut shares, m, &|i, share| {
                     HEAD_PART.with_borrow_mut(|part| {
-                        let Some(n) = share.first().and_then(|s| s.first()).map(|p| p.len()) else {
-                            return;
-                        };
-                        part.resize(n * m, 0.0);
+                        part.resize(share[0].len() * m, 0.0);
                         head.matmul_rows(xs, m, i * hr, part);
-                        for (j, dst) in share[0].iter_mut().enumerate() {
-                            for (a, y) in dst.iter_mut().enumerate() {
-                                *y = part[a * m + j];
+                        for (j, dst) in share.iter_mut().enumerate() {
+                            for (y, results) in dst.iter_mut().zip(part.chunks_exact(m)) {
+                                *y = results[j];
                             }
                         }
                     })
