@@ -33,6 +33,9 @@ else
   echo "warning: NVRTC unavailable; the CUDA kernels' compile test will skip" >&2
 fi
 
+# One build per run: no incremental caches (about 1 GB of target/ that a test run never reuses).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
