@@ -25,7 +25,16 @@ impl TernaryMatrix {
                 found: codes.len(),
             });
         }
-        if let Some(index) = codes.iter().position(|c| !(-1..=1).contains(c)) {
+        // A vectorized pass first (2B4T has 2 G codes); the first bad code only when there is one.
+        let bad = codes.chunks(1 << 16).any(|c| {
+            c.iter()
+                .fold(0u8, |a, &x| a | u8::from((x as u8).wrapping_add(1) > 2))
+                != 0
+        });
+        if let Some(index) = bad
+            .then(|| codes.iter().position(|c| !(-1..=1).contains(c)))
+            .flatten()
+        {
             return Err(CoreError::NotTernary {
                 code: codes[index],
                 index,
@@ -65,5 +74,46 @@ impl TernaryMatrix {
     /// One row of codes.
     pub fn row(&self, r: usize) -> &[i8] {
         &self.codes[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Rows `start..start + n` as a matrix of their own, same scale (copied, not re-checked:
+    /// they are this matrix's checked codes). Panics past the last row, as slicing does.
+    pub fn rows_range(&self, start: usize, n: usize) -> TernaryMatrix {
+        TernaryMatrix {
+            rows: n,
+            cols: self.cols,
+            codes: self.codes[start * self.cols..(start + n) * self.cols].to_vec(),
+            scale: self.scale,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_non_ternary_code_is_found_past_the_vectorized_pass() {
+        for bad in [2i8, -2, 127, -128] {
+            let mut codes = vec![1i8; 300 * 700];
+            codes[150_001] = bad;
+            codes[200_000] = 5;
+            match TernaryMatrix::new(300, 700, codes, 1.0) {
+                Err(CoreError::NotTernary { code, index }) => {
+                    assert_eq!((code, index), (bad, 150_001))
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(TernaryMatrix::new(300, 700, vec![-1; 300 * 700], 1.0).is_ok());
+    }
+
+    #[test]
+    fn a_range_of_rows_is_those_rows() {
+        let codes: Vec<i8> = (0..5 * 3).map(|i| (i % 3) as i8 - 1).collect();
+        let m = TernaryMatrix::new(5, 3, codes, 0.25).unwrap();
+        let part = m.rows_range(1, 3);
+        assert_eq!((part.rows(), part.cols(), part.scale()), (3, 3, 0.25));
+        assert_eq!(part.codes(), &m.codes()[3..12]);
     }
 }

@@ -174,10 +174,26 @@ impl PackedTrits {
         if !packed.is_empty() {
             for (r, packed_row) in packed.chunks_exact_mut(blocks_per_row * B).enumerate() {
                 let row = m.row(r);
-                for (k, block) in packed_row.chunks_exact_mut(B).enumerate() {
+                let full = cols / W;
+                let (head, tail) = packed_row.split_at_mut(full * B);
+                // Whole blocks without per-element bounds checks (loading 2B4T spent most of
+                // its time in this loop's general form below). Codes are validated ternary by
+                // TernaryMatrix, so t + 1 is 0, 1 or 2.
+                for (block, codes) in head.chunks_exact_mut(B).zip(row.chunks_exact(W)) {
+                    let (d0, rest) = codes.split_at(B);
+                    let (d1, rest) = rest.split_at(B);
+                    let (d2, rest) = rest.split_at(B);
+                    let (d3, d4) = rest.split_at(B);
+                    let digits = d0.iter().zip(d1).zip(d2).zip(d3).zip(d4);
+                    for (byte, ((((&a, &b), &c), &d), &e)) in block.iter_mut().zip(digits) {
+                        let u = |t: i8| (t + 1) as u8;
+                        *byte = encode([u(a), u(b), u(c), u(d), u(e)]);
+                    }
+                }
+                for (k, block) in tail.chunks_exact_mut(B).enumerate() {
+                    let k = full + k;
                     for (j, byte) in block.iter_mut().enumerate() {
-                        // Codes are validated ternary by TernaryMatrix, so t + 1 is 0, 1 or 2;
-                        // columns past the row's end are padding, t = 0.
+                        // Columns past the row's end are padding, t = 0.
                         let u = std::array::from_fn(|i| {
                             (row.get(k * W + i * B + j).copied().unwrap_or(0) + 1) as u8
                         });

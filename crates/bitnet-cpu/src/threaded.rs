@@ -50,11 +50,7 @@ impl LinearKernel for Threaded {
         let mut start = 0;
         while start < rows {
             let n = part_rows.min(rows - start);
-            let codes = w.codes()[start * cols..(start + n) * cols].to_vec();
-            parts.push(
-                self.inner
-                    .prepare(&TernaryMatrix::new(n, cols, codes, w.scale())?)?,
-            );
+            parts.push(self.inner.prepare(&w.rows_range(start, n))?);
             start += n;
         }
         Ok(Box::new(ThreadedLinear {

@@ -124,8 +124,8 @@ impl Norm {
     }
 }
 
-/// Decoded weights of a model, by role.
-pub trait WeightSource {
+/// Decoded weights of a model, by role. Shared by the threads that load layers in parallel.
+pub trait WeightSource: Sync {
     /// Hyper-parameters.
     fn config(&self) -> &ModelConfig;
     /// A BitLinear's ternary codes and per-tensor scale, shape `proj.shape(config)`.
@@ -162,15 +162,14 @@ impl Model {
         kernel: &dyn LinearKernel,
     ) -> Result<Model, ModelError> {
         let c = src.config().clone();
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for i in 0..c.n_layers {
+        let layer = |i: usize| -> Result<Layer, ModelError> {
             let lin =
                 |p: Proj| -> Result<_, ModelError> { Ok(kernel.prepare(&src.ternary(i, p)?)?) };
             let stack = |ps: &[Proj]| {
                 let (m, segments) = src.ternary_stacked(i, ps)?;
                 Stacked::prepare(kernel, &m, segments)
             };
-            layers.push(Layer {
+            Ok(Layer {
                 attn_norm: src.norm(i, Norm::Attn)?,
                 attn_sub_norm: src.norm(i, Norm::AttnSub)?,
                 ffn_norm: src.norm(i, Norm::Ffn)?,
@@ -179,8 +178,9 @@ impl Model {
                 o: lin(Proj::O)?,
                 gate_up: stack(&[Proj::Gate, Proj::Up])?,
                 down: lin(Proj::Down)?,
-            });
-        }
+            })
+        };
+        let layers = in_parallel(c.n_layers, layer)?;
         Model::new(
             c,
             src.embedding()?,
@@ -190,6 +190,43 @@ impl Model {
             kernel,
         )
     }
+}
+
+/// `f(0..n)` in order, computed by up to one thread per core (decoding and repacking a layer's
+/// weights is independent of every other layer's); the error of the lowest failing index.
+fn in_parallel<T: Send>(
+    n: usize,
+    f: impl Fn(usize) -> Result<T, ModelError> + Sync,
+) -> Result<Vec<T>, ModelError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |w| w.get())
+        .min(n);
+    if workers <= 1 {
+        return (0..n).map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, Result<T, ModelError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= n {
+                            break mine;
+                        }
+                        mine.push((i, f(i)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// The input width shared by stacked projections; an error if they differ.
@@ -228,4 +265,28 @@ pub(crate) fn stacked_matrix(
 ) -> Result<(TernaryMatrix, Vec<(usize, f32)>), ModelError> {
     let rows = segments.iter().map(|s| s.0).sum();
     Ok((TernaryMatrix::new(rows, cols, codes, 1.0)?, segments))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_parallel_keeps_the_order_and_reports_the_lowest_failing_index() {
+        let squares = in_parallel(37, |i| Ok(i * i)).unwrap();
+        assert_eq!(squares, (0..37).map(|i| i * i).collect::<Vec<_>>());
+        let err = in_parallel(37, |i| {
+            if i % 10 == 7 {
+                Err(ModelError::Config(format!("layer {i}")))
+            } else {
+                Ok(i)
+            }
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ModelError::Config("layer 7".into()).to_string()
+        );
+        assert!(in_parallel(0, Ok).unwrap().is_empty());
+    }
 }
