@@ -25,14 +25,22 @@ pub fn dot_f16(a: &[f16], x: &[f32]) -> f32 {
 
 /// `out[r * m + j] = rows_r . xs_j` for f16 rows (each `cols` long, `rows.len() / cols` of
 /// them) against `m` vectors. Every product is bit-identical to [`dot_f16`] of the same pair;
-/// on AVX-512 the work is register-blocked (2 rows x 4 vectors) so each loaded activation
-/// serves two rows and each converted weight four vectors.
+/// the work is register-blocked (AVX-512: 2 rows x 4 vectors, AVX2: 2 x 2) so each loaded
+/// activation serves two rows and each converted weight several vectors.
 pub fn dots_f16(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if cols > 0 && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature was detected on this CPU just above.
             return unsafe { x86::dots_f16_avx512(rows, cols, xs, m, out) };
+        }
+        if cols > 0
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { x86::dots_f16_avx2(rows, cols, xs, m, out) };
         }
     }
     for (r, o) in out.chunks_exact_mut(m).enumerate() {
@@ -97,12 +105,8 @@ mod x86 {
     const GROUP_VECTORS: usize = 16;
 
     /// Register-blocked [`dot_f16_avx512`]: the same per-pair accumulation order (two
-    /// accumulators over alternating 16-lane chunks, reduced, then a scalar tail). The rows go
-    /// in blocks of [`BLOCK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk,
-    /// tiles of 2 rows x 4 vectors (each tile shape its own instance of [`dots_tile`], so its
-    /// accumulators and converted rows stay in registers) resume their accumulators from a
-    /// per-thread buffer, so each vector chunk is loaded from L2 once per block of rows rather
-    /// than once per pair of rows (the L2 loads were what bounded the batched head).
+    /// accumulators over alternating 16-lane chunks, reduced, then a scalar tail), in tiles of
+    /// up to 2 rows x 4 vectors ([`dots_blocked`]).
     #[target_feature(enable = "avx512f")]
     pub(super) fn dots_f16_avx512(
         rows: &[f16],
@@ -114,106 +118,176 @@ mod x86 {
         thread_local! {
             static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let n_rows = out.len() / m;
-        let full = cols / 32 * 32;
-        let groups = m.div_ceil(GROUP_VECTORS);
         ACC.with_borrow_mut(|acc| {
-            // Each block zeroes the part it uses below.
-            acc.resize(BLOCK_ROWS * m.min(GROUP_VECTORS) * 2, _mm512_setzero_ps());
-            let mut r0 = 0;
-            while r0 < n_rows {
-                let nr = (n_rows - r0).min(BLOCK_ROWS);
-                for g in 0..groups {
-                    // Vectors j0..j0 + gm: the block's rows (in L1/L2 after the first group)
-                    // against one group at a time, so that a group's chunk and accumulators stay
-                    // in L1 whatever the batch (at 64 vectors in one group they were 64 KB + 128
-                    // KB: batch 64 ran 16% slower per token than batch 16).
-                    let j0 = g * GROUP_VECTORS;
-                    let gm = (m - j0).min(GROUP_VECTORS);
-                    let gx = &xs[j0 * cols..(j0 + gm) * cols];
-                    let last_group = g + 1 == groups;
-                    // The first chunk's tiles start from zero (`dots_tile`), so the buffer only
-                    // needs zeroing when there is no chunk at all (rows under 32 columns).
-                    if full == 0 {
-                        acc[..nr * gm * 2].fill(_mm512_setzero_ps());
-                    }
-                    let mut c0 = 0;
-                    while c0 < full {
-                        let c1 = (c0 + CHUNK_COLS).min(full);
-                        // The rows stream from memory: ask for the next chunk (this block's, or
-                        // after the last group's last chunk the next block's first) while this
-                        // one is multiplied.
-                        if c1 < full {
-                            prefetch_chunk(
-                                rows,
-                                cols,
-                                r0..r0 + nr,
-                                c1..(c1 + CHUNK_COLS).min(full),
-                            );
-                        } else if last_group {
-                            let next = r0 + nr..(r0 + nr + BLOCK_ROWS).min(n_rows);
-                            prefetch_chunk(rows, cols, next, 0..CHUNK_COLS.min(full));
-                        }
-                        let mut r = r0;
-                        while r < r0 + nr {
-                            let rr = if r + 2 <= r0 + nr { 2 } else { 1 };
-                            let mut j = 0;
-                            while j < gm {
-                                let jj = (gm - j).min(4);
-                                let t = Tile {
-                                    rows,
-                                    cols,
-                                    xs: gx,
-                                    m: gm,
-                                    r,
-                                    j,
-                                    c0,
-                                    c1,
-                                    acc_row: r - r0,
-                                };
-                                // SAFETY: rows r..r + rr and vectors j..j + jj of the group
-                                // exist, columns c0..c1 lie within `full`, and `acc` holds
-                                // BLOCK_ROWS x gm x 2.
-                                unsafe {
-                                    match (rr, jj) {
-                                        (2, 4) => dots_tile::<2, 4>(&t, acc),
-                                        (2, 3) => dots_tile::<2, 3>(&t, acc),
-                                        (2, 2) => dots_tile::<2, 2>(&t, acc),
-                                        (2, _) => dots_tile::<2, 1>(&t, acc),
-                                        (_, 4) => dots_tile::<1, 4>(&t, acc),
-                                        (_, 3) => dots_tile::<1, 3>(&t, acc),
-                                        (_, 2) => dots_tile::<1, 2>(&t, acc),
-                                        _ => dots_tile::<1, 1>(&t, acc),
-                                    }
-                                }
-                                j += jj;
-                            }
-                            r += rr;
-                        }
-                        c0 = c1;
-                    }
-                    for a in 0..nr {
-                        let row = &rows[(r0 + a) * cols..(r0 + a + 1) * cols];
-                        for b in 0..gm {
-                            let x = &gx[b * cols..(b + 1) * cols];
-                            let k = (a * gm + b) * 2;
-                            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[k], acc[k + 1]));
-                            for k in full..cols {
-                                sum += row[k].to_f32() * x[k];
-                            }
-                            out[(r0 + a) * m + j0 + b] = sum;
-                        }
+            let tile = |rr: usize, jj: usize, t: &Tile<'_>, acc: &mut [__m512]| {
+                // SAFETY: `dots_blocked` passes tiles that lie within the rows, vectors and
+                // columns, and an `acc` of BLOCK_ROWS x group x 2.
+                unsafe {
+                    match (rr, jj) {
+                        (2, 4) => dots_tile::<__m512, 2, 4>(t, acc),
+                        (2, 3) => dots_tile::<__m512, 2, 3>(t, acc),
+                        (2, 2) => dots_tile::<__m512, 2, 2>(t, acc),
+                        (2, _) => dots_tile::<__m512, 2, 1>(t, acc),
+                        (_, 4) => dots_tile::<__m512, 1, 4>(t, acc),
+                        (_, 3) => dots_tile::<__m512, 1, 3>(t, acc),
+                        (_, 2) => dots_tile::<__m512, 1, 2>(t, acc),
+                        _ => dots_tile::<__m512, 1, 1>(t, acc),
                     }
                 }
-                r0 += nr;
-            }
+            };
+            let reduce = |a: __m512, b: __m512| _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+            let shape = Shape {
+                rows,
+                cols,
+                xs,
+                m,
+                step: 32,
+                max_vectors: 4,
+            };
+            dots_blocked(&shape, out, acc, _mm512_setzero_ps(), tile, reduce);
         });
+    }
+
+    /// Register-blocked [`dot_f16_avx2`]: the same per-pair accumulation order (two accumulators
+    /// over alternating 8-lane chunks, reduced as it does, then a scalar tail), in tiles of up to
+    /// 2 rows x 2 vectors (eight accumulators, two converted rows and a vector: 11 of the 16
+    /// registers).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dots_f16_avx2(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
+        thread_local! {
+            static ACC: std::cell::RefCell<Vec<__m256>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ACC.with_borrow_mut(|acc| {
+            let tile = |rr: usize, jj: usize, t: &Tile<'_>, acc: &mut [__m256]| {
+                // SAFETY: as in `dots_f16_avx512`.
+                unsafe {
+                    match (rr, jj) {
+                        (2, 2) => dots_tile::<__m256, 2, 2>(t, acc),
+                        (2, _) => dots_tile::<__m256, 2, 1>(t, acc),
+                        (_, 2) => dots_tile::<__m256, 1, 2>(t, acc),
+                        _ => dots_tile::<__m256, 1, 1>(t, acc),
+                    }
+                }
+            };
+            let shape = Shape {
+                rows,
+                cols,
+                xs,
+                m,
+                step: 16,
+                max_vectors: 2,
+            };
+            let reduce = |a: __m256, b: __m256| reduce_avx2(a, b);
+            dots_blocked(&shape, out, acc, _mm256_setzero_ps(), tile, reduce);
+        });
+    }
+
+    /// The operands of a blocked head and its SIMD shape: columns per step of the two
+    /// accumulators (`2 x lanes`) and vectors per tile.
+    struct Shape<'a> {
+        rows: &'a [f16],
+        cols: usize,
+        xs: &'a [f32],
+        m: usize,
+        step: usize,
+        max_vectors: usize,
+    }
+
+    /// The blocked product shared by both instruction sets. The rows go in blocks of
+    /// [`BLOCK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk, tiles of up
+    /// to 2 rows x `max_vectors` (`tile(rows, vectors, ..)`, each tile shape its own instance,
+    /// so its accumulators and converted rows stay in registers) resume their accumulators from
+    /// `acc`, so each vector chunk is loaded from L2 once per block of rows rather than once
+    /// per pair of rows (the L2 loads were what bounded the batched head). `reduce` sums a
+    /// pair's two accumulators as the single product does.
+    #[inline(always)]
+    fn dots_blocked<V: Copy>(
+        sh: &Shape<'_>,
+        out: &mut [f32],
+        acc: &mut Vec<V>,
+        zero: V,
+        tile: impl Fn(usize, usize, &Tile<'_>, &mut [V]),
+        reduce: impl Fn(V, V) -> f32,
+    ) {
+        let (rows, cols, xs, m) = (sh.rows, sh.cols, sh.xs, sh.m);
+        let n_rows = out.len() / m;
+        let full = cols / sh.step * sh.step;
+        let groups = m.div_ceil(GROUP_VECTORS);
+        // Each block zeroes the part it uses below.
+        acc.resize(BLOCK_ROWS * m.min(GROUP_VECTORS) * 2, zero);
+        let mut r0 = 0;
+        while r0 < n_rows {
+            let nr = (n_rows - r0).min(BLOCK_ROWS);
+            for g in 0..groups {
+                // Vectors j0..j0 + gm: the block's rows (in L1/L2 after the first group)
+                // against one group at a time, so that a group's chunk and accumulators stay
+                // in L1 whatever the batch (at 64 vectors in one group they were 64 KB + 128
+                // KB: batch 64 ran 16% slower per token than batch 16).
+                let j0 = g * GROUP_VECTORS;
+                let gm = (m - j0).min(GROUP_VECTORS);
+                let gx = &xs[j0 * cols..(j0 + gm) * cols];
+                let last_group = g + 1 == groups;
+                // The first chunk's tiles start from zero (`dots_tile`), so the buffer only
+                // needs zeroing when there is no chunk at all (rows under one step).
+                if full == 0 {
+                    acc[..nr * gm * 2].fill(zero);
+                }
+                let mut c0 = 0;
+                while c0 < full {
+                    let c1 = (c0 + CHUNK_COLS).min(full);
+                    // The rows stream from memory: ask for the next chunk (this block's, or
+                    // after the last group's last chunk the next block's first) while this
+                    // one is multiplied.
+                    if c1 < full {
+                        prefetch_chunk(rows, cols, r0..r0 + nr, c1..(c1 + CHUNK_COLS).min(full));
+                    } else if last_group {
+                        let next = r0 + nr..(r0 + nr + BLOCK_ROWS).min(n_rows);
+                        prefetch_chunk(rows, cols, next, 0..CHUNK_COLS.min(full));
+                    }
+                    let mut r = r0;
+                    while r < r0 + nr {
+                        let rr = if r + 2 <= r0 + nr { 2 } else { 1 };
+                        let mut j = 0;
+                        while j < gm {
+                            let jj = (gm - j).min(sh.max_vectors);
+                            let t = Tile {
+                                rows,
+                                cols,
+                                xs: gx,
+                                m: gm,
+                                r,
+                                j,
+                                c0,
+                                c1,
+                                acc_row: r - r0,
+                            };
+                            tile(rr, jj, &t, acc);
+                            j += jj;
+                        }
+                        r += rr;
+                    }
+                    c0 = c1;
+                }
+                for a in 0..nr {
+                    let row = &rows[(r0 + a) * cols..(r0 + a + 1) * cols];
+                    for b in 0..gm {
+                        let x = &gx[b * cols..(b + 1) * cols];
+                        let k = (a * gm + b) * 2;
+                        let mut sum = reduce(acc[k], acc[k + 1]);
+                        for k in full..cols {
+                            sum += row[k].to_f32() * x[k];
+                        }
+                        out[(r0 + a) * m + j0 + b] = sum;
+                    }
+                }
+            }
+            r0 += nr;
+        }
     }
 
     /// Prefetches columns `cs` (32 f16 = one cache line at a time) of rows `rs` of `rows`
     /// (`cols` wide).
     #[inline]
-    #[target_feature(enable = "avx512f")]
     fn prefetch_chunk(
         rows: &[f16],
         cols: usize,
@@ -222,13 +296,14 @@ mod x86 {
     ) {
         for a in rs {
             for c in cs.clone().step_by(32) {
-                // A hint: nothing is accessed, and the address lies inside `rows`.
-                _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast());
+                // SAFETY: SSE is part of every x86-64 CPU; a prefetch is a hint that accesses
+                // nothing, and the address lies inside `rows`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast()) };
             }
         }
     }
 
-    /// A tile of [`dots_f16_avx512`]: rows from `r`, vectors from `j`, columns `c0..c1`; its
+    /// A tile of [`dots_blocked`]: rows from `r`, vectors from `j`, columns `c0..c1`; its
     /// accumulators live in the block's buffer from row `acc_row` of the block.
     struct Tile<'a> {
         rows: &'a [f16],
@@ -242,20 +317,86 @@ mod x86 {
         acc_row: usize,
     }
 
+    /// The f32 vectors of one instruction set, as the blocked head's tiles use them.
+    trait Lanes: Copy {
+        /// Lanes per vector.
+        const N: usize;
+        /// # Safety
+        /// The CPU has the instruction set (as for all the methods).
+        unsafe fn zero() -> Self;
+        /// `N` f16 from `p`, widened. # Safety: `N` readable values at `p`.
+        unsafe fn load_h(p: *const f16) -> Self;
+        /// `N` f32 from `p`. # Safety: `N` readable values at `p`.
+        unsafe fn load_x(p: *const f32) -> Self;
+        /// `a * b + c`, fused.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    }
+
+    impl Lanes for __m512 {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's CPU has AVX-512F.
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load_h(p: *const f16) -> Self {
+            // SAFETY: 16 f16 (a transparent u16) at p; AVX-512F.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load_x(p: *const f32) -> Self {
+            // SAFETY: 16 f32 at p; AVX-512F.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: AVX-512F.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+    }
+
+    impl Lanes for __m256 {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's CPU has AVX.
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load_h(p: *const f16) -> Self {
+            // SAFETY: 8 f16 (a transparent u16) at p; F16C.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load_x(p: *const f32) -> Self {
+            // SAFETY: 8 f32 at p; AVX.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: FMA.
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+    }
+
     /// `RR` rows from `t.r` against `JJ` vectors from `t.j` over columns `t.c0..t.c1` (a
-    /// multiple of 32 apart), resuming the accumulators from `acc` (from zero in the first
-    /// chunk) and saving them there.
+    /// multiple of `2 V::N` apart), two accumulators per pair over alternating `V::N`-column
+    /// chunks, resumed from `acc` (from zero in the first chunk) and saved there. Inlined into
+    /// each instruction set's entry point, whose features it then runs with.
     ///
     /// # Safety
     ///
-    /// Rows `t.r..t.r + RR` and vectors `t.j..t.j + JJ` exist; `t.c1 <= t.cols`; `acc` holds
-    /// `(t.acc_row + RR) * t.m * 2` accumulators.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dots_tile<const RR: usize, const JJ: usize>(t: &Tile<'_>, acc: &mut [__m512]) {
+    /// The CPU has `V`'s instruction set; rows `t.r..t.r + RR` and vectors `t.j..t.j + JJ`
+    /// exist; `t.c1 <= t.cols`; `acc` holds `(t.acc_row + RR) * t.m * 2` accumulators.
+    #[inline(always)]
+    unsafe fn dots_tile<V: Lanes, const RR: usize, const JJ: usize>(t: &Tile<'_>, acc: &mut [V]) {
         let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
         let slot = |a: usize, b: usize| ((t.acc_row + a) * t.m + j + b) * 2;
-        let mut reg = [[[_mm512_setzero_ps(); 2]; JJ]; RR];
+        // SAFETY (every call below): the instruction set is there (the caller's promise), and
+        // rows r + a, vectors j + b and columns o..o + V::N exist.
+        let zero = unsafe { V::zero() };
+        let mut reg = [[[zero; 2]; JJ]; RR];
         if t.c0 > 0 {
             for (a, reg_a) in reg.iter_mut().enumerate() {
                 for (b, reg_ab) in reg_a.iter_mut().enumerate() {
@@ -266,25 +407,19 @@ mod x86 {
         let mut i = t.c0;
         while i < t.c1 {
             for s in 0..2 {
-                let o = i + 16 * s;
-                let mut w = [_mm512_setzero_ps(); RR];
+                let o = i + V::N * s;
+                let mut w = [zero; RR];
                 for (a, wv) in w.iter_mut().enumerate() {
-                    // SAFETY: row r + a exists and o + 16 <= cols.
-                    *wv = unsafe {
-                        _mm512_cvtph_ps(_mm256_loadu_si256(
-                            rows.as_ptr().add((r + a) * cols + o).cast(),
-                        ))
-                    };
+                    *wv = unsafe { V::load_h(rows.as_ptr().add((r + a) * cols + o)) };
                 }
                 for b in 0..JJ {
-                    // SAFETY: vector j + b exists and o + 16 <= cols.
-                    let xv = unsafe { _mm512_loadu_ps(xs.as_ptr().add((j + b) * cols + o)) };
+                    let xv = unsafe { V::load_x(xs.as_ptr().add((j + b) * cols + o)) };
                     for (reg_a, wv) in reg.iter_mut().zip(&w) {
-                        reg_a[b][s] = _mm512_fmadd_ps(*wv, xv, reg_a[b][s]);
+                        reg_a[b][s] = unsafe { V::fma(*wv, xv, reg_a[b][s]) };
                     }
                 }
             }
-            i += 32;
+            i += 2 * V::N;
         }
         for (a, reg_a) in reg.iter().enumerate() {
             for (b, reg_ab) in reg_a.iter().enumerate() {
@@ -292,6 +427,16 @@ mod x86 {
                 acc[slot(a, b) + 1] = reg_ab[1];
             }
         }
+    }
+
+    /// The sum of [`dot_f16_avx2`]'s two accumulators: added, then the eight lanes in order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce_avx2(a: __m256, b: __m256) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a, b)) };
+        lanes.iter().sum()
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -311,11 +456,7 @@ mod x86 {
             }
             i += 16;
         }
-        let s = _mm256_add_ps(acc[0], acc[1]);
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-        let mut sum: f32 = lanes.iter().sum();
+        let mut sum = reduce_avx2(acc[0], acc[1]);
         for k in i..n {
             sum += a[k].to_f32() * x[k];
         }
