@@ -192,14 +192,20 @@ impl Model {
     }
 }
 
-/// `f(0..n)` in order, computed by up to one thread per core (decoding and repacking a layer's
-/// weights is independent of every other layer's); the error of the lowest failing index.
+/// Most threads that load layers at once: each holds one layer's decoded codes while it repacks
+/// them (about 80 MB for 2B4T's FFN), and loading is bound by memory long before eight.
+const LOAD_THREADS: usize = 8;
+
+/// `f(0..n)` in order, computed by up to one thread per core ([`LOAD_THREADS`] at most;
+/// decoding and repacking a layer's weights is independent of every other layer's); the error
+/// of the lowest failing index.
 fn in_parallel<T: Send>(
     n: usize,
     f: impl Fn(usize) -> Result<T, ModelError> + Sync,
 ) -> Result<Vec<T>, ModelError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |w| w.get())
+        .min(LOAD_THREADS)
         .min(n);
     if workers <= 1 {
         return (0..n).map(f).collect();

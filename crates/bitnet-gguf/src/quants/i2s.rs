@@ -80,8 +80,12 @@ fn decode_blocks(body: &[u8], start: usize, out: &mut [i8]) -> usize {
         return 0;
     }
     let first = start / QK_I2_S;
-    let n = (out.len() / QK_I2_S).min((body.len() / BLOCK_BYTES).saturating_sub(first));
-    let (src, _) = body[first * BLOCK_BYTES..][..n * BLOCK_BYTES].as_chunks::<BLOCK_BYTES>();
+    // Past the end of the codes: none here (the element-wise loop reports it).
+    let Some(rest) = first.checked_mul(BLOCK_BYTES).and_then(|b| body.get(b..)) else {
+        return 0;
+    };
+    let n = (out.len() / QK_I2_S).min(rest.len() / BLOCK_BYTES);
+    let (src, _) = rest[..n * BLOCK_BYTES].as_chunks::<BLOCK_BYTES>();
     let (dst, _) = out[..n * QK_I2_S].as_chunks_mut::<QK_I2_S>();
     let mut three = 0u8;
     for (d, b) in dst.iter_mut().zip(src) {
@@ -212,6 +216,11 @@ mod tests {
             let mut out = vec![9i8; len];
             decode_codes(&bytes, start, &mut out).unwrap();
             assert_eq!(out, codes[start..start + len], "start {start} len {len}");
+        }
+        // Ranges past the codes are errors, from a block boundary or not.
+        for start in [640, 768, 1 << 40, 641] {
+            let err = decode_codes(&bytes, start, &mut [0i8; 128]).unwrap_err();
+            assert!(err.to_string().contains("past the 640 codes"), "{err}");
         }
         // A code 3 inside a later block is reported at its element, whichever path meets it.
         let mut bad = bytes.clone();
