@@ -98,6 +98,8 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     avx512: blocks32::row_avx512::<x86::Q4>,
     #[cfg(target_arch = "x86_64")]
     avx2: blocks32::row_avx2::<x86::Q4>,
+    #[cfg(target_arch = "x86_64")]
+    avx2_x4: None,
 };
 
 /// `block . xq` (one block of 18 bytes, 32 activation codes) as an exact i32 sum of

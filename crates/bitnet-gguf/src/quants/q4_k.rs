@@ -311,6 +311,8 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     avx512: x86::row_avx512,
     #[cfg(target_arch = "x86_64")]
     avx2: x86::row_avx2,
+    #[cfg(target_arch = "x86_64")]
+    avx2_x4: None,
 };
 
 /// Portable reference: per 32-value sub-block `j` (one activation block), the exact i32 sums

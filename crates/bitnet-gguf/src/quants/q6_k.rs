@@ -241,6 +241,8 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     avx512: x86::row_avx512,
     #[cfg(target_arch = "x86_64")]
     avx2: x86::row_avx2,
+    #[cfg(target_arch = "x86_64")]
+    avx2_x4: Some(x86::row_avx2_x4),
 };
 
 /// Level (`q - 32`, in -32..32) of value `v` (0..256) of a super-block.
@@ -373,79 +375,101 @@ mod x86 {
     /// scales, then `d_x` per lane in f32 and `d` per super-block.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
-        let m0f = _mm256_set1_epi8(0x0F);
-        let m30 = _mm256_set1_epi8(0x30);
-        let ones = _mm256_set1_epi16(1);
-        let masks = scale_masks::<8>(2);
-        // SAFETY: each mask is 16 bytes.
-        let masks = masks.map(|m| unsafe { _mm_loadu_si128(m.as_ptr().cast()) });
-        let mut acc = _mm256_setzero_ps();
-        for s in 0..n {
-            // SAFETY: super-block s lies inside `row` (s < n): bytes 192..208 and 208..210.
-            let (scv, d) = unsafe {
+        // SAFETY: this function is compiled for the body's features.
+        let [y] = unsafe { rows_avx2::<1>(row, [x]) };
+        y
+    }
+
+    /// [`row_avx2`] of one row against four vectors: each super-block's levels and scales are
+    /// unpacked once for all four (a batched head unpacked them once per vector), and each
+    /// vector's product goes through exactly the operations [`row_avx2`] applies to it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn row_avx2_x4(row: &[u8], xs: [ActRef<'_>; 4]) -> [f32; 4] {
+        // SAFETY: this function is compiled for the body's features.
+        unsafe { rows_avx2(row, xs) }
+    }
+
+    /// The row kernel against `V` vectors, inlined into its callers (which carry the target
+    /// features).
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX2, FMA and F16C.
+    #[inline(always)]
+    unsafe fn rows_avx2<const V: usize>(row: &[u8], xs: [ActRef<'_>; V]) -> [f32; V] {
+        let mut n = 0;
+        for x in &xs {
+            n = x.blocks_of(row, BLOCK_BYTES, QK_K);
+        }
+        // SAFETY: the CPU has the features (the caller's promise).
+        unsafe {
+            let m0f = _mm256_set1_epi8(0x0F);
+            let m30 = _mm256_set1_epi8(0x30);
+            let ones = _mm256_set1_epi16(1);
+            let masks = scale_masks::<8>(2);
+            // SAFETY: each mask is 16 bytes.
+            let masks = masks.map(|m| _mm_loadu_si128(m.as_ptr().cast()));
+            let mut acc = [_mm256_setzero_ps(); V];
+            for s in 0..n {
+                // SAFETY: super-block s lies inside `row` (s < n): bytes 192..208 and 208..210.
                 let blk = row.as_ptr().add(s * BLOCK_BYTES);
-                (
-                    _mm_loadu_si128(blk.add(192).cast()),
-                    u16::from_le_bytes([*blk.add(208), *blk.add(209)]),
-                )
-            };
-            let mut sacc = _mm256_setzero_ps();
-            for h in 0..2 {
-                // SAFETY: as above (64 * h + 64 <= 128, 128 + 32 * h + 32 <= 192).
-                let (ql0, ql1, qh) = unsafe {
-                    let blk = row.as_ptr().add(s * BLOCK_BYTES);
-                    (
-                        _mm256_loadu_si256(blk.add(64 * h).cast()),
-                        _mm256_loadu_si256(blk.add(64 * h + 32).cast()),
-                        _mm256_loadu_si256(blk.add(128 + 32 * h).cast()),
-                    )
-                };
-                let levels = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m0f),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m0f),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0f),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0f),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                    ),
-                ];
-                for (c, w) in levels.into_iter().enumerate() {
-                    let chunk = 4 * h + c;
-                    let e = s * QK_K + 32 * chunk;
-                    // SAFETY: x covers n super-blocks (`check`): codes e..e+32 and lanes
-                    // e/4..e/4+8 are in bounds.
-                    let (xv, ns, xs) = unsafe {
-                        (
-                            _mm256_loadu_si256(x.q.as_ptr().add(e).cast()),
-                            _mm256_loadu_si256(x.neg_sum.as_ptr().add(e / LANE).cast()),
-                            _mm256_loadu_ps(x.scale.as_ptr().add(e / LANE)),
-                        )
-                    };
-                    let dot = _mm256_add_epi32(
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones),
-                        _mm256_slli_epi32(ns, 5),
-                    );
-                    let sc = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(scv, masks[chunk]));
-                    let prod = _mm256_mullo_epi32(dot, sc);
-                    sacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), xs, sacc);
+                let scv = _mm_loadu_si128(blk.add(192).cast());
+                let d = u16::from_le_bytes([*blk.add(208), *blk.add(209)]);
+                let mut sacc = [_mm256_setzero_ps(); V];
+                for h in 0..2 {
+                    // SAFETY: as above (64 * h + 64 <= 128, 128 + 32 * h + 32 <= 192).
+                    let ql0 = _mm256_loadu_si256(blk.add(64 * h).cast());
+                    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast());
+                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h).cast());
+                    let levels = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql0, m0f),
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql1, m0f),
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m0f),
+                            _mm256_and_si256(qh, m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m0f),
+                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                        ),
+                    ];
+                    for (c, w) in levels.into_iter().enumerate() {
+                        let chunk = 4 * h + c;
+                        let e = s * QK_K + 32 * chunk;
+                        let sc = _mm256_cvtepi8_epi32(_mm_shuffle_epi8(scv, masks[chunk]));
+                        for (x, sacc) in xs.iter().zip(&mut sacc) {
+                            // SAFETY: x covers n super-blocks (`blocks_of`): codes e..e+32 and
+                            // lanes e/4..e/4+8 are in bounds.
+                            let xv = _mm256_loadu_si256(x.q.as_ptr().add(e).cast());
+                            let ns = _mm256_loadu_si256(x.neg_sum.as_ptr().add(e / LANE).cast());
+                            let xsc = _mm256_loadu_ps(x.scale.as_ptr().add(e / LANE));
+                            let dot = _mm256_add_epi32(
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones),
+                                _mm256_slli_epi32(ns, 5),
+                            );
+                            let prod = _mm256_mullo_epi32(dot, sc);
+                            *sacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(prod), xsc, *sacc);
+                        }
+                    }
+                }
+                let dv = _mm256_set1_ps(h2f(d));
+                for (acc, sacc) in acc.iter_mut().zip(sacc) {
+                    *acc = _mm256_fmadd_ps(sacc, dv, *acc);
                 }
             }
-            acc = _mm256_fmadd_ps(sacc, _mm256_set1_ps(h2f(d)), acc);
+            acc.map(|acc| {
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` holds 8 f32.
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+                lanes.iter().sum()
+            })
         }
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        lanes.iter().sum()
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     avx512: blocks32::row_avx512::<x86::Q8>,
     #[cfg(target_arch = "x86_64")]
     avx2: blocks32::row_avx2::<x86::Q8>,
+    #[cfg(target_arch = "x86_64")]
+    avx2_x4: None,
 };
 
 /// Block `b`'s f16 scale.
