@@ -27,12 +27,20 @@ pub(crate) trait Blocks32 {
     /// Both blocks are readable; the CPU has AVX-512 F/BW.
     unsafe fn pair_codes(pa: *const u8, pb: *const u8) -> __m512i;
 
-    /// `acc + (block b of row) . x` per lane with AVX2.
+    /// The codes of the block at `pa` as the AVX2 step takes them ([`Blocks32::dot_avx2`]).
     ///
     /// # Safety
     ///
-    /// `b` is a block of `row` and `x` covers it; the CPU has AVX2, FMA and F16C.
-    unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256;
+    /// The block is readable; the CPU has AVX2.
+    unsafe fn weights_avx2(pa: *const u8) -> __m256i;
+
+    /// The exact i32 sums per lane of block `b`'s codes `w` ([`Blocks32::weights_avx2`]) times
+    /// `x`'s codes.
+    ///
+    /// # Safety
+    ///
+    /// `x` covers block `b`; the CPU has AVX2.
+    unsafe fn dot_avx2(w: __m256i, x: ActRef<'_>, b: usize) -> __m256i;
 
     /// Block `b`'s exact i32 sum of code products (the tail of the AVX-512 loop).
     fn block_isum(block: &[u8], xq: &[i8]) -> i32;
@@ -97,25 +105,65 @@ unsafe fn pair_avx512<B: Blocks32>(row: &[u8], x: ActRef<'_>, b: usize, acc: __m
     }
 }
 
-/// One block per step ([`Blocks32::block_avx2`]), two accumulators, summed at the end.
+/// One block per step, two accumulators (even and odd blocks), summed at the end; each
+/// block's i32 lanes are scaled by `d_w * d_x` in f32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn row_avx2<B: Blocks32>(row: &[u8], x: ActRef<'_>) -> f32 {
-    let nb = x.blocks_of(row, B::BYTES, QK);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut b = 0;
-    while b + 2 <= nb {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: b + k < nb.
-            *acc = unsafe { B::block_avx2(row, x, b + k, *acc) };
+    // SAFETY: this function is compiled for the body's features.
+    let [y] = unsafe { rows_avx2::<B, 1>(row, [x]) };
+    y
+}
+
+/// [`row_avx2`] of one row against four vectors: each block's codes and scale are loaded and
+/// prepared once for all four, and each vector's product goes through exactly the operations
+/// [`row_avx2`] applies to it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn row_avx2_x4<B: Blocks32>(row: &[u8], xs: [ActRef<'_>; 4]) -> [f32; 4] {
+    // SAFETY: this function is compiled for the body's features.
+    unsafe { rows_avx2::<B, 4>(row, xs) }
+}
+
+/// The AVX2 row driver against `V` vectors. (A target-feature function, not merely inlined into
+/// one: closures inherit the features only from the function they are written in.)
+///
+/// # Safety
+///
+/// The CPU has AVX2, FMA and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_avx2<B: Blocks32, const V: usize>(row: &[u8], xs: [ActRef<'_>; V]) -> [f32; V] {
+    let mut nb = 0;
+    for x in &xs {
+        nb = x.blocks_of(row, B::BYTES, QK);
+    }
+    // SAFETY (every call below): the CPU has the features (the caller's promise); blocks
+    // b < nb lie inside `row`, and every x covers them (`blocks_of`).
+    unsafe {
+        let step = |b: usize, acc: &mut [[__m256; 2]; V], k: usize| {
+            let pa = row.as_ptr().add(b * B::BYTES);
+            let w = B::weights_avx2(pa);
+            let dw = h2f(pa.cast::<u16>().read_unaligned().to_le());
+            for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                let s = _mm256_set1_ps(dw * *x.scale.get_unchecked(b * QK / LANE));
+                let dot = B::dot_avx2(w, *x, b);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc[k]);
+            }
+        };
+        let mut acc = [[_mm256_setzero_ps(); 2]; V];
+        let mut b = 0;
+        while b + 2 <= nb {
+            step(b, &mut acc, 0);
+            step(b + 1, &mut acc, 1);
+            b += 2;
         }
-        b += 2;
+        if b < nb {
+            step(b, &mut acc, 0);
+        }
+        acc.map(|[a0, a1]| {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 f32.
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1));
+            lanes.iter().sum()
+        })
     }
-    if b < nb {
-        // SAFETY: b < nb.
-        acc[0] = unsafe { B::block_avx2(row, x, b, acc[0]) };
-    }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` holds 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1])) };
-    lanes.iter().sum()
 }

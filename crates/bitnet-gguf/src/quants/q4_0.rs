@@ -99,7 +99,7 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     #[cfg(target_arch = "x86_64")]
     avx2: blocks32::row_avx2::<x86::Q4>,
     #[cfg(target_arch = "x86_64")]
-    avx2_x4: None,
+    avx2_x4: Some(blocks32::row_avx2_x4::<x86::Q4>),
 };
 
 /// `block . xq` (one block of 18 bytes, 32 activation codes) as an exact i32 sum of
@@ -134,9 +134,8 @@ fn row_scalar(row: &[u8], x: ActRef<'_>) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ActRef, BLOCK_BYTES, LANE, QK4_0};
+    use super::{ActRef, BLOCK_BYTES, QK4_0};
     use crate::quants::blocks32::Blocks32;
-    use crate::quants::dot::h2f;
 
     /// Q4_0 in the shared row drivers. AVX-512: the 2 x 16 code bytes are spread over the four
     /// 128-bit lanes of a register as `[a, a, b, b]`; lanes 1 and 3 are shifted right by 4, and
@@ -167,31 +166,32 @@ mod x86 {
         }
 
         #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
-            // SAFETY: block b lies inside `row` and its codes (bytes 2..18) too; codes
-            // b*32..b*32+32, lanes b*8..b*8+8 and scale b*8 of x exist (the caller's contract).
-            let (q, xv, ns, bits, dx) = unsafe {
-                let pa = row.as_ptr().add(b * BLOCK_BYTES);
-                (
-                    _mm_loadu_si128(pa.add(2).cast()),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK4_0).cast()),
-                    _mm256_loadu_si256(x.neg_sum.as_ptr().add(b * 8).cast()),
-                    pa.cast::<u16>().read_unaligned().to_le(),
-                    *x.scale.get_unchecked(b * QK4_0 / LANE),
-                )
-            };
-            let w = _mm256_and_si256(
+        #[target_feature(enable = "avx2")]
+        unsafe fn weights_avx2(pa: *const u8) -> __m256i {
+            // SAFETY: the block's codes (bytes 2..18) are readable (the caller's contract).
+            let q = unsafe { _mm_loadu_si128(pa.add(2).cast()) };
+            _mm256_and_si256(
                 _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
                 _mm256_set1_epi8(0x0F),
-            );
+            )
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn dot_avx2(w: __m256i, x: ActRef<'_>, b: usize) -> __m256i {
+            // SAFETY: codes b*32..b*32+32 and lanes b*8..b*8+8 of x exist (the caller's
+            // contract).
+            let (xv, ns) = unsafe {
+                (
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK4_0).cast()),
+                    _mm256_loadu_si256(x.neg_sum.as_ptr().add(b * 8).cast()),
+                )
+            };
             let pairs = _mm256_maddubs_epi16(w, xv);
-            let dot = _mm256_add_epi32(
+            _mm256_add_epi32(
                 _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
                 _mm256_slli_epi32::<3>(ns),
-            );
-            let s = _mm256_set1_ps(h2f(bits) * dx);
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
+            )
         }
 
         fn block_isum(block: &[u8], xq: &[i8]) -> i32 {

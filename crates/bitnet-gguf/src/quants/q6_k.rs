@@ -389,13 +389,14 @@ mod x86 {
         unsafe { rows_avx2(row, xs) }
     }
 
-    /// The row kernel against `V` vectors, inlined into its callers (which carry the target
-    /// features).
+    /// The row kernel against `V` vectors. (A target-feature function, not merely inlined into
+    /// one: closures inherit the features only from the function they are written in.)
     ///
     /// # Safety
     ///
     /// The CPU has AVX2, FMA and F16C.
-    #[inline(always)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn rows_avx2<const V: usize>(row: &[u8], xs: [ActRef<'_>; V]) -> [f32; V] {
         let mut n = 0;
         for x in &xs {

@@ -71,7 +71,7 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     #[cfg(target_arch = "x86_64")]
     avx2: blocks32::row_avx2::<x86::Q8>,
     #[cfg(target_arch = "x86_64")]
-    avx2_x4: None,
+    avx2_x4: Some(blocks32::row_avx2_x4::<x86::Q8>),
 };
 
 /// Block `b`'s f16 scale.
@@ -108,9 +108,8 @@ fn block_isum(block: &[u8], xq: &[i8]) -> i32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ActRef, BLOCK_BYTES, LANE, QK8_0};
+    use super::{ActRef, BLOCK_BYTES, QK8_0};
     use crate::quants::blocks32::Blocks32;
-    use crate::quants::dot::h2f;
 
     /// Q8_0 in the shared row drivers: the 64 weight codes are flipped to unsigned (`w + 128`)
     /// for `vpdpbusd` (AVX-512); with AVX2 `vpmaddubsw(|w|, sign(x, w))` (pair sums <= 2 * 128 *
@@ -134,23 +133,19 @@ mod x86 {
         }
 
         #[inline]
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn block_avx2(row: &[u8], x: ActRef<'_>, b: usize, acc: __m256) -> __m256 {
-            // SAFETY: block b lies inside `row` and its codes (bytes 2..34) too; codes
-            // b*32..b*32+32 and lane b*8 of x exist (the caller's contract).
-            let (w, xv, bits, dx) = unsafe {
-                let pa = row.as_ptr().add(b * BLOCK_BYTES);
-                (
-                    _mm256_loadu_si256(pa.add(2).cast()),
-                    _mm256_loadu_si256(x.q.as_ptr().add(b * QK8_0).cast()),
-                    pa.cast::<u16>().read_unaligned().to_le(),
-                    *x.scale.get_unchecked(b * QK8_0 / LANE),
-                )
-            };
+        #[target_feature(enable = "avx2")]
+        unsafe fn weights_avx2(pa: *const u8) -> __m256i {
+            // SAFETY: the block's codes (bytes 2..34) are readable (the caller's contract).
+            unsafe { _mm256_loadu_si256(pa.add(2).cast()) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn dot_avx2(w: __m256i, x: ActRef<'_>, b: usize) -> __m256i {
+            // SAFETY: codes b*32..b*32+32 of x exist (the caller's contract).
+            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * QK8_0).cast()) };
             let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-            let dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-            let s = _mm256_set1_ps(h2f(bits) * dx);
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, acc)
+            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
         }
 
         fn block_isum(block: &[u8], xq: &[i8]) -> i32 {
