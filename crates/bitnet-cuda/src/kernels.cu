@@ -597,6 +597,155 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
+
+// Batches of over 16 tokens (opt-in, BITNET_CUDA_WIDE=1, until measured on a GPU): 32-token
+// tiles (blockIdx.y) on the tensor cores, the tile's codes
+// staged in shared memory once per block and shared by its eight warps, each of which owns two
+// strips (32 rows) of the block's 256 and walks the block's k-groups. ternary_mma_4 (warps split
+// K, 32 rows per block) re-read every activation fragment from L2 once per 32 weight rows: at
+// batch 64 the FFN's gate/up product read 70 MB of codes for 8.8 MB of weights (ncu: 22.5 us).
+// Here it is once per 256 rows. Where that leaves the grid short of the GPU, blockIdx.z splits
+// the k-groups (KCHUNK each): the blocks add exact int32 partial sums into `gacc` (tokens x rows,
+// zero between launches), and the last block of a tile to finish applies the epilogue and clears
+// them and its counter, so any split gives the same outputs bit for bit.
+#define WIDE_ROWS 256
+#define WIDE_RING 4
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool fill) {
+    u32 d = (u32)__cvta_generic_to_shared(dst);
+    int n = fill ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zeroed
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n) : "memory");
+}
+extern "C" __global__ void __launch_bounds__(NW * 32, 2)
+    ternary_mma_wide(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                     const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                     const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate, int kchunk,
+                     int* gacc, u32* counters) {
+    extern __shared__ __align__(16) unsigned char xs[];
+    __shared__ int last;
+    PDL_ENTRY();
+    int t0 = blockIdx.y * 32;
+    T = min(T - t0, 32);
+    codes += (size_t)t0 * kpad;
+    xscale += t0;
+    xsum += t0;
+    out += (size_t)t0 * out_stride;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int q0 = blockIdx.z * kchunk, nq = min(kgroups - q0, kchunk);
+    int pitch = nq * 128 + 16;  // 16 bytes more than a row: the eight tokens of a fragment load
+                                // fall in different banks
+    int strips = (rows + 15) / 16;
+    int s0 = blockIdx.x * (WIDE_ROWS / 16) + warp * 2;
+    bool has0 = s0 < strips, has1 = s0 + 1 < strips;
+    const uint4* ws0 = W + ((size_t)s0 * kgroups + q0) * 32 + lane;
+    const uint4* ws1 = ws0 + (size_t)kgroups * 32;
+    const uint4 zero_w = make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u);  // codes 1: w = 0
+    // The first WIDE_RING k-groups' weights (DRAM) in flight before the codes are staged.
+    uint4 ring[WIDE_RING][2];
+#pragma unroll
+    for (int d = 0; d < WIDE_RING; d++) {
+        ring[d][0] = (has0 && d < nq) ? __ldg(ws0 + (size_t)d * 32) : zero_w;
+        ring[d][1] = (has1 && d < nq) ? __ldg(ws1 + (size_t)d * 32) : zero_w;
+    }
+    int units = nq * 8;  // 16-byte units per token row
+    int trows = (T + 7) & ~7;  // the tiles read (8 tokens each); padding tokens zeroed
+    for (int i = threadIdx.x; i < trows * units; i += blockDim.x) {
+        int tok = i / units, u = i - tok * units;
+        bool real = tok < T;
+        const i8* src = codes + (size_t)(real ? tok : 0) * kpad + q0 * 128 + u * 16;
+        cp_async16(xs + tok * pitch + u * 16, src, real);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();
+    int acc[2][4][4];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int n = 0; n < 4; n++) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0;
+    if (has0) {
+        const unsigned char* xl = xs + g * pitch + tq * 32;
+        for (int base = 0; base < nq; base += WIDE_RING) {
+#pragma unroll
+            for (int d = 0; d < WIDE_RING; d++) {
+                int i = base + d;
+                if (i < nq) {
+                    u32 a[2][4][4];
+                    unpack_a(ring[d][0], a[0]);
+                    unpack_a(ring[d][1], a[1]);
+                    if (i + WIDE_RING < nq) {
+                        ring[d][0] = __ldg(ws0 + (size_t)(i + WIDE_RING) * 32);
+                        ring[d][1] = has1 ? __ldg(ws1 + (size_t)(i + WIDE_RING) * 32) : zero_w;
+                    }
+#pragma unroll
+                    for (int n = 0; n < 4; n++) {
+                        if (n * 8 < T) {
+                            const uint4* xp = (const uint4*)(xl + n * 8 * pitch + i * 128);
+                            uint4 x0 = xp[0], x1 = xp[1];
+                            u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+                            for (int r = 0; r < 2; r++) {
+#pragma unroll
+                                for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[r][n], a[r][kb], xk[kb * 2], xk[kb * 2 + 1]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Fragment element j of tile n, strip r: row 16 * (s0 + r) + g + 8 * (j >> 1), token
+    // n * 8 + 2 * tq + (j & 1).
+    if (gridDim.z == 1) {
+        if (!has0) return;
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int t = n * 8 + 2 * tq + (j & 1);
+                    if (t < T)
+                        store_out(out, out_stride, t, (s0 + r) * 16 + g + 8 * (j >> 1), rows, acc[r][n][j], xsum,
+                                  xscale, wscale, accumulate);
+                }
+        return;
+    }
+    gacc += (size_t)t0 * rows;
+    if (has0) {
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    int t = n * 8 + 2 * tq + (j & 1), row = (s0 + r) * 16 + g + 8 * (j >> 1);
+                    if (t < T && row < rows) atomicAdd(gacc + (size_t)t * rows + row, acc[r][n][j]);
+                }
+    }
+    // The last block of this tile to finish (partials published by a fence before the counter
+    // moves, read back past L1) writes the outputs and leaves zeros behind.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32* ctr = counters + (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+        last = atomicAdd(ctr, 1u) == gridDim.z - 1;
+        if (last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    int row0 = blockIdx.x * WIDE_ROWS, nrows = min(rows - row0, WIDE_ROWS);
+    for (int i = threadIdx.x; i < T * WIDE_ROWS; i += blockDim.x) {
+        int t = i / WIDE_ROWS, rr = i - t * WIDE_ROWS;
+        if (rr < nrows) {
+            int* p = gacc + (size_t)t * rows + row0 + rr;
+            int v = __ldcg(p);
+            *p = 0;
+            store_out(out, out_stride, t, row0 + rr, rows, v, xsum, xscale, wscale, accumulate);
+        }
+    }
+}
 #endif
 
 // ---------------------------------------------------------------------------------------------

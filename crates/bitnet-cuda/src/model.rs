@@ -25,6 +25,15 @@ const CHUNK: usize = 64;
 pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
 const MMA_TOKENS: usize = 32;
+/// Weight rows per block of `ternary_mma_wide` (`WIDE_ROWS` in the kernels).
+const WIDE_ROWS: usize = 256;
+/// Most k-groups one block of `ternary_mma_wide` stages (32 tokens x 24 x 128 bytes: 97 KB of
+/// shared memory, two blocks per multiprocessor).
+const WIDE_KCHUNK_MAX: usize = 24;
+/// The wide kernel's split-K workspace: int32 partial sums (tokens x rows of one launch) and
+/// one counter per (row block, token tile).
+const WIDE_GACC: usize = 4 << 20;
+const WIDE_COUNTERS: usize = 1 << 16;
 
 /// A ternary matrix (or several stacked) on the device.
 pub(crate) struct DevTernary {
@@ -384,6 +393,9 @@ struct Kernels {
     gemv_norm: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
     mma: Option<[Kernel; 3]>,
+    /// `ternary_mma_wide` and its workspace (sm_80+): for batches over 16 tokens where
+    /// `BITNET_CUDA_WIDE=1`, and for [`LinearPath::Wide`].
+    wide: Option<Wide>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
@@ -395,6 +407,67 @@ struct Kernels {
     top_k: Kernel,
     /// The persistent decode step (`decode_step_*`, one launch for every layer; sm_80+).
     decode_step: Option<Kernel>,
+}
+
+/// `ternary_mma_wide` (activations staged in shared memory for 256 weight rows, k-groups split
+/// across blocks where the grid would be short of the GPU) and its split-K workspace, which the
+/// kernel leaves zeroed after every launch.
+struct Wide {
+    kernel: Kernel,
+    gacc: CudaSlice<i32>,
+    counters: CudaSlice<u32>,
+    /// Blocks per multiprocessor a split grid aims at (`BITNET_CUDA_WIDE_PER_SM`, default 2).
+    per_sm: usize,
+    /// Whether the model's batches over 16 tokens take it (`BITNET_CUDA_WIDE=1`). Off by
+    /// default until it has been measured on a GPU (BENCHMARKS.md, session 10); conformance
+    /// tests run it either way through [`LinearPath::Wide`].
+    default_on: bool,
+}
+
+impl Wide {
+    /// The kernel where the device has it.
+    fn load(gpu: &Gpu) -> Result<Option<Self>, CudaError> {
+        let Some(kernel) = gpu.optional_function("ternary_mma_wide") else {
+            return Ok(None);
+        };
+        kernel.allow_smem(wide_smem(WIDE_KCHUNK_MAX))?;
+        Ok(Some(Self {
+            kernel,
+            gacc: gpu.zeros(WIDE_GACC)?,
+            counters: gpu.zeros(WIDE_COUNTERS)?,
+            per_sm: std::env::var("BITNET_CUDA_WIDE_PER_SM")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            default_on: std::env::var("BITNET_CUDA_WIDE").is_ok_and(|v| v == "1"),
+        }))
+    }
+}
+
+/// Dynamic shared memory of a `ternary_mma_wide` block staging `kchunk` k-groups: 32 token rows,
+/// each 16 bytes longer than its codes (bank spread).
+fn wide_smem(kchunk: usize) -> usize {
+    32 * (kchunk * KGROUP + 16)
+}
+
+/// K-groups per block of `ternary_mma_wide` for `rows x kgroups` weights and `tiles` 32-token
+/// tiles: all of them when the grid already has `sms` blocks (one per multiprocessor),
+/// otherwise split so that it has about `target` (at least two k-groups per block); never more
+/// than [`WIDE_KCHUNK_MAX`]. `split` forces the number of parts (tests).
+fn wide_kchunk(
+    rows: usize,
+    kgroups: usize,
+    tiles: usize,
+    (sms, target): (usize, usize),
+    split: usize,
+) -> usize {
+    let blocks = rows.div_ceil(WIDE_ROWS) * tiles;
+    let parts = match split {
+        0 if blocks >= sms => 1,
+        0 => target.div_ceil(blocks.max(1)).min(kgroups.div_ceil(2)),
+        n => n,
+    };
+    kgroups.div_ceil(parts.max(1)).clamp(1, WIDE_KCHUNK_MAX)
 }
 
 /// The persistent decode step's per-layer table and launch shape (see `decode_step_body` in
@@ -1576,6 +1649,9 @@ pub enum LinearPath {
     Dp4a,
     /// Tensor cores only.
     Mma,
+    /// The wide tensor-core kernel for every batch, its k-groups split in this many parts (0:
+    /// as the model chooses). Tensor cores as [`LinearPath::Mma`] where it is not available.
+    Wide(usize),
 }
 
 /// Device addresses and sizes of one ternary product.
@@ -1609,8 +1685,25 @@ fn launch_linear(
     let gemv = &k.gemv;
     let mut t0 = 0;
     while t0 < io.t {
-        let (f, n) = match (mma, io.t - t0) {
-            (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
+        let left = io.t - t0;
+        let on = k.wide.as_ref().is_some_and(|w| w.default_on);
+        let split = match path {
+            LinearPath::Wide(n) => Some(n),
+            LinearPath::Auto | LinearPath::Mma if on && left > 16 => Some(0),
+            _ => None,
+        };
+        if let (Some(split), Some(wide)) = (split, &k.wide) {
+            // The partial sums of one launch must fit the workspace: tokens in 32-token tiles.
+            let most = WIDE_GACC / w.rows.max(1) / MMA_TOKENS * MMA_TOKENS;
+            if most > 0 {
+                let n = left.min(most);
+                launch_wide(gpu, wide, w, io, t0, n, split)?;
+                t0 += n;
+                continue;
+            }
+        }
+        let (f, n) = match (mma, left) {
+            (_, n) if n <= 4 && !matches!(path, LinearPath::Mma | LinearPath::Wide(_)) => (gemv, n),
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
             // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
@@ -1647,6 +1740,52 @@ fn launch_linear(
         t0 += n;
     }
     Ok(())
+}
+
+/// `ternary_mma_wide` over tokens `t0..t0 + n` of `io`.
+fn launch_wide(
+    gpu: &Gpu,
+    wide: &Wide,
+    w: &DevTernary,
+    io: &LinearIo,
+    t0: usize,
+    n: usize,
+    split: usize,
+) -> Result<(), CudaError> {
+    let tiles = n.div_ceil(MMA_TOKENS);
+    let row_blocks = w.rows.div_ceil(WIDE_ROWS);
+    let sms = gpu.sm_count() as usize;
+    let kchunk = wide_kchunk(w.rows, w.kgroups, tiles, (sms, sms * wide.per_sm), split);
+    // n * rows <= WIDE_GACC (the caller), so the counters always suffice.
+    debug_assert!(row_blocks * tiles <= WIDE_COUNTERS);
+    let st = &gpu.stream;
+    gpu.launch(
+        &wide.kernel,
+        (
+            row_blocks as u32,
+            tiles as u32,
+            w.kgroups.div_ceil(kchunk) as u32,
+        ),
+        256,
+        wide_smem(kchunk) as u32,
+        &[
+            Arg::P(ptr(&w.words, st)),
+            Arg::P(ptr(&w.scales, st)),
+            Arg::I(w.rows as i32),
+            Arg::I(w.kgroups as i32),
+            Arg::P(io.codes + (t0 * io.kpad) as u64),
+            Arg::I(io.kpad as i32),
+            Arg::P(io.xscale + 4 * t0 as u64),
+            Arg::P(io.xsum + 4 * t0 as u64),
+            Arg::I(n as i32),
+            Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
+            Arg::I(io.out_stride as i32),
+            Arg::I(io.accumulate as i32),
+            Arg::I(kchunk as i32),
+            Arg::P(ptr(&wide.gacc, st)),
+            Arg::P(ptr(&wide.counters, st)),
+        ],
+    )
 }
 
 /// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
@@ -1803,6 +1942,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         _ => None,
     };
     Ok(Kernels {
+        wide: Wide::load(gpu)?,
         embed: gpu.function("embed_f32")?,
         norm_quant: ByWidth::load(gpu, "norm_quant")?,
         final_norm: gpu.function("final_norm")?,
@@ -1942,5 +2082,30 @@ impl Accelerator for CudaModel {
 
     fn head_type(&self) -> &'static str {
         self.head.as_ref().unwrap_or(&self.embed).name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wide_kernel_splits_k_only_for_grids_short_of_the_gpu() {
+        // 2B4T at batch 64 on 132 multiprocessors: qkv 15 row blocks x 2 tiles = 30 blocks.
+        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 0), 3);
+        // gate/up: 54 x 2 = 108 blocks, split in 3 (at least two k-groups per block).
+        assert_eq!(wide_kchunk(13824, 20, 2, (132, 264), 0), 7);
+        // A 512-token prefill fills the GPU: no split where the k-groups fit shared memory...
+        assert_eq!(wide_kchunk(3840, 20, 16, (132, 264), 0), 20);
+        // ...and the FFN's 54 k-groups in blocks of at most WIDE_KCHUNK_MAX.
+        assert_eq!(wide_kchunk(2560, 54, 16, (132, 264), 0), WIDE_KCHUNK_MAX);
+        // One k-group cannot be split; a forced split is honoured.
+        assert_eq!(wide_kchunk(16, 1, 1, (132, 264), 0), 1);
+        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 3), 7);
+        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 1), 20);
+        for (rows, kg, tiles) in [(1, 1, 1), (300, 6, 5), (6912, 54, 2), (2560, 54, 1)] {
+            let c = wide_kchunk(rows, kg, tiles, (132, 264), 0);
+            assert!((1..=WIDE_KCHUNK_MAX).contains(&c) && wide_smem(c) <= 100 * 1024);
+        }
     }
 }

@@ -73,7 +73,16 @@ fn ternary_kernels_equal_the_scalar_reference() {
     for (rows, cols, batch) in cases {
         let (w, x) = random_case(&mut rng, rows, cols, batch);
         let want = scalar(&w, &x);
-        for path in [LinearPath::Auto, LinearPath::Dp4a, LinearPath::Mma] {
+        // The wide kernel as the model splits it, unsplit (capped at its most k-groups per
+        // block) and split three ways (exact partial sums: the same outputs).
+        for path in [
+            LinearPath::Auto,
+            LinearPath::Dp4a,
+            LinearPath::Mma,
+            LinearPath::Wide(0),
+            LinearPath::Wide(1),
+            LinearPath::Wide(3),
+        ] {
             let got = bitnet_cuda::ternary_forward(&gpu, &w, &x, path).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
