@@ -695,22 +695,9 @@ extern "C" __global__ void __launch_bounds__(NW * 32, 2)
         }
     }
     // Fragment element j of tile n, strip r: row 16 * (s0 + r) + g + 8 * (j >> 1), token
-    // n * 8 + 2 * tq + (j & 1).
-    if (gridDim.z == 1) {
-        if (!has0) return;
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    int t = n * 8 + 2 * tq + (j & 1);
-                    if (t < T)
-                        store_out(out, out_stride, t, (s0 + r) * 16 + g + 8 * (j >> 1), rows, acc[r][n][j], xsum,
-                                  xscale, wscale, accumulate);
-                }
-        return;
-    }
+    // n * 8 + 2 * tq + (j & 1). One block of the k-groups: the outputs; several: int32 partial
+    // sums into gacc.
+    bool alone = gridDim.z == 1;
     gacc += (size_t)t0 * rows;
     if (has0) {
 #pragma unroll
@@ -720,9 +707,14 @@ extern "C" __global__ void __launch_bounds__(NW * 32, 2)
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                     int t = n * 8 + 2 * tq + (j & 1), row = (s0 + r) * 16 + g + 8 * (j >> 1);
-                    if (t < T && row < rows) atomicAdd(gacc + (size_t)t * rows + row, acc[r][n][j]);
+                    if (t >= T || row >= rows) continue;
+                    if (alone)
+                        store_out(out, out_stride, t, row, rows, acc[r][n][j], xsum, xscale, wscale, accumulate);
+                    else
+                        atomicAdd(gacc + (size_t)t * rows + row, acc[r][n][j]);
                 }
     }
+    if (alone) return;
     // The last block of this tile to finish (partials published by a fence before the counter
     // moves, read back past L1) writes the outputs and leaves zeros behind.
     __threadfence();

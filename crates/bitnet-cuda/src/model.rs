@@ -1722,20 +1722,7 @@ fn launch_linear(
             (blocks, tiles, 1),
             256,
             0,
-            &[
-                Arg::P(ptr(&w.words, &gpu.stream)),
-                Arg::P(ptr(&w.scales, &gpu.stream)),
-                Arg::I(w.rows as i32),
-                Arg::I(w.kgroups as i32),
-                Arg::P(io.codes + (t0 * io.kpad) as u64),
-                Arg::I(io.kpad as i32),
-                Arg::P(io.xscale + 4 * t0 as u64),
-                Arg::P(io.xsum + 4 * t0 as u64),
-                Arg::I(n as i32),
-                Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
-                Arg::I(io.out_stride as i32),
-                Arg::I(io.accumulate as i32),
-            ],
+            &linear_args(gpu, w, io, t0, n),
         )?;
         t0 += n;
     }
@@ -1769,23 +1756,34 @@ fn launch_wide(
         256,
         wide_smem(kchunk) as u32,
         &[
-            Arg::P(ptr(&w.words, st)),
-            Arg::P(ptr(&w.scales, st)),
-            Arg::I(w.rows as i32),
-            Arg::I(w.kgroups as i32),
-            Arg::P(io.codes + (t0 * io.kpad) as u64),
-            Arg::I(io.kpad as i32),
-            Arg::P(io.xscale + 4 * t0 as u64),
-            Arg::P(io.xsum + 4 * t0 as u64),
-            Arg::I(n as i32),
-            Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
-            Arg::I(io.out_stride as i32),
-            Arg::I(io.accumulate as i32),
-            Arg::I(kchunk as i32),
-            Arg::P(ptr(&wide.gacc, st)),
-            Arg::P(ptr(&wide.counters, st)),
-        ],
+            &linear_args(gpu, w, io, t0, n)[..],
+            &[
+                Arg::I(kchunk as i32),
+                Arg::P(ptr(&wide.gacc, st)),
+                Arg::P(ptr(&wide.counters, st)),
+            ],
+        ]
+        .concat(),
     )
+}
+
+/// The arguments every ternary product kernel opens with, for tokens `t0..t0 + n` of `io`.
+fn linear_args(gpu: &Gpu, w: &DevTernary, io: &LinearIo, t0: usize, n: usize) -> [Arg; 12] {
+    let st = &gpu.stream;
+    [
+        Arg::P(ptr(&w.words, st)),
+        Arg::P(ptr(&w.scales, st)),
+        Arg::I(w.rows as i32),
+        Arg::I(w.kgroups as i32),
+        Arg::P(io.codes + (t0 * io.kpad) as u64),
+        Arg::I(io.kpad as i32),
+        Arg::P(io.xscale + 4 * t0 as u64),
+        Arg::P(io.xsum + 4 * t0 as u64),
+        Arg::I(n as i32),
+        Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
+        Arg::I(io.out_stride as i32),
+        Arg::I(io.accumulate as i32),
+    ]
 }
 
 /// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
