@@ -12,15 +12,20 @@ pub fn dot_f16(a: &[f16], x: &[f32]) -> f32 {
             // SAFETY: the feature was detected on this CPU just above.
             return unsafe { x86::dot_f16_avx512(a, x) };
         }
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
+        if avx2_f16() {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { x86::dot_f16_avx2(a, x) };
         }
     }
     crate::ops::dot_with(a, x, |h| h.to_f32())
+}
+
+/// Whether this CPU runs the AVX2 f16 kernels (AVX2, FMA and F16C).
+#[cfg(target_arch = "x86_64")]
+fn avx2_f16() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
 }
 
 /// `out[r * m + j] = rows_r . xs_j` for f16 rows (each `cols` long, `rows.len() / cols` of
@@ -34,11 +39,7 @@ pub fn dots_f16(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]
             // SAFETY: the feature was detected on this CPU just above.
             return unsafe { x86::dots_f16_avx512(rows, cols, xs, m, out) };
         }
-        if cols > 0
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
+        if cols > 0 && avx2_f16() {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { x86::dots_f16_avx2(rows, cols, xs, m, out) };
         }
