@@ -598,146 +598,6 @@ MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
 
-// Batches of over 16 tokens (opt-in, BITNET_CUDA_WIDE=1, until measured on a GPU): 32-token
-// tiles (blockIdx.y) on the tensor cores, the tile's codes
-// staged in shared memory once per block and shared by its eight warps, each of which owns two
-// strips (32 rows) of the block's 256 and walks the block's k-groups. ternary_mma_4 (warps split
-// K, 32 rows per block) re-read every activation fragment from L2 once per 32 weight rows: at
-// batch 64 the FFN's gate/up product read 70 MB of codes for 8.8 MB of weights (ncu: 22.5 us).
-// Here it is once per 256 rows. Where that leaves the grid short of the GPU, blockIdx.z splits
-// the k-groups (KCHUNK each): the blocks add exact int32 partial sums into `gacc` (tokens x rows,
-// zero between launches), and the last block of a tile to finish applies the epilogue and clears
-// them and its counter, so any split gives the same outputs bit for bit.
-#define WIDE_ROWS 256
-#define WIDE_RING 4
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool fill) {
-    u32 d = (u32)__cvta_generic_to_shared(dst);
-    int n = fill ? 16 : 0;  // 0 source bytes: the 16 destination bytes are zeroed
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(n) : "memory");
-}
-extern "C" __global__ void __launch_bounds__(NW * 32, 2)
-    ternary_mma_wide(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
-                     const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
-                     const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate, int kchunk,
-                     int* gacc, u32* counters) {
-    extern __shared__ __align__(16) unsigned char xs[];
-    __shared__ int last;
-    PDL_ENTRY();
-    int t0 = blockIdx.y * 32;
-    T = min(T - t0, 32);
-    codes += (size_t)t0 * kpad;
-    xscale += t0;
-    xsum += t0;
-    out += (size_t)t0 * out_stride;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int g = lane >> 2, tq = lane & 3;
-    int q0 = blockIdx.z * kchunk, nq = min(kgroups - q0, kchunk);
-    int pitch = nq * 128 + 16;  // 16 bytes more than a row: the eight tokens of a fragment load
-                                // fall in different banks
-    int strips = (rows + 15) / 16;
-    int s0 = blockIdx.x * (WIDE_ROWS / 16) + warp * 2;
-    bool has0 = s0 < strips, has1 = s0 + 1 < strips;
-    const uint4* ws0 = W + ((size_t)s0 * kgroups + q0) * 32 + lane;
-    const uint4* ws1 = ws0 + (size_t)kgroups * 32;
-    const uint4 zero_w = make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u);  // codes 1: w = 0
-    // The first WIDE_RING k-groups' weights (DRAM) in flight before the codes are staged.
-    uint4 ring[WIDE_RING][2];
-#pragma unroll
-    for (int d = 0; d < WIDE_RING; d++) {
-        ring[d][0] = (has0 && d < nq) ? __ldg(ws0 + (size_t)d * 32) : zero_w;
-        ring[d][1] = (has1 && d < nq) ? __ldg(ws1 + (size_t)d * 32) : zero_w;
-    }
-    int units = nq * 8;  // 16-byte units per token row
-    int trows = (T + 7) & ~7;  // the tiles read (8 tokens each); padding tokens zeroed
-    for (int i = threadIdx.x; i < trows * units; i += blockDim.x) {
-        int tok = i / units, u = i - tok * units;
-        bool real = tok < T;
-        const i8* src = codes + (size_t)(real ? tok : 0) * kpad + q0 * 128 + u * 16;
-        cp_async16(xs + tok * pitch + u * 16, src, real);
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
-    __syncthreads();
-    int acc[2][4][4];
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-#pragma unroll
-        for (int n = 0; n < 4; n++) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0;
-    if (has0) {
-        const unsigned char* xl = xs + g * pitch + tq * 32;
-        for (int base = 0; base < nq; base += WIDE_RING) {
-#pragma unroll
-            for (int d = 0; d < WIDE_RING; d++) {
-                int i = base + d;
-                if (i < nq) {
-                    u32 a[2][4][4];
-                    unpack_a(ring[d][0], a[0]);
-                    unpack_a(ring[d][1], a[1]);
-                    if (i + WIDE_RING < nq) {
-                        ring[d][0] = __ldg(ws0 + (size_t)(i + WIDE_RING) * 32);
-                        ring[d][1] = has1 ? __ldg(ws1 + (size_t)(i + WIDE_RING) * 32) : zero_w;
-                    }
-#pragma unroll
-                    for (int n = 0; n < 4; n++) {
-                        if (n * 8 < T) {
-                            const uint4* xp = (const uint4*)(xl + n * 8 * pitch + i * 128);
-                            uint4 x0 = xp[0], x1 = xp[1];
-                            u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-#pragma unroll
-                            for (int r = 0; r < 2; r++) {
-#pragma unroll
-                                for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[r][n], a[r][kb], xk[kb * 2], xk[kb * 2 + 1]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    // Fragment element j of tile n, strip r: row 16 * (s0 + r) + g + 8 * (j >> 1), token
-    // n * 8 + 2 * tq + (j & 1). One block of the k-groups: the outputs; several: int32 partial
-    // sums into gacc.
-    bool alone = gridDim.z == 1;
-    gacc += (size_t)t0 * rows;
-    if (has0) {
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int n = 0; n < 4; n++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    int t = n * 8 + 2 * tq + (j & 1), row = (s0 + r) * 16 + g + 8 * (j >> 1);
-                    if (t >= T || row >= rows) continue;
-                    if (alone)
-                        store_out(out, out_stride, t, row, rows, acc[r][n][j], xsum, xscale, wscale, accumulate);
-                    else
-                        atomicAdd(gacc + (size_t)t * rows + row, acc[r][n][j]);
-                }
-    }
-    if (alone) return;
-    // The last block of this tile to finish (partials published by a fence before the counter
-    // moves, read back past L1) writes the outputs and leaves zeros behind.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* ctr = counters + (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-        last = atomicAdd(ctr, 1u) == gridDim.z - 1;
-        if (last) *ctr = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    int row0 = blockIdx.x * WIDE_ROWS, nrows = min(rows - row0, WIDE_ROWS);
-    for (int i = threadIdx.x; i < T * WIDE_ROWS; i += blockDim.x) {
-        int t = i / WIDE_ROWS, rr = i - t * WIDE_ROWS;
-        if (rr < nrows) {
-            int* p = gacc + (size_t)t * rows + row0 + rr;
-            int v = __ldcg(p);
-            *p = 0;
-            store_out(out, out_stride, t, row0 + rr, rows, v, xsum, xscale, wscale, accumulate);
-        }
-    }
-}
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -814,27 +674,39 @@ __device__ __forceinline__ float4 kv_load4(const u16* p) {
                        h2f((u16)(v.y >> 16)));
 }
 
-// NWARPS: the block's warps, a compile-time constant so that the position loops unroll (with
-// the count read at run time, pp512 lost 7%: BENCHMARKS.md, v11).
-template <class KV, int NWARPS>
-__device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
-                              int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
-                              int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
-                              float* out, int c, int kvh, int r) {
+// What one attention block (chunk c, kv head kvh, row r) works on: the row's position p, the
+// chunk's first position lo and its n positions at or before p, the query heads per kv head,
+// and its shared memory: the query heads qs (group * hd), the chunk's scores sc (group * CHUNK)
+// and the warps' partial outputs acc (warps * group * hd).
+struct AttnBlock {
+    int p, lo, n, group, kvd;
+    float *qs, *sc, *acc;
+};
+
+// Sets up the block and stages its query heads in shared memory (RoPE'd for decode, where the
+// block whose chunk holds the row's own position first rotates and stores its key and value).
+// False (for the whole block) where the chunk starts after the row's position.
+template <class KV>
+__device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32* pos, const u32* seq,
+                           const u32* seqtab, int layer, int n_heads, int n_kv, int hd, const float* cosT,
+                           const float* sinT, int rope, int c, int kvh, int r) {
     extern __shared__ float sm[];
     int p = pos[r];
     int lo = c * CHUNK;
-    if (lo > p) return;
-    int n = min(lo + CHUNK, p + 1) - lo;
+    if (lo > p) return false;
     int group = n_heads / n_kv, kvd = n_kv * hd;
-    float* qs = sm;                       // group * hd
-    float* sc = sm + group * hd;          // group * CHUNK
-    float* acc = sc + group * CHUNK;      // warps * group * hd
+    b.p = p;
+    b.lo = lo;
+    b.n = min(lo + CHUNK, p + 1) - lo;
+    b.group = group;
+    b.kvd = kvd;
+    b.qs = sm;
+    b.sc = sm + group * hd;
+    b.acc = b.sc + group * CHUNK;
+    float* qs = b.qs;
     const float* row = qkv + (size_t)r * stride;
     const float* qrow = row + kvh * group * hd;
     if (rope) {
-        // Decode (one row per sequence): RoPE of the query heads here, and the block whose chunk
-        // holds the row's own position rotates and stores its key and value first.
         int half = hd / 2;
         const float* cs = cosT + (size_t)p * half;
         const float* sn = sinT + (size_t)p * half;
@@ -859,8 +731,98 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         for (int i = threadIdx.x; i < group * hd; i += blockDim.x) qs[i] = qrow[i];
     }
     __syncthreads();
-    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * hd;
-    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * hd;
+    return true;
+}
+
+// The chunk's softmax, one warp per query head: sc[h] becomes exp(score - m), ml[2h..2h+2] the
+// head's maximum m and sum l.
+__device__ void attn_softmax(const AttnBlock& b, float* ml, int nw) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float* sc = b.sc;
+    for (int h = warp; h < b.group; h += nw) {
+        float m = -INFINITY;
+        for (int i = lane; i < b.n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
+        m = warp_max(m);
+        float l = 0.f;
+        for (int i = lane; i < b.n; i += 32) {
+            float x = expf(sc[h * CHUNK + i] - m);
+            sc[h * CHUNK + i] = x;
+            l += x;
+        }
+        l = warp_sum(l);
+        if (lane == 0) {
+            ml[2 * h] = m;
+            ml[2 * h + 1] = l;
+        }
+    }
+}
+
+// After the warps' partial outputs are in acc (and a barrier): their sum, divided by l where the
+// row has one chunk, or written with (m, l) as the chunk's partial; the last chunk of (row, kv
+// head) to finish merges all of them (partials published with a fence before the counter moves,
+// read back past L1).
+__device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_heads, int n_kv, int hd, float* part,
+                         int maxchunks, u32* counters, float* out, int c, int kvh, int r) {
+    int group = b.group;
+    const float* acc = b.acc;
+    int nc = b.p / CHUNK + 1;
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        int h = idx / hd, ee = idx % hd;
+        float sum = acc[h * hd + ee];
+        for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
+        if (nc == 1) {
+            // The only chunk: no partials to merge (exp(m - m) = 1 in the merge below).
+            out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = sum / ml[2 * h + 1];
+            continue;
+        }
+        float* dst = part + (((size_t)r * n_heads + kvh * group + h) * maxchunks + c) * (hd + 2);
+        dst[ee] = sum;
+        if (ee == 0) {
+            dst[hd] = ml[2 * h];
+            dst[hd + 1] = ml[2 * h + 1];
+        }
+    }
+    if (nc == 1) return;
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        u32* ctr = counters + (size_t)r * n_kv + kvh;
+        last = atomicAdd(ctr, 1u) == (u32)(nc - 1);
+        if (last) *ctr = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        int h = idx / hd, ee = idx % hd;
+        const float* base = part + ((size_t)r * n_heads + kvh * group + h) * maxchunks * (hd + 2);
+        float m = -INFINITY;
+        for (int k = 0; k < nc; k++) m = fmaxf(m, __ldcg(base + k * (hd + 2) + hd));
+        float l = 0.f, o = 0.f;
+        for (int k = 0; k < nc; k++) {
+            float w = expf(__ldcg(base + k * (hd + 2) + hd) - m);
+            l += __ldcg(base + k * (hd + 2) + hd + 1) * w;
+            o += __ldcg(base + k * (hd + 2) + ee) * w;
+        }
+        out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
+    }
+}
+
+// NWARPS: the block's warps, a compile-time constant so that the position loops unroll (with
+// the count read at run time, pp512 lost 7%: BENCHMARKS.md, v11).
+template <class KV, int NWARPS>
+__device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                              int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
+                              int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
+                              float* out, int c, int kvh, int r) {
+    AttnBlock b;
+    if (!attn_begin<KV>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, hd, cosT, sinT, rope, c, kvh, r))
+        return;
+    int n = b.n, group = b.group, kvd = b.kvd;
+    const float* qs = b.qs;
+    float* sc = b.sc;
+    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, b.lo) + kvh * hd;
+    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, b.lo) + kvh * hd;
     const int nw = NWARPS;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int e = lane * 4;
@@ -888,22 +850,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     }
     __syncthreads();
     __shared__ float ml[2 * 32];
-    for (int h = warp; h < group; h += nw) {
-        float m = -INFINITY;
-        for (int i = lane; i < n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
-        m = warp_max(m);
-        float l = 0.f;
-        for (int i = lane; i < n; i += 32) {
-            float x = expf(sc[h * CHUNK + i] - m);
-            sc[h * CHUNK + i] = x;
-            l += x;
-        }
-        l = warp_sum(l);
-        if (lane == 0) {
-            ml[2 * h] = m;
-            ml[2 * h + 1] = l;
-        }
-    }
+    attn_softmax(b, ml, nw);
     __syncthreads();
     float o[8][4];
 #pragma unroll
@@ -935,52 +882,10 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     if (on) {
 #pragma unroll
         for (int h = 0; h < 8; h++)
-            if (h < group) *(float4*)(acc + (warp * group + h) * hd + e) = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
+            if (h < group) *(float4*)(b.acc + (warp * group + h) * hd + e) = make_float4(o[h][0], o[h][1], o[h][2], o[h][3]);
     }
     __syncthreads();
-    int nc = p / CHUNK + 1;
-    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-        int h = idx / hd, ee = idx % hd;
-        float sum = acc[h * hd + ee];
-        for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
-        if (nc == 1) {
-            // The only chunk: no partials to merge (exp(m - m) = 1 in the merge below).
-            out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = sum / ml[2 * h + 1];
-            continue;
-        }
-        float* dst = part + (((size_t)r * n_heads + kvh * group + h) * maxchunks + c) * (hd + 2);
-        dst[ee] = sum;
-        if (ee == 0) {
-            dst[hd] = ml[2 * h];
-            dst[hd + 1] = ml[2 * h + 1];
-        }
-    }
-    // The last chunk of (row, kv head) to finish merges all of them: partials are published with
-    // a fence before the counter moves, and read back past L1.
-    if (nc == 1) return;
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        u32* ctr = counters + (size_t)r * n_kv + kvh;
-        last = atomicAdd(ctr, 1u) == (u32)(nc - 1);
-        if (last) *ctr = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-        int h = idx / hd, ee = idx % hd;
-        const float* base = part + ((size_t)r * n_heads + kvh * group + h) * maxchunks * (hd + 2);
-        float m = -INFINITY;
-        for (int k = 0; k < nc; k++) m = fmaxf(m, __ldcg(base + k * (hd + 2) + hd));
-        float l = 0.f, o = 0.f;
-        for (int k = 0; k < nc; k++) {
-            float w = expf(__ldcg(base + k * (hd + 2) + hd) - m);
-            l += __ldcg(base + k * (hd + 2) + hd + 1) * w;
-            o += __ldcg(base + k * (hd + 2) + ee) * w;
-        }
-        out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
-    }
+    attn_end(b, ml, nw, n_heads, n_kv, hd, part, maxchunks, counters, out, c, kvh, r);
 }
 // attn_vec_*: 8 warps (decode steps of fewer than 32 rows, as the persistent step); attn_vec4_*:
 // 4 warps (prefill passes and larger decode steps).
@@ -997,6 +902,176 @@ ATTN_ENTRY(attn_vec_f32, float, 8)
 ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
+
+#if __CUDA_ARCH__ >= 800
+// Attention over an f16 cache on the tensor cores (mma.m16n8k16, f32 accumulation), for blocks
+// of 4 warps, head_dim HD in {32, 64, 128} and at most 4 query heads per kv head. The vector
+// kernel above is bound by its instruction stream (ncu: 282 warp instructions per position and
+// kv head, a warp-wide shuffle sum per position and query head); here a warp scores its 16
+// positions against every query head of the kv head in HD/16 mma and weights their values in
+// HD/16 more. Same block shape, shared memory, softmax and merge as the vector kernel.
+// Precision: the tensor cores take f16 operands, so each f32 query (scaled by a power of two so
+// that the largest is below 1: exact) and each softmax weight is split into f16 hi + lo (~22
+// significant bits together): hi in columns 0..3 of the mma's 8, lo in columns 4..7, the two
+// results added. Keys and values are f16 already; products are exact in f32.
+// Fragment layouts (PTX ISA, m16n8k16 .f16): A register j holds row g + 8 (j & 1), columns
+// 2 tq + 8 (j >> 1) + {0, 1}; B register j rows 2 tq + 8 j + {0, 1}, column g; C element j row
+// g + 8 (j >> 1), column 2 tq + (j & 1). A dot product's terms may be put in any order as long
+// as A and B agree, so each lane's k-columns are taken where its loads are contiguous.
+__device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Four f32 values as two f16x2 registers: their f16 roundings (lo = false) or what those leave
+// (lo = true).
+__device__ __forceinline__ void split4(const float (&x)[4], bool lo, u32& r0, u32& r1) {
+    u16 h[4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+        u16 hi = f2h(x[t]);
+        h[t] = lo ? f2h(x[t] - h2f(hi)) : hi;
+    }
+    r0 = (u32)h[0] | ((u32)h[1] << 16);
+    r1 = (u32)h[2] | ((u32)h[3] << 16);
+}
+template <int HD>
+__device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                              int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
+                              const float* cosT, const float* sinT, int rope, u32* counters, float* out, int c,
+                              int kvh, int r) {
+    AttnBlock b;
+    if (!attn_begin<u16>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c, kvh, r))
+        return;
+    int n = b.n, group = b.group, kvd = b.kvd;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int i0 = warp * 16;  // the warp's 16 positions of the chunk
+    const u16* kc = seq_cache<u16>(seqtab, seq[r], layer, 0, kvd, b.lo) + kvh * HD;
+    const u16* vc = seq_cache<u16>(seqtab, seq[r], layer, 1, kvd, b.lo) + kvh * HD;
+    // Keys of positions i0 + g and i0 + g + 8: 16-byte pieces at 32 j + 8 tq (k-steps 2j, 2j + 1
+    // take halves of it). Values of positions i0 + 4 tq .. + 3: dims g * HD/8 .. + HD/8 (word w
+    // holds dims 2w, 2w + 1 of that run: A rows g and g + 8 of m-tile w). Positions past n: zeros.
+    const uint4 z4 = make_uint4(0, 0, 0, 0);
+    uint4 kr[2][HD / 32];
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int i = i0 + g + 8 * hh;
+#pragma unroll
+        for (int j = 0; j < HD / 32; j++)
+            kr[hh][j] = i < n ? *(const uint4*)(kc + (size_t)i * kvd + 32 * j + 8 * tq) : z4;
+    }
+    u32 vw[4][HD / 16];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        int i = i0 + 4 * tq + e;
+        const u16* src = vc + (size_t)i * kvd + g * (HD / 8);
+        if (HD >= 64) {
+#pragma unroll
+            for (int w4 = 0; w4 < HD / 64; w4++) {
+                uint4 v = i < n ? ((const uint4*)src)[w4] : z4;
+                vw[e][4 * w4] = v.x;
+                vw[e][4 * w4 + 1] = v.y;
+                vw[e][4 * w4 + 2] = v.z;
+                vw[e][4 * w4 + 3] = v.w;
+            }
+        } else {
+            uint2 v = i < n ? *(const uint2*)src : make_uint2(0, 0);
+            vw[e][0] = v.x;
+            vw[e][1] = v.y;
+        }
+    }
+    // B of the scores: column g is query head g & 3 (hi for g < 4, lo beyond), scaled by 2^-ex.
+    int hq = g & 3;
+    bool qon = hq < group;
+    const float* qh = b.qs + hq * HD;
+    float qmax = 0.f;
+    for (int i = lane; i < group * HD; i += 32) qmax = fmaxf(qmax, fabsf(b.qs[i]));
+    qmax = warp_max(qmax);
+    int ex = 0;
+    if (qmax > 0.f && qmax < INFINITY) frexpf(qmax, &ex);
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int d0 = 32 * (kk >> 1) + 8 * tq + 4 * (kk & 1);
+        float x[4];
+#pragma unroll
+        for (int t = 0; t < 4; t++) x[t] = qon ? ldexpf(qh[d0 + t], -ex) : 0.f;
+        u32 b0, b1;
+        split4(x, g >= 4, b0, b1);
+        const uint4& k0 = kr[0][kk >> 1];
+        const uint4& k1 = kr[1][kk >> 1];
+        if (kk & 1)
+            mma_f16(s, k0.z, k1.z, k0.w, k1.w, b0, b1);
+        else
+            mma_f16(s, k0.x, k1.x, k0.y, k1.y, b0, b1);
+    }
+    // s[j]: position i0 + g + 8 (j >> 1), column 2 tq + (j & 1); lanes tq < 2 add the lo
+    // columns (lane tq + 2) to their hi ones.
+#pragma unroll
+    for (int t = 0; t < 4; t++) s[t] += __shfl_xor_sync(FULL, s[t], 2);
+    if (tq < 2) {
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            int h = 2 * tq + (t & 1), i = i0 + g + 8 * (t >> 1);
+            if (h < group && i < n) b.sc[h * CHUNK + i] = ldexpf(s[t], ex) * scaling;
+        }
+    }
+    __syncthreads();
+    __shared__ float ml[2 * 32];
+    attn_softmax(b, ml, 4);
+    __syncthreads();
+    // B of the weighted sum: column g is head g & 3's weights (hi / lo) of positions i0 + 4 tq ..
+    // + 3 (k-rows 2 tq + {0, 1} and 2 tq + 8 + {0, 1}).
+    u32 p0 = 0, p1 = 0;
+    if (qon) {
+        float x[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int i = i0 + 4 * tq + e;
+            x[e] = i < n ? b.sc[hq * CHUNK + i] : 0.f;
+        }
+        split4(x, g >= 4, p0, p1);
+    }
+    float o[HD / 16][4];
+#pragma unroll
+    for (int w = 0; w < HD / 16; w++) {
+        o[w][0] = o[w][1] = o[w][2] = o[w][3] = 0.f;
+        mma_f16(o[w], __byte_perm(vw[0][w], vw[1][w], 0x5410), __byte_perm(vw[0][w], vw[1][w], 0x7632),
+                __byte_perm(vw[2][w], vw[3][w], 0x5410), __byte_perm(vw[2][w], vw[3][w], 0x7632), p0, p1);
+    }
+    // o[w][j]: dim g * HD/8 + 2w + (j >> 1), column 2 tq + (j & 1).
+#pragma unroll
+    for (int w = 0; w < HD / 16; w++)
+#pragma unroll
+        for (int t = 0; t < 4; t++) o[w][t] += __shfl_xor_sync(FULL, o[w][t], 2);
+    if (tq < 2) {
+#pragma unroll
+        for (int w = 0; w < HD / 16; w++) {
+            int d = g * (HD / 8) + 2 * w;
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                int h = 2 * tq + t;
+                if (h < group) *(float2*)(b.acc + (warp * group + h) * HD + d) = make_float2(o[w][t], o[w][t + 2]);
+            }
+        }
+    }
+    __syncthreads();
+    attn_end(b, ml, 4, n_heads, n_kv, HD, part, maxchunks, counters, out, c, kvh, r);
+}
+#define ATTN_MMA_ENTRY(HD)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128)                                                         \
+        attn_mma_f16_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \
+                           int layer, int nh, int nkv, int hd, float scaling, float* part, int maxchunks,      \
+                           const float* cosT, const float* sinT, int rope, u32* counters, float* out) {        \
+        PDL_ENTRY();                                                                                           \
+        attn_mma_body<HD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, sinT, \
+                          rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);                            \
+    }
+ATTN_MMA_ENTRY(32)
+ATTN_MMA_ENTRY(64)
+ATTN_MMA_ENTRY(128)
+#endif
 
 #if __CUDA_ARCH__ >= 800
 // ---------------------------------------------------------------------------------------------

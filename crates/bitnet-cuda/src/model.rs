@@ -25,15 +25,6 @@ const CHUNK: usize = 64;
 pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
 const MMA_TOKENS: usize = 32;
-/// Weight rows per block of `ternary_mma_wide` (`WIDE_ROWS` in the kernels).
-const WIDE_ROWS: usize = 256;
-/// Most k-groups one block of `ternary_mma_wide` stages (32 tokens x 24 x 128 bytes: 97 KB of
-/// shared memory, two blocks per multiprocessor).
-const WIDE_KCHUNK_MAX: usize = 24;
-/// The wide kernel's split-K workspace: int32 partial sums (tokens x rows of one launch) and
-/// one counter per (row block, token tile).
-const WIDE_GACC: usize = 4 << 20;
-const WIDE_COUNTERS: usize = 1 << 16;
 
 /// A ternary matrix (or several stacked) on the device.
 pub(crate) struct DevTernary {
@@ -393,13 +384,13 @@ struct Kernels {
     gemv_norm: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
     mma: Option<[Kernel; 3]>,
-    /// `ternary_mma_wide` and its workspace (sm_80+): for batches over 16 tokens where
-    /// `BITNET_CUDA_WIDE=1`, and for [`LinearPath::Wide`].
-    wide: Option<Wide>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
     attn_part4: Kernel,
+    /// The 128-thread attention on the tensor cores (`attn_mma_f16_h*`), where the cache, the
+    /// head size and the device allow it (see [`attn_mma_kernel`]); it replaces `attn_part4`.
+    attn_mma: Option<Kernel>,
     head: Kernel,
     /// The head for batches on the tensor cores, where the table allows it.
     head_mma: Option<HeadMma>,
@@ -407,67 +398,6 @@ struct Kernels {
     top_k: Kernel,
     /// The persistent decode step (`decode_step_*`, one launch for every layer; sm_80+).
     decode_step: Option<Kernel>,
-}
-
-/// `ternary_mma_wide` (activations staged in shared memory for 256 weight rows, k-groups split
-/// across blocks where the grid would be short of the GPU) and its split-K workspace, which the
-/// kernel leaves zeroed after every launch.
-struct Wide {
-    kernel: Kernel,
-    gacc: CudaSlice<i32>,
-    counters: CudaSlice<u32>,
-    /// Blocks per multiprocessor a split grid aims at (`BITNET_CUDA_WIDE_PER_SM`, default 2).
-    per_sm: usize,
-    /// Whether the model's batches over 16 tokens take it (`BITNET_CUDA_WIDE=1`). Off by
-    /// default until it has been measured on a GPU (BENCHMARKS.md, session 10); conformance
-    /// tests run it either way through [`LinearPath::Wide`].
-    default_on: bool,
-}
-
-impl Wide {
-    /// The kernel where the device has it.
-    fn load(gpu: &Gpu) -> Result<Option<Self>, CudaError> {
-        let Some(kernel) = gpu.optional_function("ternary_mma_wide") else {
-            return Ok(None);
-        };
-        kernel.allow_smem(wide_smem(WIDE_KCHUNK_MAX))?;
-        Ok(Some(Self {
-            kernel,
-            gacc: gpu.zeros(WIDE_GACC)?,
-            counters: gpu.zeros(WIDE_COUNTERS)?,
-            per_sm: std::env::var("BITNET_CUDA_WIDE_PER_SM")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2),
-            default_on: std::env::var("BITNET_CUDA_WIDE").is_ok_and(|v| v == "1"),
-        }))
-    }
-}
-
-/// Dynamic shared memory of a `ternary_mma_wide` block staging `kchunk` k-groups: 32 token rows,
-/// each 16 bytes longer than its codes (bank spread).
-fn wide_smem(kchunk: usize) -> usize {
-    32 * (kchunk * KGROUP + 16)
-}
-
-/// K-groups per block of `ternary_mma_wide` for `rows x kgroups` weights and `tiles` 32-token
-/// tiles: all of them when the grid already has `sms` blocks (one per multiprocessor),
-/// otherwise split so that it has about `target` (at least two k-groups per block); never more
-/// than [`WIDE_KCHUNK_MAX`]. `split` forces the number of parts (tests).
-fn wide_kchunk(
-    rows: usize,
-    kgroups: usize,
-    tiles: usize,
-    (sms, target): (usize, usize),
-    split: usize,
-) -> usize {
-    let blocks = rows.div_ceil(WIDE_ROWS) * tiles;
-    let parts = match split {
-        0 if blocks >= sms => 1,
-        0 => target.div_ceil(blocks.max(1)).min(kgroups.div_ceil(2)),
-        n => n,
-    };
-    kgroups.div_ceil(parts.max(1)).clamp(1, WIDE_KCHUNK_MAX)
 }
 
 /// The persistent decode step's per-layer table and launch shape (see `decode_step_body` in
@@ -576,12 +506,24 @@ fn attn_block(decode: bool, rows: usize) -> u32 {
     }
 }
 
+/// The tensor-core attention for 128-thread blocks (`attn_mma_f16_h*`, sm_80+): an f16 cache,
+/// `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head; `None` otherwise.
+fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Option<Kernel> {
+    let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
+    fits.then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
+        .flatten()
+}
+
 /// Dynamic shared memory of one attention block of `block` threads: the query heads, their
 /// chunk scores and each warp's partial outputs.
 fn attn_smem(c: &ModelConfig, block: u32) -> usize {
-    let group = c.n_heads / c.n_kv_heads;
+    attn_smem_for(c.n_heads / c.n_kv_heads, c.head_dim, block)
+}
+
+/// [`attn_smem`] for `group` query heads per key/value head of `head_dim`.
+fn attn_smem_for(group: usize, head_dim: usize, block: u32) -> usize {
     let warps = block as usize / 32;
-    (group * c.head_dim * (1 + warps) + group * CHUNK) * 4
+    (group * head_dim * (1 + warps) + group * CHUNK) * 4
 }
 
 impl Mega {
@@ -811,7 +753,10 @@ impl CudaModel {
                 "more than 8 query heads per key/value head is not supported on the GPU".into(),
             ));
         }
-        let k = load_kernels(&gpu, opts.kv).map_err(dev)?;
+        let mut k = load_kernels(&gpu, opts.kv).map_err(dev)?;
+        if std::env::var("BITNET_CUDA_ATTN_MMA").map_or(true, |v| v != "0") {
+            k.attn_mma = attn_mma_kernel(&gpu, opts.kv, c.head_dim, c.n_heads / c.n_kv_heads);
+        }
         let up = |v: &[f32]| gpu.upload(v).map_err(dev);
         let mut layers = Vec::with_capacity(c.n_layers);
         let mut weight_bytes = 0usize;
@@ -1374,10 +1319,10 @@ impl CudaModel {
                 )?;
             }
             self.gpu.launch(
-                if attn_block == 128 {
-                    &self.k.attn_part4
-                } else {
-                    &self.k.attn_part
+                match (attn_block, &self.k.attn_mma) {
+                    (128, Some(mma)) => mma,
+                    (128, None) => &self.k.attn_part4,
+                    _ => &self.k.attn_part,
                 },
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
                 attn_block,
@@ -1649,9 +1594,6 @@ pub enum LinearPath {
     Dp4a,
     /// Tensor cores only.
     Mma,
-    /// The wide tensor-core kernel for every batch, its k-groups split in this many parts (0:
-    /// as the model chooses). Tensor cores as [`LinearPath::Mma`] where it is not available.
-    Wide(usize),
 }
 
 /// Device addresses and sizes of one ternary product.
@@ -1686,24 +1628,8 @@ fn launch_linear(
     let mut t0 = 0;
     while t0 < io.t {
         let left = io.t - t0;
-        let on = k.wide.as_ref().is_some_and(|w| w.default_on);
-        let split = match path {
-            LinearPath::Wide(n) => Some(n),
-            LinearPath::Auto | LinearPath::Mma if on && left > 16 => Some(0),
-            _ => None,
-        };
-        if let (Some(split), Some(wide)) = (split, &k.wide) {
-            // The partial sums of one launch must fit the workspace: tokens in 32-token tiles.
-            let most = WIDE_GACC / w.rows.max(1) / MMA_TOKENS * MMA_TOKENS;
-            if most > 0 {
-                let n = left.min(most);
-                launch_wide(gpu, wide, w, io, t0, n, split)?;
-                t0 += n;
-                continue;
-            }
-        }
         let (f, n) = match (mma, left) {
-            (_, n) if n <= 4 && !matches!(path, LinearPath::Mma | LinearPath::Wide(_)) => (gemv, n),
+            (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
             (Some(m), n) if n <= 8 => (&m[0], n),
             (Some(m), n) if n <= 16 => (&m[1], n),
             // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
@@ -1727,44 +1653,6 @@ fn launch_linear(
         t0 += n;
     }
     Ok(())
-}
-
-/// `ternary_mma_wide` over tokens `t0..t0 + n` of `io`.
-fn launch_wide(
-    gpu: &Gpu,
-    wide: &Wide,
-    w: &DevTernary,
-    io: &LinearIo,
-    t0: usize,
-    n: usize,
-    split: usize,
-) -> Result<(), CudaError> {
-    let tiles = n.div_ceil(MMA_TOKENS);
-    let row_blocks = w.rows.div_ceil(WIDE_ROWS);
-    let sms = gpu.sm_count() as usize;
-    let kchunk = wide_kchunk(w.rows, w.kgroups, tiles, (sms, sms * wide.per_sm), split);
-    // n * rows <= WIDE_GACC (the caller), so the counters always suffice.
-    debug_assert!(row_blocks * tiles <= WIDE_COUNTERS);
-    let st = &gpu.stream;
-    gpu.launch(
-        &wide.kernel,
-        (
-            row_blocks as u32,
-            tiles as u32,
-            w.kgroups.div_ceil(kchunk) as u32,
-        ),
-        256,
-        wide_smem(kchunk) as u32,
-        &[
-            &linear_args(gpu, w, io, t0, n)[..],
-            &[
-                Arg::I(kchunk as i32),
-                Arg::P(ptr(&wide.gacc, st)),
-                Arg::P(ptr(&wide.counters, st)),
-            ],
-        ]
-        .concat(),
-    )
 }
 
 /// The arguments every ternary product kernel opens with, for tokens `t0..t0 + n` of `io`.
@@ -1822,6 +1710,104 @@ pub fn ternary_forward(
     launch_linear(gpu, &k, path, &dw, &io)?;
     let mut host = vec![0f32; t * w.rows()];
     st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
+/// Attention over f16 key/value caches, as a prefill pass runs it, for conformance tests.
+pub struct AttentionCase<'a> {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Per sequence: its keys and values (`positions x n_kv_heads * head_dim` each), stored in
+    /// the cache as f16.
+    pub caches: &'a [(Vec<f32>, Vec<f32>)],
+    /// Per row: its sequence, its position (it attends to positions `0..=pos`) and its query
+    /// heads (`n_heads * head_dim`).
+    pub rows: &'a [(usize, usize, Vec<f32>)],
+}
+
+/// The attention output of every row of `case` (`n_heads * head_dim` each), by the 128-thread
+/// kernel the model takes for prefill and batched decode: on the tensor cores (`tensor_cores`;
+/// [`CudaError::Unavailable`] where no such kernel fits the case) or the vector kernel.
+pub fn attention_forward(
+    gpu: &Gpu,
+    case: &AttentionCase<'_>,
+    tensor_cores: bool,
+) -> Result<Vec<f32>, CudaError> {
+    let (hd, nkv) = (case.head_dim, case.n_kv_heads);
+    let (kvd, qd) = (nkv * hd, case.n_heads * hd);
+    let group = case.n_heads / nkv;
+    let stride = qd + 2 * kvd;
+    let st = &gpu.stream;
+    let kernel = if tensor_cores {
+        attn_mma_kernel(gpu, KvType::F16, hd, group).ok_or_else(|| {
+            CudaError::Unavailable("no tensor-core attention for this case".into())
+        })?
+    } else {
+        gpu.function("attn_vec4_f16")?
+    };
+    // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
+    let mut caches = Vec::with_capacity(case.caches.len());
+    let mut seqtab = Vec::with_capacity(3 * case.caches.len());
+    for (k, v) in case.caches {
+        let f16s: Vec<u16> = k
+            .iter()
+            .chain(v)
+            .map(|&a| half::f16::from_f32(a).to_bits())
+            .collect();
+        let buf = gpu.upload(&f16s)?;
+        let a = ptr(&buf, st);
+        seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd.max(1)) as u32]);
+        caches.push(buf);
+    }
+    let n = case.rows.len();
+    let mut qkv = vec![0f32; n * stride];
+    for (r, (_, _, q)) in case.rows.iter().enumerate() {
+        qkv[r * stride..r * stride + qd].copy_from_slice(q);
+    }
+    let pos: Vec<u32> = case.rows.iter().map(|r| r.1 as u32).collect();
+    let seq: Vec<u32> = case.rows.iter().map(|r| r.0 as u32).collect();
+    let chunks = pos.iter().max().map_or(1, |&p| p as usize / CHUNK + 1);
+    let (qkv, pos, seq, seqtab) = (
+        gpu.upload(&qkv)?,
+        gpu.upload(&pos)?,
+        gpu.upload(&seq)?,
+        gpu.upload(&seqtab)?,
+    );
+    let part = gpu.zeros::<f32>(n * case.n_heads * chunks * (hd + 2))?;
+    let counters = gpu.zeros::<u32>(n * nkv)?;
+    let out = gpu.zeros::<f32>(n * qd)?;
+    gpu.launch(
+        &kernel,
+        (chunks as u32, nkv as u32, n as u32),
+        128,
+        attn_smem_for(group, hd, 128) as u32,
+        &[
+            Arg::P(ptr(&qkv, st)),
+            Arg::I(stride as i32),
+            Arg::P(ptr(&pos, st)),
+            Arg::P(ptr(&seq, st)),
+            Arg::P(ptr(&seqtab, st)),
+            Arg::I(0),
+            Arg::I(case.n_heads as i32),
+            Arg::I(nkv as i32),
+            Arg::I(hd as i32),
+            Arg::F((hd as f64).powf(-0.5) as f32),
+            Arg::P(ptr(&part, st)),
+            Arg::I(chunks as i32),
+            Arg::P(0),
+            Arg::P(0),
+            Arg::I(0),
+            Arg::P(ptr(&counters, st)),
+            Arg::P(ptr(&out, st)),
+        ],
+    )?;
+    let mut host = vec![0f32; n * qd];
+    st.memcpy_dtoh(&out, &mut host)?;
     gpu.sync()?;
     Ok(host)
 }
@@ -1940,7 +1926,6 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         _ => None,
     };
     Ok(Kernels {
-        wide: Wide::load(gpu)?,
         embed: gpu.function("embed_f32")?,
         norm_quant: ByWidth::load(gpu, "norm_quant")?,
         final_norm: gpu.function("final_norm")?,
@@ -1950,6 +1935,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
+        attn_mma: None,
         head: gpu.function("head_f32")?,
         head_mma: None,
         argmax: gpu.function("argmax_rows")?,
@@ -2080,30 +2066,5 @@ impl Accelerator for CudaModel {
 
     fn head_type(&self) -> &'static str {
         self.head.as_ref().unwrap_or(&self.embed).name()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_wide_kernel_splits_k_only_for_grids_short_of_the_gpu() {
-        // 2B4T at batch 64 on 132 multiprocessors: qkv 15 row blocks x 2 tiles = 30 blocks.
-        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 0), 3);
-        // gate/up: 54 x 2 = 108 blocks, split in 3 (at least two k-groups per block).
-        assert_eq!(wide_kchunk(13824, 20, 2, (132, 264), 0), 7);
-        // A 512-token prefill fills the GPU: no split where the k-groups fit shared memory...
-        assert_eq!(wide_kchunk(3840, 20, 16, (132, 264), 0), 20);
-        // ...and the FFN's 54 k-groups in blocks of at most WIDE_KCHUNK_MAX.
-        assert_eq!(wide_kchunk(2560, 54, 16, (132, 264), 0), WIDE_KCHUNK_MAX);
-        // One k-group cannot be split; a forced split is honoured.
-        assert_eq!(wide_kchunk(16, 1, 1, (132, 264), 0), 1);
-        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 3), 7);
-        assert_eq!(wide_kchunk(3840, 20, 2, (132, 264), 1), 20);
-        for (rows, kg, tiles) in [(1, 1, 1), (300, 6, 5), (6912, 54, 2), (2560, 54, 1)] {
-            let c = wide_kchunk(rows, kg, tiles, (132, 264), 0);
-            assert!((1..=WIDE_KCHUNK_MAX).contains(&c) && wide_smem(c) <= 100 * 1024);
-        }
     }
 }

@@ -73,16 +73,7 @@ fn ternary_kernels_equal_the_scalar_reference() {
     for (rows, cols, batch) in cases {
         let (w, x) = random_case(&mut rng, rows, cols, batch);
         let want = scalar(&w, &x);
-        // The wide kernel as the model splits it, unsplit (capped at its most k-groups per
-        // block) and split three ways (exact partial sums: the same outputs).
-        for path in [
-            LinearPath::Auto,
-            LinearPath::Dp4a,
-            LinearPath::Mma,
-            LinearPath::Wide(0),
-            LinearPath::Wide(1),
-            LinearPath::Wide(3),
-        ] {
+        for path in [LinearPath::Auto, LinearPath::Dp4a, LinearPath::Mma] {
             let got = bitnet_cuda::ternary_forward(&gpu, &w, &x, path).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
@@ -330,4 +321,117 @@ fn head_kernels_equal_a_double_precision_product() {
             }
         }
     }
+}
+
+/// Attention as a prefill pass runs it, in f64 from the f16-rounded cache: per row and query
+/// head, the output and the largest |score| term sum (for the tolerance).
+fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<f64>) {
+    let (hd, group) = (case.head_dim, case.n_heads / case.n_kv_heads);
+    let kvd = case.n_kv_heads * hd;
+    let r16 = |x: f32| half::f16::from_f32(x).to_f32() as f64;
+    let scaling = (hd as f64).powf(-0.5);
+    let (mut out, mut scale) = (Vec::new(), Vec::new());
+    for (s, p, q) in case.rows {
+        let (keys, values) = &case.caches[*s];
+        for h in 0..case.n_heads {
+            let kv = (h / group) * hd;
+            let q = &q[h * hd..(h + 1) * hd];
+            let (mut scores, mut magnitude) = (Vec::new(), 0f64);
+            for i in 0..=*p {
+                let k = &keys[i * kvd + kv..i * kvd + kv + hd];
+                let terms = q.iter().zip(k).map(|(&a, &b)| a as f64 * r16(b));
+                scores.push(terms.clone().sum::<f64>() * scaling);
+                magnitude = magnitude.max(terms.map(f64::abs).sum::<f64>() * scaling);
+            }
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let l: f64 = w.iter().sum();
+            for d in 0..hd {
+                let o: f64 = (0..=*p).map(|i| w[i] * r16(values[i * kvd + kv + d])).sum();
+                out.push(o / l);
+            }
+            scale.push(magnitude);
+        }
+    }
+    (out, scale)
+}
+
+/// Both 128-thread attention kernels (vector, and tensor cores where the case allows) against
+/// an f64 reference on random shapes: head sizes 16..128, 1-4 query heads per key/value head,
+/// several sequences of up to 300 positions (several chunks: the merge), rows anywhere in them,
+/// and queries scaled by 1e-3..1e3 (the tensor-core kernel scales them by a power of two).
+#[test]
+fn attention_kernels_equal_a_double_precision_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(0xa77);
+    let mut ran_mma = 0;
+    for case_no in 0..40 {
+        let hd = [16, 32, 64, 128][case_no % 4];
+        let group = 1 + (case_no / 4) % 4;
+        let n_kv = rng.random_range(1..=3);
+        let kvd = n_kv * hd;
+        let q_scale = [1.0f32, 1e-3, 1e3, 0.1][rng.random_range(0..4)];
+        let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..rng.random_range(1..=3))
+            .map(|_| {
+                let len = rng.random_range(1..300);
+                let mut v = || {
+                    (0..len * kvd)
+                        .map(|_| rng.random_range(-1.0f32..1.0))
+                        .collect()
+                };
+                (v(), v())
+            })
+            .collect();
+        let rows: Vec<(usize, usize, Vec<f32>)> = (0..rng.random_range(1..=12))
+            .map(|_| {
+                let s = rng.random_range(0..caches.len());
+                let len = caches[s].0.len() / kvd;
+                // Chunk edges (63, 64) where the sequence reaches them.
+                let pos = match rng.random_range(0..4) {
+                    0 => len - 1,
+                    1 => 63.min(len - 1),
+                    2 => 64.min(len - 1),
+                    _ => rng.random_range(0..len),
+                };
+                let q = (0..group * n_kv * hd)
+                    .map(|_| rng.random_range(-2.0f32..2.0) * q_scale)
+                    .collect();
+                (s, pos, q)
+            })
+            .collect();
+        let case = bitnet_cuda::AttentionCase {
+            n_heads: group * n_kv,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            caches: &caches,
+            rows: &rows,
+        };
+        let (want, magnitude) = attention_reference(&case);
+        for tensor_cores in [false, true] {
+            let got = match bitnet_cuda::attention_forward(&gpu, &case, tensor_cores) {
+                Ok(v) => v,
+                Err(bitnet_cuda::CudaError::Unavailable(_)) if tensor_cores && hd == 16 => continue,
+                Err(e) => panic!("{e}"),
+            };
+            ran_mma += tensor_cores as usize;
+            let mut worst = 0f64;
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                // f32 scores carry ~1e-7 of their terms' magnitude; outputs are averages of
+                // values in [-1, 1].
+                let tol = 1e-5 * (1.0 + magnitude[i / hd]);
+                let err = (g as f64 - w).abs();
+                worst = worst.max(err / tol);
+                assert!(
+                    err <= tol,
+                    "case {case_no} (hd {hd}, group {group}, kv heads {n_kv}, tensor cores {tensor_cores}): \
+                     output {i} is {g} but the reference gives {w} (tolerance {tol:.2e})"
+                );
+            }
+            eprintln!(
+                "case {case_no}: hd {hd} group {group} kv {n_kv} rows {} tensor cores {tensor_cores}: worst error {worst:.3} of tolerance",
+                rows.len()
+            );
+        }
+    }
+    assert!(ran_mma > 0, "the tensor-core kernel ran in no case");
 }
