@@ -935,25 +935,11 @@ __device__ __forceinline__ void split4(const float (&x)[4], bool lo, u32& r0, u3
     r0 = (u32)h[0] | ((u32)h[1] << 16);
     r1 = (u32)h[2] | ((u32)h[3] << 16);
 }
+// The keys and values one warp of attn_mma_body multiplies (layouts there).
 template <int HD>
-__device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
-                              int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
-                              const float* cosT, const float* sinT, int rope, u32* counters, float* out, int c,
-                              int kvh, int r) {
-    AttnBlock b;
-    if (!attn_begin<u16>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c, kvh, r))
-        return;
-    int n = b.n, group = b.group, kvd = b.kvd;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int g = lane >> 2, tq = lane & 3;
-    int i0 = warp * 16;  // the warp's 16 positions of the chunk
-    const u16* kc = seq_cache<u16>(seqtab, seq[r], layer, 0, kvd, b.lo) + kvh * HD;
-    const u16* vc = seq_cache<u16>(seqtab, seq[r], layer, 1, kvd, b.lo) + kvh * HD;
-    // Keys of positions i0 + g and i0 + g + 8: 16-byte pieces at 32 j + 8 tq (k-steps 2j, 2j + 1
-    // take halves of it). Values of positions i0 + 4 tq .. + 3: dims g * HD/8 .. + HD/8 (word w
-    // holds dims 2w, 2w + 1 of that run: A rows g and g + 8 of m-tile w). Positions past n: zeros.
+__device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int kvd, int n, int i0, int g, int tq,
+                                              uint4 (&kr)[2][HD / 32], u32 (&vw)[4][HD / 16]) {
     const uint4 z4 = make_uint4(0, 0, 0, 0);
-    uint4 kr[2][HD / 32];
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
         int i = i0 + g + 8 * hh;
@@ -961,7 +947,6 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
         for (int j = 0; j < HD / 32; j++)
             kr[hh][j] = i < n ? *(const uint4*)(kc + (size_t)i * kvd + 32 * j + 8 * tq) : z4;
     }
-    u32 vw[4][HD / 16];
 #pragma unroll
     for (int e = 0; e < 4; e++) {
         int i = i0 + 4 * tq + e;
@@ -981,6 +966,33 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
             vw[e][1] = v.y;
         }
     }
+}
+template <int HD>
+__device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                              int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
+                              const float* cosT, const float* sinT, int rope, u32* counters, float* out, int c,
+                              int kvh, int r) {
+    // Keys of positions i0 + g and i0 + g + 8: 16-byte pieces at 32 j + 8 tq (k-steps 2j, 2j + 1
+    // take halves of it). Values of positions i0 + 4 tq .. + 3: dims g * HD/8 .. + HD/8 (word w
+    // holds dims 2w, 2w + 1 of that run: A rows g and g + 8 of m-tile w). Positions past n: zeros.
+    // Issued before the queries are staged, except in the chunk whose key and value this block
+    // stores first (decode's own position).
+    int p = pos[r], lo = c * CHUNK;
+    if (lo > p) return;
+    int n = min(lo + CHUNK, p + 1) - lo, kvd = n_kv * HD;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int i0 = warp * 16;  // the warp's 16 positions of the chunk
+    const u16* kc = seq_cache<u16>(seqtab, seq[r], layer, 0, kvd, lo) + kvh * HD;
+    const u16* vc = seq_cache<u16>(seqtab, seq[r], layer, 1, kvd, lo) + kvh * HD;
+    uint4 kr[2][HD / 32];
+    u32 vw[4][HD / 16];
+    bool early = !(rope && c == p / CHUNK);
+    if (early) attn_mma_load<HD>(kc, vc, kvd, n, i0, g, tq, kr, vw);
+    AttnBlock b;
+    attn_begin<u16>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c, kvh, r);
+    if (!early) attn_mma_load<HD>(kc, vc, kvd, n, i0, g, tq, kr, vw);
+    int group = b.group;
     // B of the scores: column g is query head g & 3 (hi for g < 4, lo beyond), scaled by 2^-ex.
     int hq = g & 3;
     bool qon = hq < group;

@@ -494,12 +494,15 @@ fn glu_mode(a: Activation) -> i32 {
     }
 }
 
-/// Threads per attention block: in decode steps of fewer than 32 rows 256, the persistent
-/// step's block size (so that both sum the warps' partial outputs in the same order; 4-6% faster
-/// at batch 1 than 128); in decode steps of 32 rows or more 128 (+10% at batch 64, depth 512;
-/// level at batch 16); in prefill passes 128 (256 lost 13% at pp512: BENCHMARKS.md, v10, v11).
-fn attn_block(decode: bool, rows: usize) -> u32 {
-    if decode && rows < 32 {
+/// Threads per attention block for a pass of `rows` rows. Decode steps of one row: 256
+/// (`attn_vec_*`, the persistent step's block size, so that both sum the warps' partial outputs
+/// in the same order; 4-6% faster at batch 1 than the 128-thread vector kernel, and level with
+/// the tensor-core one). Everything else: 128, on the tensor cores where `mma` (batch 16 +6%,
+/// batch 64 +8%, pp512 +3% over the vector kernels: BENCHMARKS.md, session 11); without them,
+/// decode steps of under 32 rows take 256 (level at batch 16) and the rest 128 (+10% at batch
+/// 64; 256 lost 13% at pp512: v10, v11).
+fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
+    if decode && (rows == 1 || (rows < 32 && !mma)) {
         Kernel::WAVE_BLOCK
     } else {
         128
@@ -1266,7 +1269,7 @@ impl CudaModel {
             ptr(&s.attn, &st),
             ptr(&s.gate_up, &st),
         );
-        let attn_block = attn_block(decode, n);
+        let attn_block = attn_block(decode, n, self.k.attn_mma.is_some());
         let attn_smem = attn_smem(c, attn_block);
         let glu_mode = glu_mode(c.activation);
         if decode
