@@ -441,6 +441,15 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
                                             const int* xsum, int T, float* out, int out_stride, int accumulate,
                                             uint4 (&pre)[4], int first, int stride) {
     int strips = (rows + 15) / 16;
+    if (MAXT == 1 && first + stride >= strips) {
+        // One strip for this block (most one-token products: a grid of one wave covers them):
+        // no next strip to fetch. (Not for MAXT 4: its second copy of the product took ptxas
+        // from 80 to 100 registers, a third fewer blocks per wave.)
+        if (first < strips)
+            gemv_body<MAXT, true>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate,
+                                  pre, first);
+        return;
+    }
     for (int strip = first; strip < strips; strip += stride) {
         uint4 cur[4] = {pre[0], pre[1], pre[2], pre[3]};
         gemv_prefetch(W, kgroups, strip + stride, strips, pre);
@@ -453,14 +462,15 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
 // Up to 12 values per thread (3,072 columns) the norm weights load with the row and the first
 // strip's weight loads go to registers before normalizing (ptxas: 80 registers, no spill; with
 // 28 values the early loads spilled to the stack, whose store then waited for the DRAM load).
-// The code sum always goes by per-warp atomics.
-template <int PER>
+// The code sum always goes by per-warp atomics. MAXT: most tokens (1, or up to 4): one-token
+// steps take their own instantiation, whose reductions and epilogue do a quarter of the work.
+template <int PER, int MAXT>
 __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                                const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols,
                                int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate) {
-    __shared__ __align__(16) i8 xs[4 * PER * NW * 32];
-    __shared__ float xscale[4];
-    __shared__ int xsum[4];
+    __shared__ __align__(16) i8 xs[MAXT * PER * NW * 32];
+    __shared__ float xscale[MAXT];
+    __shared__ int xsum[MAXT];
     __shared__ float red[32];
     __shared__ int ired[32];
     PDL_START();
@@ -474,24 +484,25 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     }
     uint4 pre[4];
     if (NARROW) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
-    if (threadIdx.x < 4) xsum[threadIdx.x] = 0;
+    if (threadIdx.x < MAXT) xsum[threadIdx.x] = 0;
     PDL_WAIT();
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < (MAXT == 1 ? 1 : T); t++)
         norm_quant_regs<PER, NARROW, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,
                                            xscale + t, xsum + t, red, ired);
     if (!NARROW) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     __syncthreads();
-    gemv_strips<4>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, T, out, out_stride, accumulate, pre,
-                   blockIdx.x, gridDim.x);
+    gemv_strips<MAXT>(W, wscale, rows, kgroups, xs, kpad, xscale, xsum, MAXT == 1 ? 1 : T, out, out_stride,
+                      accumulate, pre, blockIdx.x, gridDim.x);
 }
-#define GEMV_NORM(P)                                                                                             \
-    extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv_norm_p##P(                                \
+#define GEMV_NORM_T(NAME, P, MAXT)                                                                               \
+    extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                                  \
         const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,                    \
         const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad, float eps,  \
         int mode, int T, float* out, int out_stride, int accumulate) {                                           \
-        gemv_norm_body<P>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out, out_stride,  \
-                          accumulate);                                                                           \
+        gemv_norm_body<P, MAXT>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out,        \
+                                out_stride, accumulate);                                                         \
     }
+#define GEMV_NORM(P) GEMV_NORM_T(ternary_gemv_norm_p##P, P, 4) GEMV_NORM_T(ternary_gemv_norm1_p##P, P, 1)
 FOR_EACH_PER(GEMV_NORM)
 
 // The m16n8k32 A fragments (u8 codes w+1) of the four k-blocks of one weight uint4, unpacked once

@@ -380,8 +380,10 @@ struct Kernels {
     norm_quant: ByWidth,
     final_norm: Kernel,
     gemv: Kernel,
-    /// RMSNorm + quantization fused into the dp4a product (decode; `ternary_gemv_norm_p*`).
+    /// RMSNorm + quantization fused into the dp4a product (decode; `ternary_gemv_norm_p*`), and
+    /// its one-token instantiation (`ternary_gemv_norm1_p*`).
     gemv_norm: ByWidth,
+    gemv_norm1: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
     mma: Option<[Kernel; 3]>,
     rope_kv: Kernel,
@@ -975,15 +977,7 @@ impl CudaModel {
                 sums: 0,
                 rows: n,
             };
-            return launch_gemv_norm(
-                &self.gpu,
-                &self.k.gemv_norm,
-                w,
-                &nq,
-                op,
-                out_stride,
-                accumulate,
-            );
+            return launch_gemv_norm(&self.gpu, &self.k, w, &nq, op, out_stride, accumulate);
         }
         let kp = self.norm_quant(s, xp, x_stride, norm, cols, mode, n)?;
         if let Some((tr, li, point)) = trace {
@@ -1433,18 +1427,24 @@ struct NormQuant {
 /// instantiation's.
 const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_THREADS;
 
-/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width) over `a.rows` (at most
-/// 4) rows: each block normalizes and quantizes the rows itself, then multiplies its strip.
+/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
+/// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
+/// itself, then multiplies its strip.
 fn launch_gemv_norm(
     gpu: &Gpu,
-    k: &ByWidth,
+    k: &Kernels,
     w: &DevTernary,
     a: &NormQuant,
     out: u64,
     out_stride: usize,
     accumulate: bool,
 ) -> Result<(), CudaError> {
-    let k = k.for_cols(a.cols);
+    let k = if a.rows == 1 {
+        &k.gemv_norm1
+    } else {
+        &k.gemv_norm
+    }
+    .for_cols(a.cols);
     // One wave at most: each block loops over strips (the kernel normalizes once per block).
     let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu));
     gpu.launch(
@@ -1894,7 +1894,7 @@ pub fn norm_linear_forward(
         rows,
     };
     if fused {
-        launch_gemv_norm(gpu, &k.gemv_norm, &dw, &nq, ptr(&out, st), w.rows(), false)?;
+        launch_gemv_norm(gpu, &k, &dw, &nq, ptr(&out, st), w.rows(), false)?;
     } else {
         launch_norm_quant(gpu, &k.norm_quant, &nq)?;
         let io = LinearIo {
@@ -1934,6 +1934,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         final_norm: gpu.function("final_norm")?,
         gemv: gpu.function("ternary_gemv")?,
         gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?,
+        gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?,
         mma,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
