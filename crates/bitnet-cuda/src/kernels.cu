@@ -1326,44 +1326,69 @@ DECODE_STEP(f16, u16)
 // ---------------------------------------------------------------------------------------------
 // The head: logits[t][v] = dot(W[v], x[t]) for up to 8 rows of x at a time; one warp per
 // vocabulary row, eight per block. Int8 rows carry a per-row scale.
-template <class D>
-__device__ __forceinline__ void load8(const typename D::T* w, size_t i, float* f);
-template <>
-__device__ __forceinline__ void load8<F32T>(const float* w, size_t i, float* f) {
-    float4 a = *(const float4*)(w + i), b = *(const float4*)(w + i + 4);
-    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
-}
-template <>
-__device__ __forceinline__ void load8<F16T>(const u16* w, size_t i, float* f) {
-    uint4 v = __ldg((const uint4*)(w + i));
-    u32 u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        f[2 * j] = h2f((u16)(u[j] & 0xffff));
-        f[2 * j + 1] = h2f((u16)(u[j] >> 16));
-    }
-}
-template <>
-__device__ __forceinline__ void load8<BF16T>(const u16* w, size_t i, float* f) {
-    uint4 v = __ldg((const uint4*)(w + i));
-    u32 u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        f[2 * j] = __uint_as_float(u[j] << 16);
-        f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
-    }
-}
 struct I8T { typedef i8 T; };
+
+// Eight values of a row as loaded (`Raw`), issued apart from their conversion (`expand`) so
+// that a lane's loads are all in flight before it waits on the first.
+template <class D>
+struct HeadRaw;
 template <>
-__device__ __forceinline__ void load8<I8T>(const i8* w, size_t i, float* f) {
-    uint2 v = __ldg((const uint2*)(w + i));
-    u32 u[2] = {v.x, v.y};
+struct HeadRaw<F32T> {
+    struct R { float4 a, b; };
+    static __device__ __forceinline__ R load(const float* w, size_t i) {
+        return R{*(const float4*)(w + i), *(const float4*)(w + i + 4)};
+    }
+    static __device__ __forceinline__ void expand(const R& r, float* f) {
+        f[0] = r.a.x; f[1] = r.a.y; f[2] = r.a.z; f[3] = r.a.w; f[4] = r.b.x; f[5] = r.b.y; f[6] = r.b.z; f[7] = r.b.w;
+    }
+};
+template <>
+struct HeadRaw<F16T> {
+    typedef uint4 R;
+    static __device__ __forceinline__ R load(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
+    static __device__ __forceinline__ void expand(const R& v, float* f) {
+        u32 u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int j = 0; j < 8; j++) f[j] = (float)(i8)((u[j >> 2] >> (8 * (j & 3))) & 0xff);
-}
+        for (int j = 0; j < 4; j++) {
+            f[2 * j] = h2f((u16)(u[j] & 0xffff));
+            f[2 * j + 1] = h2f((u16)(u[j] >> 16));
+        }
+    }
+};
+template <>
+struct HeadRaw<BF16T> {
+    typedef uint4 R;
+    static __device__ __forceinline__ R load(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
+    static __device__ __forceinline__ void expand(const R& v, float* f) {
+        u32 u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            f[2 * j] = __uint_as_float(u[j] << 16);
+            f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+        }
+    }
+};
+template <>
+struct HeadRaw<I8T> {
+    typedef uint2 R;
+    static __device__ __forceinline__ R load(const i8* w, size_t i) { return __ldg((const uint2*)(w + i)); }
+    // Exact, without I2F (a quarter-rate conversion: at 328 M per 2B4T token, ~80 us of the
+    // GPU's conversion throughput): byte b + 128 placed in the mantissa of 2^23 is the float
+    // 2^23 + b + 128.
+    static __device__ __forceinline__ void expand(const R& v, float* f) {
+        u32 u[2] = {v.x ^ 0x80808080u, v.y ^ 0x80808080u};
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            f[j] = __int_as_float(__byte_perm(u[j >> 2], 0x4B000000u, 0x7440u + (j & 3))) - 8388736.0f;
+    }
+};
 
 // `cols` is a multiple of 8 here (checked on the host; other widths take head_generic).
-template <class D>
+// Lane l takes columns l * 8 + 256 j (j = 0, 1, ...) in order, U loads in flight at a time
+// (any U sums in the same order): 2 for f32; 5 for 16-bit rows and 10 for int8 ones, i.e. 2.5
+// KB per warp and a 2,560-wide row in two rounds (16-bit) or one (int8) where two loads of
+// 8 values (1 KB or 512 B per warp) took five.
+template <class D, int U>
 __device__ void head_body(const typename D::T* W, const float* rscale, int vocab, int cols, const float* x, int m,
                           float* logits) {
     PDL_ENTRY();
@@ -1374,23 +1399,24 @@ __device__ void head_body(const typename D::T* W, const float* rscale, int vocab
 #pragma unroll
     for (int t = 0; t < 8; t++) acc[t] = 0.f;
     size_t base = (size_t)v * cols;
-    // Two 8-value weight loads in flight per lane.
-    for (int c0 = lane * 8; c0 < cols; c0 += 512) {
-        float f[2][8];
+    for (int c0 = lane * 8; c0 < cols; c0 += 256 * U) {
+        typename HeadRaw<D>::R raw[U];
 #pragma unroll
-        for (int u = 0; u < 2; u++)
-            if (c0 + 256 * u < cols) load8<D>(W, base + c0 + 256 * u, f[u]);
+        for (int u = 0; u < U; u++)
+            if (c0 + 256 * u < cols) raw[u] = HeadRaw<D>::load(W, base + c0 + 256 * u);
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
+        for (int u = 0; u < U; u++) {
             int c = c0 + 256 * u;
             if (c >= cols) break;
+            float f[8];
+            HeadRaw<D>::expand(raw[u], f);
 #pragma unroll
             for (int t = 0; t < 8; t++) {
                 if (t < m) {
                     const float4* xp = (const float4*)(x + (size_t)t * cols + c);
                     float4 a = xp[0], b = xp[1];
-                    acc[t] += f[u][0] * a.x + f[u][1] * a.y + f[u][2] * a.z + f[u][3] * a.w + f[u][4] * b.x +
-                              f[u][5] * b.y + f[u][6] * b.z + f[u][7] * b.w;
+                    acc[t] += f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x +
+                              f[5] * b.y + f[6] * b.z + f[7] * b.w;
                 }
             }
         }
@@ -1405,13 +1431,13 @@ __device__ void head_body(const typename D::T* W, const float* rscale, int vocab
     }
 }
 extern "C" __global__ void head_f32(const float* W, const float* rs, int vocab, int cols, const float* x, int m,
-                                    float* out) { head_body<F32T>(W, rs, vocab, cols, x, m, out); }
-extern "C" __global__ void head_f16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
-                                    float* out) { head_body<F16T>(W, rs, vocab, cols, x, m, out); }
-extern "C" __global__ void head_bf16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
-                                     float* out) { head_body<BF16T>(W, rs, vocab, cols, x, m, out); }
-extern "C" __global__ void head_i8(const i8* W, const float* rs, int vocab, int cols, const float* x, int m,
-                                   float* out) { head_body<I8T>(W, rs, vocab, cols, x, m, out); }
+                                    float* out) { head_body<F32T, 2>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void __launch_bounds__(256, 3) head_f16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                    float* out) { head_body<F16T, 5>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void __launch_bounds__(256, 3) head_bf16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                     float* out) { head_body<BF16T, 5>(W, rs, vocab, cols, x, m, out); }
+extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const float* rs, int vocab, int cols, const float* x, int m,
+                                   float* out) { head_body<I8T, 10>(W, rs, vocab, cols, x, m, out); }
 
 // The head for batches (9 or more rows) on the tensor cores, reading the table once per 64 rows
 // instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of x as B, f32
