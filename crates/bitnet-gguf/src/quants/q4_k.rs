@@ -312,7 +312,7 @@ pub(crate) const ROW_DOTS: RowDots = RowDots {
     #[cfg(target_arch = "x86_64")]
     avx2: x86::row_avx2,
     #[cfg(target_arch = "x86_64")]
-    avx2_x4: None,
+    avx2_x4: Some(x86::row_avx2_x4),
 };
 
 /// Portable reference: per 32-value sub-block `j` (one activation block), the exact i32 sums
@@ -421,9 +421,35 @@ mod x86 {
     /// negated lane sums times the broadcast min; `d` and `dmin` per super-block.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn row_avx2(row: &[u8], x: ActRef<'_>) -> f32 {
-        let n = x.blocks_of(row, BLOCK_BYTES, QK_K);
+        // SAFETY: this function is compiled for the body's features.
+        let [y] = unsafe { rows_avx2::<1>(row, [x]) };
+        y
+    }
+
+    /// [`row_avx2`] of one row against four vectors: each super-block's levels, scales and
+    /// mins are unpacked once for all four, and each vector's product goes through exactly the
+    /// operations [`row_avx2`] applies to it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn row_avx2_x4(row: &[u8], xs: [ActRef<'_>; 4]) -> [f32; 4] {
+        // SAFETY: this function is compiled for the body's features.
+        unsafe { rows_avx2(row, xs) }
+    }
+
+    /// The row kernel against `V` vectors (a target-feature function: closures inherit the
+    /// features only from the function they are written in).
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX2, FMA and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_avx2<const V: usize>(row: &[u8], xs: [ActRef<'_>; V]) -> [f32; V] {
+        let mut n = 0;
+        for x in &xs {
+            n = x.blocks_of(row, BLOCK_BYTES, QK_K);
+        }
         let m4 = _mm256_set1_epi8(0x0F);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); V];
         let (blocks, _) = row.as_chunks::<BLOCK_BYTES>();
         for (s, blk) in blocks.iter().enumerate().take(n) {
             let (d, dmin) = (
@@ -431,7 +457,8 @@ mod x86 {
                 h2f(u16::from_le_bytes([blk[2], blk[3]])),
             );
             let sm = scales_mins_bytes(packed_scales(blk));
-            let (mut acc_d, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut acc_d = [_mm256_setzero_ps(); V];
+            let mut acc_m = [_mm256_setzero_ps(); V];
             for g in 0..4 {
                 // SAFETY: the 32 qs bytes of group g lie inside super-block s (s < n).
                 let q = unsafe { _mm256_loadu_si256(blk.as_ptr().add(16 + 32 * g).cast()) };
@@ -442,29 +469,37 @@ mod x86 {
                 for (k, w) in levels.into_iter().enumerate() {
                     let j = 2 * g + k;
                     let e = s * QK_K + 32 * j;
-                    // SAFETY: x covers n super-blocks (`check`): codes e..e+32 and lanes
-                    // e/4..e/4+8 are in bounds.
-                    let (xv, xs, ns) = unsafe {
-                        (
-                            _mm256_loadu_si256(x.q.as_ptr().add(e).cast()),
-                            _mm256_loadu_ps(x.scale.as_ptr().add(e / LANE)),
-                            _mm256_loadu_si256(x.neg_sum.as_ptr().add(e / LANE).cast()),
-                        )
-                    };
                     let sc = _mm256_set1_epi16(i16::from(sm[j]));
-                    let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), sc);
-                    acc_d = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), xs, acc_d);
-                    let mins = _mm256_mullo_epi32(ns, _mm256_set1_epi32(i32::from(sm[8 + j])));
-                    acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), xs, acc_m);
+                    let mn = _mm256_set1_epi32(i32::from(sm[8 + j]));
+                    for ((x, acc_d), acc_m) in xs.iter().zip(&mut acc_d).zip(&mut acc_m) {
+                        // SAFETY: x covers n super-blocks (`blocks_of`): codes e..e+32 and
+                        // lanes e/4..e/4+8 are in bounds.
+                        let (xv, xsc, ns) = unsafe {
+                            (
+                                _mm256_loadu_si256(x.q.as_ptr().add(e).cast()),
+                                _mm256_loadu_ps(x.scale.as_ptr().add(e / LANE)),
+                                _mm256_loadu_si256(x.neg_sum.as_ptr().add(e / LANE).cast()),
+                            )
+                        };
+                        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), sc);
+                        *acc_d = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), xsc, *acc_d);
+                        let mins = _mm256_mullo_epi32(ns, mn);
+                        *acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), xsc, *acc_m);
+                    }
                 }
             }
-            acc = _mm256_fmadd_ps(acc_d, _mm256_set1_ps(d), acc);
-            acc = _mm256_fmadd_ps(acc_m, _mm256_set1_ps(dmin), acc);
+            let (dv, dminv) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
+            for ((acc, acc_d), acc_m) in acc.iter_mut().zip(acc_d).zip(acc_m) {
+                *acc = _mm256_fmadd_ps(acc_d, dv, *acc);
+                *acc = _mm256_fmadd_ps(acc_m, dminv, *acc);
+            }
         }
-        let mut lanes = [0.0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        lanes.iter().sum()
+        acc.map(|acc| {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds 8 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+            lanes.iter().sum()
+        })
     }
 }
 
