@@ -81,4 +81,7 @@ pub enum CudaError {
     /// A previous step panicked while holding the device's buffers.
     #[error("the GPU state was poisoned by an earlier failure")]
     Poisoned,
+    /// Arguments that do not fit together (shapes, indices).
+    #[error("invalid arguments: {0}")]
+    Invalid(String),
 }

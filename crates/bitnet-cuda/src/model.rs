@@ -1733,6 +1733,41 @@ pub struct AttentionCase<'a> {
     pub rows: &'a [(usize, usize, Vec<f32>)],
 }
 
+/// Whether `case`'s shapes fit together (the attention kernels' limits included).
+fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaError> {
+    let (hd, nkv) = (case.head_dim, case.n_kv_heads);
+    let (kvd, qd) = (nkv * hd, case.n_heads * hd);
+    let bad = |why: String| Err(CudaError::Invalid(why));
+    if nkv == 0 || !case.n_heads.is_multiple_of(nkv) || case.n_heads / nkv > 8 {
+        return bad(format!(
+            "{} query heads over {nkv} key/value heads",
+            case.n_heads
+        ));
+    }
+    if hd == 0 || !hd.is_multiple_of(4) || hd > 128 {
+        return bad(format!("head_dim {hd} (multiples of 4 up to 128)"));
+    }
+    for (s, (k, v)) in case.caches.iter().enumerate() {
+        if k.len() != v.len() || !k.len().is_multiple_of(kvd) {
+            return bad(format!(
+                "sequence {s}: {} keys and {} values",
+                k.len(),
+                v.len()
+            ));
+        }
+    }
+    for (r, (s, p, q)) in case.rows.iter().enumerate() {
+        let len = case.caches.get(*s).map_or(0, |c| c.0.len() / kvd);
+        if *p >= len || q.len() != qd {
+            return bad(format!(
+                "row {r}: position {p} of sequence {s} ({len} cached), {} query values for {qd}",
+                q.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The attention output of every row of `case` (`n_heads * head_dim` each), by the 128-thread
 /// kernel the model takes for prefill and batched decode: on the tensor cores (`tensor_cores`;
 /// [`CudaError::Unavailable`] where no such kernel fits the case) or the vector kernel.
@@ -1741,6 +1776,7 @@ pub fn attention_forward(
     case: &AttentionCase<'_>,
     tensor_cores: bool,
 ) -> Result<Vec<f32>, CudaError> {
+    check_attention_case(case)?;
     let (hd, nkv) = (case.head_dim, case.n_kv_heads);
     let (kvd, qd) = (nkv * hd, case.n_heads * hd);
     let group = case.n_heads / nkv;
@@ -2070,5 +2106,42 @@ impl Accelerator for CudaModel {
 
     fn head_type(&self) -> &'static str {
         self.head.as_ref().unwrap_or(&self.embed).name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_cases_that_do_not_fit_are_refused() {
+        let caches = vec![(vec![0.0f32; 3 * 64], vec![0.0f32; 3 * 64])];
+        let row = |s: usize, p: usize, q: usize| vec![(s, p, vec![0.0f32; q])];
+        let case = |n_heads, n_kv_heads, head_dim, rows: &[(usize, usize, Vec<f32>)]| {
+            check_attention_case(&AttentionCase {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                caches: &caches,
+                rows,
+            })
+        };
+        assert!(case(2, 1, 64, &row(0, 2, 128)).is_ok());
+        for (n_heads, n_kv, hd, rows) in [
+            (2, 1, 64, row(0, 3, 128)),  // position past the cache
+            (2, 1, 64, row(1, 0, 128)),  // no such sequence
+            (2, 1, 64, row(0, 0, 100)),  // query length
+            (3, 2, 32, row(0, 0, 96)),   // heads not a multiple
+            (2, 0, 64, row(0, 0, 128)),  // no key/value heads
+            (18, 2, 32, row(0, 0, 576)), // 9 query heads per key/value head
+            (2, 1, 62, row(0, 0, 124)),  // head_dim not a multiple of 4
+            (2, 1, 80, row(0, 0, 160)),  // cache length not a multiple of kv_dim
+        ] {
+            let got = case(n_heads, n_kv, hd, &rows);
+            assert!(
+                matches!(got, Err(CudaError::Invalid(_))),
+                "{n_heads} {n_kv} {hd}: {got:?}"
+            );
+        }
     }
 }

@@ -434,4 +434,21 @@ fn attention_kernels_equal_a_double_precision_reference() {
         }
     }
     assert!(ran_mma > 0, "the tensor-core kernel ran in no case");
+    // Arguments that do not fit are refused before anything runs.
+    let caches = vec![(vec![0.5f32; 3 * 64], vec![0.5f32; 3 * 64])];
+    for (pos, q_len) in [(3, 128), (0, 100)] {
+        let rows = vec![(0, pos, vec![1.0f32; q_len])];
+        let case = bitnet_cuda::AttentionCase {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 64,
+            caches: &caches,
+            rows: &rows,
+        };
+        let got = bitnet_cuda::attention_forward(&gpu, &case, false);
+        assert!(
+            matches!(got, Err(bitnet_cuda::CudaError::Invalid(_))),
+            "position {pos}, {q_len} query values: {got:?}"
+        );
+    }
 }
