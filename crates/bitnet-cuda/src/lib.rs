@@ -9,7 +9,9 @@
 //! stacked q|k|v ternary product, RoPE + KV-cache store, split attention and its merge, sub-norm +
 //! quantization, the output projection added into the residual, the same for the FFN with
 //! gate|up stacked and `act(gate) * up` fused into the next norm; then the final norm and the
-//! head. Ternary products use `dp4a` for up to 4 tokens and int8 tensor-core `mma` beyond.
+//! head. Ternary products use `dp4a` for up to 4 tokens and int8 tensor-core `mma` beyond;
+//! attention over an f16 cache uses f16 tensor-core `mma` (queries and softmax weights split
+//! into f16 high and low parts) except in one-row decode steps.
 #![deny(missing_docs)]
 
 mod device;
