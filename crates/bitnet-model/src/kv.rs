@@ -249,6 +249,69 @@ impl KvView<'_> {
     }
 }
 
+impl KvView<'_> {
+    /// [`KvView::scores`] of `g` query heads that share kv head `head` at once: `q` holds them
+    /// one after another, `out` their scores (`out.len() / g` positions apiece). The same values
+    /// as `g` calls of `scores`; f32 and f16 keys are read and widened once for all `g`.
+    pub(crate) fn scores_heads(
+        &self,
+        q: &[f32],
+        g: usize,
+        head: usize,
+        kv_dim: usize,
+        scaling: f32,
+        out: &mut [f32],
+    ) {
+        let hd = q.len() / g;
+        let at = head * hd;
+        match *self {
+            KvView::F32(v) => {
+                simd::dots_heads(q, g, &v[at..], kv_dim, out);
+                out.iter_mut().for_each(|s| *s *= scaling);
+            }
+            KvView::F16(v) => {
+                simd::dots_heads(q, g, &v[at..], kv_dim, out);
+                out.iter_mut().for_each(|s| *s *= scaling);
+            }
+            KvView::Q8 { .. } => {
+                let n = out.len() / g;
+                for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n)) {
+                    self.scores(qh, head, kv_dim, scaling, oh);
+                }
+            }
+        }
+    }
+
+    /// [`KvView::mix`] of `g` heads at once: `w` holds their weights one after another
+    /// (`w.len() / g` apiece), `out` their outputs. The same values as `g` calls of `mix`.
+    pub(crate) fn mix_heads(
+        &self,
+        w: &mut [f32],
+        g: usize,
+        head: usize,
+        kv_dim: usize,
+        out: &mut [f32],
+    ) {
+        let (hd, n) = (out.len() / g, w.len() / g);
+        let at = head * hd;
+        match *self {
+            KvView::F32(v) => {
+                out.fill(0.0);
+                simd::axpys_heads(w, g, &v[at..], kv_dim, out);
+            }
+            KvView::F16(v) => {
+                out.fill(0.0);
+                simd::axpys_heads(w, g, &v[at..], kv_dim, out);
+            }
+            KvView::Q8 { .. } => {
+                for (wh, oh) in w.chunks_exact_mut(n).zip(out.chunks_exact_mut(hd)) {
+                    self.mix(wh, head, kv_dim, oh);
+                }
+            }
+        }
+    }
+}
+
 /// The attention loops over rows of any stored element type, vectorized per instruction set.
 mod simd {
     use half::f16;
@@ -295,6 +358,62 @@ mod simd {
             }
         }
         dots_portable(q, rows, stride, out);
+    }
+
+    /// [`dots`] of `g` query heads against the same rows (`q` holds them one after another,
+    /// `out` their results, `out.len() / g` apiece): each head's results are exactly [`dots`]'s.
+    /// On AVX2 two or four heads go together, each row widened once for all of them (a
+    /// `vcvtph2ps` costs as much as two FMAs there).
+    pub(crate) fn dots_heads<E: x86::Lanes>(
+        q: &[f32],
+        g: usize,
+        rows: &[E],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let (hd, n) = (q.len() / g.max(1), out.len() / g.max(1));
+        #[cfg(target_arch = "x86_64")]
+        if n > 0 && x86::level() == x86::Level::Avx2 {
+            assert!(q.len() == g * hd && out.len() == g * n);
+            assert!(rows.len() >= (n - 1) * stride + hd);
+            match g {
+                // SAFETY: the features were detected on this CPU; bounds checked above.
+                2 => return unsafe { x86::dots_heads_avx2::<E, 2>(q, rows, stride, out) },
+                // SAFETY: as above.
+                4 => return unsafe { x86::dots_heads_avx2::<E, 4>(q, rows, stride, out) },
+                _ => {}
+            }
+        }
+        for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n)) {
+            dots(qh, rows, stride, oh);
+        }
+    }
+
+    /// [`axpys`] of `g` heads over the same rows (`w` holds their weights one after another,
+    /// `out` their outputs): each head's output is exactly [`axpys`]'s.
+    pub(crate) fn axpys_heads<E: x86::Lanes>(
+        w: &[f32],
+        g: usize,
+        rows: &[E],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let (n, hd) = (w.len() / g.max(1), out.len() / g.max(1));
+        #[cfg(target_arch = "x86_64")]
+        if n > 0 && x86::level() == x86::Level::Avx2 {
+            assert!(w.len() == g * n && out.len() == g * hd);
+            assert!(rows.len() >= (n - 1) * stride + hd);
+            match g {
+                // SAFETY: the features were detected on this CPU; bounds checked above.
+                2 => return unsafe { x86::axpys_heads_avx2::<E, 2, 4>(w, rows, stride, out) },
+                // SAFETY: as above.
+                4 => return unsafe { x86::axpys_heads_avx2::<E, 4, 2>(w, rows, stride, out) },
+                _ => {}
+            }
+        }
+        for (wh, oh) in w.chunks_exact(n).zip(out.chunks_exact_mut(hd)) {
+            axpys(wh, rows, stride, oh);
+        }
     }
 
     /// [`dots`] without vector instructions (other CPUs, and the oracle of the tests).
@@ -613,15 +732,169 @@ mod simd {
                     }
                     i += 8;
                 }
-                let s = _mm256_add_ps(acc[0], acc[1]);
-                let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                let mut sum = _mm_cvtss_f32(s);
+                let mut sum = reduce2(acc[0], acc[1]);
                 for k in i..n {
                     sum += q[k] * row[k].widen();
                 }
                 *o = sum;
+            }
+        }
+
+        /// The sum of [`dots_avx2`]'s two accumulators: added, then the halves, pairs and lanes.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        fn reduce2(a: __m256, b: __m256) -> f32 {
+            let s = _mm256_add_ps(a, b);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+
+        /// [`dots_avx2`] of `G` heads (`q`: `G x hd`, `out`: `G x n`) with each row widened
+        /// once: per head the same FMAs in the same order.
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C are present; `q.len() == G * hd`, `out.len() == G * n` and `rows`
+        /// holds `(n - 1) * stride + hd` elements.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn dots_heads_avx2<E: Lanes, const G: usize>(
+            q: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let (hd, n) = (q.len() / G, out.len() / G);
+            let full = hd / 16 * 16;
+            let half = hd / 8 * 8;
+            let qp = q.as_ptr();
+            for p in 0..n {
+                let row = &rows[p * stride..p * stride + hd];
+                let kp = row.as_ptr();
+                let mut acc = [[_mm256_setzero_ps(); 2]; G];
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 16 <= hd for the row and each head's query.
+                    unsafe {
+                        let k0 = E::load8(kp.add(i));
+                        let k1 = E::load8(kp.add(i + 8));
+                        for (h, acc) in acc.iter_mut().enumerate() {
+                            let qh = qp.add(h * hd + i);
+                            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qh), k0, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(qh.add(8)), k1, acc[1]);
+                        }
+                    }
+                    i += 16;
+                }
+                if i < half {
+                    // SAFETY: i + 8 <= hd.
+                    unsafe {
+                        let k0 = E::load8(kp.add(i));
+                        for (h, acc) in acc.iter_mut().enumerate() {
+                            acc[0] =
+                                _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * hd + i)), k0, acc[0]);
+                        }
+                    }
+                    i += 8;
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    let mut sum = reduce2(acc[0], acc[1]);
+                    for k in i..hd {
+                        sum += q[h * hd + k] * row[k].widen();
+                    }
+                    out[h * n + p] = sum;
+                }
+            }
+        }
+
+        /// Positions per block of [`axpys_heads_avx2`]: their rows (16 KB at head_dim 128 in
+        /// f16) stay in L1 while every pass over the dims reads them.
+        const MIX_BLOCK: usize = 64;
+
+        /// [`axpys_avx2`] of `G` heads (`w`: `G x n`, `out`: `G x hd`): passes of `C` 8-lane
+        /// chunks of every head's output kept in registers over a block of positions, each
+        /// row chunk widened once for all heads. Per output element the same FMAs in the same
+        /// order (position by position, from the value in `out`).
+        ///
+        /// # Safety
+        /// AVX2, FMA and F16C are present; `w.len() == G * n`, `out.len() == G * hd` and `rows`
+        /// holds `(n - 1) * stride + hd` elements.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn axpys_heads_avx2<E: Lanes, const G: usize, const C: usize>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let (n, hd) = (w.len() / G, out.len() / G);
+            let full = hd / 8 * 8;
+            let mut p0 = 0;
+            while p0 < n {
+                let p1 = (p0 + MIX_BLOCK).min(n);
+                let mut i = 0;
+                while i + 8 * C <= full {
+                    // SAFETY: the caller's promises; i + 8C <= hd.
+                    unsafe { mix_pass::<E, G, C>(w, rows, stride, out, i, p0..p1) };
+                    i += 8 * C;
+                }
+                while i < full {
+                    // SAFETY: as above, i + 8 <= hd.
+                    unsafe { mix_pass::<E, G, 1>(w, rows, stride, out, i, p0..p1) };
+                    i += 8;
+                }
+                p0 = p1;
+            }
+            for h in 0..G {
+                for p in 0..n {
+                    let row = &rows[p * stride..p * stride + hd];
+                    for k in full..hd {
+                        out[h * hd + k] += w[h * n + p] * row[k].widen();
+                    }
+                }
+            }
+        }
+
+        /// Dims `i..i + 8 CC` of every head's output over positions `ps`.
+        ///
+        /// # Safety
+        /// As [`axpys_heads_avx2`], and `i + 8 CC <= hd`.
+        #[inline(always)]
+        unsafe fn mix_pass<E: Lanes, const G: usize, const CC: usize>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+            i: usize,
+            ps: std::ops::Range<usize>,
+        ) {
+            let (n, hd) = (w.len() / G, out.len() / G);
+            let op = out.as_mut_ptr();
+            // SAFETY (every block): the caller's bounds; AVX2, FMA and F16C.
+            unsafe {
+                let mut acc = [[_mm256_setzero_ps(); CC]; G];
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_loadu_ps(op.add(h * hd + i + 8 * c));
+                    }
+                }
+                for p in ps {
+                    let vp = rows.as_ptr().add(p * stride + i);
+                    let mut v = [_mm256_setzero_ps(); CC];
+                    for (c, v) in v.iter_mut().enumerate() {
+                        *v = E::load8(vp.add(8 * c));
+                    }
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*w.get_unchecked(h * n + p));
+                        for (a, v) in acc.iter_mut().zip(&v) {
+                            *a = _mm256_fmadd_ps(wv, *v, *a);
+                        }
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    for (c, a) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(op.add(h * hd + i + 8 * c), *a);
+                    }
+                }
             }
         }
 
@@ -775,6 +1048,45 @@ mod tests {
     /// multiply-adds in the same order as a lane-by-lane sequence (and the tail past the last
     /// 16 lanes a plain multiply and add): bit for bit, over one and several 128-lane chunks.
     #[cfg(target_arch = "x86_64")]
+    /// Two and four heads at once give each head exactly what it gets alone (dispatched, and
+    /// the AVX2 kernels directly where the CPU has them), for head sizes with and without
+    /// 8-lane tails and position counts across the mix's 64-position blocks.
+    #[test]
+    fn heads_together_equal_heads_alone_bit_for_bit() {
+        fn check<E: simd::x86::Lanes + std::fmt::Debug>(conv: fn(f32) -> E) {
+            for hd in [8, 9, 16, 23, 64, 100, 128] {
+                for n in [1, 7, 64, 65, 200] {
+                    let stride = 3 * hd + 5;
+                    let rows: Vec<E> = noise(n * stride, (hd * n) as u64)
+                        .into_iter()
+                        .map(conv)
+                        .collect();
+                    for g in [1, 2, 3, 4] {
+                        let q = noise(g * hd, 7);
+                        let w = noise(g * n, 8);
+                        let (mut alone, mut mix_alone) =
+                            (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                        for h in 0..g {
+                            let o = &mut alone[h * n..(h + 1) * n];
+                            simd::dots(&q[h * hd..(h + 1) * hd], &rows, stride, o);
+                            let o = &mut mix_alone[h * hd..(h + 1) * hd];
+                            simd::axpys(&w[h * n..(h + 1) * n], &rows, stride, o);
+                        }
+                        let (mut got, mut mix) = (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                        simd::dots_heads(&q, g, &rows, stride, &mut got);
+                        simd::axpys_heads(&w, g, &rows, stride, &mut mix);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&alone), "scores: hd {hd}, n {n}, g {g}");
+                        assert_eq!(bits(&mix), bits(&mix_alone), "mix: hd {hd}, n {n}, g {g}");
+                    }
+                }
+            }
+        }
+        check::<f32>(|x| x);
+        check::<f16>(f16::from_f32);
+        check::<i8>(|x| (x * 127.0) as i8);
+    }
+
     #[test]
     fn avx512_mix_is_a_sequence_of_fmas_per_lane() {
         if !std::arch::is_x86_feature_detected!("avx512f") {

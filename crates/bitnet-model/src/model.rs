@@ -824,29 +824,61 @@ impl Model {
             owner.extend((0..seg.n).map(|j| (i, seg.start + j)));
         }
         let q = &s.q;
+        let n = owner.len();
+        let threads = self.pool.as_ref().map_or(1, |p| p.threads());
+        let g = heads_per_task(group, n * c.n_heads, threads);
+        // Task i: row t's query heads h0..h0 + g, which share kv head h0 / group (each cached
+        // key and value is read and widened once for the g of them).
         let task = |i: usize, out: &mut [f32]| {
-            let (t, h) = (i / c.n_heads, i % c.n_heads);
+            let (t, h0) = (i / (c.n_heads / g), i % (c.n_heads / g) * g);
             let (seq, pos) = owner[t];
             let (keys, values) = batch[seq].cache.layer(layer);
-            let kvh = h / group;
-            let qv = &q[t * qd + h * hd..t * qd + (h + 1) * hd];
+            let kvh = h0 / group;
+            let qv = &q[t * qd + h0 * hd..t * qd + (h0 + g) * hd];
             SCORES.with_borrow_mut(|scores| {
                 scores.clear();
-                scores.resize(pos + 1, 0.0);
-                keys.scores(qv, kvh, kvd, scaling, scores);
-                ops::softmax(scores);
-                values.mix(scores, kvh, kvd, out);
+                scores.resize(g * (pos + 1), 0.0);
+                keys.scores_heads(qv, g, kvh, kvd, scaling, scores);
+                scores.chunks_exact_mut(pos + 1).for_each(ops::softmax);
+                values.mix_heads(scores, g, kvh, kvd, out);
             });
         };
-        let n = owner.len();
         let out = &mut s.attn[..n * qd];
         match &self.pool {
-            Some(pool) if n * c.n_heads > 1 => pool.for_each_chunk_mut(out, hd, &task),
+            Some(pool) if n * c.n_heads / g > 1 => pool.for_each_chunk_mut(out, g * hd, &task),
             _ => out
-                .chunks_exact_mut(hd)
+                .chunks_exact_mut(g * hd)
                 .enumerate()
                 .for_each(|(i, o)| task(i, o)),
         }
         s.owner = owner;
+    }
+}
+
+/// Query heads per attention task: 4 or 2 of a key/value head's `group` together where that
+/// still leaves every thread two tasks or more (`tasks` = rows x query heads), else 1.
+fn heads_per_task(group: usize, tasks: usize, threads: usize) -> usize {
+    [4, 2]
+        .into_iter()
+        .find(|&g| group.is_multiple_of(g) && tasks / g >= 2 * threads)
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heads_per_task;
+
+    #[test]
+    fn attention_tasks_group_heads_only_where_threads_stay_busy() {
+        // 2B4T (4 query heads per kv head, 20 heads), one row, two threads: 5 tasks of 4.
+        assert_eq!(heads_per_task(4, 20, 2), 4);
+        // Eight threads would idle: pairs, then single heads.
+        assert_eq!(heads_per_task(4, 40, 8), 2);
+        assert_eq!(heads_per_task(4, 20, 8), 1);
+        // Only divisors of the group: 2 of 2 (or 6), never across kv heads.
+        assert_eq!(heads_per_task(2, 64, 2), 2);
+        assert_eq!(heads_per_task(6, 600, 2), 2);
+        assert_eq!(heads_per_task(3, 600, 2), 1);
+        assert_eq!(heads_per_task(1, 600, 2), 1);
     }
 }
