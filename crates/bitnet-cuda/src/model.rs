@@ -1324,25 +1324,22 @@ impl CudaModel {
                 (chunks as u32, c.n_kv_heads as u32, n as u32),
                 attn_block,
                 attn_smem as u32,
-                &[
-                    Arg::P(qkv),
-                    Arg::I(qkv_dim as i32),
-                    Arg::P(pos),
-                    Arg::P(seq),
-                    Arg::P(seqtab),
-                    Arg::I(li as i32),
-                    Arg::I(c.n_heads as i32),
-                    Arg::I(c.n_kv_heads as i32),
-                    Arg::I(c.head_dim as i32),
-                    Arg::F((c.head_dim as f64).powf(-0.5) as f32),
-                    Arg::P(ptr(&s.part, &st)),
-                    Arg::I(self.max_chunks as i32),
-                    Arg::P(cos),
-                    Arg::P(sin),
-                    Arg::I(decode as i32),
-                    Arg::P(ptr(&s.counters, &st)),
-                    Arg::P(attn),
-                ],
+                &attn_args(
+                    &AttnIo {
+                        qkv,
+                        stride: qkv_dim,
+                        pos,
+                        seq,
+                        seqtab,
+                        layer: li,
+                        part: ptr(&s.part, &st),
+                        max_chunks: self.max_chunks,
+                        rope: (cos, sin, decode),
+                        counters: ptr(&s.counters, &st),
+                        out: attn,
+                    },
+                    (c.n_heads, c.n_kv_heads, c.head_dim),
+                ),
             )?;
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::OIn));
             let x = (attn, qd, &l.attn_sub_norm, qd, 0);
@@ -1717,6 +1714,49 @@ pub fn ternary_forward(
     Ok(host)
 }
 
+/// Device addresses and sizes of one attention launch (`attn_vec*`, `attn_mma*`).
+struct AttnIo {
+    /// Rows of q | k | v, `stride` apart.
+    qkv: u64,
+    stride: usize,
+    /// Per row: position and sequence; per sequence: cache base and capacity.
+    pos: u64,
+    seq: u64,
+    seqtab: u64,
+    layer: usize,
+    /// Chunk partials (`max_chunks` per row and head) and the merge counters.
+    part: u64,
+    max_chunks: usize,
+    /// RoPE tables and whether the kernel applies RoPE and stores the key and value (decode).
+    rope: (u64, u64, bool),
+    counters: u64,
+    out: u64,
+}
+
+/// The attention kernels' arguments for `a` and `(n_heads, n_kv_heads, head_dim)`.
+fn attn_args(a: &AttnIo, (n_heads, n_kv, hd): (usize, usize, usize)) -> [Arg; 17] {
+    let (cos, sin, rope) = a.rope;
+    [
+        Arg::P(a.qkv),
+        Arg::I(a.stride as i32),
+        Arg::P(a.pos),
+        Arg::P(a.seq),
+        Arg::P(a.seqtab),
+        Arg::I(a.layer as i32),
+        Arg::I(n_heads as i32),
+        Arg::I(n_kv as i32),
+        Arg::I(hd as i32),
+        Arg::F((hd as f64).powf(-0.5) as f32),
+        Arg::P(a.part),
+        Arg::I(a.max_chunks as i32),
+        Arg::P(cos),
+        Arg::P(sin),
+        Arg::I(rope as i32),
+        Arg::P(a.counters),
+        Arg::P(a.out),
+    ]
+}
+
 /// Attention over f16 key/value caches, as a prefill pass runs it, for conformance tests.
 pub struct AttentionCase<'a> {
     /// Query heads.
@@ -1800,7 +1840,7 @@ pub fn attention_forward(
             .collect();
         let buf = gpu.upload(&f16s)?;
         let a = ptr(&buf, st);
-        seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd.max(1)) as u32]);
+        seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd) as u32]);
         caches.push(buf);
     }
     let n = case.rows.len();
@@ -1825,25 +1865,22 @@ pub fn attention_forward(
         (chunks as u32, nkv as u32, n as u32),
         128,
         attn_smem_for(group, hd, 128) as u32,
-        &[
-            Arg::P(ptr(&qkv, st)),
-            Arg::I(stride as i32),
-            Arg::P(ptr(&pos, st)),
-            Arg::P(ptr(&seq, st)),
-            Arg::P(ptr(&seqtab, st)),
-            Arg::I(0),
-            Arg::I(case.n_heads as i32),
-            Arg::I(nkv as i32),
-            Arg::I(hd as i32),
-            Arg::F((hd as f64).powf(-0.5) as f32),
-            Arg::P(ptr(&part, st)),
-            Arg::I(chunks as i32),
-            Arg::P(0),
-            Arg::P(0),
-            Arg::I(0),
-            Arg::P(ptr(&counters, st)),
-            Arg::P(ptr(&out, st)),
-        ],
+        &attn_args(
+            &AttnIo {
+                qkv: ptr(&qkv, st),
+                stride,
+                pos: ptr(&pos, st),
+                seq: ptr(&seq, st),
+                seqtab: ptr(&seqtab, st),
+                layer: 0,
+                part: ptr(&part, st),
+                max_chunks: chunks,
+                rope: (0, 0, false),
+                counters: ptr(&counters, st),
+                out: ptr(&out, st),
+            },
+            (case.n_heads, nkv, hd),
+        ),
     )?;
     let mut host = vec![0f32; n * qd];
     st.memcpy_dtoh(&out, &mut host)?;

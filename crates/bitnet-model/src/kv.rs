@@ -250,6 +250,13 @@ impl KvView<'_> {
 }
 
 impl KvView<'_> {
+    /// Whether [`KvView::scores_heads`] and [`KvView::mix_heads`] read each row once for
+    /// several heads here (f32 and f16 caches on AVX2); elsewhere they go head by head, and
+    /// grouping heads only takes tasks away from the threads.
+    pub(crate) fn reads_heads_together(&self) -> bool {
+        !matches!(self, KvView::Q8 { .. }) && simd::heads_together()
+    }
+
     /// [`KvView::scores`] of `g` query heads that share kv head `head` at once: `q` holds them
     /// one after another, `out` their scores (`out.len() / g` positions apiece). The same values
     /// as `g` calls of `scores`; f32 and f16 keys are read and widened once for all `g`.
@@ -360,6 +367,18 @@ mod simd {
         dots_portable(q, rows, stride, out);
     }
 
+    /// Whether [`dots_heads`] and [`axpys_heads`] share each row between heads on this CPU.
+    pub(crate) fn heads_together() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::level() == x86::Level::Avx2
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// [`dots`] of `g` query heads against the same rows (`q` holds them one after another,
     /// `out` their results, `out.len() / g` apiece): each head's results are exactly [`dots`]'s.
     /// On AVX2 two or four heads go together, each row widened once for all of them (a
@@ -373,7 +392,7 @@ mod simd {
     ) {
         let (hd, n) = (q.len() / g.max(1), out.len() / g.max(1));
         #[cfg(target_arch = "x86_64")]
-        if n > 0 && x86::level() == x86::Level::Avx2 {
+        if n > 0 && heads_together() {
             assert!(q.len() == g * hd && out.len() == g * n);
             assert!(rows.len() >= (n - 1) * stride + hd);
             match g {
@@ -400,7 +419,7 @@ mod simd {
     ) {
         let (n, hd) = (w.len() / g.max(1), out.len() / g.max(1));
         #[cfg(target_arch = "x86_64")]
-        if n > 0 && x86::level() == x86::Level::Avx2 {
+        if n > 0 && heads_together() {
             assert!(w.len() == g * n && out.len() == g * hd);
             assert!(rows.len() >= (n - 1) * stride + hd);
             match g {
@@ -1044,13 +1063,9 @@ mod tests {
         check::<i8>(|x| (x * 127.0) as i8);
     }
 
-    /// The AVX-512 mix keeps its accumulators in registers but gives every lane the same fused
-    /// multiply-adds in the same order as a lane-by-lane sequence (and the tail past the last
-    /// 16 lanes a plain multiply and add): bit for bit, over one and several 128-lane chunks.
-    #[cfg(target_arch = "x86_64")]
-    /// Two and four heads at once give each head exactly what it gets alone (dispatched, and
-    /// the AVX2 kernels directly where the CPU has them), for head sizes with and without
-    /// 8-lane tails and position counts across the mix's 64-position blocks.
+    /// Two and four heads at once give each head exactly what it gets alone (through the
+    /// dispatch, which takes the AVX2 kernels where the CPU has them), for head sizes with and
+    /// without 8-lane tails and position counts across the mix's 64-position blocks.
     #[test]
     fn heads_together_equal_heads_alone_bit_for_bit() {
         fn check<E: simd::x86::Lanes + std::fmt::Debug>(conv: fn(f32) -> E) {
@@ -1087,6 +1102,10 @@ mod tests {
         check::<i8>(|x| (x * 127.0) as i8);
     }
 
+    /// The AVX-512 mix keeps its accumulators in registers but gives every lane the same fused
+    /// multiply-adds in the same order as a lane-by-lane sequence (and the tail past the last
+    /// 16 lanes a plain multiply and add): bit for bit, over one and several 128-lane chunks.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_mix_is_a_sequence_of_fmas_per_lane() {
         if !std::arch::is_x86_feature_detected!("avx512f") {

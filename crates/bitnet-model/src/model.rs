@@ -826,7 +826,15 @@ impl Model {
         let q = &s.q;
         let n = owner.len();
         let threads = self.pool.as_ref().map_or(1, |p| p.threads());
-        let g = heads_per_task(group, n * c.n_heads, threads);
+        // Every cache of a batch holds the model's KV type: the first says for all.
+        let together = batch
+            .first()
+            .is_some_and(|b| b.cache.layer(layer).0.reads_heads_together());
+        let g = if together {
+            heads_per_task(group, n * c.n_heads, threads)
+        } else {
+            1
+        };
         // Task i: row t's query heads h0..h0 + g, which share kv head h0 / group (each cached
         // key and value is read and widened once for the g of them).
         let task = |i: usize, out: &mut [f32]| {
