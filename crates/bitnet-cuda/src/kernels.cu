@@ -1383,6 +1383,57 @@ struct HeadRaw<I8T> {
     }
 };
 
+// One row of x (batch-1 decode; the host launches half the blocks): a warp takes two table rows,
+// so every x value it loads serves both, with a lane's loads for both rows in flight before the
+// first use, and fused multiply-adds into two accumulators per row. (One row per warp through
+// head_body's 8-row loop was issue-bound at b1: ncu, int8 table, ~725 warp instructions per row,
+// DRAM at 39%, 180 us; the f16 table took the same time.)
+template <class D, int U>
+__device__ void head_one(const typename D::T* W, const float* rscale, int vocab, int cols, const float* x,
+                         float* logits) {
+    int lane = threadIdx.x & 31;
+    int v0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * 2;
+    if (v0 >= vocab) return;
+    int v1 = min(v0 + 1, vocab - 1);
+    float sc0 = rscale ? rscale[v0] : 1.f, sc1 = rscale ? rscale[v1] : 1.f;
+    const typename D::T* w0 = W + (size_t)v0 * cols;
+    const typename D::T* w1 = W + (size_t)v1 * cols;
+    float s0 = 0.f, t0 = 0.f, s1 = 0.f, t1 = 0.f;
+    for (int c0 = lane * 8; c0 < cols; c0 += 256 * U) {
+        typename HeadRaw<D>::R r0[U], r1[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (c0 + 256 * u < cols) {
+                r0[u] = HeadRaw<D>::load(w0, c0 + 256 * u);
+                r1[u] = HeadRaw<D>::load(w1, c0 + 256 * u);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + 256 * u;
+            if (c >= cols) break;
+            float f0[8], f1[8];
+            HeadRaw<D>::expand(r0[u], f0);
+            HeadRaw<D>::expand(r1[u], f1);
+            const float4* xp = (const float4*)(x + c);
+            float4 a = xp[0], b = xp[1];
+            float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int k = 0; k < 8; k += 2) {
+                s0 = __fmaf_rn(f0[k], xv[k], s0);
+                t0 = __fmaf_rn(f0[k + 1], xv[k + 1], t0);
+                s1 = __fmaf_rn(f1[k], xv[k], s1);
+                t1 = __fmaf_rn(f1[k + 1], xv[k + 1], t1);
+            }
+        }
+    }
+    float a0 = warp_sum(s0 + t0), a1 = warp_sum(s1 + t1);
+    if (lane == 0) {
+        logits[v0] = a0 * sc0;
+        if (v0 + 1 < vocab) logits[v0 + 1] = a1 * sc1;
+    }
+}
+
 // `cols` is a multiple of 8 here (checked on the host; other widths take head_generic).
 // Lane l takes columns l * 8 + 256 j (j = 0, 1, ...) in order, U loads in flight at a time
 // (any U sums in the same order): 2 for f32; 5 for 16-bit rows and 10 for int8 ones, i.e. 2.5
@@ -1392,6 +1443,10 @@ template <class D, int U>
 __device__ void head_body(const typename D::T* W, const float* rscale, int vocab, int cols, const float* x, int m,
                           float* logits) {
     PDL_ENTRY();
+    if (m == 1) {
+        head_one<D, U>(W, rscale, vocab, cols, x, logits);
+        return;
+    }
     int lane = threadIdx.x & 31;
     int v = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (v >= vocab) return;
@@ -1486,25 +1541,36 @@ extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int 
 }
 
 #if __CUDA_ARCH__ >= 800
-// Eight table values of one row, as four 16-bit pairs.
+// Eight table values of one row: loaded raw (`load`), then as four 16-bit pairs (`a8`), apart so
+// that a load is in flight for DEPTH k-blocks before its conversion waits on it (int8 rows load
+// 8 bytes per lane where 16-bit ones load 16, so they keep two k-blocks in flight for the same
+// bytes; converted in the load's place, the int8 head stalled on every load and ran no faster
+// than f16: 180 us at b1 under ncu either way).
 template <class D>
-__device__ __forceinline__ uint4 head_a8(const typename D::T* w, size_t i);
+struct HeadA {
+    typedef uint4 R;
+    enum { DEPTH = 1 };
+    static __device__ __forceinline__ R load(const typename D::T* w, size_t i) { return __ldg((const uint4*)(w + i)); }
+    static __device__ __forceinline__ uint4 a8(const R& r) { return r; }
+};
 template <>
-__device__ __forceinline__ uint4 head_a8<F16T>(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
-template <>
-__device__ __forceinline__ uint4 head_a8<BF16T>(const u16* w, size_t i) { return __ldg((const uint4*)(w + i)); }
-template <>
-__device__ __forceinline__ uint4 head_a8<I8T>(const i8* w, size_t i) {
-    uint2 v = __ldg((const uint2*)(w + i));
-    u32 u[2] = {v.x, v.y};
-    u32 o[4];
+struct HeadA<I8T> {
+    typedef uint2 R;
+    enum { DEPTH = 2 };
+    static __device__ __forceinline__ R load(const i8* w, size_t i) { return __ldg((const uint2*)(w + i)); }
+    // Without conversions: byte b + 128 in the mantissa of the f16 1024 is 1024 + b + 128
+    // exactly; one f16x2 subtraction of 1152 (0x6480) leaves b.
+    static __device__ __forceinline__ uint4 a8(const R& v) {
+        u32 u[2] = {v.x ^ 0x80808080u, v.y ^ 0x80808080u};
+        u32 o[4];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-        u32 word = u[j >> 1] >> (16 * (j & 1));
-        o[j] = (u32)f2h((float)(i8)(word & 0xff)) | ((u32)f2h((float)(i8)((word >> 8) & 0xff)) << 16);
+        for (int j = 0; j < 4; j++) {
+            u32 biased = __byte_perm(u[j >> 1], 0x64646464u, (j & 1) ? 0x4342 : 0x4140);
+            asm("sub.f16x2 %0, %1, %2;" : "=r"(o[j]) : "r"(biased), "r"(0x64806480u));
+        }
+        return make_uint4(o[0], o[1], o[2], o[3]);
     }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
+};
 template <bool BF>
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     if (BF)
@@ -1552,10 +1618,17 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
         for (int j = 0; j < 8; j++) acc[a][j][0] = acc[a][j][1] = acc[a][j][2] = acc[a][j][3] = 0.f;
     int chunks = cols / 128, kbs = cols / 32;
     head_stage(xhl, cols, 0, nt * 8, hsm);
-    uint4 nxt[4];
+    typedef HeadA<D> A;
+    constexpr int DEPTH = A::DEPTH;  // kbs is a multiple of 4
+    typename A::R pf[DEPTH][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) nxt[i] = head_a8<D>(W, rowoff[i]);
-    for (int kb = 0; kb < kbs; kb++) {
+    for (int d = 0; d < DEPTH; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)d * 32);
+    for (int kb0 = 0; kb0 < kbs; kb0 += DEPTH)
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+        int kb = kb0 + d;
         if ((kb & 3) == 0) {
             int ch = kb >> 2;
             // This chunk landed; every warp is done with the other stage, which takes the next.
@@ -1565,10 +1638,10 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
         }
         uint4 cur[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) cur[i] = nxt[i];
-        if (kb + 1 < kbs) {
+        for (int i = 0; i < 4; i++) cur[i] = A::a8(pf[d][i]);
+        if (kb + DEPTH < kbs) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) nxt[i] = head_a8<D>(W, rowoff[i] + (size_t)(kb + 1) * 32);
+            for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)(kb + DEPTH) * 32);
         }
         const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
 #pragma unroll

@@ -249,7 +249,8 @@ fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError>
     )
 }
 
-/// The head on the CUDA cores: one launch per 8 rows, each reading the whole table.
+/// The head on the CUDA cores: one launch per 8 rows, each reading the whole table (a warp per
+/// table row, or per two table rows where there is one row).
 fn launch_head_rows(gpu: &Gpu, k: &Kernel, generic: bool, io: &HeadIo) -> Result<(), CudaError> {
     for t0 in (0..io.m).step_by(8) {
         let mm = (io.m - t0).min(8);
@@ -269,7 +270,9 @@ fn launch_head_rows(gpu: &Gpu, k: &Kernel, generic: bool, io: &HeadIo) -> Result
             [Arg::P(io.table), v, c, xa, ma, oa],
         );
         let args: &[Arg] = if generic { &plain } else { &typed };
-        gpu.launch(k, (io.vocab.div_ceil(8) as u32, 1, 1), 256, 0, args)?;
+        // A typed kernel given one row takes two table rows per warp (`head_one`).
+        let per_block = if mm == 1 && !generic { 16 } else { 8 };
+        gpu.launch(k, (io.vocab.div_ceil(per_block) as u32, 1, 1), 256, 0, args)?;
     }
     Ok(())
 }
