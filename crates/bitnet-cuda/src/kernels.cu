@@ -69,12 +69,15 @@ __device__ __forceinline__ int warp_isum(int v) {
 // Block-wide reductions for blockDim.x a multiple of 32 (<= 1024). `red` holds 32 values.
 // WARPS: the block's warps where known at compile time (the second level then unrolls into a
 // few shared-memory loads; ncu counted ~40 instructions for the run-time loop), 0 to read
-// blockDim. The same summation order either way.
-template <int WARPS = 0>
+// blockDim. The same summation order either way. LEAD = false skips the barrier that keeps the
+// warps' writes from overtaking earlier reads of `red`: for a reduction into slots that every
+// warp last read before a barrier it has since passed (e.g. right after another reduction
+// into other slots).
+template <int WARPS = 0, bool LEAD = true>
 __device__ float block_sum(float v, float* red) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = WARPS ? WARPS : blockDim.x >> 5;
     v = warp_sum(v);
-    __syncthreads();
+    if (LEAD) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     float r = 0.f;
@@ -82,11 +85,11 @@ __device__ float block_sum(float v, float* red) {
     for (int i = 0; i < (WARPS ? WARPS : nw); i++) r += red[i];
     return r;
 }
-template <int WARPS = 0>
+template <int WARPS = 0, bool LEAD = true>
 __device__ float block_max(float v, float* red) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = WARPS ? WARPS : blockDim.x >> 5;
     v = warp_max(v);
-    __syncthreads();
+    if (LEAD) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     float r = 0.f;
@@ -94,11 +97,11 @@ __device__ float block_max(float v, float* red) {
     for (int i = 0; i < (WARPS ? WARPS : nw); i++) r = fmaxf(r, red[i]);
     return r;
 }
-template <int WARPS = 0>
+template <int WARPS = 0, bool LEAD = true>
 __device__ int block_isum(int v, int* red) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = WARPS ? WARPS : blockDim.x >> 5;
     v = warp_isum(v);
-    __syncthreads();
+    if (LEAD) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     int r = 0;
@@ -371,7 +374,7 @@ __device__ __forceinline__ void norm_quant_regs(const float* xr, const float* __
             mx = fmaxf(mx, fabsf(v[j]));
         }
     }
-    mx = block_max<NW>(mx, red);
+    mx = block_max<NW, false>(mx, red + 16);  // the sum used slots 0..7
     float scale = 127.0f / fmaxf(mx, 1e-5f);
     int sum = 0;
     // perm_col(threadIdx.x + j * NW * 32) = perm_col(threadIdx.x) + j * NW * 32 (the permutation
@@ -395,7 +398,7 @@ __device__ __forceinline__ void norm_quant_regs(const float* xr, const float* __
         if (threadIdx.x == 0) *xscale = scale;
         return;
     }
-    sum = block_isum<NW>(sum, ired);
+    sum = block_isum<NW, false>(sum, ired);
     if (threadIdx.x == 0) {
         *xscale = scale;
         *xsum = sum;
@@ -424,13 +427,20 @@ __device__ void norm_quant_body(const float* x, int x_stride, const float* w, in
     __shared__ int ired[32];
     __shared__ __align__(16) i8 xs[PER * NW * 32];
     extern __shared__ float row[];
+    __shared__ int total;
     int r = blockIdx.x;
     if (cols > PER * NW * 32) {
         norm_quant_wide(x, x_stride, w, cols, kpad, eps, mode, codes, scales, xsums, cached, red, ired, row);
         return;
     }
-    norm_quant_regs<PER>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r, xsums + r, red, ired);
+    // As the fused decode kernel: the norm weights load with the row (up to 12 values per
+    // thread) and the code sum goes by one shared-memory atomic per warp (zeroed here; the
+    // sum's barriers order it before the atomics), not a third block reduction.
+    if (threadIdx.x == 0) total = 0;
+    norm_quant_regs<PER, (PER <= 12), true>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r,
+                                            &total, red, ired);
     __syncthreads();
+    if (threadIdx.x == 0) xsums[r] = total;
     uint4* out = (uint4*)(codes + (size_t)r * kpad);
     for (int i = threadIdx.x; i < kpad / 16; i += blockDim.x) out[i] = ((const uint4*)xs)[i];
 }
@@ -1549,7 +1559,7 @@ extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int 
 template <class D>
 struct HeadA {
     typedef uint4 R;
-    enum { DEPTH = 1 };
+    enum { DEPTH = 2 };
     static __device__ __forceinline__ R load(const typename D::T* w, size_t i) { return __ldg((const uint4*)(w + i)); }
     static __device__ __forceinline__ uint4 a8(const R& r) { return r; }
 };
