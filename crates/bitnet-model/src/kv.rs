@@ -759,6 +759,46 @@ mod simd {
             }
         }
 
+        /// Positions ahead whose cached rows the grouped loops prefetch: a kv head's rows sit
+        /// `stride` elements apart (every kv head of a position together), a few per 4 KB page,
+        /// which the hardware prefetchers do not run ahead on, so without this each row waited on
+        /// memory (decode at depth 2048: attention ~27 ms of a 78 ms token on 2 cores).
+        const ROW_PREFETCH: usize = 16;
+
+        /// Asks for `rows[start..start + len]` in L1, if it is inside `rows` (a hint: no effect
+        /// on results).
+        #[inline(always)]
+        fn prefetch_row<E>(rows: &[E], start: usize, len: usize) {
+            if start + len <= rows.len() && len > 0 {
+                let bytes = len * std::mem::size_of::<E>();
+                // SAFETY: every address is inside `rows` (start + len <= rows.len()).
+                unsafe {
+                    let base = rows.as_ptr().add(start) as *const i8;
+                    let mut off = 0;
+                    while off < bytes {
+                        _mm_prefetch::<_MM_HINT_T0>(base.add(off));
+                        off += 64;
+                    }
+                    _mm_prefetch::<_MM_HINT_T0>(base.add(bytes - 1));
+                }
+            }
+        }
+
+        /// Asks for the 64-byte line `line` of `rows[start..start + len]` (the last byte's line
+        /// for lines past its end), if that slice is inside `rows`: [`prefetch_row`] spread
+        /// over several passes.
+        #[inline(always)]
+        fn prefetch_line<E>(rows: &[E], start: usize, len: usize, line: usize) {
+            if start + len <= rows.len() && len > 0 {
+                let bytes = len * std::mem::size_of::<E>();
+                // SAFETY: the offset is below `bytes`, inside `rows`.
+                unsafe {
+                    let base = rows.as_ptr().add(start) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(base.add((line * 64).min(bytes - 1)));
+                }
+            }
+        }
+
         /// The sum of [`dots_avx2`]'s two accumulators: added, then the halves, pairs and lanes.
         #[inline]
         #[target_feature(enable = "avx2")]
@@ -788,6 +828,7 @@ mod simd {
             let half = hd / 8 * 8;
             let qp = q.as_ptr();
             for p in 0..n {
+                prefetch_row(rows, (p + ROW_PREFETCH) * stride, hd);
                 let row = &rows[p * stride..p * stride + hd];
                 let kp = row.as_ptr();
                 let mut acc = [[_mm256_setzero_ps(); 2]; G];
@@ -851,15 +892,21 @@ mod simd {
             while p0 < n {
                 let p1 = (p0 + MIX_BLOCK).min(n);
                 let mut i = 0;
+                // Pass k over a block prefetches line k of each of the next block's rows (a
+                // row of 128 f16 spans 4-5 lines; the block takes 128 / 8C passes), so that
+                // the requests are spread over the block's time.
+                let mut pass = 0;
                 while i + 8 * C <= full {
                     // SAFETY: the caller's promises; i + 8C <= hd.
-                    unsafe { mix_pass::<E, G, C>(w, rows, stride, out, i, p0..p1) };
+                    unsafe { mix_pass::<E, G, C>(w, rows, stride, out, i, p0..p1, pass) };
                     i += 8 * C;
+                    pass += 1;
                 }
                 while i < full {
                     // SAFETY: as above, i + 8 <= hd.
-                    unsafe { mix_pass::<E, G, 1>(w, rows, stride, out, i, p0..p1) };
+                    unsafe { mix_pass::<E, G, 1>(w, rows, stride, out, i, p0..p1, pass) };
                     i += 8;
+                    pass += 1;
                 }
                 p0 = p1;
             }
@@ -885,6 +932,7 @@ mod simd {
             out: &mut [f32],
             i: usize,
             ps: std::ops::Range<usize>,
+            line: usize,
         ) {
             let (n, hd) = (w.len() / G, out.len() / G);
             let op = out.as_mut_ptr();
@@ -896,7 +944,11 @@ mod simd {
                         *a = _mm256_loadu_ps(op.add(h * hd + i + 8 * c));
                     }
                 }
+                let lines = (hd * std::mem::size_of::<E>()).div_ceil(64) + 1;
                 for p in ps {
+                    if line < lines {
+                        prefetch_line(rows, (p + MIX_BLOCK) * stride, hd, line);
+                    }
                     let vp = rows.as_ptr().add(p * stride + i);
                     let mut v = [_mm256_setzero_ps(); CC];
                     for (c, v) in v.iter_mut().enumerate() {
