@@ -1552,10 +1552,10 @@ extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int 
 
 #if __CUDA_ARCH__ >= 800
 // Eight table values of one row: loaded raw (`load`), then as four 16-bit pairs (`a8`), apart so
-// that a load is in flight for DEPTH k-blocks before its conversion waits on it (int8 rows load
-// 8 bytes per lane where 16-bit ones load 16, so they keep two k-blocks in flight for the same
-// bytes; converted in the load's place, the int8 head stalled on every load and ran no faster
-// than f16: 180 us at b1 under ncu either way).
+// that a load is in flight for DEPTH k-blocks before its conversion waits on it. (Converted in
+// the load's place, the int8 head stalled on every load: 351 us at 64 rows, now 285. Two
+// k-blocks ahead for the 16-bit tables too: 128 registers, no spill; measured only together
+// with another change, BENCHMARKS.md session 12.)
 template <class D>
 struct HeadA {
     typedef uint4 R;
@@ -1635,37 +1635,38 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
     for (int d = 0; d < DEPTH; d++)
 #pragma unroll
         for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)d * 32);
-    for (int kb0 = 0; kb0 < kbs; kb0 += DEPTH)
+    for (int kb0 = 0; kb0 < kbs; kb0 += DEPTH) {
 #pragma unroll
-    for (int d = 0; d < DEPTH; d++) {
-        int kb = kb0 + d;
-        if ((kb & 3) == 0) {
-            int ch = kb >> 2;
-            // This chunk landed; every warp is done with the other stage, which takes the next.
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
-            __syncthreads();
-            if (ch + 1 < chunks) head_stage(xhl, cols, ch + 1, nt * 8, hsm + ((ch + 1) & 1) * HM_STAGE);
-        }
-        uint4 cur[4];
+        for (int d = 0; d < DEPTH; d++) {
+            int kb = kb0 + d;
+            if ((kb & 3) == 0) {
+                int ch = kb >> 2;
+                // This chunk landed; every warp is done with the other stage, which takes the next.
+                asm volatile("cp.async.wait_group 0;" ::: "memory");
+                __syncthreads();
+                if (ch + 1 < chunks) head_stage(xhl, cols, ch + 1, nt * 8, hsm + ((ch + 1) & 1) * HM_STAGE);
+            }
+            uint4 cur[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) cur[i] = A::a8(pf[d][i]);
-        if (kb + DEPTH < kbs) {
+            for (int i = 0; i < 4; i++) cur[i] = A::a8(pf[d][i]);
+            if (kb + DEPTH < kbs) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)(kb + DEPTH) * 32);
-        }
-        const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
+                for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)(kb + DEPTH) * 32);
+            }
+            const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            if (j < nt) {
-                uint4 hi = *(const uint4*)(xb + j * 8 * HM_ROW);
-                uint4 lo = *(const uint4*)(xb + j * 8 * HM_ROW + 256);
+            for (int j = 0; j < 8; j++) {
+                if (j < nt) {
+                    uint4 hi = *(const uint4*)(xb + j * 8 * HM_ROW);
+                    uint4 lo = *(const uint4*)(xb + j * 8 * HM_ROW + 256);
 #pragma unroll
-                for (int a = 0; a < 2; a++) {
-                    // Rows g (cur[2a]) and g + 8 (cur[2a + 1]); step 0 takes words x, y, step 1 z, w.
-                    mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, hi.x, hi.y);
-                    mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, hi.z, hi.w);
-                    mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, lo.x, lo.y);
-                    mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, lo.z, lo.w);
+                    for (int a = 0; a < 2; a++) {
+                        // Rows g (cur[2a]) and g + 8 (cur[2a + 1]); step 0 takes words x, y, step 1 z, w.
+                        mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, hi.x, hi.y);
+                        mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, hi.z, hi.w);
+                        mma16816<BF>(acc[a][j], cur[2 * a].x, cur[2 * a + 1].x, cur[2 * a].y, cur[2 * a + 1].y, lo.x, lo.y);
+                        mma16816<BF>(acc[a][j], cur[2 * a].z, cur[2 * a + 1].z, cur[2 * a].w, cur[2 * a + 1].w, lo.z, lo.w);
+                    }
                 }
             }
         }
