@@ -69,15 +69,15 @@ __device__ __forceinline__ int warp_isum(int v) {
 // Block-wide reductions for blockDim.x a multiple of 32 (<= 1024). `red` holds 32 values.
 // WARPS: the block's warps where known at compile time (the second level then unrolls into a
 // few shared-memory loads; ncu counted ~40 instructions for the run-time loop), 0 to read
-// blockDim. The same summation order either way. LEAD = false skips the barrier that keeps the
-// warps' writes from overtaking earlier reads of `red`: for a reduction into slots that every
-// warp last read before a barrier it has since passed (e.g. right after another reduction
-// into other slots).
-template <int WARPS = 0, bool LEAD = true>
+// blockDim. The same summation order either way. LEAD = false (block_max, block_isum) skips the
+// barrier that keeps the warps' writes from overtaking earlier reads of `red`: for a reduction
+// into slots that every warp last read before a barrier it has since passed (e.g. right after
+// another reduction into other slots).
+template <int WARPS = 0>
 __device__ float block_sum(float v, float* red) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = WARPS ? WARPS : blockDim.x >> 5;
     v = warp_sum(v);
-    if (LEAD) __syncthreads();
+    __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     float r = 0.f;
