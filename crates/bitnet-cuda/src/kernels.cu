@@ -694,15 +694,40 @@ extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, c
 // per query head the running max m, the sum l of exp(score - m) and sum exp(score - m) v; the
 // last chunk to finish merges them into the output. Needs head_dim % 4 == 0, <= 128, and <= 8 query heads per kv
 // head (checked on the host): lane l holds elements 4l..4l+3 of a key or value row (one 8- or
-// 16-byte load), each warp takes every 4th position of the chunk, four positions' loads in
-// flight at once; the warps' partial outputs are summed in shared memory. Dynamic shared memory:
+// 16-byte load), each of the nw warps takes every nw-th position of the chunk, four at a time;
+// the warps' partial outputs are summed in shared memory. Dynamic shared memory:
 // (group*hd + group*CHUNK + warps*group*hd) floats, for blocks of any number of warps.
 #define CHUNK 64
-__device__ __forceinline__ float4 kv_load4(const float* p) { return *(const float4*)p; }
-__device__ __forceinline__ float4 kv_load4(const u16* p) {
-    uint2 v = *(const uint2*)p;
-    return make_float4(h2f((u16)(v.x & 0xffff)), h2f((u16)(v.x >> 16)), h2f((u16)(v.y & 0xffff)),
-                       h2f((u16)(v.y >> 16)));
+// A lane's four elements of a key or value row as the cache holds them, and as floats.
+template <class KV>
+struct KvRaw;
+template <>
+struct KvRaw<float> {
+    typedef float4 R;
+    static __device__ __forceinline__ float4 get(const R& v) { return v; }
+};
+template <>
+struct KvRaw<u16> {
+    typedef uint2 R;
+    static __device__ __forceinline__ float4 get(const R& v) {
+        return make_float4(h2f((u16)(v.x & 0xffff)), h2f((u16)(v.x >> 16)), h2f((u16)(v.y & 0xffff)),
+                           h2f((u16)(v.y >> 16)));
+    }
+};
+// Elements e..e+3 of position i's row (rows kvd apart from `rows`), zeros unless on and i < lim.
+template <class KV>
+__device__ __forceinline__ typename KvRaw<KV>::R kv_row(const KV* rows, int i, int lim, int kvd, int e, bool on) {
+    typedef typename KvRaw<KV>::R R;
+    return on && i < lim ? *(const R*)(rows + (size_t)i * kvd + e) : R();
+}
+// A round of four positions i0 + nw u of a warp (the u0-th to u0+3-th it takes) as floats: from
+// its early loads `early` where made, else from the cache.
+template <class KV, int G>
+__device__ __forceinline__ void kv_round(float4 (&x)[4], const typename KvRaw<KV>::R (&early)[G], const KV* rows,
+                                         int u0, int i0, int nw, int n, int kvd, int e, bool on) {
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        x[u] = KvRaw<KV>::get(u0 + u < G ? early[u0 + u] : kv_row(rows, i0 + nw * u, n, kvd, e, on));
 }
 
 // What one attention block (chunk c, kv head kvh, row r) works on: the row's position p, the
@@ -715,9 +740,11 @@ struct AttnBlock {
 };
 
 // Sets up the block and stages its query heads in shared memory (RoPE'd for decode, where the
-// block whose chunk holds the row's own position first rotates and stores its key and value).
-// False (for the whole block) where the chunk starts after the row's position.
-template <class KV>
+// block whose chunk holds the row's own position first rotates and stores its key and value;
+// FRESH: also as the cache holds them (KV) at the start of acc, which is free until the weighted
+// sums, so readable until the barrier after the scores). False (for the whole block) where the
+// chunk starts after the row's position.
+template <class KV, bool FRESH = false>
 __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32* pos, const u32* seq,
                            const u32* seqtab, int layer, int n_heads, int n_kv, int hd, const float* cosT,
                            const float* sinT, int rope, int c, int kvh, int r) {
@@ -754,6 +781,10 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
             for (int j = threadIdx.x; j < hd; j += blockDim.x) {
                 int jj = j % half;
                 float x1 = krow[jj], x2 = krow[jj + half];
+                if (FRESH) {  // the rotation spelled out again: naming it changed attn_mma's code
+                    kv_store<KV>((KV*)b.acc + j, j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj]);
+                    kv_store<KV>((KV*)b.acc + hd + j, vrow[j]);
+                }
                 kv_store<KV>(kd + j, j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj]);
                 kv_store<KV>(vd + j, vrow[j]);
             }
@@ -840,31 +871,62 @@ __device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_head
 }
 
 // NWARPS: the block's warps, a compile-time constant so that the position loops unroll (with
-// the count read at run time, pp512 lost 7%: BENCHMARKS.md, v11).
+// the count read at run time, pp512 lost 7%: BENCHMARKS.md, v11). Warp w takes positions
+// w + NWARPS u of the chunk. The keys and values of its first G are loaded raw into registers
+// (32 per lane: 8 positions in f16, all of them with 8 warps; 4 in f32, where 8 spilled in the
+// persistent step) before the queries are staged, so that their latency overlaps the staging and
+// the values' no longer follows the softmax; any others are loaded after the barrier as before,
+// keys for the scores and values after the softmax. In decode the chunk holding the row's own
+// position has it last, and this block stores it while staging: the early loads skip it, and it
+// is taken from acc after the barrier, as the cache holds it.
 template <class KV, int NWARPS>
 __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                               int layer, int n_heads, int n_kv, int hd, float scaling, float* part,
                               int maxchunks, const float* cosT, const float* sinT, int rope, u32* counters,
                               float* out, int c, int kvh, int r) {
-    AttnBlock b;
-    if (!attn_begin<KV>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, hd, cosT, sinT, rope, c, kvh, r))
-        return;
-    int n = b.n, group = b.group, kvd = b.kvd;
-    const float* qs = b.qs;
-    float* sc = b.sc;
-    const KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, b.lo) + kvh * hd;
-    const KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, b.lo) + kvh * hd;
-    const int nw = NWARPS;
+    typedef typename KvRaw<KV>::R R;
+    const int nw = NWARPS, PW = CHUNK / NWARPS, G = PW < 16 / (int)sizeof(KV) ? PW : 16 / (int)sizeof(KV);
+    // seq together with pos, so that the cache's base is one load away (volatile: the compiler
+    // would move it past the return, a round trip later).
+    int p = pos[r], s = ((const volatile u32*)seq)[r], lo = c * CHUNK;
+    if (lo > p) return;
+    int n = min(lo + CHUNK, p + 1) - lo, kvd = n_kv * hd;
+    bool own = rope && c == p / CHUNK;
+    int ready = own ? n - 1 : n;  // positions in the cache before the staging
+    const KV* kc = seq_cache<KV>(seqtab, s, layer, 0, kvd, lo) + kvh * hd;
+    const KV* vc = seq_cache<KV>(seqtab, s, layer, 1, kvd, lo) + kvh * hd;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int e = lane * 4;
     bool on = e < hd;
-    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
-        float4 k[4];
+    R kr[G], vr[G];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int i = i0 + nw * u;
-            k[u] = (on && i < n) ? kv_load4(kc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int u = 0; u < G; u++) {
+        kr[u] = kv_row(kc, warp + nw * u, ready, kvd, e, on);
+        vr[u] = kv_row(vc, warp + nw * u, ready, kvd, e, on);
+    }
+    AttnBlock b;
+    attn_begin<KV, true>(b, qkv, stride, pos, seq, seqtab, layer, n_heads, n_kv, hd, cosT, sinT, rope, c, kvh, r);
+    if (own && on) {
+        R fk = *(const R*)((const KV*)b.acc + e), fv = *(const R*)((const KV*)b.acc + hd + e);
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+            if (warp + nw * u == n - 1) {
+                kr[u] = fk;
+                vr[u] = fv;
+            }
         }
+    }
+    int group = b.group;
+    const float* qs = b.qs;
+    float* sc = b.sc;
+    // Four positions at a time; those past the first G are loaded here (the row's own one is in
+    // the cache by now).
+#pragma unroll
+    for (int u0 = 0; u0 < PW; u0 += 4) {
+        int i0 = warp + nw * u0;
+        if (i0 >= n) break;
+        float4 k[4];
+        kv_round<KV, G>(k, kr, kc, u0, i0, nw, n, kvd, e, on);
         for (int h = 0; h < group; h++) {
             float4 q = on ? *(const float4*)(qs + h * hd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
@@ -886,13 +948,12 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     float o[8][4];
 #pragma unroll
     for (int h = 0; h < 8; h++) o[h][0] = o[h][1] = o[h][2] = o[h][3] = 0.f;
-    for (int i0 = warp; i0 < n; i0 += 4 * nw) {
-        float4 v[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            int i = i0 + nw * u;
-            v[u] = (on && i < n) ? kv_load4(vc + (size_t)i * kvd + e) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
+    for (int u0 = 0; u0 < PW; u0 += 4) {
+        int i0 = warp + nw * u0;
+        if (i0 >= n) break;
+        float4 v[4];
+        kv_round<KV, G>(v, vr, vc, u0, i0, nw, n, kvd, e, on);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int i = i0 + nw * u;
