@@ -206,13 +206,19 @@ extern "C" __global__ void final_norm(const float* h, const u32* rows, const flo
 // Ternary x int8 products. One block of 4 warps per 16-row strip; the warps split the 128-column
 // groups. Epilogue: y = (acc - xsum) / s_x * s_w[row], stored or added into `out`
 // (out[t * out_stride + row]).
+__device__ __forceinline__ float out_value(int acc, int t, int row, const int* xsum, const float* xscale,
+                                           const float* wscale) {
+    return (float)(acc - xsum[t]) / xscale[t] * wscale[row];
+}
+__device__ __forceinline__ void store_value(float* out, int out_stride, int t, int row, float y, int accumulate) {
+    float* p = out + (size_t)t * out_stride + row;
+    if (accumulate) *p += y; else *p = y;
+}
 __device__ __forceinline__ void store_out(float* out, int out_stride, int t, int row, int rows, int acc,
                                           const int* xsum, const float* xscale, const float* wscale,
                                           int accumulate) {
     if (row >= rows) return;
-    float y = (float)(acc - xsum[t]) / xscale[t] * wscale[row];
-    float* p = out + (size_t)t * out_stride + row;
-    if (accumulate) *p += y; else *p = y;
+    store_value(out, out_stride, t, row, out_value(acc, t, row, xsum, xscale, wscale), accumulate);
 }
 
 // Warps per block of the ternary kernels (they split the 128-column groups of one strip).
@@ -628,6 +634,158 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
+
+// Asynchronous 16-byte copies global -> shared (to a shared-space address), their groups and
+// the wait until at most N groups are in flight.
+__device__ __forceinline__ void cp_async16_s(u32 smem, const void* gmem) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem), "l"(gmem) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+// Staged products, for grids larger than one wave of the kernel above (at batch 64 gate/up's
+// 864 blocks ran in three waves; prefill passes): a block takes MMA_WARPS adjacent strips of 16
+// rows and one tile of up to 8 * TILES tokens, with KS warps per strip splitting its 128-column
+// groups (warp ks takes groups ks, ks + KS, ...; the host picks the most KS whose grid still
+// runs in one wave). Each group's weights and the tile's activation codes go through shared
+// memory in a ring of MMA_STAGES stages of KS groups by cp.async, MMA_STAGES - 1 stages ahead
+// of the products, one barrier per stage, so every warp uses the codes its block copied once
+// instead of reading them from L2 itself. At the end the warps' integer sums (exact in any
+// order) meet in shared memory and every thread finishes a few outputs. Dynamic shared memory:
+// `ring_smem` in model.rs. Measured (BENCHMARKS.md, session 13): pp512 +11%, batch-64 gate/up
+// 23.4 -> 19.7 us; for grids of one wave the kernel above stays faster (ncu, batch 64: qkv 8.4
+// vs 9.5 us, o 8.8 vs 9.9, down 12.5 vs 16.2: half as many blocks here, each a chain of one
+// barrier per stage).
+// Activation rows sit MMA_XROW bytes apart: 16 bytes of skew put the lanes of a quarter warp
+// (two tokens, four 32-byte pieces each) on distinct banks.
+#define MMA_WARPS 4
+#define MMA_XROW 144
+#define MMA_STAGE_BYTES(TILES, KS) ((KS) * (MMA_WARPS * 512 + (TILES) * 8 * MMA_XROW))
+template <int TILES, int KS, int MMA_STAGES>
+__device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                         const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                         const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+    extern __shared__ __align__(16) unsigned char mma_smem[];
+    // Stage st: weights uint4 [KS][MMA_WARPS * 32], then activation codes [KS][TILES * 8][MMA_XROW].
+    constexpr int SB = MMA_STAGE_BYTES(TILES, KS), XB = KS * MMA_WARPS * 512, NT = MMA_WARPS * KS * 32;
+    u32 base = (u32)__cvta_generic_to_shared(mma_smem);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int w = warp % MMA_WARPS, ks = warp / MMA_WARPS;
+    int strip = blockIdx.x * MMA_WARPS + w;
+    bool live = strip < (rows + 15) / 16;
+    // What this thread copies into every stage, addressed once: its warp's weights of group
+    // stage * KS + ks, and activation pieces (group slot, token t, 16 bytes c) of the stage's
+    // groups; tokens past T are not copied (their columns of the products are never stored).
+    const uint4* wsrc = W + ((size_t)strip * kgroups + ks) * 32 + lane;
+    u32 wdst = base + ks * MMA_WARPS * 512 + threadIdx.x % (MMA_WARPS * 32) * 16;
+    constexpr int NX = (KS * TILES * 64 + NT - 1) / NT;
+    const i8* xsrc[NX];
+    u32 xdst[NX];
+    int xslot[NX];
+#pragma unroll
+    for (int k = 0; k < NX; k++) {
+        int i = threadIdx.x + k * NT;
+        int slot = i / (TILES * 64), r = i % (TILES * 64), t = r >> 3, c = r & 7;
+        bool on = i < KS * TILES * 64 && t < T;
+        xsrc[k] = codes + (size_t)t * kpad + slot * 128 + c * 16;
+        xdst[k] = base + XB + (slot * TILES * 8 + t) * MMA_XROW + c * 16;
+        xslot[k] = on ? slot : kgroups;  // never copied
+    }
+    // The weights do not depend on the previous kernel: their first stages go before the wait.
+    PDL_START();
+#pragma unroll
+    for (int s = 0; s < MMA_STAGES - 1; s++)
+        if (live && s * KS + ks < kgroups) cp_async16_s(wdst + s * SB, wsrc + (size_t)s * KS * 32);
+    PDL_WAIT();
+    auto copy_x = [&](int stage, int st) {
+#pragma unroll
+        for (int k = 0; k < NX; k++)
+            if (stage * KS + xslot[k] < kgroups) cp_async16_s(xdst[k] + st * SB, xsrc[k] + stage * KS * 128);
+    };
+#pragma unroll
+    for (int s = 0; s < MMA_STAGES - 1; s++) {
+        copy_x(s, s);
+        cp_async_commit();
+    }
+    int acc[TILES][4];
+#pragma unroll
+    for (int n = 0; n < TILES; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+    int stages = (kgroups + KS - 1) / KS;
+    for (int i = 0; i < stages; i++) {
+        int st = i % MMA_STAGES;
+        cp_async_wait<MMA_STAGES - 2>();
+        __syncthreads();  // stage i landed for every thread; every warp is done with stage i - 1
+        int ni = i + MMA_STAGES - 1, ns = ni % MMA_STAGES;
+        if (ni < stages) {
+            if (live && ni * KS + ks < kgroups) cp_async16_s(wdst + ns * SB, wsrc + (size_t)ni * KS * 32);
+            copy_x(ni, ns);
+        }
+        cp_async_commit();  // possibly empty: the group count stays in step with i
+        if (live && i * KS + ks < kgroups) {
+            const unsigned char* sm = mma_smem + st * SB;
+            u32 a[4][4];
+            unpack_a(((const uint4*)(sm + ks * MMA_WARPS * 512))[threadIdx.x % (MMA_WARPS * 32)], a);
+            const i8* xs = (const i8*)(sm + XB) + (ks * TILES * 8 + g) * MMA_XROW + tq * 32;
+#pragma unroll
+            for (int n = 0; n < TILES; n++) {
+                const uint4* xp = (const uint4*)(xs + n * 8 * MMA_XROW);
+                uint4 x0 = xp[0], x1 = xp[1];
+                u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+                for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[n], a[kb], xk[kb * 2], xk[kb * 2 + 1]);
+            }
+        }
+    }
+    // Every warp's sums into shared memory as [ks][token][row] (rows MMA_RP apart: the C
+    // fragment's lanes land on distinct banks; every copy has landed, each stage having been
+    // waited for), then each thread finishes every NT-th output, rows fastest (coalesced
+    // stores), adding the KS partial sums (integers: exact in any order).
+    constexpr int RP = MMA_WARPS * 16 + 4;
+    int* red = (int*)mma_smem;
+    __syncthreads();
+    if (live) {
+#pragma unroll
+        for (int n = 0; n < TILES; n++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                red[(ks * TILES * 8 + n * 8 + 2 * tq + (j & 1)) * RP + w * 16 + g + 8 * (j >> 1)] = acc[n][j];
+    }
+    __syncthreads();
+    constexpr int NO = TILES * 8 * MMA_WARPS * 16 / NT;
+    int row = blockIdx.x * MMA_WARPS * 16 + threadIdx.x % (MMA_WARPS * 16);
+    float y[NO];
+#pragma unroll
+    for (int k = 0; k < NO; k++) {
+        int t = (threadIdx.x + k * NT) / (MMA_WARPS * 16);
+        int v = 0;
+#pragma unroll
+        for (int p = 0; p < KS; p++) v += red[(p * TILES * 8 + t) * RP + threadIdx.x % (MMA_WARPS * 16)];
+        y[k] = (t < T && row < rows) ? out_value(v, t, row, xsum, xscale, wscale) : 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < NO; k++) {
+        int t = (threadIdx.x + k * NT) / (MMA_WARPS * 16);
+        if (t < T && row < rows) store_value(out, out_stride, t, row, y[k], accumulate);
+    }
+}
+// blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
+#define MMA_RING_ENTRY(N, KS, STAGES)                                                                             \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS * KS * 32)                                      \
+        ternary_mma_ring_##N##_k##KS(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes,  \
+                                int kpad, const float* xscale, const int* xsum, int T, float* out,           \
+                                int out_stride, int accumulate) {                                           \
+        int t0 = blockIdx.y * N * 8;                                                                        \
+        mma_ring_body<N, KS, STAGES>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,  \
+                        min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);         \
+    }
+#define MMA_RING_ENTRIES(N) MMA_RING_ENTRY(N, 1, 4) MMA_RING_ENTRY(N, 2, 4) MMA_RING_ENTRY(N, 4, 6)
+MMA_RING_ENTRIES(1)
+MMA_RING_ENTRIES(2)
+MMA_RING_ENTRIES(4)
 
 #endif
 
@@ -1243,12 +1401,11 @@ __device__ __forceinline__ void mega_stage(const MegaLin& m, uint4* buf) {
             const uint4* src = m.w + strip * per;
             uint4* dst = buf + k * per;
             for (size_t i = threadIdx.x; i < per; i += blockDim.x) {
-                u32 d = (u32)__cvta_generic_to_shared(dst + i);
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src + i) : "memory");
+                cp_async16_s((u32)__cvta_generic_to_shared(dst + i), src + i);
             }
         }
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_async_commit();
 }
 // Norm (+ act(gate) * up for modes 1, 2) and quantization of the row x, then this block's
 // strips of m from `buf`, once all but the most recent commit group have landed.
@@ -1276,7 +1433,7 @@ __device__ __forceinline__ void mega_linear(const MegaLin& m, const uint4* buf, 
     norm_quant_smem(x, nw, cols, kpad, eps, mode, xs, xscale, xsum, red, ired);
     mega_stage(next, nbuf);
     u64 t1 = timing ? gtimer() : 0;
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
+    cp_async_wait<1>();
     __syncthreads();
     u64 t2 = timing ? gtimer() : 0;
     const uint4 none[4] = {};
@@ -1660,10 +1817,9 @@ __device__ __forceinline__ void head_stage(const u16* xhl, int cols, int ch, int
     for (int i = threadIdx.x; i < nrows * 32; i += blockDim.x) {
         int r = i >> 5, part = (i >> 4) & 1, piece = i & 15;
         const u16* src = xhl + ((size_t)r * 2 + part) * cols + ch * 128 + piece * 8;
-        u32 d = (u32)__cvta_generic_to_shared(buf + r * HM_ROW + part * 256 + piece * 16);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+        cp_async16_s((u32)__cvta_generic_to_shared(buf + r * HM_ROW + part * 256 + piece * 16), src);
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
+    cp_async_commit();
 }
 // `cols` % 128 == 0; xhl holds ceil(m / 8) * 8 rows (split_rows_*).
 template <class D, bool BF>
@@ -1703,7 +1859,7 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
             if ((kb & 3) == 0) {
                 int ch = kb >> 2;
                 // This chunk landed; every warp is done with the other stage, which takes the next.
-                asm volatile("cp.async.wait_group 0;" ::: "memory");
+                cp_async_wait<0>();
                 __syncthreads();
                 if (ch + 1 < chunks) head_stage(xhl, cols, ch + 1, nt * 8, hsm + ((ch + 1) & 1) * HM_STAGE);
             }

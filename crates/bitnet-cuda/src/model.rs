@@ -25,6 +25,60 @@ const CHUNK: usize = 64;
 pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
 const MMA_TOKENS: usize = 32;
+/// Strips of 16 rows per block of the staged tensor-core products (`MMA_WARPS` in the kernels).
+const MMA_WARPS: u32 = 4;
+
+/// Dynamic shared memory of a staged tensor-core product block: its stages (`MMA_RING_ENTRIES`
+/// in the kernels: 6 with 4 warps per strip, else 4) of `ks` groups' weights (512 bytes per
+/// strip) and activation codes (144-byte rows of `tiles * 8` tokens).
+fn ring_smem(tiles: usize, ks: u32) -> usize {
+    let stages = if ks == 4 { 6 } else { 4 };
+    stages * ks as usize * (MMA_WARPS as usize * 512 + tiles * 8 * 144)
+}
+
+/// One staged tensor-core product kernel (`ternary_mma_ring_{N}_k{KS}`) and its launch shape.
+struct RingKernel {
+    k: Kernel,
+    /// Warps per strip (they split the 128-column groups); `32 * MMA_WARPS * ks` threads.
+    ks: u32,
+    /// Dynamic shared memory per block.
+    smem: usize,
+    /// Blocks that run at once on the whole GPU.
+    slots: u32,
+}
+
+impl RingKernel {
+    fn load(gpu: &Gpu, tiles: usize, ks: u32) -> Option<Self> {
+        let k = gpu.optional_function(&format!("ternary_mma_ring_{tiles}_k{ks}"))?;
+        let smem = ring_smem(tiles, ks);
+        if smem > 48 * 1024 {
+            k.allow_smem(smem).ok()?;
+        }
+        let slots = k.resident(gpu, 32 * MMA_WARPS * ks, smem);
+        (slots > 0).then_some(RingKernel { k, ks, smem, slots })
+    }
+
+    /// The variants of `tiles` the device can run (4, 2 and 1 warps per strip, in that order:
+    /// the larger ones need more shared memory than some GPUs give a block), at least the one
+    /// with a single warp per strip.
+    fn variants(gpu: &Gpu, tiles: usize) -> Option<Vec<Self>> {
+        let v: Vec<Self> = [4, 2, 1]
+            .into_iter()
+            .filter_map(|ks| Self::load(gpu, tiles, ks))
+            .collect();
+        v.last().is_some_and(|k| k.ks == 1).then_some(v)
+    }
+
+    /// For a grid of `blocks`: `ks` warps per strip where asked (and available), else the most
+    /// whose grid still runs in one wave, else the fewest.
+    fn pick(variants: &[Self], blocks: u32, ks: Option<u32>) -> &Self {
+        let last = &variants[variants.len() - 1];
+        if let Some(k) = ks.and_then(|f| variants.iter().find(|k| k.ks == f)) {
+            return k;
+        }
+        variants.iter().find(|k| blocks <= k.slots).unwrap_or(last)
+    }
+}
 
 /// A ternary matrix (or several stacked) on the device.
 pub(crate) struct DevTernary {
@@ -387,8 +441,11 @@ struct Kernels {
     /// its one-token instantiation (`ternary_gemv_norm1_p*`).
     gemv_norm: ByWidth,
     gemv_norm1: ByWidth,
-    /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens.
+    /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens, K split over 8 warps.
     mma: Option<[Kernel; 3]>,
+    /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
+    /// variants of 4, 2 and 1 warps per strip that the device can run.
+    mma_ring: Option<[Vec<RingKernel>; 3]>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
@@ -1595,8 +1652,22 @@ pub enum LinearPath {
     Auto,
     /// `dp4a` only, 4 tokens per launch.
     Dp4a,
-    /// Tensor cores only.
+    /// Tensor cores only, the kernel the model picks.
     Mma,
+    /// Tensor cores only, `ternary_mma_*` whatever the grid.
+    MmaDirect,
+    /// Tensor cores only, `ternary_mma_ring_*` with this many warps per strip (1, 2 or 4)
+    /// whatever the grid.
+    MmaRing(u32),
+}
+
+/// Which of the tensor-core kernels' tile sizes (8, 16, 32 tokens) takes `n` tokens.
+fn tiles_index(n: usize) -> usize {
+    match n {
+        0..=8 => 0,
+        9..=16 => 1,
+        _ => 2,
+    }
 }
 
 /// Device addresses and sizes of one ternary product.
@@ -1627,32 +1698,44 @@ fn launch_linear(
     } else {
         k.mma.as_ref()
     };
-    let gemv = &k.gemv;
     let mut t0 = 0;
     while t0 < io.t {
         let left = io.t - t0;
-        let (f, n) = match (mma, left) {
-            (_, n) if n <= 4 && path != LinearPath::Mma => (gemv, n),
-            (Some(m), n) if n <= 8 => (&m[0], n),
-            (Some(m), n) if n <= 16 => (&m[1], n),
+        let (m, n) = match (mma, left) {
+            (_, n) if n <= 4 && matches!(path, LinearPath::Auto | LinearPath::Dp4a) => (None, n),
             // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
             // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
-            (Some(m), n) => (&m[2], n),
-            (None, n) => (gemv, n.min(4)),
+            (Some(m), n) => (Some(&m[tiles_index(n)]), n),
+            (None, n) => (None, n.min(4)),
         };
-        // The tensor-core kernels take two strips per block.
-        let (blocks, tiles) = if std::ptr::eq(f, gemv) {
-            (strips, 1)
-        } else {
-            (strips.div_ceil(2), n.div_ceil(MMA_TOKENS) as u32)
+        let args = linear_args(gpu, w, io, t0, n);
+        let Some(m) = m else {
+            gpu.launch(&k.gemv, (strips, 1, 1), 256, 0, &args)?;
+            t0 += n;
+            continue;
         };
-        gpu.launch(
-            f,
-            (blocks, tiles, 1),
-            256,
-            0,
-            &linear_args(gpu, w, io, t0, n),
-        )?;
+        // `ternary_mma_*` (two strips per block, tiles along y) where its grid runs in one wave:
+        // every load of a block in flight at once, the shortest chain. Beyond one wave
+        // (gate/up at batch 64, prefill) the staged kernel, whose blocks all run at once
+        // (BENCHMARKS.md, session 13).
+        let tiles = n.div_ceil(MMA_TOKENS) as u32;
+        let direct = (strips.div_ceil(2), tiles, 1);
+        let ring = k.mma_ring.as_ref().map(|r| &r[tiles_index(n)]);
+        match (path, ring) {
+            (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
+            (LinearPath::Mma | LinearPath::Auto, Some(_)) if direct.0 * tiles <= m.wave(gpu) => {
+                gpu.launch(m, direct, 256, 0, &args)?
+            }
+            (_, Some(r)) => {
+                let grid = (strips.div_ceil(MMA_WARPS), tiles, 1);
+                let ks = match path {
+                    LinearPath::MmaRing(ks) => Some(ks),
+                    _ => None,
+                };
+                let f = RingKernel::pick(r, grid.0 * tiles, ks);
+                gpu.launch(&f.k, grid, 32 * MMA_WARPS * f.ks, f.smem as u32, &args)?
+            }
+        }
         t0 += n;
     }
     Ok(())
@@ -2004,6 +2087,13 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         (Some(a), Some(b), Some(c)) => Some([a, b, c]),
         _ => None,
     };
+    let mma_ring = (|| {
+        Some([
+            RingKernel::variants(gpu, 1)?,
+            RingKernel::variants(gpu, 2)?,
+            RingKernel::variants(gpu, 4)?,
+        ])
+    })();
     Ok(Kernels {
         embed: gpu.function("embed_f32")?,
         norm_quant: ByWidth::load(gpu, "norm_quant")?,
@@ -2012,6 +2102,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?,
         gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?,
         mma,
+        mma_ring,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
@@ -2152,6 +2243,18 @@ impl Accelerator for CudaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_tiles_and_staged_shared_memory() {
+        let tiles: Vec<usize> = [1, 8, 9, 16, 17, 64, 256].map(tiles_index).into();
+        assert_eq!(tiles, [0, 0, 1, 1, 2, 2, 2]);
+        // Per stage: ks groups of 4 strips' weights (512 bytes each) and 8 * tiles codes rows
+        // of 144 bytes; 6 stages with 4 warps per strip, else 4. The largest fits an A100
+        // block (163 KB); GPUs that give less take the smaller variants.
+        assert_eq!(ring_smem(4, 4), 6 * 4 * (2048 + 32 * 144));
+        assert_eq!(ring_smem(1, 1), 4 * (2048 + 8 * 144));
+        assert!(ring_smem(4, 4) <= 163 * 1024);
+    }
 
     #[test]
     fn attention_cases_that_do_not_fit_are_refused() {

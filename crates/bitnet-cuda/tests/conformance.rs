@@ -73,7 +73,15 @@ fn ternary_kernels_equal_the_scalar_reference() {
     for (rows, cols, batch) in cases {
         let (w, x) = random_case(&mut rng, rows, cols, batch);
         let want = scalar(&w, &x);
-        for path in [LinearPath::Auto, LinearPath::Dp4a, LinearPath::Mma] {
+        for path in [
+            LinearPath::Auto,
+            LinearPath::Dp4a,
+            LinearPath::Mma,
+            LinearPath::MmaDirect,
+            LinearPath::MmaRing(1),
+            LinearPath::MmaRing(2),
+            LinearPath::MmaRing(4),
+        ] {
             let got = bitnet_cuda::ternary_forward(&gpu, &w, &x, path).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
