@@ -719,8 +719,8 @@ struct Scratch {
     top_ids: CudaSlice<u32>,
     top_vals: CudaSlice<f32>,
     host_top: (Vec<u32>, Vec<f32>),
-    /// Captured decode steps by batch size.
-    graphs: std::collections::HashMap<usize, Graph>,
+    /// Captured decode steps by batch size and attention chunks (a power of two).
+    graphs: std::collections::HashMap<(usize, usize), Graph>,
     /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
     /// wanted rows, reused across steps.
     lists: StepLists,
@@ -1134,25 +1134,27 @@ impl CudaModel {
         // A decode step (one token per sequence, every logit row wanted) replays a captured graph
         // per batch size: its launches and arguments never change, only the parameters' values.
         let decode = tracer.is_none() && m == n && seqs.len() == n;
+        let max_pos = rows.iter().map(|r| r.1 as usize).max().unwrap_or(0);
+        let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
         if decode && self.graphs {
-            if !s.graphs.contains_key(&n) {
-                let graph = match self.capture(s, n, m) {
+            let chunks = graph_chunks(chunks, self.max_chunks);
+            let key = (n, chunks);
+            if !s.graphs.contains_key(&key) {
+                let graph = match self.capture(s, n, m, chunks) {
                     Err(e) if n == 1 && self.mega_on() => {
                         // The driver refused the persistent step (inside a graph): without it.
                         eprintln!(
                             "warning: the persistent decode step is unavailable ({e}); using one kernel per operation"
                         );
                         self.mega_off();
-                        self.capture(s, n, m)?
+                        self.capture(s, n, m, chunks)?
                     }
                     r => r?,
                 };
-                s.graphs.insert(n, Graph(graph));
+                s.graphs.insert(key, Graph(graph));
             }
-            s.graphs[&n].0.launch()?;
+            s.graphs[&key].0.launch()?;
         } else {
-            let max_pos = rows.iter().map(|r| r.1 as usize).max().unwrap_or(0);
-            let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
             self.launch_forward(s, n, m, chunks, decode, tracer)?;
         }
         if m == 0 {
@@ -1214,12 +1216,13 @@ impl CudaModel {
         s: &Scratch,
         n: usize,
         m: usize,
+        chunks: usize,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
         let st = &self.gpu.stream;
         st.begin_capture(
             cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
         )?;
-        let launched = self.launch_forward(s, n, m, self.max_chunks, true, None);
+        let launched = self.launch_forward(s, n, m, chunks, true, None);
         let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
         launched?;
         graph.ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))
@@ -1659,6 +1662,15 @@ pub enum LinearPath {
     /// Tensor cores only, `ternary_mma_ring_*` with this many warps per strip (1, 2 or 4)
     /// whatever the grid.
     MmaRing(u32),
+}
+
+/// The attention chunks a captured decode step launches for steps that need `needed`: the
+/// next power of two, so that a step has one graph per batch size and power of two. (One graph
+/// for the whole context launched every chunk's blocks at any depth: at depth 512 of a 4,096
+/// context 56 of every 64 found nothing to do; without them b1 d512 +3.5%, BENCHMARKS.md,
+/// session 13.)
+fn graph_chunks(needed: usize, max_chunks: usize) -> usize {
+    needed.next_power_of_two().min(max_chunks)
 }
 
 /// Which of the tensor-core kernels' tile sizes (8, 16, 32 tokens) takes `n` tokens.
@@ -2243,6 +2255,13 @@ impl Accelerator for CudaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_graphs_cover_the_step_with_a_power_of_two_of_chunks() {
+        let got: Vec<usize> = [1, 2, 3, 8, 9, 33, 64].map(|n| graph_chunks(n, 64)).into();
+        assert_eq!(got, [1, 2, 4, 8, 16, 64, 64]);
+        assert_eq!(graph_chunks(9, 12), 12);
+    }
 
     #[test]
     fn token_tiles_and_staged_shared_memory() {
