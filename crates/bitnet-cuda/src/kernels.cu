@@ -651,7 +651,7 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 // rows and one tile of up to 8 * TILES tokens, with KS warps per strip splitting its 128-column
 // groups (warp ks takes groups ks, ks + KS, ...; the host picks the most KS whose grid still
 // runs in one wave). Each group's weights and the tile's activation codes go through shared
-// memory in a ring of MMA_STAGES stages of KS groups by cp.async, MMA_STAGES - 1 stages ahead
+// memory in a ring of STAGES stages of KS groups by cp.async, STAGES - 1 stages ahead
 // of the products, one barrier per stage, so every warp uses the codes its block copied once
 // instead of reading them from L2 itself. At the end the warps' integer sums (exact in any
 // order) meet in shared memory and every thread finishes a few outputs. Dynamic shared memory:
@@ -664,10 +664,10 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 #define MMA_WARPS 4
 #define MMA_XROW 144
 #define MMA_STAGE_BYTES(TILES, KS) ((KS) * (MMA_WARPS * 512 + (TILES) * 8 * MMA_XROW))
-template <int TILES, int KS, int MMA_STAGES>
-__device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
-                         const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
-                         const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+template <int TILES, int KS, int STAGES>
+__device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows,
+                              int kgroups, const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                              const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
     extern __shared__ __align__(16) unsigned char mma_smem[];
     // Stage st: weights uint4 [KS][MMA_WARPS * 32], then activation codes [KS][TILES * 8][MMA_XROW].
     constexpr int SB = MMA_STAGE_BYTES(TILES, KS), XB = KS * MMA_WARPS * 512, NT = MMA_WARPS * KS * 32;
@@ -698,7 +698,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     // The weights do not depend on the previous kernel: their first stages go before the wait.
     PDL_START();
 #pragma unroll
-    for (int s = 0; s < MMA_STAGES - 1; s++)
+    for (int s = 0; s < STAGES - 1; s++)
         if (live && s * KS + ks < kgroups) cp_async16_s(wdst + s * SB, wsrc + (size_t)s * KS * 32);
     PDL_WAIT();
     auto copy_x = [&](int stage, int st) {
@@ -707,7 +707,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
             if (stage * KS + xslot[k] < kgroups) cp_async16_s(xdst[k] + st * SB, xsrc[k] + stage * KS * 128);
     };
 #pragma unroll
-    for (int s = 0; s < MMA_STAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         copy_x(s, s);
         cp_async_commit();
     }
@@ -716,10 +716,10 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     for (int n = 0; n < TILES; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
     int stages = (kgroups + KS - 1) / KS;
     for (int i = 0; i < stages; i++) {
-        int st = i % MMA_STAGES;
-        cp_async_wait<MMA_STAGES - 2>();
+        int st = i % STAGES;
+        cp_async_wait<STAGES - 2>();
         __syncthreads();  // stage i landed for every thread; every warp is done with stage i - 1
-        int ni = i + MMA_STAGES - 1, ns = ni % MMA_STAGES;
+        int ni = i + STAGES - 1, ns = ni % STAGES;
         if (ni < stages) {
             if (live && ni * KS + ks < kgroups) cp_async16_s(wdst + ns * SB, wsrc + (size_t)ni * KS * 32);
             copy_x(ni, ns);
@@ -740,7 +740,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
             }
         }
     }
-    // Every warp's sums into shared memory as [ks][token][row] (rows MMA_RP apart: the C
+    // Every warp's sums into shared memory as [ks][token][row] (rows RP ints apart: the C
     // fragment's lanes land on distinct banks; every copy has landed, each stage having been
     // waited for), then each thread finishes every NT-th output, rows fastest (coalesced
     // stores), adding the KS partial sums (integers: exact in any order).
@@ -773,14 +773,15 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     }
 }
 // blockIdx.y picks a tile of N * 8 tokens, so that one launch covers a whole pass's tokens.
-#define MMA_RING_ENTRY(N, KS, STAGES)                                                                             \
+#define MMA_RING_ENTRY(N, KS, STAGES)                                                                        \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * KS * 32)                                      \
-        ternary_mma_ring_##N##_k##KS(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes,  \
-                                int kpad, const float* xscale, const int* xsum, int T, float* out,           \
-                                int out_stride, int accumulate) {                                           \
+        ternary_mma_ring_##N##_k##KS(const uint4* W, const float* wscale, int rows, int kgroups,             \
+                                     const i8* codes, int kpad, const float* xscale, const int* xsum, int T, \
+                                     float* out, int out_stride, int accumulate) {                          \
         int t0 = blockIdx.y * N * 8;                                                                        \
-        mma_ring_body<N, KS, STAGES>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,  \
-                        min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);         \
+        mma_ring_body<N, KS, STAGES>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, \
+                                     xsum + t0, min(T - t0, N * 8), out + (size_t)t0 * out_stride,          \
+                                     out_stride, accumulate);                                               \
     }
 #define MMA_RING_ENTRIES(N) MMA_RING_ENTRY(N, 1, 4) MMA_RING_ENTRY(N, 2, 4) MMA_RING_ENTRY(N, 4, 6)
 MMA_RING_ENTRIES(1)
