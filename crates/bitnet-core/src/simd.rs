@@ -30,8 +30,8 @@ fn avx2_f16() -> bool {
 
 /// `out[r * m + j] = rows_r . xs_j` for f16 rows (each `cols` long, `rows.len() / cols` of
 /// them) against `m` vectors. Every product is bit-identical to [`dot_f16`] of the same pair;
-/// the work is register-blocked (AVX-512: 2 rows x 4 vectors, AVX2: 2 x 2) so each loaded
-/// activation serves two rows and each converted weight several vectors.
+/// the work is register-blocked (AVX-512: 2 rows x 4 vectors, AVX2: 3 x 2) so each loaded
+/// activation serves several rows and each converted weight several vectors.
 pub fn dots_f16(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -143,6 +143,7 @@ mod x86 {
                 xs,
                 m,
                 step: 32,
+                max_rows: 2,
                 max_vectors: 4,
             };
             dots_blocked(&shape, out, acc, _mm512_setzero_ps(), tile, reduce);
@@ -151,8 +152,10 @@ mod x86 {
 
     /// Register-blocked [`dot_f16_avx2`]: the same per-pair accumulation order (two accumulators
     /// over alternating 8-lane chunks, reduced as it does, then a scalar tail), in tiles of up to
-    /// 2 rows x 2 vectors (eight accumulators, two converted rows and a vector: 11 of the 16
-    /// registers).
+    /// 3 rows x 2 vectors (twelve accumulators, three converted rows and a vector: the 16
+    /// registers). The loads bound it: per 8 columns a tile loads its rows and vectors, so 3 x 2
+    /// makes 5 loads per 6 multiply-adds where 2 x 2 made 4 per 4 (+9% on one thread at 16
+    /// vectors; 1 x 4, 10 per 8, was 30% slower: BENCHMARKS.md, session 13).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dots_f16_avx2(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
         thread_local! {
@@ -163,6 +166,8 @@ mod x86 {
                 // SAFETY: as in `dots_f16_avx512`.
                 unsafe {
                     match (rr, jj) {
+                        (3, 2) => dots_tile::<__m256, 3, 2>(t, acc),
+                        (3, _) => dots_tile::<__m256, 3, 1>(t, acc),
                         (2, 2) => dots_tile::<__m256, 2, 2>(t, acc),
                         (2, _) => dots_tile::<__m256, 2, 1>(t, acc),
                         (_, 2) => dots_tile::<__m256, 1, 2>(t, acc),
@@ -176,6 +181,7 @@ mod x86 {
                 xs,
                 m,
                 step: 16,
+                max_rows: 3,
                 max_vectors: 2,
             };
             let reduce = |a: __m256, b: __m256| reduce_avx2(a, b);
@@ -184,19 +190,20 @@ mod x86 {
     }
 
     /// The operands of a blocked head and its SIMD shape: columns per step of the two
-    /// accumulators (`2 x lanes`) and vectors per tile.
+    /// accumulators (`2 x lanes`), rows and vectors per tile.
     struct Shape<'a> {
         rows: &'a [f16],
         cols: usize,
         xs: &'a [f32],
         m: usize,
         step: usize,
+        max_rows: usize,
         max_vectors: usize,
     }
 
     /// The blocked product shared by both instruction sets. The rows go in blocks of
     /// [`BLOCK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk, tiles of up
-    /// to 2 rows x `max_vectors` (`tile(rows, vectors, ..)`, each tile shape its own instance,
+    /// to `max_rows` x `max_vectors` (`tile(rows, vectors, ..)`, each tile shape its own instance,
     /// so its accumulators and converted rows stay in registers) resume their accumulators from
     /// `acc`, so each vector chunk is loaded from L2 once per block of rows rather than once
     /// per pair of rows (the L2 loads were what bounded the batched head). `reduce` sums a
@@ -247,7 +254,7 @@ mod x86 {
                     }
                     let mut r = r0;
                     while r < r0 + nr {
-                        let rr = if r + 2 <= r0 + nr { 2 } else { 1 };
+                        let rr = (r0 + nr - r).min(sh.max_rows);
                         let mut j = 0;
                         while j < gm {
                             let jj = (gm - j).min(sh.max_vectors);
