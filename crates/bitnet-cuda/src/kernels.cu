@@ -681,7 +681,8 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     // stage * KS + ks, and activation pieces (group slot, token t, 16 bytes c) of the stage's
     // groups; tokens past T are not copied (their columns of the products are never stored).
     const uint4* wsrc = W + ((size_t)strip * kgroups + ks) * 32 + lane;
-    u32 wdst = base + ks * MMA_WARPS * 512 + threadIdx.x % (MMA_WARPS * 32) * 16;
+    int wofs = (ks * MMA_WARPS * 32 + w * 32 + lane) * 16;  // this lane's weights in a stage
+    u32 wdst = base + wofs;
     constexpr int NX = (KS * TILES * 64 + NT - 1) / NT;
     const i8* xsrc[NX];
     u32 xdst[NX];
@@ -728,7 +729,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
         if (live && i * KS + ks < kgroups) {
             const unsigned char* sm = mma_smem + st * SB;
             u32 a[4][4];
-            unpack_a(((const uint4*)(sm + ks * MMA_WARPS * 512))[threadIdx.x % (MMA_WARPS * 32)], a);
+            unpack_a(*(const uint4*)(sm + wofs), a);
             const i8* xs = (const i8*)(sm + XB) + (ks * TILES * 8 + g) * MMA_XROW + tq * 32;
 #pragma unroll
             for (int n = 0; n < TILES; n++) {
@@ -756,14 +757,14 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     }
     __syncthreads();
     constexpr int NO = TILES * 8 * MMA_WARPS * 16 / NT;
-    int row = blockIdx.x * MMA_WARPS * 16 + threadIdx.x % (MMA_WARPS * 16);
+    int rl = threadIdx.x % (MMA_WARPS * 16), row = blockIdx.x * MMA_WARPS * 16 + rl;
     float y[NO];
 #pragma unroll
     for (int k = 0; k < NO; k++) {
         int t = (threadIdx.x + k * NT) / (MMA_WARPS * 16);
         int v = 0;
 #pragma unroll
-        for (int p = 0; p < KS; p++) v += red[(p * TILES * 8 + t) * RP + threadIdx.x % (MMA_WARPS * 16)];
+        for (int p = 0; p < KS; p++) v += red[(p * TILES * 8 + t) * RP + rl];
         y[k] = (t < T && row < rows) ? out_value(v, t, row, xsum, xscale, wscale) : 0.f;
     }
 #pragma unroll
