@@ -147,6 +147,15 @@ impl Kernel {
             .set_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)?)
     }
 
+    /// The most dynamic shared memory a launch of this kernel may take (48 KB unless
+    /// [`Kernel::allow_smem`] raised it; 0 if the driver cannot say).
+    pub fn dynamic_smem_cap(&self) -> usize {
+        use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        self.f
+            .get_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+            .map_or(0, |v| v.max(0) as usize)
+    }
+
     /// The block size [`Kernel::wave`] counts for.
     pub const WAVE_BLOCK: u32 = 256;
 

@@ -224,6 +224,29 @@ __device__ __forceinline__ void store_out(float* out, int out_stride, int t, int
 // Warps per block of the ternary kernels (they split the 128-column groups of one strip).
 #define NW 8
 
+// Asynchronous 16-byte copies global -> shared (to a shared-space address), their groups and
+// the wait until at most N groups are in flight (sm_80+; before that, a plain load and store).
+__device__ __forceinline__ void cp_async16_s(u32 smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem), "l"(gmem) : "memory");
+#else
+    uint4 v = __ldg((const uint4*)gmem);
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(smem), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
 // Batch 1..4 with dp4a (CUDA cores): each weight register is used for every token. Each warp
 // issues up to four 16-byte weight loads before using any, to keep enough bytes in flight.
 template <int MAXT>
@@ -350,10 +373,15 @@ __device__ __forceinline__ void norm_load(const float* xr, int cols, float (&v)[
 // ATOM: the code sum is added into *xsum (zeroed by the caller before a block barrier) by one
 // atomic per warp instead of a third block reduction; it is complete after the caller's next
 // barrier (integer sums: the same value in any order).
-template <int PER, bool PRE = false, bool ATOM = false>
+// `issued()` runs once the row's loads are issued, before any is used (the staged product
+// issues its weight copies there, behind the row's loads rather than ahead of them).
+struct NoIssue {
+    __device__ void operator()() const {}
+};
+template <int PER, bool PRE = false, bool ATOM = false, class F = NoIssue>
 __device__ __forceinline__ void norm_quant_regs(const float* xr, const float* __restrict__ nw, int cols, int kpad,
                                                 float eps, int mode, i8* xs, float* xscale, int* xsum,
-                                                float* red, int* ired) {
+                                                float* red, int* ired, F issued = F()) {
     float v[PER];
     float g[PRE ? PER : 1];
     if (PRE) {
@@ -366,6 +394,7 @@ __device__ __forceinline__ void norm_quant_regs(const float* xr, const float* __
     if (mode == 0) norm_load<PER, 0>(xr, cols, v);
     else if (mode == 1) norm_load<PER, 1>(xr, cols, v);
     else norm_load<PER, 2>(xr, cols, v);
+    issued();
     float ss = 0.f;
 #pragma unroll
     for (int j = 0; j < PER; j++) ss += v[j] * v[j];
@@ -485,22 +514,108 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
     }
 }
 
+// The products of a block's staged strips (blockIdx.x, + gridDim.x, ..., at most STAGE_MAX,
+// in shared memory at `ws`): warp w takes groups w, w + NW, ... of every strip, and the sums of
+// all the strips meet in shared memory at one barrier, so a block's strips are one chain, not
+// one chain each (gate/up: 3 strips per block).
+#define STAGE_MAX 4
+template <int MAXT>
+__device__ void gemv_staged(const uint4* ws, const float* __restrict__ wscale, int rows, int kgroups,
+                            const i8* xs, int kpad, const float* xscale, const int* xsum, int T, float* out,
+                            int out_stride, int accumulate) {
+    __shared__ int sred[NW][STAGE_MAX][MAXT][16];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int strips = (rows + 15) / 16;
+    int ns = (strips - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+    int acc[STAGE_MAX][MAXT][2];
+#pragma unroll
+    for (int n = 0; n < STAGE_MAX; n++) {
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) acc[n][t][0] = acc[n][t][1] = 0;
+        if (n < ns) {
+            const uint4* w = ws + (size_t)n * kgroups * 32 + lane;
+#pragma unroll 4
+            for (int q = warp; q < kgroups; q += NW) gemv_group<MAXT>(w[q * 32], q, tq, xs, kpad, T, acc[n]);
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < STAGE_MAX; n++) {
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                int v = acc[n][t][j];
+                v += __shfl_xor_sync(FULL, v, 1);
+                v += __shfl_xor_sync(FULL, v, 2);
+                if (tq == 0 && n < ns) sred[warp][n][t][g + 8 * j] = v;
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < ns * MAXT * 16; i += blockDim.x) {
+        int n = i / (MAXT * 16), t = i / 16 % MAXT, rr = i % 16;
+        if (t < T) {
+            int v = 0;
+#pragma unroll
+            for (int w = 0; w < NW; w++) v += sred[w][n][t][rr];
+            store_out(out, out_stride, t, (blockIdx.x + n * gridDim.x) * 16 + rr, rows, v, xsum, xscale, wscale,
+                      accumulate);
+        }
+    }
+}
+
 // Up to 12 values per thread (3,072 columns) the norm weights load with the row and the first
 // strip's weight loads go to registers before normalizing (ptxas: 80 registers, no spill; with
 // 28 values the early loads spilled to the stack, whose store then waited for the DRAM load).
 // The code sum always goes by per-warp atomics. MAXT: most tokens (1, or up to 4): one-token
 // steps take their own instantiation, whose reductions and epilogue do a quarter of the work.
+//
+// `staged` (the host sets it where the block's strips fit its shared memory: `gemv_stage` in
+// model.rs; at most STAGE_MAX of them): every strip of the block (blockIdx.x, + gridDim.x, ...)
+// is copied whole into dynamic shared memory by cp.async, issued right behind the first row's
+// loads (ahead of them, the row waited behind the copies: gate/up 9.7 us instead of 8.3), so all
+// of the launch's weight loads are in flight while the rows are normalized, and the products
+// read them from shared memory as one chain (`gemv_staged`). Without it a block's later strips
+// (gate/up: 2-3 per block) and a wide strip's later groups (down: 54 per strip, 4 per warp in
+// flight) each waited a memory round trip after the norm. ncu at one row (session 14): gate/up
+// 10.0 -> 8.3 us, down 11.4 -> 10.4, qkv and o level; the register path stays for strips that
+// do not fit.
 template <int PER, int MAXT>
 __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                                const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols,
-                               int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate) {
+                               int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate,
+                               int staged) {
     __shared__ __align__(16) i8 xs[MAXT * PER * NW * 32];
     __shared__ float xscale[MAXT];
     __shared__ int xsum[MAXT];
     __shared__ float red[32];
     __shared__ int ired[32];
+    extern __shared__ __align__(16) uint4 gemv_smem[];
     PDL_START();
     int strips = (rows + 15) / 16;
+    if (staged) {
+        if (threadIdx.x < MAXT) xsum[threadIdx.x] = 0;
+        PDL_WAIT();
+        for (int t = 0; t < (MAXT == 1 ? 1 : T); t++) {
+            auto stage = [&]() {
+                if (t) return;
+                u32 base = (u32)__cvta_generic_to_shared(gemv_smem);
+                int per = kgroups * 32;
+                for (int strip = blockIdx.x, n = 0; strip < strips; strip += gridDim.x, n++)
+                    for (int i = threadIdx.x; i < per; i += blockDim.x)
+                        cp_async16_s(base + (u32)(n * per + i) * 16, W + (size_t)strip * per + i);
+                cp_async_commit();
+            };
+            norm_quant_regs<PER, PER <= 12, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode,
+                                                  xs + t * kpad, xscale + t, xsum + t, red, ired, stage);
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        gemv_staged<MAXT>(gemv_smem, wscale, rows, kgroups, xs, kpad, xscale, xsum, MAXT == 1 ? 1 : T, out,
+                          out_stride, accumulate);
+        return;
+    }
     constexpr bool NARROW = PER <= 12;
     // The first strip's weights into L2 while the rows are normalized.
     if (blockIdx.x < strips) {
@@ -524,9 +639,9 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                                  \
         const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,                    \
         const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad, float eps,  \
-        int mode, int T, float* out, int out_stride, int accumulate) {                                           \
+        int mode, int T, float* out, int out_stride, int accumulate, int staged) {                               \
         gemv_norm_body<P, MAXT>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out,        \
-                                out_stride, accumulate);                                                         \
+                                out_stride, accumulate, staged);                                                 \
     }
 #define GEMV_NORM(P) GEMV_NORM_T(ternary_gemv_norm_p##P, P, 4) GEMV_NORM_T(ternary_gemv_norm1_p##P, P, 1)
 FOR_EACH_PER(GEMV_NORM)
@@ -634,17 +749,6 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
-
-// Asynchronous 16-byte copies global -> shared (to a shared-space address), their groups and
-// the wait until at most N groups are in flight.
-__device__ __forceinline__ void cp_async16_s(u32 smem, const void* gmem) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem), "l"(gmem) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 // Staged products, for grids larger than one wave of the kernel above (at batch 64 gate/up's
 // 864 blocks ran in three waves; prefill passes): a block takes MMA_WARPS adjacent strips of 16

@@ -20,7 +20,7 @@ pub mod pack;
 
 pub use device::{Gpu, Kernel, compile, device_count, driver_present, nvrtc_present};
 pub use model::{
-    AttentionCase, CudaKv, CudaModel, LinearPath, MAX_ROWS, TOPK_MAX, argmax_rows,
+    AttentionCase, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, TOPK_MAX, argmax_rows,
     attention_forward, head_logits, norm_linear_forward, norm_quant, ternary_forward, top_k_rows,
 };
 

@@ -87,6 +87,9 @@ pub(crate) struct DevTernary {
     rows: usize,
     kgroups: usize,
     bytes: usize,
+    /// The staged launch of the fused decode product (`gemv_stage`), for one row and for more,
+    /// found at the first launch.
+    stage: [std::sync::OnceLock<Option<(u32, usize)>>; 2],
 }
 
 impl DevTernary {
@@ -110,6 +113,7 @@ impl DevTernary {
             scales: gpu.upload(&scales)?,
             rows,
             kgroups: cols.div_ceil(KGROUP),
+            stage: Default::default(),
         })
     }
 }
@@ -420,6 +424,15 @@ impl ByWidth {
             .map(|&p| Ok((p, gpu.function(&format!("{stem}_p{p}"))?)))
             .collect::<Result<_, CudaError>>()
             .map(Self)
+    }
+
+    /// Lets every instantiation take up to `bytes` of dynamic shared memory, where the device
+    /// allows (each keeps its default elsewhere: `Kernel::dynamic_smem_cap` says which).
+    fn allow_smem(self, bytes: usize) -> Self {
+        for (_, k) in &self.0 {
+            let _ = k.allow_smem(bytes);
+        }
+        self
     }
 
     /// The narrowest instantiation that holds a row of `cols` values in its 256 threads' registers
@@ -1037,7 +1050,7 @@ impl CudaModel {
                 sums: 0,
                 rows: n,
             };
-            return launch_gemv_norm(&self.gpu, &self.k, w, &nq, op, out_stride, accumulate);
+            return launch_gemv_norm(&self.gpu, &self.k, w, &nq, out, true);
         }
         let kp = self.norm_quant(s, xp, x_stride, norm, cols, mode, n)?;
         if let Some((tr, li, point)) = trace {
@@ -1489,15 +1502,16 @@ const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_
 
 /// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
 /// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
-/// itself, then multiplies its strip.
+/// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
+/// memory while it normalizes, where they fit (`gemv_stage`; the engine always asks for it, the
+/// conformance tests also run without).
 fn launch_gemv_norm(
     gpu: &Gpu,
     k: &Kernels,
     w: &DevTernary,
     a: &NormQuant,
-    out: u64,
-    out_stride: usize,
-    accumulate: bool,
+    (out, out_stride, accumulate): (u64, usize, bool),
+    staged: bool,
 ) -> Result<(), CudaError> {
     let k = if a.rows == 1 {
         &k.gemv_norm1
@@ -1505,13 +1519,22 @@ fn launch_gemv_norm(
         &k.gemv_norm
     }
     .for_cols(a.cols);
+    let strips = w.rows.div_ceil(STRIP);
+    let stage = match staged {
+        true => w.stage[(a.rows > 1) as usize]
+            .get_or_init(|| gemv_stage(gpu, k, strips, w.kgroups))
+            .as_ref(),
+        false => None,
+    };
     // One wave at most: each block loops over strips (the kernel normalizes once per block).
-    let blocks = (w.rows.div_ceil(STRIP) as u32).min(k.wave(gpu));
+    let (blocks, smem) = stage
+        .copied()
+        .unwrap_or(((strips as u32).min(k.wave(gpu)), 0));
     gpu.launch(
         k,
         (blocks, 1, 1),
         Kernel::WAVE_BLOCK,
-        0,
+        smem as u32,
         &[
             Arg::P(ptr(&w.words, &gpu.stream)),
             Arg::P(ptr(&w.scales, &gpu.stream)),
@@ -1528,8 +1551,29 @@ fn launch_gemv_norm(
             Arg::P(out),
             Arg::I(out_stride as i32),
             Arg::I(accumulate as i32),
+            Arg::I(stage.is_some() as i32),
         ],
     )
+}
+
+/// Most strips a block of the fused decode product stages (`STAGE_MAX` in the kernels).
+const GEMV_STAGE_STRIPS: usize = 4;
+
+/// Most dynamic shared memory a block of the fused decode product stages its strips in.
+const GEMV_STAGE_MAX: usize = 96 * 1024;
+
+/// The staged launch of a fused decode product over `strips` strips of `kgroups` 128-column
+/// groups (see `gemv_norm_body` in the kernels): the fewest strips per block whose grid runs in
+/// one wave, as (blocks, bytes of shared memory per block); `None` where the strips do not fit.
+fn gemv_stage(gpu: &Gpu, k: &Kernel, strips: usize, kgroups: usize) -> Option<(u32, usize)> {
+    let cap = k.dynamic_smem_cap();
+    (1..=strips.min(GEMV_STAGE_STRIPS))
+        .map(|per| (per, per * kgroups * STRIP * KGROUP / 4))
+        .take_while(|&(_, smem)| smem <= cap)
+        .find_map(|(per, smem)| {
+            let blocks = strips.div_ceil(per) as u32;
+            (k.resident(gpu, Kernel::WAVE_BLOCK, smem) >= blocks).then_some((blocks, smem))
+        })
 }
 
 /// `topk_rows` over `m` rows of `vocab` logits (device addresses): `k` ids and values per row.
@@ -2029,9 +2073,21 @@ pub fn norm_quant(
     })
 }
 
+/// How [`norm_linear_forward`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPath {
+    /// The norm kernel, then the product (prefill's two kernels).
+    Separate,
+    /// One fused kernel (decode, at most 4 rows), weights loaded to registers.
+    Fused,
+    /// One fused kernel with each block's strips staged in shared memory, where they fit
+    /// (else as `Fused`).
+    Staged,
+}
+
 /// RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`), then the product with
 /// `w`, either fused into one kernel (decode, at most 4 rows) or as the two kernels prefill uses.
-/// For conformance tests: both must give the same outputs bit for bit.
+/// For conformance tests: every path must give the same outputs bit for bit.
 pub fn norm_linear_forward(
     gpu: &Gpu,
     w: &bitnet_core::TernaryMatrix,
@@ -2039,7 +2095,7 @@ pub fn norm_linear_forward(
     rows: usize,
     norm: &[f32],
     eps: f32,
-    fused: bool,
+    path: NormPath,
 ) -> Result<Vec<f32>, CudaError> {
     let cols = norm.len();
     let k = load_kernels(gpu, KvType::F32)?;
@@ -2064,8 +2120,10 @@ pub fn norm_linear_forward(
         sums: ptr(&sums, st),
         rows,
     };
-    if fused {
-        launch_gemv_norm(gpu, &k, &dw, &nq, ptr(&out, st), w.rows(), false)?;
+    if path != NormPath::Separate {
+        let staged = path == NormPath::Staged;
+        let to = (ptr(&out, st), w.rows(), false);
+        launch_gemv_norm(gpu, &k, &dw, &nq, to, staged)?;
     } else {
         launch_norm_quant(gpu, &k.norm_quant, &nq)?;
         let io = LinearIo {
@@ -2111,8 +2169,8 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         norm_quant: ByWidth::load(gpu, "norm_quant")?,
         final_norm: gpu.function("final_norm")?,
         gemv: gpu.function("ternary_gemv")?,
-        gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?,
-        gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?,
+        gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?.allow_smem(GEMV_STAGE_MAX),
+        gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?.allow_smem(GEMV_STAGE_MAX),
         mma,
         mma_ring,
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,

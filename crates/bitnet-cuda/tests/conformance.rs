@@ -4,7 +4,7 @@
 //! `BITNET_REQUIRE_GPU=1` (set by `scripts/gpu-check.sh`) makes that a failure.
 
 use bitnet_core::{LinearKernel, QuantizedActivations, TernaryMatrix};
-use bitnet_cuda::{Gpu, LinearPath};
+use bitnet_cuda::{Gpu, LinearPath, NormPath};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn gpu() -> Option<Gpu> {
@@ -145,16 +145,24 @@ fn fused_decode_kernel_equals_norm_then_product() {
         (300, 6912, 4),
         (77, 1000, 3),
         (640, 7168, 2),
+        // More strips than a wave (several per block), and wide strips.
+        (13824, 2560, 1),
+        (13824, 2560, 4),
+        (2560, 6912, 1),
     ] {
         let (w, _) = random_case(&mut rng, rows, cols, 1);
         let x: Vec<f32> = (0..batch * cols)
             .map(|_| rng.random_range(-3.0f32..3.0))
             .collect();
         let norm: Vec<f32> = (0..cols).map(|_| rng.random_range(0.5f32..1.5)).collect();
-        let two =
-            bitnet_cuda::norm_linear_forward(&gpu, &w, &x, batch, &norm, 1e-5, false).unwrap();
-        let one = bitnet_cuda::norm_linear_forward(&gpu, &w, &x, batch, &norm, 1e-5, true).unwrap();
-        assert_eq!(one, two, "rows {rows} cols {cols} batch {batch}");
+        let run = |path| {
+            bitnet_cuda::norm_linear_forward(&gpu, &w, &x, batch, &norm, 1e-5, path).unwrap()
+        };
+        let two = run(NormPath::Separate);
+        for path in [NormPath::Fused, NormPath::Staged] {
+            let one = run(path);
+            assert_eq!(one, two, "{path:?}: rows {rows} cols {cols} batch {batch}");
+        }
     }
 }
 
