@@ -139,9 +139,14 @@ __device__ __forceinline__ float glu_act(float g, int mode) {
     }
     return g / (1.f + expf(-g));
 }
+// A gate/up product's row holds gate and up interleaved in groups of 8 (`DevTernary::upload_glu`
+// in model.rs: each 16-row strip is 8 gate rows, then the same 8 up rows), so that one block's
+// strip has both halves of its outputs' act(gate) * up (`gemv_staged` forms them).
+__device__ __forceinline__ int glu_gate(int c) { return (c >> 3) * 16 + (c & 7); }
 __device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
     if (mode == 0) return x[c];
-    return glu_act(x[c], mode) * x[cols + c];
+    int g = glu_gate(c);
+    return glu_act(x[g], mode) * x[g + 8];
 }
 
 // Rows wider than the fused kernel's register path: one strided loop per pass. With `cached`,
@@ -517,12 +522,14 @@ __device__ __forceinline__ void gemv_strips(const uint4* __restrict__ W, const f
 // The products of a block's staged strips (blockIdx.x, + gridDim.x, ..., at most STAGE_MAX,
 // in shared memory at `ws`): warp w takes groups w, w + NW, ... of every strip, and the sums of
 // all the strips meet in shared memory at one barrier, so a block's strips are one chain, not
-// one chain each (gate/up: 3 strips per block).
+// one chain each (gate/up: 3 strips per block). `glu` (1, 2: the activation, as `glu_act`): the
+// rows are interleaved gate/up (`glu_in`), and output c = strip * 8 + r is act(gate row r) * up
+// row r of the strip, so that the next product's norm reads one row instead of two.
 #define STAGE_MAX 4
 template <int MAXT>
 __device__ void gemv_staged(const uint4* ws, const float* __restrict__ wscale, int rows, int kgroups,
                             const i8* xs, int kpad, const float* xscale, const int* xsum, int T, float* out,
-                            int out_stride, int accumulate) {
+                            int out_stride, int accumulate, int glu) {
     __shared__ int sred[NW][STAGE_MAX][MAXT][16];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, tq = lane & 3;
@@ -553,14 +560,23 @@ __device__ void gemv_staged(const uint4* ws, const float* __restrict__ wscale, i
         }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < ns * MAXT * 16; i += blockDim.x) {
-        int n = i / (MAXT * 16), t = i / 16 % MAXT, rr = i % 16;
-        if (t < T) {
-            int v = 0;
+    auto sum = [&](int n, int t, int rr) {
+        int v = 0;
 #pragma unroll
-            for (int w = 0; w < NW; w++) v += sred[w][n][t][rr];
-            store_out(out, out_stride, t, (blockIdx.x + n * gridDim.x) * 16 + rr, rows, v, xsum, xscale, wscale,
-                      accumulate);
+        for (int w = 0; w < NW; w++) v += sred[w][n][t][rr];
+        return v;
+    };
+    int per = glu ? 8 : 16;
+    for (int i = threadIdx.x; i < ns * MAXT * per; i += blockDim.x) {
+        int n = i / (MAXT * per), t = i / per % MAXT, rr = i % per;
+        int strip = blockIdx.x + n * gridDim.x, row = strip * 16 + rr;
+        if (t >= T) continue;
+        if (!glu) {
+            store_out(out, out_stride, t, row, rows, sum(n, t, rr), xsum, xscale, wscale, accumulate);
+        } else if (row < rows) {
+            float g = out_value(sum(n, t, rr), t, row, xsum, xscale, wscale);
+            float u = out_value(sum(n, t, rr + 8), t, row + 8, xsum, xscale, wscale);
+            store_value(out, out_stride, t, strip * 8 + rr, glu_act(g, glu) * u, 0);
         }
     }
 }
@@ -585,7 +601,7 @@ template <int PER, int MAXT>
 __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                                const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols,
                                int kpad, float eps, int mode, int T, float* out, int out_stride, int accumulate,
-                               int staged) {
+                               int staged, int glu) {
     __shared__ __align__(16) i8 xs[MAXT * PER * NW * 32];
     __shared__ float xscale[MAXT];
     __shared__ int xsum[MAXT];
@@ -613,7 +629,7 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
         cp_async_wait<0>();
         __syncthreads();
         gemv_staged<MAXT>(gemv_smem, wscale, rows, kgroups, xs, kpad, xscale, xsum, MAXT == 1 ? 1 : T, out,
-                          out_stride, accumulate);
+                          out_stride, accumulate, glu);
         return;
     }
     constexpr bool NARROW = PER <= 12;
@@ -639,9 +655,9 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     extern "C" __global__ void __launch_bounds__(NW * 32) NAME(                                                  \
         const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,                    \
         const float* __restrict__ x, int x_stride, const float* __restrict__ nw, int cols, int kpad, float eps,  \
-        int mode, int T, float* out, int out_stride, int accumulate, int staged) {                               \
+        int mode, int T, float* out, int out_stride, int accumulate, int staged, int glu) {                      \
         gemv_norm_body<P, MAXT>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out,        \
-                                out_stride, accumulate, staged);                                                 \
+                                out_stride, accumulate, staged, glu);                                            \
     }
 #define GEMV_NORM(P) GEMV_NORM_T(ternary_gemv_norm_p##P, P, 4) GEMV_NORM_T(ternary_gemv_norm1_p##P, P, 1)
 FOR_EACH_PER(GEMV_NORM)

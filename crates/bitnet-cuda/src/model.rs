@@ -106,16 +106,58 @@ impl DevTernary {
             codes.extend_from_slice(p.codes());
             scales.extend(std::iter::repeat_n(p.scale(), p.rows()));
         }
-        let words = pack::pack_ternary(&codes, rows, cols);
+        Self::from_codes(gpu, &codes, &scales, cols)
+    }
+
+    /// Packs and uploads `codes` (rows of `cols`, one scale per row).
+    fn from_codes(gpu: &Gpu, codes: &[i8], scales: &[f32], cols: usize) -> Result<Self, CudaError> {
+        let rows = scales.len();
+        let words = pack::pack_ternary(codes, rows, cols);
         Ok(Self {
             bytes: words.len() * 4,
             words: gpu.upload(&words)?,
-            scales: gpu.upload(&scales)?,
+            scales: gpu.upload(scales)?,
             rows,
             kgroups: cols.div_ceil(KGROUP),
             stage: Default::default(),
         })
     }
+
+    /// The FFN's gate and up projections (same shape) as one matrix whose rows interleave them
+    /// in groups of 8: each 16-row strip is gate rows 8k..8k+8, then up rows 8k..8k+8 (zero rows
+    /// past the end), so that a block's strip holds both halves of act(gate) * up for 8
+    /// outputs (`glu_in`, `gemv_staged` in the kernels). `glu_rows(rows)` rows.
+    pub(crate) fn upload_glu(
+        gpu: &Gpu,
+        gate: &bitnet_core::TernaryMatrix,
+        up: &bitnet_core::TernaryMatrix,
+    ) -> Result<Self, CudaError> {
+        let (inter, cols) = (gate.rows(), gate.cols());
+        if (up.rows(), up.cols()) != (inter, cols) {
+            return Err(CudaError::Invalid(format!(
+                "gate {inter}x{cols} and up {}x{} differ",
+                up.rows(),
+                up.cols()
+            )));
+        }
+        let rows = glu_rows(inter);
+        let mut codes = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows];
+        for (half, m) in [gate, up].into_iter().enumerate() {
+            for r in 0..inter {
+                let dst = r / 8 * 16 + half * 8 + r % 8;
+                codes[dst * cols..][..cols].copy_from_slice(&m.codes()[r * cols..][..cols]);
+                scales[dst] = m.scale();
+            }
+        }
+        Self::from_codes(gpu, &codes, &scales, cols)
+    }
+}
+
+/// Rows of the interleaved gate/up matrix for `inter` outputs (see [`DevTernary::upload_glu`]);
+/// also the row stride of its products.
+fn glu_rows(inter: usize) -> usize {
+    2 * pack::round_up(inter, 8)
 }
 
 /// A float table (embedding or head) on the device.
@@ -843,7 +885,8 @@ impl CudaModel {
             let qkv =
                 DevTernary::upload(&gpu, &[t(Proj::Q)?, t(Proj::K)?, t(Proj::V)?]).map_err(dev)?;
             let o = DevTernary::upload(&gpu, &[t(Proj::O)?]).map_err(dev)?;
-            let gate_up = DevTernary::upload(&gpu, &[t(Proj::Gate)?, t(Proj::Up)?]).map_err(dev)?;
+            let gate_up =
+                DevTernary::upload_glu(&gpu, &t(Proj::Gate)?, &t(Proj::Up)?).map_err(dev)?;
             let down = DevTernary::upload(&gpu, &[t(Proj::Down)?]).map_err(dev)?;
             weight_bytes += qkv.bytes + o.bytes + gate_up.bytes + down.bytes;
             layers.push(DevLayer {
@@ -898,7 +941,9 @@ impl CudaModel {
             h: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
             qkv: gpu.zeros(MAX_ROWS * qkv_dim).map_err(dev)?,
             attn: gpu.zeros(MAX_ROWS * c.q_dim()).map_err(dev)?,
-            gate_up: gpu.zeros(MAX_ROWS * 2 * c.intermediate_size).map_err(dev)?,
+            gate_up: gpu
+                .zeros(MAX_ROWS * glu_rows(c.intermediate_size))
+                .map_err(dev)?,
             codes: gpu.zeros(MAX_ROWS * kpad_max).map_err(dev)?,
             xscale: gpu.zeros(MAX_ROWS).map_err(dev)?,
             xsum: gpu.zeros(MAX_ROWS).map_err(dev)?,
@@ -1023,19 +1068,21 @@ impl CudaModel {
 
     /// One BitLinear: RMSNorm (of `act(gate) * up` for modes 1, 2) and int8 quantization of `n`
     /// rows of `x = (address, row stride, norm weight, width, mode)`, then the ternary product
-    /// with `w` into `out = (address, row stride, accumulate)`. Decode-sized batches run as one
-    /// fused kernel; traced passes run the two steps to read the codes in between.
+    /// with `w` into `out = (address, row stride, accumulate, glu)`. Decode-sized batches run as
+    /// one fused kernel; traced passes run the two steps to read the codes in between. `glu`
+    /// (an activation mode, for the interleaved gate/up matrix): the product may store
+    /// act(gate) * up instead of its rows (`launch_gemv_norm`); true where it did.
     fn norm_linear<'t>(
         &self,
         s: &Scratch,
         n: usize,
         x: (u64, usize, &CudaSlice<f32>, usize, i32),
         w: &DevTernary,
-        out: (u64, usize, bool),
+        out: (u64, usize, bool, i32),
         trace: Option<(&mut (dyn Tracer + 't), usize, TracePoint)>,
-    ) -> Result<(), CudaError> {
+    ) -> Result<bool, CudaError> {
         let (xp, x_stride, norm, cols, mode) = x;
-        let (op, out_stride, accumulate) = out;
+        let (op, out_stride, accumulate, _) = out;
         let st = &self.gpu.stream;
         if trace.is_none() && n <= 4 && cols <= FUSED_MAX_COLS {
             let nq = NormQuant {
@@ -1057,7 +1104,8 @@ impl CudaModel {
             self.trace_codes(s, n, cols, li, point, tr)?;
         }
         let (codes, xscale, xsum) = (ptr(&s.codes, st), ptr(&s.xscale, st), ptr(&s.xsum, st));
-        self.linear(w, n, kp, codes, xscale, xsum, op, out_stride, accumulate)
+        self.linear(w, n, kp, codes, xscale, xsum, op, out_stride, accumulate)?;
+        Ok(false)
     }
 
     /// RMSNorm (optionally of act(gate) * up) and int8 quantization of `rows` rows.
@@ -1368,7 +1416,7 @@ impl CudaModel {
         for (li, l) in self.layers.iter().enumerate() {
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::AttnIn));
             let x = (h, hd, &l.attn_norm, hd, 0);
-            self.norm_linear(s, n, x, &l.qkv, (qkv, qkv_dim, false), tr)?;
+            self.norm_linear(s, n, x, &l.qkv, (qkv, qkv_dim, false, 0), tr)?;
             let (cos, sin) = (ptr(&self.rope_cos, &st), ptr(&self.rope_sin, &st));
             if !decode {
                 self.gpu.launch(
@@ -1419,13 +1467,22 @@ impl CudaModel {
             )?;
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::OIn));
             let x = (attn, qd, &l.attn_sub_norm, qd, 0);
-            self.norm_linear(s, n, x, &l.o, (h, hd, true), tr)?;
+            self.norm_linear(s, n, x, &l.o, (h, hd, true, 0), tr)?;
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::FfnIn));
             let x = (h, hd, &l.ffn_norm, hd, 0);
-            self.norm_linear(s, n, x, &l.gate_up, (gu, 2 * id, false), tr)?;
+            let gu_stride = l.gate_up.rows;
+            // Decode's fused product may form act(gate) * up itself; else the down's norm does.
+            let glu =
+                self.norm_linear(s, n, x, &l.gate_up, (gu, gu_stride, false, glu_mode), tr)?;
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::DownIn));
-            let x = (gu, 2 * id, &l.ffn_sub_norm, id, glu_mode);
-            self.norm_linear(s, n, x, &l.down, (h, hd, true), tr)?;
+            let x = (
+                gu,
+                gu_stride,
+                &l.ffn_sub_norm,
+                id,
+                if glu { 0 } else { glu_mode },
+            );
+            self.norm_linear(s, n, x, &l.down, (h, hd, true, 0), tr)?;
             if let Some(tr) = tracer.as_deref_mut() {
                 let mut host = vec![0f32; n * hd];
                 st.memcpy_dtoh(&s.h.slice(..n * hd), &mut host)?;
@@ -1504,15 +1561,16 @@ const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_
 /// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
 /// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
 /// memory while it normalizes, where they fit (`gemv_stage`; the engine always asks for it, the
-/// conformance tests also run without).
+/// conformance tests also run without). `glu` (an activation mode; `w` interleaved gate/up):
+/// a staged launch stores act(gate) * up (`gemv_staged`); true where it did.
 fn launch_gemv_norm(
     gpu: &Gpu,
     k: &Kernels,
     w: &DevTernary,
     a: &NormQuant,
-    (out, out_stride, accumulate): (u64, usize, bool),
+    (out, out_stride, accumulate, glu): (u64, usize, bool, i32),
     staged: bool,
-) -> Result<(), CudaError> {
+) -> Result<bool, CudaError> {
     let k = if a.rows == 1 {
         &k.gemv_norm1
     } else {
@@ -1552,8 +1610,10 @@ fn launch_gemv_norm(
             Arg::I(out_stride as i32),
             Arg::I(accumulate as i32),
             Arg::I(stage.is_some() as i32),
+            Arg::I(if stage.is_some() { glu } else { 0 }),
         ],
-    )
+    )?;
+    Ok(stage.is_some() && glu != 0)
 }
 
 /// Most strips a block of the fused decode product stages (`STAGE_MAX` in the kernels).
@@ -2083,6 +2143,9 @@ pub enum NormPath {
     /// One fused kernel with each block's strips staged in shared memory, where they fit
     /// (else as `Fused`).
     Staged,
+    /// As `Staged`, with `w`'s rows taken as interleaved gate/up (`glu_in` in the kernels):
+    /// the output is act(gate) * up (activation mode 1 relu², 2 silu), half as wide.
+    StagedGlu(i32),
 }
 
 /// RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`), then the product with
@@ -2121,9 +2184,17 @@ pub fn norm_linear_forward(
         rows,
     };
     if path != NormPath::Separate {
-        let staged = path == NormPath::Staged;
-        let to = (ptr(&out, st), w.rows(), false);
-        launch_gemv_norm(gpu, &k, &dw, &nq, to, staged)?;
+        let glu = match path {
+            NormPath::StagedGlu(mode) => mode,
+            _ => 0,
+        };
+        let to = (ptr(&out, st), w.rows(), false, glu);
+        let done = launch_gemv_norm(gpu, &k, &dw, &nq, to, path != NormPath::Fused)?;
+        if done != (glu != 0) {
+            return Err(CudaError::Unavailable(
+                "no staged launch for this shape".into(),
+            ));
+        }
     } else {
         launch_norm_quant(gpu, &k.norm_quant, &nq)?;
         let io = LinearIo {
