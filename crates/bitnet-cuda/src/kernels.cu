@@ -141,7 +141,7 @@ __device__ __forceinline__ float glu_act(float g, int mode) {
 }
 // A gate/up product's row holds gate and up interleaved in groups of 8 (`DevTernary::upload_glu`
 // in model.rs: each 16-row strip is 8 gate rows, then the same 8 up rows), so that one block's
-// strip has both halves of its outputs' act(gate) * up (`gemv_staged` forms them).
+// strip has both halves of its outputs' act(gate) * up (`store_glu` forms them where asked).
 __device__ __forceinline__ int glu_gate(int c) { return (c >> 3) * 16 + (c & 7); }
 __device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
     if (mode == 0) return x[c];
@@ -224,6 +224,15 @@ __device__ __forceinline__ void store_out(float* out, int out_stride, int t, int
                                           int accumulate) {
     if (row >= rows) return;
     store_value(out, out_stride, t, row, out_value(acc, t, row, xsum, xscale, wscale), accumulate);
+}
+
+// The output of an interleaved gate/up product (`glu_in`) where `glu` (an activation mode) asks
+// for act(gate) * up: gate row `row` (one of the first 8 of its strip) and its up row 8 further,
+// stored at column (row / 16) * 8 + row % 16.
+__device__ __forceinline__ void store_glu(float* out, int out_stride, int t, int row, int gate, int up,
+                                          const int* xsum, const float* xscale, const float* wscale, int glu) {
+    float g = out_value(gate, t, row, xsum, xscale, wscale), u = out_value(up, t, row + 8, xsum, xscale, wscale);
+    store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(g, glu) * u, 0);
 }
 
 // Warps per block of the ternary kernels (they split the 128-column groups of one strip).
@@ -331,10 +340,12 @@ __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__
     }
 }
 
+// `glu` is the tensor-core kernels' (below); the host never asks this one for it.
 extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* W, const float* wscale, int rows,
                                                                     int kgroups, const i8* codes, int kpad,
                                                                     const float* xscale, const int* xsum, int T,
-                                                                    float* out, int out_stride, int accumulate) {
+                                                                    float* out, int out_stride, int accumulate,
+                                                                    int glu) {
     PDL_ENTRY();
     const uint4 none[4] = {};
     gemv_body<4, false>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate, none,
@@ -574,9 +585,7 @@ __device__ void gemv_staged(const uint4* ws, const float* __restrict__ wscale, i
         if (!glu) {
             store_out(out, out_stride, t, row, rows, sum(n, t, rr), xsum, xscale, wscale, accumulate);
         } else if (row < rows) {
-            float g = out_value(sum(n, t, rr), t, row, xsum, xscale, wscale);
-            float u = out_value(sum(n, t, rr + 8), t, row + 8, xsum, xscale, wscale);
-            store_value(out, out_stride, t, strip * 8 + rr, glu_act(g, glu) * u, 0);
+            store_glu(out, out_stride, t, row, sum(n, t, rr), sum(n, t, rr + 8), xsum, xscale, wscale, glu);
         }
     }
 }
@@ -611,6 +620,11 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     PDL_START();
     int strips = (rows + 15) / 16;
     if (staged) {
+        // The norm weights load with the row where that keeps the blocks per SM: up to 12 values
+        // per thread, and the widest one-row instantiation (105 -> 126 registers, two blocks per
+        // SM either way; the down product's 6,912-wide row: ncu's source view had 9% of its
+        // stall samples on the weights loaded after the first reduction).
+        constexpr bool PRE = PER <= 12 || (MAXT == 1 && PER >= 28);
         if (threadIdx.x < MAXT) xsum[threadIdx.x] = 0;
         PDL_WAIT();
         for (int t = 0; t < (MAXT == 1 ? 1 : T); t++) {
@@ -623,8 +637,8 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
                         cp_async16_s(base + (u32)(n * per + i) * 16, W + (size_t)strip * per + i);
                 cp_async_commit();
             };
-            norm_quant_regs<PER, PER <= 12, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode,
-                                                  xs + t * kpad, xscale + t, xsum + t, red, ired, stage);
+            norm_quant_regs<PER, PRE, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,
+                                            xscale + t, xsum + t, red, ired, stage);
         }
         cp_async_wait<0>();
         __syncthreads();
@@ -686,10 +700,12 @@ __device__ __forceinline__ void mma_u8s8(int (&c)[4], const u32 (&a)[4], u32 b0,
 #if __CUDA_ARCH__ >= 800
 // Each warp takes the same k-groups of two adjacent strips, so every activation fragment it
 // loads serves 32 weight rows.
+// `glu`: the rows are interleaved gate/up, and act(gate) * up is stored (`store_glu`).
 template <int TILES>
 __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                          const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
-                         const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+                         const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
+                         int glu) {
     PDL_ENTRY();
     // Integer sums over the warps' k-groups: exact in any order, so shared-memory atomics.
     __shared__ int red[32][TILES * 8 + 1];
@@ -741,6 +757,15 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         }
     }
     __syncthreads();
+    if (glu) {
+        for (int i = threadIdx.x; i < TILES * 8 * 16; i += blockDim.x) {
+            int t = i / 16, rr = (i & 8) * 2 + (i & 7);  // the gate rows of the two strips
+            int row = strip0 * 16 + rr;
+            if (t < T && row < rows)
+                store_glu(out, out_stride, t, row, red[rr][t], red[rr + 8][t], xsum, xscale, wscale, glu);
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < TILES * 8 * 32; i += blockDim.x) {
         int t = i / 32, rr = i % 32;
         if (t < T) {
@@ -757,10 +782,10 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                            \
         ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
                         const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
-                        int accumulate) {                                                                   \
+                        int accumulate, int glu) {                                                          \
         int t0 = blockIdx.y * N * 8;                                                                        \
         mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
-                    min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate);             \
+                    min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate, glu);        \
     }
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
@@ -787,7 +812,8 @@ MMA_ENTRY(4, 2)
 template <int TILES, int KS, int STAGES>
 __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows,
                               int kgroups, const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
-                              const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate) {
+                              const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
+                              int glu) {
     extern __shared__ __align__(16) unsigned char mma_smem[];
     // Stage st: weights uint4 [KS][MMA_WARPS * 32], then activation codes [KS][TILES * 8][MMA_XROW].
     constexpr int SB = MMA_STAGE_BYTES(TILES, KS), XB = KS * MMA_WARPS * 512, NT = MMA_WARPS * KS * 32;
@@ -878,6 +904,22 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     __syncthreads();
     constexpr int NO = TILES * 8 * MMA_WARPS * 16 / NT;
     int rl = threadIdx.x % (MMA_WARPS * 16), row = blockIdx.x * MMA_WARPS * 16 + rl;
+    if (glu) {
+        // The threads of each strip's gate rows take their up rows' sums too (`glu` in mma_body).
+        if ((rl & 15) >= 8) return;
+#pragma unroll
+        for (int k = 0; k < NO; k++) {
+            int t = (threadIdx.x + k * NT) / (MMA_WARPS * 16);
+            int vg = 0, vu = 0;
+#pragma unroll
+            for (int p = 0; p < KS; p++) {
+                vg += red[(p * TILES * 8 + t) * RP + rl];
+                vu += red[(p * TILES * 8 + t) * RP + rl + 8];
+            }
+            if (t < T && row < rows) store_glu(out, out_stride, t, row, vg, vu, xsum, xscale, wscale, glu);
+        }
+        return;
+    }
     float y[NO];
 #pragma unroll
     for (int k = 0; k < NO; k++) {
@@ -898,11 +940,11 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     extern "C" __global__ void __launch_bounds__(MMA_WARPS * KS * 32)                                      \
         ternary_mma_ring_##N##_k##KS(const uint4* W, const float* wscale, int rows, int kgroups,             \
                                      const i8* codes, int kpad, const float* xscale, const int* xsum, int T, \
-                                     float* out, int out_stride, int accumulate) {                          \
+                                     float* out, int out_stride, int accumulate, int glu) {                 \
         int t0 = blockIdx.y * N * 8;                                                                        \
         mma_ring_body<N, KS, STAGES>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, \
                                      xsum + t0, min(T - t0, N * 8), out + (size_t)t0 * out_stride,          \
-                                     out_stride, accumulate);                                               \
+                                     out_stride, accumulate, glu);                                          \
     }
 #define MMA_RING_ENTRIES(N) MMA_RING_ENTRY(N, 1, 4) MMA_RING_ENTRY(N, 2, 4) MMA_RING_ENTRY(N, 4, 6)
 MMA_RING_ENTRIES(1)

@@ -1038,40 +1038,13 @@ impl CudaModel {
         }
     }
 
-    /// Ternary product of `t` activation rows with `w` (see [`launch_linear`]).
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        w: &DevTernary,
-        t: usize,
-        kpad: usize,
-        codes: u64,
-        xscale: u64,
-        xsum: u64,
-        out: u64,
-        out_stride: usize,
-        accumulate: bool,
-    ) -> Result<(), CudaError> {
-        let k = &self.k;
-        let io = LinearIo {
-            t,
-            kpad,
-            codes,
-            xscale,
-            xsum,
-            out,
-            out_stride,
-            accumulate,
-        };
-        launch_linear(&self.gpu, k, LinearPath::Auto, w, &io)
-    }
-
     /// One BitLinear: RMSNorm (of `act(gate) * up` for modes 1, 2) and int8 quantization of `n`
     /// rows of `x = (address, row stride, norm weight, width, mode)`, then the ternary product
     /// with `w` into `out = (address, row stride, accumulate, glu)`. Decode-sized batches run as
     /// one fused kernel; traced passes run the two steps to read the codes in between. `glu`
     /// (an activation mode, for the interleaved gate/up matrix): the product may store
-    /// act(gate) * up instead of its rows (`launch_gemv_norm`); true where it did.
+    /// act(gate) * up instead of its rows (`launch_gemv_norm`, `launch_linear`); true where it
+    /// did.
     fn norm_linear<'t>(
         &self,
         s: &Scratch,
@@ -1082,7 +1055,7 @@ impl CudaModel {
         trace: Option<(&mut (dyn Tracer + 't), usize, TracePoint)>,
     ) -> Result<bool, CudaError> {
         let (xp, x_stride, norm, cols, mode) = x;
-        let (op, out_stride, accumulate, _) = out;
+        let (op, out_stride, accumulate, glu) = out;
         let st = &self.gpu.stream;
         if trace.is_none() && n <= 4 && cols <= FUSED_MAX_COLS {
             let nq = NormQuant {
@@ -1103,9 +1076,18 @@ impl CudaModel {
         if let Some((tr, li, point)) = trace {
             self.trace_codes(s, n, cols, li, point, tr)?;
         }
-        let (codes, xscale, xsum) = (ptr(&s.codes, st), ptr(&s.xscale, st), ptr(&s.xsum, st));
-        self.linear(w, n, kp, codes, xscale, xsum, op, out_stride, accumulate)?;
-        Ok(false)
+        let io = LinearIo {
+            t: n,
+            kpad: kp,
+            codes: ptr(&s.codes, st),
+            xscale: ptr(&s.xscale, st),
+            xsum: ptr(&s.xsum, st),
+            out: op,
+            out_stride,
+            accumulate,
+            glu,
+        };
+        launch_linear(&self.gpu, &self.k, LinearPath::Auto, w, &io)
     }
 
     /// RMSNorm (optionally of act(gate) * up) and int8 quantization of `rows` rows.
@@ -1796,24 +1778,32 @@ struct LinearIo {
     out: u64,
     out_stride: usize,
     accumulate: bool,
+    /// An activation mode where `w` is the interleaved gate/up matrix and act(gate) * up is
+    /// wanted instead of its rows (the tensor-core kernels form it; see [`launch_linear`]).
+    glu: i32,
 }
 
 /// Launches the ternary kernels over `io.t` activation rows (permuted codes `kpad` apart,
 /// scales, code sums) into `out` (`out_stride` apart), added when `accumulate`: `dp4a` up to 4
-/// rows, tensor cores (up to 64 rows per launch) beyond.
+/// rows, tensor cores (up to 64 rows per launch) beyond. With `io.glu`, the tensor-core kernels
+/// store act(gate) * up (`store_glu` in the kernels); true where they did (every row went to
+/// one tensor-core launch), false where the rows were stored as they are.
 fn launch_linear(
     gpu: &Gpu,
     k: &Kernels,
     path: LinearPath,
     w: &DevTernary,
     io: &LinearIo,
-) -> Result<(), CudaError> {
+) -> Result<bool, CudaError> {
     let strips = w.rows.div_ceil(STRIP) as u32;
     let mma = if path == LinearPath::Dp4a {
         None
     } else {
         k.mma.as_ref()
     };
+    // Past 4 rows (or on a tensor-core path) the first launch takes every row.
+    let on_mma = mma.is_some() && (io.t > 4 || !matches!(path, LinearPath::Auto));
+    let glu = if on_mma { io.glu } else { 0 };
     let mut t0 = 0;
     while t0 < io.t {
         let left = io.t - t0;
@@ -1824,7 +1814,7 @@ fn launch_linear(
             (Some(m), n) => (Some(&m[tiles_index(n)]), n),
             (None, n) => (None, n.min(4)),
         };
-        let args = linear_args(gpu, w, io, t0, n);
+        let args = linear_args(gpu, w, io, (t0, n), glu);
         let Some(m) = m else {
             gpu.launch(&k.gemv, (strips, 1, 1), 256, 0, &args)?;
             t0 += n;
@@ -1854,11 +1844,17 @@ fn launch_linear(
         }
         t0 += n;
     }
-    Ok(())
+    Ok(glu != 0)
 }
 
-/// The arguments every ternary product kernel opens with, for tokens `t0..t0 + n` of `io`.
-fn linear_args(gpu: &Gpu, w: &DevTernary, io: &LinearIo, t0: usize, n: usize) -> [Arg; 12] {
+/// The arguments of every ternary product kernel, for tokens `t0..t0 + n` of `io`.
+fn linear_args(
+    gpu: &Gpu,
+    w: &DevTernary,
+    io: &LinearIo,
+    (t0, n): (usize, usize),
+    glu: i32,
+) -> [Arg; 13] {
     let st = &gpu.stream;
     [
         Arg::P(ptr(&w.words, st)),
@@ -1873,17 +1869,22 @@ fn linear_args(gpu: &Gpu, w: &DevTernary, io: &LinearIo, t0: usize, n: usize) ->
         Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
         Arg::I(io.out_stride as i32),
         Arg::I(io.accumulate as i32),
+        Arg::I(glu),
     ]
 }
 
 /// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
 /// `batch x rows`, computed as the CPU kernels do (`dot / s_x * s_w`). For conformance tests.
+/// `glu` (an activation mode, 0 for none): `w`'s rows taken as interleaved gate/up (8 gate rows,
+/// then their 8 up rows), and act(gate) * up asked for: the first `rows / 2` outputs of each row
+/// are then that, where the path forms it (the returned flag; the tensor-core paths).
 pub fn ternary_forward(
     gpu: &Gpu,
     w: &bitnet_core::TernaryMatrix,
     x: &QuantizedActivations,
     path: LinearPath,
-) -> Result<Vec<f32>, CudaError> {
+    glu: i32,
+) -> Result<(Vec<f32>, bool), CudaError> {
     let t = x.batch();
     let kpad = pack::round_up(w.cols(), KGROUP);
     let k = load_kernels(gpu, KvType::F32)?;
@@ -1908,12 +1909,13 @@ pub fn ternary_forward(
         out: ptr(&out, st),
         out_stride: w.rows(),
         accumulate: false,
+        glu,
     };
-    launch_linear(gpu, &k, path, &dw, &io)?;
+    let formed = launch_linear(gpu, &k, path, &dw, &io)?;
     let mut host = vec![0f32; t * w.rows()];
     st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
     gpu.sync()?;
-    Ok(host)
+    Ok((host, formed))
 }
 
 /// Device addresses and sizes of one attention launch (`attn_vec*`, `attn_mma*`).
@@ -2206,6 +2208,7 @@ pub fn norm_linear_forward(
             out: ptr(&out, st),
             out_stride: w.rows(),
             accumulate: false,
+            glu: 0,
         };
         launch_linear(gpu, &k, LinearPath::Dp4a, &dw, &io)?;
     }

@@ -66,6 +66,7 @@ fn ternary_kernels_equal_the_scalar_reference() {
         (2560, 6912, 16),
         (6912, 2560, 64),
         (300, 700, 130),
+        (1024, 2560, 40),
     ];
     for b in 1..=64 {
         cases.push((rng.random_range(1..300), rng.random_range(1..700), b));
@@ -82,14 +83,61 @@ fn ternary_kernels_equal_the_scalar_reference() {
             LinearPath::MmaRing(2),
             LinearPath::MmaRing(4),
         ] {
-            let got = bitnet_cuda::ternary_forward(&gpu, &w, &x, path).unwrap();
+            let (got, _) = bitnet_cuda::ternary_forward(&gpu, &w, &x, path, 0).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
                     "{path:?} rows {rows} cols {cols} batch {batch}: output {i} is {} but the scalar kernel gives {}",
                     got[i], want[i]
                 );
             }
+            if rows % 16 == 0 {
+                check_glu(&gpu, &w, &x, path, &want);
+            }
         }
+    }
+}
+
+/// `w`'s rows as interleaved gate/up (8 gate rows, then their 8 up rows): where `path` forms
+/// act(gate) * up itself (the tensor-core kernels), it equals the same formed from the plain
+/// outputs `plain` (relu² bit for bit, silu within 1e-5).
+fn check_glu(
+    gpu: &Gpu,
+    w: &TernaryMatrix,
+    x: &QuantizedActivations,
+    path: LinearPath,
+    plain: &[f32],
+) {
+    let rows = w.rows();
+    for mode in [1, 2] {
+        let (got, formed) = bitnet_cuda::ternary_forward(gpu, w, x, path, mode).unwrap();
+        if !formed {
+            continue;
+        }
+        for t in 0..x.batch() {
+            for c in 0..rows / 2 {
+                let g = plain[t * rows + c / 8 * 16 + c % 8];
+                let u = plain[t * rows + c / 8 * 16 + 8 + c % 8];
+                assert_glu(
+                    mode,
+                    got[t * rows + c],
+                    g,
+                    u,
+                    &format!("{path:?} rows {rows} t {t} c {c}"),
+                );
+            }
+        }
+    }
+}
+
+/// `got` is act(g) * u for activation `mode` (1 relu², bit for bit; 2 silu, within 1e-5).
+fn assert_glu(mode: i32, got: f32, g: f32, u: f32, what: &str) {
+    if mode == 1 {
+        let r = g.max(0.0);
+        assert_eq!(got, r * r * u, "relu2 {what}");
+    } else {
+        let want = g / (1.0 + (-g).exp()) * u;
+        let tol = 1e-5 * want.abs().max(1e-3);
+        assert!((got - want).abs() <= tol, "silu {got} vs {want} {what}");
     }
 }
 
@@ -174,18 +222,8 @@ fn fused_decode_kernel_equals_norm_then_product() {
                 for c in 0..rows / 2 {
                     let g = two[t * rows + c / 8 * 16 + c % 8];
                     let u = two[t * rows + c / 8 * 16 + 8 + c % 8];
-                    let got = glu[t * rows + c];
-                    if mode == 1 {
-                        let r = g.max(0.0);
-                        assert_eq!(got, r * r * u, "relu2 rows {rows} cols {cols} t {t} c {c}");
-                    } else {
-                        let want = g / (1.0 + (-g).exp()) * u;
-                        let tol = 1e-5 * want.abs().max(1e-3);
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "silu {got} vs {want} rows {rows} c {c}"
-                        );
-                    }
+                    let what = format!("staged rows {rows} cols {cols} t {t} c {c}");
+                    assert_glu(mode, glu[t * rows + c], g, u, &what);
                 }
             }
         }
