@@ -1453,7 +1453,8 @@ impl CudaModel {
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::FfnIn));
             let x = (h, hd, &l.ffn_norm, hd, 0);
             let gu_stride = l.gate_up.rows;
-            // Decode's fused product may form act(gate) * up itself; else the down's norm does.
+            // The product forms act(gate) * up where its kernel can (decode's staged one, the
+            // tensor cores); else the down product's norm does.
             let glu =
                 self.norm_linear(s, n, x, &l.gate_up, (gu, gu_stride, false, glu_mode), tr)?;
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::DownIn));
