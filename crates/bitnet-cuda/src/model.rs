@@ -132,26 +132,36 @@ impl DevTernary {
         gate: &bitnet_core::TernaryMatrix,
         up: &bitnet_core::TernaryMatrix,
     ) -> Result<Self, CudaError> {
-        let (inter, cols) = (gate.rows(), gate.cols());
-        if (up.rows(), up.cols()) != (inter, cols) {
-            return Err(CudaError::Invalid(format!(
-                "gate {inter}x{cols} and up {}x{} differ",
-                up.rows(),
-                up.cols()
-            )));
-        }
-        let rows = glu_rows(inter);
-        let mut codes = vec![0i8; rows * cols];
-        let mut scales = vec![0f32; rows];
-        for (half, m) in [gate, up].into_iter().enumerate() {
-            for r in 0..inter {
-                let dst = r / 8 * 16 + half * 8 + r % 8;
-                codes[dst * cols..][..cols].copy_from_slice(&m.codes()[r * cols..][..cols]);
-                scales[dst] = m.scale();
-            }
-        }
-        Self::from_codes(gpu, &codes, &scales, cols)
+        let (codes, scales) = glu_interleave(gate, up)?;
+        Self::from_codes(gpu, &codes, &scales, gate.cols())
     }
+}
+
+/// The codes and per-row scales of [`DevTernary::upload_glu`]'s interleaved matrix
+/// (`glu_rows(gate.rows())` rows of `gate.cols()`).
+fn glu_interleave(
+    gate: &bitnet_core::TernaryMatrix,
+    up: &bitnet_core::TernaryMatrix,
+) -> Result<(Vec<i8>, Vec<f32>), CudaError> {
+    let (inter, cols) = (gate.rows(), gate.cols());
+    if (up.rows(), up.cols()) != (inter, cols) {
+        return Err(CudaError::Invalid(format!(
+            "gate {inter}x{cols} and up {}x{} differ",
+            up.rows(),
+            up.cols()
+        )));
+    }
+    let rows = glu_rows(inter);
+    let mut codes = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    for (half, m) in [gate, up].into_iter().enumerate() {
+        for r in 0..inter {
+            let dst = r / 8 * 16 + half * 8 + r % 8;
+            codes[dst * cols..][..cols].copy_from_slice(&m.codes()[r * cols..][..cols]);
+            scales[dst] = m.scale();
+        }
+    }
+    Ok((codes, scales))
 }
 
 /// Rows of the interleaved gate/up matrix for `inter` outputs (see [`DevTernary::upload_glu`]);
@@ -2388,6 +2398,43 @@ impl Accelerator for CudaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gate_and_up_interleave_in_groups_of_eight() {
+        use bitnet_core::TernaryMatrix;
+        // 13 outputs of 3 columns: row r of gate holds codes (r % 3 - 1) and of up their negation,
+        // in column 0 only, so that every row says where it came from.
+        let (inter, cols) = (13, 3);
+        let make = |sign: i8, scale: f32| {
+            let codes = (0..inter)
+                .flat_map(|r| [sign * (r as i8 % 3 - 1), 0, 0])
+                .collect();
+            TernaryMatrix::new(inter, cols, codes, scale).unwrap()
+        };
+        let (gate, up) = (make(1, 0.5), make(-1, 2.0));
+        let (codes, scales) = glu_interleave(&gate, &up).unwrap();
+        assert_eq!(glu_rows(inter), 32);
+        assert_eq!((codes.len(), scales.len()), (32 * cols, 32));
+        for c in 0..16 {
+            // The kernels' `glu_gate(c)` and the up row 8 further.
+            let g = (c >> 3) * 16 + (c & 7);
+            let want = |sign: i8| {
+                if c < inter {
+                    sign * (c as i8 % 3 - 1)
+                } else {
+                    0
+                }
+            };
+            assert_eq!(codes[g * cols], want(1), "gate {c}");
+            assert_eq!(codes[(g + 8) * cols], want(-1), "up {c}");
+            if c < inter {
+                assert_eq!((scales[g], scales[g + 8]), (0.5, 2.0));
+            }
+        }
+        assert!(codes.chunks(cols).all(|r| r[1..] == [0, 0]));
+        let short = TernaryMatrix::new(12, cols, vec![0; 12 * cols], 1.0).unwrap();
+        assert!(glu_interleave(&gate, &short).is_err());
+    }
 
     #[test]
     fn decode_graphs_cover_the_step_with_a_power_of_two_of_chunks() {
