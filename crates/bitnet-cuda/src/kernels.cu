@@ -631,10 +631,10 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
             auto stage = [&]() {
                 if (t) return;
                 u32 base = (u32)__cvta_generic_to_shared(gemv_smem);
-                int per = kgroups * 32;
+                int words = kgroups * 32;  // 16-byte words of a strip
                 for (int strip = blockIdx.x, n = 0; strip < strips; strip += gridDim.x, n++)
-                    for (int i = threadIdx.x; i < per; i += blockDim.x)
-                        cp_async16_s(base + (u32)(n * per + i) * 16, W + (size_t)strip * per + i);
+                    for (int i = threadIdx.x; i < words; i += blockDim.x)
+                        cp_async16_s(base + (u32)(n * words + i) * 16, W + (size_t)strip * words + i);
                 cp_async_commit();
             };
             norm_quant_regs<PER, PRE, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,

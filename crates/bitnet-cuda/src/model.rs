@@ -1807,23 +1807,22 @@ fn launch_linear(
     io: &LinearIo,
 ) -> Result<bool, CudaError> {
     let strips = w.rows.div_ceil(STRIP) as u32;
-    let mma = if path == LinearPath::Dp4a {
-        None
-    } else {
-        k.mma.as_ref()
+    // `dp4a` for up to 4 rows (and where there are no tensor-core kernels), else the tensor
+    // cores, whose one launch takes every row.
+    let mma = match path {
+        LinearPath::Dp4a => None,
+        LinearPath::Auto if io.t <= 4 => None,
+        _ => k.mma.as_ref(),
     };
-    // Past 4 rows (or on a tensor-core path) the first launch takes every row.
-    let on_mma = mma.is_some() && (io.t > 4 || !matches!(path, LinearPath::Auto));
-    let glu = if on_mma { io.glu } else { 0 };
+    let glu = if mma.is_some() { io.glu } else { 0 };
     let mut t0 = 0;
     while t0 < io.t {
         let left = io.t - t0;
-        let (m, n) = match (mma, left) {
-            (_, n) if n <= 4 && matches!(path, LinearPath::Auto | LinearPath::Dp4a) => (None, n),
+        let (m, n) = match mma {
             // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
             // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
-            (Some(m), n) => (Some(&m[tiles_index(n)]), n),
-            (None, n) => (None, n.min(4)),
+            Some(m) => (Some(&m[tiles_index(left)]), left),
+            None => (None, left.min(4)),
         };
         let args = linear_args(gpu, w, io, (t0, n), glu);
         let Some(m) = m else {
@@ -2204,9 +2203,7 @@ pub fn norm_linear_forward(
         let to = (ptr(&out, st), w.rows(), false, glu);
         let done = launch_gemv_norm(gpu, &k, &dw, &nq, to, path != NormPath::Fused)?;
         if done != (glu != 0) {
-            return Err(CudaError::Unavailable(
-                "no staged launch for this shape".into(),
-            ));
+            return Err(CudaError::Invalid("no staged launch for this shape".into()));
         }
     } else {
         launch_norm_quant(gpu, &k.norm_quant, &nq)?;
