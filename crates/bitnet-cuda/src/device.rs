@@ -82,11 +82,67 @@ pub struct Gpu {
     pdl: bool,
 }
 
-/// The launch attribute of [`Gpu::launch_ex`].
-#[derive(Clone, Copy)]
-enum Attr {
+/// A launch attribute ([`Gpu::launch_with`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Attr {
+    /// Programmatic stream serialization (`BITNET_CUDA_PDL=1`, on every launch).
     Pdl,
+    /// A cooperative grid (all blocks co-resident).
     Cooperative,
+    /// Thread-block clusters of this many blocks along x.
+    Cluster(u32),
+}
+
+impl Attr {
+    /// The driver's form of the attribute.
+    fn raw(&self) -> cudarc::driver::sys::CUlaunchAttribute {
+        use cudarc::driver::sys;
+        // SAFETY: zero is a valid bit pattern for this plain C union.
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        let id = match *self {
+            Attr::Pdl => {
+                value.programmaticStreamSerializationAllowed = 1;
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+            }
+            Attr::Cooperative => {
+                value.cooperative = 1;
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+            }
+            Attr::Cluster(x) => {
+                value.clusterDim =
+                    sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x, y: 1, z: 1 };
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+            }
+        };
+        sys::CUlaunchAttribute {
+            id,
+            pad: [0; 4],
+            value,
+        }
+    }
+}
+
+/// A launch of `grid` x `block` threads with `smem` bytes of dynamic shared memory on `gpu`'s
+/// stream, with the one attribute `attr` (which must outlive the configuration's use).
+fn launch_config(
+    gpu: &Gpu,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    attr: &mut cudarc::driver::sys::CUlaunchAttribute,
+) -> cudarc::driver::sys::CUlaunchConfig {
+    cudarc::driver::sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: gpu.stream.cu_stream(),
+        attrs: attr,
+        numAttrs: 1,
+    }
 }
 
 /// Kernel timings: events still in flight, and totals by kernel.
@@ -154,6 +210,35 @@ impl Kernel {
         self.f
             .get_attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
             .map_or(0, |v| v.max(0) as usize)
+    }
+
+    /// The largest thread-block cluster (16, where the device allows clusters beyond the portable
+    /// 8; else 8; 0 where none can run) of blocks of `block` threads with `smem` bytes of dynamic
+    /// shared memory that the device can place, asked of the driver. Lets launches of this kernel
+    /// use clusters of more than 8 blocks where it answers 16.
+    pub fn cluster_limit(&self, gpu: &Gpu, block: u32, smem: usize) -> u32 {
+        use cudarc::driver::sys;
+        let f = self.f.cu_function();
+        // SAFETY: `f` is a live function of this context; the attribute takes 0 or 1.
+        let wide = unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+        } == sys::CUresult::CUDA_SUCCESS;
+        let sizes: &[u32] = if wide { &[16, 8] } else { &[8] };
+        for &n in sizes {
+            let mut attr = Attr::Cluster(n).raw();
+            let cfg = launch_config(gpu, (n, 1, 1), block, smem as u32, &mut attr);
+            let mut clusters = 0i32;
+            // SAFETY: `cfg` and its attribute live through the call; nothing is launched.
+            let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, f, &cfg) };
+            if r == sys::CUresult::CUDA_SUCCESS && clusters > 0 {
+                return n;
+            }
+        }
+        0
     }
 
     /// The block size [`Kernel::wave`] counts for.
@@ -307,19 +392,20 @@ impl Gpu {
         })
     }
 
-    /// Launches `k` as a cooperative grid: every block resident at once (the driver refuses a
-    /// grid larger than one wave instead of letting grid-wide barriers deadlock).
-    pub fn launch_cooperative(
+    /// Launches `k` with one launch attribute: [`Attr::Cooperative`] (every block resident at
+    /// once: the driver refuses a grid larger than one wave instead of letting grid-wide
+    /// barriers deadlock) or [`Attr::Cluster`] (`grid.0` a multiple of the cluster; more than 8
+    /// blocks only after [`Kernel::cluster_limit`] allowed it).
+    pub fn launch_with(
         &self,
         k: &Kernel,
-        grid: u32,
+        grid: (u32, u32, u32),
         block: u32,
         smem: u32,
         args: &[Arg],
+        attr: Attr,
     ) -> Result<(), CudaError> {
-        self.timed(k, || {
-            self.launch_ex(k, (grid, 1, 1), block, smem, args, Attr::Cooperative)
-        })
+        self.timed(k, || self.launch_ex(k, grid, block, smem, args, attr))
     }
 
     /// Launches with one launch attribute. [`Attr::Pdl`]: programmatic stream serialization, the
@@ -357,35 +443,8 @@ impl Gpu {
         for (p, slot) in params.iter_mut().zip(slots.iter_mut()) {
             *p = (slot as *mut u64).cast();
         }
-        // SAFETY: zero is a valid bit pattern for this plain C union.
-        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        let id = match kind {
-            Attr::Pdl => {
-                value.programmaticStreamSerializationAllowed = 1;
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-            }
-            Attr::Cooperative => {
-                value.cooperative = 1;
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE
-            }
-        };
-        let mut attr = sys::CUlaunchAttribute {
-            id,
-            pad: [0; 4],
-            value,
-        };
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: grid.0,
-            gridDimY: grid.1,
-            gridDimZ: grid.2,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let mut attr = kind.raw();
+        let cfg = launch_config(self, grid, block, smem, &mut attr);
         // SAFETY: the argument list matches the kernel's signature (built next to it in this
         // crate), `params` points at live slots for the call, and the stream belongs to the
         // function's context.

@@ -12,7 +12,7 @@ use bitnet_model::{
 use cudarc::driver::CudaSlice;
 use half::f16;
 
-use crate::device::{Arg, Gpu, Kernel, ptr};
+use crate::device::{Arg, Attr, Gpu, Kernel, ptr};
 use crate::pack::{self, KGROUP, STRIP};
 use crate::{CudaError, CudaOptions, HeadType, KvType};
 
@@ -518,10 +518,15 @@ struct Kernels {
     /// The 128-thread attention on the tensor cores (`attn_mma_f16_h*`), where the cache, the
     /// head size and the device allow it (see [`attn_mma_kernel`]); it replaces `attn_part4`.
     attn_mma: Option<Kernel>,
+    /// One-row decode attention in thread-block clusters (`attn_one_*`, sm_90), where the
+    /// cache, the query heads per kv head and the device allow it (see [`attn_one_kernel`]).
+    attn_one: Option<AttnOne>,
     head: Kernel,
     /// The head for batches on the tensor cores, where the table allows it.
     head_mma: Option<HeadMma>,
     argmax: Kernel,
+    /// `argmax_cluster` (sm_90): the same choice by a cluster of [`ARGMAX_CLUSTER`] blocks per row.
+    argmax_cluster: Option<Kernel>,
     top_k: Kernel,
     /// The persistent decode step (`decode_step_*`, one launch for every layer; sm_80+).
     decode_step: Option<Kernel>,
@@ -642,6 +647,33 @@ fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
     let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
     fits.then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
         .flatten()
+}
+
+/// The one-row decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
+/// takes; steps that need more take `attn_vec_*`.
+struct AttnOne {
+    kernel: Kernel,
+    max_chunks: usize,
+}
+
+/// The cluster attention for one-row decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
+/// 8 query heads per key/value head, and a device that places clusters of at least 8 of its
+/// blocks; `None` otherwise. Same results as `attn_vec_*`, bit for bit.
+fn attn_one_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Option<AttnOne> {
+    if !matches!(group, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let sfx = match kv {
+        KvType::F16 => "f16",
+        KvType::F32 => "f32",
+    };
+    let kernel = gpu.optional_function(&format!("attn_one_{sfx}_g{group}"))?;
+    let block = Kernel::WAVE_BLOCK;
+    let limit = kernel.cluster_limit(gpu, block, attn_smem_for(group, head_dim, block));
+    (limit >= 8).then_some(AttnOne {
+        kernel,
+        max_chunks: limit as usize,
+    })
 }
 
 /// Dynamic shared memory of one attention block of `block` threads: the query heads, their
@@ -807,7 +839,10 @@ const P_POS: usize = MAX_ROWS;
 const P_SEQ: usize = 2 * MAX_ROWS;
 const P_WANTED: usize = 3 * MAX_ROWS;
 const P_SEQTAB: usize = 4 * MAX_ROWS;
-const P_LEN: usize = 4 * MAX_ROWS + 3 * MAX_ROWS;
+/// Per row: its sequence's entry of the table at P_SEQTAB (the attention kernels' `seq = null`
+/// form, one load closer to the cache).
+const P_ROWTAB: usize = 4 * MAX_ROWS + 3 * MAX_ROWS;
+const P_LEN: usize = P_ROWTAB + 3 * MAX_ROWS;
 
 /// The model on a GPU.
 pub struct CudaModel {
@@ -886,6 +921,9 @@ impl CudaModel {
         let mut k = load_kernels(&gpu, opts.kv).map_err(dev)?;
         if std::env::var("BITNET_CUDA_ATTN_MMA").map_or(true, |v| v != "0") {
             k.attn_mma = attn_mma_kernel(&gpu, opts.kv, c.head_dim, c.n_heads / c.n_kv_heads);
+        }
+        if std::env::var("BITNET_CUDA_ATTN_ONE").map_or(true, |v| v != "0") {
+            k.attn_one = attn_one_kernel(&gpu, opts.kv, c.head_dim, c.n_heads / c.n_kv_heads);
         }
         let up = |v: &[f32]| gpu.upload(v).map_err(dev);
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -1182,6 +1220,17 @@ impl CudaModel {
             p[P_SEQTAB + 3 * i + 1] = (addr >> 32) as u32;
             p[P_SEQTAB + 3 * i + 2] = cap as u32;
         }
+        for (i, &(_, _, seq)) in rows.iter().enumerate() {
+            let Some(&(addr, cap)) = seqs.get(seq as usize) else {
+                return Err(CudaError::Invalid(format!(
+                    "row {i}: sequence {seq} of {}",
+                    seqs.len()
+                )));
+            };
+            p[P_ROWTAB + 3 * i] = addr as u32;
+            p[P_ROWTAB + 3 * i + 1] = (addr >> 32) as u32;
+            p[P_ROWTAB + 3 * i + 2] = cap as u32;
+        }
         st.memcpy_htod(&s.host_params, &mut s.params)?;
         let m = wanted.len();
         // A decode step (one token per sequence, every logit row wanted) replays a captured graph
@@ -1222,7 +1271,8 @@ impl CudaModel {
             }
             Out::Greedy(tokens) => {
                 let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
-                launch_argmax(&self.gpu, &self.k.argmax, io, m, v)?;
+                let k = self.k.argmax_cluster.as_ref().ok_or(&self.k.argmax);
+                launch_argmax(&self.gpu, k, io, m, v)?;
                 let old = tokens.len();
                 tokens.resize(old + m, 0);
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
@@ -1308,9 +1358,9 @@ impl CudaModel {
         let Some(step) = &self.k.decode_step else {
             return Err(CudaError::Unavailable("no persistent decode kernel".into()));
         };
-        self.gpu.launch_cooperative(
+        self.gpu.launch_with(
             step,
-            g.grid,
+            (g.grid, 1, 1),
             Kernel::WAVE_BLOCK,
             g.smem,
             &[
@@ -1346,6 +1396,7 @@ impl CudaModel {
                 Arg::I(g.stage.1 as i32),
                 Arg::P(g.stamps.as_ref().map_or(0, |(b, _)| ptr(b, st))),
             ],
+            Attr::Cooperative,
         )
     }
 
@@ -1431,32 +1482,49 @@ impl CudaModel {
                     ],
                 )?;
             }
-            self.gpu.launch(
-                match (attn_block, &self.k.attn_mma) {
-                    (128, Some(mma)) => mma,
-                    (128, None) => &self.k.attn_part4,
-                    _ => &self.k.attn_part,
+            let args = attn_args(
+                &AttnIo {
+                    qkv,
+                    stride: qkv_dim,
+                    pos,
+                    seq,
+                    seqtab,
+                    layer: li,
+                    part: ptr(&s.part, &st),
+                    max_chunks: self.max_chunks,
+                    rope: (cos, sin, decode),
+                    counters: ptr(&s.counters, &st),
+                    out: attn,
                 },
-                (chunks as u32, c.n_kv_heads as u32, n as u32),
-                attn_block,
-                attn_smem as u32,
-                &attn_args(
-                    &AttnIo {
-                        qkv,
-                        stride: qkv_dim,
-                        pos,
-                        seq,
-                        seqtab,
-                        layer: li,
-                        part: ptr(&s.part, &st),
-                        max_chunks: self.max_chunks,
-                        rope: (cos, sin, decode),
-                        counters: ptr(&s.counters, &st),
-                        out: attn,
-                    },
-                    (c.n_heads, c.n_kv_heads, c.head_dim),
-                ),
-            )?;
+                (c.n_heads, c.n_kv_heads, c.head_dim),
+            );
+            let grid = (chunks as u32, c.n_kv_heads as u32, n as u32);
+            match (attn_block, &self.k.attn_mma, &self.k.attn_one) {
+                (_, _, Some(one)) if decode && n == 1 && chunks <= one.max_chunks => {
+                    // The per-row table in place of seq and seqtab.
+                    let mut args = args;
+                    (args[3], args[4]) = (Arg::P(0), Arg::P(pb + 4 * P_ROWTAB as u64));
+                    let cluster = chunks as u32;
+                    let (k, smem) = (&one.kernel, attn_smem as u32);
+                    self.gpu.launch_with(
+                        k,
+                        grid,
+                        attn_block,
+                        smem,
+                        &args,
+                        Attr::Cluster(cluster),
+                    )?
+                }
+                (128, Some(mma), _) => self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?,
+                (128, None, _) => {
+                    self.gpu
+                        .launch(&self.k.attn_part4, grid, 128, attn_smem as u32, &args)?
+                }
+                _ => {
+                    self.gpu
+                        .launch(&self.k.attn_part, grid, attn_block, attn_smem as u32, &args)?
+                }
+            }
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::OIn));
             let x = (attn, qd, &l.attn_sub_norm, qd, 0);
             self.norm_linear(s, n, x, &l.o, (h, hd, true, 0), tr)?;
@@ -1683,33 +1751,51 @@ pub fn top_k_rows(
     Ok(hi.into_iter().zip(hv).collect())
 }
 
-/// `argmax_rows` over `m` rows of `vocab` logits (device addresses): one token id per row.
+/// Blocks per row of `argmax_cluster` (the portable cluster size).
+const ARGMAX_CLUSTER: u32 = 8;
+
+/// The greedy choice over `m` rows of `vocab` logits (device addresses): one token id per row,
+/// by `argmax_cluster` (`Ok`) or `argmax_rows` (`Err`).
 fn launch_argmax(
     gpu: &Gpu,
-    kernel: &Kernel,
+    kernel: Result<&Kernel, &Kernel>,
     (logits, out): (u64, u64),
     m: usize,
     vocab: usize,
 ) -> Result<(), CudaError> {
-    gpu.launch(
-        kernel,
-        (m as u32, 1, 1),
-        1024,
-        0,
-        &[Arg::P(logits), Arg::I(vocab as i32), Arg::P(out)],
-    )
+    let args = [Arg::P(logits), Arg::I(vocab as i32), Arg::P(out)];
+    match kernel {
+        Ok(k) => {
+            let grid = (ARGMAX_CLUSTER, m as u32, 1);
+            gpu.launch_with(k, grid, 1024, 0, &args, Attr::Cluster(ARGMAX_CLUSTER))
+        }
+        Err(k) => gpu.launch(k, (m as u32, 1, 1), 1024, 0, &args),
+    }
 }
 
-/// The greedy choice of each row of `logits` (`vocab` wide) by the device's argmax kernel: the
-/// first index of the largest logit, NaN never chosen, 0 for a row with no number above -inf.
-/// For conformance tests against the engine's host argmax.
-pub fn argmax_rows(gpu: &Gpu, logits: &[f32], vocab: usize) -> Result<Vec<u32>, CudaError> {
+/// The greedy choice of each row of `logits` (`vocab` wide) by the device's argmax kernel (the
+/// cluster one with `cluster`: [`CudaError::Unavailable`] before sm_90): the first index of the
+/// largest logit, NaN never chosen, 0 for a row with no number above -inf. For conformance
+/// tests against the engine's host argmax.
+pub fn argmax_rows(
+    gpu: &Gpu,
+    logits: &[f32],
+    vocab: usize,
+    cluster: bool,
+) -> Result<Vec<u32>, CudaError> {
     let m = logits.len() / vocab.max(1);
-    let kernel = gpu.function("argmax_rows")?;
+    let kernel = if cluster {
+        Ok(gpu
+            .optional_function("argmax_cluster")
+            .ok_or_else(|| CudaError::Unavailable("no cluster argmax before sm_90".into()))?)
+    } else {
+        Err(gpu.function("argmax_rows")?)
+    };
+    let kernel = kernel.as_ref();
     let dl = gpu.upload(logits)?;
     let out = gpu.zeros::<u32>(m)?;
     let st = &gpu.stream;
-    launch_argmax(gpu, &kernel, (ptr(&dl, st), ptr(&out, st)), m, vocab)?;
+    launch_argmax(gpu, kernel, (ptr(&dl, st), ptr(&out, st)), m, vocab)?;
     let mut host = vec![0u32; m];
     st.memcpy_dtoh(&out, &mut host)?;
     gpu.sync()?;
@@ -2022,13 +2108,25 @@ fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// The attention output of every row of `case` (`n_heads * head_dim` each), by the 128-thread
-/// kernel the model takes for prefill and batched decode: on the tensor cores (`tensor_cores`;
-/// [`CudaError::Unavailable`] where no such kernel fits the case) or the vector kernel.
+/// Which attention kernel [`attention_forward`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The 128-thread vector kernel (`attn_vec4_f16`: prefill and batched decode without tensor
+    /// cores).
+    Vector,
+    /// The 128-thread tensor-core kernel (`attn_mma_f16_h*`: prefill and batched decode).
+    TensorCores,
+    /// The 256-thread cluster kernel of one-row decode steps (`attn_one_f16_g*`, sm_90), here
+    /// over every row of the case.
+    Cluster,
+}
+
+/// The attention output of every row of `case` (`n_heads * head_dim` each), by `kernel`
+/// ([`CudaError::Unavailable`] where that kernel does not fit the case or the device).
 pub fn attention_forward(
     gpu: &Gpu,
     case: &AttentionCase<'_>,
-    tensor_cores: bool,
+    kernel: AttentionKernel,
 ) -> Result<Vec<f32>, CudaError> {
     check_attention_case(case)?;
     let (hd, nkv) = (case.head_dim, case.n_kv_heads);
@@ -2036,12 +2134,27 @@ pub fn attention_forward(
     let group = case.n_heads / nkv;
     let stride = qd + 2 * kvd;
     let st = &gpu.stream;
-    let kernel = if tensor_cores {
-        attn_mma_kernel(gpu, KvType::F16, hd, group).ok_or_else(|| {
-            CudaError::Unavailable("no tensor-core attention for this case".into())
-        })?
-    } else {
-        gpu.function("attn_vec4_f16")?
+    let chunks = case
+        .rows
+        .iter()
+        .map(|r| r.1)
+        .max()
+        .map_or(1, |p| p / CHUNK + 1);
+    let unavailable = |what: &str| CudaError::Unavailable(format!("no {what} for this case"));
+    let (k, block, cluster) = match kernel {
+        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None),
+        AttentionKernel::TensorCores => (
+            attn_mma_kernel(gpu, KvType::F16, hd, group)
+                .ok_or_else(|| unavailable("tensor-core attention"))?,
+            128,
+            None,
+        ),
+        AttentionKernel::Cluster => {
+            let one = attn_one_kernel(gpu, KvType::F16, hd, group)
+                .filter(|one| chunks <= one.max_chunks)
+                .ok_or_else(|| unavailable("cluster attention"))?;
+            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32))
+        }
     };
     // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
     let mut caches = Vec::with_capacity(case.caches.len());
@@ -2064,38 +2177,44 @@ pub fn attention_forward(
     }
     let pos: Vec<u32> = case.rows.iter().map(|r| r.1 as u32).collect();
     let seq: Vec<u32> = case.rows.iter().map(|r| r.0 as u32).collect();
-    let chunks = pos.iter().max().map_or(1, |&p| p as usize / CHUNK + 1);
-    let (qkv, pos, seq, seqtab) = (
+    // The cluster kernel takes each row's entry in place of seq and seqtab.
+    let rowtab: Vec<u32> = case
+        .rows
+        .iter()
+        .flat_map(|r| seqtab[3 * r.0..3 * r.0 + 3].to_vec())
+        .collect();
+    let (qkv, pos, seq, seqtab, rowtab) = (
         gpu.upload(&qkv)?,
         gpu.upload(&pos)?,
         gpu.upload(&seq)?,
         gpu.upload(&seqtab)?,
+        gpu.upload(&rowtab)?,
     );
     let part = gpu.zeros::<f32>(n * case.n_heads * chunks * (hd + 2))?;
     let counters = gpu.zeros::<u32>(n * nkv)?;
     let out = gpu.zeros::<f32>(n * qd)?;
-    gpu.launch(
-        &kernel,
-        (chunks as u32, nkv as u32, n as u32),
-        128,
-        attn_smem_for(group, hd, 128) as u32,
-        &attn_args(
-            &AttnIo {
-                qkv: ptr(&qkv, st),
-                stride,
-                pos: ptr(&pos, st),
-                seq: ptr(&seq, st),
-                seqtab: ptr(&seqtab, st),
-                layer: 0,
-                part: ptr(&part, st),
-                max_chunks: chunks,
-                rope: (0, 0, false),
-                counters: ptr(&counters, st),
-                out: ptr(&out, st),
-            },
-            (case.n_heads, nkv, hd),
-        ),
-    )?;
+    let args = attn_args(
+        &AttnIo {
+            qkv: ptr(&qkv, st),
+            stride,
+            pos: ptr(&pos, st),
+            seq: if cluster.is_some() { 0 } else { ptr(&seq, st) },
+            seqtab: ptr(if cluster.is_some() { &rowtab } else { &seqtab }, st),
+            layer: 0,
+            part: ptr(&part, st),
+            max_chunks: chunks,
+            rope: (0, 0, false),
+            counters: ptr(&counters, st),
+            out: ptr(&out, st),
+        },
+        (case.n_heads, nkv, hd),
+    );
+    let grid = (chunks as u32, nkv as u32, n as u32);
+    let smem = attn_smem_for(group, hd, block) as u32;
+    match cluster {
+        Some(c) => gpu.launch_with(&k, grid, block, smem, &args, Attr::Cluster(c))?,
+        None => gpu.launch(&k, grid, block, smem, &args)?,
+    }
     let mut host = vec![0f32; n * qd];
     st.memcpy_dtoh(&out, &mut host)?;
     gpu.sync()?;
@@ -2259,9 +2378,11 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
         attn_mma: None,
+        attn_one: None,
         head: gpu.function("head_f32")?,
         head_mma: None,
         argmax: gpu.function("argmax_rows")?,
+        argmax_cluster: gpu.optional_function("argmax_cluster"),
         top_k: gpu.function("topk_rows")?,
         decode_step: gpu.optional_function(&format!("decode_step_{sfx}")),
     })

@@ -287,9 +287,14 @@ fn argmax_kernel_equals_the_host_choice() {
             logits[vocab..2 * vocab].fill(f32::NAN);
             logits[3 * vocab - 1] = f32::INFINITY;
         }
-        let got = bitnet_cuda::argmax_rows(&gpu, &logits, vocab).unwrap();
         let want: Vec<u32> = logits.chunks_exact(vocab).map(host).collect();
-        assert_eq!(got, want, "vocab {vocab}");
+        for cluster in [false, true] {
+            match bitnet_cuda::argmax_rows(&gpu, &logits, vocab, cluster) {
+                Ok(got) => assert_eq!(got, want, "vocab {vocab}, cluster {cluster}"),
+                Err(bitnet_cuda::CudaError::Unavailable(why)) if cluster => eprintln!("{why}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 }
 
@@ -436,15 +441,17 @@ fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<
     (out, scale)
 }
 
-/// Both 128-thread attention kernels (vector, and tensor cores where the case allows) against
-/// an f64 reference on random shapes: head sizes 16..128, 1-4 query heads per key/value head,
-/// several sequences of up to 300 positions (several chunks: the merge), rows anywhere in them,
+/// The attention kernels (128-thread vector; tensor cores and the one-row cluster kernel where
+/// the case and the device allow) against an f64 reference on random shapes: head sizes 16..128,
+/// 1-4 query heads per key/value head, several sequences of up to 300 positions (several chunks:
+/// the merge; up to 1,000 in every fifth case: clusters of 9-16 chunks), rows anywhere in them,
 /// and queries scaled by 1e-3..1e3 (the tensor-core kernel scales them by a power of two).
 #[test]
 fn attention_kernels_equal_a_double_precision_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(0xa77);
-    let mut ran_mma = 0;
+    use bitnet_cuda::AttentionKernel as K;
+    let (mut ran_mma, mut ran_cluster) = (0, 0);
     for case_no in 0..40 {
         let hd = [16, 32, 64, 128][case_no % 4];
         let group = 1 + (case_no / 4) % 4;
@@ -453,7 +460,12 @@ fn attention_kernels_equal_a_double_precision_reference() {
         let q_scale = [1.0f32, 1e-3, 1e3, 0.1][rng.random_range(0..4)];
         let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..rng.random_range(1..=3))
             .map(|_| {
-                let len = rng.random_range(1..300);
+                // Every fifth case past 512 positions: clusters of 9-16 chunks.
+                let len = if case_no % 5 == 4 {
+                    rng.random_range(513..1000)
+                } else {
+                    rng.random_range(1..300)
+                };
                 let mut v = || {
                     (0..len * kvd)
                         .map(|_| rng.random_range(-1.0f32..1.0))
@@ -487,13 +499,20 @@ fn attention_kernels_equal_a_double_precision_reference() {
             rows: &rows,
         };
         let (want, magnitude) = attention_reference(&case);
-        for tensor_cores in [false, true] {
-            let got = match bitnet_cuda::attention_forward(&gpu, &case, tensor_cores) {
+        for kernel in [K::Vector, K::TensorCores, K::Cluster] {
+            let got = match bitnet_cuda::attention_forward(&gpu, &case, kernel) {
                 Ok(v) => v,
-                Err(bitnet_cuda::CudaError::Unavailable(_)) if tensor_cores && hd == 16 => continue,
+                Err(bitnet_cuda::CudaError::Unavailable(_))
+                    if kernel == K::TensorCores && hd == 16 =>
+                {
+                    continue;
+                }
+                // sm_90 only, 1, 2, 4 or 8 query heads per kv head.
+                Err(bitnet_cuda::CudaError::Unavailable(_)) if kernel == K::Cluster => continue,
                 Err(e) => panic!("{e}"),
             };
-            ran_mma += tensor_cores as usize;
+            ran_mma += (kernel == K::TensorCores) as usize;
+            ran_cluster += (kernel == K::Cluster) as usize;
             let mut worst = 0f64;
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 // f32 scores carry ~1e-7 of their terms' magnitude; outputs are averages of
@@ -503,17 +522,28 @@ fn attention_kernels_equal_a_double_precision_reference() {
                 worst = worst.max(err / tol);
                 assert!(
                     err <= tol,
-                    "case {case_no} (hd {hd}, group {group}, kv heads {n_kv}, tensor cores {tensor_cores}): \
+                    "case {case_no} (hd {hd}, group {group}, kv heads {n_kv}, {kernel:?}): \
                      output {i} is {g} but the reference gives {w} (tolerance {tol:.2e})"
                 );
             }
             eprintln!(
-                "case {case_no}: hd {hd} group {group} kv {n_kv} rows {} tensor cores {tensor_cores}: worst error {worst:.3} of tolerance",
+                "case {case_no}: hd {hd} group {group} kv {n_kv} rows {} {kernel:?}: worst error {worst:.3} of tolerance",
                 rows.len()
             );
         }
     }
     assert!(ran_mma > 0, "the tensor-core kernel ran in no case");
+    if gpu
+        .arch
+        .trim_start_matches("sm_")
+        .parse::<u32>()
+        .unwrap_or(0)
+        >= 90
+    {
+        assert!(ran_cluster > 0, "the cluster kernel ran in no case");
+    } else {
+        eprintln!("{}: no cluster attention before sm_90", gpu.arch);
+    }
     // Arguments that do not fit are refused before anything runs.
     let caches = vec![(vec![0.5f32; 3 * 64], vec![0.5f32; 3 * 64])];
     for (pos, q_len) in [(3, 128), (0, 100)] {
@@ -525,7 +555,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
             caches: &caches,
             rows: &rows,
         };
-        let got = bitnet_cuda::attention_forward(&gpu, &case, false);
+        let got = bitnet_cuda::attention_forward(&gpu, &case, K::Vector);
         assert!(
             matches!(got, Err(bitnet_cuda::CudaError::Invalid(_))),
             "position {pos}, {q_len} query values: {got:?}"
