@@ -1532,8 +1532,9 @@ ATTN_ENTRY(attn_vec_f32, float, 8)
 ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
-// attn_one_*_g*: one-row decode steps on sm_90, 8 warps, GROUP query heads per kv head, a
-// cluster of one block per chunk (the host launches it with cluster dimensions (chunks, 1, 1)).
+// attn_one_*_g*: decode steps of up to 8 rows on sm_90 (ATTN_ONE_ROWS in model.rs), 8 warps, GROUP
+// query heads per kv head, a cluster of one block per chunk (the host launches it with cluster
+// dimensions (chunks, 1, 1)) and seq = null (one seqtab entry per row).
 #if __CUDA_ARCH__ >= 900
 #define ATTN_ONE_ENTRY(NAME, KV, GROUP)                                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                                         \

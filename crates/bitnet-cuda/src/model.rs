@@ -518,7 +518,8 @@ struct Kernels {
     /// The 128-thread attention on the tensor cores (`attn_mma_f16_h*`), where the cache, the
     /// head size and the device allow it (see [`attn_mma_kernel`]); it replaces `attn_part4`.
     attn_mma: Option<Kernel>,
-    /// One-row decode attention in thread-block clusters (`attn_one_*`, sm_90), where the
+    /// Decode attention of up to [`ATTN_ONE_ROWS`] rows in thread-block clusters (`attn_one_*`,
+    /// sm_90), where the
     /// cache, the query heads per kv head and the device allow it (see [`attn_one_kernel`]).
     attn_one: Option<AttnOne>,
     head: Kernel,
@@ -632,7 +633,8 @@ fn glu_mode(a: Activation) -> i32 {
 /// the tensor-core one). Everything else: 128, on the tensor cores where `mma` (batch 16 +6%,
 /// batch 64 +8%, pp512 +3% over the vector kernels: BENCHMARKS.md, session 11); without them,
 /// decode steps of under 32 rows take 256 (level at batch 16) and the rest 128 (+10% at batch
-/// 64; 256 lost 13% at pp512: v10, v11).
+/// 64; 256 lost 13% at pp512: v10, v11). On sm_90, decode steps of up to [`ATTN_ONE_ROWS`] rows
+/// take the 256-thread cluster kernel instead, whatever this says.
 fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
     if decode && (rows == 1 || (rows < 32 && !mma)) {
         Kernel::WAVE_BLOCK
@@ -649,14 +651,22 @@ fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
         .flatten()
 }
 
-/// The one-row decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
-/// takes; steps that need more take `attn_vec_*`.
+/// The cluster decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
+/// takes; steps that need more take `attn_vec_*` or `attn_mma_*`.
 struct AttnOne {
     kernel: Kernel,
     max_chunks: usize,
+    /// Decode steps of up to this many rows take it ([`ATTN_ONE_ROWS`];
+    /// `BITNET_CUDA_ATTN_ONE_ROWS=N` for measurements).
+    max_rows: usize,
 }
 
-/// The cluster attention for one-row decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
+/// Decode steps of up to this many rows take the cluster attention: against the tensor-core one
+/// at depth 512 (H200, BENCHMARKS.md "Session 15"), batch 2 +11%, 4 +7.5%, 8 +1.5%, 16 -8%,
+/// 64 -30% (a vector kernel per row, where the tensor cores serve the rows of a chunk at once).
+const ATTN_ONE_ROWS: usize = 8;
+
+/// The cluster attention for small decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
 /// 8 query heads per key/value head, and a device that places clusters of at least 8 of its
 /// blocks; `None` otherwise. Same results as `attn_vec_*`, bit for bit.
 fn attn_one_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Option<AttnOne> {
@@ -670,9 +680,14 @@ fn attn_one_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
     let kernel = gpu.optional_function(&format!("attn_one_{sfx}_g{group}"))?;
     let block = Kernel::WAVE_BLOCK;
     let limit = kernel.cluster_limit(gpu, block, attn_smem_for(group, head_dim, block));
+    let max_rows = std::env::var("BITNET_CUDA_ATTN_ONE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ATTN_ONE_ROWS);
     (limit >= 8).then_some(AttnOne {
         kernel,
         max_chunks: limit as usize,
+        max_rows,
     })
 }
 
@@ -1500,20 +1515,18 @@ impl CudaModel {
             );
             let grid = (chunks as u32, c.n_kv_heads as u32, n as u32);
             match (attn_block, &self.k.attn_mma, &self.k.attn_one) {
-                (_, _, Some(one)) if decode && n == 1 && chunks <= one.max_chunks => {
+                (_, _, Some(one)) if decode && n <= one.max_rows && chunks <= one.max_chunks => {
                     // The per-row table in place of seq and seqtab.
                     let mut args = args;
                     (args[3], args[4]) = (Arg::P(0), Arg::P(pb + 4 * P_ROWTAB as u64));
                     let cluster = chunks as u32;
-                    let (k, smem) = (&one.kernel, attn_smem as u32);
-                    self.gpu.launch_with(
-                        k,
-                        grid,
-                        attn_block,
-                        smem,
-                        &args,
-                        Attr::Cluster(cluster),
-                    )?
+                    let block = Kernel::WAVE_BLOCK;
+                    let (k, smem) = (
+                        &one.kernel,
+                        attn_smem_for(c.n_heads / c.n_kv_heads, c.head_dim, block) as u32,
+                    );
+                    self.gpu
+                        .launch_with(k, grid, block, smem, &args, Attr::Cluster(cluster))?
                 }
                 (128, Some(mma), _) => self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?,
                 (128, None, _) => {
@@ -2116,8 +2129,8 @@ pub enum AttentionKernel {
     Vector,
     /// The 128-thread tensor-core kernel (`attn_mma_f16_h*`: prefill and batched decode).
     TensorCores,
-    /// The 256-thread cluster kernel of one-row decode steps (`attn_one_f16_g*`, sm_90), here
-    /// over every row of the case.
+    /// The 256-thread cluster kernel of small decode steps (`attn_one_f16_g*`, sm_90), over
+    /// every row of the case.
     Cluster,
 }
 
