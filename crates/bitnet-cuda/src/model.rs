@@ -655,6 +655,8 @@ fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
 /// takes; steps that need more take `attn_vec_*` or `attn_mma_*`.
 struct AttnOne {
     kernel: Kernel,
+    /// Its dynamic shared memory per (256-thread) block.
+    smem: u32,
     max_chunks: usize,
     /// Decode steps of up to this many rows take it ([`ATTN_ONE_ROWS`];
     /// `BITNET_CUDA_ATTN_ONE_ROWS=N` for measurements).
@@ -679,13 +681,15 @@ fn attn_one_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
     };
     let kernel = gpu.optional_function(&format!("attn_one_{sfx}_g{group}"))?;
     let block = Kernel::WAVE_BLOCK;
-    let limit = kernel.cluster_limit(gpu, block, attn_smem_for(group, head_dim, block));
+    let smem = attn_smem_for(group, head_dim, block);
+    let limit = kernel.cluster_limit(gpu, block, smem);
     let max_rows = std::env::var("BITNET_CUDA_ATTN_ONE_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(ATTN_ONE_ROWS);
     (limit >= 8).then_some(AttnOne {
         kernel,
+        smem: smem as u32,
         max_chunks: limit as usize,
         max_rows,
     })
@@ -1520,13 +1524,9 @@ impl CudaModel {
                     let mut args = args;
                     (args[3], args[4]) = (Arg::P(0), Arg::P(pb + 4 * P_ROWTAB as u64));
                     let cluster = chunks as u32;
-                    let block = Kernel::WAVE_BLOCK;
-                    let (k, smem) = (
-                        &one.kernel,
-                        attn_smem_for(c.n_heads / c.n_kv_heads, c.head_dim, block) as u32,
-                    );
+                    let (k, block) = (&one.kernel, Kernel::WAVE_BLOCK);
                     self.gpu
-                        .launch_with(k, grid, block, smem, &args, Attr::Cluster(cluster))?
+                        .launch_with(k, grid, block, one.smem, &args, Attr::Cluster(cluster))?
                 }
                 (128, Some(mma), _) => self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?,
                 (128, None, _) => {
@@ -2194,7 +2194,7 @@ pub fn attention_forward(
     let rowtab: Vec<u32> = case
         .rows
         .iter()
-        .flat_map(|r| seqtab[3 * r.0..3 * r.0 + 3].to_vec())
+        .flat_map(|r| seqtab[3 * r.0..3 * r.0 + 3].iter().copied())
         .collect();
     let (qkv, pos, seq, seqtab, rowtab) = (
         gpu.upload(&qkv)?,
