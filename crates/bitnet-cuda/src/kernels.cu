@@ -1253,6 +1253,30 @@ __device__ void attn_softmax(const AttnBlock& b, float* ml, int nw) {
     }
 }
 
+// The sum of the block's nw warps' partial outputs for (query head h, dim ee) of a chunk, in
+// warp order.
+__device__ __forceinline__ float attn_warps_sum(const float* acc, int nw, int group, int hd, int h, int ee) {
+    float sum = acc[h * hd + ee];
+    for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
+    return sum;
+}
+
+// One output from the partials of nc chunks: sum_k o_k e^(m_k - m) / sum_k l_k e^(m_k - m), m the
+// largest m_k; `m_of(k)`, `l_of(k)` and `o_of(k)` load chunk k's (global memory or another
+// block's shared memory: attn_end and attn_end_cluster merge in the same order and arithmetic).
+template <class M, class L, class O>
+__device__ __forceinline__ float attn_merge(int nc, M m_of, L l_of, O o_of) {
+    float m = -INFINITY;
+    for (int k = 0; k < nc; k++) m = fmaxf(m, m_of(k));
+    float l = 0.f, o = 0.f;
+    for (int k = 0; k < nc; k++) {
+        float w = expf(m_of(k) - m);
+        l += l_of(k) * w;
+        o += o_of(k) * w;
+    }
+    return o / l;
+}
+
 // After the warps' partial outputs are in acc (and a barrier): their sum, divided by l where the
 // row has one chunk, or written with (m, l) as the chunk's partial; the last chunk of (row, kv
 // head) to finish merges all of them (partials published with a fence before the counter moves,
@@ -1264,8 +1288,7 @@ __device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_head
     int nc = b.p / CHUNK + 1;
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
-        float sum = acc[h * hd + ee];
-        for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
+        float sum = attn_warps_sum(acc, nw, group, hd, h, ee);
         if (nc == 1) {
             // The only chunk: no partials to merge (exp(m - m) = 1 in the merge below).
             out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = sum / ml[2 * h + 1];
@@ -1292,15 +1315,10 @@ __device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_head
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
         const float* base = part + ((size_t)r * n_heads + kvh * group + h) * maxchunks * (hd + 2);
-        float m = -INFINITY;
-        for (int k = 0; k < nc; k++) m = fmaxf(m, __ldcg(base + k * (hd + 2) + hd));
-        float l = 0.f, o = 0.f;
-        for (int k = 0; k < nc; k++) {
-            float w = expf(__ldcg(base + k * (hd + 2) + hd) - m);
-            l += __ldcg(base + k * (hd + 2) + hd + 1) * w;
-            o += __ldcg(base + k * (hd + 2) + ee) * w;
-        }
-        out[((size_t)r * n_heads + kvh * group + h) * hd + ee] = o / l;
+        out[((size_t)r * n_heads + kvh * group + h) * hd + ee] =
+            attn_merge(nc, [&](int k) { return __ldcg(base + k * (hd + 2) + hd); },
+                       [&](int k) { return __ldcg(base + k * (hd + 2) + hd + 1); },
+                       [&](int k) { return __ldcg(base + k * (hd + 2) + ee); });
     }
 }
 
@@ -1346,8 +1364,7 @@ __device__ void attn_end_cluster(const AttnBlock& b, const float* ml, int nw, in
     float* o_row = out + ((size_t)r * n_heads + kvh * group) * hd;
     for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
-        float sum = acc[h * hd + ee];
-        for (int w = 1; w < nw; w++) sum += acc[(w * group + h) * hd + ee];
+        float sum = attn_warps_sum(acc, nw, group, hd, h, ee);
         if (nc == 1)
             o_row[idx] = sum / ml[2 * h + 1];
         else
@@ -1359,15 +1376,9 @@ __device__ void attn_end_cluster(const AttnBlock& b, const float* ml, int nw, in
         int per = (total + nc - 1) / nc, end = min(total, (c + 1) * per);
         for (int idx = c * per + threadIdx.x; idx < end; idx += blockDim.x) {
             int h = idx / hd;
-            float m = -INFINITY;
-            for (int k = 0; k < nc; k++) m = fmaxf(m, cluster_load(ml + 2 * h, k));
-            float l = 0.f, o = 0.f;
-            for (int k = 0; k < nc; k++) {
-                float w = expf(cluster_load(ml + 2 * h, k) - m);
-                l += cluster_load(ml + 2 * h + 1, k) * w;
-                o += cluster_load(sums + idx, k) * w;
-            }
-            o_row[idx] = o / l;
+            o_row[idx] = attn_merge(nc, [&](int k) { return cluster_load(ml + 2 * h, k); },
+                                    [&](int k) { return cluster_load(ml + 2 * h + 1, k); },
+                                    [&](int k) { return cluster_load(sums + idx, k); });
         }
     }
     cluster_sync_relaxed();
