@@ -75,17 +75,31 @@ pub struct Gpu {
     /// With `BITNET_CUDA_PROFILE=1`: device time per kernel (CUDA events around every
     /// launch), printed to stderr when the device is dropped.
     profile: Option<std::sync::Mutex<Profile>>,
-    /// Programmatic dependent launch (sm_90+, opt-in with `BITNET_CUDA_PDL=1`): each kernel may
-    /// start while its predecessor finishes, prefetching what does not depend on it. Off by
-    /// default: measured 1-4% slower on an H200 (BENCHMARKS.md, v7), because what each kernel
-    /// waits for is its own dependent chain after the predecessor, not the launch.
-    pdl: bool,
+    /// Programmatic dependent launch (sm_90+): each kernel may start while its predecessor
+    /// finishes, requesting what does not depend on it (the products' weights). `None`: for the
+    /// launches the model asks for ([`Gpu::pdl_scope`]); `BITNET_CUDA_PDL=1` / `0`: always / never.
+    pdl: Option<bool>,
+    /// The model's choice for the launches that follow (where `pdl` is `None`).
+    pdl_now: std::sync::atomic::AtomicBool,
+    /// Whether the device has it at all (sm_90+).
+    pdl_able: bool,
+}
+
+/// Launches with the model's choice of programmatic dependent launch ([`Gpu::pdl_scope`]).
+pub struct PdlScope<'a>(&'a Gpu);
+
+impl Drop for PdlScope<'_> {
+    fn drop(&mut self) {
+        let off = std::sync::atomic::Ordering::Relaxed;
+        self.0.pdl_now.store(false, off);
+    }
 }
 
 /// A launch attribute ([`Gpu::launch_with`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Attr {
-    /// Programmatic stream serialization (`BITNET_CUDA_PDL=1`, on every launch).
+    /// Programmatic stream serialization ([`Gpu::pdl`]: decode steps of more than 8 rows, or
+    /// every launch with `BITNET_CUDA_PDL=1`).
     Pdl,
     /// A cooperative grid (all blocks co-resident).
     Cooperative,
@@ -129,7 +143,7 @@ fn launch_config(
     grid: (u32, u32, u32),
     block: u32,
     smem: u32,
-    attr: &mut cudarc::driver::sys::CUlaunchAttribute,
+    attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
 ) -> cudarc::driver::sys::CUlaunchConfig {
     cudarc::driver::sys::CUlaunchConfig {
         gridDimX: grid.0,
@@ -140,8 +154,8 @@ fn launch_config(
         blockDimZ: 1,
         sharedMemBytes: smem,
         hStream: gpu.stream.cu_stream(),
-        attrs: attr,
-        numAttrs: 1,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
     }
 }
 
@@ -229,7 +243,7 @@ impl Kernel {
         } == sys::CUresult::CUDA_SUCCESS;
         let sizes: &[u32] = if wide { &[16, 8] } else { &[8] };
         for &n in sizes {
-            let mut attr = Attr::Cluster(n).raw();
+            let mut attr = [Attr::Cluster(n).raw()];
             let cfg = launch_config(gpu, (n, 1, 1), block, smem as u32, &mut attr);
             let mut clusters = 0i32;
             // SAFETY: `cfg` and its attribute live through the call; nothing is launched.
@@ -295,7 +309,11 @@ impl Gpu {
         let profile = std::env::var("BITNET_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
             .then(Default::default);
-        let pdl = maj >= 9 && std::env::var("BITNET_CUDA_PDL").is_ok_and(|v| v == "1");
+        let pdl = match std::env::var("BITNET_CUDA_PDL").as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => None,
+        };
         Ok(Self {
             ctx,
             stream,
@@ -305,6 +323,8 @@ impl Gpu {
             ordinal,
             profile,
             pdl,
+            pdl_now: Default::default(),
+            pdl_able: maj >= 9,
         })
     }
 
@@ -330,6 +350,22 @@ impl Gpu {
             .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .unwrap_or(1);
         n.max(1) as u32
+    }
+
+    /// Whether the launches now are programmatic dependent launches (sm_90+, not while
+    /// profiling; the model's choice unless `BITNET_CUDA_PDL` overrides it).
+    pub fn pdl(&self) -> bool {
+        let on = self
+            .pdl
+            .unwrap_or_else(|| self.pdl_now.load(std::sync::atomic::Ordering::Relaxed));
+        on && self.pdl_able && self.profile.is_none()
+    }
+
+    /// Asks for programmatic dependent launch (or not) on the launches made while the returned
+    /// scope lives; off again after it.
+    pub fn pdl_scope(&self, on: bool) -> PdlScope<'_> {
+        self.pdl_now.store(on, std::sync::atomic::Ordering::Relaxed);
+        PdlScope(self)
     }
 
     /// Whether launches are being profiled (graphs would hide them).
@@ -368,7 +404,7 @@ impl Gpu {
         smem: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        if self.pdl && self.profile.is_none() {
+        if self.pdl() {
             return self.launch_ex(k, grid, block, smem, args, Attr::Pdl);
         }
         self.timed(k, || {
@@ -408,9 +444,10 @@ impl Gpu {
         self.timed(k, || self.launch_ex(k, grid, block, smem, args, attr))
     }
 
-    /// Launches with one launch attribute. [`Attr::Pdl`]: programmatic stream serialization, the
-    /// kernel may begin once its predecessor's blocks have all started (every kernel of
-    /// `kernels.cu` signals that at entry), and waits (`griddepcontrol.wait`) before touching
+    /// Launches with one launch attribute (a cluster launch also with [`Attr::Pdl`] where
+    /// [`Gpu::pdl`]). [`Attr::Pdl`]: programmatic stream serialization, the kernel may begin
+    /// once its predecessor's blocks have all passed their own wait (every kernel of
+    /// `kernels.cu` signals right after it), and waits (`griddepcontrol.wait`) before touching
     /// anything a predecessor writes. [`Attr::Cooperative`]: all blocks co-resident.
     fn launch_ex(
         &self,
@@ -443,8 +480,13 @@ impl Gpu {
         for (p, slot) in params.iter_mut().zip(slots.iter_mut()) {
             *p = (slot as *mut u64).cast();
         }
-        let mut attr = kind.raw();
-        let cfg = launch_config(self, grid, block, smem, &mut attr);
+        // A cluster launch is also a programmatic one where PDL is on.
+        let mut attrs = [kind.raw(), Attr::Pdl.raw()];
+        let n = match kind {
+            Attr::Cluster(_) if self.pdl() => 2,
+            _ => 1,
+        };
+        let cfg = launch_config(self, grid, block, smem, &mut attrs[..n]);
         // SAFETY: the argument list matches the kernel's signature (built next to it in this
         // crate), `params` points at live slots for the call, and the stream belongs to the
         // function's context.

@@ -20,9 +20,11 @@ typedef signed char i8;
 
 // Programmatic dependent launch (sm_90+, launched so by the host): PDL_START lets the next kernel
 // in the stream begin launching its blocks; PDL_WAIT blocks until every earlier kernel has
-// finished and its writes are visible. Every kernel runs both first, before any early return
-// (a kernel that could finish without waiting would let its successor overtake its
-// predecessor), except that the decode GEMV issues its constant weight loads in between.
+// finished and its writes are visible. Every kernel runs both first, WAIT then START, before any
+// early return (a kernel that could finish without waiting would let its successor overtake its
+// predecessor; starting only after the wait keeps at most one kernel ahead, resident and
+// waiting), except that the products first request their weights, which no kernel writes (the
+// tensor-core ones their first stages; the staged one-token ones all of theirs, `staged` = 2).
 #if __CUDA_ARCH__ >= 900
 #define PDL_START() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
@@ -32,8 +34,8 @@ typedef signed char i8;
 #endif
 #define PDL_ENTRY() \
     do {            \
-        PDL_START(); \
         PDL_WAIT();  \
+        PDL_START(); \
     } while (0)
 #define INFINITY __int_as_float(0x7f800000)
 
@@ -596,10 +598,11 @@ __device__ void norm_quant_body(const float* x, int x_stride, const float* w, in
         return;
     }
     // As the fused decode kernel: the norm weights load with the row (up to 12 values per
-    // thread) and the code sum goes by one shared-memory atomic per warp (zeroed here; the
+    // thread, and at 28: the 6,912-wide down row of batched steps, one block per row, where the
+    // registers cost no occupancy) and the code sum goes by one shared-memory atomic per warp (zeroed here; the
     // sum's barriers order it before the atomics), not a third block reduction.
     if (threadIdx.x == 0) total = 0;
-    norm_quant_regs<PER, (PER <= 12), true>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r,
+    norm_quant_regs<PER, (PER <= 12 || PER >= 28), true>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r,
                                             &total, red, ired);
     __syncthreads();
     if (threadIdx.x == 0) xsums[r] = total;
@@ -728,7 +731,6 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     __shared__ float red[32];
     __shared__ int ired[32];
     extern __shared__ __align__(16) uint4 gemv_smem[];
-    PDL_START();
     int strips = (rows + 15) / 16;
     if (staged) {
         // The norm weights load with the row where that keeps the blocks per SM: up to 12 values
@@ -737,16 +739,22 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
         // stall samples on the weights loaded after the first reduction).
         constexpr bool PRE = PER <= 12 || (MAXT == 1 && PER >= 28);
         if (threadIdx.x < MAXT) xsum[threadIdx.x] = 0;
+        auto stage_all = [&]() {
+            u32 base = (u32)__cvta_generic_to_shared(gemv_smem);
+            int words = kgroups * 32;  // 16-byte words of a strip
+            for (int strip = blockIdx.x, n = 0; strip < strips; strip += gridDim.x, n++)
+                for (int i = threadIdx.x; i < words; i += blockDim.x)
+                    cp_async16_s(base + (u32)(n * words + i) * 16, W + (size_t)strip * words + i);
+            cp_async_commit();
+        };
+        // staged == 2 (launched with PDL): the weights do not depend on the previous kernel, so
+        // they are all requested before the wait, while it still runs.
+        if (staged == 2) stage_all();
         PDL_WAIT();
+        PDL_START();
         for (int t = 0; t < (MAXT == 1 ? 1 : T); t++) {
             auto stage = [&]() {
-                if (t) return;
-                u32 base = (u32)__cvta_generic_to_shared(gemv_smem);
-                int words = kgroups * 32;  // 16-byte words of a strip
-                for (int strip = blockIdx.x, n = 0; strip < strips; strip += gridDim.x, n++)
-                    for (int i = threadIdx.x; i < words; i += blockDim.x)
-                        cp_async16_s(base + (u32)(n * words + i) * 16, W + (size_t)strip * words + i);
-                cp_async_commit();
+                if (t == 0 && staged == 1) stage_all();
             };
             norm_quant_regs<PER, PRE, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,
                                             xscale + t, xsum + t, red, ired, stage);
@@ -768,6 +776,7 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
     if (NARROW) gemv_prefetch(W, kgroups, blockIdx.x, strips, pre);
     if (threadIdx.x < MAXT) xsum[threadIdx.x] = 0;
     PDL_WAIT();
+    PDL_START();
     for (int t = 0; t < (MAXT == 1 ? 1 : T); t++)
         norm_quant_regs<PER, NARROW, true>(x + (size_t)t * x_stride, nw, cols, kpad, eps, mode, xs + t * kpad,
                                            xscale + t, xsum + t, red, ired);
@@ -954,11 +963,11 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
         xslot[k] = on ? slot : kgroups;  // never copied
     }
     // The weights do not depend on the previous kernel: their first stages go before the wait.
-    PDL_START();
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++)
         if (live && s * KS + ks < kgroups) cp_async16_s(wdst + s * SB, wsrc + (size_t)s * KS * 32);
     PDL_WAIT();
+    PDL_START();
     auto copy_x = [&](int stage, int st) {
 #pragma unroll
         for (int k = 0; k < NX; k++)

@@ -19,7 +19,7 @@ mod device;
 mod model;
 pub mod pack;
 
-pub use device::{Gpu, Kernel, compile, device_count, driver_present, nvrtc_present};
+pub use device::{Gpu, Kernel, PdlScope, compile, device_count, driver_present, nvrtc_present};
 pub use model::{
     AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, TOPK_MAX,
     argmax_rows, attention_forward, head_logits, norm_linear_forward, norm_quant, ternary_forward,

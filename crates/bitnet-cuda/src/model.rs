@@ -668,6 +668,11 @@ struct AttnOne {
 /// 64 -30% (a vector kernel per row, where the tensor cores serve the rows of a chunk at once).
 const ATTN_ONE_ROWS: usize = 8;
 
+/// Decode steps of more rows than this are launched with programmatic dependent launch (sm_90,
+/// unless `BITNET_CUDA_PDL` says otherwise). Same call on an H200 (BENCHMARKS.md, session 16),
+/// PDL against none: batch 1 -3.5%, 8 and 32 level, 16 +3-4%, 64 level, prefill -1.3%.
+const PDL_ROWS: usize = 8;
+
 /// The cluster attention for small decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
 /// 8 query heads per key/value head, and a device that places clusters of at least 8 of its
 /// blocks; `None` otherwise. Same results as `attn_vec_*`, bit for bit.
@@ -1431,6 +1436,9 @@ impl CudaModel {
         decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
+        // Programmatic dependent launch for decode steps of more than PDL_ROWS rows: each
+        // kernel's launch and its weight loads overlap its predecessor.
+        let _pdl = self.gpu.pdl_scope(decode && n > PDL_ROWS);
         let c = &self.config;
         let (hd, qd, kvd, id) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let qkv_dim = qd + 2 * kvd;
@@ -1683,7 +1691,11 @@ fn launch_gemv_norm(
             Arg::P(out),
             Arg::I(out_stride as i32),
             Arg::I(accumulate as i32),
-            Arg::I(stage.is_some() as i32),
+            // 2: the weights are requested before the kernel waits for its predecessor.
+            Arg::I(match stage {
+                Some(_) => 1 + gpu.pdl() as i32,
+                None => 0,
+            }),
             Arg::I(if stage.is_some() { glu } else { 0 }),
         ],
     )?;
