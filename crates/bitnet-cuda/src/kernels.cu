@@ -599,11 +599,13 @@ __device__ void norm_quant_body(const float* x, int x_stride, const float* w, in
     }
     // As the fused decode kernel: the norm weights load with the row (up to 12 values per
     // thread, and at 28: the 6,912-wide down row of batched steps, one block per row, where the
-    // registers cost no occupancy) and the code sum goes by one shared-memory atomic per warp (zeroed here; the
-    // sum's barriers order it before the atomics), not a third block reduction.
+    // registers cost no occupancy: 64 -> 106) and the code sum goes by one shared-memory atomic
+    // per warp (zeroed here; the sum's barriers order it before the atomics), not a third block
+    // reduction.
     if (threadIdx.x == 0) total = 0;
-    norm_quant_regs<PER, (PER <= 12 || PER >= 28), true>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r,
-                                            &total, red, ired);
+    constexpr bool PRE = PER <= 12 || PER >= 28;
+    norm_quant_regs<PER, PRE, true>(x + (size_t)r * x_stride, w, cols, kpad, eps, mode, xs, scales + r, &total, red,
+                                    ired);
     __syncthreads();
     if (threadIdx.x == 0) xsums[r] = total;
     uint4* out = (uint4*)(codes + (size_t)r * kpad);
