@@ -23,8 +23,9 @@ typedef signed char i8;
 // finished and its writes are visible. Every kernel runs both first, WAIT then START, before any
 // early return (a kernel that could finish without waiting would let its successor overtake its
 // predecessor; starting only after the wait keeps at most one kernel ahead, resident and
-// waiting), except that the products first request their weights, which no kernel writes (the
-// tensor-core ones their first stages; the staged one-token ones all of theirs, `staged` = 2).
+// waiting), except that some products first request their weights, which no kernel writes (the
+// staged tensor-core ones, `ternary_mma_ring_*`, their first stages; the staged one-token ones
+// all of theirs, `staged` = 2).
 #if __CUDA_ARCH__ >= 900
 #define PDL_START() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
