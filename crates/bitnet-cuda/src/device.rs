@@ -77,12 +77,11 @@ pub struct Gpu {
     profile: Option<std::sync::Mutex<Profile>>,
     /// Programmatic dependent launch (sm_90+): each kernel may start while its predecessor
     /// finishes, requesting what does not depend on it (the products' weights). `None`: for the
-    /// launches the model asks for ([`Gpu::pdl_scope`]); `BITNET_CUDA_PDL=1` / `0`: always / never.
+    /// launches the model asks for ([`Gpu::pdl_scope`]); `BITNET_CUDA_PDL=1` / `0`: always / never
+    /// (never before sm_90).
     pdl: Option<bool>,
     /// The model's choice for the launches that follow (where `pdl` is `None`).
     pdl_now: std::sync::atomic::AtomicBool,
-    /// Whether the device has it at all (sm_90+).
-    pdl_able: bool,
 }
 
 /// Launches with the model's choice of programmatic dependent launch ([`Gpu::pdl_scope`]).
@@ -137,7 +136,7 @@ impl Attr {
 }
 
 /// A launch of `grid` x `block` threads with `smem` bytes of dynamic shared memory on `gpu`'s
-/// stream, with the one attribute `attr` (which must outlive the configuration's use).
+/// stream, with the attributes `attrs` (which must outlive the configuration's use).
 fn launch_config(
     gpu: &Gpu,
     grid: (u32, u32, u32),
@@ -310,6 +309,7 @@ impl Gpu {
             .is_ok_and(|v| v == "1")
             .then(Default::default);
         let pdl = match std::env::var("BITNET_CUDA_PDL").as_deref() {
+            _ if maj < 9 => Some(false),
             Ok("1") => Some(true),
             Ok("0") => Some(false),
             _ => None,
@@ -324,7 +324,6 @@ impl Gpu {
             profile,
             pdl,
             pdl_now: Default::default(),
-            pdl_able: maj >= 9,
         })
     }
 
@@ -358,7 +357,7 @@ impl Gpu {
         let on = self
             .pdl
             .unwrap_or_else(|| self.pdl_now.load(std::sync::atomic::Ordering::Relaxed));
-        on && self.pdl_able && self.profile.is_none()
+        on && self.profile.is_none()
     }
 
     /// Asks for programmatic dependent launch (or not) on the launches made while the returned

@@ -1080,8 +1080,9 @@ MMA_RING_ENTRIES(4)
 // RoPE on q and k of each row (half-split rotation, cos/sin tables from the host), then the
 // row's key and value into its sequence's cache at its position.
 // Per-row parameters: pos[r], seq[r]; per sequence s: cache base pointer (lo, hi) and capacity
-// at seqtab[3s..3s+3] (the attention kernels also take seq = null with one such entry per row
-// in seqtab: the cache's address then one load closer). Cache layout: [layer][k|v][capacity][kv_dim].
+// at seqtab[3s..3s+3]. The cluster attention kernels (attn_one_*) take seq = null with one such
+// entry per row in seqtab instead (the cache's address then one load closer); attn_vec_body and
+// attn_mma_body accept either. Cache layout: [layer][k|v][capacity][kv_dim].
 template <class KV>
 __device__ __forceinline__ void kv_store(KV* p, float v);
 template <>

@@ -1239,21 +1239,19 @@ impl CudaModel {
             p[P_SEQ + i] = seq;
         }
         p[P_WANTED..P_WANTED + wanted.len()].copy_from_slice(wanted);
-        for (i, &(addr, cap)) in seqs.iter().enumerate() {
-            p[P_SEQTAB + 3 * i] = addr as u32;
-            p[P_SEQTAB + 3 * i + 1] = (addr >> 32) as u32;
-            p[P_SEQTAB + 3 * i + 2] = cap as u32;
+        // A cache's entry: its address (low, high) and capacity.
+        let entry = |&(addr, cap): &(u64, usize)| [addr as u32, (addr >> 32) as u32, cap as u32];
+        for (i, e) in seqs.iter().enumerate() {
+            p[P_SEQTAB + 3 * i..P_SEQTAB + 3 * i + 3].copy_from_slice(&entry(e));
         }
         for (i, &(_, _, seq)) in rows.iter().enumerate() {
-            let Some(&(addr, cap)) = seqs.get(seq as usize) else {
+            let Some(e) = seqs.get(seq as usize) else {
                 return Err(CudaError::Invalid(format!(
                     "row {i}: sequence {seq} of {}",
                     seqs.len()
                 )));
             };
-            p[P_ROWTAB + 3 * i] = addr as u32;
-            p[P_ROWTAB + 3 * i + 1] = (addr >> 32) as u32;
-            p[P_ROWTAB + 3 * i + 2] = cap as u32;
+            p[P_ROWTAB + 3 * i..P_ROWTAB + 3 * i + 3].copy_from_slice(&entry(e));
         }
         st.memcpy_htod(&s.host_params, &mut s.params)?;
         let m = wanted.len();
@@ -1295,7 +1293,10 @@ impl CudaModel {
             }
             Out::Greedy(tokens) => {
                 let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
-                let k = self.k.argmax_cluster.as_ref().ok_or(&self.k.argmax);
+                let k = match &self.k.argmax_cluster {
+                    Some(k) => (k, true),
+                    None => (&self.k.argmax, false),
+                };
                 launch_argmax(&self.gpu, k, io, m, v)?;
                 let old = tokens.len();
                 tokens.resize(old + m, 0);
@@ -1780,21 +1781,20 @@ pub fn top_k_rows(
 const ARGMAX_CLUSTER: u32 = 8;
 
 /// The greedy choice over `m` rows of `vocab` logits (device addresses): one token id per row,
-/// by `argmax_cluster` (`Ok`) or `argmax_rows` (`Err`).
+/// by `argmax_cluster` (`(kernel, true)`) or `argmax_rows` (`(kernel, false)`).
 fn launch_argmax(
     gpu: &Gpu,
-    kernel: Result<&Kernel, &Kernel>,
+    (kernel, cluster): (&Kernel, bool),
     (logits, out): (u64, u64),
     m: usize,
     vocab: usize,
 ) -> Result<(), CudaError> {
     let args = [Arg::P(logits), Arg::I(vocab as i32), Arg::P(out)];
-    match kernel {
-        Ok(k) => {
-            let grid = (ARGMAX_CLUSTER, m as u32, 1);
-            gpu.launch_with(k, grid, 1024, 0, &args, Attr::Cluster(ARGMAX_CLUSTER))
-        }
-        Err(k) => gpu.launch(k, (m as u32, 1, 1), 1024, 0, &args),
+    if cluster {
+        let grid = (ARGMAX_CLUSTER, m as u32, 1);
+        gpu.launch_with(kernel, grid, 1024, 0, &args, Attr::Cluster(ARGMAX_CLUSTER))
+    } else {
+        gpu.launch(kernel, (m as u32, 1, 1), 1024, 0, &args)
     }
 }
 
@@ -1810,17 +1810,21 @@ pub fn argmax_rows(
 ) -> Result<Vec<u32>, CudaError> {
     let m = logits.len() / vocab.max(1);
     let kernel = if cluster {
-        Ok(gpu
-            .optional_function("argmax_cluster")
-            .ok_or_else(|| CudaError::Unavailable("no cluster argmax before sm_90".into()))?)
+        gpu.optional_function("argmax_cluster")
+            .ok_or_else(|| CudaError::Unavailable("no cluster argmax before sm_90".into()))?
     } else {
-        Err(gpu.function("argmax_rows")?)
+        gpu.function("argmax_rows")?
     };
-    let kernel = kernel.as_ref();
     let dl = gpu.upload(logits)?;
     let out = gpu.zeros::<u32>(m)?;
     let st = &gpu.stream;
-    launch_argmax(gpu, kernel, (ptr(&dl, st), ptr(&out, st)), m, vocab)?;
+    launch_argmax(
+        gpu,
+        (&kernel, cluster),
+        (ptr(&dl, st), ptr(&out, st)),
+        m,
+        vocab,
+    )?;
     let mut host = vec![0u32; m];
     st.memcpy_dtoh(&out, &mut host)?;
     gpu.sync()?;
