@@ -1291,14 +1291,13 @@ __device__ __forceinline__ float attn_merge(int nc, M m_of, L l_of, O o_of) {
 }
 
 // After the warps' partial outputs are in acc (and a barrier): their sum, divided by l where the
-// row has one chunk, or written with (m, l) as the chunk's partial; the last chunk of (row, kv
+// row has one part (nc = 1), or written with (m, l) as part c of nc; the last part of (row, kv
 // head) to finish merges all of them (partials published with a fence before the counter moves,
 // read back past L1).
 __device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_heads, int n_kv, int hd, float* part,
-                         int maxchunks, u32* counters, float* out, int c, int kvh, int r) {
+                         int maxchunks, u32* counters, float* out, int c, int nc, int kvh, int r) {
     int group = b.group;
     const float* acc = b.acc;
-    int nc = b.p / CHUNK + 1;
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         int h = idx / hd, ee = idx % hd;
         float sum = attn_warps_sum(acc, nw, group, hd, h, ee);
@@ -1539,7 +1538,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     if (CLUSTER)
         attn_end_cluster(b, ml, nw, n_heads, hd, out, c, kvh, r);
     else
-        attn_end(b, ml, nw, n_heads, n_kv, hd, part, maxchunks, counters, out, c, kvh, r);
+        attn_end(b, ml, nw, n_heads, n_kv, hd, part, maxchunks, counters, out, c, b.p / CHUNK + 1, kvh, r);
 }
 // attn_vec_*: 8 warps (decode steps of fewer than 32 rows, as the persistent step); attn_vec4_*:
 // 4 warps (prefill passes and larger decode steps).
@@ -1612,10 +1611,10 @@ __device__ __forceinline__ void split4(const float (&x)[4], bool lo, u32& r0, u3
     r0 = (u32)h[0] | ((u32)h[1] << 16);
     r1 = (u32)h[2] | ((u32)h[3] << 16);
 }
-// The keys and values one warp of attn_mma_body multiplies (layouts there).
+// The keys and the values one warp of attn_mma_body multiplies (layouts there).
 template <int HD>
-__device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int kvd, int n, int i0, int g, int tq,
-                                              uint4 (&kr)[2][HD / 32], u32 (&vw)[4][HD / 16]) {
+__device__ __forceinline__ void attn_mma_load_k(const u16* kc, int kvd, int n, int i0, int g, int tq,
+                                                uint4 (&kr)[2][HD / 32]) {
     const uint4 z4 = make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int hh = 0; hh < 2; hh++) {
@@ -1624,6 +1623,11 @@ __device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int 
         for (int j = 0; j < HD / 32; j++)
             kr[hh][j] = i < n ? *(const uint4*)(kc + (size_t)i * kvd + 32 * j + 8 * tq) : z4;
     }
+}
+template <int HD>
+__device__ __forceinline__ void attn_mma_load_v(const u16* vc, int kvd, int n, int i0, int g, int tq,
+                                                u32 (&vw)[4][HD / 16]) {
+    const uint4 z4 = make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int e = 0; e < 4; e++) {
         int i = i0 + 4 * tq + e;
@@ -1641,6 +1645,72 @@ __device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int 
             uint2 v = i < n ? *(const uint2*)src : make_uint2(0, 0);
             vw[e][0] = v.x;
             vw[e][1] = v.y;
+        }
+    }
+}
+template <int HD>
+__device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int kvd, int n, int i0, int g, int tq,
+                                              uint4 (&kr)[2][HD / 32], u32 (&vw)[4][HD / 16]) {
+    attn_mma_load_k<HD>(kc, kvd, n, i0, g, tq, kr);
+    attn_mma_load_v<HD>(vc, kvd, n, i0, g, tq, vw);
+}
+// The exponent ex that scales the block's staged query heads (group x HD) below 1 (2^-ex,
+// exact): from their largest magnitude, 0 where that is 0 or not finite.
+template <int HD>
+__device__ __forceinline__ int attn_q_exp(const AttnBlock& b, int lane) {
+    float qmax = 0.f;
+    for (int i = lane; i < b.group * HD; i += 32) qmax = fmaxf(qmax, fabsf(b.qs[i]));
+    qmax = warp_max(qmax);
+    int ex = 0;
+    if (qmax > 0.f && qmax < INFINITY) frexpf(qmax, &ex);
+    return ex;
+}
+// B of k-step kk of the scores: column g is query head g & 3 (qh; hi for g < 4, lo beyond),
+// scaled by 2^-ex, zeros where !qon.
+__device__ __forceinline__ void attn_q_frag(const float* qh, int kk, int g, int tq, int ex, bool qon, u32& b0,
+                                            u32& b1) {
+    int d0 = 32 * (kk >> 1) + 8 * tq + 4 * (kk & 1);
+    float x[4];
+#pragma unroll
+    for (int t = 0; t < 4; t++) x[t] = qon ? ldexpf(qh[d0 + t], -ex) : 0.f;
+    split4(x, g >= 4, b0, b1);
+}
+// k-step kk of the scores: the keys of positions g and g + 8 (k0, k1: attn_mma_load's pieces)
+// times B.
+__device__ __forceinline__ void attn_score_mma(float (&s)[4], const uint4& k0, const uint4& k1, int kk, u32 b0,
+                                               u32 b1) {
+    if (kk & 1)
+        mma_f16(s, k0.z, k1.z, k0.w, k1.w, b0, b1);
+    else
+        mma_f16(s, k0.x, k1.x, k0.y, k1.y, b0, b1);
+}
+// m-tile w of the weighted sum: the values (attn_mma_load's words) times the weights' B.
+template <int HD>
+__device__ __forceinline__ void attn_value_mma(float (&o)[4], const u32 (&vw)[4][HD / 16], int w, u32 p0, u32 p1) {
+    mma_f16(o, __byte_perm(vw[0][w], vw[1][w], 0x5410), __byte_perm(vw[0][w], vw[1][w], 0x7632),
+            __byte_perm(vw[2][w], vw[3][w], 0x5410), __byte_perm(vw[2][w], vw[3][w], 0x7632), p0, p1);
+}
+// A warp's weighted sums into acc: hi + lo columns added (o[w][j]: dim g * HD/8 + 2w + (j >> 1),
+// column 2 tq + (j & 1)), lanes tq < 2 storing query heads h0 = 2 tq and h0 + 1, scaled by f[0]
+// and f[1] where SCALE.
+template <int HD, bool SCALE>
+__device__ __forceinline__ void attn_acc_store(float* acc, int group, float (&o)[HD / 16][4], int warp, int g, int tq,
+                                               int h0, const float (&f)[2]) {
+#pragma unroll
+    for (int w = 0; w < HD / 16; w++)
+#pragma unroll
+        for (int t = 0; t < 4; t++) o[w][t] += __shfl_xor_sync(FULL, o[w][t], 2);
+    if (tq < 2) {
+#pragma unroll
+        for (int w = 0; w < HD / 16; w++) {
+            int d = g * (HD / 8) + 2 * w;
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                int h = h0 + t;
+                if (h < group)
+                    *(float2*)(acc + (warp * group + h) * HD + d) =
+                        SCALE ? make_float2(o[w][t] * f[t], o[w][t + 2] * f[t]) : make_float2(o[w][t], o[w][t + 2]);
+            }
         }
     }
 }
@@ -1675,26 +1745,13 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
     int hq = g & 3;
     bool qon = hq < group;
     const float* qh = b.qs + hq * HD;
-    float qmax = 0.f;
-    for (int i = lane; i < group * HD; i += 32) qmax = fmaxf(qmax, fabsf(b.qs[i]));
-    qmax = warp_max(qmax);
-    int ex = 0;
-    if (qmax > 0.f && qmax < INFINITY) frexpf(qmax, &ex);
+    int ex = attn_q_exp<HD>(b, lane);
     float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
-        int d0 = 32 * (kk >> 1) + 8 * tq + 4 * (kk & 1);
-        float x[4];
-#pragma unroll
-        for (int t = 0; t < 4; t++) x[t] = qon ? ldexpf(qh[d0 + t], -ex) : 0.f;
         u32 b0, b1;
-        split4(x, g >= 4, b0, b1);
-        const uint4& k0 = kr[0][kk >> 1];
-        const uint4& k1 = kr[1][kk >> 1];
-        if (kk & 1)
-            mma_f16(s, k0.z, k1.z, k0.w, k1.w, b0, b1);
-        else
-            mma_f16(s, k0.x, k1.x, k0.y, k1.y, b0, b1);
+        attn_q_frag(qh, kk, g, tq, ex, qon, b0, b1);
+        attn_score_mma(s, kr[0][kk >> 1], kr[1][kk >> 1], kk, b0, b1);
     }
     // s[j]: position i0 + g + 8 (j >> 1), column 2 tq + (j & 1); lanes tq < 2 add the lo
     // columns (lane tq + 2) to their hi ones.
@@ -1727,28 +1784,180 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
 #pragma unroll
     for (int w = 0; w < HD / 16; w++) {
         o[w][0] = o[w][1] = o[w][2] = o[w][3] = 0.f;
-        mma_f16(o[w], __byte_perm(vw[0][w], vw[1][w], 0x5410), __byte_perm(vw[0][w], vw[1][w], 0x7632),
-                __byte_perm(vw[2][w], vw[3][w], 0x5410), __byte_perm(vw[2][w], vw[3][w], 0x7632), p0, p1);
+        attn_value_mma<HD>(o[w], vw, w, p0, p1);
     }
-    // o[w][j]: dim g * HD/8 + 2w + (j >> 1), column 2 tq + (j & 1).
+    const float one[2] = {1.f, 1.f};
+    attn_acc_store<HD, false>(b.acc, group, o, warp, g, tq, 2 * tq, one);
+    __syncthreads();
+    attn_end(b, ml, 4, n_heads, n_kv, HD, part, maxchunks, counters, out, c, b.p / CHUNK + 1, kvh, r);
+}
+// Batched decode attention on the tensor cores, split over each row's chunks instead of one
+// block per chunk: block (s, kv head, row) of a grid of S splits takes chunks s C / ns .. (s + 1)
+// C / ns of the row's C (ns = min(C, S) splits hold any); its WARPS warps are WARPS / 4 groups of
+// four that take every (WARPS / 4)-th of those chunks, a warp its 16 positions of each, in one
+// pass with an online softmax per query head (running maximum m and sum l; the outputs rescaled
+// when m moves). A warp's next keys load into its key registers once the scores are formed, its
+// next values once the weighted sum is, so each chunk's bytes are in flight while the one before
+// is worked on, without a second set of registers (more blocks per SM). The warps' partials
+// merge in shared memory, the splits' through attn_end (partials, fence, counter). Fragments,
+// precision (hi + lo f16 halves of queries and weights) and masks as in attn_mma_body. Against
+// it, a row's S blocks replace its chunk blocks (a captured graph launches a power of two of
+// them, those past the row's position idle), a block's setup (position, queries, RoPE) serves
+// several chunks, and the partials to merge drop from C to ns. Dynamic shared memory as
+// attn_mma_body's for WARPS warps (the warps' weights on their way to B's layout use acc's
+// place).
+template <int HD, int WARPS>
+__device__ void attn_split_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                                int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
+                                const float* cosT, const float* sinT, int rope, u32* counters, float* out, int s,
+                                int kvh, int r) {
+    int p = pos[r];
+    int nchunks = p / CHUNK + 1, ns = min(nchunks, (int)gridDim.x);
+    if (s >= ns) return;
+    int c0 = s * nchunks / ns, c1 = (s + 1) * nchunks / ns;
+    int kvd = n_kv * HD;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int i0 = (warp & 3) * 16;  // the warp's 16 positions of each chunk
+    int cw = c0 + warp / 4;    // its first chunk; then every (WARPS / 4)-th
+    int sq = seq ? seq[r] : r;
+    const u16* kc = seq_cache<u16>(seqtab, sq, layer, 0, kvd, 0) + kvh * HD;
+    const u16* vc = seq_cache<u16>(seqtab, sq, layer, 1, kvd, 0) + kvh * HD;
+    auto at = [&](int c) { return (size_t)c * CHUNK * kvd; };
+    auto len = [&](int c) { return min(CHUNK, p + 1 - c * CHUNK); };
+    uint4 kr[2][HD / 32];
+    u32 vw[4][HD / 16];
+    // The first chunk's loads go out before the queries are staged unless it is the chunk whose
+    // key and value this block stores first (decode's own position, in the last split).
+    bool early = !(rope && cw == nchunks - 1);
+    if (early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    AttnBlock b;
+    attn_begin<u16>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh, r);
+    if (!early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    int group = b.group;
+    // B of the scores, as attn_mma_body's, once for all chunks.
+    int hq = g & 3;
+    bool qon = hq < group;
+    const float* qh = b.qs + hq * HD;
+    int ex = attn_q_exp<HD>(b, lane);
+    u32 qb[HD / 16][2];
 #pragma unroll
-    for (int w = 0; w < HD / 16; w++)
+    for (int kk = 0; kk < HD / 16; kk++) attn_q_frag(qh, kk, g, tq, ex, qon, qb[kk][0], qb[kk][1]);
+    // This lane's scores and outputs belong to query heads hl + (j & 1) (C column 2 tq + (j & 1),
+    // lo halves in columns 4..7).
+    int hl = 2 * (tq & 1);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float o[HD / 16][4];
 #pragma unroll
-        for (int t = 0; t < 4; t++) o[w][t] += __shfl_xor_sync(FULL, o[w][t], 2);
-    if (tq < 2) {
+    for (int w = 0; w < HD / 16; w++) o[w][0] = o[w][1] = o[w][2] = o[w][3] = 0.f;
+    float* ws = b.acc + 16 * warp;  // the warp's weights, [head][16 WARPS], until the partials
+    for (int c = cw; c < c1; c += WARPS / 4) {
+        int n = len(c), cn = c + WARPS / 4;
+        float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int w = 0; w < HD / 16; w++) {
-            int d = g * (HD / 8) + 2 * w;
+        for (int kk = 0; kk < HD / 16; kk++) attn_score_mma(sc, kr[0][kk >> 1], kr[1][kk >> 1], kk, qb[kk][0], qb[kk][1]);
+        if (cn < c1) attn_mma_load_k<HD>(kc + at(cn), kvd, len(cn), i0, g, tq, kr);
+        float mx[2];
 #pragma unroll
-            for (int t = 0; t < 2; t++) {
-                int h = 2 * tq + t;
-                if (h < group) *(float2*)(b.acc + (warp * group + h) * HD + d) = make_float2(o[w][t], o[w][t + 2]);
+        for (int t = 0; t < 4; t++) {
+            sc[t] += __shfl_xor_sync(FULL, sc[t], 2);
+            bool on = i0 + g + 8 * (t >> 1) < n && hl + (t & 1) < group;
+            sc[t] = on ? ldexpf(sc[t], ex) * scaling : -INFINITY;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            mx[h] = fmaxf(sc[h], sc[h + 2]);
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1) mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL, mx[h], off));
+        }
+        float alpha[2], ls[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float mn = fmaxf(m[h], mx[h]);
+            alpha[h] = mn == -INFINITY ? 1.f : expf(m[h] - mn);
+            m[h] = mn;
+        }
+#pragma unroll
+        for (int t = 0; t < 4; t++) sc[t] = sc[t] == -INFINITY ? 0.f : expf(sc[t] - m[t & 1]);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            ls[h] = sc[h] + sc[h + 2];
+#pragma unroll
+            for (int off = 4; off < 32; off <<= 1) ls[h] += __shfl_xor_sync(FULL, ls[h], off);
+            l[h] = l[h] * alpha[h] + ls[h];
+        }
+#pragma unroll
+        for (int w = 0; w < HD / 16; w++)
+#pragma unroll
+            for (int t = 0; t < 4; t++) o[w][t] *= alpha[t & 1];
+        __syncwarp();
+        if (tq < 2) {
+#pragma unroll
+            for (int t = 0; t < 4; t++) {
+                int h = hl + (t & 1);
+                if (h < group) ws[h * 16 * WARPS + g + 8 * (t >> 1)] = sc[t];
             }
         }
+        __syncwarp();
+        u32 p0 = 0, p1 = 0;
+        if (qon) {
+            float x[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) x[e] = ws[hq * 16 * WARPS + 4 * tq + e];
+            split4(x, g >= 4, p0, p1);
+        }
+#pragma unroll
+        for (int w = 0; w < HD / 16; w++) attn_value_mma<HD>(o[w], vw, w, p0, p1);
+        if (cn < c1) attn_mma_load_v<HD>(vc + at(cn), kvd, len(cn), i0, g, tq, vw);
+    }
+    // The warps' partials onto the block's maximum per head: (m, l) through shared memory, each
+    // warp's outputs scaled by e^(m_warp - m) into acc (every warp is past its weights after the
+    // barrier); then attn_end as for one chunk.
+    __shared__ float wml[WARPS][2][4], ml[2 * 4];
+    if (g == 0 && tq < 2) {
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            if (hl + h < group) wml[warp][0][hl + h] = m[h], wml[warp][1][hl + h] = l[h];
     }
     __syncthreads();
-    attn_end(b, ml, 4, n_heads, n_kv, HD, part, maxchunks, counters, out, c, kvh, r);
+    float f[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float mb = -INFINITY;
+        if (hl + h < group)
+            for (int w = 0; w < WARPS; w++) mb = fmaxf(mb, wml[w][0][hl + h]);
+        f[h] = m[h] == -INFINITY ? 0.f : expf(m[h] - mb);
+    }
+    attn_acc_store<HD, true>(b.acc, group, o, warp, g, tq, hl, f);
+    if (threadIdx.x < group) {
+        int h = threadIdx.x;
+        float mb = -INFINITY, lb = 0.f;
+        for (int w = 0; w < WARPS; w++) mb = fmaxf(mb, wml[w][0][h]);
+        for (int w = 0; w < WARPS; w++) {
+            float mw = wml[w][0][h];
+            lb += mw == -INFINITY ? 0.f : wml[w][1][h] * expf(mw - mb);
+        }
+        ml[2 * h] = mb;
+        ml[2 * h + 1] = lb;
+    }
+    __syncthreads();
+    attn_end(b, ml, WARPS, n_heads, n_kv, HD, part, maxchunks, counters, out, s, ns, kvh, r);
 }
+#define ATTN_SPLIT_ENTRY(NAME, HD, WARPS)                                                                          \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS)                                                     \
+        NAME(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh, \
+             int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,  \
+             int rope, u32* counters, float* out) {                                                            \
+        PDL_ENTRY();                                                                                           \
+        attn_split_body<HD, WARPS>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, \
+                                sinT, rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);                \
+    }
+ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8)
 #define ATTN_MMA_ENTRY(HD)                                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                                         \
         attn_mma_f16_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \

@@ -518,6 +518,9 @@ struct Kernels {
     /// The 128-thread attention on the tensor cores (`attn_mma_f16_h*`), where the cache, the
     /// head size and the device allow it (see [`attn_mma_kernel`]); it replaces `attn_part4`.
     attn_mma: Option<Kernel>,
+    /// Batched decode attention on the tensor cores split over each row's chunks
+    /// (`attn_split_f16_h*`; same conditions as `attn_mma`), and its splits per row.
+    attn_split: Option<AttnSplit>,
     /// Decode attention of up to [`ATTN_ONE_ROWS`] rows in thread-block clusters (`attn_one_*`,
     /// sm_90), where the
     /// cache, the query heads per kv head and the device allow it (see [`attn_one_kernel`]).
@@ -634,7 +637,8 @@ fn glu_mode(a: Activation) -> i32 {
 /// batch 64 +8%, pp512 +3% over the vector kernels: BENCHMARKS.md, session 11); without them,
 /// decode steps of under 32 rows take 256 (level at batch 16) and the rest 128 (+10% at batch
 /// 64; 256 lost 13% at pp512: v10, v11). On sm_90, decode steps of up to [`ATTN_ONE_ROWS`] rows
-/// take the 256-thread cluster kernel instead, whatever this says.
+/// take the 256-thread cluster kernel instead, whatever this says; the other decode steps of
+/// 128 take the split tensor-core kernel ([`AttnSplit`]) where it loaded.
 fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
     if decode && (rows == 1 || (rows < 32 && !mma)) {
         Kernel::WAVE_BLOCK
@@ -649,6 +653,86 @@ fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
     let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
     fits.then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
         .flatten()
+}
+
+/// The split tensor-core attention in blocks of `warps` warps (`attn_split{warps}_f16_h*`,
+/// sm_80+) and its dynamic shared memory: the same conditions as [`attn_mma_kernel`].
+fn attn_split_kernel(
+    gpu: &Gpu,
+    kv: KvType,
+    head_dim: usize,
+    group: usize,
+    warps: u32,
+) -> Option<(Kernel, u32)> {
+    let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
+    let k = gpu.optional_function(&format!("attn_split{warps}_f16_h{head_dim}"));
+    let smem = attn_smem_for(group, head_dim, 32 * warps) as u32;
+    k.filter(|_| fits).map(|k| (k, smem))
+}
+
+/// The split attention's splits per row, where a step's blocks would leave SMs idle, are at most
+/// the chunks it launches (a power of two in a captured graph: the rows' longest has more than
+/// half of them) over this.
+const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
+
+/// The split decode attention (blocks of 4 and of 8 warps) and how a step uses it.
+struct AttnSplit {
+    /// The kernels of 4 and 8 warps per block and their dynamic shared memory.
+    four: (Kernel, u32),
+    eight: (Kernel, u32),
+    /// Streaming multiprocessors and key/value heads: steps of at most one (row, kv head) per
+    /// SM take blocks of 8 warps.
+    sms: usize,
+    n_kv: usize,
+    /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=4|8`: N splits per row and blocks
+    /// of that many warps whatever the step (for measurements).
+    splits: Option<usize>,
+    warps: Option<u32>,
+}
+
+impl AttnSplit {
+    fn new(gpu: &Gpu, kv: KvType, c: &ModelConfig) -> Option<Self> {
+        let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        Some(AttnSplit {
+            four: attn_split_kernel(gpu, kv, hd, group, 4)?,
+            eight: attn_split_kernel(gpu, kv, hd, group, 8)?,
+            sms: gpu.sm_count() as usize,
+            n_kv: c.n_kv_heads,
+            splits: env("BITNET_CUDA_ATTN_SPLITS").filter(|&n| n > 0),
+            warps: env("BITNET_CUDA_ATTN_WARPS")
+                .filter(|w| matches!(w, 4 | 8))
+                .map(|w| w as u32),
+        })
+    }
+
+    /// The kernel, block size, shared memory and splits per row for a decode step of `rows`
+    /// rows that launches `chunks` chunks: blocks of 8 warps where each (row, kv head) can have
+    /// an SM to itself, else of 4 (three per SM); one split per row unless the blocks leave SMs
+    /// idle, and then at most one per [`ATTN_SPLIT_MIN_CHUNKS`] chunks (H200, BENCHMARKS.md
+    /// session 17: at depth 512 every split more lost at batch 10-64; at depth 2048, batch 4
+    /// gained 13% from 4 splits, batch 16 lost 12% from 2).
+    fn launch(&self, rows: usize, chunks: usize) -> (&Kernel, u32, u32, usize) {
+        let (warps, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
+        let warps = self.warps.unwrap_or(warps);
+        let (k, smem) = if warps == 8 { &self.eight } else { &self.four };
+        (k, 32 * warps, *smem, self.splits.unwrap_or(splits))
+    }
+}
+
+/// [`AttnSplit::launch`]'s warps per block and splits per row for `pairs` (row, kv head) pairs
+/// on `sms` SMs, rows of at most `chunks` chunks.
+fn split_shape(pairs: usize, sms: usize, chunks: usize) -> (u32, usize) {
+    let pairs = pairs.max(1);
+    let warps = if pairs <= sms { 8 } else { 4 };
+    (
+        warps,
+        (sms / pairs).min(chunks / ATTN_SPLIT_MIN_CHUNKS).max(1),
+    )
 }
 
 /// The cluster decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
@@ -945,6 +1029,9 @@ impl CudaModel {
         let mut k = load_kernels(&gpu, opts.kv).map_err(dev)?;
         if std::env::var("BITNET_CUDA_ATTN_MMA").map_or(true, |v| v != "0") {
             k.attn_mma = attn_mma_kernel(&gpu, opts.kv, c.head_dim, c.n_heads / c.n_kv_heads);
+        }
+        if std::env::var("BITNET_CUDA_ATTN_SPLIT").map_or(true, |v| v != "0") {
+            k.attn_split = AttnSplit::new(&gpu, opts.kv, &c);
         }
         if std::env::var("BITNET_CUDA_ATTN_ONE").map_or(true, |v| v != "0") {
             k.attn_one = attn_one_kernel(&gpu, opts.kv, c.head_dim, c.n_heads / c.n_kv_heads);
@@ -1527,8 +1614,9 @@ impl CudaModel {
                 (c.n_heads, c.n_kv_heads, c.head_dim),
             );
             let grid = (chunks as u32, c.n_kv_heads as u32, n as u32);
-            match (attn_block, &self.k.attn_mma, &self.k.attn_one) {
-                (_, _, Some(one)) if decode && n <= one.max_rows && chunks <= one.max_chunks => {
+            let k = &self.k;
+            match (attn_block, &k.attn_mma, &k.attn_one, &k.attn_split) {
+                (_, _, Some(one), _) if decode && n <= one.max_rows && chunks <= one.max_chunks => {
                     // The per-row table in place of seq and seqtab.
                     let mut args = args;
                     (args[3], args[4]) = (Arg::P(0), Arg::P(pb + 4 * P_ROWTAB as u64));
@@ -1537,8 +1625,15 @@ impl CudaModel {
                     self.gpu
                         .launch_with(k, grid, block, one.smem, &args, Attr::Cluster(cluster))?
                 }
-                (128, Some(mma), _) => self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?,
-                (128, None, _) => {
+                (128, _, _, Some(split)) if decode => {
+                    let (k, block, smem, splits) = split.launch(n, chunks);
+                    let grid = (splits as u32, grid.1, grid.2);
+                    self.gpu.launch(k, grid, block, smem, &args)?
+                }
+                (128, Some(mma), _, _) => {
+                    self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?
+                }
+                (128, None, _, _) => {
                     self.gpu
                         .launch(&self.k.attn_part4, grid, 128, attn_smem as u32, &args)?
                 }
@@ -2148,6 +2243,14 @@ pub enum AttentionKernel {
     /// The 256-thread cluster kernel of small decode steps (`attn_one_f16_g*`, sm_90), over
     /// every row of the case.
     Cluster,
+    /// The tensor-core kernel of batched decode split over each row's chunks
+    /// (`attn_split{warps}_f16_h*`).
+    Split {
+        /// Blocks (splits) per row and key/value head.
+        splits: usize,
+        /// Warps per block: 4 or 8.
+        warps: u32,
+    },
 }
 
 /// The attention output of every row of `case` (`n_heads * head_dim` each), by `kernel`
@@ -2170,19 +2273,25 @@ pub fn attention_forward(
         .max()
         .map_or(1, |p| p / CHUNK + 1);
     let unavailable = |what: &str| CudaError::Unavailable(format!("no {what} for this case"));
-    let (k, block, cluster) = match kernel {
-        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None),
+    let (k, block, cluster, smem) = match kernel {
+        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None, None),
         AttentionKernel::TensorCores => (
             attn_mma_kernel(gpu, KvType::F16, hd, group)
                 .ok_or_else(|| unavailable("tensor-core attention"))?,
             128,
+            None,
             None,
         ),
         AttentionKernel::Cluster => {
             let one = attn_one_kernel(gpu, KvType::F16, hd, group)
                 .filter(|one| chunks <= one.max_chunks)
                 .ok_or_else(|| unavailable("cluster attention"))?;
-            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32))
+            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32), None)
+        }
+        AttentionKernel::Split { warps, .. } => {
+            let (k, smem) = attn_split_kernel(gpu, KvType::F16, hd, group, warps)
+                .ok_or_else(|| unavailable("split attention"))?;
+            (k, 32 * warps, None, Some(smem))
         }
     };
     // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
@@ -2238,8 +2347,12 @@ pub fn attention_forward(
         },
         (case.n_heads, nkv, hd),
     );
-    let grid = (chunks as u32, nkv as u32, n as u32);
-    let smem = attn_smem_for(group, hd, block) as u32;
+    let blocks = match kernel {
+        AttentionKernel::Split { splits, .. } => splits.max(1),
+        _ => chunks,
+    };
+    let grid = (blocks as u32, nkv as u32, n as u32);
+    let smem = smem.unwrap_or(attn_smem_for(group, hd, block) as u32);
     match cluster {
         Some(c) => gpu.launch_with(&k, grid, block, smem, &args, Attr::Cluster(c))?,
         None => gpu.launch(&k, grid, block, smem, &args)?,
@@ -2407,6 +2520,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
         attn_mma: None,
+        attn_split: None,
         attn_one: None,
         head: gpu.function("head_f32")?,
         head_mma: None,
@@ -2581,6 +2695,19 @@ mod tests {
         assert!(codes.chunks(cols).all(|r| r[1..] == [0, 0]));
         let short = TernaryMatrix::new(12, cols, vec![0; 12 * cols], 1.0).unwrap();
         assert!(glu_interleave(&gate, &short).is_err());
+    }
+
+    #[test]
+    fn split_attention_takes_one_split_per_row_unless_sms_idle_over_long_rows() {
+        // 2B4T (5 kv heads) on 132 SMs: batch 64 and 32 in blocks of 4 warps, 16 and 4 of 8.
+        assert_eq!(split_shape(320, 132, 16), (4, 1));
+        assert_eq!(split_shape(160, 132, 64), (4, 1));
+        assert_eq!(split_shape(80, 132, 64), (8, 1));
+        // Batch 4: 4 splits at depth 2048 (33 chunks: 64 in a graph), 2 at 1,024, 1 below.
+        assert_eq!(split_shape(20, 132, 64), (8, 4));
+        assert_eq!(split_shape(20, 132, 32), (8, 2));
+        assert_eq!(split_shape(20, 132, 16), (8, 1));
+        assert_eq!(split_shape(0, 132, 1), (8, 1));
     }
 
     #[test]

@@ -441,8 +441,9 @@ fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<
     (out, scale)
 }
 
-/// The attention kernels (128-thread vector; tensor cores and the cluster kernel of small decode
-/// steps where the case and the device allow) against an f64 reference on random shapes: head
+/// The attention kernels (128-thread vector; tensor cores, the cluster kernel of small decode
+/// steps and the split kernel of batched decode, in 1, 3 and 16 splits of 4 and 8 warps, where the case and the
+/// device allow) against an f64 reference on random shapes: head
 /// sizes 16..128, 1-4 or 8 query heads per key/value head, several sequences of up to 300
 /// positions (several chunks: the merge; up to 1,000 in every fifth case: clusters of 9-16
 /// chunks), rows anywhere in them, and queries scaled by 1e-3..1e3 (the tensor-core kernel
@@ -452,7 +453,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(0xa77);
     use bitnet_cuda::AttentionKernel as K;
-    let (mut ran_mma, mut ran_cluster) = (0, 0);
+    let (mut ran_mma, mut ran_cluster, mut ran_split) = (0, 0, 0);
     for case_no in 0..40 {
         let hd = [16, 32, 64, 128][case_no % 4];
         let group = [1, 2, 3, 4, 8][(case_no / 4) % 5];
@@ -500,12 +501,34 @@ fn attention_kernels_equal_a_double_precision_reference() {
             rows: &rows,
         };
         let (want, magnitude) = attention_reference(&case);
-        for kernel in [K::Vector, K::TensorCores, K::Cluster] {
+        let kernels = [
+            K::Vector,
+            K::TensorCores,
+            K::Cluster,
+            K::Split {
+                splits: 1,
+                warps: 4,
+            },
+            K::Split {
+                splits: 3,
+                warps: 4,
+            },
+            K::Split {
+                splits: 1,
+                warps: 8,
+            },
+            K::Split {
+                splits: 16,
+                warps: 8,
+            },
+        ];
+        for kernel in kernels {
             let got = match bitnet_cuda::attention_forward(&gpu, &case, kernel) {
                 Ok(v) => v,
                 // Head sizes 32-128, up to 4 query heads per kv head.
                 Err(bitnet_cuda::CudaError::Unavailable(_))
-                    if kernel == K::TensorCores && (hd == 16 || group > 4) =>
+                    if matches!(kernel, K::TensorCores | K::Split { .. })
+                        && (hd == 16 || group > 4) =>
                 {
                     continue;
                 }
@@ -515,6 +538,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
             };
             ran_mma += (kernel == K::TensorCores) as usize;
             ran_cluster += (kernel == K::Cluster) as usize;
+            ran_split += matches!(kernel, K::Split { .. }) as usize;
             let mut worst = 0f64;
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 // f32 scores carry ~1e-7 of their terms' magnitude; outputs are averages of
@@ -535,6 +559,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
         }
     }
     assert!(ran_mma > 0, "the tensor-core kernel ran in no case");
+    assert!(ran_split > 0, "the split kernel ran in no case");
     if gpu
         .arch
         .trim_start_matches("sm_")
