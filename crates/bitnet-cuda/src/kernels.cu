@@ -1798,7 +1798,9 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
 // pass with an online softmax per query head (running maximum m and sum l; the outputs rescaled
 // when m moves). A warp's next keys load into its key registers once the scores are formed, its
 // next values once the weighted sum is, so each chunk's bytes are in flight while the one before
-// is worked on, without a second set of registers (more blocks per SM). The warps' partials
+// is worked on, without a second set of registers (more blocks per SM); AHEAD: the next chunk's
+// keys and values all load into a second set as each chunk starts (a longer distance, for steps
+// whose blocks fit two per SM anyway). The warps' partials
 // merge in shared memory, the splits' through attn_end (partials, fence, counter). Fragments,
 // precision (hi + lo f16 halves of queries and weights) and masks as in attn_mma_body. Against
 // it, a row's S blocks replace its chunk blocks (a captured graph launches a power of two of
@@ -1806,7 +1808,7 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
 // several chunks, and the partials to merge drop from C to ns. Dynamic shared memory as
 // attn_mma_body's for WARPS warps (the warps' weights on their way to B's layout use acc's
 // place).
-template <int HD, int WARPS>
+template <int HD, int WARPS, bool AHEAD>
 __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                                 int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
                                 const float* cosT, const float* sinT, int rope, u32* counters, float* out, int s,
@@ -1853,10 +1855,13 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     float* ws = b.acc + 16 * warp;  // the warp's weights, [head][16 WARPS], until the partials
     for (int c = cw; c < c1; c += WARPS / 4) {
         int n = len(c), cn = c + WARPS / 4;
+        uint4 nkr[2][HD / 32];
+        u32 nvw[4][HD / 16];
+        if (AHEAD && cn < c1) attn_mma_load<HD>(kc + at(cn), vc + at(cn), kvd, len(cn), i0, g, tq, nkr, nvw);
         float sc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) attn_score_mma(sc, kr[0][kk >> 1], kr[1][kk >> 1], kk, qb[kk][0], qb[kk][1]);
-        if (cn < c1) attn_mma_load_k<HD>(kc + at(cn), kvd, len(cn), i0, g, tq, kr);
+        if (!AHEAD && cn < c1) attn_mma_load_k<HD>(kc + at(cn), kvd, len(cn), i0, g, tq, kr);
         float mx[2];
 #pragma unroll
         for (int t = 0; t < 4; t++) {
@@ -1908,7 +1913,15 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
         }
 #pragma unroll
         for (int w = 0; w < HD / 16; w++) attn_value_mma<HD>(o[w], vw, w, p0, p1);
-        if (cn < c1) attn_mma_load_v<HD>(vc + at(cn), kvd, len(cn), i0, g, tq, vw);
+        if (!AHEAD && cn < c1) attn_mma_load_v<HD>(vc + at(cn), kvd, len(cn), i0, g, tq, vw);
+        if (AHEAD && cn < c1) {
+#pragma unroll
+            for (int j = 0; j < HD / 32; j++) kr[0][j] = nkr[0][j], kr[1][j] = nkr[1][j];
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+#pragma unroll
+                for (int w = 0; w < HD / 16; w++) vw[e][w] = nvw[e][w];
+        }
     }
     // The warps' partials onto the block's maximum per head: (m, l) through shared memory, each
     // warp's outputs scaled by e^(m_warp - m) into acc (every warp is past its weights after the
@@ -1943,21 +1956,25 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     __syncthreads();
     attn_end(b, ml, WARPS, n_heads, n_kv, HD, part, maxchunks, counters, out, s, ns, kvh, r);
 }
-#define ATTN_SPLIT_ENTRY(NAME, HD, WARPS)                                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS)                                                     \
+#define ATTN_SPLIT_ENTRY(NAME, HD, WARPS, AHEAD)                                                                \
+    extern "C" __global__ void __launch_bounds__(32 * WARPS)                                                  \
         NAME(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh, \
              int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,  \
              int rope, u32* counters, float* out) {                                                            \
         PDL_ENTRY();                                                                                           \
-        attn_split_body<HD, WARPS>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, \
-                                sinT, rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);                \
+        attn_split_body<HD, WARPS, AHEAD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part,         \
+                                          maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
+                                          blockIdx.z);                                                         \
     }
-ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4, false)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4, false)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4, false)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8, false)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8, false)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8, false)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h32, 32, 4, true)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h64, 64, 4, true)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true)
 #define ATTN_MMA_ENTRY(HD)                                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                                         \
         attn_mma_f16_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \

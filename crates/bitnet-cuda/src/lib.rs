@@ -21,9 +21,9 @@ pub mod pack;
 
 pub use device::{Gpu, Kernel, PdlScope, compile, device_count, driver_present, nvrtc_present};
 pub use model::{
-    AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, TOPK_MAX,
-    argmax_rows, attention_forward, head_logits, norm_linear_forward, norm_quant, ternary_forward,
-    top_k_rows,
+    AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, SplitBlock,
+    TOPK_MAX, argmax_rows, attention_forward, head_logits, norm_linear_forward, norm_quant,
+    ternary_forward, top_k_rows,
 };
 
 /// Element type of the KV cache on the GPU.

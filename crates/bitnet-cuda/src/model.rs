@@ -655,19 +655,46 @@ fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Opti
         .flatten()
 }
 
-/// The split tensor-core attention in blocks of `warps` warps (`attn_split{warps}_f16_h*`,
-/// sm_80+) and its dynamic shared memory: the same conditions as [`attn_mma_kernel`].
+/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_f16_h*`, sm_80+) and
+/// its dynamic shared memory: the same conditions as [`attn_mma_kernel`].
 fn attn_split_kernel(
     gpu: &Gpu,
     kv: KvType,
     head_dim: usize,
     group: usize,
-    warps: u32,
+    shape: SplitBlock,
 ) -> Option<(Kernel, u32)> {
     let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
-    let k = gpu.optional_function(&format!("attn_split{warps}_f16_h{head_dim}"));
-    let smem = attn_smem_for(group, head_dim, 32 * warps) as u32;
+    let name = match shape {
+        SplitBlock::Eight => "8",
+        SplitBlock::Four => "4",
+        SplitBlock::FourAhead => "4a",
+    };
+    let k = gpu.optional_function(&format!("attn_split{name}_f16_h{head_dim}"));
+    let smem = attn_smem_for(group, head_dim, shape.threads()) as u32;
     k.filter(|_| fits).map(|k| (k, smem))
+}
+
+/// The blocks of the split attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitBlock {
+    /// 8 warps, two chunks at a time (one block per SM at head size 128).
+    Eight,
+    /// 4 warps that load each chunk's keys and values into the registers the previous one
+    /// leaves (three blocks per SM at head size 128).
+    Four,
+    /// 4 warps with the next chunk's keys and values in a second set of registers (two per SM).
+    FourAhead,
+}
+
+impl SplitBlock {
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            SplitBlock::Eight => 256,
+            SplitBlock::Four | SplitBlock::FourAhead => 128,
+        }
+    }
 }
 
 /// The split attention's splits per row, where a step's blocks would leave SMs idle, are at most
@@ -675,64 +702,77 @@ fn attn_split_kernel(
 /// half of them) over this.
 const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
 
-/// The split decode attention (blocks of 4 and of 8 warps) and how a step uses it.
+/// The split decode attention (its three block shapes) and how a step uses it.
 struct AttnSplit {
-    /// The kernels of 4 and 8 warps per block and their dynamic shared memory.
-    four: (Kernel, u32),
+    /// The kernels and their dynamic shared memory, by [`SplitBlock`].
     eight: (Kernel, u32),
-    /// Streaming multiprocessors and key/value heads: steps of at most one (row, kv head) per
-    /// SM take blocks of 8 warps.
+    four: (Kernel, u32),
+    ahead: (Kernel, u32),
+    /// Streaming multiprocessors and key/value heads (see [`split_shape`]).
     sms: usize,
     n_kv: usize,
-    /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=4|8`: N splits per row and blocks
-    /// of that many warps whatever the step (for measurements).
+    /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=8|4|4a`: N splits per row and
+    /// that block shape whatever the step (for measurements).
     splits: Option<usize>,
-    warps: Option<u32>,
+    shape: Option<SplitBlock>,
 }
 
 impl AttnSplit {
     fn new(gpu: &Gpu, kv: KvType, c: &ModelConfig) -> Option<Self> {
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
-        let env = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-        };
+        let env = |name: &str| std::env::var(name).ok();
+        let kernel = |shape| attn_split_kernel(gpu, kv, hd, group, shape);
         Some(AttnSplit {
-            four: attn_split_kernel(gpu, kv, hd, group, 4)?,
-            eight: attn_split_kernel(gpu, kv, hd, group, 8)?,
+            eight: kernel(SplitBlock::Eight)?,
+            four: kernel(SplitBlock::Four)?,
+            ahead: kernel(SplitBlock::FourAhead)?,
             sms: gpu.sm_count() as usize,
             n_kv: c.n_kv_heads,
-            splits: env("BITNET_CUDA_ATTN_SPLITS").filter(|&n| n > 0),
-            warps: env("BITNET_CUDA_ATTN_WARPS")
-                .filter(|w| matches!(w, 4 | 8))
-                .map(|w| w as u32),
+            splits: env("BITNET_CUDA_ATTN_SPLITS")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
+            shape: env("BITNET_CUDA_ATTN_WARPS").and_then(|v| match v.as_str() {
+                "8" => Some(SplitBlock::Eight),
+                "4" => Some(SplitBlock::Four),
+                "4a" => Some(SplitBlock::FourAhead),
+                _ => None,
+            }),
         })
     }
 
     /// The kernel, block size, shared memory and splits per row for a decode step of `rows`
-    /// rows that launches `chunks` chunks: blocks of 8 warps where each (row, kv head) can have
-    /// an SM to itself, else of 4 (three per SM); one split per row unless the blocks leave SMs
-    /// idle, and then at most one per [`ATTN_SPLIT_MIN_CHUNKS`] chunks (H200, BENCHMARKS.md
-    /// session 17: at depth 512 every split more lost at batch 10-64; at depth 2048, batch 4
-    /// gained 13% from 4 splits, batch 16 lost 12% from 2).
+    /// rows that launches `chunks` chunks ([`split_shape`]).
     fn launch(&self, rows: usize, chunks: usize) -> (&Kernel, u32, u32, usize) {
-        let (warps, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
-        let warps = self.warps.unwrap_or(warps);
-        let (k, smem) = if warps == 8 { &self.eight } else { &self.four };
-        (k, 32 * warps, *smem, self.splits.unwrap_or(splits))
+        let (shape, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
+        let shape = self.shape.unwrap_or(shape);
+        let (k, smem) = match shape {
+            SplitBlock::Eight => &self.eight,
+            SplitBlock::Four => &self.four,
+            SplitBlock::FourAhead => &self.ahead,
+        };
+        (k, shape.threads(), *smem, self.splits.unwrap_or(splits))
     }
 }
 
-/// [`AttnSplit::launch`]'s warps per block and splits per row for `pairs` (row, kv head) pairs
-/// on `sms` SMs, rows of at most `chunks` chunks.
-fn split_shape(pairs: usize, sms: usize, chunks: usize) -> (u32, usize) {
+/// The split attention's block shape and splits per row for `pairs` (row, kv head) pairs on
+/// `sms` SMs, a step that launches `chunks` chunks: blocks of 8 warps where each pair can have an
+/// SM to itself, 4 warps with the next chunk in a second set of registers where two blocks per
+/// SM hold every pair, else 4 warps that reuse their registers (three per SM: one wave at batch
+/// 64 of 2B4T); one split per row unless the blocks leave SMs idle, and then at most one per
+/// [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every split
+/// more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16 lost 12%
+/// from 2.
+fn split_shape(pairs: usize, sms: usize, chunks: usize) -> (SplitBlock, usize) {
     let pairs = pairs.max(1);
-    let warps = if pairs <= sms { 8 } else { 4 };
-    (
-        warps,
-        (sms / pairs).min(chunks / ATTN_SPLIT_MIN_CHUNKS).max(1),
-    )
+    let shape = if pairs <= sms {
+        SplitBlock::Eight
+    } else if pairs <= 2 * sms {
+        SplitBlock::FourAhead
+    } else {
+        SplitBlock::Four
+    };
+    let splits = (sms / pairs).min(chunks / ATTN_SPLIT_MIN_CHUNKS).max(1);
+    (shape, splits)
 }
 
 /// The cluster decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
@@ -2244,12 +2284,12 @@ pub enum AttentionKernel {
     /// every row of the case.
     Cluster,
     /// The tensor-core kernel of batched decode split over each row's chunks
-    /// (`attn_split{warps}_f16_h*`).
+    /// (`attn_split{8,4,4a}_f16_h*`).
     Split {
         /// Blocks (splits) per row and key/value head.
         splits: usize,
-        /// Warps per block: 4 or 8.
-        warps: u32,
+        /// Their shape.
+        shape: SplitBlock,
     },
 }
 
@@ -2288,10 +2328,10 @@ pub fn attention_forward(
                 .ok_or_else(|| unavailable("cluster attention"))?;
             (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32), None)
         }
-        AttentionKernel::Split { warps, .. } => {
-            let (k, smem) = attn_split_kernel(gpu, KvType::F16, hd, group, warps)
+        AttentionKernel::Split { shape, .. } => {
+            let (k, smem) = attn_split_kernel(gpu, KvType::F16, hd, group, shape)
                 .ok_or_else(|| unavailable("split attention"))?;
-            (k, 32 * warps, None, Some(smem))
+            (k, shape.threads(), None, Some(smem))
         }
     };
     // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
@@ -2699,15 +2739,19 @@ mod tests {
 
     #[test]
     fn split_attention_takes_one_split_per_row_unless_sms_idle_over_long_rows() {
-        // 2B4T (5 kv heads) on 132 SMs: batch 64 and 32 in blocks of 4 warps, 16 and 4 of 8.
-        assert_eq!(split_shape(320, 132, 16), (4, 1));
-        assert_eq!(split_shape(160, 132, 64), (4, 1));
-        assert_eq!(split_shape(80, 132, 64), (8, 1));
+        use SplitBlock::*;
+        // 2B4T (5 kv heads) on 132 SMs: batch 64 in blocks of 4 warps (one wave of three per
+        // SM), 32 and 48 of 4 with a second set of registers, 24 and below of 8.
+        assert_eq!(split_shape(320, 132, 16), (Four, 1));
+        assert_eq!(split_shape(240, 132, 16), (FourAhead, 1));
+        assert_eq!(split_shape(160, 132, 64), (FourAhead, 1));
+        assert_eq!(split_shape(120, 132, 64), (Eight, 1));
+        assert_eq!(split_shape(80, 132, 64), (Eight, 1));
         // Batch 4: 4 splits at depth 2048 (33 chunks: 64 in a graph), 2 at 1,024, 1 below.
-        assert_eq!(split_shape(20, 132, 64), (8, 4));
-        assert_eq!(split_shape(20, 132, 32), (8, 2));
-        assert_eq!(split_shape(20, 132, 16), (8, 1));
-        assert_eq!(split_shape(0, 132, 1), (8, 1));
+        assert_eq!(split_shape(20, 132, 64), (Eight, 4));
+        assert_eq!(split_shape(20, 132, 32), (Eight, 2));
+        assert_eq!(split_shape(20, 132, 16), (Eight, 1));
+        assert_eq!(split_shape(0, 132, 1), (Eight, 1));
     }
 
     #[test]

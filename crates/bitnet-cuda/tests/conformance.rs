@@ -442,7 +442,7 @@ fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<
 }
 
 /// The attention kernels (128-thread vector; tensor cores, the cluster kernel of small decode
-/// steps and the split kernel of batched decode, in 1, 3 and 16 splits of 4 and 8 warps, where the case and the
+/// steps and the split kernel of batched decode in each block shape, in 1, 3 and 16 splits, where the case and the
 /// device allow) against an f64 reference on random shapes: head
 /// sizes 16..128, 1-4 or 8 query heads per key/value head, several sequences of up to 300
 /// positions (several chunks: the merge; up to 1,000 in every fifth case: clusters of 9-16
@@ -453,6 +453,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(0xa77);
     use bitnet_cuda::AttentionKernel as K;
+    use bitnet_cuda::SplitBlock as S;
     let (mut ran_mma, mut ran_cluster, mut ran_split) = (0, 0, 0);
     for case_no in 0..40 {
         let hd = [16, 32, 64, 128][case_no % 4];
@@ -507,19 +508,27 @@ fn attention_kernels_equal_a_double_precision_reference() {
             K::Cluster,
             K::Split {
                 splits: 1,
-                warps: 4,
+                shape: S::Four,
             },
             K::Split {
                 splits: 3,
-                warps: 4,
+                shape: S::Four,
             },
             K::Split {
                 splits: 1,
-                warps: 8,
+                shape: S::FourAhead,
+            },
+            K::Split {
+                splits: 3,
+                shape: S::FourAhead,
+            },
+            K::Split {
+                splits: 1,
+                shape: S::Eight,
             },
             K::Split {
                 splits: 16,
-                warps: 8,
+                shape: S::Eight,
             },
         ];
         for kernel in kernels {
