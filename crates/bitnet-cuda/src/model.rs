@@ -519,7 +519,7 @@ struct Kernels {
     /// head size and the device allow it (see [`attn_mma_kernel`]); it replaces `attn_part4`.
     attn_mma: Option<Kernel>,
     /// Batched decode attention on the tensor cores split over each row's chunks
-    /// (`attn_split_f16_h*`; same conditions as `attn_mma`), and its splits per row.
+    /// (`attn_split{8,4,4a}_f16_h*`; same conditions as `attn_mma`).
     attn_split: Option<AttnSplit>,
     /// Decode attention of up to [`ATTN_ONE_ROWS`] rows in thread-block clusters (`attn_one_*`,
     /// sm_90), where the
