@@ -647,32 +647,38 @@ fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
     }
 }
 
-/// The tensor-core attention for 128-thread blocks (`attn_mma_f16_h*`, sm_80+): an f16 cache,
-/// `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head; `None` otherwise.
+/// Whether the tensor-core attention kernels (`attn_mma_*`, `attn_split*`) take a model: an f16
+/// cache, `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head.
+fn tensor_core_attention(kv: KvType, head_dim: usize, group: usize) -> bool {
+    kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4
+}
+
+/// The tensor-core attention for 128-thread blocks (`attn_mma_f16_h*`, sm_80+), where
+/// [`tensor_core_attention`] allows it; `None` otherwise.
 fn attn_mma_kernel(gpu: &Gpu, kv: KvType, head_dim: usize, group: usize) -> Option<Kernel> {
-    let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
-    fits.then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
+    tensor_core_attention(kv, head_dim, group)
+        .then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
         .flatten()
 }
 
-/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_f16_h*`, sm_80+) and
-/// its dynamic shared memory: the same conditions as [`attn_mma_kernel`].
+/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_f16_h*`, sm_80+),
+/// where [`tensor_core_attention`] allows it; `None` otherwise. Its dynamic shared memory is
+/// `attn_mma`'s for blocks of `shape.threads()`.
 fn attn_split_kernel(
     gpu: &Gpu,
     kv: KvType,
     head_dim: usize,
     group: usize,
     shape: SplitBlock,
-) -> Option<(Kernel, u32)> {
-    let fits = kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4;
+) -> Option<Kernel> {
     let name = match shape {
         SplitBlock::Eight => "8",
         SplitBlock::Four => "4",
         SplitBlock::FourAhead => "4a",
     };
-    let k = gpu.optional_function(&format!("attn_split{name}_f16_h{head_dim}"));
-    let smem = attn_smem_for(group, head_dim, shape.threads()) as u32;
-    k.filter(|_| fits).map(|k| (k, smem))
+    tensor_core_attention(kv, head_dim, group)
+        .then(|| gpu.optional_function(&format!("attn_split{name}_f16_h{head_dim}")))
+        .flatten()
 }
 
 /// The blocks of the split attention.
@@ -721,7 +727,10 @@ impl AttnSplit {
     fn new(gpu: &Gpu, kv: KvType, c: &ModelConfig) -> Option<Self> {
         let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
         let env = |name: &str| std::env::var(name).ok();
-        let kernel = |shape| attn_split_kernel(gpu, kv, hd, group, shape);
+        let kernel = |shape: SplitBlock| {
+            let smem = attn_smem_for(group, hd, shape.threads()) as u32;
+            Some((attn_split_kernel(gpu, kv, hd, group, shape)?, smem))
+        };
         Some(AttnSplit {
             eight: kernel(SplitBlock::Eight)?,
             four: kernel(SplitBlock::Four)?,
@@ -1587,6 +1596,9 @@ impl CudaModel {
         );
         let attn_block = attn_block(decode, n, self.k.attn_mma.is_some());
         let attn_smem = attn_smem(c, attn_block);
+        let attn_split = (self.k.attn_split.as_ref())
+            .filter(|_| decode)
+            .map(|split| split.launch(n, chunks));
         let glu_mode = glu_mode(c.activation);
         if decode
             && n == 1
@@ -1655,7 +1667,7 @@ impl CudaModel {
             );
             let grid = (chunks as u32, c.n_kv_heads as u32, n as u32);
             let k = &self.k;
-            match (attn_block, &k.attn_mma, &k.attn_one, &k.attn_split) {
+            match (attn_block, &k.attn_mma, &k.attn_one, attn_split) {
                 (_, _, Some(one), _) if decode && n <= one.max_rows && chunks <= one.max_chunks => {
                     // The per-row table in place of seq and seqtab.
                     let mut args = args;
@@ -1665,8 +1677,7 @@ impl CudaModel {
                     self.gpu
                         .launch_with(k, grid, block, one.smem, &args, Attr::Cluster(cluster))?
                 }
-                (128, _, _, Some(split)) if decode => {
-                    let (k, block, smem, splits) = split.launch(n, chunks);
+                (128, _, _, Some((k, block, smem, splits))) => {
                     let grid = (splits as u32, grid.1, grid.2);
                     self.gpu.launch(k, grid, block, smem, &args)?
                 }
@@ -2313,26 +2324,26 @@ pub fn attention_forward(
         .max()
         .map_or(1, |p| p / CHUNK + 1);
     let unavailable = |what: &str| CudaError::Unavailable(format!("no {what} for this case"));
-    let (k, block, cluster, smem) = match kernel {
-        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None, None),
+    let (k, block, cluster) = match kernel {
+        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None),
         AttentionKernel::TensorCores => (
             attn_mma_kernel(gpu, KvType::F16, hd, group)
                 .ok_or_else(|| unavailable("tensor-core attention"))?,
             128,
-            None,
             None,
         ),
         AttentionKernel::Cluster => {
             let one = attn_one_kernel(gpu, KvType::F16, hd, group)
                 .filter(|one| chunks <= one.max_chunks)
                 .ok_or_else(|| unavailable("cluster attention"))?;
-            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32), None)
+            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32))
         }
-        AttentionKernel::Split { shape, .. } => {
-            let (k, smem) = attn_split_kernel(gpu, KvType::F16, hd, group, shape)
-                .ok_or_else(|| unavailable("split attention"))?;
-            (k, shape.threads(), None, Some(smem))
-        }
+        AttentionKernel::Split { shape, .. } => (
+            attn_split_kernel(gpu, KvType::F16, hd, group, shape)
+                .ok_or_else(|| unavailable("split attention"))?,
+            shape.threads(),
+            None,
+        ),
     };
     // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
     let mut caches = Vec::with_capacity(case.caches.len());
@@ -2392,7 +2403,7 @@ pub fn attention_forward(
         _ => chunks,
     };
     let grid = (blocks as u32, nkv as u32, n as u32);
-    let smem = smem.unwrap_or(attn_smem_for(group, hd, block) as u32);
+    let smem = attn_smem_for(group, hd, block) as u32;
     match cluster {
         Some(c) => gpu.launch_with(&k, grid, block, smem, &args, Attr::Cluster(c))?,
         None => gpu.launch(&k, grid, block, smem, &args)?,
