@@ -375,6 +375,33 @@ __device__ __forceinline__ void cp_async_commit() {
 #endif
 }
 
+// Thread-block clusters (sm_90): a barrier of every thread of the cluster (writes to shared
+// memory before it are visible to every block after it), and a load from the shared memory of
+// block `rank` of the cluster at the place of `p` in this block's.
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+// The same barrier without ordering memory (no fence): for a block that has nothing to publish,
+// or whose loads from the others have all returned.
+__device__ __forceinline__ void cluster_sync_relaxed() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ float cluster_load(const float* p, int rank) {
+#if __CUDA_ARCH__ >= 900
+    u32 a = (u32)__cvta_generic_to_shared(p), ra;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+    return v;
+#else
+    return p[0];
+#endif
+}
+
 // Batch 1..4 with dp4a (CUDA cores): each weight register is used for every token. Each warp
 // issues up to four 16-byte weight loads before using any, to keep enough bytes in flight.
 template <int MAXT>
@@ -931,6 +958,20 @@ MMA_ENTRY(4, 2)
 // (two tokens, four 32-byte pieces each) on distinct banks.
 #define MMA_WARPS 4
 #define MMA_XROW 144
+// One strip's products with TILES tiles of 8 tokens whose codes sit in shared memory at `xs`
+// (this lane's first piece of token tile 0), MMA_XROW bytes per token.
+template <int TILES>
+__device__ __forceinline__ void mma_tiles_smem(int (&acc)[TILES][4], const u32 (&a)[4][4], const i8* xs) {
+#pragma unroll
+    for (int n = 0; n < TILES; n++) {
+        const uint4* xp = (const uint4*)(xs + n * 8 * MMA_XROW);
+        uint4 x0 = xp[0], x1 = xp[1];
+        u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+        for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[n], a[kb], xk[kb * 2], xk[kb * 2 + 1]);
+    }
+}
+
 #define MMA_STAGE_BYTES(TILES, KS) ((KS) * (MMA_WARPS * 512 + (TILES) * 8 * MMA_XROW))
 template <int TILES, int KS, int STAGES>
 __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows,
@@ -999,15 +1040,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
             const unsigned char* sm = mma_smem + st * SB;
             u32 a[4][4];
             unpack_a(*(const uint4*)(sm + wofs), a);
-            const i8* xs = (const i8*)(sm + XB) + (ks * TILES * 8 + g) * MMA_XROW + tq * 32;
-#pragma unroll
-            for (int n = 0; n < TILES; n++) {
-                const uint4* xp = (const uint4*)(xs + n * 8 * MMA_XROW);
-                uint4 x0 = xp[0], x1 = xp[1];
-                u32 xk[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-#pragma unroll
-                for (int kb = 0; kb < 4; kb++) mma_u8s8(acc[n], a[kb], xk[kb * 2], xk[kb * 2 + 1]);
-            }
+            mma_tiles_smem<TILES>(acc, a, (const i8*)(sm + XB) + (ks * TILES * 8 + g) * MMA_XROW + tq * 32);
         }
     }
     // Every warp's sums into shared memory as [ks][token][row] (rows RP ints apart: the C
@@ -1074,6 +1107,194 @@ MMA_RING_ENTRIES(1)
 MMA_RING_ENTRIES(2)
 MMA_RING_ENTRIES(4)
 
+#endif
+
+#if __CUDA_ARCH__ >= 900
+// Batched products as tiles of 8 * TILES tokens x 16 * TW rows (sm_90): each of the TW warps
+// takes one strip for all the tile's tokens (blockIdx.y picks the tile), so each weight
+// fragment serves every token; the block's share of the 128-column groups goes through a
+// ring of TILE_STAGES stages (a group's weights and the tile's activation codes, by cp.async,
+// the first stages' weights before the wait on the previous kernel), so the block reads the
+// codes from L2 once per 128 rows (`ternary_mma_*`: once per 32 rows and 32 tokens). The blocks
+// of one row tile may split its groups (`splits`, the host's choice, at most 8): they are then
+// one thread-block cluster, and their integer sums (exact in any order) meet through
+// distributed shared memory, each block finishing a share of the tile's tokens. The tiles'
+// products are unrolled without run-time conditions, so that the independent mma chains
+// interleave (a run-time check per token tile serialized each tile's chain of four dependent
+// mma: 2.5x slower at batch 64). Decode steps of 9-32 rows take them (BENCHMARKS.md, session 18).
+#define TILE_WARPS 8
+#define TILE_STAGES 4
+// The sum of the int at `p` in the shared memory of each of the cluster's `splits` blocks (at
+// most 8; its own where there is one), every load issued before the first add.
+__device__ __forceinline__ int tile_sum(const int* p, int splits) {
+    if (splits == 1) return *p;
+    int v[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) v[q] = q < splits ? __float_as_int(cluster_load((const float*)p, q)) : 0;
+    int sum = 0;
+#pragma unroll
+    for (int q = 0; q < 8; q++) sum += v[q];
+    return sum;
+}
+#define TILE_STAGE_BYTES(RB, TILES) ((RB) * 32 + (TILES) * 8 * MMA_XROW)
+template <int TW, int TILES>
+__device__ void mma_tile_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                              const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                              const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
+                              int glu, int splits) {
+    extern __shared__ __align__(16) unsigned char tile_smem[];
+    // Stage: weights uint4 [TW strips][32 lanes], then activation codes [tokens][MMA_XROW].
+    constexpr int RB = TW * 16, SB = TILE_STAGE_BYTES(RB, TILES), XB = RB * 32, NT = TW * 32;
+    u32 base = (u32)__cvta_generic_to_shared(tile_smem);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, tq = lane & 3;
+    int rank = splits > 1 ? (int)(blockIdx.x % splits) : 0, tile = blockIdx.x / splits;
+    int per = (kgroups + splits - 1) / splits, q0 = rank * per, nq = max(0, min(per, kgroups - q0));
+    int strips = (rows + 15) / 16, strip = tile * TW + warp;
+    // This thread's weights: strip `strip`, lane `lane`, from group q0 on.
+    const uint4* w0 = W + ((size_t)strip * kgroups + q0) * 32 + lane;
+    u32 wdst = base + warp * 512 + lane * 16;
+    // Its activation pieces (token t, 16 bytes c) of every stage; tokens past T are not copied
+    // (their columns of the sums are never stored).
+    constexpr int NX = (TILES * 64 + NT - 1) / NT;
+    const i8* xsrc[NX];
+    u32 xdst[NX];
+    bool xon[NX];
+#pragma unroll
+    for (int k = 0; k < NX; k++) {
+        int i = threadIdx.x + k * NT, t = i >> 3, c = i & 7;
+        xon[k] = i < TILES * 64 && t < T;
+        xsrc[k] = codes + (size_t)t * kpad + q0 * 128 + c * 16;
+        xdst[k] = base + XB + t * MMA_XROW + c * 16;
+    }
+    auto copy_w = [&](int s, int st) {
+        if (strip < strips) cp_async16_s(wdst + st * SB, w0 + (size_t)s * 32);
+    };
+    auto copy_x = [&](int s, int st) {
+#pragma unroll
+        for (int k = 0; k < NX; k++)
+            if (xon[k]) cp_async16_s(xdst[k] + st * SB, xsrc[k] + s * 128);
+    };
+    // The weights do not depend on the previous kernel: their first stages and the scales of
+    // the row this thread finishes (`glu`: the gate row k = x % 64 and its up row) go before
+    // the wait.
+#pragma unroll
+    for (int s = 0; s < TILE_STAGES - 1; s++)
+        if (s < nq) copy_w(s, s);
+    constexpr int WIDTH = RB / 2;  // with `glu`; else RB
+    int width = glu ? WIDTH : RB, k = threadIdx.x % width;
+    int rl = glu ? (k >> 3) * 16 + (k & 7) : k, row = tile * RB + rl;
+    float ws = row < rows ? wscale[row] : 0.f, wsu = glu && row + 8 < rows ? wscale[row + 8] : 0.f;
+    PDL_WAIT();
+    PDL_START();
+    __shared__ int s_sum[TILES * 8];
+    __shared__ float s_scale[TILES * 8];
+    if (threadIdx.x < T) {
+        s_sum[threadIdx.x] = xsum[threadIdx.x];
+        s_scale[threadIdx.x] = xscale[threadIdx.x];
+    }
+#pragma unroll
+    for (int s = 0; s < TILE_STAGES - 1; s++) {
+        if (s < nq) copy_x(s, s);
+        cp_async_commit();
+    }
+    int acc[TILES][4];
+#pragma unroll
+    for (int n = 0; n < TILES; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0;
+    for (int i = 0; i < nq; i++) {
+        int st = i % TILE_STAGES;
+        cp_async_wait<TILE_STAGES - 2>();
+        __syncthreads();  // stage i landed for every thread; every warp is done with stage i - 1
+        int ni = i + TILE_STAGES - 1;
+        if (ni < nq) {
+            copy_w(ni, ni % TILE_STAGES);
+            copy_x(ni, ni % TILE_STAGES);
+        }
+        cp_async_commit();  // possibly empty: the group count stays in step with i
+        const unsigned char* sm = tile_smem + st * SB;
+        u32 a[4][4];
+        unpack_a(*(const uint4*)(sm + warp * 512 + lane * 16), a);
+        mma_tiles_smem<TILES>(acc, a, (const i8*)(sm + XB) + g * MMA_XROW + tq * 32);
+    }
+    // The sums into shared memory as [token][row] (rows RP ints apart: the C fragment's lanes
+    // land on distinct banks), once every copy has landed and every warp is done with the ring.
+    constexpr int RP = RB + 4;
+    int* red = (int*)tile_smem;
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int n = 0; n < TILES; n++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[(n * 8 + 2 * tq + (j & 1)) * RP + warp * 16 + g + 8 * (j >> 1)] = acc[n][j];
+    // The tile's outputs: thread x takes row k = x % RB of the tile (with `glu`, the gate row of
+    // k = x % (RB / 2), each strip's first 8, and its up row's sums), every (NT / width)-th token
+    // from x / width on, the cluster's blocks contiguous shares of the tokens, four tokens at a
+    // time with every load issued before any is used (one round trip per output made the first
+    // version 2x slower than `ternary_mma_*`); the first four's residual values (where the
+    // outputs are added) are requested before the barrier.
+    constexpr int U = 4;
+    int ts = (T + splits - 1) / splits, te = min(T, rank * ts + ts), step = NT / width;
+    int tb = rank * ts + threadIdx.x / width;
+    bool live = row < rows, add = accumulate && !glu;
+    float prev[U];
+    auto load_prev = [&](int t0) {
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            int t = t0 + j * step;
+            if (add && live && t < te) prev[j] = out[(size_t)t * out_stride + row];
+        }
+    };
+    load_prev(tb);
+    if (splits > 1)
+        cluster_sync();
+    else
+        __syncthreads();
+    if (live) {
+        for (int t0 = tb; t0 < te; t0 += U * step) {
+            if (t0 != tb) load_prev(t0);
+            int v[U], u[U];
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                int t = t0 + j * step;
+                if (t < te) {
+                    v[j] = tile_sum(red + t * RP + rl, splits);
+                    if (glu) u[j] = tile_sum(red + t * RP + rl + 8, splits);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < U; j++) {
+                int t = t0 + j * step;
+                if (t >= te) continue;
+                // out_value's and store_glu's arithmetic, bit for bit.
+                float y = (float)(v[j] - s_sum[t]) / s_scale[t] * ws;
+                if (glu) {
+                    float up = (float)(u[j] - s_sum[t]) / s_scale[t] * wsu;
+                    out[(size_t)t * out_stride + (row >> 4) * 8 + (row & 15)] = glu_act(y, glu) * up;
+                } else {
+                    out[(size_t)t * out_stride + row] = add ? prev[j] + y : y;
+                }
+            }
+        }
+    }
+    // Every block's shared memory stays until the others have read it.
+    if (splits > 1) cluster_sync_relaxed();
+}
+// 8 warps of one strip each (4 warps of two strips, whose activation fragments serve twice the
+// rows, ran 2-6% slower at batch 16-32: BENCHMARKS.md, session 18).
+#define MMA_TILE_ENTRY(TILES)                                                                                \
+    extern "C" __global__ void __launch_bounds__(TILE_WARPS * 32)                                           \
+        ternary_mma_tile_##TILES(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, \
+                                 int kpad, const float* xscale, const int* xsum, int T, float* out,           \
+                                 int out_stride, int accumulate, int glu, int splits) {                      \
+        int t0 = blockIdx.y * TILES * 8;                                                                    \
+        mma_tile_body<TILE_WARPS, TILES>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad,       \
+                                            xscale + t0, xsum + t0, min(T - t0, TILES * 8),                 \
+                                            out + (size_t)t0 * out_stride, out_stride, accumulate, glu,     \
+                                            splits);                                                        \
+    }
+MMA_TILE_ENTRY(2)
+MMA_TILE_ENTRY(4)
+MMA_TILE_ENTRY(8)
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -1332,33 +1553,6 @@ __device__ void attn_end(const AttnBlock& b, const float* ml, int nw, int n_head
                        [&](int k) { return __ldcg(base + k * (hd + 2) + hd + 1); },
                        [&](int k) { return __ldcg(base + k * (hd + 2) + ee); });
     }
-}
-
-// Thread-block clusters (sm_90): a barrier of every thread of the cluster (writes to shared
-// memory before it are visible to every block after it), and a load from the shared memory of
-// block `rank` of the cluster at the place of `p` in this block's.
-__device__ __forceinline__ void cluster_sync() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-// The same barrier without ordering memory (no fence): for a block that has nothing to publish,
-// or whose loads from the others have all returned.
-__device__ __forceinline__ void cluster_sync_relaxed() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ float cluster_load(const float* p, int rank) {
-#if __CUDA_ARCH__ >= 900
-    u32 a = (u32)__cvta_generic_to_shared(p), ra;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
-    return v;
-#else
-    return p[0];
-#endif
 }
 
 // attn_end for a cluster of one block per chunk (block c of the cluster holds chunk c): each

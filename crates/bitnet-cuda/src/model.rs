@@ -511,6 +511,8 @@ struct Kernels {
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
+    /// `ternary_mma_tile_w*` (sm_90): batched decode steps' products.
+    mma_tile: Option<MmaTile>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
@@ -2006,6 +2008,98 @@ fn launch_norm_quant(gpu: &Gpu, k: &ByWidth, a: &NormQuant) -> Result<(), CudaEr
     )
 }
 
+/// The tiled tensor-core products (`ternary_mma_tile_{2,4,8}`, sm_90): blocks of 8 warps, 16
+/// rows per warp, tiles of 16, 32 or 64 tokens, the blocks of a row tile splitting its
+/// 128-column groups in a thread-block cluster ([`tile_splits`]).
+struct MmaTile {
+    /// By tokens per tile: 16, 32, 64.
+    variants: [TileKernel; 3],
+    /// `BITNET_CUDA_MMA_TILE=0|1`: off, or on for every batched product (default: on for steps
+    /// of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows).
+    on: Option<bool>,
+    /// `BITNET_CUDA_MMA_TILE_SPLITS=N`: N splits per row tile (at most 8) whatever the product.
+    splits: Option<u32>,
+}
+
+/// One of [`MmaTile`]'s kernels and its launch shape.
+struct TileKernel {
+    k: Kernel,
+    /// Tokens per tile (grid y).
+    tokens: u32,
+    smem: usize,
+    /// Blocks that run at once on the whole GPU.
+    slots: u32,
+}
+
+/// Threads per block of the tiled products (`TILE_WARPS` = 8 in the kernels).
+const TILE_THREADS: u32 = 256;
+/// Strips of 16 rows per block of the tiled products (one per warp).
+const TILE_STRIPS: u32 = 8;
+/// The most blocks that split a row tile (`tile_sum` in the kernels; a portable cluster).
+const TILE_MAX_SPLITS: u32 = 8;
+/// Rows of a decode step from which the tiled products take the batched products (below, the
+/// kernels of 8-token tiles).
+const TILE_MIN_ROWS: usize = 9;
+/// Rows of a step up to which they take them: H200, BENCHMARKS.md session 18, +2-5% at batch
+/// 16-32, level at 48, -5% at 64.
+const TILE_MAX_ROWS: usize = 32;
+
+/// Dynamic shared memory of a tiled product block for `tokens` tokens: its ring (`TILE_STAGES`
+/// = 4 stages of a group's weights, 32 bytes per row, and the tokens' codes in 144-byte rows),
+/// or the integer sums of its outputs (rows 4 ints apart), whichever is larger.
+fn tile_smem(tokens: usize) -> usize {
+    let rows = 16 * TILE_STRIPS as usize;
+    (4 * (rows * 32 + tokens * 144)).max(tokens * (rows + 4) * 4)
+}
+
+/// How many blocks split each row tile's `kgroups` 128-column groups, for `tiles` row tiles
+/// (times token tiles) and `slots` resident blocks: as many as the resident blocks allow, at
+/// most [`TILE_MAX_SPLITS`], and no split without groups.
+fn tile_splits(tiles: u32, kgroups: u32, slots: u32) -> u32 {
+    let kgroups = kgroups.max(1);
+    let s = (slots / tiles.max(1))
+        .clamp(1, TILE_MAX_SPLITS)
+        .min(kgroups);
+    kgroups.div_ceil(kgroups.div_ceil(s))
+}
+
+impl MmaTile {
+    fn load(gpu: &Gpu) -> Option<Self> {
+        let kernel = |tokens: u32| {
+            let k = gpu.optional_function(&format!("ternary_mma_tile_{}", tokens / 8))?;
+            let smem = tile_smem(tokens as usize);
+            k.allow_smem(smem).ok()?;
+            let slots = k.resident(gpu, TILE_THREADS, smem);
+            let clusters = k.cluster_limit(gpu, TILE_THREADS, smem) >= TILE_MAX_SPLITS;
+            (slots > 0 && clusters).then_some(TileKernel {
+                k,
+                tokens,
+                smem,
+                slots,
+            })
+        };
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        Some(MmaTile {
+            variants: [kernel(16)?, kernel(32)?, kernel(64)?],
+            on: env("BITNET_CUDA_MMA_TILE").map(|v| v != 0),
+            splits: env("BITNET_CUDA_MMA_TILE_SPLITS")
+                .filter(|&n| (1..=TILE_MAX_SPLITS).contains(&n)),
+        })
+    }
+
+    /// The kernel for `t` tokens where `forced` or the environment asks for it, else for
+    /// [`TILE_MIN_ROWS`]..=[`TILE_MAX_ROWS`] tokens: the smallest tile that holds them, 64
+    /// tokens beyond.
+    fn pick(&self, t: usize, forced: bool) -> Option<&TileKernel> {
+        let on = forced
+            || self
+                .on
+                .unwrap_or((TILE_MIN_ROWS..=TILE_MAX_ROWS).contains(&t));
+        let v = &self.variants;
+        on.then(|| v.iter().find(|k| t <= k.tokens as usize).unwrap_or(&v[2]))
+    }
+}
+
 /// Which ternary kernel runs a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearPath {
@@ -2020,6 +2114,9 @@ pub enum LinearPath {
     /// Tensor cores only, `ternary_mma_ring_*` with this many warps per strip (1, 2 or 4)
     /// whatever the grid.
     MmaRing(u32),
+    /// Tensor cores only, `ternary_mma_tile_*` with this many blocks per row tile (1..=8; 0 for
+    /// the model's choice), where the device has it (sm_90; else as `Mma`).
+    MmaTile(u32),
 }
 
 /// The attention chunks a captured decode step launches for steps that need `needed`: the
@@ -2086,6 +2183,43 @@ fn launch_linear(
             None => (None, left.min(4)),
         };
         let args = linear_args(gpu, w, io, (t0, n), glu);
+        let tile = match (path, &k.mma_tile) {
+            (LinearPath::MmaTile(splits), Some(tk)) => tk
+                .pick(n, true)
+                .map(|f| (f, Some(splits).filter(|&s| s > 0))),
+            (LinearPath::Mma | LinearPath::Auto, Some(tk)) if m.is_some() => {
+                tk.pick(n, false).map(|f| (f, tk.splits))
+            }
+            _ => None,
+        };
+        if let Some((f, splits)) = tile {
+            // Every token in one launch, token tiles along y.
+            let tiles = (
+                strips.div_ceil(TILE_STRIPS),
+                n.div_ceil(f.tokens as usize) as u32,
+            );
+            let s = splits
+                .unwrap_or_else(|| tile_splits(tiles.0 * tiles.1, w.kgroups as u32, f.slots))
+                .min(w.kgroups.max(1) as u32)
+                .min(TILE_MAX_SPLITS);
+            let mut a = args.to_vec();
+            a.push(Arg::I(s as i32));
+            let grid = (tiles.0 * s, tiles.1, 1);
+            if s > 1 {
+                gpu.launch_with(
+                    &f.k,
+                    grid,
+                    TILE_THREADS,
+                    f.smem as u32,
+                    &a,
+                    Attr::Cluster(s),
+                )?;
+            } else {
+                gpu.launch(&f.k, grid, TILE_THREADS, f.smem as u32, &a)?;
+            }
+            t0 += n;
+            continue;
+        }
         let Some(m) = m else {
             gpu.launch(&k.gemv, (strips, 1, 1), 256, 0, &args)?;
             t0 += n;
@@ -2100,7 +2234,9 @@ fn launch_linear(
         let ring = k.mma_ring.as_ref().map(|r| &r[tiles_index(n)]);
         match (path, ring) {
             (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
-            (LinearPath::Mma | LinearPath::Auto, Some(_)) if direct.0 * tiles <= m.wave(gpu) => {
+            (LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_), Some(_))
+                if direct.0 * tiles <= m.wave(gpu) =>
+            {
                 gpu.launch(m, direct, 256, 0, &args)?
             }
             (_, Some(r)) => {
@@ -2567,6 +2703,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?.allow_smem(GEMV_STAGE_MAX),
         mma,
         mma_ring,
+        mma_tile: MmaTile::load(gpu),
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,
@@ -2782,6 +2919,25 @@ mod tests {
         assert_eq!(ring_smem(4, 4), 6 * 4 * (2048 + 32 * 144));
         assert_eq!(ring_smem(1, 1), 4 * (2048 + 8 * 144));
         assert!(ring_smem(4, 4) <= 163 * 1024);
+    }
+
+    #[test]
+    fn tiled_products_fill_the_gpu_with_splits_of_whole_groups() {
+        // The ring's stages, or the sums of the tokens x 128 rows, whichever is larger.
+        assert_eq!(tile_smem(64), 4 * (4096 + 64 * 144));
+        assert_eq!(tile_smem(16), 4 * (4096 + 16 * 144));
+        for t in [16, 32, 64] {
+            assert!(tile_smem(t) >= t * 132 * 4);
+        }
+        // 2B4T's products with 264 resident blocks: qkv (30 row tiles, 20 groups) 7 splits of 3
+        // groups; gate/up (108 tiles) 2 of 10; down (20 tiles, 54 groups) 8 of 7.
+        assert_eq!(tile_splits(30, 20, 264), 7);
+        assert_eq!(tile_splits(108, 20, 264), 2);
+        assert_eq!(tile_splits(20, 54, 264), 8);
+        // More tiles than slots: one block per tile; never more splits than groups.
+        assert_eq!(tile_splits(400, 20, 264), 1);
+        assert_eq!(tile_splits(1, 3, 264), 3);
+        assert_eq!(tile_splits(0, 0, 264), 1);
     }
 
     #[test]

@@ -82,6 +82,10 @@ fn ternary_kernels_equal_the_scalar_reference() {
             LinearPath::MmaRing(1),
             LinearPath::MmaRing(2),
             LinearPath::MmaRing(4),
+            LinearPath::MmaTile(0),
+            LinearPath::MmaTile(1),
+            LinearPath::MmaTile(3),
+            LinearPath::MmaTile(8),
         ] {
             let (got, _) = bitnet_cuda::ternary_forward(&gpu, &w, &x, path, 0).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
