@@ -511,7 +511,7 @@ struct Kernels {
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
-    /// `ternary_mma_tile_w*` (sm_90): batched decode steps' products.
+    /// `ternary_mma_tile_*` (sm_90): products of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows.
     mma_tile: Option<MmaTile>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
