@@ -431,7 +431,7 @@ impl Gpu {
     /// once: the driver refuses a grid larger than one wave instead of letting grid-wide
     /// barriers deadlock) or [`Attr::Cluster`] (`grid.0` a multiple of the cluster; more than 8
     /// blocks only after [`Kernel::cluster_limit`] allowed it).
-    pub fn launch_with(
+    pub(crate) fn launch_with(
         &self,
         k: &Kernel,
         grid: (u32, u32, u32),
