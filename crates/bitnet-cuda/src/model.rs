@@ -673,29 +673,37 @@ fn attn_split_kernel(
     group: usize,
     shape: SplitBlock,
 ) -> Option<Kernel> {
-    let name = match shape {
-        SplitBlock::Eight => "8",
-        SplitBlock::Four => "4",
-        SplitBlock::FourAhead => "4a",
-    };
+    let name = format!("attn_split{}_f16_h{head_dim}", shape.suffix());
     tensor_core_attention(kv, head_dim, group)
-        .then(|| gpu.optional_function(&format!("attn_split{name}_f16_h{head_dim}")))
+        .then(|| gpu.optional_function(&name))
         .flatten()
 }
 
-/// The blocks of the split attention.
+/// The blocks of the split attention (the discriminant is the index in `SplitBlock::ALL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SplitBlock {
     /// 8 warps, two chunks at a time (one block per SM at head size 128).
-    Eight,
+    Eight = 0,
     /// 4 warps that load each chunk's keys and values into the registers the previous one
     /// leaves (three blocks per SM at head size 128).
-    Four,
+    Four = 1,
     /// 4 warps with the next chunk's keys and values in a second set of registers (two per SM).
-    FourAhead,
+    FourAhead = 2,
 }
 
 impl SplitBlock {
+    /// Every shape, in the order of [`AttnSplit`]'s kernels.
+    const ALL: [SplitBlock; 3] = [SplitBlock::Eight, SplitBlock::Four, SplitBlock::FourAhead];
+
+    /// The kernels' name part (`attn_split{8,4,4a}_*`), also `BITNET_CUDA_ATTN_WARPS`'s value.
+    fn suffix(self) -> &'static str {
+        match self {
+            SplitBlock::Eight => "8",
+            SplitBlock::Four => "4",
+            SplitBlock::FourAhead => "4a",
+        }
+    }
+
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
@@ -712,10 +720,8 @@ const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
 
 /// The split decode attention (its three block shapes) and how a step uses it.
 struct AttnSplit {
-    /// The kernels and their dynamic shared memory, by [`SplitBlock`].
-    eight: (Kernel, u32),
-    four: (Kernel, u32),
-    ahead: (Kernel, u32),
+    /// The kernels and their dynamic shared memory, in the order of [`SplitBlock::ALL`].
+    kernels: [(Kernel, u32); 3],
     /// Streaming multiprocessors and key/value heads (see [`split_shape`]).
     sms: usize,
     n_kv: usize,
@@ -733,21 +739,16 @@ impl AttnSplit {
             let smem = attn_smem_for(group, hd, shape.threads()) as u32;
             Some((attn_split_kernel(gpu, kv, hd, group, shape)?, smem))
         };
+        let [eight, four, ahead] = SplitBlock::ALL.map(kernel);
         Some(AttnSplit {
-            eight: kernel(SplitBlock::Eight)?,
-            four: kernel(SplitBlock::Four)?,
-            ahead: kernel(SplitBlock::FourAhead)?,
+            kernels: [eight?, four?, ahead?],
             sms: gpu.sm_count() as usize,
             n_kv: c.n_kv_heads,
             splits: env("BITNET_CUDA_ATTN_SPLITS")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0),
-            shape: env("BITNET_CUDA_ATTN_WARPS").and_then(|v| match v.as_str() {
-                "8" => Some(SplitBlock::Eight),
-                "4" => Some(SplitBlock::Four),
-                "4a" => Some(SplitBlock::FourAhead),
-                _ => None,
-            }),
+            shape: env("BITNET_CUDA_ATTN_WARPS")
+                .and_then(|v| SplitBlock::ALL.into_iter().find(|s| s.suffix() == v)),
         })
     }
 
@@ -756,11 +757,7 @@ impl AttnSplit {
     fn launch(&self, rows: usize, chunks: usize) -> (&Kernel, u32, u32, usize) {
         let (shape, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
         let shape = self.shape.unwrap_or(shape);
-        let (k, smem) = match shape {
-            SplitBlock::Eight => &self.eight,
-            SplitBlock::Four => &self.four,
-            SplitBlock::FourAhead => &self.ahead,
-        };
+        let (k, smem) = &self.kernels[shape as usize];
         (k, shape.threads(), *smem, self.splits.unwrap_or(splits))
     }
 }
@@ -2202,8 +2199,8 @@ fn launch_linear(
                 .unwrap_or_else(|| tile_splits(tiles.0 * tiles.1, w.kgroups as u32, f.slots))
                 .min(w.kgroups.max(1) as u32)
                 .min(TILE_MAX_SPLITS);
-            let mut a = args.to_vec();
-            a.push(Arg::I(s as i32));
+            let mut a = [Arg::I(s as i32); 14];
+            a[..13].copy_from_slice(&args);
             let grid = (tiles.0 * s, tiles.1, 1);
             if s > 1 {
                 gpu.launch_with(
