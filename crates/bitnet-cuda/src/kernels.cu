@@ -23,9 +23,11 @@ typedef signed char i8;
 // finished and its writes are visible. Every kernel runs both first, WAIT then START, before any
 // early return (a kernel that could finish without waiting would let its successor overtake its
 // predecessor; starting only after the wait keeps at most one kernel ahead, resident and
-// waiting), except that some products first request their weights, which no kernel writes (the
-// staged tensor-core ones, `ternary_mma_ring_*`, their first stages; the staged one-token ones
-// all of theirs, `staged` = 2).
+// waiting), except that some kernels first request what no kernel of the step writes: products
+// their weights (the staged tensor-core ones, `ternary_mma_ring_*`, their first stages; the
+// staged one-token ones all of theirs, `staged` = 2; the tiled ones, `ternary_mma_tile_*`, their
+// first stages), the split decode attention (`attn_split*`) its first chunk of cached keys and
+// values.
 #if __CUDA_ARCH__ >= 900
 #define PDL_START() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 #define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
@@ -2007,9 +2009,11 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
                                 int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
                                 const float* cosT, const float* sinT, int rope, u32* counters, float* out, int s,
                                 int kvh, int r) {
+    // The positions, the sequence table and the cached keys and values before this step's own
+    // position are no kernel's of this step (RoPE and the new key and value are stored below):
+    // the first chunk's loads go out before the wait on the previous kernel.
     int p = pos[r];
     int nchunks = p / CHUNK + 1, ns = min(nchunks, (int)gridDim.x);
-    if (s >= ns) return;
     int c0 = s * nchunks / ns, c1 = (s + 1) * nchunks / ns;
     int kvd = n_kv * HD;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -2026,7 +2030,9 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     // The first chunk's loads go out before the queries are staged unless it is the chunk whose
     // key and value this block stores first (decode's own position, in the last split).
     bool early = !(rope && cw == nchunks - 1);
-    if (early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    if (s < ns && early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    PDL_ENTRY();
+    if (s >= ns) return;
     AttnBlock b;
     attn_begin<u16>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh, r);
     if (!early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
@@ -2155,7 +2161,6 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
         NAME(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh, \
              int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,  \
              int rope, u32* counters, float* out) {                                                            \
-        PDL_ENTRY();                                                                                           \
         attn_split_body<HD, WARPS, AHEAD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part,         \
                                           maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
                                           blockIdx.z);                                                         \
