@@ -25,6 +25,22 @@ const CHUNK: usize = 64;
 pub const TOPK_MAX: usize = 256;
 /// Tokens per ternary-kernel launch on the tensor cores.
 const MMA_TOKENS: usize = 32;
+
+/// The token tile of the tensor-core products (`ternary_mma_*`, `ternary_mma_ring_*`) in a pass
+/// of `n` rows: 16 up to 64 rows, so that batched decode steps have twice the blocks (the
+/// direct kernel's grids are under one wave there) and a partial tile wastes at most 15 rows;
+/// [`MMA_TOKENS`] beyond. H200, BENCHMARKS.md session 19, 32 -> 16: b40 +10%, b48 +8%, b56 +2%,
+/// b64 +1.5%; b32 without the tiled kernel +6%.
+fn mma_tokens(n: usize) -> usize {
+    if n <= 64 { 16 } else { MMA_TOKENS }
+}
+
+/// The tensor-core products' kernel variant (index into `Kernels::mma` and `mma_ring`: tiles of
+/// 8, 16 or 32 tokens) and number of token tiles for a pass of `n` rows ([`mma_tokens`]).
+fn mma_shape(n: usize) -> (usize, u32) {
+    let tokens = mma_tokens(n);
+    (tiles_index(n.min(tokens)), n.div_ceil(tokens) as u32)
+}
 /// Strips of 16 rows per block of the staged tensor-core products (`MMA_WARPS` in the kernels).
 const MMA_WARPS: u32 = 4;
 
@@ -2174,9 +2190,9 @@ fn launch_linear(
     while t0 < io.t {
         let left = io.t - t0;
         let (m, n) = match mma {
-            // Every remaining token in one launch: tiles of MMA_TOKENS along grid y (32-token
+            // Every remaining token in one launch: tiles of `mma_tokens` along grid y (32-token
             // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
-            Some(m) => (Some(&m[tiles_index(left)]), left),
+            Some(m) => (Some(&m[mma_shape(left).0]), left),
             None => (None, left.min(4)),
         };
         let args = linear_args(gpu, w, io, (t0, n), glu);
@@ -2226,9 +2242,9 @@ fn launch_linear(
         // every load of a block in flight at once, the shortest chain. Beyond one wave
         // (gate/up at batch 64, prefill) the staged kernel, whose blocks all run at once
         // (BENCHMARKS.md, session 13).
-        let tiles = n.div_ceil(MMA_TOKENS) as u32;
+        let (variant, tiles) = mma_shape(n);
         let direct = (strips.div_ceil(2), tiles, 1);
-        let ring = k.mma_ring.as_ref().map(|r| &r[tiles_index(n)]);
+        let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
             (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
             (LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_), Some(_))
@@ -2916,6 +2932,27 @@ mod tests {
         assert_eq!(ring_smem(4, 4), 6 * 4 * (2048 + 32 * 144));
         assert_eq!(ring_smem(1, 1), 4 * (2048 + 8 * 144));
         assert!(ring_smem(4, 4) <= 163 * 1024);
+        // Every pass's rows in whole tiles of its variant, none empty: 16-token tiles up to 64
+        // rows, 32 beyond.
+        for n in 1..=MAX_ROWS {
+            let (variant, tiles) = mma_shape(n);
+            let per = 8 << variant;
+            assert!(
+                per * tiles as usize >= n && per * (tiles as usize - 1) < n,
+                "{n}"
+            );
+            assert_eq!(
+                per,
+                if n <= 8 {
+                    8
+                } else if n <= 64 {
+                    16
+                } else {
+                    32
+                },
+                "{n}"
+            );
+        }
     }
 
     #[test]
