@@ -23,7 +23,7 @@ const CHUNK: usize = 64;
 /// Most candidates the top-k kernel returns per row (`TOPK_MAX` in the kernels); a wider `k`
 /// is chosen on the host from the copied logits.
 pub const TOPK_MAX: usize = 256;
-/// Tokens per ternary-kernel launch on the tensor cores.
+/// Tokens per tile of the tensor-core products in passes of more than 64 rows ([`mma_tokens`]).
 const MMA_TOKENS: usize = 32;
 
 /// The token tile of the tensor-core products (`ternary_mma_*`, `ternary_mma_ring_*`) in a pass
