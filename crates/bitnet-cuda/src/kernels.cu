@@ -218,7 +218,7 @@ __device__ __forceinline__ float glu_act(float g, int mode) {
     return g / (1.f + expf(-g));
 }
 // A gate/up product's row holds gate and up interleaved in groups of 8 (`DevTernary::upload_glu`
-// in model.rs: each 16-row strip is 8 gate rows, then the same 8 up rows), so that one block's
+// in model/linear.rs: each 16-row strip is 8 gate rows, then the same 8 up rows), so that one block's
 // strip has both halves of its outputs' act(gate) * up (`store_glu` forms them where asked).
 __device__ __forceinline__ int glu_gate(int c) { return (c >> 3) * 16 + (c & 7); }
 __device__ __forceinline__ float glu_in(const float* x, int c, int cols, int mode) {
@@ -605,7 +605,7 @@ __device__ __forceinline__ void norm_quant_smem(const float* xr, const float* __
 }
 
 // The row widths the register path is instantiated for (values per thread; the host picks the
-// smallest that holds the row: `ByWidth::for_cols` in model.rs).
+// smallest that holds the row: `ByWidth::for_cols` in model/linear.rs).
 #define FOR_EACH_PER(X) X(4) X(8) X(10) X(12) X(16) X(20) X(28)
 
 // RMSNorm + int8 quantization, one block of NW * 32 threads per row. Rows up to PER * NW * 32
@@ -743,7 +743,7 @@ __device__ void gemv_staged(const uint4* ws, const float* __restrict__ wscale, i
 // steps take their own instantiation, whose reductions and epilogue do a quarter of the work.
 //
 // `staged` (the host sets it where the block's strips fit its shared memory: `gemv_stage` in
-// model.rs; at most STAGE_MAX of them): every strip of the block (blockIdx.x, + gridDim.x, ...)
+// model/linear.rs; at most STAGE_MAX of them): every strip of the block (blockIdx.x, + gridDim.x, ...)
 // is copied whole into dynamic shared memory by cp.async, issued right behind the first row's
 // loads (ahead of them, the row waited behind the copies: gate/up 9.7 us instead of 8.3), so all
 // of the launch's weight loads are in flight while the rows are normalized, and the products
@@ -952,7 +952,7 @@ MMA_ENTRY(4, 2)
 // of the products, one barrier per stage, so every warp uses the codes its block copied once
 // instead of reading them from L2 itself. At the end the warps' integer sums (exact in any
 // order) meet in shared memory and every thread finishes a few outputs. Dynamic shared memory:
-// `ring_smem` in model.rs. Measured (BENCHMARKS.md, session 13): pp512 +11%, batch-64 gate/up
+// `ring_smem` in model/linear.rs. Measured (BENCHMARKS.md, session 13): pp512 +11%, batch-64 gate/up
 // 23.4 -> 19.7 us; for grids of one wave the kernel above stays faster (ncu, batch 64: qkv 8.4
 // vs 9.5 us, o 8.8 vs 9.9, down 12.5 vs 16.2: half as many blocks here, each a chain of one
 // barrier per stage).
@@ -1751,7 +1751,7 @@ ATTN_ENTRY(attn_vec_f32, float, 8)
 ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
-// attn_one_*_g*: decode steps of up to 8 rows on sm_90 (ATTN_ONE_ROWS in model.rs), 8 warps, GROUP
+// attn_one_*_g*: decode steps of up to 8 rows on sm_90 (ATTN_ONE_ROWS in model/attention.rs), 8 warps, GROUP
 // query heads per kv head, a cluster of one block per chunk (the host launches it with cluster
 // dimensions (chunks, 1, 1)) and seq = null (one seqtab entry per row).
 #if __CUDA_ARCH__ >= 900
@@ -2197,7 +2197,7 @@ ATTN_MMA_ENTRY(128)
 //   o (+= into h) | gate/up | down (+= into h) | ... | final norm (block 0).
 // Each block copies its strips of the next product into shared memory (cp.async, two stages)
 // while the current phase runs, so weights never wait on DRAM. The head runs as its own kernel
-// next. Per layer the host passes 16 u64 (model.rs, `Mega::build`): for qkv, o, gate/up and
+// next. Per layer the host passes 16 u64 (model/mega.rs, `Mega::build`): for qkv, o, gate/up and
 // down the words, the row scales and rows | kgroups << 32; then the four norm weights.
 // Measured slower than one kernel per operation on an H200 (BENCHMARKS.md, v10: each phase's
 // norm, ~5 us, and the barriers, ~2 us, cost what the kernel boundaries did), so it is opt-in.

@@ -1,0 +1,503 @@
+//! Attention on the GPU: its kernels (the cluster kernel of small decode steps, the split
+//! tensor-core kernel of larger ones, the chunked kernels of prefill), their launch shapes and
+//! arguments (the forward in `model.rs` picks among them per step), and the public entry point
+//! the conformance suite drives each one through.
+
+use super::*;
+
+/// Threads per attention block for a pass of `rows` rows. Decode steps of one row: 256
+/// (`attn_vec_*`, the persistent step's block size, so that both sum the warps' partial outputs
+/// in the same order; 4-6% faster at batch 1 than the 128-thread vector kernel, and level with
+/// the tensor-core one). Everything else: 128, on the tensor cores where `mma` (batch 16 +6%,
+/// batch 64 +8%, pp512 +3% over the vector kernels: BENCHMARKS.md, session 11); without them,
+/// decode steps of under 32 rows take 256 (level at batch 16) and the rest 128 (+10% at batch
+/// 64; 256 lost 13% at pp512: v10, v11). On sm_90, decode steps of up to [`ATTN_ONE_ROWS`] rows
+/// take the 256-thread cluster kernel instead, whatever this says; the other decode steps of
+/// 128 take the split tensor-core kernel ([`AttnSplit`]) where it loaded.
+pub(super) fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
+    if decode && (rows == 1 || (rows < 32 && !mma)) {
+        Kernel::WAVE_BLOCK
+    } else {
+        128
+    }
+}
+
+/// Whether the tensor-core attention kernels (`attn_mma_*`, `attn_split*`) take a model: an f16
+/// cache, `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head.
+pub(super) fn tensor_core_attention(kv: KvType, head_dim: usize, group: usize) -> bool {
+    kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4
+}
+
+/// The tensor-core attention for 128-thread blocks (`attn_mma_f16_h*`, sm_80+), where
+/// [`tensor_core_attention`] allows it; `None` otherwise.
+pub(super) fn attn_mma_kernel(
+    gpu: &Gpu,
+    kv: KvType,
+    head_dim: usize,
+    group: usize,
+) -> Option<Kernel> {
+    tensor_core_attention(kv, head_dim, group)
+        .then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
+        .flatten()
+}
+
+/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_f16_h*`, sm_80+),
+/// where [`tensor_core_attention`] allows it; `None` otherwise. Its dynamic shared memory is
+/// `attn_mma`'s for blocks of `shape.threads()`.
+pub(super) fn attn_split_kernel(
+    gpu: &Gpu,
+    kv: KvType,
+    head_dim: usize,
+    group: usize,
+    shape: SplitBlock,
+) -> Option<Kernel> {
+    let name = format!("attn_split{}_f16_h{head_dim}", shape.suffix());
+    tensor_core_attention(kv, head_dim, group)
+        .then(|| gpu.optional_function(&name))
+        .flatten()
+}
+
+/// The blocks of the split attention (the discriminant is the index in `SplitBlock::ALL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitBlock {
+    /// 8 warps, two chunks at a time (one block per SM at head size 128).
+    Eight = 0,
+    /// 4 warps that load each chunk's keys and values into the registers the previous one
+    /// leaves (three blocks per SM at head size 128).
+    Four = 1,
+    /// 4 warps with the next chunk's keys and values in a second set of registers (two per SM).
+    FourAhead = 2,
+}
+
+impl SplitBlock {
+    /// Every shape, in the order of [`AttnSplit`]'s kernels.
+    pub(super) const ALL: [SplitBlock; 3] =
+        [SplitBlock::Eight, SplitBlock::Four, SplitBlock::FourAhead];
+
+    /// The kernels' name part (`attn_split{8,4,4a}_*`), also `BITNET_CUDA_ATTN_WARPS`'s value.
+    pub(super) fn suffix(self) -> &'static str {
+        match self {
+            SplitBlock::Eight => "8",
+            SplitBlock::Four => "4",
+            SplitBlock::FourAhead => "4a",
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            SplitBlock::Eight => 256,
+            SplitBlock::Four | SplitBlock::FourAhead => 128,
+        }
+    }
+}
+
+/// The split attention's splits per row, where a step's blocks would leave SMs idle, are at most
+/// the chunks it launches (a power of two in a captured graph: the rows' longest has more than
+/// half of them) over this.
+pub(super) const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
+
+/// The split decode attention (its three block shapes) and how a step uses it.
+pub(super) struct AttnSplit {
+    /// The kernels and their dynamic shared memory, in the order of [`SplitBlock::ALL`].
+    pub(super) kernels: [(Kernel, u32); 3],
+    /// Streaming multiprocessors and key/value heads (see [`split_shape`]).
+    pub(super) sms: usize,
+    pub(super) n_kv: usize,
+    /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=8|4|4a`: N splits per row and
+    /// that block shape whatever the step (for measurements).
+    pub(super) splits: Option<usize>,
+    pub(super) shape: Option<SplitBlock>,
+}
+
+impl AttnSplit {
+    pub(super) fn new(gpu: &Gpu, kv: KvType, c: &ModelConfig) -> Option<Self> {
+        let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let env = |name: &str| std::env::var(name).ok();
+        let kernel = |shape: SplitBlock| {
+            let smem = attn_smem_for(group, hd, shape.threads()) as u32;
+            Some((attn_split_kernel(gpu, kv, hd, group, shape)?, smem))
+        };
+        let [eight, four, ahead] = SplitBlock::ALL.map(kernel);
+        Some(AttnSplit {
+            kernels: [eight?, four?, ahead?],
+            sms: gpu.sm_count() as usize,
+            n_kv: c.n_kv_heads,
+            splits: env("BITNET_CUDA_ATTN_SPLITS")
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
+            shape: env("BITNET_CUDA_ATTN_WARPS")
+                .and_then(|v| SplitBlock::ALL.into_iter().find(|s| s.suffix() == v)),
+        })
+    }
+
+    /// The kernel, block size, shared memory and splits per row for a decode step of `rows`
+    /// rows that launches `chunks` chunks ([`split_shape`]).
+    pub(super) fn launch(&self, rows: usize, chunks: usize) -> (&Kernel, u32, u32, usize) {
+        let (shape, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
+        let shape = self.shape.unwrap_or(shape);
+        let (k, smem) = &self.kernels[shape as usize];
+        (k, shape.threads(), *smem, self.splits.unwrap_or(splits))
+    }
+}
+
+/// The split attention's block shape and splits per row for `pairs` (row, kv head) pairs on
+/// `sms` SMs, a step that launches `chunks` chunks: blocks of 8 warps where each pair can have an
+/// SM to itself, 4 warps with the next chunk in a second set of registers where two blocks per
+/// SM hold every pair, else 4 warps that reuse their registers (three per SM: one wave at batch
+/// 64 of 2B4T); one split per row unless the blocks leave SMs idle, and then at most one per
+/// [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every split
+/// more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16 lost 12%
+/// from 2.
+pub(super) fn split_shape(pairs: usize, sms: usize, chunks: usize) -> (SplitBlock, usize) {
+    let pairs = pairs.max(1);
+    let shape = if pairs <= sms {
+        SplitBlock::Eight
+    } else if pairs <= 2 * sms {
+        SplitBlock::FourAhead
+    } else {
+        SplitBlock::Four
+    };
+    let splits = (sms / pairs).min(chunks / ATTN_SPLIT_MIN_CHUNKS).max(1);
+    (shape, splits)
+}
+
+/// The cluster decode attention (`attn_one_*`) and the most chunks (blocks of one cluster) it
+/// takes; steps that need more take `attn_vec_*` or `attn_mma_*`.
+pub(super) struct AttnOne {
+    pub(super) kernel: Kernel,
+    /// Its dynamic shared memory per (256-thread) block.
+    pub(super) smem: u32,
+    pub(super) max_chunks: usize,
+    /// Decode steps of up to this many rows take it ([`ATTN_ONE_ROWS`];
+    /// `BITNET_CUDA_ATTN_ONE_ROWS=N` for measurements).
+    pub(super) max_rows: usize,
+}
+
+/// Decode steps of up to this many rows take the cluster attention: against the tensor-core one
+/// at depth 512 (H200, BENCHMARKS.md "Session 15"), batch 2 +11%, 4 +7.5%, 8 +1.5%, 16 -8%,
+/// 64 -30% (a vector kernel per row, where the tensor cores serve the rows of a chunk at once).
+pub(super) const ATTN_ONE_ROWS: usize = 8;
+
+/// The cluster attention for small decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
+/// 8 query heads per key/value head, and a device that places clusters of at least 8 of its
+/// blocks; `None` otherwise. Same results as `attn_vec_*`, bit for bit.
+pub(super) fn attn_one_kernel(
+    gpu: &Gpu,
+    kv: KvType,
+    head_dim: usize,
+    group: usize,
+) -> Option<AttnOne> {
+    if !matches!(group, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let sfx = match kv {
+        KvType::F16 => "f16",
+        KvType::F32 => "f32",
+    };
+    let kernel = gpu.optional_function(&format!("attn_one_{sfx}_g{group}"))?;
+    let block = Kernel::WAVE_BLOCK;
+    let smem = attn_smem_for(group, head_dim, block);
+    let limit = kernel.cluster_limit(gpu, block, smem);
+    let max_rows = std::env::var("BITNET_CUDA_ATTN_ONE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ATTN_ONE_ROWS);
+    (limit >= 8).then_some(AttnOne {
+        kernel,
+        smem: smem as u32,
+        max_chunks: limit as usize,
+        max_rows,
+    })
+}
+
+/// Dynamic shared memory of one attention block of `block` threads: the query heads, their
+/// chunk scores and each warp's partial outputs.
+pub(super) fn attn_smem(c: &ModelConfig, block: u32) -> usize {
+    attn_smem_for(c.n_heads / c.n_kv_heads, c.head_dim, block)
+}
+
+/// [`attn_smem`] for `group` query heads per key/value head of `head_dim`.
+pub(super) fn attn_smem_for(group: usize, head_dim: usize, block: u32) -> usize {
+    let warps = block as usize / 32;
+    (group * head_dim * (1 + warps) + group * CHUNK) * 4
+}
+
+/// Device addresses and sizes of one attention launch (`attn_vec*`, `attn_mma*`).
+pub(super) struct AttnIo {
+    /// Rows of q | k | v, `stride` apart.
+    pub(super) qkv: u64,
+    pub(super) stride: usize,
+    /// Per row: position and sequence; per sequence: cache base and capacity.
+    pub(super) pos: u64,
+    pub(super) seq: u64,
+    pub(super) seqtab: u64,
+    pub(super) layer: usize,
+    /// Chunk partials (`max_chunks` per row and head) and the merge counters.
+    pub(super) part: u64,
+    pub(super) max_chunks: usize,
+    /// RoPE tables and whether the kernel applies RoPE and stores the key and value (decode).
+    pub(super) rope: (u64, u64, bool),
+    pub(super) counters: u64,
+    pub(super) out: u64,
+}
+
+/// The attention kernels' arguments for `a` and `(n_heads, n_kv_heads, head_dim)`.
+pub(super) fn attn_args(a: &AttnIo, (n_heads, n_kv, hd): (usize, usize, usize)) -> [Arg; 17] {
+    let (cos, sin, rope) = a.rope;
+    [
+        Arg::P(a.qkv),
+        Arg::I(a.stride as i32),
+        Arg::P(a.pos),
+        Arg::P(a.seq),
+        Arg::P(a.seqtab),
+        Arg::I(a.layer as i32),
+        Arg::I(n_heads as i32),
+        Arg::I(n_kv as i32),
+        Arg::I(hd as i32),
+        Arg::F((hd as f64).powf(-0.5) as f32),
+        Arg::P(a.part),
+        Arg::I(a.max_chunks as i32),
+        Arg::P(cos),
+        Arg::P(sin),
+        Arg::I(rope as i32),
+        Arg::P(a.counters),
+        Arg::P(a.out),
+    ]
+}
+
+/// Attention over f16 key/value caches, as a prefill pass runs it, for conformance tests.
+pub struct AttentionCase<'a> {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// Per sequence: its keys and values (`positions x n_kv_heads * head_dim` each), stored in
+    /// the cache as f16.
+    pub caches: &'a [(Vec<f32>, Vec<f32>)],
+    /// Per row: its sequence, its position (it attends to positions `0..=pos`) and its query
+    /// heads (`n_heads * head_dim`).
+    pub rows: &'a [(usize, usize, Vec<f32>)],
+}
+
+/// Whether `case`'s shapes fit together (the attention kernels' limits included).
+pub(super) fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaError> {
+    let (hd, nkv) = (case.head_dim, case.n_kv_heads);
+    let (kvd, qd) = (nkv * hd, case.n_heads * hd);
+    let bad = |why: String| Err(CudaError::Invalid(why));
+    if nkv == 0 || !case.n_heads.is_multiple_of(nkv) || case.n_heads / nkv > 8 {
+        return bad(format!(
+            "{} query heads over {nkv} key/value heads",
+            case.n_heads
+        ));
+    }
+    if hd == 0 || !hd.is_multiple_of(4) || hd > 128 {
+        return bad(format!("head_dim {hd} (multiples of 4 up to 128)"));
+    }
+    for (s, (k, v)) in case.caches.iter().enumerate() {
+        if k.len() != v.len() || !k.len().is_multiple_of(kvd) {
+            return bad(format!(
+                "sequence {s}: {} keys and {} values",
+                k.len(),
+                v.len()
+            ));
+        }
+    }
+    for (r, (s, p, q)) in case.rows.iter().enumerate() {
+        let len = case.caches.get(*s).map_or(0, |c| c.0.len() / kvd);
+        if *p >= len || q.len() != qd {
+            return bad(format!(
+                "row {r}: position {p} of sequence {s} ({len} cached), {} query values for {qd}",
+                q.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Which attention kernel [`attention_forward`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// The 128-thread vector kernel (`attn_vec4_f16`: prefill and batched decode without tensor
+    /// cores).
+    Vector,
+    /// The 128-thread tensor-core kernel (`attn_mma_f16_h*`: prefill and batched decode).
+    TensorCores,
+    /// The 256-thread cluster kernel of small decode steps (`attn_one_f16_g*`, sm_90), over
+    /// every row of the case.
+    Cluster,
+    /// The tensor-core kernel of batched decode split over each row's chunks
+    /// (`attn_split{8,4,4a}_f16_h*`).
+    Split {
+        /// Blocks (splits) per row and key/value head.
+        splits: usize,
+        /// Their shape.
+        shape: SplitBlock,
+    },
+}
+
+/// The attention output of every row of `case` (`n_heads * head_dim` each), by `kernel`
+/// ([`CudaError::Unavailable`] where that kernel does not fit the case or the device).
+pub fn attention_forward(
+    gpu: &Gpu,
+    case: &AttentionCase<'_>,
+    kernel: AttentionKernel,
+) -> Result<Vec<f32>, CudaError> {
+    check_attention_case(case)?;
+    let (hd, nkv) = (case.head_dim, case.n_kv_heads);
+    let (kvd, qd) = (nkv * hd, case.n_heads * hd);
+    let group = case.n_heads / nkv;
+    let stride = qd + 2 * kvd;
+    let st = &gpu.stream;
+    let chunks = case
+        .rows
+        .iter()
+        .map(|r| r.1)
+        .max()
+        .map_or(1, |p| p / CHUNK + 1);
+    let unavailable = |what: &str| CudaError::Unavailable(format!("no {what} for this case"));
+    let (k, block, cluster) = match kernel {
+        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None),
+        AttentionKernel::TensorCores => (
+            attn_mma_kernel(gpu, KvType::F16, hd, group)
+                .ok_or_else(|| unavailable("tensor-core attention"))?,
+            128,
+            None,
+        ),
+        AttentionKernel::Cluster => {
+            let one = attn_one_kernel(gpu, KvType::F16, hd, group)
+                .filter(|one| chunks <= one.max_chunks)
+                .ok_or_else(|| unavailable("cluster attention"))?;
+            (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32))
+        }
+        AttentionKernel::Split { shape, .. } => (
+            attn_split_kernel(gpu, KvType::F16, hd, group, shape)
+                .ok_or_else(|| unavailable("split attention"))?,
+            shape.threads(),
+            None,
+        ),
+    };
+    // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
+    let mut caches = Vec::with_capacity(case.caches.len());
+    let mut seqtab = Vec::with_capacity(3 * case.caches.len());
+    for (k, v) in case.caches {
+        let f16s: Vec<u16> = k
+            .iter()
+            .chain(v)
+            .map(|&a| half::f16::from_f32(a).to_bits())
+            .collect();
+        let buf = gpu.upload(&f16s)?;
+        let a = ptr(&buf, st);
+        seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd) as u32]);
+        caches.push(buf);
+    }
+    let n = case.rows.len();
+    let mut qkv = vec![0f32; n * stride];
+    for (r, (_, _, q)) in case.rows.iter().enumerate() {
+        qkv[r * stride..r * stride + qd].copy_from_slice(q);
+    }
+    let pos: Vec<u32> = case.rows.iter().map(|r| r.1 as u32).collect();
+    let seq: Vec<u32> = case.rows.iter().map(|r| r.0 as u32).collect();
+    // The cluster kernel takes each row's entry in place of seq and seqtab.
+    let rowtab: Vec<u32> = case
+        .rows
+        .iter()
+        .flat_map(|r| seqtab[3 * r.0..3 * r.0 + 3].iter().copied())
+        .collect();
+    let (qkv, pos, seq, seqtab, rowtab) = (
+        gpu.upload(&qkv)?,
+        gpu.upload(&pos)?,
+        gpu.upload(&seq)?,
+        gpu.upload(&seqtab)?,
+        gpu.upload(&rowtab)?,
+    );
+    let part = gpu.zeros::<f32>(n * case.n_heads * chunks * (hd + 2))?;
+    let counters = gpu.zeros::<u32>(n * nkv)?;
+    let out = gpu.zeros::<f32>(n * qd)?;
+    let args = attn_args(
+        &AttnIo {
+            qkv: ptr(&qkv, st),
+            stride,
+            pos: ptr(&pos, st),
+            seq: if cluster.is_some() { 0 } else { ptr(&seq, st) },
+            seqtab: ptr(if cluster.is_some() { &rowtab } else { &seqtab }, st),
+            layer: 0,
+            part: ptr(&part, st),
+            max_chunks: chunks,
+            rope: (0, 0, false),
+            counters: ptr(&counters, st),
+            out: ptr(&out, st),
+        },
+        (case.n_heads, nkv, hd),
+    );
+    let blocks = match kernel {
+        AttentionKernel::Split { splits, .. } => splits.max(1),
+        _ => chunks,
+    };
+    let grid = (blocks as u32, nkv as u32, n as u32);
+    let smem = attn_smem_for(group, hd, block) as u32;
+    match cluster {
+        Some(c) => gpu.launch_with(&k, grid, block, smem, &args, Attr::Cluster(c))?,
+        None => gpu.launch(&k, grid, block, smem, &args)?,
+    }
+    let mut host = vec![0f32; n * qd];
+    st.memcpy_dtoh(&out, &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_attention_takes_one_split_per_row_unless_sms_idle_over_long_rows() {
+        use SplitBlock::*;
+        // 2B4T (5 kv heads) on 132 SMs: batch 64 in blocks of 4 warps (one wave of three per
+        // SM), 32 and 48 of 4 with a second set of registers, 24 and below of 8.
+        assert_eq!(split_shape(320, 132, 16), (Four, 1));
+        assert_eq!(split_shape(240, 132, 16), (FourAhead, 1));
+        assert_eq!(split_shape(160, 132, 64), (FourAhead, 1));
+        assert_eq!(split_shape(120, 132, 64), (Eight, 1));
+        assert_eq!(split_shape(80, 132, 64), (Eight, 1));
+        // Batch 4: 4 splits at depth 2048 (33 chunks: 64 in a graph), 2 at 1,024, 1 below.
+        assert_eq!(split_shape(20, 132, 64), (Eight, 4));
+        assert_eq!(split_shape(20, 132, 32), (Eight, 2));
+        assert_eq!(split_shape(20, 132, 16), (Eight, 1));
+        assert_eq!(split_shape(0, 132, 1), (Eight, 1));
+    }
+
+    #[test]
+    fn attention_cases_that_do_not_fit_are_refused() {
+        let caches = vec![(vec![0.0f32; 3 * 64], vec![0.0f32; 3 * 64])];
+        let row = |s: usize, p: usize, q: usize| vec![(s, p, vec![0.0f32; q])];
+        let case = |n_heads, n_kv_heads, head_dim, rows: &[(usize, usize, Vec<f32>)]| {
+            check_attention_case(&AttentionCase {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                caches: &caches,
+                rows,
+            })
+        };
+        assert!(case(2, 1, 64, &row(0, 2, 128)).is_ok());
+        for (n_heads, n_kv, hd, rows) in [
+            (2, 1, 64, row(0, 3, 128)),  // position past the cache
+            (2, 1, 64, row(1, 0, 128)),  // no such sequence
+            (2, 1, 64, row(0, 0, 100)),  // query length
+            (3, 2, 32, row(0, 0, 96)),   // heads not a multiple
+            (2, 0, 64, row(0, 0, 128)),  // no key/value heads
+            (18, 2, 32, row(0, 0, 576)), // 9 query heads per key/value head
+            (2, 1, 62, row(0, 0, 124)),  // head_dim not a multiple of 4
+            (2, 1, 80, row(0, 0, 160)),  // cache length not a multiple of kv_dim
+        ] {
+            let got = case(n_heads, n_kv, hd, &rows);
+            assert!(
+                matches!(got, Err(CudaError::Invalid(_))),
+                "{n_heads} {n_kv} {hd}: {got:?}"
+            );
+        }
+    }
+}

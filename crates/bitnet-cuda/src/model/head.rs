@@ -1,0 +1,395 @@
+//! The output head on the GPU: the float table's device forms (f32, f16, bf16, int8 rows), the
+//! head kernels (one row, rows of 8, tensor cores) and greedy and top-k selection over logits.
+
+use super::*;
+
+/// A float table (embedding or head) on the device.
+pub(super) enum Table {
+    F32(CudaSlice<f32>),
+    F16(CudaSlice<u16>),
+    BF16(CudaSlice<u16>),
+    I8 {
+        values: CudaSlice<i8>,
+        scales: CudaSlice<f32>,
+    },
+}
+
+impl Table {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Table::F32(_) => "f32",
+            Table::F16(_) => "f16",
+            Table::BF16(_) => "bf16",
+            Table::I8 { .. } => "int8",
+        }
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        match self {
+            Table::F32(v) => v.len() * 4,
+            Table::F16(v) | Table::BF16(v) => v.len() * 2,
+            Table::I8 { values, scales } => values.len() + scales.len() * 4,
+        }
+    }
+
+    /// Uploads `m` as stored (f32/f16/bf16); block-quantized tables are decoded to f16, or to f32
+    /// with `f32_only`.
+    pub(super) fn upload(gpu: &Gpu, m: &FloatMatrix, f32_only: bool) -> Result<Self, CudaError> {
+        let bits = |v: &[f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<u16>>();
+        if f32_only {
+            return Ok(Table::F32(gpu.upload(&decode_all(m))?));
+        }
+        Ok(match m.storage() {
+            FloatStorage::F32(v) => Table::F32(gpu.upload(v)?),
+            FloatStorage::F16(v) => Table::F16(gpu.upload(&bits(v))?),
+            FloatStorage::F16Mapped(v) => Table::F16(gpu.upload(&bits(v.f16s()))?),
+            FloatStorage::BF16(v) => {
+                Table::BF16(gpu.upload(&v.iter().map(|h| h.to_bits()).collect::<Vec<_>>())?)
+            }
+            FloatStorage::Rows(_) => {
+                let f = decode_all(m);
+                Table::F16(
+                    gpu.upload(
+                        &f.iter()
+                            .map(|&x| f16::from_f32(x).to_bits())
+                            .collect::<Vec<_>>(),
+                    )?,
+                )
+            }
+        })
+    }
+
+    /// Per-row symmetric int8: `w ~ s_row * q`, `s_row = max|w| / 127`.
+    pub(super) fn upload_int8(gpu: &Gpu, m: &FloatMatrix) -> Result<Self, CudaError> {
+        let cols = m.cols();
+        let mut row = vec![0f32; cols];
+        let mut values = Vec::with_capacity(m.rows() * cols);
+        let mut scales = Vec::with_capacity(m.rows());
+        for r in 0..m.rows() {
+            m.row_into(r, &mut row);
+            let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(s);
+            values.extend(
+                row.iter()
+                    .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+            );
+        }
+        Ok(Table::I8 {
+            values: gpu.upload(&values)?,
+            scales: gpu.upload(&scales)?,
+        })
+    }
+
+    pub(super) fn ptr(&self, gpu: &Gpu) -> u64 {
+        match self {
+            Table::F32(v) => ptr(v, &gpu.stream),
+            Table::F16(v) | Table::BF16(v) => ptr(v, &gpu.stream),
+            Table::I8 { values, .. } => ptr(values, &gpu.stream),
+        }
+    }
+
+    /// The CUDA-core head kernel for this table (`head_generic_f32` for widths it cannot take
+    /// 8 values at a time).
+    pub(super) fn head_kernel(&self, generic: bool) -> &'static str {
+        match self {
+            _ if generic => "head_generic_f32",
+            Table::F32(_) => "head_f32",
+            Table::F16(_) => "head_f16",
+            Table::BF16(_) => "head_bf16",
+            Table::I8 { .. } => "head_i8",
+        }
+    }
+
+    /// The per-row scales (int8 tables) or 0.
+    pub(super) fn scales(&self, gpu: &Gpu) -> u64 {
+        match self {
+            Table::I8 { scales, .. } => ptr(scales, &gpu.stream),
+            _ => 0,
+        }
+    }
+
+    /// The tensor-core head for batches of rows over this table, as (split, head) kernels:
+    /// 16-bit and int8 tables whose rows are a multiple of 128 wide, on sm_80+.
+    pub(super) fn head_mma(&self, gpu: &Gpu, cols: usize) -> Option<HeadMma> {
+        if !cols.is_multiple_of(128) {
+            return None;
+        }
+        let (split, head) = match self {
+            Table::F32(_) => return None,
+            Table::F16(_) => ("split_rows_f16", "head_mma_f16"),
+            Table::BF16(_) => ("split_rows_bf16", "head_mma_bf16"),
+            Table::I8 { .. } => ("split_rows_f16", "head_mma_i8"),
+        };
+        let head = gpu.optional_function(head)?;
+        head.allow_smem(HEAD_MMA_SMEM as usize).ok()?;
+        Some(HeadMma {
+            split: gpu.optional_function(split)?,
+            head,
+        })
+    }
+}
+
+/// The tensor-core head's kernels (`head_mma_*` in the kernels): x split into two 16-bit
+/// parts, then the table read once per 64 rows.
+pub(super) struct HeadMma {
+    pub(super) split: Kernel,
+    pub(super) head: Kernel,
+}
+
+/// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
+pub(super) const HEAD_MMA_SMEM: u32 = 2 * 64 * 576;
+
+/// Rows from which the head runs on the tensor cores (the CUDA-core head reads the table once
+/// per 8 rows).
+pub(super) const HEAD_MMA_MIN_ROWS: usize = 9;
+
+/// Device addresses of one head evaluation: `m` rows of `x` (`cols` wide) against the table
+/// (`vocab` rows, optional per-row scales) into `logits` (`m` x `vocab`); `xhl` is scratch for
+/// `2 * round_up(m, 8) * cols` 16-bit values (x's two parts).
+pub(super) struct HeadIo {
+    pub(super) table: u64,
+    pub(super) scales: u64,
+    pub(super) vocab: usize,
+    pub(super) cols: usize,
+    pub(super) x: u64,
+    pub(super) m: usize,
+    pub(super) xhl: u64,
+    pub(super) logits: u64,
+}
+
+/// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8), then
+/// one launch over every 64-row tile (grid y).
+pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
+    let mpad = io.m.div_ceil(8) * 8;
+    gpu.launch(
+        &k.split,
+        (mpad as u32, 1, 1),
+        256,
+        0,
+        &[
+            Arg::P(io.x),
+            Arg::I(io.m as i32),
+            Arg::I(mpad as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(io.xhl),
+        ],
+    )?;
+    gpu.launch(
+        &k.head,
+        (io.vocab.div_ceil(256) as u32, io.m.div_ceil(64) as u32, 1),
+        256,
+        HEAD_MMA_SMEM,
+        &[
+            Arg::P(io.table),
+            Arg::P(io.scales),
+            Arg::I(io.vocab as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(io.xhl),
+            Arg::I(io.m as i32),
+            Arg::P(io.logits),
+        ],
+    )
+}
+
+/// The head on the CUDA cores: one launch per 8 rows, each reading the whole table (a warp per
+/// table row, or per two table rows where there is one row).
+pub(super) fn launch_head_rows(
+    gpu: &Gpu,
+    k: &Kernel,
+    generic: bool,
+    io: &HeadIo,
+) -> Result<(), CudaError> {
+    for t0 in (0..io.m).step_by(8) {
+        let mm = (io.m - t0).min(8);
+        let x = io.x + 4 * (t0 * io.cols) as u64;
+        let out = io.logits + 4 * (t0 * io.vocab) as u64;
+        let [v, c, xa, ma, oa] = [
+            Arg::I(io.vocab as i32),
+            Arg::I(io.cols as i32),
+            Arg::P(x),
+            Arg::I(mm as i32),
+            Arg::P(out),
+        ];
+        // The typed kernels take the per-row scales after the table; `head_generic_f32` has
+        // none. Fixed arrays: no allocation per decode step.
+        let (typed, plain) = (
+            [Arg::P(io.table), Arg::P(io.scales), v, c, xa, ma, oa],
+            [Arg::P(io.table), v, c, xa, ma, oa],
+        );
+        let args: &[Arg] = if generic { &plain } else { &typed };
+        // A typed kernel given one row takes two table rows per warp (`head_one`).
+        let per_block = if mm == 1 && !generic { 16 } else { 8 };
+        gpu.launch(k, (io.vocab.div_ceil(per_block) as u32, 1, 1), 256, 0, args)?;
+    }
+    Ok(())
+}
+
+/// The logits of the rows of `x` (`table.cols()` wide) against `table` stored as the model
+/// would store it (`head`), computed by the tensor-core head (`tensor_cores`, for any number of
+/// rows; an error where the table does not allow it) or by the CUDA-core one. For conformance
+/// tests.
+pub fn head_logits(
+    gpu: &Gpu,
+    table: &FloatMatrix,
+    head: HeadType,
+    x: &[f32],
+    tensor_cores: bool,
+) -> Result<Vec<f32>, CudaError> {
+    let (vocab, cols) = (table.rows(), table.cols());
+    let m = x.len() / cols.max(1);
+    let t = match head {
+        HeadType::Int8 => Table::upload_int8(gpu, table)?,
+        HeadType::Native => Table::upload(gpu, table, false)?,
+    };
+    let dx = gpu.upload(x)?;
+    let xhl = gpu.zeros::<u16>(2 * m.div_ceil(8) * 8 * cols)?;
+    let logits = gpu.zeros::<f32>(m * vocab)?;
+    let st = &gpu.stream;
+    let io = HeadIo {
+        table: t.ptr(gpu),
+        scales: t.scales(gpu),
+        vocab,
+        cols,
+        x: ptr(&dx, st),
+        m,
+        xhl: ptr(&xhl, st),
+        logits: ptr(&logits, st),
+    };
+    if tensor_cores {
+        let k = t.head_mma(gpu, cols).ok_or_else(|| {
+            CudaError::Unavailable(format!(
+                "no tensor-core head for a {} table {cols} wide",
+                t.name()
+            ))
+        })?;
+        launch_head_mma(gpu, &k, &io)?;
+    } else {
+        if !cols.is_multiple_of(8) {
+            return Err(CudaError::Unavailable(format!(
+                "the CUDA-core head needs a multiple of 8 columns, not {cols}"
+            )));
+        }
+        launch_head_rows(gpu, &gpu.function(t.head_kernel(false))?, false, &io)?;
+    }
+    let mut host = vec![0f32; m * vocab];
+    st.memcpy_dtoh(&logits, &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
+pub(super) fn decode_all(m: &FloatMatrix) -> Vec<f32> {
+    let mut out = vec![0f32; m.rows() * m.cols()];
+    for (r, row) in out.chunks_exact_mut(m.cols()).enumerate() {
+        m.row_into(r, row);
+    }
+    out
+}
+
+/// `topk_rows` over `m` rows of `vocab` logits (device addresses): `k` ids and values per row.
+pub(super) fn launch_top_k(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    (logits, ids, vals): (u64, u64, u64),
+    m: usize,
+    vocab: usize,
+    k: usize,
+) -> Result<(), CudaError> {
+    gpu.launch(
+        kernel,
+        (m as u32, 1, 1),
+        1024,
+        0,
+        &[
+            Arg::P(logits),
+            Arg::I(vocab as i32),
+            Arg::I(k as i32),
+            Arg::P(ids),
+            Arg::P(vals),
+        ],
+    )
+}
+
+/// The `k` (at most [`TOPK_MAX`]) best candidates of each row of `logits` (`vocab` wide),
+/// chosen by the device's top-k kernel, row after row. For conformance tests against
+/// `bitnet_core::ops::top_k`.
+pub fn top_k_rows(
+    gpu: &Gpu,
+    logits: &[f32],
+    vocab: usize,
+    k: usize,
+) -> Result<Vec<(u32, f32)>, CudaError> {
+    let m = logits.len() / vocab.max(1);
+    if k == 0 || k > TOPK_MAX || k > vocab {
+        return Err(CudaError::Unavailable(format!(
+            "top-k kernel: k = {k} must be in 1..={}",
+            TOPK_MAX.min(vocab)
+        )));
+    }
+    let kernel = gpu.function("topk_rows")?;
+    let dl = gpu.upload(logits)?;
+    let ids = gpu.zeros::<u32>(m * k)?;
+    let vals = gpu.zeros::<f32>(m * k)?;
+    let st = &gpu.stream;
+    let addrs = (ptr(&dl, st), ptr(&ids, st), ptr(&vals, st));
+    launch_top_k(gpu, &kernel, addrs, m, vocab, k)?;
+    let (mut hi, mut hv) = (vec![0u32; m * k], vec![0f32; m * k]);
+    st.memcpy_dtoh(&ids, &mut hi)?;
+    st.memcpy_dtoh(&vals, &mut hv)?;
+    gpu.sync()?;
+    Ok(hi.into_iter().zip(hv).collect())
+}
+
+/// Blocks per row of `argmax_cluster` (the portable cluster size).
+pub(super) const ARGMAX_CLUSTER: u32 = 8;
+
+/// The greedy choice over `m` rows of `vocab` logits (device addresses): one token id per row,
+/// by `argmax_cluster` (`(kernel, true)`) or `argmax_rows` (`(kernel, false)`).
+pub(super) fn launch_argmax(
+    gpu: &Gpu,
+    (kernel, cluster): (&Kernel, bool),
+    (logits, out): (u64, u64),
+    m: usize,
+    vocab: usize,
+) -> Result<(), CudaError> {
+    let args = [Arg::P(logits), Arg::I(vocab as i32), Arg::P(out)];
+    if cluster {
+        let grid = (ARGMAX_CLUSTER, m as u32, 1);
+        gpu.launch_with(kernel, grid, 1024, 0, &args, Attr::Cluster(ARGMAX_CLUSTER))
+    } else {
+        gpu.launch(kernel, (m as u32, 1, 1), 1024, 0, &args)
+    }
+}
+
+/// The greedy choice of each row of `logits` (`vocab` wide) by the device's argmax kernel (the
+/// cluster one with `cluster`: [`CudaError::Unavailable`] before sm_90): the first index of the
+/// largest logit, NaN never chosen, 0 for a row with no number above -inf. For conformance
+/// tests against the engine's host argmax.
+pub fn argmax_rows(
+    gpu: &Gpu,
+    logits: &[f32],
+    vocab: usize,
+    cluster: bool,
+) -> Result<Vec<u32>, CudaError> {
+    let m = logits.len() / vocab.max(1);
+    let kernel = if cluster {
+        gpu.optional_function("argmax_cluster")
+            .ok_or_else(|| CudaError::Unavailable("no cluster argmax before sm_90".into()))?
+    } else {
+        gpu.function("argmax_rows")?
+    };
+    let dl = gpu.upload(logits)?;
+    let out = gpu.zeros::<u32>(m)?;
+    let st = &gpu.stream;
+    launch_argmax(
+        gpu,
+        (&kernel, cluster),
+        (ptr(&dl, st), ptr(&out, st)),
+        m,
+        vocab,
+    )?;
+    let mut host = vec![0u32; m];
+    st.memcpy_dtoh(&out, &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}

@@ -1,0 +1,873 @@
+//! Ternary products on the GPU: the weights' device layout (repacked once at load), the
+//! RMSNorm + int8 quantization launches, and the choice among the product kernels (`dp4a` for up
+//! to 4 tokens, fused with the norm at decode; the tensor-core kernels beyond: direct, staged
+//! ring, tiled in clusters) with their launch shapes. Also the public entry points the
+//! conformance suite drives each kernel through.
+
+use super::*;
+
+/// Tokens per tile of the tensor-core products in passes of more than 64 rows ([`mma_tokens`]).
+pub(super) const MMA_TOKENS: usize = 32;
+
+/// The token tile of the tensor-core products (`ternary_mma_*`, `ternary_mma_ring_*`) in a pass
+/// of `n` rows: 16 up to 64 rows, so that batched decode steps have twice the blocks (the
+/// direct kernel's grids are under one wave there) and a partial tile wastes at most 15 rows;
+/// [`MMA_TOKENS`] beyond. H200, BENCHMARKS.md session 19, 32 -> 16: b40 +10%, b48 +8%, b56 +2%,
+/// b64 +1.5%; b32 without the tiled kernel +6%.
+pub(super) fn mma_tokens(n: usize) -> usize {
+    if n <= 64 { 16 } else { MMA_TOKENS }
+}
+
+/// The tensor-core products' kernel variant (index into `Kernels::mma` and `mma_ring`: tiles of
+/// 8, 16 or 32 tokens) and number of token tiles for a pass of `n` rows ([`mma_tokens`]).
+pub(super) fn mma_shape(n: usize) -> (usize, u32) {
+    let tokens = mma_tokens(n);
+    (tiles_index(n.min(tokens)), n.div_ceil(tokens) as u32)
+}
+/// Strips of 16 rows per block of the staged tensor-core products (`MMA_WARPS` in the kernels).
+pub(super) const MMA_WARPS: u32 = 4;
+
+/// Dynamic shared memory of a staged tensor-core product block: its stages (`MMA_RING_ENTRIES`
+/// in the kernels: 6 with 4 warps per strip, else 4) of `ks` groups' weights (512 bytes per
+/// strip) and activation codes (144-byte rows of `tiles * 8` tokens).
+pub(super) fn ring_smem(tiles: usize, ks: u32) -> usize {
+    let stages = if ks == 4 { 6 } else { 4 };
+    stages * ks as usize * (MMA_WARPS as usize * 512 + tiles * 8 * 144)
+}
+
+/// One staged tensor-core product kernel (`ternary_mma_ring_{N}_k{KS}`) and its launch shape.
+pub(super) struct RingKernel {
+    pub(super) k: Kernel,
+    /// Warps per strip (they split the 128-column groups); `32 * MMA_WARPS * ks` threads.
+    pub(super) ks: u32,
+    /// Dynamic shared memory per block.
+    pub(super) smem: usize,
+    /// Blocks that run at once on the whole GPU.
+    pub(super) slots: u32,
+}
+
+impl RingKernel {
+    pub(super) fn load(gpu: &Gpu, tiles: usize, ks: u32) -> Option<Self> {
+        let k = gpu.optional_function(&format!("ternary_mma_ring_{tiles}_k{ks}"))?;
+        let smem = ring_smem(tiles, ks);
+        if smem > 48 * 1024 {
+            k.allow_smem(smem).ok()?;
+        }
+        let slots = k.resident(gpu, 32 * MMA_WARPS * ks, smem);
+        (slots > 0).then_some(RingKernel { k, ks, smem, slots })
+    }
+
+    /// The variants of `tiles` the device can run (4, 2 and 1 warps per strip, in that order:
+    /// the larger ones need more shared memory than some GPUs give a block), at least the one
+    /// with a single warp per strip.
+    pub(super) fn variants(gpu: &Gpu, tiles: usize) -> Option<Vec<Self>> {
+        let v: Vec<Self> = [4, 2, 1]
+            .into_iter()
+            .filter_map(|ks| Self::load(gpu, tiles, ks))
+            .collect();
+        v.last().is_some_and(|k| k.ks == 1).then_some(v)
+    }
+
+    /// For a grid of `blocks`: `ks` warps per strip where asked (and available), else the most
+    /// whose grid still runs in one wave, else the fewest.
+    pub(super) fn pick(variants: &[Self], blocks: u32, ks: Option<u32>) -> &Self {
+        let last = &variants[variants.len() - 1];
+        if let Some(k) = ks.and_then(|f| variants.iter().find(|k| k.ks == f)) {
+            return k;
+        }
+        variants.iter().find(|k| blocks <= k.slots).unwrap_or(last)
+    }
+}
+
+/// A ternary matrix (or several stacked) on the device.
+pub(crate) struct DevTernary {
+    pub(super) words: CudaSlice<u32>,
+    pub(super) scales: CudaSlice<f32>,
+    pub(super) rows: usize,
+    pub(super) kgroups: usize,
+    pub(super) bytes: usize,
+    /// The staged launch of the fused decode product (`gemv_stage`), for one row and for more,
+    /// found at the first launch.
+    pub(super) stage: [std::sync::OnceLock<Option<(u32, usize)>>; 2],
+}
+
+impl DevTernary {
+    /// Stacks `parts` (same width) row-wise and uploads them.
+    pub(crate) fn upload(
+        gpu: &Gpu,
+        parts: &[bitnet_core::TernaryMatrix],
+    ) -> Result<Self, CudaError> {
+        let cols = parts[0].cols();
+        let rows: usize = parts.iter().map(|p| p.rows()).sum();
+        let mut codes = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows);
+        for p in parts {
+            codes.extend_from_slice(p.codes());
+            scales.extend(std::iter::repeat_n(p.scale(), p.rows()));
+        }
+        Self::from_codes(gpu, &codes, &scales, cols)
+    }
+
+    /// Packs and uploads `codes` (rows of `cols`, one scale per row).
+    pub(super) fn from_codes(
+        gpu: &Gpu,
+        codes: &[i8],
+        scales: &[f32],
+        cols: usize,
+    ) -> Result<Self, CudaError> {
+        let rows = scales.len();
+        let words = pack::pack_ternary(codes, rows, cols);
+        Ok(Self {
+            bytes: words.len() * 4,
+            words: gpu.upload(&words)?,
+            scales: gpu.upload(scales)?,
+            rows,
+            kgroups: cols.div_ceil(KGROUP),
+            stage: Default::default(),
+        })
+    }
+
+    /// The FFN's gate and up projections (same shape) as one matrix whose rows interleave them
+    /// in groups of 8: each 16-row strip is gate rows 8k..8k+8, then up rows 8k..8k+8 (zero rows
+    /// past the end), so that a block's strip holds both halves of act(gate) * up for 8
+    /// outputs (`glu_in`, `gemv_staged` in the kernels). `glu_rows(rows)` rows.
+    pub(crate) fn upload_glu(
+        gpu: &Gpu,
+        gate: &bitnet_core::TernaryMatrix,
+        up: &bitnet_core::TernaryMatrix,
+    ) -> Result<Self, CudaError> {
+        let (codes, scales) = glu_interleave(gate, up)?;
+        Self::from_codes(gpu, &codes, &scales, gate.cols())
+    }
+}
+
+/// The codes and per-row scales of [`DevTernary::upload_glu`]'s interleaved matrix
+/// (`glu_rows(gate.rows())` rows of `gate.cols()`).
+pub(super) fn glu_interleave(
+    gate: &bitnet_core::TernaryMatrix,
+    up: &bitnet_core::TernaryMatrix,
+) -> Result<(Vec<i8>, Vec<f32>), CudaError> {
+    let (inter, cols) = (gate.rows(), gate.cols());
+    if (up.rows(), up.cols()) != (inter, cols) {
+        return Err(CudaError::Invalid(format!(
+            "gate {inter}x{cols} and up {}x{} differ",
+            up.rows(),
+            up.cols()
+        )));
+    }
+    let rows = glu_rows(inter);
+    let mut codes = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    for (half, m) in [gate, up].into_iter().enumerate() {
+        for r in 0..inter {
+            let dst = r / 8 * 16 + half * 8 + r % 8;
+            codes[dst * cols..][..cols].copy_from_slice(&m.codes()[r * cols..][..cols]);
+            scales[dst] = m.scale();
+        }
+    }
+    Ok((codes, scales))
+}
+
+/// Rows of the interleaved gate/up matrix for `inter` outputs (see [`DevTernary::upload_glu`]);
+/// also the row stride of its products.
+pub(super) fn glu_rows(inter: usize) -> usize {
+    2 * pack::round_up(inter, 8)
+}
+
+/// One kernel instantiated per row width: `(values per thread, kernel)`, narrowest first (the
+/// kernels' `FOR_EACH_PER`).
+pub(super) struct ByWidth(Vec<(usize, Kernel)>);
+
+/// Values per thread of the register-path instantiations, as `FOR_EACH_PER` in the kernels.
+pub(super) const NORM_PER_THREAD: [usize; 7] = [4, 8, 10, 12, 16, 20, 28];
+
+/// Threads of a norm block (`NW * 32` in the kernels).
+pub(super) const NORM_THREADS: usize = 256;
+
+impl ByWidth {
+    pub(super) fn load(gpu: &Gpu, stem: &str) -> Result<Self, CudaError> {
+        NORM_PER_THREAD
+            .iter()
+            .map(|&p| Ok((p, gpu.function(&format!("{stem}_p{p}"))?)))
+            .collect::<Result<_, CudaError>>()
+            .map(Self)
+    }
+
+    /// Lets every instantiation take up to `bytes` of dynamic shared memory, where the device
+    /// allows (each keeps its default elsewhere: `Kernel::dynamic_smem_cap` says which).
+    pub(super) fn allow_smem(self, bytes: usize) -> Self {
+        for (_, k) in &self.0 {
+            let _ = k.allow_smem(bytes);
+        }
+        self
+    }
+
+    /// The narrowest instantiation that holds a row of `cols` values in its 256 threads' registers
+    /// (the widest one for wider rows: its strided loops take them).
+    pub(super) fn for_cols(&self, cols: usize) -> &Kernel {
+        let fits = self.0.iter().find(|(p, _)| p * NORM_THREADS >= cols);
+        let (_, k) = fits.or(self.0.last()).expect("at least one instantiation");
+        k
+    }
+}
+
+/// Device addresses and sizes of one fused RMSNorm + quantization.
+pub(super) struct NormQuant {
+    pub(super) x: u64,
+    pub(super) x_stride: usize,
+    pub(super) weight: u64,
+    pub(super) cols: usize,
+    pub(super) eps: f32,
+    pub(super) mode: i32,
+    pub(super) codes: u64,
+    pub(super) scales: u64,
+    pub(super) sums: u64,
+    pub(super) rows: usize,
+}
+
+/// Widest row the fused decode kernel normalizes (`FUSED_MAX_COLS` in the kernels): the widest
+/// instantiation's.
+pub(super) const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_THREADS;
+
+/// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
+/// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
+/// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
+/// memory while it normalizes, where they fit (`gemv_stage`; the engine always asks for it, the
+/// conformance tests also run without). `glu` (an activation mode; `w` interleaved gate/up):
+/// a staged launch stores act(gate) * up (`gemv_staged`); true where it did.
+pub(super) fn launch_gemv_norm(
+    gpu: &Gpu,
+    k: &Kernels,
+    w: &DevTernary,
+    a: &NormQuant,
+    (out, out_stride, accumulate, glu): (u64, usize, bool, i32),
+    staged: bool,
+) -> Result<bool, CudaError> {
+    let k = if a.rows == 1 {
+        &k.gemv_norm1
+    } else {
+        &k.gemv_norm
+    }
+    .for_cols(a.cols);
+    let strips = w.rows.div_ceil(STRIP);
+    let stage = match staged {
+        true => w.stage[(a.rows > 1) as usize]
+            .get_or_init(|| gemv_stage(gpu, k, strips, w.kgroups))
+            .as_ref(),
+        false => None,
+    };
+    // One wave at most: each block loops over strips (the kernel normalizes once per block).
+    let (blocks, smem) = stage
+        .copied()
+        .unwrap_or(((strips as u32).min(k.wave(gpu)), 0));
+    gpu.launch(
+        k,
+        (blocks, 1, 1),
+        Kernel::WAVE_BLOCK,
+        smem as u32,
+        &[
+            Arg::P(ptr(&w.words, &gpu.stream)),
+            Arg::P(ptr(&w.scales, &gpu.stream)),
+            Arg::I(w.rows as i32),
+            Arg::I(w.kgroups as i32),
+            Arg::P(a.x),
+            Arg::I(a.x_stride as i32),
+            Arg::P(a.weight),
+            Arg::I(a.cols as i32),
+            Arg::I(pack::round_up(a.cols, KGROUP) as i32),
+            Arg::F(a.eps),
+            Arg::I(a.mode),
+            Arg::I(a.rows as i32),
+            Arg::P(out),
+            Arg::I(out_stride as i32),
+            Arg::I(accumulate as i32),
+            // 2: the weights are requested before the kernel waits for its predecessor.
+            Arg::I(match stage {
+                Some(_) => 1 + gpu.pdl() as i32,
+                None => 0,
+            }),
+            Arg::I(if stage.is_some() { glu } else { 0 }),
+        ],
+    )?;
+    Ok(stage.is_some() && glu != 0)
+}
+
+/// Most strips a block of the fused decode product stages (`STAGE_MAX` in the kernels).
+pub(super) const GEMV_STAGE_STRIPS: usize = 4;
+
+/// Most dynamic shared memory a block of the fused decode product stages its strips in.
+pub(super) const GEMV_STAGE_MAX: usize = 96 * 1024;
+
+/// The staged launch of a fused decode product over `strips` strips of `kgroups` 128-column
+/// groups (see `gemv_norm_body` in the kernels): the fewest strips per block whose grid runs in
+/// one wave, as (blocks, bytes of shared memory per block); `None` where the strips do not fit.
+pub(super) fn gemv_stage(
+    gpu: &Gpu,
+    k: &Kernel,
+    strips: usize,
+    kgroups: usize,
+) -> Option<(u32, usize)> {
+    let cap = k.dynamic_smem_cap();
+    (1..=strips.min(GEMV_STAGE_STRIPS))
+        .map(|per| (per, per * kgroups * STRIP * KGROUP / 4))
+        .take_while(|&(_, smem)| smem <= cap)
+        .find_map(|(per, smem)| {
+            let blocks = strips.div_ceil(per) as u32;
+            (k.resident(gpu, Kernel::WAVE_BLOCK, smem) >= blocks).then_some((blocks, smem))
+        })
+}
+
+/// Launches `norm_quant_p*` (the instantiation for the row width): one block per row. Rows up to
+/// [`FUSED_MAX_COLS`] wide are held in registers (the codes staged in at most 7 KB of static
+/// shared memory); a wider row is kept in dynamic shared memory when it fits next to that in
+/// the default 48 KB.
+pub(super) fn launch_norm_quant(gpu: &Gpu, k: &ByWidth, a: &NormQuant) -> Result<(), CudaError> {
+    let k = k.for_cols(a.cols);
+    let cached = a.cols > FUSED_MAX_COLS && a.cols * 4 + FUSED_MAX_COLS + 256 <= 48 * 1024;
+    gpu.launch(
+        k,
+        (a.rows as u32, 1, 1),
+        // 256 threads, as the fused decode kernel: the same summation order, the same codes.
+        256,
+        if cached { (a.cols * 4) as u32 } else { 0 },
+        &[
+            Arg::P(a.x),
+            Arg::I(a.x_stride as i32),
+            Arg::P(a.weight),
+            Arg::I(a.cols as i32),
+            Arg::I(pack::round_up(a.cols, KGROUP) as i32),
+            Arg::F(a.eps),
+            Arg::I(a.mode),
+            Arg::P(a.codes),
+            Arg::P(a.scales),
+            Arg::P(a.sums),
+            Arg::I(cached as i32),
+        ],
+    )
+}
+
+/// The tiled tensor-core products (`ternary_mma_tile_{2,4,8}`, sm_90): blocks of 8 warps, 16
+/// rows per warp, tiles of 16, 32 or 64 tokens, the blocks of a row tile splitting its
+/// 128-column groups in a thread-block cluster ([`tile_splits`]).
+pub(super) struct MmaTile {
+    /// By tokens per tile: 16, 32, 64.
+    pub(super) variants: [TileKernel; 3],
+    /// `BITNET_CUDA_MMA_TILE=0|1`: off, or on for every batched product (default: on for steps
+    /// of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows).
+    pub(super) on: Option<bool>,
+    /// `BITNET_CUDA_MMA_TILE_SPLITS=N`: N splits per row tile (at most 8) whatever the product.
+    pub(super) splits: Option<u32>,
+}
+
+/// One of [`MmaTile`]'s kernels and its launch shape.
+pub(super) struct TileKernel {
+    pub(super) k: Kernel,
+    /// Tokens per tile (grid y).
+    pub(super) tokens: u32,
+    pub(super) smem: usize,
+    /// Blocks that run at once on the whole GPU.
+    pub(super) slots: u32,
+}
+
+/// Threads per block of the tiled products (`TILE_WARPS` = 8 in the kernels).
+pub(super) const TILE_THREADS: u32 = 256;
+/// Strips of 16 rows per block of the tiled products (one per warp).
+pub(super) const TILE_STRIPS: u32 = 8;
+/// The most blocks that split a row tile (`tile_sum` in the kernels; a portable cluster).
+pub(super) const TILE_MAX_SPLITS: u32 = 8;
+/// Rows of a decode step from which the tiled products take the batched products (below, the
+/// kernels of 8-token tiles).
+pub(super) const TILE_MIN_ROWS: usize = 9;
+/// Rows of a step up to which they take them: H200, BENCHMARKS.md session 18, +2-5% at batch
+/// 16-32, level at 48, -5% at 64.
+pub(super) const TILE_MAX_ROWS: usize = 32;
+
+/// Dynamic shared memory of a tiled product block for `tokens` tokens: its ring (`TILE_STAGES`
+/// = 4 stages of a group's weights, 32 bytes per row, and the tokens' codes in 144-byte rows),
+/// or the integer sums of its outputs (rows 4 ints apart), whichever is larger.
+pub(super) fn tile_smem(tokens: usize) -> usize {
+    let rows = 16 * TILE_STRIPS as usize;
+    (4 * (rows * 32 + tokens * 144)).max(tokens * (rows + 4) * 4)
+}
+
+/// How many blocks split each row tile's `kgroups` 128-column groups, for `tiles` row tiles
+/// (times token tiles) and `slots` resident blocks: as many as the resident blocks allow, at
+/// most [`TILE_MAX_SPLITS`], and no split without groups.
+pub(super) fn tile_splits(tiles: u32, kgroups: u32, slots: u32) -> u32 {
+    let kgroups = kgroups.max(1);
+    let s = (slots / tiles.max(1))
+        .clamp(1, TILE_MAX_SPLITS)
+        .min(kgroups);
+    kgroups.div_ceil(kgroups.div_ceil(s))
+}
+
+impl MmaTile {
+    pub(super) fn load(gpu: &Gpu) -> Option<Self> {
+        let kernel = |tokens: u32| {
+            let k = gpu.optional_function(&format!("ternary_mma_tile_{}", tokens / 8))?;
+            let smem = tile_smem(tokens as usize);
+            k.allow_smem(smem).ok()?;
+            let slots = k.resident(gpu, TILE_THREADS, smem);
+            let clusters = k.cluster_limit(gpu, TILE_THREADS, smem) >= TILE_MAX_SPLITS;
+            (slots > 0 && clusters).then_some(TileKernel {
+                k,
+                tokens,
+                smem,
+                slots,
+            })
+        };
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        Some(MmaTile {
+            variants: [kernel(16)?, kernel(32)?, kernel(64)?],
+            on: env("BITNET_CUDA_MMA_TILE").map(|v| v != 0),
+            splits: env("BITNET_CUDA_MMA_TILE_SPLITS")
+                .filter(|&n| (1..=TILE_MAX_SPLITS).contains(&n)),
+        })
+    }
+
+    /// The kernel for `t` tokens where `forced` or the environment asks for it, else for
+    /// [`TILE_MIN_ROWS`]..=[`TILE_MAX_ROWS`] tokens: the smallest tile that holds them, 64
+    /// tokens beyond.
+    pub(super) fn pick(&self, t: usize, forced: bool) -> Option<&TileKernel> {
+        let on = forced
+            || self
+                .on
+                .unwrap_or((TILE_MIN_ROWS..=TILE_MAX_ROWS).contains(&t));
+        let v = &self.variants;
+        on.then(|| v.iter().find(|k| t <= k.tokens as usize).unwrap_or(&v[2]))
+    }
+}
+
+/// Which ternary kernel runs a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearPath {
+    /// `dp4a` for up to 4 tokens, tensor cores beyond (what the model uses).
+    Auto,
+    /// `dp4a` only, 4 tokens per launch.
+    Dp4a,
+    /// Tensor cores only, the kernel the model picks.
+    Mma,
+    /// Tensor cores only, `ternary_mma_*` whatever the grid.
+    MmaDirect,
+    /// Tensor cores only, `ternary_mma_ring_*` with this many warps per strip (1, 2 or 4)
+    /// whatever the grid.
+    MmaRing(u32),
+    /// Tensor cores only, `ternary_mma_tile_*` with this many blocks per row tile (1..=8; 0 for
+    /// the model's choice), where the device has it (sm_90; else as `Mma`).
+    MmaTile(u32),
+}
+
+/// Which of the tensor-core kernels' tile sizes (8, 16, 32 tokens) takes `n` tokens.
+pub(super) fn tiles_index(n: usize) -> usize {
+    match n {
+        0..=8 => 0,
+        9..=16 => 1,
+        _ => 2,
+    }
+}
+
+/// Device addresses and sizes of one ternary product.
+pub(super) struct LinearIo {
+    pub(super) t: usize,
+    pub(super) kpad: usize,
+    pub(super) codes: u64,
+    pub(super) xscale: u64,
+    pub(super) xsum: u64,
+    pub(super) out: u64,
+    pub(super) out_stride: usize,
+    pub(super) accumulate: bool,
+    /// An activation mode where `w` is the interleaved gate/up matrix and act(gate) * up is
+    /// wanted instead of its rows (the tensor-core kernels form it; see [`launch_linear`]).
+    pub(super) glu: i32,
+}
+
+/// Launches the ternary kernels over `io.t` activation rows (permuted codes `kpad` apart,
+/// scales, code sums) into `out` (`out_stride` apart), added when `accumulate`: `dp4a` up to 4
+/// rows, tensor cores (up to 64 rows per launch) beyond. With `io.glu`, the tensor-core kernels
+/// store act(gate) * up (`store_glu` in the kernels); true where they did (every row went to
+/// one tensor-core launch), false where the rows were stored as they are.
+pub(super) fn launch_linear(
+    gpu: &Gpu,
+    k: &Kernels,
+    path: LinearPath,
+    w: &DevTernary,
+    io: &LinearIo,
+) -> Result<bool, CudaError> {
+    let strips = w.rows.div_ceil(STRIP) as u32;
+    // `dp4a` for up to 4 rows (and where there are no tensor-core kernels), else the tensor
+    // cores, whose one launch takes every row.
+    let mma = match path {
+        LinearPath::Dp4a => None,
+        LinearPath::Auto if io.t <= 4 => None,
+        _ => k.mma.as_ref(),
+    };
+    let glu = if mma.is_some() { io.glu } else { 0 };
+    let mut t0 = 0;
+    while t0 < io.t {
+        let left = io.t - t0;
+        let (m, n) = match mma {
+            // Every remaining token in one launch: tiles of `mma_tokens` along grid y (32-token
+            // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
+            Some(m) => (Some(&m[mma_shape(left).0]), left),
+            None => (None, left.min(4)),
+        };
+        let args = linear_args(gpu, w, io, (t0, n), glu);
+        let tile = match (path, &k.mma_tile) {
+            (LinearPath::MmaTile(splits), Some(tk)) => tk
+                .pick(n, true)
+                .map(|f| (f, Some(splits).filter(|&s| s > 0))),
+            (LinearPath::Mma | LinearPath::Auto, Some(tk)) if m.is_some() => {
+                tk.pick(n, false).map(|f| (f, tk.splits))
+            }
+            _ => None,
+        };
+        if let Some((f, splits)) = tile {
+            // Every token in one launch, token tiles along y.
+            let tiles = (
+                strips.div_ceil(TILE_STRIPS),
+                n.div_ceil(f.tokens as usize) as u32,
+            );
+            let s = splits
+                .unwrap_or_else(|| tile_splits(tiles.0 * tiles.1, w.kgroups as u32, f.slots))
+                .min(w.kgroups.max(1) as u32)
+                .min(TILE_MAX_SPLITS);
+            let mut a = [Arg::I(s as i32); 14];
+            a[..13].copy_from_slice(&args);
+            let grid = (tiles.0 * s, tiles.1, 1);
+            if s > 1 {
+                gpu.launch_with(
+                    &f.k,
+                    grid,
+                    TILE_THREADS,
+                    f.smem as u32,
+                    &a,
+                    Attr::Cluster(s),
+                )?;
+            } else {
+                gpu.launch(&f.k, grid, TILE_THREADS, f.smem as u32, &a)?;
+            }
+            t0 += n;
+            continue;
+        }
+        let Some(m) = m else {
+            gpu.launch(&k.gemv, (strips, 1, 1), 256, 0, &args)?;
+            t0 += n;
+            continue;
+        };
+        // `ternary_mma_*` (two strips per block, tiles along y) where its grid runs in one wave:
+        // every load of a block in flight at once, the shortest chain. Beyond one wave
+        // (gate/up at batch 64, prefill) the staged kernel, whose blocks all run at once
+        // (BENCHMARKS.md, session 13).
+        let (variant, tiles) = mma_shape(n);
+        let direct = (strips.div_ceil(2), tiles, 1);
+        let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
+        match (path, ring) {
+            (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
+            (LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_), Some(_))
+                if direct.0 * tiles <= m.wave(gpu) =>
+            {
+                gpu.launch(m, direct, 256, 0, &args)?
+            }
+            (_, Some(r)) => {
+                let grid = (strips.div_ceil(MMA_WARPS), tiles, 1);
+                let ks = match path {
+                    LinearPath::MmaRing(ks) => Some(ks),
+                    _ => None,
+                };
+                let f = RingKernel::pick(r, grid.0 * tiles, ks);
+                gpu.launch(&f.k, grid, 32 * MMA_WARPS * f.ks, f.smem as u32, &args)?
+            }
+        }
+        t0 += n;
+    }
+    Ok(glu != 0)
+}
+
+/// The arguments of every ternary product kernel, for tokens `t0..t0 + n` of `io`.
+pub(super) fn linear_args(
+    gpu: &Gpu,
+    w: &DevTernary,
+    io: &LinearIo,
+    (t0, n): (usize, usize),
+    glu: i32,
+) -> [Arg; 13] {
+    let st = &gpu.stream;
+    [
+        Arg::P(ptr(&w.words, st)),
+        Arg::P(ptr(&w.scales, st)),
+        Arg::I(w.rows as i32),
+        Arg::I(w.kgroups as i32),
+        Arg::P(io.codes + (t0 * io.kpad) as u64),
+        Arg::I(io.kpad as i32),
+        Arg::P(io.xscale + 4 * t0 as u64),
+        Arg::P(io.xsum + 4 * t0 as u64),
+        Arg::I(n as i32),
+        Arg::P(io.out + 4 * (t0 * io.out_stride) as u64),
+        Arg::I(io.out_stride as i32),
+        Arg::I(io.accumulate as i32),
+        Arg::I(glu),
+    ]
+}
+
+/// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
+/// `batch x rows`, computed as the CPU kernels do (`dot / s_x * s_w`). For conformance tests.
+/// `glu` (an activation mode, 0 for none): `w`'s rows taken as interleaved gate/up (8 gate rows,
+/// then their 8 up rows), and act(gate) * up asked for: the first `rows / 2` outputs of each row
+/// are then that, where the path forms it (the returned flag; the tensor-core paths).
+pub fn ternary_forward(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &QuantizedActivations,
+    path: LinearPath,
+    glu: i32,
+) -> Result<(Vec<f32>, bool), CudaError> {
+    let t = x.batch();
+    let kpad = pack::round_up(w.cols(), KGROUP);
+    let k = load_kernels(gpu, KvType::F32)?;
+    let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
+    let perm = pack::permute_codes(&x.codes, t, x.cols);
+    let sums: Vec<i32> = x
+        .codes
+        .chunks_exact(x.cols.max(1))
+        .map(|r| r.iter().map(|&c| c as i32).sum())
+        .collect();
+    let codes = gpu.upload(&perm)?;
+    let scales = gpu.upload(&x.scales)?;
+    let sums = gpu.upload(&sums)?;
+    let out = gpu.zeros::<f32>(t * w.rows())?;
+    let st = &gpu.stream;
+    let io = LinearIo {
+        t,
+        kpad,
+        codes: ptr(&codes, st),
+        xscale: ptr(&scales, st),
+        xsum: ptr(&sums, st),
+        out: ptr(&out, st),
+        out_stride: w.rows(),
+        accumulate: false,
+        glu,
+    };
+    let formed = launch_linear(gpu, &k, path, &dw, &io)?;
+    let mut host = vec![0f32; t * w.rows()];
+    st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
+    gpu.sync()?;
+    Ok((host, formed))
+}
+
+/// RMSNorm then int8 quantization of `rows` rows of `x` on the GPU, as the model's first step of
+/// each block runs it: the codes (unpermuted, `rows x cols`) and scales. For conformance tests.
+pub fn norm_quant(
+    gpu: &Gpu,
+    x: &[f32],
+    rows: usize,
+    weight: &[f32],
+    eps: f32,
+) -> Result<QuantizedActivations, CudaError> {
+    let cols = weight.len();
+    let kpad = pack::round_up(cols, KGROUP);
+    let k = load_kernels(gpu, KvType::F32)?;
+    let st = &gpu.stream;
+    let dx = gpu.upload(x)?;
+    let dw = gpu.upload(weight)?;
+    let codes = gpu.zeros::<i8>(rows * kpad)?;
+    let scales = gpu.zeros::<f32>(rows)?;
+    let sums = gpu.zeros::<i32>(rows)?;
+    let nq = NormQuant {
+        x: ptr(&dx, st),
+        x_stride: cols,
+        weight: ptr(&dw, st),
+        cols,
+        eps,
+        mode: 0,
+        codes: ptr(&codes, st),
+        scales: ptr(&scales, st),
+        sums: ptr(&sums, st),
+        rows,
+    };
+    launch_norm_quant(gpu, &k.norm_quant, &nq)?;
+    let mut perm = vec![0i8; rows * kpad];
+    let mut sc = vec![0f32; rows];
+    st.memcpy_dtoh(&codes.slice(..rows * kpad), &mut perm)?;
+    st.memcpy_dtoh(&scales.slice(..rows), &mut sc)?;
+    gpu.sync()?;
+    Ok(QuantizedActivations {
+        codes: pack::unpermute_codes(&perm, rows, cols).into(),
+        scales: sc,
+        cols,
+    })
+}
+
+/// How [`norm_linear_forward`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormPath {
+    /// The norm kernel, then the product (prefill's two kernels).
+    Separate,
+    /// One fused kernel (decode, at most 4 rows), weights loaded to registers.
+    Fused,
+    /// One fused kernel with each block's strips staged in shared memory, where they fit
+    /// (else as `Fused`).
+    Staged,
+    /// As `Staged`, with `w`'s rows taken as interleaved gate/up (`glu_in` in the kernels):
+    /// the output is act(gate) * up (activation mode 1 relu², 2 silu), half as wide.
+    StagedGlu(i32),
+}
+
+/// RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`), then the product with
+/// `w`, either fused into one kernel (decode, at most 4 rows) or as the two kernels prefill uses.
+/// For conformance tests: every path must give the same outputs bit for bit.
+pub fn norm_linear_forward(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &[f32],
+    rows: usize,
+    norm: &[f32],
+    eps: f32,
+    path: NormPath,
+) -> Result<Vec<f32>, CudaError> {
+    let cols = norm.len();
+    let k = load_kernels(gpu, KvType::F32)?;
+    let st = &gpu.stream;
+    let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
+    let dx = gpu.upload(x)?;
+    let dn = gpu.upload(norm)?;
+    let kpad = pack::round_up(cols, KGROUP);
+    let codes = gpu.zeros::<i8>(rows * kpad)?;
+    let scales = gpu.zeros::<f32>(rows)?;
+    let sums = gpu.zeros::<i32>(rows)?;
+    let out = gpu.zeros::<f32>(rows * w.rows())?;
+    let nq = NormQuant {
+        x: ptr(&dx, st),
+        x_stride: cols,
+        weight: ptr(&dn, st),
+        cols,
+        eps,
+        mode: 0,
+        codes: ptr(&codes, st),
+        scales: ptr(&scales, st),
+        sums: ptr(&sums, st),
+        rows,
+    };
+    if path != NormPath::Separate {
+        let glu = match path {
+            NormPath::StagedGlu(mode) => mode,
+            _ => 0,
+        };
+        let to = (ptr(&out, st), w.rows(), false, glu);
+        let done = launch_gemv_norm(gpu, &k, &dw, &nq, to, path != NormPath::Fused)?;
+        if done != (glu != 0) {
+            return Err(CudaError::Invalid("no staged launch for this shape".into()));
+        }
+    } else {
+        launch_norm_quant(gpu, &k.norm_quant, &nq)?;
+        let io = LinearIo {
+            t: rows,
+            kpad,
+            codes: nq.codes,
+            xscale: nq.scales,
+            xsum: nq.sums,
+            out: ptr(&out, st),
+            out_stride: w.rows(),
+            accumulate: false,
+            glu: 0,
+        };
+        launch_linear(gpu, &k, LinearPath::Dp4a, &dw, &io)?;
+    }
+    let mut host = vec![0f32; rows * w.rows()];
+    st.memcpy_dtoh(&out.slice(..rows * w.rows()), &mut host)?;
+    gpu.sync()?;
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_and_up_interleave_in_groups_of_eight() {
+        use bitnet_core::TernaryMatrix;
+        // 13 outputs of 3 columns: row r of gate holds codes (r % 3 - 1) and of up their negation,
+        // in column 0 only, so that every row says where it came from.
+        let (inter, cols) = (13, 3);
+        let make = |sign: i8, scale: f32| {
+            let codes = (0..inter)
+                .flat_map(|r| [sign * (r as i8 % 3 - 1), 0, 0])
+                .collect();
+            TernaryMatrix::new(inter, cols, codes, scale).unwrap()
+        };
+        let (gate, up) = (make(1, 0.5), make(-1, 2.0));
+        let (codes, scales) = glu_interleave(&gate, &up).unwrap();
+        assert_eq!(glu_rows(inter), 32);
+        assert_eq!((codes.len(), scales.len()), (32 * cols, 32));
+        for c in 0..16 {
+            // The kernels' `glu_gate(c)` and the up row 8 further.
+            let g = (c >> 3) * 16 + (c & 7);
+            let want = |sign: i8| {
+                if c < inter {
+                    sign * (c as i8 % 3 - 1)
+                } else {
+                    0
+                }
+            };
+            assert_eq!(codes[g * cols], want(1), "gate {c}");
+            assert_eq!(codes[(g + 8) * cols], want(-1), "up {c}");
+            if c < inter {
+                assert_eq!((scales[g], scales[g + 8]), (0.5, 2.0));
+            }
+        }
+        assert!(codes.chunks(cols).all(|r| r[1..] == [0, 0]));
+        let short = TernaryMatrix::new(12, cols, vec![0; 12 * cols], 1.0).unwrap();
+        assert!(glu_interleave(&gate, &short).is_err());
+    }
+
+    #[test]
+    fn token_tiles_and_staged_shared_memory() {
+        let tiles: Vec<usize> = [1, 8, 9, 16, 17, 64, 256].map(tiles_index).into();
+        assert_eq!(tiles, [0, 0, 1, 1, 2, 2, 2]);
+        // Per stage: ks groups of 4 strips' weights (512 bytes each) and 8 * tiles codes rows
+        // of 144 bytes; 6 stages with 4 warps per strip, else 4. The largest fits an A100
+        // block (163 KB); GPUs that give less take the smaller variants.
+        assert_eq!(ring_smem(4, 4), 6 * 4 * (2048 + 32 * 144));
+        assert_eq!(ring_smem(1, 1), 4 * (2048 + 8 * 144));
+        assert!(ring_smem(4, 4) <= 163 * 1024);
+        // Every pass's rows in whole tiles of its variant, none empty: 16-token tiles up to 64
+        // rows, 32 beyond.
+        for n in 1..=MAX_ROWS {
+            let (variant, tiles) = mma_shape(n);
+            let per = 8 << variant;
+            assert!(
+                per * tiles as usize >= n && per * (tiles as usize - 1) < n,
+                "{n}"
+            );
+            assert_eq!(
+                per,
+                if n <= 8 {
+                    8
+                } else if n <= 64 {
+                    16
+                } else {
+                    32
+                },
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn tiled_products_fill_the_gpu_with_splits_of_whole_groups() {
+        // The ring's stages, or the sums of the tokens x 128 rows, whichever is larger.
+        assert_eq!(tile_smem(64), 4 * (4096 + 64 * 144));
+        assert_eq!(tile_smem(16), 4 * (4096 + 16 * 144));
+        for t in [16, 32, 64] {
+            assert!(tile_smem(t) >= t * 132 * 4);
+        }
+        // 2B4T's products with 264 resident blocks: qkv (30 row tiles, 20 groups) 7 splits of 3
+        // groups; gate/up (108 tiles) 2 of 10; down (20 tiles, 54 groups) 8 of 7.
+        assert_eq!(tile_splits(30, 20, 264), 7);
+        assert_eq!(tile_splits(108, 20, 264), 2);
+        assert_eq!(tile_splits(20, 54, 264), 8);
+        // More tiles than slots: one block per tile; never more splits than groups.
+        assert_eq!(tile_splits(400, 20, 264), 1);
+        assert_eq!(tile_splits(1, 3, 264), 3);
+        assert_eq!(tile_splits(0, 0, 264), 1);
+    }
+}
