@@ -327,9 +327,12 @@ extern "C" __global__ void final_norm(const float* h, const u32* rows, const flo
 // Ternary x int8 products. One block of 4 warps per 16-row strip; the warps split the 128-column
 // groups. Epilogue: y = (acc - xsum) / s_x * s_w[row], stored or added into `out`
 // (out[t * out_stride + row]).
+// (A macro, not a function: the operands' loads stay where each caller's expression puts them,
+// so the kernels' machine code is what it was before this was shared.)
+#define DEQUANT(acc, xsum, xscale, wscale) ((float)((acc) - (xsum)) / (xscale) * (wscale))
 __device__ __forceinline__ float out_value(int acc, int t, int row, const int* xsum, const float* xscale,
                                            const float* wscale) {
-    return (float)(acc - xsum[t]) / xscale[t] * wscale[row];
+    return DEQUANT(acc, xsum[t], xscale[t], wscale[row]);
 }
 __device__ __forceinline__ void store_value(float* out, int out_stride, int t, int row, float y, int accumulate) {
     float* p = out + (size_t)t * out_stride + row;
@@ -1267,10 +1270,10 @@ __device__ void mma_tile_body(const uint4* __restrict__ W, const float* __restri
             for (int j = 0; j < U; j++) {
                 int t = t0 + j * step;
                 if (t >= te) continue;
-                // out_value's and store_glu's arithmetic, bit for bit.
-                float y = (float)(v[j] - s_sum[t]) / s_scale[t] * ws;
+                // The other kernels' epilogue (out_value, store_glu) on the scales loaded above.
+                float y = DEQUANT(v[j], s_sum[t], s_scale[t], ws);
                 if (glu) {
-                    float up = (float)(u[j] - s_sum[t]) / s_scale[t] * wsu;
+                    float up = DEQUANT(u[j], s_sum[t], s_scale[t], wsu);
                     out[(size_t)t * out_stride + (row >> 4) * 8 + (row & 15)] = glu_act(y, glu) * up;
                 } else {
                     out[(size_t)t * out_stride + row] = add ? prev[j] + y : y;

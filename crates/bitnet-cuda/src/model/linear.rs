@@ -24,6 +24,7 @@ pub(super) fn mma_shape(n: usize) -> (usize, u32) {
     let tokens = mma_tokens(n);
     (tiles_index(n.min(tokens)), n.div_ceil(tokens) as u32)
 }
+
 /// Strips of 16 rows per block of the staged tensor-core products (`MMA_WARPS` in the kernels).
 pub(super) const MMA_WARPS: u32 = 4;
 
@@ -504,13 +505,16 @@ pub(super) fn launch_linear(
     let glu = if mma.is_some() { io.glu } else { 0 };
     let mut t0 = 0;
     while t0 < io.t {
-        let left = io.t - t0;
-        let (m, n) = match mma {
-            // Every remaining token in one launch: tiles of `mma_tokens` along grid y (32-token
-            // tiles beat 64: fewer registers, more blocks per SM; BENCHMARKS.md, v9, v12).
-            Some(m) => (Some(&m[mma_shape(left).0]), left),
-            None => (None, left.min(4)),
+        // The tensor cores take every remaining token in one launch (tiles of `mma_tokens`
+        // along grid y; 32-token tiles beat 64: fewer registers, more blocks per SM;
+        // BENCHMARKS.md, v9, v12), `dp4a` four at a time.
+        let n = if mma.is_some() {
+            io.t - t0
+        } else {
+            (io.t - t0).min(4)
         };
+        let (variant, tiles) = mma_shape(n);
+        let m = mma.map(|m| &m[variant]);
         let args = linear_args(gpu, w, io, (t0, n), glu);
         let tile = match (path, &k.mma_tile) {
             (LinearPath::MmaTile(splits), Some(tk)) => tk
@@ -558,7 +562,6 @@ pub(super) fn launch_linear(
         // every load of a block in flight at once, the shortest chain. Beyond one wave
         // (gate/up at batch 64, prefill) the staged kernel, whose blocks all run at once
         // (BENCHMARKS.md, session 13).
-        let (variant, tiles) = mma_shape(n);
         let direct = (strips.div_ceil(2), tiles, 1);
         let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
@@ -654,6 +657,51 @@ pub fn ternary_forward(
     Ok((host, formed))
 }
 
+/// Device buffers of one RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`) for
+/// the conformance entry points: the inputs uploaded, the codes, scales and code sums zeroed.
+struct NormBuffers {
+    x: CudaSlice<f32>,
+    norm: CudaSlice<f32>,
+    codes: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+    sums: CudaSlice<i32>,
+    rows: usize,
+    kpad: usize,
+}
+
+impl NormBuffers {
+    fn new(gpu: &Gpu, x: &[f32], rows: usize, norm: &[f32]) -> Result<Self, CudaError> {
+        let kpad = pack::round_up(norm.len(), KGROUP);
+        Ok(Self {
+            x: gpu.upload(x)?,
+            norm: gpu.upload(norm)?,
+            codes: gpu.zeros(rows * kpad)?,
+            scales: gpu.zeros(rows)?,
+            sums: gpu.zeros(rows)?,
+            rows,
+            kpad,
+        })
+    }
+
+    /// The norm's launch over these buffers (no activation: `mode` 0).
+    fn io(&self, gpu: &Gpu, eps: f32) -> NormQuant {
+        let st = &gpu.stream;
+        let cols = self.norm.len();
+        NormQuant {
+            x: ptr(&self.x, st),
+            x_stride: cols,
+            weight: ptr(&self.norm, st),
+            cols,
+            eps,
+            mode: 0,
+            codes: ptr(&self.codes, st),
+            scales: ptr(&self.scales, st),
+            sums: ptr(&self.sums, st),
+            rows: self.rows,
+        }
+    }
+}
+
 /// RMSNorm then int8 quantization of `rows` rows of `x` on the GPU, as the model's first step of
 /// each block runs it: the codes (unpermuted, `rows x cols`) and scales. For conformance tests.
 pub fn norm_quant(
@@ -664,31 +712,15 @@ pub fn norm_quant(
     eps: f32,
 ) -> Result<QuantizedActivations, CudaError> {
     let cols = weight.len();
-    let kpad = pack::round_up(cols, KGROUP);
     let k = load_kernels(gpu, KvType::F32)?;
     let st = &gpu.stream;
-    let dx = gpu.upload(x)?;
-    let dw = gpu.upload(weight)?;
-    let codes = gpu.zeros::<i8>(rows * kpad)?;
-    let scales = gpu.zeros::<f32>(rows)?;
-    let sums = gpu.zeros::<i32>(rows)?;
-    let nq = NormQuant {
-        x: ptr(&dx, st),
-        x_stride: cols,
-        weight: ptr(&dw, st),
-        cols,
-        eps,
-        mode: 0,
-        codes: ptr(&codes, st),
-        scales: ptr(&scales, st),
-        sums: ptr(&sums, st),
-        rows,
-    };
-    launch_norm_quant(gpu, &k.norm_quant, &nq)?;
+    let b = NormBuffers::new(gpu, x, rows, weight)?;
+    launch_norm_quant(gpu, &k.norm_quant, &b.io(gpu, eps))?;
+    let kpad = b.kpad;
     let mut perm = vec![0i8; rows * kpad];
     let mut sc = vec![0f32; rows];
-    st.memcpy_dtoh(&codes.slice(..rows * kpad), &mut perm)?;
-    st.memcpy_dtoh(&scales.slice(..rows), &mut sc)?;
+    st.memcpy_dtoh(&b.codes.slice(..rows * kpad), &mut perm)?;
+    st.memcpy_dtoh(&b.scales.slice(..rows), &mut sc)?;
     gpu.sync()?;
     Ok(QuantizedActivations {
         codes: pack::unpermute_codes(&perm, rows, cols).into(),
@@ -724,29 +756,12 @@ pub fn norm_linear_forward(
     eps: f32,
     path: NormPath,
 ) -> Result<Vec<f32>, CudaError> {
-    let cols = norm.len();
     let k = load_kernels(gpu, KvType::F32)?;
     let st = &gpu.stream;
     let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
-    let dx = gpu.upload(x)?;
-    let dn = gpu.upload(norm)?;
-    let kpad = pack::round_up(cols, KGROUP);
-    let codes = gpu.zeros::<i8>(rows * kpad)?;
-    let scales = gpu.zeros::<f32>(rows)?;
-    let sums = gpu.zeros::<i32>(rows)?;
+    let b = NormBuffers::new(gpu, x, rows, norm)?;
+    let nq = b.io(gpu, eps);
     let out = gpu.zeros::<f32>(rows * w.rows())?;
-    let nq = NormQuant {
-        x: ptr(&dx, st),
-        x_stride: cols,
-        weight: ptr(&dn, st),
-        cols,
-        eps,
-        mode: 0,
-        codes: ptr(&codes, st),
-        scales: ptr(&scales, st),
-        sums: ptr(&sums, st),
-        rows,
-    };
     if path != NormPath::Separate {
         let glu = match path {
             NormPath::StagedGlu(mode) => mode,
@@ -761,7 +776,7 @@ pub fn norm_linear_forward(
         launch_norm_quant(gpu, &k.norm_quant, &nq)?;
         let io = LinearIo {
             t: rows,
-            kpad,
+            kpad: b.kpad,
             codes: nq.codes,
             xscale: nq.scales,
             xsum: nq.sums,
