@@ -2677,28 +2677,33 @@ __device__ __forceinline__ void head_stage(const u16* xhl, int cols, int ch, int
     }
     cp_async_commit();
 }
-// `cols` % 128 == 0; xhl holds ceil(m / 8) * 8 rows (split_rows_*).
-template <class D, bool BF>
-__device__ void head_mma_body(const typename D::T* W, const float* rscale, int vocab, int cols, const u16* xhl, int m,
-                              float* logits) {
+// `cols` % 128 == 0; xhl holds ceil(m / 8) * 8 rows (split_rows_*). NT: the block's tiles of 8
+// rows, known at compile time, so that ptxas interleaves the 2 x NT independent chains of mma
+// where a run-time check per tile had kept each tile's chains apart (batch 16 +4.5%, 32 +4.8%:
+// BENCHMARKS.md session 20). Except at 8 tiles: interleaved, they need more than the 128
+// registers of two blocks per SM (spills, -1% at batch 64; one block of 190 registers: -2.8%),
+// so 8 tiles take the instantiation that checks each tile against a count known at run time
+// only (NT 0).
+template <class D, bool BF, int NT>
+__device__ __forceinline__ void head_mma_tiles(const typename D::T* W, const float* rscale, int vocab, int cols,
+                                               const u16* xhl, int t0, int mt, float* logits) {
     extern __shared__ __align__(16) char hsm[];
-    PDL_ENTRY();
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
-    int t0 = blockIdx.y * 64;
-    int mt = min(m - t0, 64);
-    int nt = (mt + 7) / 8;
+    // NT 0: the tiles known at run time only (8 of them: see above).
+    constexpr int TILES = NT ? NT : 8;
+    const int nt = NT ? NT : (mt + 7) / 8;
     xhl += (size_t)t0 * 2 * cols;
     int v0 = blockIdx.x * 256 + warp * 32;
     // This lane's four table rows (two m16 tiles: g, g + 8), clamped inside the table.
     size_t rowoff[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) rowoff[i] = (size_t)min(v0 + 8 * i + g, vocab - 1) * cols + 8 * t;
-    float acc[2][8][4];
+    float acc[2][TILES][4];
 #pragma unroll
     for (int a = 0; a < 2; a++)
 #pragma unroll
-        for (int j = 0; j < 8; j++) acc[a][j][0] = acc[a][j][1] = acc[a][j][2] = acc[a][j][3] = 0.f;
+        for (int j = 0; j < TILES; j++) acc[a][j][0] = acc[a][j][1] = acc[a][j][2] = acc[a][j][3] = 0.f;
     int chunks = cols / 128, kbs = cols / 32;
     head_stage(xhl, cols, 0, nt * 8, hsm);
     typedef HeadA<D> A;
@@ -2728,7 +2733,7 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
             }
             const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < TILES; j++) {
                 if (j < nt) {
                     uint4 hi = *(const uint4*)(xb + j * 8 * HM_ROW);
                     uint4 lo = *(const uint4*)(xb + j * 8 * HM_ROW + 256);
@@ -2752,7 +2757,7 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
             if (v >= vocab) continue;
             float s = rscale ? rscale[v] : 1.f;
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < TILES; j++) {
                 int tok = j * 8 + 2 * t;
                 if (tok < mt) logits[(size_t)(t0 + tok) * vocab + v] = acc[a][j][2 * half] * s;
                 if (tok + 1 < mt) logits[(size_t)(t0 + tok + 1) * vocab + v] = acc[a][j][2 * half + 1] * s;
@@ -2760,18 +2765,37 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
         }
     }
 }
-extern "C" __global__ void __launch_bounds__(256, 2) head_mma_f16(const u16* W, const float* rs, int vocab, int cols,
-                                                                  const u16* xhl, int m, float* out) {
-    head_mma_body<F16T, false>(W, rs, vocab, cols, xhl, m, out);
+template <class D, bool BF>
+__device__ void head_mma_body(const typename D::T* W, const float* rscale, int vocab, int cols, const u16* xhl, int m,
+                              float* logits) {
+    PDL_ENTRY();
+    int t0 = blockIdx.y * 64;
+    int mt = min(m - t0, 64);
+    switch ((mt + 7) / 8) {
+#define HEAD_TILES(NT)                                                                \
+    case NT:                                                                          \
+        head_mma_tiles<D, BF, NT>(W, rscale, vocab, cols, xhl, t0, mt, logits); \
+        break;
+        HEAD_TILES(1)
+        HEAD_TILES(2)
+        HEAD_TILES(3)
+        HEAD_TILES(4)
+        HEAD_TILES(5)
+        HEAD_TILES(6)
+        HEAD_TILES(7)
+#undef HEAD_TILES
+    default:
+        head_mma_tiles<D, BF, 0>(W, rscale, vocab, cols, xhl, t0, mt, logits);
+    }
 }
-extern "C" __global__ void __launch_bounds__(256, 2) head_mma_bf16(const u16* W, const float* rs, int vocab, int cols,
-                                                                   const u16* xhl, int m, float* out) {
-    head_mma_body<BF16T, true>(W, rs, vocab, cols, xhl, m, out);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) head_mma_i8(const i8* W, const float* rs, int vocab, int cols,
-                                                                 const u16* xhl, int m, float* out) {
-    head_mma_body<I8T, false>(W, rs, vocab, cols, xhl, m, out);
-}
+#define HEAD_MMA_ENTRY(NAME, T, D, BF)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                                          \
+        NAME(const T* W, const float* rs, int vocab, int cols, const u16* xhl, int m, float* out) {               \
+        head_mma_body<D, BF>(W, rs, vocab, cols, xhl, m, out);                                                    \
+    }
+HEAD_MMA_ENTRY(head_mma_f16, u16, F16T, false)
+HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
+HEAD_MMA_ENTRY(head_mma_i8, i8, I8T, false)
 #endif
 
 // Any width, f32 weights (fixtures with odd hidden sizes): one warp per vocabulary row.
