@@ -289,6 +289,11 @@ impl Drop for Gpu {
 impl Gpu {
     /// Opens device `ordinal` and loads the kernels (compiling them on first use).
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        Self::open_with(ordinal, false)
+    }
+
+    /// [`Gpu::open`], saying on stderr when the kernels are compiled (`progress`).
+    pub fn open_with(ordinal: usize, progress: bool) -> Result<Self, CudaError> {
         let n = device_count()?;
         if ordinal >= n {
             return Err(CudaError::Unavailable(format!(
@@ -303,7 +308,7 @@ impl Gpu {
         let (maj, min) = ctx.compute_capability()?;
         let arch = format!("sm_{maj}{min}");
         let name = ctx.name()?;
-        let module = load_module(&ctx, &arch)?;
+        let module = load_module(&ctx, &arch, progress)?;
         let stream = ctx.new_stream()?;
         let profile = std::env::var("BITNET_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
@@ -549,7 +554,11 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, CudaError> {
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    progress: bool,
+) -> Result<Arc<CudaModule>, CudaError> {
     let lineinfo = lineinfo();
     let key = fnv1a(&[KERNELS.as_bytes(), arch.as_bytes(), &[lineinfo as u8]]);
     let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}-{arch}.ptx")));
@@ -558,6 +567,10 @@ fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, Cu
         && let Ok(m) = ctx.load_module(Ptx::from_src(src))
     {
         return Ok(m);
+    }
+    let started = std::time::Instant::now();
+    if progress {
+        eprintln!("{}", compile_note(arch, path.as_deref()));
     }
     let ptx = compile(arch)?;
     if let Some(p) = &path
@@ -570,7 +583,26 @@ fn load_module(ctx: &Arc<CudaContext>, arch: &str) -> Result<Arc<CudaModule>, Cu
             let _ = std::fs::rename(&tmp, p);
         }
     }
-    Ok(ctx.load_module(ptx)?)
+    let module = ctx.load_module(ptx)?;
+    if progress {
+        eprintln!(
+            "compiled the CUDA kernels in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(module)
+}
+
+/// The line said before the kernels are compiled for `arch`, naming where they will be cached.
+fn compile_note(arch: &str, cache: Option<&std::path::Path>) -> String {
+    let kept = match cache.and_then(|p| p.parent()) {
+        Some(dir) => format!("kept in {} for later runs", dir.display()),
+        None => "not cached: no cache directory (set BITNET_CACHE_DIR)".to_string(),
+    };
+    format!(
+        "compiling the CUDA kernels for {arch} (first use on this GPU architecture, tens of \
+         seconds; {kept})"
+    )
 }
 
 fn lineinfo() -> bool {
@@ -599,4 +631,25 @@ pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
         }
         other => CudaError::Compile(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compile_note_names_the_architecture_and_where_the_kernels_are_kept() {
+        let dir = std::path::Path::new("/home/u/.cache/bitnet-rs/cuda");
+        let note = compile_note("sm_90", Some(&dir.join("kernels-0123-sm_90.ptx")));
+        assert!(note.contains("sm_90"), "{note}");
+        assert!(
+            note.contains("kept in /home/u/.cache/bitnet-rs/cuda"),
+            "{note}"
+        );
+        let note = compile_note("sm_80", None);
+        assert!(
+            note.contains("sm_80") && note.contains("BITNET_CACHE_DIR"),
+            "{note}"
+        );
+    }
 }

@@ -57,6 +57,9 @@ pub struct CudaOptions {
     pub head: HeadType,
     /// The longest sequence to serve (sizes the RoPE table and attention scratch).
     pub max_context: usize,
+    /// Says on stderr when the kernels are compiled (the first use on a GPU architecture,
+    /// tens of seconds; cached on disk afterwards) and how long that took.
+    pub progress: bool,
 }
 
 impl Default for CudaOptions {
@@ -66,6 +69,7 @@ impl Default for CudaOptions {
             kv: KvType::default(),
             head: HeadType::default(),
             max_context: 4096,
+            progress: false,
         }
     }
 }

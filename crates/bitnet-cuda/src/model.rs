@@ -222,7 +222,7 @@ fn dev(e: CudaError) -> ModelError {
 impl CudaModel {
     /// Uploads every weight of `src` to the GPU named in `opts`.
     pub fn load(src: &dyn WeightSource, opts: CudaOptions) -> Result<Self, ModelError> {
-        let gpu = Gpu::open(opts.ordinal).map_err(dev)?;
+        let gpu = Gpu::open_with(opts.ordinal, opts.progress).map_err(dev)?;
         Self::load_on(gpu, src, opts)
     }
 

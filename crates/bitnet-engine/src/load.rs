@@ -181,7 +181,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Shows download progress bars on stderr.
+    /// Shows download progress bars on stderr, and says there when GPU kernels are compiled
+    /// (their first use on a GPU architecture).
     pub fn progress(mut self, on: bool) -> Self {
         self.progress = on;
         self
@@ -249,6 +250,7 @@ impl EngineBuilder {
                             kv,
                             head: self.gpu_head,
                             max_context,
+                            progress: self.progress,
                         };
                         let cuda = bitnet_cuda::CudaModel::load(src, opts)?;
                         Ok(bitnet_model::Model::on_device(
