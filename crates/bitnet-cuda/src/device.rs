@@ -600,8 +600,8 @@ fn compile_note(arch: &str, cache: Option<&std::path::Path>) -> String {
         None => "not cached: no cache directory (set BITNET_CACHE_DIR)".to_string(),
     };
     format!(
-        "compiling the CUDA kernels for {arch} (first use on this GPU architecture, tens of \
-         seconds; {kept})"
+        "compiling the CUDA kernels for {arch} (first use on this GPU architecture: a minute \
+         or two; {kept})"
     )
 }
 
