@@ -2679,8 +2679,8 @@ __device__ __forceinline__ void head_stage(const u16* xhl, int cols, int ch, int
 }
 // `cols` % 128 == 0; xhl holds ceil(m / 8) * 8 rows (split_rows_*). NT: the block's tiles of 8
 // rows, known at compile time, so that ptxas interleaves the 2 x NT independent chains of mma
-// where a run-time check per tile had kept each tile's chains apart (batch 16 +4.5%, 32 +4.8%:
-// BENCHMARKS.md session 20). Except at 8 tiles: interleaved, they need more than the 128
+// where a run-time check per tile had kept each tile's chains apart (batch 10 +4%, 16 +3.9%,
+// 32 +3.6%, 48 +2%: BENCHMARKS.md session 20). Except at 8 tiles: interleaved, they need more than the 128
 // registers of two blocks per SM (spills, -1% at batch 64; one block of 190 registers: -2.8%),
 // so 8 tiles take the instantiation that checks each tile against a count known at run time
 // only (NT 0).
