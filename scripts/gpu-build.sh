@@ -15,5 +15,12 @@ for l in sys.stdin:
   cp "$exe" "$DIR/$t"
 done
 strip "$DIR"/* 2>/dev/null || true
+# The kernels' machine code for the GPU machine's architecture (ARCH, default sm_90: H100/H200),
+# so that it does not spend its first minute compiling them: scripts/gpu-check.sh points
+# BITNET_CACHE_DIR at DIR/cache. NVRTC from its PyPI wheel; without it the GPU machine compiles.
+if lib=$(bash scripts/nvrtc-env.sh | tail -n 1); then
+  LD_LIBRARY_PATH="$lib" BITNET_CACHE_DIR="$DIR/cache" \
+    cargo run --release -q -p bitnet-cuda --example precompile -- "${ARCH:-sm_90}"
+fi
 pwd > "$DIR/built_at"
 ls -la "$DIR"

@@ -3,9 +3,9 @@
 #
 #   scripts/gpu-check.sh BIN_DIR [tests|bench|quick|ncu|all]
 #
-# BIN_DIR holds the release `bitnet` binary and the bitnet-cuda test binaries (compile,
-# conformance, parity), built elsewhere with `scripts/gpu-build.sh` (no Rust or network is
-# needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails instead of skipping.
+# BIN_DIR holds the release `bitnet` binary, the bitnet-cuda test binaries (compile,
+# conformance, parity) and the compiled kernels, built elsewhere with `scripts/gpu-build.sh` (no
+# Rust or network is needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails instead of skipping.
 # Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
 # bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
 # `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with
@@ -16,7 +16,8 @@ set -uo pipefail
 BIN=$(realpath "${1:?usage: gpu-check.sh BIN_DIR [tests|bench|all]}")
 WHAT=${2:-all}
 LOG=${OUT:-/tmp}
-export BITNET_REQUIRE_GPU=1 BITNET_CACHE_DIR=/tmp/bitnet-cache
+# The kernels' machine code, compiled by scripts/gpu-build.sh into BIN_DIR/cache where it could.
+export BITNET_REQUIRE_GPU=1 BITNET_CACHE_DIR=${BITNET_CACHE_DIR:-$BIN/cache}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 # The test binaries find the fixtures through the absolute path they were built at.
 built_at=$(cat "$BIN/built_at" 2>/dev/null || echo /work/main)

@@ -7,7 +7,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use crate::CudaError;
 
@@ -65,7 +65,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     /// The one stream everything runs on.
     pub stream: Arc<CudaStream>,
-    module: Arc<CudaModule>,
+    /// One module per part of the kernels ([`PARTS`]).
+    modules: Vec<Arc<CudaModule>>,
     /// `sm_XY`.
     pub arch: String,
     /// The device's name.
@@ -308,7 +309,7 @@ impl Gpu {
         let (maj, min) = ctx.compute_capability()?;
         let arch = format!("sm_{maj}{min}");
         let name = ctx.name()?;
-        let module = load_module(&ctx, &arch, progress)?;
+        let modules = load_modules(&ctx, &arch, progress)?;
         let stream = ctx.new_stream()?;
         let profile = std::env::var("BITNET_CUDA_PROFILE")
             .is_ok_and(|v| v == "1")
@@ -322,7 +323,7 @@ impl Gpu {
         Ok(Self {
             ctx,
             stream,
-            module,
+            modules,
             arch,
             name,
             ordinal,
@@ -332,12 +333,24 @@ impl Gpu {
         })
     }
 
-    /// A kernel by name.
+    /// A kernel by name (from whichever part of the kernels holds it).
     pub fn function(&self, name: &str) -> Result<Kernel, CudaError> {
-        Ok(Kernel {
-            f: self.module.load_function(name)?,
-            name: name.to_string(),
-            wave: std::sync::OnceLock::new(),
+        let mut missing = None;
+        for m in &self.modules {
+            match m.load_function(name) {
+                Ok(f) => {
+                    return Ok(Kernel {
+                        f,
+                        name: name.to_string(),
+                        wave: std::sync::OnceLock::new(),
+                    });
+                }
+                Err(e) => missing = Some(e),
+            }
+        }
+        Err(match missing {
+            Some(e) => e.into(),
+            None => CudaError::Unavailable("no CUDA kernels are loaded".into()),
         })
     }
 
@@ -530,9 +543,25 @@ impl Gpu {
     }
 }
 
-/// Where compiled PTX is kept: `$BITNET_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/bitnet-rs/cuda`,
-/// else `~/.cache/bitnet-rs/cuda`.
-fn cache_dir() -> Option<PathBuf> {
+/// The kernels compile as this many independent modules (`BITNET_PART` 1..=PARTS in
+/// kernels.cu), in parallel, each cached on its own: one module took NVRTC and ptxas ~50-60 s on
+/// one core, the largest part takes a tenth of that.
+pub const PARTS: u32 = 11;
+
+/// What NVRTC made of one part of the kernels for one architecture.
+pub struct Compiled {
+    /// The part (1..=[`PARTS`]; 0: every kernel in one module).
+    pub part: u32,
+    /// PTX: what the driver compiles itself where it refuses the machine code.
+    pub ptx: String,
+    /// The machine code for the real architecture (an ELF CUBIN), loaded without the driver's
+    /// compiler and cached.
+    pub cubin: Vec<u8>,
+}
+
+/// Where compiled kernels are kept: `$BITNET_CACHE_DIR/cuda`, else
+/// `$XDG_CACHE_HOME/bitnet-rs/cuda`, else `~/.cache/bitnet-rs/cuda`.
+pub fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("BITNET_CACHE_DIR") {
         return Some(PathBuf::from(d).join("cuda"));
     }
@@ -554,54 +583,138 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn load_module(
+/// The cache file of `part` for `arch` without its extension (`.cubin`, or `.ptx` where the
+/// driver refused the machine code): named by everything that decides its contents.
+fn cache_stem(dir: &std::path::Path, arch: &str, part: u32) -> PathBuf {
+    let lineinfo = lineinfo();
+    let key = fnv1a(&[
+        KERNELS.as_bytes(),
+        arch.as_bytes(),
+        &[lineinfo as u8],
+        &part.to_le_bytes(),
+    ]);
+    dir.join(format!("kernels-{key:016x}-{arch}-{part}"))
+}
+
+/// Writes `bytes` to `path` whole, then renames it into place, so that a concurrent reader
+/// never sees half a file. A cache that cannot be written only costs the next run a compile.
+fn cache_write(path: &std::path::Path, bytes: &[u8]) {
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// A cached part, as machine code or else PTX, if the driver takes it.
+fn load_cached(ctx: &Arc<CudaContext>, stem: &std::path::Path) -> Option<Arc<CudaModule>> {
+    if let Ok(cubin) = std::fs::read(stem.with_extension("cubin"))
+        && let Ok(m) = ctx.load_module(Ptx::from_binary(cubin))
+    {
+        return Some(m);
+    }
+    let src = std::fs::read_to_string(stem.with_extension("ptx")).ok()?;
+    ctx.load_module(Ptx::from_src(src)).ok()
+}
+
+/// Every part's module for `arch`: from the cache where it holds them, the others compiled (in
+/// parallel) and cached.
+fn load_modules(
     ctx: &Arc<CudaContext>,
     arch: &str,
     progress: bool,
-) -> Result<Arc<CudaModule>, CudaError> {
-    let lineinfo = lineinfo();
-    let key = fnv1a(&[KERNELS.as_bytes(), arch.as_bytes(), &[lineinfo as u8]]);
-    let path = cache_dir().map(|d| d.join(format!("kernels-{key:016x}-{arch}.ptx")));
-    if let Some(p) = &path
-        && let Ok(src) = std::fs::read_to_string(p)
-        && let Ok(m) = ctx.load_module(Ptx::from_src(src))
-    {
-        return Ok(m);
+) -> Result<Vec<Arc<CudaModule>>, CudaError> {
+    let dir = cache_dir();
+    let stem = |part| dir.as_deref().map(|d| cache_stem(d, arch, part));
+    let mut modules = Vec::new();
+    let mut missing = Vec::new();
+    for part in 1..=PARTS {
+        match stem(part).and_then(|s| load_cached(ctx, &s)) {
+            Some(m) => modules.push(m),
+            None => missing.push(part),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(modules);
     }
     let started = std::time::Instant::now();
     if progress {
-        eprintln!("{}", compile_note(arch, path.as_deref()));
+        eprintln!("{}", compile_note(arch, dir.as_deref(), missing.len()));
     }
-    let ptx = compile(arch)?;
-    if let Some(p) = &path
-        && let Some(dir) = p.parent()
-        && std::fs::create_dir_all(dir).is_ok()
-    {
-        // Written whole, then renamed, so that a concurrent reader never sees half a file.
-        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, ptx.to_src()).is_ok() {
-            let _ = std::fs::rename(&tmp, p);
-        }
+    for c in compile_parts(arch, &missing)? {
+        let stem = stem(c.part);
+        // The machine code first; PTX (compiled again by the driver) where the driver does not
+        // take NVRTC's machine code, e.g. a driver older than the NVRTC library.
+        let m = match ctx.load_module(Ptx::from_binary(c.cubin.clone())) {
+            Ok(m) => {
+                if let Some(s) = &stem {
+                    cache_write(&s.with_extension("cubin"), &c.cubin);
+                }
+                m
+            }
+            Err(_) => {
+                let m = ctx.load_module(Ptx::from_src(c.ptx.clone()))?;
+                if let Some(s) = &stem {
+                    cache_write(&s.with_extension("ptx"), c.ptx.as_bytes());
+                }
+                m
+            }
+        };
+        modules.push(m);
     }
-    let module = ctx.load_module(ptx)?;
     if progress {
         eprintln!(
             "compiled the CUDA kernels in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
-    Ok(module)
+    Ok(modules)
 }
 
-/// The line said before the kernels are compiled for `arch`, naming where they will be cached.
-fn compile_note(arch: &str, cache: Option<&std::path::Path>) -> String {
-    let kept = match cache.and_then(|p| p.parent()) {
+/// Compiles the parts of the kernels for `arch` that the cache lacks and writes their machine
+/// code there, without a GPU (e.g. while building a container image for GPU machines of a known
+/// architecture): later runs on such a GPU load them at once. Returns the cache directory and the
+/// number of parts compiled; an error if there is no cache directory or it cannot be written.
+pub fn fill_cache(arch: &str) -> Result<(PathBuf, usize), CudaError> {
+    let dir = cache_dir().ok_or_else(|| {
+        CudaError::Unavailable("no cache directory (set BITNET_CACHE_DIR)".into())
+    })?;
+    let missing: Vec<u32> = (1..=PARTS)
+        .filter(|&p| !cache_stem(&dir, arch, p).with_extension("cubin").is_file())
+        .collect();
+    for c in compile_parts(arch, &missing)? {
+        let path = cache_stem(&dir, arch, c.part).with_extension("cubin");
+        cache_write(&path, &c.cubin);
+        if !path.is_file() {
+            return Err(CudaError::Unavailable(format!(
+                "could not write {}",
+                path.display()
+            )));
+        }
+    }
+    Ok((dir, missing.len()))
+}
+
+/// The line said before `parts` of the kernels are compiled for `arch`, naming where they will
+/// be kept (`dir`).
+fn compile_note(arch: &str, dir: Option<&std::path::Path>, parts: usize) -> String {
+    let kept = match dir {
         Some(dir) => format!("kept in {} for later runs", dir.display()),
         None => "not cached: no cache directory (set BITNET_CACHE_DIR)".to_string(),
     };
+    let what = if parts as u32 == PARTS {
+        "the CUDA kernels".to_string()
+    } else {
+        format!("{parts} of the {PARTS} parts of the CUDA kernels")
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
-        "compiling the CUDA kernels for {arch} (first use on this GPU architecture: a minute \
-         or two; {kept})"
+        "compiling {what} for {arch} on {} threads (first use on this GPU architecture: up to a \
+         minute; {kept})",
+        threads.min(parts)
     )
 }
 
@@ -609,28 +722,107 @@ fn lineinfo() -> bool {
     std::env::var("BITNET_CUDA_LINEINFO").is_ok_and(|v| v == "1")
 }
 
-/// Compiles the kernels for `arch` (`sm_90`, ...).
-pub fn compile(arch: &str) -> Result<Ptx, CudaError> {
-    // NVRTC wants a &'static str; the few architectures a process sees are leaked once each.
-    let arch: &'static str = Box::leak(arch.to_string().into_boxed_str());
-    let opts = CompileOptions {
-        arch: Some(arch),
-        // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
-        fmad: Some(false),
-        // Source lines in the PTX for compute-sanitizer and Nsight (BITNET_CUDA_LINEINFO=1).
-        options: if lineinfo() {
-            vec!["-lineinfo".into()]
-        } else {
-            Vec::new()
-        },
-        ..Default::default()
-    };
-    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            CudaError::Compile(log.to_string_lossy().into_owned())
+/// Compiles every part of the kernels for `arch` (`sm_90`, ...), in parallel.
+pub fn compile(arch: &str) -> Result<Vec<Compiled>, CudaError> {
+    compile_parts(arch, &(1..=PARTS).collect::<Vec<_>>())
+}
+
+/// Compiles `parts` of the kernels for `arch` on up to one thread per core (NVRTC may compile
+/// different programs at once), in the order given.
+pub fn compile_parts(arch: &str, parts: &[u32]) -> Result<Vec<Compiled>, CudaError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(parts.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Vec<std::sync::Mutex<Option<Result<Compiled, CudaError>>>> =
+        parts.iter().map(|_| Default::default()).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&part) = parts.get(i) else { break };
+                    let r = compile_part(arch, part);
+                    if let Ok(mut slot) = done[i].lock() {
+                        *slot = Some(r);
+                    }
+                }
+            });
         }
-        other => CudaError::Compile(other.to_string()),
-    })
+    });
+    done.into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(CudaError::Compile("a compile thread failed".into())))
+        })
+        .collect()
+}
+
+/// Compiles part `part` (1..=[`PARTS`]; 0: all of them in one module) of the kernels for the
+/// real architecture `arch` (`sm_90`, ...): PTX and machine code.
+pub fn compile_part(arch: &str, part: u32) -> Result<Compiled, CudaError> {
+    use cudarc::nvrtc::result;
+    let bad = |e: cudarc::nvrtc::result::NvrtcError| CudaError::Compile(e.to_string());
+    let mut opts = vec![
+        format!("--gpu-architecture={arch}"),
+        // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
+        "--fmad=false".to_string(),
+        format!("--define-macro=BITNET_PART={part}"),
+    ];
+    if lineinfo() {
+        // Source lines for compute-sanitizer and Nsight (BITNET_CUDA_LINEINFO=1).
+        opts.push("-lineinfo".into());
+    }
+    let src = std::ffi::CString::new(KERNELS)
+        .map_err(|_| CudaError::Compile("kernels.cu holds a NUL byte".into()))?;
+    let prog = result::create_program(&src, Some(c"kernels.cu")).map_err(bad)?;
+    // SAFETY: `prog` was created above, read only after a successful compile and destroyed once.
+    unsafe {
+        let compiled = result::compile_program(prog, &opts);
+        let out = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| {
+                        std::ffi::CStr::from_ptr(l.as_ptr())
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_else(|_| e.to_string());
+                Err(CudaError::Compile(log))
+            }
+            Ok(()) => outputs(prog, part),
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
+}
+
+/// The PTX and machine code of the compiled program `prog`.
+///
+/// # Safety
+/// `prog` must be a successfully compiled NVRTC program that has not been destroyed.
+unsafe fn outputs(
+    prog: cudarc::nvrtc::sys::nvrtcProgram,
+    part: u32,
+) -> Result<Compiled, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    let bad = |e: cudarc::nvrtc::result::NvrtcError| CudaError::Compile(e.to_string());
+    // SAFETY: the caller's; each buffer is sized by the matching size query.
+    unsafe {
+        let ptx = result::get_ptx(prog).map_err(bad)?;
+        let ptx = std::ffi::CStr::from_ptr(ptx.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let mut n = 0usize;
+        sys::nvrtcGetCUBINSize(prog, &mut n).result().map_err(bad)?;
+        let mut cubin = vec![0u8; n];
+        sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+            .result()
+            .map_err(bad)?;
+        Ok(Compiled { part, ptx, cubin })
+    }
 }
 
 #[cfg(test)]
@@ -640,16 +832,32 @@ mod tests {
     #[test]
     fn the_compile_note_names_the_architecture_and_where_the_kernels_are_kept() {
         let dir = std::path::Path::new("/home/u/.cache/bitnet-rs/cuda");
-        let note = compile_note("sm_90", Some(&dir.join("kernels-0123-sm_90.ptx")));
+        let note = compile_note("sm_90", Some(dir), PARTS as usize);
         assert!(note.contains("sm_90"), "{note}");
         assert!(
             note.contains("kept in /home/u/.cache/bitnet-rs/cuda"),
             "{note}"
         );
-        let note = compile_note("sm_80", None);
+        let note = compile_note("sm_80", None, 2);
         assert!(
             note.contains("sm_80") && note.contains("BITNET_CACHE_DIR"),
             "{note}"
         );
+        assert!(note.contains(&format!("2 of the {PARTS} parts")), "{note}");
+    }
+
+    /// Every part the source names exists and none is empty, so the parts hold every kernel
+    /// (the compile test checks that none is in two).
+    #[test]
+    fn the_kernels_source_names_every_part_and_no_other() {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in KERNELS.lines() {
+            if let Some(n) = l.strip_prefix("#if IN_PART(") {
+                let n: u32 = n.trim_end_matches(')').parse().expect("a part number");
+                assert!((1..=PARTS).contains(&n), "part {n} of {PARTS}");
+                seen.insert(n);
+            }
+        }
+        assert_eq!(seen.len(), PARTS as usize);
     }
 }

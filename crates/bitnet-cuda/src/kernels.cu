@@ -18,6 +18,15 @@ typedef signed char i8;
 
 #define FULL 0xffffffffu
 
+// The kernels compile as PARTS independent modules (the host compiles them in parallel and
+// caches each: `PARTS` in device.rs): BITNET_PART n (1..PARTS) keeps only the entry points of
+// part n, grouped so that the parts take about equally long to compile; 0 (the default) keeps
+// all of them.
+#ifndef BITNET_PART
+#define BITNET_PART 0
+#endif
+#define IN_PART(n) (BITNET_PART == 0 || BITNET_PART == (n))
+
 // Programmatic dependent launch (sm_90+, launched so by the host): PDL_START lets the next kernel
 // in the stream begin launching its blocks; PDL_WAIT blocks until every earlier kernel has
 // finished and its writes are visible. Every kernel runs both first, WAIT then START, before any
@@ -202,9 +211,11 @@ __device__ void embed_body(const typename D::T* table, const u32* tokens, float*
     }
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = D::get(table, base + c);
 }
+#if IN_PART(1)
 extern "C" __global__ void embed_f32(const float* t, const u32* tok, float* h, int cols) { embed_body<F32T>(t, tok, h, cols); }
 extern "C" __global__ void embed_f16(const u16* t, const u32* tok, float* h, int cols) { embed_body<F16T>(t, tok, h, cols); }
 extern "C" __global__ void embed_bf16(const u16* t, const u32* tok, float* h, int cols) { embed_body<BF16T>(t, tok, h, cols); }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // RMSNorm, then int8 quantization (model.md): one block per row. `mode` 0 normalizes x itself;
@@ -316,12 +327,14 @@ __device__ void final_norm_row(const float* xr, const float* w, int cols, float 
     float inv = 1.0f / sqrtf(ss / (float)cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[c] = w[c] * (xr[c] * inv);
 }
+#if IN_PART(1)
 extern "C" __global__ void final_norm(const float* h, const u32* rows, const float* w, int cols, float eps,
                                       float* out) {
     PDL_ENTRY();
     __shared__ float red[32];
     final_norm_row<true>(h + (size_t)rows[blockIdx.x] * cols, w, cols, eps, out + (size_t)blockIdx.x * cols, red);
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Ternary x int8 products. One block of 4 warps per 16-row strip; the warps split the 128-column
@@ -487,6 +500,7 @@ __device__ void gemv_body(const uint4* __restrict__ W, const float* __restrict__
 }
 
 // `glu` is the tensor-core kernels' (below); the host never asks this one for it.
+#if IN_PART(1)
 extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* W, const float* wscale, int rows,
                                                                     int kgroups, const i8* codes, int kpad,
                                                                     const float* xscale, const int* xsum, int T,
@@ -497,6 +511,7 @@ extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* 
     gemv_body<4, false>(W, wscale, rows, kgroups, codes, kpad, xscale, xsum, T, out, out_stride, accumulate, none,
                         blockIdx.x);
 }
+#endif
 
 // Decode (1..4 tokens): RMSNorm + quantization of the input rows fused into the dp4a product.
 // Every block normalizes the rows itself (they are small and sit in L2) into shared memory, so a
@@ -650,7 +665,9 @@ __device__ void norm_quant_body(const float* x, int x_stride, const float* w, in
                         i8* codes, float* scales, int* xsums, int cached) {                                      \
         norm_quant_body<P>(x, x_stride, w, cols, kpad, eps, mode, codes, scales, xsums, cached);                 \
     }
+#if IN_PART(1)
 FOR_EACH_PER(NORM_QUANT)
+#endif
 
 // The block's strips (first, + stride, ...) of a T-token product whose codes sit in shared
 // memory; `pre` holds the first strip's first weights and, on return, the weights of the strip
@@ -828,8 +845,25 @@ __device__ void gemv_norm_body(const uint4* __restrict__ W, const float* __restr
         gemv_norm_body<P, MAXT>(W, wscale, rows, kgroups, x, x_stride, nw, cols, kpad, eps, mode, T, out,        \
                                 out_stride, accumulate, staged, glu);                                            \
     }
-#define GEMV_NORM(P) GEMV_NORM_T(ternary_gemv_norm_p##P, P, 4) GEMV_NORM_T(ternary_gemv_norm1_p##P, P, 1)
-FOR_EACH_PER(GEMV_NORM)
+#define GEMV_NORM4(P) GEMV_NORM_T(ternary_gemv_norm_p##P, P, 4)
+#define GEMV_NORM1(P) GEMV_NORM_T(ternary_gemv_norm1_p##P, P, 1)
+// Every width of FOR_EACH_PER in both forms (one token; up to 4), spread over parts 2-6 by the
+// time each takes to compile.
+#if IN_PART(2)
+GEMV_NORM4(4) GEMV_NORM4(8) GEMV_NORM4(10)
+#endif
+#if IN_PART(3)
+GEMV_NORM4(12) GEMV_NORM4(16)
+#endif
+#if IN_PART(4)
+GEMV_NORM4(20) GEMV_NORM4(28)
+#endif
+#if IN_PART(5)
+GEMV_NORM1(4) GEMV_NORM1(8) GEMV_NORM1(10) GEMV_NORM1(12) GEMV_NORM1(16)
+#endif
+#if IN_PART(6)
+GEMV_NORM1(20) GEMV_NORM1(28)
+#endif
 
 // The m16n8k32 A fragments (u8 codes w+1) of the four k-blocks of one weight uint4, unpacked once
 // per load: left to itself the compiler redid the shifts and masks for every token tile (seven
@@ -942,9 +976,11 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
                     min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate, glu);        \
     }
+#if IN_PART(7)
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
+#endif
 
 // Staged products, for grids larger than one wave of the kernel above (at batch 64 gate/up's
 // 864 blocks ran in three waves; prefill passes): a block takes MMA_WARPS adjacent strips of 16
@@ -1108,9 +1144,11 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
                                      out_stride, accumulate, glu);                                          \
     }
 #define MMA_RING_ENTRIES(N) MMA_RING_ENTRY(N, 1, 4) MMA_RING_ENTRY(N, 2, 4) MMA_RING_ENTRY(N, 4, 6)
+#if IN_PART(7)
 MMA_RING_ENTRIES(1)
 MMA_RING_ENTRIES(2)
 MMA_RING_ENTRIES(4)
+#endif
 
 #endif
 
@@ -1297,9 +1335,11 @@ __device__ void mma_tile_body(const uint4* __restrict__ W, const float* __restri
                                             out + (size_t)t0 * out_stride, out_stride, accumulate, glu,     \
                                             splits);                                                        \
     }
+#if IN_PART(6)
 MMA_TILE_ENTRY(2)
 MMA_TILE_ENTRY(4)
 MMA_TILE_ENTRY(8)
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -1352,6 +1392,7 @@ __device__ void rope_kv_body(float* qkv, int stride, const u32* pos, const u32* 
         kv_store<KV>(vc + i, row[qd + kvd + i]);
     }
 }
+#if IN_PART(1)
 extern "C" __global__ void rope_kv_f32(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                                        const float* c, const float* s, int nh, int nkv, int hd, int layer) {
     rope_kv_body<float>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
@@ -1360,6 +1401,7 @@ extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, c
                                        const float* c, const float* s, int nh, int nkv, int hd, int layer) {
     rope_kv_body<u16>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Attention, split over chunks of CHUNK positions: block (chunk, kv head, row) scores the row's
@@ -1750,10 +1792,12 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         attn_vec_body<KV, NWARPS>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, hd, scaling, part, maxchunks, \
                                   cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);        \
     }
+#if IN_PART(8)
 ATTN_ENTRY(attn_vec_f32, float, 8)
 ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
+#endif
 // attn_one_*_g*: decode steps of up to 8 rows on sm_90 (ATTN_ONE_ROWS in model/attention.rs), 8 warps, GROUP
 // query heads per kv head, a cluster of one block per chunk (the host launches it with cluster
 // dimensions (chunks, 1, 1)) and seq = null (one seqtab entry per row).
@@ -1768,6 +1812,7 @@ ATTN_ENTRY(attn_vec4_f16, u16, 4)
                                           maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
                                           blockIdx.z);                                                         \
     }
+#if IN_PART(8)
 ATTN_ONE_ENTRY(attn_one_f32_g1, float, 1)
 ATTN_ONE_ENTRY(attn_one_f32_g2, float, 2)
 ATTN_ONE_ENTRY(attn_one_f32_g4, float, 4)
@@ -1776,6 +1821,7 @@ ATTN_ONE_ENTRY(attn_one_f16_g1, u16, 1)
 ATTN_ONE_ENTRY(attn_one_f16_g2, u16, 2)
 ATTN_ONE_ENTRY(attn_one_f16_g4, u16, 4)
 ATTN_ONE_ENTRY(attn_one_f16_g8, u16, 8)
+#endif
 #endif
 
 #if __CUDA_ARCH__ >= 800
@@ -2168,6 +2214,7 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
                                           maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
                                           blockIdx.z);                                                         \
     }
+#if IN_PART(9)
 ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4, false)
 ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4, false)
 ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4, false)
@@ -2177,6 +2224,7 @@ ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8, false)
 ATTN_SPLIT_ENTRY(attn_split4a_f16_h32, 32, 4, true)
 ATTN_SPLIT_ENTRY(attn_split4a_f16_h64, 64, 4, true)
 ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true)
+#endif
 #define ATTN_MMA_ENTRY(HD)                                                                                      \
     extern "C" __global__ void __launch_bounds__(128)                                                         \
         attn_mma_f16_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \
@@ -2186,9 +2234,11 @@ ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true)
         attn_mma_body<HD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, sinT, \
                           rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);                            \
     }
+#if IN_PART(9)
 ATTN_MMA_ENTRY(32)
 ATTN_MMA_ENTRY(64)
 ATTN_MMA_ENTRY(128)
+#endif
 #endif
 
 #if __CUDA_ARCH__ >= 800
@@ -2403,8 +2453,10 @@ __device__ void decode_step_body(const u64* __restrict__ layers, int n_layers, c
                              part, counters, cosT, sinT, hidden, n_heads, n_kv, hd, inter, eps, scaling,        \
                              glu_mode, maxchunks, out_norm, normed, bar, stage_off, stage_len, stamps);       \
     }
+#if IN_PART(10)
 DECODE_STEP(f32, float)
 DECODE_STEP(f16, u16)
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -2569,6 +2621,7 @@ __device__ void head_body(const typename D::T* W, const float* rscale, int vocab
         }
     }
 }
+#if IN_PART(1)
 extern "C" __global__ void head_f32(const float* W, const float* rs, int vocab, int cols, const float* x, int m,
                                     float* out) { head_body<F32T, 2>(W, rs, vocab, cols, x, m, out); }
 extern "C" __global__ void __launch_bounds__(256, 3) head_f16(const u16* W, const float* rs, int vocab, int cols, const float* x, int m,
@@ -2577,6 +2630,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_bf16(const u16* W, con
                                      float* out) { head_body<BF16T, 5>(W, rs, vocab, cols, x, m, out); }
 extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const float* rs, int vocab, int cols, const float* x, int m,
                                    float* out) { head_body<I8T, 10>(W, rs, vocab, cols, x, m, out); }
+#endif
 
 // The head for batches (9 or more rows) on the tensor cores, reading the table once per 64 rows
 // instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of x as B, f32
@@ -2617,12 +2671,14 @@ __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* 
         out[((size_t)r * 2 + 1) * cols + c] = lo;
     }
 }
+#if IN_PART(1)
 extern "C" __global__ void split_rows_f16(const float* x, int m, int mpad, int cols, u16* out) {
     split_rows_body<false>(x, m, mpad, cols, out);
 }
 extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int cols, u16* out) {
     split_rows_body<true>(x, m, mpad, cols, out);
 }
+#endif
 
 #if __CUDA_ARCH__ >= 800
 // Eight table values of one row: loaded raw (`load`), then as four 16-bit pairs (`a8`), apart so
@@ -2793,12 +2849,19 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
         NAME(const T* W, const float* rs, int vocab, int cols, const u16* xhl, int m, float* out) {               \
         head_mma_body<D, BF>(W, rs, vocab, cols, xhl, m, out);                                                    \
     }
+#if IN_PART(11)
 HEAD_MMA_ENTRY(head_mma_f16, u16, F16T, false)
+#endif
+#if IN_PART(11)
 HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
+#endif
+#if IN_PART(7)
 HEAD_MMA_ENTRY(head_mma_i8, i8, I8T, false)
+#endif
 #endif
 
 // Any width, f32 weights (fixtures with odd hidden sizes): one warp per vocabulary row.
+#if IN_PART(1)
 extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols, const float* x, int m,
                                             float* logits) {
     PDL_ENTRY();
@@ -2812,6 +2875,7 @@ extern "C" __global__ void head_generic_f32(const float* W, int vocab, int cols,
         if (lane == 0) logits[(size_t)t * vocab + v] = a;
     }
 }
+#endif
 
 // Greedy sampling on the device: out[t] = the first index of the largest logit of row t (NaN
 // never wins; a row with no number above -inf gives 0, as the host's argmax). Each thread scans
@@ -2867,6 +2931,7 @@ __device__ void argmax_block(float& best, u32& idx, float* bv, u32* bi) {
         bi[0] = idx;
     }
 }
+#if IN_PART(1)
 extern "C" __global__ void argmax_rows(const float* logits, int vocab, u32* out) {
     PDL_ENTRY();
     __shared__ float bv[32];
@@ -2877,10 +2942,12 @@ extern "C" __global__ void argmax_rows(const float* logits, int vocab, u32* out)
     argmax_block(best, idx, bv, bi);
     if (threadIdx.x == 0) out[blockIdx.x] = idx == 0xffffffffu ? 0u : idx;
 }
+#endif
 #if __CUDA_ARCH__ >= 900
 // The same choice for row blockIdx.y by a cluster of gridDim.x blocks, each scanning its share of
 // the row (multiples of 4 values), merged in block 0 through distributed shared memory: one
 // round of loads per thread for a 128k vocabulary instead of four in one block (~9 us).
+#if IN_PART(1)
 extern "C" __global__ void __launch_bounds__(1024) argmax_cluster(const float* logits, int vocab, u32* out) {
     PDL_ENTRY();
     __shared__ float bv[32];
@@ -2903,6 +2970,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_cluster(const float* l
     cluster_sync_relaxed();
 }
 #endif
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Top-k candidates on the device: the k (<= TOPK_MAX) largest logits of row t with their ids,
@@ -2918,6 +2986,7 @@ __device__ __forceinline__ u32 order_key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+#if IN_PART(1)
 extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits, int vocab, int k, u32* ids,
                                                              float* vals) {
     PDL_ENTRY();
@@ -3000,3 +3069,4 @@ extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits
         vals[o] = row[id];
     }
 }
+#endif

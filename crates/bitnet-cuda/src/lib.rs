@@ -19,7 +19,10 @@ mod device;
 mod model;
 pub mod pack;
 
-pub use device::{Gpu, Kernel, PdlScope, compile, device_count, driver_present, nvrtc_present};
+pub use device::{
+    Compiled, Gpu, Kernel, PARTS, PdlScope, cache_dir, compile, compile_part, compile_parts,
+    device_count, driver_present, fill_cache, nvrtc_present,
+};
 pub use model::{
     AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, SplitBlock,
     TOPK_MAX, argmax_rows, attention_forward, head_logits, norm_linear_forward, norm_quant,

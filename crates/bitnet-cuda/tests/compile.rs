@@ -1,6 +1,16 @@
 //! The kernels compile with NVRTC for every architecture we support (runs wherever libnvrtc is
 //! present, GPU or not; skipped with a message elsewhere).
 
+use std::collections::BTreeSet;
+
+/// The kernels (`.entry` names) a PTX module defines.
+fn entries(ptx: &str) -> BTreeSet<String> {
+    ptx.lines()
+        .filter_map(|l| l.trim_start().strip_prefix(".visible .entry "))
+        .map(|l| l.split(['(', ' ']).next().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[test]
 fn kernels_compile_for_supported_architectures() {
     if !bitnet_cuda::nvrtc_present() {
@@ -10,19 +20,38 @@ fn kernels_compile_for_supported_architectures() {
         return;
     }
     for arch in ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90"] {
-        let ptx = bitnet_cuda::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        let src = ptx.to_src();
-        assert!(src.contains(".entry ternary_gemv"), "{arch}");
-        let has_mma = src.contains(".entry ternary_mma_4");
-        assert_eq!(
-            src.contains(".entry decode_step_f16"),
-            has_mma,
-            "{arch}: sm_80+"
-        );
+        let parts = bitnet_cuda::compile(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(parts.len(), bitnet_cuda::PARTS as usize, "{arch}");
+        let mut all = BTreeSet::new();
+        for (i, c) in parts.iter().enumerate() {
+            assert_eq!(c.part, i as u32 + 1, "{arch}: parts in order");
+            // Machine code for the real architecture, as the driver loads it without compiling.
+            assert!(c.cubin.starts_with(b"\x7fELF"), "{arch} part {}", c.part);
+            let names = entries(&c.ptx);
+            assert!(
+                !names.is_empty() || arch == "sm_75",
+                "{arch}: part {} is empty",
+                c.part
+            );
+            for n in names {
+                // An entry outside every `#if IN_PART(n)` would be in every part.
+                assert!(all.insert(n.clone()), "{arch}: {n} is in two parts");
+            }
+        }
+        assert!(all.contains("ternary_gemv"), "{arch}");
+        assert!(all.contains("ternary_gemv_norm1_p28"), "{arch}");
+        let has_mma = all.contains("ternary_mma_4");
+        assert_eq!(all.contains("decode_step_f16"), has_mma, "{arch}: sm_80+");
         assert_eq!(
             has_mma,
             arch != "sm_75",
             "{arch}: mma kernels only from sm_80"
+        );
+        assert_eq!(all.contains("head_mma_i8"), has_mma, "{arch}");
+        assert_eq!(
+            all.contains("attn_one_f16_g4"),
+            arch == "sm_90",
+            "{arch}: clusters from sm_90"
         );
     }
 }
