@@ -609,6 +609,34 @@ fn cache_write(path: &std::path::Path, bytes: &[u8]) {
     }
 }
 
+/// Removes the cache's other versions of the part whose file is `stem` (`.cubin` or `.ptx`): the
+/// same part for the same architecture from other builds, and the one-module PTX of builds
+/// before the parts (`kernels-KEY-ARCH.ptx`), so that upgrades do not pile up files. Another
+/// build run on the same machine compiles its kernels again.
+fn cache_prune(stem: &std::path::Path, arch: &str, part: u32) {
+    let (Some(dir), Some(keep)) = (stem.parent(), stem.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let same_part = format!("-{arch}-{part}");
+    let one_module = format!("-{arch}.ptx");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let base = name
+            .strip_suffix(".cubin")
+            .or_else(|| name.strip_suffix(".ptx"));
+        if !name.starts_with("kernels-") || base == Some(keep) {
+            continue;
+        }
+        if base.is_some_and(|b| b.ends_with(&same_part)) || name.ends_with(&one_module) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A cached part, as machine code or else PTX, if the driver takes it.
 fn load_cached(ctx: &Arc<CudaContext>, stem: &std::path::Path) -> Option<Arc<CudaModule>> {
     if let Ok(cubin) = std::fs::read(stem.with_extension("cubin"))
@@ -652,6 +680,7 @@ fn load_modules(
             Ok(m) => {
                 if let Some(s) = &stem {
                     cache_write(&s.with_extension("cubin"), &c.cubin);
+                    cache_prune(s, arch, c.part);
                 }
                 m
             }
@@ -659,6 +688,7 @@ fn load_modules(
                 let m = ctx.load_module(Ptx::from_src(c.ptx.clone()))?;
                 if let Some(s) = &stem {
                     cache_write(&s.with_extension("ptx"), c.ptx.as_bytes());
+                    cache_prune(s, arch, c.part);
                 }
                 m
             }
@@ -686,7 +716,8 @@ pub fn fill_cache(arch: &str) -> Result<(PathBuf, usize), CudaError> {
         .filter(|&p| !cache_stem(&dir, arch, p).with_extension("cubin").is_file())
         .collect();
     for c in compile_parts(arch, &missing)? {
-        let path = cache_stem(&dir, arch, c.part).with_extension("cubin");
+        let stem = cache_stem(&dir, arch, c.part);
+        let path = stem.with_extension("cubin");
         cache_write(&path, &c.cubin);
         if !path.is_file() {
             return Err(CudaError::Unavailable(format!(
@@ -694,6 +725,7 @@ pub fn fill_cache(arch: &str) -> Result<(PathBuf, usize), CudaError> {
                 path.display()
             )));
         }
+        cache_prune(&stem, arch, c.part);
     }
     Ok((dir, missing.len()))
 }
@@ -844,6 +876,31 @@ mod tests {
             "{note}"
         );
         assert!(note.contains(&format!("2 of the {PARTS} parts")), "{note}");
+    }
+
+    #[test]
+    fn a_new_build_removes_older_builds_kernels_of_its_own_parts_only() {
+        let dir = std::env::temp_dir().join(format!("bitnet-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = [
+            ("kernels-new-sm_90-1.cubin", true),   // this build's part 1
+            ("kernels-old-sm_90-1.cubin", false),  // an older build's part 1
+            ("kernels-old2-sm_90-1.ptx", false),   // ... as PTX
+            ("kernels-old-sm_90-11.cubin", true),  // part 11: pruned when part 11 is written
+            ("kernels-old-sm_80-1.cubin", true),   // another architecture
+            ("kernels-0123abcd-sm_90.ptx", false), // the one-module PTX of older builds
+            ("kernels-0123abcd-sm_80.ptx", true),
+            ("notes.txt", true),
+        ];
+        for (f, _) in files {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        cache_prune(&dir.join("kernels-new-sm_90-1"), "sm_90", 1);
+        for (f, kept) in files {
+            assert_eq!(dir.join(f).exists(), kept, "{f}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Every part the source names exists and none is empty, so the parts hold every kernel
