@@ -17,7 +17,9 @@ ROUNDS=${1:-2}
 shift || true
 ARGS=("$@")
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(-p 512 -n 64 -r 3 -b 1,16,64 --depth 512)
-export BITNET_REQUIRE_GPU=1 BITNET_CACHE_DIR=/tmp/bitnet-cache
+# The new build's kernels come compiled in .gpu/cache (scripts/gpu-build.sh); the base compiles
+# its own on first use into a cache of its own.
+export BITNET_REQUIRE_GPU=1 BITNET_CACHE_DIR=$PWD/.gpu/cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 built_at=$(cat .gpu/built_at); mkdir -p "$(dirname "$built_at")"; ln -sfn "$PWD" "$built_at"
 gunzip -c .gpu/base.gz > /tmp/base && chmod +x /tmp/base
@@ -28,6 +30,7 @@ echo "== parity"; timeout 300 .gpu/parity --test-threads=2 2>&1 | grep -E "^test
 for round in $(seq "$ROUNDS"); do
   for b in /tmp/base /tmp/new; do
     echo "== round $round $b"
-    "$b" bench -m /tmp/same.gguf --device cuda "${ARGS[@]}" -o md 2>&1 | grep "^|" | tail -n +3
+    cache=$PWD/.gpu/cache; [ "$b" = /tmp/base ] && cache=/tmp/bitnet-cache-base
+    BITNET_CACHE_DIR=$cache "$b" bench -m /tmp/same.gguf --device cuda "${ARGS[@]}" -o md 2>&1 | grep "^|" | tail -n +3
   done
 done

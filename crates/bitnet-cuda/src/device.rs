@@ -609,10 +609,15 @@ fn cache_write(path: &std::path::Path, bytes: &[u8]) {
     }
 }
 
-/// Removes the cache's other versions of the part whose file is `stem` (`.cubin` or `.ptx`): the
+/// Other builds' versions of a part that the cache keeps besides the current one, so that two
+/// builds used by turns (an upgrade tried against the old one, an A/B benchmark) do not evict
+/// each other's kernels.
+const CACHE_KEEP_OTHERS: usize = 2;
+
+/// Trims the cache's other versions of the part whose file is `stem` (`.cubin` or `.ptx`): the
 /// same part for the same architecture from other builds, and the one-module PTX of builds
-/// before the parts (`kernels-KEY-ARCH.ptx`), so that upgrades do not pile up files. Another
-/// build run on the same machine compiles its kernels again.
+/// before the parts (`kernels-KEY-ARCH.ptx`). The [`CACHE_KEEP_OTHERS`] most recently written
+/// stay, so that upgrades do not pile up files (~5 MB per build and architecture).
 fn cache_prune(stem: &std::path::Path, arch: &str, part: u32) {
     let (Some(dir), Some(keep)) = (stem.parent(), stem.file_name().and_then(|n| n.to_str())) else {
         return;
@@ -622,18 +627,25 @@ fn cache_prune(stem: &std::path::Path, arch: &str, part: u32) {
     };
     let same_part = format!("-{arch}-{part}");
     let one_module = format!("-{arch}.ptx");
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let base = name
-            .strip_suffix(".cubin")
-            .or_else(|| name.strip_suffix(".ptx"));
-        if !name.starts_with("kernels-") || base == Some(keep) {
-            continue;
-        }
-        if base.is_some_and(|b| b.ends_with(&same_part)) || name.ends_with(&one_module) {
-            let _ = std::fs::remove_file(e.path());
-        }
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                return false;
+            };
+            let base = name
+                .strip_suffix(".cubin")
+                .or_else(|| name.strip_suffix(".ptx"));
+            name.starts_with("kernels-")
+                && base != Some(keep)
+                && (base.is_some_and(|b| b.ends_with(&same_part)) || name.ends_with(&one_module))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    others.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, path) in others.into_iter().skip(CACHE_KEEP_OTHERS) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -879,22 +891,29 @@ mod tests {
     }
 
     #[test]
-    fn a_new_build_removes_older_builds_kernels_of_its_own_parts_only() {
+    fn the_cache_keeps_two_other_builds_of_a_part_and_nothing_older() {
         let dir = std::env::temp_dir().join(format!("bitnet-prune-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // Oldest first: each file is written a second after the one before.
         let files = [
-            ("kernels-new-sm_90-1.cubin", true),   // this build's part 1
-            ("kernels-old-sm_90-1.cubin", false),  // an older build's part 1
-            ("kernels-old2-sm_90-1.ptx", false),   // ... as PTX
-            ("kernels-old-sm_90-11.cubin", true),  // part 11: pruned when part 11 is written
-            ("kernels-old-sm_80-1.cubin", true),   // another architecture
-            ("kernels-0123abcd-sm_90.ptx", false), // the one-module PTX of older builds
+            ("kernels-0123abcd-sm_90.ptx", false), // the one-module PTX of an old build
+            ("kernels-old3-sm_90-1.cubin", false), // older builds' part 1
+            ("kernels-old2-sm_90-1.ptx", true),
+            ("kernels-old1-sm_90-1.cubin", true),
+            ("kernels-new-sm_90-1.cubin", true), // this build's part 1
+            ("kernels-old3-sm_90-11.cubin", true), // part 11: trimmed when part 11 is written
+            ("kernels-old3-sm_80-1.cubin", true), // another architecture
             ("kernels-0123abcd-sm_80.ptx", true),
             ("notes.txt", true),
         ];
-        for (f, _) in files {
-            std::fs::write(dir.join(f), b"x").unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, (f, _)) in files.iter().enumerate() {
+            let path = dir.join(f);
+            std::fs::write(&path, b"x").unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .unwrap();
         }
         cache_prune(&dir.join("kernels-new-sm_90-1"), "sm_90", 1);
         for (f, kept) in files {
