@@ -649,14 +649,65 @@ fn cache_prune(stem: &std::path::Path, arch: &str, part: u32) {
     }
 }
 
-/// A cached part, as machine code or else PTX, if the driver takes it.
+/// Whether `bytes` is a whole 64-bit little-endian ELF image: every header table, section and
+/// segment it describes lies inside it. The driver is handed a cached image by address alone
+/// (`cuModuleLoadData` takes no length), so a truncated or damaged cache file must not reach it.
+pub fn elf_is_whole(bytes: &[u8]) -> bool {
+    let u16_at = |o: usize| -> Option<u64> {
+        Some(u16::from_le_bytes(bytes.get(o..o + 2)?.try_into().ok()?) as u64)
+    };
+    let u32_at = |o: usize| -> Option<u64> {
+        Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?) as u64)
+    };
+    let u64_at = |o: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(o..o + 8)?.try_into().ok()?))
+    };
+    let len = bytes.len() as u64;
+    let inside = |off: u64, size: u64| off.checked_add(size).is_some_and(|end| end <= len);
+    let check = || -> Option<bool> {
+        if !bytes.starts_with(b"\x7fELF") || bytes.get(4..6)? != [2, 1] {
+            return Some(false);
+        }
+        let (phoff, shoff) = (u64_at(0x20)?, u64_at(0x28)?);
+        let (phentsize, phnum) = (u16_at(0x36)?, u16_at(0x38)?);
+        let (shentsize, shnum) = (u16_at(0x3a)?, u16_at(0x3c)?);
+        if (phnum > 0 && phentsize < 56) || (shnum > 0 && shentsize < 64) {
+            return Some(false);
+        }
+        if !inside(phoff, phentsize * phnum) || !inside(shoff, shentsize * shnum) {
+            return Some(false);
+        }
+        for i in 0..shnum {
+            let h = (shoff + i * shentsize) as usize;
+            const NOBITS: u64 = 8;
+            if u32_at(h + 4)? != NOBITS && !inside(u64_at(h + 0x18)?, u64_at(h + 0x20)?) {
+                return Some(false);
+            }
+        }
+        for i in 0..phnum {
+            let h = (phoff + i * phentsize) as usize;
+            if !inside(u64_at(h + 8)?, u64_at(h + 0x20)?) {
+                return Some(false);
+            }
+        }
+        Some(true)
+    };
+    check().unwrap_or(false)
+}
+
+/// A cached part, as machine code or else PTX, if it is whole and the driver takes it.
 fn load_cached(ctx: &Arc<CudaContext>, stem: &std::path::Path) -> Option<Arc<CudaModule>> {
     if let Ok(cubin) = std::fs::read(stem.with_extension("cubin"))
+        && elf_is_whole(&cubin)
         && let Ok(m) = ctx.load_module(Ptx::from_binary(cubin))
     {
         return Some(m);
     }
     let src = std::fs::read_to_string(stem.with_extension("ptx")).ok()?;
+    // The driver reads PTX up to its first NUL (and cudarc refuses one inside).
+    if src.contains('\0') {
+        return None;
+    }
     ctx.load_module(Ptx::from_src(src)).ok()
 }
 
@@ -888,6 +939,47 @@ mod tests {
             "{note}"
         );
         assert!(note.contains(&format!("2 of the {PARTS} parts")), "{note}");
+    }
+
+    /// A minimal 64-bit ELF: header, one program header, two section headers (null, one of
+    /// `payload` bytes), then the payload.
+    fn tiny_elf(payload: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56 + 2 * 64];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[0x28..0x30].copy_from_slice(&120u64.to_le_bytes()); // e_shoff
+        b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        b[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        b[0x3c..0x3e].copy_from_slice(&2u16.to_le_bytes());
+        let data = b.len() as u64;
+        b[64 + 8..64 + 16].copy_from_slice(&data.to_le_bytes()); // p_offset
+        b[64 + 0x20..64 + 0x28].copy_from_slice(&(payload as u64).to_le_bytes()); // p_filesz
+        let sh = 120 + 64;
+        b[sh + 4..sh + 8].copy_from_slice(&1u32.to_le_bytes()); // PROGBITS
+        b[sh + 0x18..sh + 0x20].copy_from_slice(&data.to_le_bytes());
+        b[sh + 0x20..sh + 0x28].copy_from_slice(&(payload as u64).to_le_bytes());
+        b.resize(b.len() + payload, 0xab);
+        b
+    }
+
+    #[test]
+    fn only_whole_elf_images_reach_the_driver() {
+        let good = tiny_elf(100);
+        assert!(elf_is_whole(&good));
+        for cut in [0, 3, 16, 63, 64, 119, 200, good.len() - 1] {
+            assert!(!elf_is_whole(&good[..cut]), "cut at {cut}");
+        }
+        let mut huge = good.clone();
+        huge[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes()); // section headers far away
+        assert!(!elf_is_whole(&huge));
+        let mut wide = good.clone();
+        let sh = 120 + 64;
+        wide[sh + 0x20..sh + 0x28].copy_from_slice(&u64::MAX.to_le_bytes()); // overflowing size
+        assert!(!elf_is_whole(&wide));
+        assert!(!elf_is_whole(
+            b"not an ELF image at all, just some bytes that are long enough"
+        ));
     }
 
     #[test]

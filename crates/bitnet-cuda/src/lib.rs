@@ -21,7 +21,7 @@ pub mod pack;
 
 pub use device::{
     Compiled, Gpu, Kernel, PARTS, PdlScope, cache_dir, compile, compile_part, compile_parts,
-    device_count, driver_present, fill_cache, nvrtc_present,
+    device_count, driver_present, elf_is_whole, fill_cache, nvrtc_present,
 };
 pub use model::{
     AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, SplitBlock,
