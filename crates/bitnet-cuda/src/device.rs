@@ -743,6 +743,9 @@ fn load_modules(
             Ok(m) => {
                 if let Some(s) = &stem {
                     cache_write(&s.with_extension("cubin"), &c.cubin);
+                    // A PTX of the same part (one the driver refused before, or a damaged
+                    // file) is no longer read.
+                    let _ = std::fs::remove_file(s.with_extension("ptx"));
                     cache_prune(s, arch, c.part);
                 }
                 m
