@@ -609,6 +609,18 @@ fn cache_write(path: &std::path::Path, bytes: &[u8]) {
     }
 }
 
+/// Stores part `part`'s `bytes` as the cache file `stem` + `.cubin` (machine code) or `.ptx`,
+/// drops the part's file of the other kind (no longer read) and trims other builds' versions.
+/// Whether the file is now in place.
+fn cache_store(stem: &std::path::Path, ext: &str, bytes: &[u8], arch: &str, part: u32) -> bool {
+    let path = stem.with_extension(ext);
+    cache_write(&path, bytes);
+    let other = if ext == "cubin" { "ptx" } else { "cubin" };
+    let _ = std::fs::remove_file(stem.with_extension(other));
+    cache_prune(stem, arch, part);
+    path.is_file()
+}
+
 /// Other builds' versions of a part that the cache keeps besides the current one, so that two
 /// builds used by turns (an upgrade tried against the old one, an A/B benchmark) do not evict
 /// each other's kernels.
@@ -664,35 +676,27 @@ pub fn elf_is_whole(bytes: &[u8]) -> bool {
     };
     let len = bytes.len() as u64;
     let inside = |off: u64, size: u64| off.checked_add(size).is_some_and(|end| end <= len);
-    let check = || -> Option<bool> {
-        if !bytes.starts_with(b"\x7fELF") || bytes.get(4..6)? != [2, 1] {
-            return Some(false);
-        }
+    // None: not whole (`need(false)` turns a failed condition into one).
+    let need = |ok: bool| ok.then_some(());
+    let check = || -> Option<()> {
+        need(bytes.starts_with(b"\x7fELF") && bytes.get(4..6)? == [2, 1])?;
         let (phoff, shoff) = (u64_at(0x20)?, u64_at(0x28)?);
         let (phentsize, phnum) = (u16_at(0x36)?, u16_at(0x38)?);
         let (shentsize, shnum) = (u16_at(0x3a)?, u16_at(0x3c)?);
-        if (phnum > 0 && phentsize < 56) || (shnum > 0 && shentsize < 64) {
-            return Some(false);
-        }
-        if !inside(phoff, phentsize * phnum) || !inside(shoff, shentsize * shnum) {
-            return Some(false);
-        }
+        need((phnum == 0 || phentsize >= 56) && (shnum == 0 || shentsize >= 64))?;
+        need(inside(phoff, phentsize * phnum) && inside(shoff, shentsize * shnum))?;
         for i in 0..shnum {
             let h = (shoff + i * shentsize) as usize;
             const NOBITS: u64 = 8;
-            if u32_at(h + 4)? != NOBITS && !inside(u64_at(h + 0x18)?, u64_at(h + 0x20)?) {
-                return Some(false);
-            }
+            need(u32_at(h + 4)? == NOBITS || inside(u64_at(h + 0x18)?, u64_at(h + 0x20)?))?;
         }
         for i in 0..phnum {
             let h = (phoff + i * phentsize) as usize;
-            if !inside(u64_at(h + 8)?, u64_at(h + 0x20)?) {
-                return Some(false);
-            }
+            need(inside(u64_at(h + 8)?, u64_at(h + 0x20)?))?;
         }
-        Some(true)
+        Some(())
     };
-    check().unwrap_or(false)
+    check().is_some()
 }
 
 /// A cached part, as machine code or else PTX, if it is whole and the driver takes it.
@@ -742,19 +746,14 @@ fn load_modules(
         let m = match ctx.load_module(Ptx::from_binary(c.cubin.clone())) {
             Ok(m) => {
                 if let Some(s) = &stem {
-                    cache_write(&s.with_extension("cubin"), &c.cubin);
-                    // A PTX of the same part (one the driver refused before, or a damaged
-                    // file) is no longer read.
-                    let _ = std::fs::remove_file(s.with_extension("ptx"));
-                    cache_prune(s, arch, c.part);
+                    cache_store(s, "cubin", &c.cubin, arch, c.part);
                 }
                 m
             }
             Err(_) => {
                 let m = ctx.load_module(Ptx::from_src(c.ptx.clone()))?;
                 if let Some(s) = &stem {
-                    cache_write(&s.with_extension("ptx"), c.ptx.as_bytes());
-                    cache_prune(s, arch, c.part);
+                    cache_store(s, "ptx", c.ptx.as_bytes(), arch, c.part);
                 }
                 m
             }
@@ -783,15 +782,12 @@ pub fn fill_cache(arch: &str) -> Result<(PathBuf, usize), CudaError> {
         .collect();
     for c in compile_parts(arch, &missing)? {
         let stem = cache_stem(&dir, arch, c.part);
-        let path = stem.with_extension("cubin");
-        cache_write(&path, &c.cubin);
-        if !path.is_file() {
+        if !cache_store(&stem, "cubin", &c.cubin, arch, c.part) {
             return Err(CudaError::Unavailable(format!(
                 "could not write {}",
-                path.display()
+                stem.with_extension("cubin").display()
             )));
         }
-        cache_prune(&stem, arch, c.part);
     }
     Ok((dir, missing.len()))
 }
@@ -808,11 +804,10 @@ fn compile_note(arch: &str, dir: Option<&std::path::Path>, parts: usize) -> Stri
     } else {
         format!("{parts} of the {PARTS} parts of the CUDA kernels")
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
         "compiling {what} for {arch} on {} threads (first use on this GPU architecture: up to a \
          minute; {kept})",
-        threads.min(parts)
+        compile_threads(parts)
     )
 }
 
@@ -825,12 +820,17 @@ pub fn compile(arch: &str) -> Result<Vec<Compiled>, CudaError> {
     compile_parts(arch, &(1..=PARTS).collect::<Vec<_>>())
 }
 
+/// The threads that compile `parts` parts: one per core, at most one per part.
+fn compile_threads(parts: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(parts)
+}
+
 /// Compiles `parts` of the kernels for `arch` on up to one thread per core (NVRTC may compile
 /// different programs at once), in the order given.
 pub fn compile_parts(arch: &str, parts: &[u32]) -> Result<Vec<Compiled>, CudaError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(parts.len());
+    let threads = compile_threads(parts.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done: Vec<std::sync::Mutex<Option<Result<Compiled, CudaError>>>> =
         parts.iter().map(|_| Default::default()).collect();
@@ -862,7 +862,6 @@ pub fn compile_parts(arch: &str, parts: &[u32]) -> Result<Vec<Compiled>, CudaErr
 /// real architecture `arch` (`sm_90`, ...): PTX and machine code.
 pub fn compile_part(arch: &str, part: u32) -> Result<Compiled, CudaError> {
     use cudarc::nvrtc::result;
-    let bad = |e: cudarc::nvrtc::result::NvrtcError| CudaError::Compile(e.to_string());
     let mut opts = vec![
         format!("--gpu-architecture={arch}"),
         // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
@@ -875,7 +874,7 @@ pub fn compile_part(arch: &str, part: u32) -> Result<Compiled, CudaError> {
     }
     let src = std::ffi::CString::new(KERNELS)
         .map_err(|_| CudaError::Compile("kernels.cu holds a NUL byte".into()))?;
-    let prog = result::create_program(&src, Some(c"kernels.cu")).map_err(bad)?;
+    let prog = result::create_program(&src, Some(c"kernels.cu")).map_err(nvrtc_error)?;
     // SAFETY: `prog` was created above, read only after a successful compile and destroyed once.
     unsafe {
         let compiled = result::compile_program(prog, &opts);
@@ -897,6 +896,10 @@ pub fn compile_part(arch: &str, part: u32) -> Result<Compiled, CudaError> {
     }
 }
 
+fn nvrtc_error(e: cudarc::nvrtc::result::NvrtcError) -> CudaError {
+    CudaError::Compile(e.to_string())
+}
+
 /// The PTX and machine code of the compiled program `prog`.
 ///
 /// # Safety
@@ -906,19 +909,20 @@ unsafe fn outputs(
     part: u32,
 ) -> Result<Compiled, CudaError> {
     use cudarc::nvrtc::{result, sys};
-    let bad = |e: cudarc::nvrtc::result::NvrtcError| CudaError::Compile(e.to_string());
     // SAFETY: the caller's; each buffer is sized by the matching size query.
     unsafe {
-        let ptx = result::get_ptx(prog).map_err(bad)?;
+        let ptx = result::get_ptx(prog).map_err(nvrtc_error)?;
         let ptx = std::ffi::CStr::from_ptr(ptx.as_ptr())
             .to_string_lossy()
             .into_owned();
         let mut n = 0usize;
-        sys::nvrtcGetCUBINSize(prog, &mut n).result().map_err(bad)?;
+        sys::nvrtcGetCUBINSize(prog, &mut n)
+            .result()
+            .map_err(nvrtc_error)?;
         let mut cubin = vec![0u8; n];
         sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
             .result()
-            .map_err(bad)?;
+            .map_err(nvrtc_error)?;
         Ok(Compiled { part, ptx, cubin })
     }
 }
