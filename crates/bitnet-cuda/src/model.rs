@@ -430,7 +430,7 @@ impl CudaModel {
         let (xp, x_stride, norm, cols, mode) = x;
         let (op, out_stride, accumulate, glu) = out;
         let st = &self.gpu.stream;
-        if trace.is_none() && n <= 4 && cols <= FUSED_MAX_COLS {
+        if trace.is_none() && fused_norm(n, cols) {
             let nq = NormQuant {
                 x: xp,
                 x_stride,

@@ -230,6 +230,17 @@ pub(super) struct NormQuant {
 /// instantiation's.
 pub(super) const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_THREADS;
 
+/// Whether a pass of `rows` rows `cols` wide takes the fused decode kernel (`launch_gemv_norm`)
+/// rather than one `norm_quant` launch and the products on its codes. Every block of the fused
+/// kernel normalizes and quantizes all the pass's rows itself, which pays while that is at most
+/// one of the widest rows it takes (`rows * cols` within [`FUSED_MAX_COLS`]) and costs beyond.
+/// H200, 2B4T at depth 512 (BENCHMARKS.md, session 22), tok/s fused for every width / for the
+/// 2,560-wide rows only / for none: b1 **960** / 912 / 736, b2 1,249 / **1,318** / 1,254, b3
+/// 1,497 / 1,607 / **1,643**, b4 1,678 / 1,819 / **1,948**: this rule's choice is the best in each.
+pub(super) fn fused_norm(rows: usize, cols: usize) -> bool {
+    rows <= 4 && rows * cols <= FUSED_MAX_COLS
+}
+
 /// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
 /// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
 /// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
@@ -796,6 +807,17 @@ pub fn norm_linear_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_norm_takes_passes_of_at_most_one_wide_rows_work() {
+        // 2B4T: hidden 2,560, FFN 6,912 (the down product's input).
+        assert!(fused_norm(1, 2560) && fused_norm(1, 6912));
+        assert!(fused_norm(2, 2560) && !fused_norm(2, 6912));
+        assert!(!fused_norm(3, 2560) && !fused_norm(4, 2560));
+        // Narrow rows: up to the kernel's four rows, never more.
+        assert!(fused_norm(4, 256) && !fused_norm(5, 256));
+        assert!(!fused_norm(1, FUSED_MAX_COLS + 1));
+    }
 
     #[test]
     fn gate_and_up_interleave_in_groups_of_eight() {
