@@ -98,7 +98,7 @@ impl Drop for PdlScope<'_> {
 /// A launch attribute ([`Gpu::launch_with`]).
 #[derive(Clone, Copy, Debug)]
 pub enum Attr {
-    /// Programmatic stream serialization ([`Gpu::pdl`]: decode steps of more than 8 rows, or
+    /// Programmatic stream serialization ([`Gpu::pdl`]: decode steps of more than one row, or
     /// every launch with `BITNET_CUDA_PDL=1`).
     Pdl,
     /// A cooperative grid (all blocks co-resident).

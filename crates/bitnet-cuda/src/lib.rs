@@ -9,9 +9,10 @@
 //! stacked q|k|v ternary product, RoPE + KV-cache store, split attention and its merge, sub-norm +
 //! quantization, the output projection added into the residual, the same for the FFN with
 //! gate|up stacked and `act(gate) * up` fused into the next norm; then the final norm and the
-//! head. Ternary products use `dp4a` for up to 4 tokens and int8 tensor-core `mma` beyond;
-//! attention over an f16 cache uses f16 tensor-core `mma` (queries and softmax weights split
-//! into f16 high and low parts) except in decode steps of up to 8 rows, which on sm_90 run each
+//! head. Ternary products use `dp4a` for one token (normalizing inside the product kernel) and
+//! int8 tensor-core `mma` beyond; attention over an f16 cache uses f16 tensor-core `mma`
+//! (queries and softmax weights split into f16 high and low parts) except in decode steps of up
+//! to 4 rows, which on sm_90 run each
 //! key/value head's chunks as one thread-block cluster merging through distributed shared memory.
 #![deny(missing_docs)]
 

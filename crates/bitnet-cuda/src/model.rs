@@ -100,8 +100,10 @@ fn glu_mode(a: Activation) -> i32 {
 
 /// Decode steps of more rows than this are launched with programmatic dependent launch (sm_90,
 /// unless `BITNET_CUDA_PDL` says otherwise). Same call on an H200 (BENCHMARKS.md, session 16),
-/// PDL against none: batch 1 -3.5%, 8 and 32 level, 16 +3-4%, 64 level, prefill -1.3%.
-const PDL_ROWS: usize = 8;
+/// PDL against none: batch 1 -3.5%, 8 and 32 level, 16 +3-4%, 64 level, prefill -1.3%; since
+/// steps of 2-8 rows take the tensor-core products (session 22): batch 1 -2.4% (its fused
+/// kernels), 3 +5%, 4 +5%, 6 +4%, 8 +3.6%.
+const PDL_ROWS: usize = 1;
 
 /// Where a pass's results go.
 enum Out<'a> {

@@ -176,8 +176,10 @@ pub(super) struct AttnOne {
 
 /// Decode steps of up to this many rows take the cluster attention: against the tensor-core one
 /// at depth 512 (H200, BENCHMARKS.md "Session 15"), batch 2 +11%, 4 +7.5%, 8 +1.5%, 16 -8%,
-/// 64 -30% (a vector kernel per row, where the tensor cores serve the rows of a chunk at once).
-pub(super) const ATTN_ONE_ROWS: usize = 8;
+/// 64 -30% (a vector kernel per row, where the tensor cores serve the rows of a chunk at once);
+/// against the split tensor-core kernel, with these steps' products on the tensor cores and
+/// launched with PDL (session 22): batch 5 level, 6 -2%, 7 -2.3%, 8 -5%.
+pub(super) const ATTN_ONE_ROWS: usize = 4;
 
 /// The cluster attention for small decode steps (`attn_one_{f16,f32}_g*`, sm_90): 1, 2, 4 or
 /// 8 query heads per key/value head, and a device that places clusters of at least 8 of its

@@ -231,18 +231,19 @@ pub(super) struct NormQuant {
 pub(super) const FUSED_MAX_COLS: usize = NORM_PER_THREAD[NORM_PER_THREAD.len() - 1] * NORM_THREADS;
 
 /// Whether a pass of `rows` rows `cols` wide takes the fused decode kernel (`launch_gemv_norm`)
-/// rather than one `norm_quant` launch and the products on its codes. Every block of the fused
-/// kernel normalizes and quantizes all the pass's rows itself, which pays while that is at most
-/// one of the widest rows it takes (`rows * cols` within [`FUSED_MAX_COLS`]) and costs beyond.
-/// H200, 2B4T at depth 512 (BENCHMARKS.md, session 22), tok/s fused for every width / for the
-/// 2,560-wide rows only / for none: b1 **960** / 912 / 736, b2 1,249 / **1,318** / 1,254, b3
-/// 1,497 / 1,607 / **1,643**, b4 1,678 / 1,819 / **1,948**: this rule's choice is the best in each.
+/// rather than one `norm_quant` launch and the products on its codes: one row that fits it.
+/// Every block of the fused kernel normalizes and quantizes all the pass's rows itself; that pays
+/// for one row (no launch between the norm and the product) and costs from two, where the
+/// tensor-core products on shared codes win. H200, 2B4T at depth 512 (BENCHMARKS.md, session
+/// 22), tok/s: b1 fused 960-971 against 736-745 not; b2 1,249 fused, 1,318 fused for the
+/// 2,560-wide rows only (`dp4a` for the 6,912-wide), 1,356 likewise with the tensor cores, 1,505
+/// never fused; b3-b4 never fused 2,066 / 2,594 against 1,497 / 1,678 fused.
 pub(super) fn fused_norm(rows: usize, cols: usize) -> bool {
-    rows <= 4 && rows * cols <= FUSED_MAX_COLS
+    rows == 1 && cols <= FUSED_MAX_COLS
 }
 
 /// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
-/// for one row) over `a.rows` (at most 4) rows: each block normalizes and quantizes the rows
+/// for one row) over `a.rows` (at most 4; the model passes one: [`fused_norm`]) rows: each block normalizes and quantizes the rows
 /// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
 /// memory while it normalizes, where they fit (`gemv_stage`; the engine always asks for it, the
 /// conformance tests also run without). `glu` (an activation mode; `w` interleaved gate/up):
@@ -453,7 +454,7 @@ impl MmaTile {
 /// Which ternary kernel runs a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearPath {
-    /// `dp4a` for up to 4 tokens, tensor cores beyond (what the model uses).
+    /// `dp4a` for one token, tensor cores beyond (what the model uses).
     Auto,
     /// `dp4a` only, 4 tokens per launch.
     Dp4a,
@@ -506,11 +507,11 @@ pub(super) fn launch_linear(
     io: &LinearIo,
 ) -> Result<bool, CudaError> {
     let strips = w.rows.div_ceil(STRIP) as u32;
-    // `dp4a` for up to 4 rows (and where there are no tensor-core kernels), else the tensor
+    // `dp4a` for one row (and where there are no tensor-core kernels), else the tensor
     // cores, whose one launch takes every row.
     let mma = match path {
         LinearPath::Dp4a => None,
-        LinearPath::Auto if io.t <= 4 => None,
+        LinearPath::Auto if io.t == 1 => None,
         _ => k.mma.as_ref(),
     };
     let glu = if mma.is_some() { io.glu } else { 0 };
@@ -809,13 +810,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_norm_takes_passes_of_at_most_one_wide_rows_work() {
+    fn fused_norm_takes_single_rows_that_fit() {
         // 2B4T: hidden 2,560, FFN 6,912 (the down product's input).
         assert!(fused_norm(1, 2560) && fused_norm(1, 6912));
-        assert!(fused_norm(2, 2560) && !fused_norm(2, 6912));
-        assert!(!fused_norm(3, 2560) && !fused_norm(4, 2560));
-        // Narrow rows: up to the kernel's four rows, never more.
-        assert!(fused_norm(4, 256) && !fused_norm(5, 256));
+        assert!(!fused_norm(2, 2560) && !fused_norm(2, 6912) && !fused_norm(4, 256));
         assert!(!fused_norm(1, FUSED_MAX_COLS + 1));
     }
 
