@@ -12,8 +12,8 @@
 //! head. Ternary products use `dp4a` for one token (normalizing inside the product kernel) and
 //! int8 tensor-core `mma` beyond; attention over an f16 cache uses f16 tensor-core `mma`
 //! (queries and softmax weights split into f16 high and low parts) except in decode steps of up
-//! to 4 rows, which on sm_90 run each
-//! key/value head's chunks as one thread-block cluster merging through distributed shared memory.
+//! to 4 rows, which on sm_90 run each key/value head's chunks as one thread-block cluster
+//! merging through distributed shared memory.
 #![deny(missing_docs)]
 
 mod device;

@@ -243,11 +243,12 @@ pub(super) fn fused_norm(rows: usize, cols: usize) -> bool {
 }
 
 /// Launches `ternary_gemv_norm_p*` (the instantiation for the row width; `ternary_gemv_norm1_p*`
-/// for one row) over `a.rows` (at most 4; the model passes one: [`fused_norm`]) rows: each block normalizes and quantizes the rows
-/// itself, then multiplies its strips. `staged`: with the block's strips copied into shared
-/// memory while it normalizes, where they fit (`gemv_stage`; the engine always asks for it, the
-/// conformance tests also run without). `glu` (an activation mode; `w` interleaved gate/up):
-/// a staged launch stores act(gate) * up (`gemv_staged`); true where it did.
+/// for one row) over `a.rows` (at most 4; the model passes one: [`fused_norm`]) rows: each
+/// block normalizes and quantizes the rows itself, then multiplies its strips. `staged`: with
+/// the block's strips copied into shared memory while it normalizes, where they fit
+/// (`gemv_stage`; the engine always asks for it, the conformance tests also run without). `glu`
+/// (an activation mode; `w` interleaved gate/up): a staged launch stores act(gate) * up
+/// (`gemv_staged`); true where it did.
 pub(super) fn launch_gemv_norm(
     gpu: &Gpu,
     k: &Kernels,
