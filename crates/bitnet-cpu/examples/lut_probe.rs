@@ -53,19 +53,6 @@ fn random_inputs(rows: usize, cols: usize) -> (Vec<i8>, Vec<i8>) {
     (w, x)
 }
 
-/// Best seconds per call of `f` over `rounds` rounds of `iters` calls each.
-fn best_of(rounds: usize, iters: usize, mut f: impl FnMut()) -> f64 {
-    (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_secs_f64() / iters as f64
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 #[cfg(target_arch = "x86_64")]
 mod probe {
     use std::arch::x86_64::*;
@@ -160,7 +147,9 @@ mod probe {
             let t = tab.as_ptr();
             for (r, acc) in acc16.iter_mut().enumerate() {
                 let at = r * row_bytes + kb * 32 + s * GROUPS;
-                let w = u64::from_le_bytes(p[at..at + 8].try_into().unwrap_or([0x55; 8]));
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(&p[at..at + 8]);
+                let w = u64::from_le_bytes(bytes);
                 let e = |jj: usize| {
                     let i = ((w >> (8 * jj)) & 0xff) as usize;
                     // SAFETY: jj < GROUPS and i < 256, so the 32 bytes at jj * STRIDE + 32 i
@@ -240,14 +229,16 @@ mod probe {
         );
     }
 
-    /// Best seconds per call of `f` on `threads` threads at once (each its own output).
+    /// Seconds per call of `f` on `threads` threads at once (each its own output).
     fn timed(threads: usize, iters: usize, f: &(dyn Fn(&mut [i32]) + Sync), rows: usize) -> f64 {
         let t = Instant::now();
         std::thread::scope(|sc| {
             for _ in 0..threads {
                 sc.spawn(|| {
                     let mut out = vec![0i32; TOKENS * rows];
-                    best_of(1, iters, || f(&mut out));
+                    for _ in 0..iters {
+                        f(&mut out);
+                    }
                 });
             }
         });
