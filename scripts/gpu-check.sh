@@ -5,7 +5,8 @@
 #
 # BIN_DIR holds the release `bitnet` binary, the bitnet-cuda test binaries (compile,
 # conformance, parity) and the compiled kernels, built elsewhere with `scripts/gpu-build.sh` (no
-# Rust or network is needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails instead of skipping.
+# Rust or network is needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails
+# instead of skipping.
 # Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
 # bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
 # `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with

@@ -513,9 +513,10 @@ extern "C" __global__ void __launch_bounds__(NW * 32) ternary_gemv(const uint4* 
 }
 #endif
 
-// Decode (1..4 tokens): RMSNorm + quantization of the input rows fused into the dp4a product.
-// Every block normalizes the rows itself (they are small and sit in L2) into shared memory, so a
-// step needs no separate norm kernel. Rows up to FUSED_MAX_COLS wide (values held in registers).
+// Decode (1..4 tokens; the engine takes it for one, `fused_norm` in model/linear.rs, the
+// conformance suite for up to four): RMSNorm + quantization of the input rows fused into the
+// dp4a product. Every block normalizes the rows itself (they are small and sit in L2) into
+// shared memory, so a step needs no separate norm kernel. Rows up to FUSED_MAX_COLS wide (values held in registers).
 // The grid is at most one wave: each block takes strips blockIdx.x, + gridDim.x, ... so that
 // the normalization is paid once per block, and the next strip's first weights are in flight
 // while the current one is multiplied.
@@ -1798,7 +1799,7 @@ ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
 #endif
-// attn_one_*_g*: decode steps of up to 8 rows on sm_90 (ATTN_ONE_ROWS in model/attention.rs), 8 warps, GROUP
+// attn_one_*_g*: small decode steps on sm_90 (ATTN_ONE_ROWS in model/attention.rs), 8 warps, GROUP
 // query heads per kv head, a cluster of one block per chunk (the host launches it with cluster
 // dimensions (chunks, 1, 1)) and seq = null (one seqtab entry per row).
 #if __CUDA_ARCH__ >= 900
@@ -2851,8 +2852,6 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
     }
 #if IN_PART(11)
 HEAD_MMA_ENTRY(head_mma_f16, u16, F16T, false)
-#endif
-#if IN_PART(11)
 HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 #endif
 #if IN_PART(7)
