@@ -354,6 +354,22 @@ impl Gpu {
         })
     }
 
+    /// Another handle on this GPU with a stream of its own (the same context and kernels): work
+    /// launched through the two runs concurrently unless ordered (`stream.join`).
+    pub fn second_stream(&self) -> Result<Gpu, CudaError> {
+        Ok(Gpu {
+            ctx: self.ctx.clone(),
+            stream: self.ctx.new_stream()?,
+            modules: self.modules.clone(),
+            arch: self.arch.clone(),
+            name: self.name.clone(),
+            ordinal: self.ordinal,
+            profile: self.profile.as_ref().map(|_| Default::default()),
+            pdl: self.pdl,
+            pdl_now: Default::default(),
+        })
+    }
+
     /// A kernel that may be missing on older architectures.
     pub fn optional_function(&self, name: &str) -> Option<Kernel> {
         self.function(name).ok()

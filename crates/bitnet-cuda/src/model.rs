@@ -117,6 +117,9 @@ enum Out<'a> {
 
 /// Per-pass buffers, sized once for [`MAX_ROWS`].
 struct Scratch {
+    /// The stream this scratch's passes run on: `None` for the model's own; the second lane
+    /// ([`CudaModel::lane`]) has one of its own.
+    gpu: Option<Gpu>,
     /// u32 parameters: tokens, positions, sequence of each row, wanted rows, sequence table.
     params: CudaSlice<u32>,
     host_params: Vec<u32>,
@@ -145,6 +148,46 @@ struct Scratch {
     /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
     /// wanted rows, reused across steps.
     lists: StepLists,
+}
+
+impl Scratch {
+    /// Buffers for passes of up to [`MAX_ROWS`] rows of a model of shape `c`, on `gpu` (and
+    /// run on `lane` where given).
+    fn new(
+        gpu: &Gpu,
+        lane: Option<Gpu>,
+        c: &ModelConfig,
+        max_chunks: usize,
+    ) -> Result<Self, CudaError> {
+        let kpad_max = pack::round_up(
+            c.hidden_size.max(c.q_dim()).max(c.intermediate_size),
+            KGROUP,
+        );
+        let qkv_dim = c.q_dim() + 2 * c.kv_dim();
+        Ok(Scratch {
+            gpu: lane,
+            params: gpu.zeros::<u32>(P_LEN)?,
+            host_params: vec![0u32; P_LEN],
+            h: gpu.zeros(MAX_ROWS * c.hidden_size)?,
+            qkv: gpu.zeros(MAX_ROWS * qkv_dim)?,
+            attn: gpu.zeros(MAX_ROWS * c.q_dim())?,
+            gate_up: gpu.zeros(MAX_ROWS * glu_rows(c.intermediate_size))?,
+            codes: gpu.zeros(MAX_ROWS * kpad_max)?,
+            xscale: gpu.zeros(MAX_ROWS)?,
+            xsum: gpu.zeros(MAX_ROWS)?,
+            part: gpu.zeros(MAX_ROWS * c.n_heads * max_chunks * (c.head_dim + 2))?,
+            counters: gpu.zeros(MAX_ROWS * c.n_kv_heads)?,
+            normed: gpu.zeros(MAX_ROWS * c.hidden_size)?,
+            xhl: gpu.zeros(2 * MAX_ROWS * c.hidden_size)?,
+            logits: gpu.zeros(MAX_ROWS * c.vocab_size)?,
+            tokens_out: gpu.zeros(MAX_ROWS)?,
+            top_ids: gpu.zeros(MAX_ROWS * TOPK_MAX)?,
+            top_vals: gpu.zeros(MAX_ROWS * TOPK_MAX)?,
+            host_top: (vec![0; MAX_ROWS * TOPK_MAX], vec![0.0; MAX_ROWS * TOPK_MAX]),
+            graphs: Default::default(),
+            lists: Default::default(),
+        })
+    }
 }
 
 /// A step's rows, sequences and wanted rows (`Scratch::lists`).
@@ -184,6 +227,11 @@ pub struct CudaModel {
     rope_sin: CudaSlice<f32>,
     max_chunks: usize,
     scratch: Mutex<Scratch>,
+    /// The second lane of passes of more than [`LANE_MIN_ROWS`] rows (its own stream), made at
+    /// the first; locked after `scratch`.
+    lane: Mutex<Option<Scratch>>,
+    /// Whether such passes split (`BITNET_CUDA_LANES=0` keeps them whole).
+    lanes: bool,
     weight_bytes: u64,
     /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
@@ -305,37 +353,7 @@ impl CudaModel {
             }
         }
         let max_chunks = ctx.div_ceil(CHUNK);
-        let kpad_max = pack::round_up(
-            c.hidden_size.max(c.q_dim()).max(c.intermediate_size),
-            KGROUP,
-        );
-        let qkv_dim = c.q_dim() + 2 * c.kv_dim();
-        let scratch = Scratch {
-            params: gpu.zeros::<u32>(P_LEN).map_err(dev)?,
-            host_params: vec![0u32; P_LEN],
-            h: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
-            qkv: gpu.zeros(MAX_ROWS * qkv_dim).map_err(dev)?,
-            attn: gpu.zeros(MAX_ROWS * c.q_dim()).map_err(dev)?,
-            gate_up: gpu
-                .zeros(MAX_ROWS * glu_rows(c.intermediate_size))
-                .map_err(dev)?,
-            codes: gpu.zeros(MAX_ROWS * kpad_max).map_err(dev)?,
-            xscale: gpu.zeros(MAX_ROWS).map_err(dev)?,
-            xsum: gpu.zeros(MAX_ROWS).map_err(dev)?,
-            part: gpu
-                .zeros(MAX_ROWS * c.n_heads * max_chunks * (c.head_dim + 2))
-                .map_err(dev)?,
-            counters: gpu.zeros(MAX_ROWS * c.n_kv_heads).map_err(dev)?,
-            normed: gpu.zeros(MAX_ROWS * c.hidden_size).map_err(dev)?,
-            xhl: gpu.zeros(2 * MAX_ROWS * c.hidden_size).map_err(dev)?,
-            logits: gpu.zeros(MAX_ROWS * c.vocab_size).map_err(dev)?,
-            tokens_out: gpu.zeros(MAX_ROWS).map_err(dev)?,
-            top_ids: gpu.zeros(MAX_ROWS * TOPK_MAX).map_err(dev)?,
-            top_vals: gpu.zeros(MAX_ROWS * TOPK_MAX).map_err(dev)?,
-            host_top: (vec![0; MAX_ROWS * TOPK_MAX], vec![0.0; MAX_ROWS * TOPK_MAX]),
-            graphs: Default::default(),
-            lists: Default::default(),
-        };
+        let scratch = Scratch::new(&gpu, None, &c, max_chunks).map_err(dev)?;
         let profiling = gpu.profiling();
         let mega = match &k.decode_step {
             Some(step) => Mega::build(&gpu, step, &c, &layers, &embed).map_err(dev)?,
@@ -374,6 +392,8 @@ impl CudaModel {
             head_generic,
             max_chunks,
             scratch: Mutex::new(scratch),
+            lane: Mutex::new(None),
+            lanes: std::env::var("BITNET_CUDA_LANES").map_or(true, |v| v != "0"),
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
             mega,
@@ -429,9 +449,10 @@ impl CudaModel {
         out: (u64, usize, bool, i32),
         trace: Option<(&mut (dyn Tracer + 't), usize, TracePoint)>,
     ) -> Result<bool, CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         let (xp, x_stride, norm, cols, mode) = x;
         let (op, out_stride, accumulate, glu) = out;
-        let st = &self.gpu.stream;
+        let st = &gpu.stream;
         if trace.is_none() && fused_norm(n, cols) {
             let nq = NormQuant {
                 x: xp,
@@ -445,7 +466,7 @@ impl CudaModel {
                 sums: 0,
                 rows: n,
             };
-            return launch_gemv_norm(&self.gpu, &self.k, w, &nq, out, true);
+            return launch_gemv_norm(gpu, &self.k, w, &nq, out, true);
         }
         let kp = self.norm_quant(s, xp, x_stride, norm, cols, mode, n)?;
         if let Some((tr, li, point)) = trace {
@@ -462,7 +483,7 @@ impl CudaModel {
             accumulate,
             glu,
         };
-        launch_linear(&self.gpu, &self.k, LinearPath::Auto, w, &io)
+        launch_linear(gpu, &self.k, LinearPath::Auto, w, &io)
     }
 
     /// RMSNorm (optionally of act(gate) * up) and int8 quantization of `rows` rows.
@@ -477,8 +498,9 @@ impl CudaModel {
         mode: i32,
         rows: usize,
     ) -> Result<usize, CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         let kpad = pack::round_up(cols, KGROUP);
-        let st = &self.gpu.stream;
+        let st = &gpu.stream;
         let nq = NormQuant {
             x,
             x_stride,
@@ -491,7 +513,7 @@ impl CudaModel {
             sums: ptr(&s.xsum, st),
             rows,
         };
-        launch_norm_quant(&self.gpu, &self.k.norm_quant, &nq)?;
+        launch_norm_quant(gpu, &self.k.norm_quant, &nq)?;
         Ok(kpad)
     }
 
@@ -504,16 +526,15 @@ impl CudaModel {
         point: TracePoint,
         tracer: &mut dyn Tracer,
     ) -> Result<(), CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         let kpad = pack::round_up(cols, KGROUP);
         let mut perm = vec![0i8; rows * kpad];
         let mut scales = vec![0f32; rows];
-        self.gpu
-            .stream
+        gpu.stream
             .memcpy_dtoh(&s.codes.slice(..rows * kpad), &mut perm)?;
-        self.gpu
-            .stream
+        gpu.stream
             .memcpy_dtoh(&s.xscale.slice(..rows), &mut scales)?;
-        self.gpu.sync()?;
+        gpu.sync()?;
         let qa = QuantizedActivations {
             codes: pack::unpermute_codes(&perm, rows, cols).into(),
             scales,
@@ -533,8 +554,24 @@ impl CudaModel {
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
+        self.pass_launch(s, rows, seqs, wanted, out, tracer)?;
+        self.pass_collect(s, rows.len(), wanted.len(), out)
+    }
+
+    /// Every launch of a pass (ending with the selection kernels `out` asks for), nothing
+    /// waited for: the outputs are read by [`CudaModel::pass_collect`].
+    fn pass_launch<'t>(
+        &self,
+        s: &mut Scratch,
+        rows: &[(u32, u32, u32)],
+        seqs: &[(u64, usize)],
+        wanted: &[u32],
+        out: &Out<'_>,
+        tracer: Option<&mut (dyn Tracer + 't)>,
+    ) -> Result<(), CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         let n = rows.len();
-        let st = self.gpu.stream.clone();
+        let st = gpu.stream.clone();
         let p = &mut s.host_params;
         for (i, &(tok, pos, seq)) in rows.iter().enumerate() {
             p[P_TOKENS + i] = tok;
@@ -589,34 +626,60 @@ impl CudaModel {
         }
         let v = self.config.vocab_size;
         match out {
+            Out::Greedy(_) => {
+                let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
+                let k = match &self.k.argmax_cluster {
+                    Some(k) => (k, true),
+                    None => (&self.k.argmax, false),
+                };
+                launch_argmax(gpu, k, io, m, v)?;
+            }
+            Out::TopK(k, _) if *k <= TOPK_MAX => {
+                let addrs = (
+                    ptr(&s.logits, &st),
+                    ptr(&s.top_ids, &st),
+                    ptr(&s.top_vals, &st),
+                );
+                launch_top_k(gpu, &self.k.top_k, addrs, m, v, *k)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The outputs of the pass [`CudaModel::pass_launch`] launched over `n` rows with `m`
+    /// wanted, appended to `out` once its stream has finished.
+    fn pass_collect(
+        &self,
+        s: &mut Scratch,
+        n: usize,
+        m: usize,
+        out: &mut Out<'_>,
+    ) -> Result<(), CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let st = gpu.stream.clone();
+        let decode = m == n;
+        if m == 0 {
+            return Ok(());
+        }
+        let v = self.config.vocab_size;
+        match out {
             Out::Logits(logits) => {
                 let old = logits.len();
                 logits.resize(old + m * v, 0.0);
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
             }
             Out::Greedy(tokens) => {
-                let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
-                let k = match &self.k.argmax_cluster {
-                    Some(k) => (k, true),
-                    None => (&self.k.argmax, false),
-                };
-                launch_argmax(&self.gpu, k, io, m, v)?;
                 let old = tokens.len();
                 tokens.resize(old + m, 0);
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
             }
             Out::TopK(k, out) if *k <= TOPK_MAX => {
                 let k = *k;
-                let addrs = (
-                    ptr(&s.logits, &st),
-                    ptr(&s.top_ids, &st),
-                    ptr(&s.top_vals, &st),
-                );
-                launch_top_k(&self.gpu, &self.k.top_k, addrs, m, v, k)?;
                 let (ids, vals) = &mut s.host_top;
                 st.memcpy_dtoh(&s.top_ids.slice(..m * k), &mut ids[..m * k])?;
                 st.memcpy_dtoh(&s.top_vals.slice(..m * k), &mut vals[..m * k])?;
-                self.gpu.sync()?;
+                gpu.sync()?;
                 out.extend(
                     ids[..m * k]
                         .iter()
@@ -630,15 +693,89 @@ impl CudaModel {
                 bitnet_core::ops::top_k_rows(&logits, v, *k, out);
             }
         }
-        self.gpu.sync()?;
+        gpu.sync()?;
         if decode
             && n == 1
             && self.mega_on()
             && let Some(g) = &self.mega
         {
-            g.settle_stamps(&self.gpu, self.config.n_layers)?;
+            g.settle_stamps(gpu, self.config.n_layers)?;
         }
         Ok(())
+    }
+
+    /// One pass over `rows` (at most [`MAX_ROWS`]; `seqs` the sequences they index, `wanted`
+    /// the rows whose logits are wanted). Passes of more than [`LANE_MIN_ROWS`] rows that are
+    /// not traced run as two halves (split where a sequence ends, nearest the middle) on two
+    /// streams at once: the second lane's scratch and stream are made at the first such pass.
+    fn step<'t>(
+        &self,
+        s: &mut Scratch,
+        rows: &[(u32, u32, u32)],
+        seqs: &[(u64, usize)],
+        wanted: &[u32],
+        out: &mut Out<'_>,
+        tracer: Option<&mut (dyn Tracer + 't)>,
+    ) -> Result<(), CudaError> {
+        let split = lane_split(rows).filter(|_| tracer.is_none() && self.lanes);
+        let Some(r) = split else {
+            return self.pass(s, rows, seqs, wanted, out, tracer);
+        };
+        let mut lane = self.lane.lock().map_err(|_| CudaError::Poisoned)?;
+        if lane.is_none() {
+            let gpu = self.gpu.second_stream()?;
+            *lane = Some(Scratch::new(
+                &self.gpu,
+                Some(gpu),
+                &self.config,
+                self.max_chunks,
+            )?);
+            // Its buffers were zeroed on the model's stream.
+            self.gpu.sync()?;
+        }
+        let Some(b) = lane.as_mut() else {
+            return Err(CudaError::Poisoned);
+        };
+        // The second half's rows, sequences and wanted rows, renumbered from its first.
+        let s0 = rows[r].2;
+        let (lb, sb, wb) = &mut b.lists;
+        lb.clear();
+        lb.extend(rows[r..].iter().map(|&(t, p, q)| (t, p, q - s0)));
+        sb.clear();
+        sb.extend_from_slice(&seqs[s0 as usize..]);
+        wb.clear();
+        wb.extend(
+            wanted
+                .iter()
+                .filter(|&&w| w as usize >= r)
+                .map(|&w| w - r as u32),
+        );
+        let wa = wanted.partition_point(|&w| (w as usize) < r);
+        let (rows_b, seqs_b, wanted_b) = std::mem::take(&mut b.lists);
+        // The second lane starts after everything earlier on the model's stream (new caches,
+        // earlier passes of its sequences), then both run at once.
+        let bgpu = b.gpu.as_ref().ok_or(CudaError::Poisoned)?;
+        bgpu.stream.join(&self.gpu.stream)?;
+        let launched = self
+            .pass_launch(
+                s,
+                &rows[..r],
+                &seqs[..s0 as usize],
+                &wanted[..wa],
+                out,
+                None,
+            )
+            .and_then(|()| self.pass_launch(b, &rows_b, &seqs_b, &wanted_b, out, None));
+        let collected = launched
+            .and_then(|()| self.pass_collect(s, r, wa, out))
+            .and_then(|()| self.pass_collect(b, rows_b.len(), wanted_b.len(), out));
+        // Later work on the model's stream waits for the second lane's.
+        let joined = match b.gpu.as_ref() {
+            Some(g) => self.gpu.stream.join(&g.stream).map_err(CudaError::from),
+            None => Ok(()),
+        };
+        b.lists = (rows_b, seqs_b, wanted_b);
+        collected.and(joined)
     }
 
     /// Captures one decode step over `n` rows as a graph.
@@ -649,7 +786,8 @@ impl CudaModel {
         m: usize,
         chunks: usize,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
-        let st = &self.gpu.stream;
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let st = &gpu.stream;
         st.begin_capture(
             cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
         )?;
@@ -674,8 +812,9 @@ impl CudaModel {
     /// The persistent decode step of one sequence's one token: every layer and the final norm
     /// in one cooperative launch, leaving the normalized row in `s.normed`.
     fn launch_mega(&self, s: &Scratch, g: &Mega) -> Result<(), CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         let c = &self.config;
-        let st = &self.gpu.stream;
+        let st = &gpu.stream;
         let pb = ptr(&s.params, st);
         let embed_type = match self.embed {
             Table::F32(_) => 0,
@@ -686,7 +825,7 @@ impl CudaModel {
         let Some(step) = &self.k.decode_step else {
             return Err(CudaError::Unavailable("no persistent decode kernel".into()));
         };
-        self.gpu.launch_with(
+        gpu.launch_with(
             step,
             (g.grid, 1, 1),
             Kernel::WAVE_BLOCK,
@@ -694,7 +833,7 @@ impl CudaModel {
             &[
                 Arg::P(ptr(&g.table, st)),
                 Arg::I(c.n_layers as i32),
-                Arg::P(self.embed.ptr(&self.gpu)),
+                Arg::P(self.embed.ptr(gpu)),
                 Arg::I(embed_type),
                 Arg::P(pb + 4 * P_TOKENS as u64),
                 Arg::P(pb + 4 * P_POS as u64),
@@ -740,13 +879,14 @@ impl CudaModel {
         decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
         // Programmatic dependent launch for decode steps of more than PDL_ROWS rows: each
         // kernel's launch and its weight loads overlap its predecessor.
-        let _pdl = self.gpu.pdl_scope(decode && n > PDL_ROWS);
+        let _pdl = gpu.pdl_scope(decode && n > PDL_ROWS);
         let c = &self.config;
         let (hd, qd, kvd, id) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let qkv_dim = qd + 2 * kvd;
-        let st = self.gpu.stream.clone();
+        let st = gpu.stream.clone();
         let pb = ptr(&s.params, &st);
         let (tokens, pos, seq, want, seqtab) = (
             pb + 4 * P_TOKENS as u64,
@@ -778,13 +918,13 @@ impl CudaModel {
             return self.launch_head(s, m);
         }
 
-        self.gpu.launch(
+        gpu.launch(
             &self.k.embed,
             (n as u32, 1, 1),
             256,
             0,
             &[
-                Arg::P(self.embed.ptr(&self.gpu)),
+                Arg::P(self.embed.ptr(gpu)),
                 Arg::P(tokens),
                 Arg::P(h),
                 Arg::I(hd as i32),
@@ -796,7 +936,7 @@ impl CudaModel {
             self.norm_linear(s, n, x, &l.qkv, (qkv, qkv_dim, false, 0), tr)?;
             let (cos, sin) = (ptr(&self.rope_cos, &st), ptr(&self.rope_sin, &st));
             if !decode {
-                self.gpu.launch(
+                gpu.launch(
                     &self.k.rope_kv,
                     (n as u32, 1, 1),
                     128,
@@ -841,24 +981,17 @@ impl CudaModel {
                     (args[3], args[4]) = (Arg::P(0), Arg::P(pb + 4 * P_ROWTAB as u64));
                     let cluster = chunks as u32;
                     let (k, block) = (&one.kernel, Kernel::WAVE_BLOCK);
-                    self.gpu
-                        .launch_with(k, grid, block, one.smem, &args, Attr::Cluster(cluster))?
+                    gpu.launch_with(k, grid, block, one.smem, &args, Attr::Cluster(cluster))?
                 }
                 (128, _, _, Some((k, block, smem, splits))) => {
                     let grid = (splits as u32, grid.1, grid.2);
-                    self.gpu.launch(k, grid, block, smem, &args)?
+                    gpu.launch(k, grid, block, smem, &args)?
                 }
-                (128, Some(mma), _, _) => {
-                    self.gpu.launch(mma, grid, 128, attn_smem as u32, &args)?
-                }
+                (128, Some(mma), _, _) => gpu.launch(mma, grid, 128, attn_smem as u32, &args)?,
                 (128, None, _, _) => {
-                    self.gpu
-                        .launch(&self.k.attn_part4, grid, 128, attn_smem as u32, &args)?
+                    gpu.launch(&self.k.attn_part4, grid, 128, attn_smem as u32, &args)?
                 }
-                _ => {
-                    self.gpu
-                        .launch(&self.k.attn_part, grid, attn_block, attn_smem as u32, &args)?
-                }
+                _ => gpu.launch(&self.k.attn_part, grid, attn_block, attn_smem as u32, &args)?,
             }
             let tr = tracer.as_deref_mut().map(|t| (t, li, TracePoint::OIn));
             let x = (attn, qd, &l.attn_sub_norm, qd, 0);
@@ -882,7 +1015,7 @@ impl CudaModel {
             if let Some(tr) = tracer.as_deref_mut() {
                 let mut host = vec![0f32; n * hd];
                 st.memcpy_dtoh(&s.h.slice(..n * hd), &mut host)?;
-                self.gpu.sync()?;
+                gpu.sync()?;
                 tr.layer_output(li, &host);
             }
         }
@@ -890,7 +1023,7 @@ impl CudaModel {
             return Ok(());
         }
         let normed = ptr(&s.normed, &st);
-        self.gpu.launch(
+        gpu.launch(
             &self.k.final_norm,
             (m as u32, 1, 1),
             256,
@@ -908,7 +1041,7 @@ impl CudaModel {
         if let Some(tr) = tracer {
             let mut host = vec![0f32; m * hd];
             st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
-            self.gpu.sync()?;
+            gpu.sync()?;
             tr.final_norm(&host);
         }
         Ok(())
@@ -916,11 +1049,12 @@ impl CudaModel {
 
     /// The head over the `m` normalized rows in `s.normed`, into `s.logits`.
     fn launch_head(&self, s: &Scratch, m: usize) -> Result<(), CudaError> {
-        let st = &self.gpu.stream;
+        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let st = &gpu.stream;
         let table = self.head.as_ref().unwrap_or(&self.embed);
         let io = HeadIo {
-            table: table.ptr(&self.gpu),
-            scales: table.scales(&self.gpu),
+            table: table.ptr(gpu),
+            scales: table.scales(gpu),
             vocab: self.config.vocab_size,
             cols: self.config.hidden_size,
             x: ptr(&s.normed, st),
@@ -929,10 +1063,29 @@ impl CudaModel {
             logits: ptr(&s.logits, st),
         };
         match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {
-            Some(k) => launch_head_mma(&self.gpu, k, &io),
-            None => launch_head_rows(&self.gpu, &self.k.head, self.head_generic, &io),
+            Some(k) => launch_head_mma(gpu, k, &io),
+            None => launch_head_rows(gpu, &self.k.head, self.head_generic, &io),
         }
     }
+}
+
+/// Passes of more rows than this run as two concurrent halves ([`CudaModel::step`]): on an
+/// H200, two 64-row decode chains at once gave 28,700 tok/s where one 128-row pass gave 22,400
+/// (BENCHMARKS.md, session 23); two 32-row chains were slower than one 64-row pass (21,400
+/// against 22,100), so smaller passes stay whole.
+const LANE_MIN_ROWS: usize = 64;
+
+/// Where a pass of `rows` splits into two lanes: the row nearest the middle that starts a new
+/// sequence (the halves then share no sequence), for passes of more than [`LANE_MIN_ROWS`]
+/// rows; `None` where no such row exists.
+fn lane_split(rows: &[(u32, u32, u32)]) -> Option<usize> {
+    let n = rows.len();
+    if n <= LANE_MIN_ROWS {
+        return None;
+    }
+    (1..n)
+        .filter(|&r| rows[r].2 != rows[r - 1].2)
+        .min_by_key(|&r| r.abs_diff(n / 2))
 }
 
 /// The attention chunks a captured decode step launches for steps that need `needed`: the
@@ -1030,7 +1183,7 @@ impl CudaModel {
                 }
                 rows.push((tok, (e.start + i) as u32, (seqs.len() - 1) as u32));
                 if rows.len() == MAX_ROWS {
-                    self.pass(&mut s, &rows, &seqs, &wanted, out, tracer.as_deref_mut())
+                    self.step(&mut s, &rows, &seqs, &wanted, out, tracer.as_deref_mut())
                         .map_err(dev)?;
                     rows.clear();
                     seqs.clear();
@@ -1039,7 +1192,7 @@ impl CudaModel {
             }
         }
         if !rows.is_empty() {
-            self.pass(&mut s, &rows, &seqs, &wanted, out, tracer)
+            self.step(&mut s, &rows, &seqs, &wanted, out, tracer)
                 .map_err(dev)?;
         }
         s.lists = (rows, seqs, wanted);
@@ -1117,6 +1270,25 @@ impl Accelerator for CudaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_split_into_lanes_where_a_sequence_starts_nearest_the_middle() {
+        // Decode: one row per sequence.
+        let decode: Vec<(u32, u32, u32)> = (0..128).map(|i| (0, 5, i)).collect();
+        assert_eq!(lane_split(&decode), Some(64));
+        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS]), None);
+        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS + 1]), Some(32));
+        // One long prompt cannot split; a prompt and decode rows split where the prompt ends.
+        let prompt: Vec<(u32, u32, u32)> = (0..200).map(|i| (0, i, 0)).collect();
+        assert_eq!(lane_split(&prompt), None);
+        let mut mixed = prompt.clone();
+        mixed.extend((1..=40).map(|i| (0, 9, i)));
+        assert_eq!(lane_split(&mixed), Some(200));
+        let mut mixed: Vec<(u32, u32, u32)> = (0..30).map(|i| (0, 9, i)).collect();
+        mixed.extend((0..100).map(|i| (0, i, 30)));
+        mixed.extend((0..40).map(|i| (0, 9, 31 + i)));
+        assert_eq!(lane_split(&mixed), Some(130));
+    }
 
     #[test]
     fn decode_graphs_cover_the_step_with_a_power_of_two_of_chunks() {

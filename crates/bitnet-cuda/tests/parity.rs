@@ -297,19 +297,36 @@ fn batched_decode_of_40_sequences_matches_each_alone() {
     }
     let src = default_model();
     for kv in [KvType::F32, KvType::F16] {
-        let steps = batched_vs_alone(&src, kv);
-        let report: Vec<String> = steps
-            .iter()
-            .filter(|s| !s.same_token || s.diff > 1e-4)
-            .map(|s| format!("{s:?}"))
-            .collect();
-        let report = format!("{kv:?} cache, steps beyond 1e-4:\n{}", report.join("\n"));
-        let close = steps.iter().filter(|s| s.diff <= 1e-4).count();
-        assert!(steps.iter().all(|s| s.same_token), "{report}");
-        assert!(steps.iter().all(|s| s.diff < 2e-2), "{report}");
-        assert!(close * 100 >= steps.len() * 95, "{report}");
-        eprintln!("{kv:?} cache: {close} of {} steps within 1e-4", steps.len());
+        let steps = batched_vs_alone(&src, kv, 40);
+        check_batched(kv, &steps);
     }
+}
+
+/// The same with 100 sequences: decode steps of more than 64 rows run as two halves on two
+/// streams at once (`LANE_MIN_ROWS` in model.rs), and so does the first pass (every prompt).
+#[test]
+fn batched_decode_of_100_sequences_in_two_lanes_matches_each_alone() {
+    if !have_gpu() {
+        return;
+    }
+    let src = default_model();
+    let steps = batched_vs_alone(&src, KvType::F16, 100);
+    check_batched(KvType::F16, &steps);
+}
+
+/// Every step's greedy token the same, within 2e-2, and 95% within 1e-4.
+fn check_batched(kv: KvType, steps: &[Step]) {
+    let report: Vec<String> = steps
+        .iter()
+        .filter(|s| !s.same_token || s.diff > 1e-4)
+        .map(|s| format!("{s:?}"))
+        .collect();
+    let report = format!("{kv:?} cache, steps beyond 1e-4:\n{}", report.join("\n"));
+    let close = steps.iter().filter(|s| s.diff <= 1e-4).count();
+    assert!(steps.iter().all(|s| s.same_token), "{report}");
+    assert!(steps.iter().all(|s| s.diff < 2e-2), "{report}");
+    assert!(close * 100 >= steps.len() * 95, "{report}");
+    eprintln!("{kv:?} cache: {close} of {} steps within 1e-4", steps.len());
 }
 
 /// One decode step of one sequence, alone against together.
@@ -322,11 +339,11 @@ struct Step {
     diff: f32,
 }
 
-/// Decodes 40 prompts alone and together on `kv`: every sequence's every step compared.
-fn batched_vs_alone(src: &dyn WeightSource, kv: KvType) -> Vec<Step> {
+/// Decodes `n` prompts alone and together on `kv`: every sequence's every step compared.
+fn batched_vs_alone(src: &dyn WeightSource, kv: KvType, n: usize) -> Vec<Step> {
     let model = on_gpu(src, kv, HeadType::Native);
     let vocab = model.config().vocab_size;
-    let (n, steps) = (40usize, 6usize);
+    let steps = 6usize;
     let prompts: Vec<Vec<u32>> = (0..n)
         .map(|s| {
             (0..3 + s % 7)
