@@ -230,8 +230,9 @@ pub struct CudaModel {
     /// The second lane of passes of more than [`LANE_MIN_ROWS`] rows (its own stream), made at
     /// the first; locked after `scratch`.
     lane: Mutex<Option<Scratch>>,
-    /// Whether such passes split (`BITNET_CUDA_LANES=0` keeps them whole).
-    lanes: bool,
+    /// Passes of more rows than this split ([`LANE_MIN_ROWS`]; `BITNET_CUDA_LANES=N` sets it,
+    /// 0 keeps every pass whole).
+    lanes: usize,
     weight_bytes: u64,
     /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
@@ -393,7 +394,11 @@ impl CudaModel {
             max_chunks,
             scratch: Mutex::new(scratch),
             lane: Mutex::new(None),
-            lanes: std::env::var("BITNET_CUDA_LANES").map_or(true, |v| v != "0"),
+            lanes: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
+                Ok(Ok(0)) => usize::MAX,
+                Ok(Ok(n)) => n,
+                _ => LANE_MIN_ROWS,
+            },
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
             mega,
@@ -717,7 +722,7 @@ impl CudaModel {
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        let split = lane_split(rows).filter(|_| tracer.is_none() && self.lanes);
+        let split = lane_split(rows, self.lanes).filter(|_| tracer.is_none());
         let Some(r) = split else {
             return self.pass(s, rows, seqs, wanted, out, tracer);
         };
@@ -1076,11 +1081,11 @@ impl CudaModel {
 const LANE_MIN_ROWS: usize = 64;
 
 /// Where a pass of `rows` splits into two lanes: the row nearest the middle that starts a new
-/// sequence (the halves then share no sequence), for passes of more than [`LANE_MIN_ROWS`]
-/// rows; `None` where no such row exists.
-fn lane_split(rows: &[(u32, u32, u32)]) -> Option<usize> {
+/// sequence (the halves then share no sequence), for passes of more than `min` rows; `None`
+/// where no such row exists.
+fn lane_split(rows: &[(u32, u32, u32)], min: usize) -> Option<usize> {
     let n = rows.len();
-    if n <= LANE_MIN_ROWS {
+    if n <= min {
         return None;
     }
     (1..n)
@@ -1275,19 +1280,22 @@ mod tests {
     fn passes_split_into_lanes_where_a_sequence_starts_nearest_the_middle() {
         // Decode: one row per sequence.
         let decode: Vec<(u32, u32, u32)> = (0..128).map(|i| (0, 5, i)).collect();
-        assert_eq!(lane_split(&decode), Some(64));
-        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS]), None);
-        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS + 1]), Some(32));
+        assert_eq!(lane_split(&decode, LANE_MIN_ROWS), Some(64));
+        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS], LANE_MIN_ROWS), None);
+        assert_eq!(
+            lane_split(&decode[..LANE_MIN_ROWS + 1], LANE_MIN_ROWS),
+            Some(32)
+        );
         // One long prompt cannot split; a prompt and decode rows split where the prompt ends.
         let prompt: Vec<(u32, u32, u32)> = (0..200).map(|i| (0, i, 0)).collect();
-        assert_eq!(lane_split(&prompt), None);
+        assert_eq!(lane_split(&prompt, LANE_MIN_ROWS), None);
         let mut mixed = prompt.clone();
         mixed.extend((1..=40).map(|i| (0, 9, i)));
-        assert_eq!(lane_split(&mixed), Some(200));
+        assert_eq!(lane_split(&mixed, LANE_MIN_ROWS), Some(200));
         let mut mixed: Vec<(u32, u32, u32)> = (0..30).map(|i| (0, 9, i)).collect();
         mixed.extend((0..100).map(|i| (0, i, 30)));
         mixed.extend((0..40).map(|i| (0, 9, 31 + i)));
-        assert_eq!(lane_split(&mixed), Some(130));
+        assert_eq!(lane_split(&mixed, LANE_MIN_ROWS), Some(130));
     }
 
     #[test]
