@@ -193,6 +193,9 @@ impl Scratch {
 /// A step's rows, sequences and wanted rows (`Scratch::lists`).
 type StepLists = (Vec<(u32, u32, u32)>, Vec<(u64, usize)>, Vec<u32>);
 
+/// One pass's rows, sequences and wanted rows, borrowed.
+type PassRows<'a> = (&'a [(u32, u32, u32)], &'a [(u64, usize)], &'a [u32]);
+
 /// A captured CUDA graph. Graphs are not internally synchronized; this one is only touched under
 /// the model's scratch lock.
 struct Graph(cudarc::driver::CudaGraph);
@@ -227,9 +230,9 @@ pub struct CudaModel {
     rope_sin: CudaSlice<f32>,
     max_chunks: usize,
     scratch: Mutex<Scratch>,
-    /// The second lane of passes of more than [`LANE_MIN_ROWS`] rows (its own stream), made at
-    /// the first; locked after `scratch`.
-    lane: Mutex<Option<Scratch>>,
+    /// The further lanes of passes of more than [`LANE_MIN_ROWS`] rows (each its own scratch
+    /// and stream), made as passes first need them; locked after `scratch`.
+    lane: Mutex<Vec<Scratch>>,
     /// Passes of more rows than this split ([`LANE_MIN_ROWS`]; `BITNET_CUDA_LANES=N` sets it,
     /// 0 keeps every pass whole).
     lanes: usize,
@@ -393,7 +396,7 @@ impl CudaModel {
             head_generic,
             max_chunks,
             scratch: Mutex::new(scratch),
-            lane: Mutex::new(None),
+            lane: Mutex::new(Vec::new()),
             lanes: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
                 Ok(Ok(0)) => usize::MAX,
                 Ok(Ok(n)) => n,
@@ -711,8 +714,9 @@ impl CudaModel {
 
     /// One pass over `rows` (at most [`MAX_ROWS`]; `seqs` the sequences they index, `wanted`
     /// the rows whose logits are wanted). Passes of more than [`LANE_MIN_ROWS`] rows that are
-    /// not traced run as two halves (split where a sequence ends, nearest the middle) on two
-    /// streams at once: the second lane's scratch and stream are made at the first such pass.
+    /// not traced run as up to [`MAX_LANES`] parts (split where sequences start: [`lane_cuts`])
+    /// on as many streams at once; the lanes beyond the model's own (scratch and stream) are
+    /// made at the first pass that needs them.
     fn step<'t>(
         &self,
         s: &mut Scratch,
@@ -722,65 +726,92 @@ impl CudaModel {
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        let split = lane_split(rows, self.lanes).filter(|_| tracer.is_none());
-        let Some(r) = split else {
-            return self.pass(s, rows, seqs, wanted, out, tracer);
+        let cuts = match tracer {
+            None => lane_cuts(rows, self.lanes),
+            Some(_) => Vec::new(),
         };
-        let mut lane = self.lane.lock().map_err(|_| CudaError::Poisoned)?;
-        if lane.is_none() {
-            let gpu = self.gpu.second_stream()?;
-            *lane = Some(Scratch::new(
-                &self.gpu,
-                Some(gpu),
-                &self.config,
-                self.max_chunks,
-            )?);
+        if cuts.is_empty() {
+            return self.pass(s, rows, seqs, wanted, out, tracer);
+        }
+        let mut lanes = self.lane.lock().map_err(|_| CudaError::Poisoned)?;
+        while lanes.len() < cuts.len() {
+            let lane = (self.gpu.second_stream())
+                .and_then(|gpu| Scratch::new(&self.gpu, Some(gpu), &self.config, self.max_chunks));
+            match lane {
+                Ok(lane) => lanes.push(lane),
+                // No room for another lane (device memory): the pass runs whole.
+                Err(_) if lanes.is_empty() => {
+                    drop(lanes);
+                    return self.pass(s, rows, seqs, wanted, out, None);
+                }
+                Err(_) => break,
+            }
             // Its buffers were zeroed on the model's stream.
             self.gpu.sync()?;
         }
-        let Some(b) = lane.as_mut() else {
-            return Err(CudaError::Poisoned);
-        };
-        // The second half's rows, sequences and wanted rows, renumbered from its first.
-        let s0 = rows[r].2;
-        let (lb, sb, wb) = &mut b.lists;
-        lb.clear();
-        lb.extend(rows[r..].iter().map(|&(t, p, q)| (t, p, q - s0)));
-        sb.clear();
-        sb.extend_from_slice(&seqs[s0 as usize..]);
-        wb.clear();
-        wb.extend(
-            wanted
-                .iter()
-                .filter(|&&w| w as usize >= r)
-                .map(|&w| w - r as u32),
-        );
+        // As many parts as there are lanes (the last ones merged where lanes ran out).
+        let cuts = &cuts[..cuts.len().min(lanes.len())];
+        // Each further lane's rows, sequences and wanted rows, renumbered from its first row.
+        let ends: Vec<usize> = cuts.iter().skip(1).copied().chain([rows.len()]).collect();
+        for ((lane, &a), &b) in lanes.iter_mut().zip(cuts).zip(&ends) {
+            let (s0, s1) = (rows[a].2, rows[b - 1].2);
+            let (lr, ls, lw) = &mut lane.lists;
+            lr.clear();
+            lr.extend(rows[a..b].iter().map(|&(t, p, q)| (t, p, q - s0)));
+            ls.clear();
+            ls.extend_from_slice(&seqs[s0 as usize..=s1 as usize]);
+            lw.clear();
+            lw.extend(
+                (wanted.iter())
+                    .filter(|&&w| (a..b).contains(&(w as usize)))
+                    .map(|&w| w - a as u32),
+            );
+        }
+        // The model's own lane: the rows before the first cut, as they are numbered.
+        let r = cuts[0];
         let wa = wanted.partition_point(|&w| (w as usize) < r);
-        let (rows_b, seqs_b, wanted_b) = std::mem::take(&mut b.lists);
-        // The second lane starts after everything earlier on the model's stream (new caches,
-        // earlier passes of its sequences), then both run at once.
-        let bgpu = b.gpu.as_ref().ok_or(CudaError::Poisoned)?;
-        bgpu.stream.join(&self.gpu.stream)?;
-        let launched = self
-            .pass_launch(
-                s,
-                &rows[..r],
-                &seqs[..s0 as usize],
-                &wanted[..wa],
-                out,
-                None,
-            )
-            .and_then(|()| self.pass_launch(b, &rows_b, &seqs_b, &wanted_b, out, None));
-        let collected = launched
-            .and_then(|()| self.pass_collect(s, r, wa, out))
-            .and_then(|()| self.pass_collect(b, rows_b.len(), wanted_b.len(), out));
-        // Later work on the model's stream waits for the second lane's.
-        let joined = match b.gpu.as_ref() {
-            Some(g) => self.gpu.stream.join(&g.stream).map_err(CudaError::from),
-            None => Ok(()),
-        };
-        b.lists = (rows_b, seqs_b, wanted_b);
-        collected.and(joined)
+        let sa = rows[r].2 as usize;
+        let used = &mut lanes[..cuts.len()];
+        let result = self.lanes_run(s, (&rows[..r], &seqs[..sa], &wanted[..wa]), used, out);
+        // Later work on the model's stream waits for every lane's.
+        let mut joined = Ok(());
+        for lane in used.iter() {
+            if let Some(g) = &lane.gpu {
+                joined = joined.and(self.gpu.stream.join(&g.stream).map_err(CudaError::from));
+            }
+        }
+        result.and(joined)
+    }
+
+    /// The passes of [`CudaModel::step`]'s lanes: the model's own over `own`, the others over
+    /// the lists in their scratch; every one launched before any is read back.
+    fn lanes_run(
+        &self,
+        s: &mut Scratch,
+        own: PassRows<'_>,
+        lanes: &mut [Scratch],
+        out: &mut Out<'_>,
+    ) -> Result<(), CudaError> {
+        // Every lane starts after everything earlier on the model's stream (new caches, earlier
+        // passes of its sequences).
+        for lane in lanes.iter() {
+            if let Some(g) = &lane.gpu {
+                g.stream.join(&self.gpu.stream)?;
+            }
+        }
+        self.pass_launch(s, own.0, own.1, own.2, out, None)?;
+        for lane in lanes.iter_mut() {
+            let (r, q, w) = std::mem::take(&mut lane.lists);
+            let launched = self.pass_launch(lane, &r, &q, &w, out, None);
+            lane.lists = (r, q, w);
+            launched?;
+        }
+        self.pass_collect(s, own.0.len(), own.2.len(), out)?;
+        for lane in lanes.iter_mut() {
+            let (n, m) = (lane.lists.0.len(), lane.lists.2.len());
+            self.pass_collect(lane, n, m, out)?;
+        }
+        Ok(())
     }
 
     /// Captures one decode step over `n` rows as a graph.
@@ -1074,23 +1105,40 @@ impl CudaModel {
     }
 }
 
-/// Passes of more rows than this run as two concurrent halves ([`CudaModel::step`]): on an
-/// H200, two 64-row decode chains at once gave 28,700 tok/s where one 128-row pass gave 22,400
-/// (BENCHMARKS.md, session 23); two 32-row chains were slower than one 64-row pass (21,400
-/// against 22,100), so smaller passes stay whole.
+/// Passes of more rows than this run as concurrent parts of at most about this many rows
+/// ([`CudaModel::step`]). On an H200 (BENCHMARKS.md, session 23), chains of 64 rows at once
+/// gave 28,700 tok/s for two, 31,300 for three and 31,700 for four, where one pass of 128 rows
+/// gave 22,400; two 32-row chains were slower than one 64-row pass (21,400 against 22,100), so
+/// passes up to this size stay whole.
 const LANE_MIN_ROWS: usize = 64;
 
-/// Where a pass of `rows` splits into two lanes: the row nearest the middle that starts a new
-/// sequence (the halves then share no sequence), for passes of more than `min` rows; `None`
-/// where no such row exists.
-fn lane_split(rows: &[(u32, u32, u32)], min: usize) -> Option<usize> {
+/// The most lanes of one pass (its [`MAX_ROWS`] rows in parts of [`LANE_MIN_ROWS`]).
+const MAX_LANES: usize = MAX_ROWS / LANE_MIN_ROWS;
+
+/// Where a pass of `rows` splits into lanes, for passes of more than `min` rows: into at most
+/// `ceil(rows / min)` parts (and [`MAX_LANES`]) of about even size, each part ending at the
+/// sequence start nearest its share's end (the parts then share no sequence). Returns the cuts
+/// (the first row of every part but the first), increasing; none where no sequence starts.
+fn lane_cuts(rows: &[(u32, u32, u32)], min: usize) -> Vec<usize> {
     let n = rows.len();
     if n <= min {
-        return None;
+        return Vec::new();
     }
-    (1..n)
-        .filter(|&r| rows[r].2 != rows[r - 1].2)
-        .min_by_key(|&r| r.abs_diff(n / 2))
+    let parts = n.div_ceil(min.max(1)).min(MAX_LANES);
+    let share = n.div_ceil(parts);
+    let starts: Vec<usize> = (1..n).filter(|&r| rows[r].2 != rows[r - 1].2).collect();
+    let mut cuts: Vec<usize> = Vec::new();
+    let mut from = 0;
+    while cuts.len() + 1 < parts && from + share < n {
+        let goal = from + share;
+        let best = (starts.iter().copied())
+            .filter(|&r| r > from)
+            .min_by_key(|&r| r.abs_diff(goal));
+        let Some(r) = best else { break };
+        cuts.push(r);
+        from = r;
+    }
+    cuts
 }
 
 /// The attention chunks a captured decode step launches for steps that need `needed`: the
@@ -1277,25 +1325,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passes_split_into_lanes_where_a_sequence_starts_nearest_the_middle() {
+    fn passes_split_into_lanes_where_sequences_start_nearest_even_shares() {
         // Decode: one row per sequence.
-        let decode: Vec<(u32, u32, u32)> = (0..128).map(|i| (0, 5, i)).collect();
-        assert_eq!(lane_split(&decode, LANE_MIN_ROWS), Some(64));
-        assert_eq!(lane_split(&decode[..LANE_MIN_ROWS], LANE_MIN_ROWS), None);
-        assert_eq!(
-            lane_split(&decode[..LANE_MIN_ROWS + 1], LANE_MIN_ROWS),
-            Some(32)
-        );
+        let decode: Vec<(u32, u32, u32)> = (0..256).map(|i| (0, 5, i)).collect();
+        let cuts = |rows: &[(u32, u32, u32)]| lane_cuts(rows, LANE_MIN_ROWS);
+        assert_eq!(cuts(&decode[..128]), vec![64]);
+        assert!(cuts(&decode[..LANE_MIN_ROWS]).is_empty());
+        assert_eq!(cuts(&decode[..LANE_MIN_ROWS + 1]), vec![33]);
+        assert_eq!(cuts(&decode[..192]), vec![64, 128]);
+        assert_eq!(cuts(&decode), vec![64, 128, 192]);
+        assert_eq!(cuts(&decode[..129]), vec![43, 86]);
         // One long prompt cannot split; a prompt and decode rows split where the prompt ends.
         let prompt: Vec<(u32, u32, u32)> = (0..200).map(|i| (0, i, 0)).collect();
-        assert_eq!(lane_split(&prompt, LANE_MIN_ROWS), None);
+        assert!(cuts(&prompt).is_empty());
         let mut mixed = prompt.clone();
         mixed.extend((1..=40).map(|i| (0, 9, i)));
-        assert_eq!(lane_split(&mixed, LANE_MIN_ROWS), Some(200));
+        // Shares of 60 rows: the prompt's 200 cannot split, the 40 rows after it are one part.
+        assert_eq!(cuts(&mixed), vec![200]);
         let mut mixed: Vec<(u32, u32, u32)> = (0..30).map(|i| (0, 9, i)).collect();
         mixed.extend((0..100).map(|i| (0, i, 30)));
         mixed.extend((0..40).map(|i| (0, 9, 31 + i)));
-        assert_eq!(lane_split(&mixed, LANE_MIN_ROWS), Some(130));
+        assert_eq!(cuts(&mixed), vec![30, 130]);
     }
 
     #[test]

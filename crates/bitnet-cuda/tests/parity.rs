@@ -302,8 +302,9 @@ fn batched_decode_of_40_sequences_matches_each_alone() {
     }
 }
 
-/// The same with 100 sequences: decode steps of more than 64 rows run as two halves on two
-/// streams at once (`LANE_MIN_ROWS` in model.rs), and so does the first pass (every prompt).
+/// The same with 100 sequences: decode steps of more than 64 rows run in parts on several
+/// streams at once (`LANE_MIN_ROWS` in model.rs): here two of 50 rows, and the first pass (every
+/// prompt, ~600 rows in passes of 256) four.
 #[test]
 fn batched_decode_of_100_sequences_in_two_lanes_matches_each_alone() {
     if !have_gpu() {
