@@ -233,6 +233,8 @@ pub struct CudaModel {
     /// The further lanes of passes of more than [`LANE_MIN_ROWS`] rows (each its own scratch
     /// and stream), made as passes first need them; locked after `scratch`.
     lane: Mutex<Vec<Scratch>>,
+    /// The most further lanes: unbounded until one could not be made.
+    lane_cap: std::sync::atomic::AtomicUsize,
     /// Passes of more rows than this split ([`LANE_MIN_ROWS`]; `BITNET_CUDA_LANES=N` sets it,
     /// 0 keeps every pass whole).
     lanes: usize,
@@ -397,6 +399,7 @@ impl CudaModel {
             max_chunks,
             scratch: Mutex::new(scratch),
             lane: Mutex::new(Vec::new()),
+            lane_cap: usize::MAX.into(),
             lanes: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
                 Ok(Ok(0)) => usize::MAX,
                 Ok(Ok(n)) => n,
@@ -734,23 +737,33 @@ impl CudaModel {
             return self.pass(s, rows, seqs, wanted, out, tracer);
         }
         let mut lanes = self.lane.lock().map_err(|_| CudaError::Poisoned)?;
-        while lanes.len() < cuts.len() {
+        let cap = self.lane_cap.load(std::sync::atomic::Ordering::Relaxed);
+        while lanes.len() < cuts.len().min(cap) {
             let lane = (self.gpu.second_stream())
                 .and_then(|gpu| Scratch::new(&self.gpu, Some(gpu), &self.config, self.max_chunks));
             match lane {
                 Ok(lane) => lanes.push(lane),
-                // No room for another lane (device memory): the pass runs whole.
-                Err(_) if lanes.is_empty() => {
-                    drop(lanes);
-                    return self.pass(s, rows, seqs, wanted, out, None);
+                Err(e) => {
+                    // No room for another lane (device memory): this many from now on.
+                    let n = lanes.len();
+                    self.lane_cap.store(n, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!(
+                        "warning: no room for another CUDA lane ({e}); steps of more than \
+                         {LANE_MIN_ROWS} rows run in at most {} parts",
+                        n + 1
+                    );
+                    break;
                 }
-                Err(_) => break,
             }
             // Its buffers were zeroed on the model's stream.
             self.gpu.sync()?;
         }
         // As many parts as there are lanes (the last ones merged where lanes ran out).
         let cuts = &cuts[..cuts.len().min(lanes.len())];
+        if cuts.is_empty() {
+            drop(lanes);
+            return self.pass(s, rows, seqs, wanted, out, None);
+        }
         // Each further lane's rows, sequences and wanted rows, renumbered from its first row.
         let ends: Vec<usize> = cuts.iter().skip(1).copied().chain([rows.len()]).collect();
         for ((lane, &a), &b) in lanes.iter_mut().zip(cuts).zip(&ends) {
