@@ -195,7 +195,10 @@ struct Pending {
     prompt: Vec<u32>,
     opts: GenerateOptions,
     sink: Box<dyn EventSink>,
+    /// KV bytes it reserves, for `positions` positions (prompt + max_tokens, at most the
+    /// context): its cache holds exactly that many.
     reserve: usize,
+    positions: usize,
 }
 
 /// Handle to the engine thread; cheap to clone, shareable across threads.
@@ -314,6 +317,7 @@ impl Scheduler {
             opts: req.opts,
             sink: req.sink,
             reserve: needed,
+            positions,
         };
         if self.tx.send(Msg::Submit(Box::new(pending))).is_err() {
             self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -560,7 +564,10 @@ impl Worker {
             }
             let prompt_len = p.prompt.len();
             self.active.push(Seq {
-                cache: self.engine.model().new_cache(self.engine.context_length()),
+                // As many positions as it reserved: a GPU allocates its cache whole, so a
+                // context-sized one per request would hold far more device memory than the
+                // budget accounts for (315 MB per sequence for 2B4T at 4,096 positions).
+                cache: self.engine.model().new_cache(p.positions),
                 sampler: Sampler::new(p.opts.sampling.clone()),
                 stop: StopMatcher::new(&p.opts.stop),
                 tokens: p.prompt,
