@@ -117,8 +117,8 @@ enum Out<'a> {
 
 /// Per-pass buffers, sized once for [`MAX_ROWS`].
 struct Scratch {
-    /// The stream this scratch's passes run on: `None` for the model's own; the second lane
-    /// ([`CudaModel::lane`]) has one of its own.
+    /// The stream this scratch's passes run on: `None` for the model's own; each further lane
+    /// ([`CudaModel::lanes`]) has one of its own.
     gpu: Option<Gpu>,
     /// u32 parameters: tokens, positions, sequence of each row, wanted rows, sequence table.
     params: CudaSlice<u32>,
@@ -196,6 +196,14 @@ type StepLists = (Vec<(u32, u32, u32)>, Vec<(u64, usize)>, Vec<u32>);
 /// One pass's rows, sequences and wanted rows, borrowed.
 type PassRows<'a> = (&'a [(u32, u32, u32)], &'a [(u64, usize)], &'a [u32]);
 
+/// The lanes of passes split over several streams beyond the model's own ([`CudaModel::step`]):
+/// each its own scratch and stream, made as passes first need them.
+struct Lanes {
+    lanes: Vec<Scratch>,
+    /// The most lanes: unbounded until one could not be made.
+    cap: usize,
+}
+
 /// A captured CUDA graph. Graphs are not internally synchronized; this one is only touched under
 /// the model's scratch lock.
 struct Graph(cudarc::driver::CudaGraph);
@@ -230,14 +238,11 @@ pub struct CudaModel {
     rope_sin: CudaSlice<f32>,
     max_chunks: usize,
     scratch: Mutex<Scratch>,
-    /// The further lanes of passes of more than [`LANE_MIN_ROWS`] rows (each its own scratch
-    /// and stream), made as passes first need them; locked after `scratch`.
-    lane: Mutex<Vec<Scratch>>,
-    /// The most further lanes: unbounded until one could not be made.
-    lane_cap: std::sync::atomic::AtomicUsize,
+    /// The further lanes of passes of more than `split_rows` rows, locked after `scratch`.
+    lanes: Mutex<Lanes>,
     /// Passes of more rows than this split ([`LANE_MIN_ROWS`]; `BITNET_CUDA_LANES=N` sets it,
     /// 0 keeps every pass whole).
-    lanes: usize,
+    split_rows: usize,
     weight_bytes: u64,
     /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
@@ -398,9 +403,11 @@ impl CudaModel {
             head_generic,
             max_chunks,
             scratch: Mutex::new(scratch),
-            lane: Mutex::new(Vec::new()),
-            lane_cap: usize::MAX.into(),
-            lanes: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
+            lanes: Mutex::new(Lanes {
+                lanes: Vec::new(),
+                cap: usize::MAX,
+            }),
+            split_rows: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
                 Ok(Ok(0)) => usize::MAX,
                 Ok(Ok(n)) => n,
                 _ => LANE_MIN_ROWS,
@@ -437,6 +444,12 @@ impl CudaModel {
         &self.gpu
     }
 
+    /// The handle whose stream a scratch's passes run on, from its `gpu` field: its lane's, or
+    /// the model's own.
+    fn gpu_of<'a>(&'a self, lane: &'a Option<Gpu>) -> &'a Gpu {
+        lane.as_ref().unwrap_or(&self.gpu)
+    }
+
     fn kv_elem(&self) -> usize {
         match self.opts.kv {
             KvType::F16 => 2,
@@ -460,7 +473,7 @@ impl CudaModel {
         out: (u64, usize, bool, i32),
         trace: Option<(&mut (dyn Tracer + 't), usize, TracePoint)>,
     ) -> Result<bool, CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let (xp, x_stride, norm, cols, mode) = x;
         let (op, out_stride, accumulate, glu) = out;
         let st = &gpu.stream;
@@ -509,7 +522,7 @@ impl CudaModel {
         mode: i32,
         rows: usize,
     ) -> Result<usize, CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let kpad = pack::round_up(cols, KGROUP);
         let st = &gpu.stream;
         let nq = NormQuant {
@@ -537,7 +550,7 @@ impl CudaModel {
         point: TracePoint,
         tracer: &mut dyn Tracer,
     ) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let kpad = pack::round_up(cols, KGROUP);
         let mut perm = vec![0i8; rows * kpad];
         let mut scales = vec![0f32; rows];
@@ -559,14 +572,12 @@ impl CudaModel {
     fn pass<'t>(
         &self,
         s: &mut Scratch,
-        rows: &[(u32, u32, u32)],
-        seqs: &[(u64, usize)],
-        wanted: &[u32],
+        p: PassRows<'_>,
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        self.pass_launch(s, rows, seqs, wanted, out, tracer)?;
-        self.pass_collect(s, rows.len(), wanted.len(), out)
+        self.pass_launch(s, p, out, tracer)?;
+        self.pass_collect(s, p.0.len(), p.2.len(), out)
     }
 
     /// Every launch of a pass (ending with the selection kernels `out` asks for), nothing
@@ -574,13 +585,11 @@ impl CudaModel {
     fn pass_launch<'t>(
         &self,
         s: &mut Scratch,
-        rows: &[(u32, u32, u32)],
-        seqs: &[(u64, usize)],
-        wanted: &[u32],
+        (rows, seqs, wanted): PassRows<'_>,
         out: &Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let n = rows.len();
         let st = gpu.stream.clone();
         let p = &mut s.host_params;
@@ -667,7 +676,7 @@ impl CudaModel {
         m: usize,
         out: &mut Out<'_>,
     ) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let st = gpu.stream.clone();
         let decode = m == n;
         if m == 0 {
@@ -716,41 +725,39 @@ impl CudaModel {
     }
 
     /// One pass over `rows` (at most [`MAX_ROWS`]; `seqs` the sequences they index, `wanted`
-    /// the rows whose logits are wanted). Passes of more than [`LANE_MIN_ROWS`] rows that are
-    /// not traced run as up to [`MAX_LANES`] parts (split where sequences start: [`lane_cuts`])
-    /// on as many streams at once; the lanes beyond the model's own (scratch and stream) are
-    /// made at the first pass that needs them.
+    /// the rows whose logits are wanted). Passes of more than `split_rows` rows that are not
+    /// traced run as up to [`MAX_LANES`] parts (split where sequences start: [`lane_cuts`]) on
+    /// as many streams at once; the lanes beyond the model's own (scratch and stream) are made
+    /// at the first pass that needs them.
     fn step<'t>(
         &self,
         s: &mut Scratch,
-        rows: &[(u32, u32, u32)],
-        seqs: &[(u64, usize)],
-        wanted: &[u32],
+        p: PassRows<'_>,
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
+        let (rows, seqs, wanted) = p;
         let cuts = match tracer {
-            None => lane_cuts(rows, self.lanes),
+            None => lane_cuts(rows, self.split_rows),
             Some(_) => Vec::new(),
         };
         if cuts.is_empty() {
-            return self.pass(s, rows, seqs, wanted, out, tracer);
+            return self.pass(s, p, out, tracer);
         }
-        let mut lanes = self.lane.lock().map_err(|_| CudaError::Poisoned)?;
-        let cap = self.lane_cap.load(std::sync::atomic::Ordering::Relaxed);
-        while lanes.len() < cuts.len().min(cap) {
+        let mut lanes = self.lanes.lock().map_err(|_| CudaError::Poisoned)?;
+        let Lanes { lanes, cap } = &mut *lanes;
+        while lanes.len() < cuts.len().min(*cap) {
             let lane = (self.gpu.second_stream())
                 .and_then(|gpu| Scratch::new(&self.gpu, Some(gpu), &self.config, self.max_chunks));
             match lane {
                 Ok(lane) => lanes.push(lane),
                 Err(e) => {
                     // No room for another lane (device memory): this many from now on.
-                    let n = lanes.len();
-                    self.lane_cap.store(n, std::sync::atomic::Ordering::Relaxed);
+                    *cap = lanes.len();
                     eprintln!(
                         "warning: no room for another CUDA lane ({e}); steps of more than \
                          {LANE_MIN_ROWS} rows run in at most {} parts",
-                        n + 1
+                        *cap + 1
                     );
                     break;
                 }
@@ -760,13 +767,12 @@ impl CudaModel {
         }
         // As many parts as there are lanes (the last ones merged where lanes ran out).
         let cuts = &cuts[..cuts.len().min(lanes.len())];
-        if cuts.is_empty() {
-            drop(lanes);
-            return self.pass(s, rows, seqs, wanted, out, None);
-        }
+        let Some(&r) = cuts.first() else {
+            return self.pass(s, p, out, None);
+        };
         // Each further lane's rows, sequences and wanted rows, renumbered from its first row.
-        let ends: Vec<usize> = cuts.iter().skip(1).copied().chain([rows.len()]).collect();
-        for ((lane, &a), &b) in lanes.iter_mut().zip(cuts).zip(&ends) {
+        for (i, (lane, &a)) in lanes.iter_mut().zip(cuts).enumerate() {
+            let b = cuts.get(i + 1).copied().unwrap_or(rows.len());
             let (s0, s1) = (rows[a].2, rows[b - 1].2);
             let (lr, ls, lw) = &mut lane.lists;
             lr.clear();
@@ -781,7 +787,6 @@ impl CudaModel {
             );
         }
         // The model's own lane: the rows before the first cut, as they are numbered.
-        let r = cuts[0];
         let wa = wanted.partition_point(|&w| (w as usize) < r);
         let sa = rows[r].2 as usize;
         let used = &mut lanes[..cuts.len()];
@@ -789,9 +794,7 @@ impl CudaModel {
         // Later work on the model's stream waits for every lane's.
         let mut joined = Ok(());
         for lane in used.iter() {
-            if let Some(g) = &lane.gpu {
-                joined = joined.and(self.gpu.stream.join(&g.stream).map_err(CudaError::from));
-            }
+            joined = joined.and(wait_for(&self.gpu.stream, &self.gpu_of(&lane.gpu).stream));
         }
         result.and(joined)
     }
@@ -807,15 +810,14 @@ impl CudaModel {
     ) -> Result<(), CudaError> {
         // Every lane starts after everything earlier on the model's stream (new caches, earlier
         // passes of its sequences).
+        let start = self.gpu.stream.record_event(Some(NO_TIMING))?;
         for lane in lanes.iter() {
-            if let Some(g) = &lane.gpu {
-                g.stream.join(&self.gpu.stream)?;
-            }
+            self.gpu_of(&lane.gpu).stream.wait(&start)?;
         }
-        self.pass_launch(s, own.0, own.1, own.2, out, None)?;
+        self.pass_launch(s, own, out, None)?;
         for lane in lanes.iter_mut() {
             let (r, q, w) = std::mem::take(&mut lane.lists);
-            let launched = self.pass_launch(lane, &r, &q, &w, out, None);
+            let launched = self.pass_launch(lane, (&r, &q, &w), out, None);
             lane.lists = (r, q, w);
             launched?;
         }
@@ -835,7 +837,7 @@ impl CudaModel {
         m: usize,
         chunks: usize,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let st = &gpu.stream;
         st.begin_capture(
             cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
@@ -861,7 +863,7 @@ impl CudaModel {
     /// The persistent decode step of one sequence's one token: every layer and the final norm
     /// in one cooperative launch, leaving the normalized row in `s.normed`.
     fn launch_mega(&self, s: &Scratch, g: &Mega) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let c = &self.config;
         let st = &gpu.stream;
         let pb = ptr(&s.params, st);
@@ -928,7 +930,7 @@ impl CudaModel {
         decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         // Programmatic dependent launch for decode steps of more than PDL_ROWS rows: each
         // kernel's launch and its weight loads overlap its predecessor.
         let _pdl = gpu.pdl_scope(decode && n > PDL_ROWS);
@@ -1098,7 +1100,7 @@ impl CudaModel {
 
     /// The head over the `m` normalized rows in `s.normed`, into `s.logits`.
     fn launch_head(&self, s: &Scratch, m: usize) -> Result<(), CudaError> {
-        let gpu = s.gpu.as_ref().unwrap_or(&self.gpu);
+        let gpu = self.gpu_of(&s.gpu);
         let st = &gpu.stream;
         let table = self.head.as_ref().unwrap_or(&self.embed);
         let io = HeadIo {
@@ -1116,6 +1118,18 @@ impl CudaModel {
             None => launch_head_rows(gpu, &self.k.head, self.head_generic, &io),
         }
     }
+}
+
+/// Events that only order streams (no timestamps: cheaper to record).
+const NO_TIMING: cudarc::driver::sys::CUevent_flags =
+    cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+
+/// Makes `waiter` wait for the work launched on `other` so far.
+fn wait_for(
+    waiter: &cudarc::driver::CudaStream,
+    other: &cudarc::driver::CudaStream,
+) -> Result<(), CudaError> {
+    Ok(waiter.wait(&other.record_event(Some(NO_TIMING))?)?)
 }
 
 /// Passes of more rows than this run as concurrent parts of at most about this many rows
@@ -1139,13 +1153,12 @@ fn lane_cuts(rows: &[(u32, u32, u32)], min: usize) -> Vec<usize> {
     }
     let parts = n.div_ceil(min.max(1)).min(MAX_LANES);
     let share = n.div_ceil(parts);
-    let starts: Vec<usize> = (1..n).filter(|&r| rows[r].2 != rows[r - 1].2).collect();
     let mut cuts: Vec<usize> = Vec::new();
     let mut from = 0;
     while cuts.len() + 1 < parts && from + share < n {
         let goal = from + share;
-        let best = (starts.iter().copied())
-            .filter(|&r| r > from)
+        let best = (from + 1..n)
+            .filter(|&r| rows[r].2 != rows[r - 1].2)
             .min_by_key(|&r| r.abs_diff(goal));
         let Some(r) = best else { break };
         cuts.push(r);
@@ -1249,7 +1262,7 @@ impl CudaModel {
                 }
                 rows.push((tok, (e.start + i) as u32, (seqs.len() - 1) as u32));
                 if rows.len() == MAX_ROWS {
-                    self.step(&mut s, &rows, &seqs, &wanted, out, tracer.as_deref_mut())
+                    self.step(&mut s, (&rows, &seqs, &wanted), out, tracer.as_deref_mut())
                         .map_err(dev)?;
                     rows.clear();
                     seqs.clear();
@@ -1258,7 +1271,7 @@ impl CudaModel {
             }
         }
         if !rows.is_empty() {
-            self.step(&mut s, &rows, &seqs, &wanted, out, tracer)
+            self.step(&mut s, (&rows, &seqs, &wanted), out, tracer)
                 .map_err(dev)?;
         }
         s.lists = (rows, seqs, wanted);

@@ -9,63 +9,17 @@
 use std::sync::Barrier;
 use std::time::Instant;
 
+use bitnet_engine::bench::BatchDecode;
 use bitnet_engine::{Device, Engine, EngineBuilder};
-use bitnet_model::{BatchEntry, Logits, Scratch};
 
 fn run(engine: &Engine, batch: usize, steps: usize, depth: usize, go: &Barrier) -> f64 {
-    let model = engine.model();
-    let vocab = model.config().vocab_size;
-    let mut scratch = Scratch::default();
-    let mut logits = Vec::new();
-    let mut caches: Vec<_> = (0..batch)
-        .map(|_| model.new_cache(depth + steps + 1))
-        .collect();
-    let prompts: Vec<Vec<u32>> = (0..batch)
-        .map(|i| {
-            (0..depth)
-                .map(|j| ((j * 7919 + i * 104_729 + 13) % vocab) as u32)
-                .collect()
-        })
-        .collect();
-    for (cs, ps) in caches.chunks_mut(4).zip(prompts.chunks(4)) {
-        let mut entries: Vec<BatchEntry<'_>> = cs
-            .iter_mut()
-            .zip(ps)
-            .map(|(cache, p)| BatchEntry {
-                tokens: p,
-                cache,
-                logits: Logits::Last,
-            })
-            .collect();
-        model
-            .forward_batch(&mut entries, &mut logits, &mut scratch, None)
-            .expect("prefill");
-    }
-    let mut step: Vec<[u32; 1]> = prompts.iter().map(|p| [p[0]]).collect();
-    let mut next = Vec::new();
     // One untimed step captures the graph.
-    let mut decode = |step: &mut Vec<[u32; 1]>| {
-        let mut entries: Vec<BatchEntry<'_>> = caches
-            .iter_mut()
-            .zip(step.iter())
-            .map(|(cache, tok)| BatchEntry {
-                tokens: tok,
-                cache,
-                logits: Logits::Last,
-            })
-            .collect();
-        model
-            .forward_batch_greedy(&mut entries, &mut next, &mut scratch)
-            .expect("decode");
-        for (s, &n) in step.iter_mut().zip(&next) {
-            s[0] = n;
-        }
-    };
-    decode(&mut step);
+    let mut run = BatchDecode::new(engine.model(), batch, depth, steps + 1, 0).expect("prefill");
+    run.step().expect("decode");
     go.wait();
     let t = Instant::now();
     for _ in 0..steps {
-        decode(&mut step);
+        run.step().expect("decode");
     }
     t.elapsed().as_secs_f64()
 }

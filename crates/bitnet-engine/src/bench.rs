@@ -146,36 +146,38 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Aggregate decode: `batch` sequences, each first filled to `depth` positions, then `n_gen`
-/// batched decode steps (one token per sequence per step, greedy on the device when there is
-/// one). Reports generated tokens per second over all sequences; pp is not counted.
-pub fn bench_batch(
-    engine: &Engine,
-    batch: usize,
-    depth: usize,
-    n_gen: usize,
-    repetitions: usize,
-) -> Result<BenchResult, EngineError> {
-    use bitnet_model::BatchEntry;
-    let model = engine.model();
-    let c = model.config();
-    if batch == 0 || n_gen == 0 {
-        return Err(EngineError::Options(
-            "batch and n-gen must be at least 1".into(),
-        ));
-    }
-    let mut samples = Vec::new();
-    let mut scratch = Scratch::default();
-    let mut logits = Vec::new();
-    let mut next = Vec::new();
-    for rep in 0..=repetitions {
+/// `batch` sequences of one model decoded together, greedily, one token each per step: what
+/// [`bench_batch`] times (the `two_chains` example times it on several copies of a model at
+/// once).
+pub struct BatchDecode<'m> {
+    model: &'m bitnet_model::Model,
+    caches: Vec<bitnet_model::KvCache>,
+    step: Vec<[u32; 1]>,
+    next: Vec<u32>,
+    scratch: Scratch,
+}
+
+impl<'m> BatchDecode<'m> {
+    /// `batch` sequences, each filled to `depth` positions with deterministic prompts (`salt`
+    /// and on, one per sequence) four at a time, as a server's chunked prefill would, with room
+    /// for `n_gen` more tokens.
+    pub fn new(
+        model: &'m bitnet_model::Model,
+        batch: usize,
+        depth: usize,
+        n_gen: usize,
+        salt: usize,
+    ) -> Result<Self, EngineError> {
+        use bitnet_model::BatchEntry;
+        let vocab = model.config().vocab_size;
         let mut caches: Vec<_> = (0..batch)
             .map(|_| model.new_cache(depth + n_gen + 1))
             .collect();
         let prompts: Vec<Vec<u32>> = (0..batch)
-            .map(|i| tokens(depth.max(1), c.vocab_size, rep * batch + i))
+            .map(|i| tokens(depth.max(1), vocab, salt + i))
             .collect();
-        // Fill the contexts a few sequences at a time, as a server's chunked prefill would.
+        let mut scratch = Scratch::default();
+        let mut logits = Vec::new();
         for (cs, ps) in caches.chunks_mut(4).zip(prompts.chunks(4)) {
             let mut entries: Vec<BatchEntry<'_>> = cs
                 .iter_mut()
@@ -188,22 +190,56 @@ pub fn bench_batch(
                 .collect();
             model.forward_batch(&mut entries, &mut logits, &mut scratch, None)?;
         }
-        let mut step: Vec<[u32; 1]> = prompts.iter().map(|p| [p[0]]).collect();
+        Ok(Self {
+            model,
+            caches,
+            step: prompts.iter().map(|p| [p[0]]).collect(),
+            next: Vec::new(),
+            scratch,
+        })
+    }
+
+    /// One greedy decode step of every sequence.
+    pub fn step(&mut self) -> Result<(), EngineError> {
+        use bitnet_model::BatchEntry;
+        let mut entries: Vec<BatchEntry<'_>> = (self.caches.iter_mut())
+            .zip(&self.step)
+            .map(|(cache, tok)| BatchEntry {
+                tokens: tok,
+                cache,
+                logits: Logits::Last,
+            })
+            .collect();
+        (self.model).forward_batch_greedy(&mut entries, &mut self.next, &mut self.scratch)?;
+        for (s, &n) in self.step.iter_mut().zip(&self.next) {
+            s[0] = n;
+        }
+        Ok(())
+    }
+}
+
+/// Aggregate decode: `batch` sequences, each first filled to `depth` positions, then `n_gen`
+/// batched decode steps (one token per sequence per step, greedy on the device when there is
+/// one). Reports generated tokens per second over all sequences; pp is not counted.
+pub fn bench_batch(
+    engine: &Engine,
+    batch: usize,
+    depth: usize,
+    n_gen: usize,
+    repetitions: usize,
+) -> Result<BenchResult, EngineError> {
+    let model = engine.model();
+    if batch == 0 || n_gen == 0 {
+        return Err(EngineError::Options(
+            "batch and n-gen must be at least 1".into(),
+        ));
+    }
+    let mut samples = Vec::new();
+    for rep in 0..=repetitions {
+        let mut run = BatchDecode::new(model, batch, depth, n_gen, rep * batch)?;
         let t = Instant::now();
         for _ in 0..n_gen {
-            let mut entries: Vec<BatchEntry<'_>> = caches
-                .iter_mut()
-                .zip(&step)
-                .map(|(cache, tok)| BatchEntry {
-                    tokens: tok,
-                    cache,
-                    logits: Logits::Last,
-                })
-                .collect();
-            model.forward_batch_greedy(&mut entries, &mut next, &mut scratch)?;
-            for (s, &n) in step.iter_mut().zip(&next) {
-                s[0] = n;
-            }
+            run.step()?;
         }
         let dt = t.elapsed().as_secs_f64();
         if rep > 0 {

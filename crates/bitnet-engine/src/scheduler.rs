@@ -195,9 +195,8 @@ struct Pending {
     prompt: Vec<u32>,
     opts: GenerateOptions,
     sink: Box<dyn EventSink>,
-    /// KV bytes it reserves, for `positions` positions (prompt + max_tokens, at most the
-    /// context): its cache holds exactly that many.
-    reserve: usize,
+    /// KV positions it reserves (prompt + max_tokens, at most the context): its cache holds
+    /// exactly that many.
     positions: usize,
 }
 
@@ -316,7 +315,6 @@ impl Scheduler {
             prompt: req.prompt,
             opts: req.opts,
             sink: req.sink,
-            reserve: needed,
             positions,
         };
         if self.tx.send(Msg::Submit(Box::new(pending))).is_err() {
@@ -542,16 +540,15 @@ impl Worker {
     fn admit(&mut self) {
         while self.active.len() < self.config.max_batch {
             let Some(p) = self.waiting.front() else { break };
+            let reserve = (p.positions).saturating_mul(kv_bytes_per_position(&self.engine));
             let reserved = self.shared.kv_reserved.load(Ordering::SeqCst);
-            if reserved + p.reserve > self.config.kv_budget_bytes {
+            if reserved + reserve > self.config.kv_budget_bytes {
                 break;
             }
             let Some(mut p) = self.waiting.pop_front() else {
                 break;
             };
-            self.shared
-                .kv_reserved
-                .fetch_add(p.reserve, Ordering::SeqCst);
+            self.shared.kv_reserved.fetch_add(reserve, Ordering::SeqCst);
             if p.opts.max_tokens == 0 {
                 p.sink.send(Event::Done(Completion {
                     finish: FinishReason::Length,
@@ -559,7 +556,7 @@ impl Worker {
                     completion_tokens: 0,
                     tail: String::new(),
                 }));
-                self.release(p.reserve);
+                self.release(reserve);
                 continue;
             }
             let prompt_len = p.prompt.len();
@@ -576,7 +573,7 @@ impl Worker {
                 utf8: Vec::new(),
                 opts: p.opts,
                 sink: p.sink,
-                reserve: p.reserve,
+                reserve,
                 done: false,
             });
         }
