@@ -28,7 +28,9 @@ use mega::*;
 
 pub use attention::{AttentionCase, AttentionKernel, SplitBlock, attention_forward};
 pub use head::{argmax_rows, head_logits, top_k_rows};
-pub use linear::{LinearPath, NormPath, norm_linear_forward, norm_quant, ternary_forward};
+pub use linear::{
+    LinearPath, NormPath, norm_linear_forward, norm_quant, ternary_forward, ternary_timing,
+};
 
 /// Rows (tokens over all sequences) one pass runs; longer batches run in several passes.
 pub const MAX_ROWS: usize = 256;
@@ -63,7 +65,8 @@ struct Kernels {
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
-    /// `ternary_mma_tile_*` (sm_90): products of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows.
+    /// `ternary_mma_tile_*` (sm_90): products of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows
+    /// ([`MmaTile::pick`]).
     mma_tile: Option<MmaTile>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).

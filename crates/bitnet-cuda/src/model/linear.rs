@@ -396,6 +396,14 @@ pub(super) const TILE_MIN_ROWS: usize = 9;
 /// 16-32, level at 48, -5% at 64.
 pub(super) const TILE_MAX_ROWS: usize = 32;
 
+/// Products of fewer weight bytes than this (qkv and o of the 2B4T shape) take the tiled
+/// kernels up to [`TILE_SMALL_MAX_ROWS`] rows only, the batched products (fewer, smaller blocks
+/// with no cluster) beyond: H200, BENCHMARKS.md session 24, batch 32 +3.3%, 12-24 level (up to
+/// 16 rows batch 16 lost 0.5%).
+pub(super) const TILE_SMALL_BYTES: usize = 3 << 20;
+/// See [`TILE_SMALL_BYTES`].
+pub(super) const TILE_SMALL_MAX_ROWS: usize = 24;
+
 /// Dynamic shared memory of a tiled product block for `tokens` tokens: its ring (`TILE_STAGES`
 /// = 4 stages of a group's weights, 32 bytes per row, and the tokens' codes in 144-byte rows),
 /// or the integer sums of its outputs (rows 4 ints apart), whichever is larger.
@@ -440,13 +448,19 @@ impl MmaTile {
     }
 
     /// The kernel for `t` tokens where `forced` or the environment asks for it, else for
-    /// [`TILE_MIN_ROWS`]..=[`TILE_MAX_ROWS`] tokens: the smallest tile that holds them, 64
+    /// [`TILE_MIN_ROWS`]..=[`TILE_MAX_ROWS`] tokens (products of `bytes` under
+    /// [`TILE_SMALL_BYTES`]: to [`TILE_SMALL_MAX_ROWS`]): the smallest tile that holds them, 64
     /// tokens beyond.
-    pub(super) fn pick(&self, t: usize, forced: bool) -> Option<&TileKernel> {
+    pub(super) fn pick(&self, t: usize, bytes: usize, forced: bool) -> Option<&TileKernel> {
         let on = forced
-            || self
-                .on
-                .unwrap_or((TILE_MIN_ROWS..=TILE_MAX_ROWS).contains(&t));
+            || self.on.unwrap_or({
+                let max = if bytes < TILE_SMALL_BYTES {
+                    TILE_SMALL_MAX_ROWS
+                } else {
+                    TILE_MAX_ROWS
+                };
+                (TILE_MIN_ROWS..=max).contains(&t)
+            });
         let v = &self.variants;
         on.then(|| v.iter().find(|k| t <= k.tokens as usize).unwrap_or(&v[2]))
     }
@@ -531,10 +545,10 @@ pub(super) fn launch_linear(
         let args = linear_args(gpu, w, io, (t0, n), glu);
         let tile = match (path, &k.mma_tile) {
             (LinearPath::MmaTile(splits), Some(tk)) => tk
-                .pick(n, true)
+                .pick(n, w.bytes, true)
                 .map(|f| (f, Some(splits).filter(|&s| s > 0))),
             (LinearPath::Mma | LinearPath::Auto, Some(tk)) if m.is_some() => {
-                tk.pick(n, false).map(|f| (f, tk.splits))
+                tk.pick(n, w.bytes, false).map(|f| (f, tk.splits))
             }
             _ => None,
         };
@@ -571,16 +585,16 @@ pub(super) fn launch_linear(
             t0 += n;
             continue;
         };
-        // `ternary_mma_*` (two strips per block, tiles along y) where its grid runs in one wave:
-        // every load of a block in flight at once, the shortest chain. Beyond one wave
-        // (gate/up at batch 64, prefill) the staged kernel, whose blocks all run at once
-        // (BENCHMARKS.md, session 13).
+        // `ternary_mma_*` (two strips per block, tiles along y) for decode-sized passes and
+        // wherever its grid runs in one wave: every load of a block in flight at once, the
+        // shortest chain. Beyond (prefill) the staged kernel, whose blocks all run at once
+        // (BENCHMARKS.md, sessions 13 and 24; [`DIRECT_MAX_ROWS`]).
         let direct = (strips.div_ceil(2), tiles, 1);
         let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
             (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
             (LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_), Some(_))
-                if direct.0 * tiles <= m.wave(gpu) =>
+                if n <= DIRECT_MAX_ROWS || direct.0 * tiles <= m.wave(gpu) =>
             {
                 gpu.launch(m, direct, 256, 0, &args)?
             }
@@ -598,6 +612,12 @@ pub(super) fn launch_linear(
     }
     Ok(glu != 0)
 }
+
+/// Passes of up to this many rows take `ternary_mma_*` whatever its grid (gate/up at batch 64
+/// ran three waves of it, and still beat the staged kernel: H200, BENCHMARKS.md session 24,
+/// batch 64 +3.4%, 48 +0.9%); beyond, only where its grid fits one wave (at 128 rows the staged
+/// kernel is 2-25% faster on each of the 2B4T products).
+const DIRECT_MAX_ROWS: usize = 64;
 
 /// The arguments of every ternary product kernel, for tokens `t0..t0 + n` of `io`.
 pub(super) fn linear_args(
@@ -625,6 +645,50 @@ pub(super) fn linear_args(
     ]
 }
 
+/// `x`'s activations on the device, as the products take them (permuted codes, scales, code
+/// sums), and an output buffer for `rows` outputs per activation row.
+struct DevActivations {
+    codes: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+    sums: CudaSlice<i32>,
+    out: CudaSlice<f32>,
+    kpad: usize,
+}
+
+impl DevActivations {
+    fn upload(gpu: &Gpu, x: &QuantizedActivations, rows: usize) -> Result<Self, CudaError> {
+        let t = x.batch();
+        let sums: Vec<i32> = x
+            .codes
+            .chunks_exact(x.cols.max(1))
+            .map(|r| r.iter().map(|&c| c as i32).sum())
+            .collect();
+        Ok(DevActivations {
+            codes: gpu.upload(&pack::permute_codes(&x.codes, t, x.cols))?,
+            scales: gpu.upload(&x.scales)?,
+            sums: gpu.upload(&sums)?,
+            out: gpu.zeros::<f32>(t * rows)?,
+            kpad: pack::round_up(x.cols, KGROUP),
+        })
+    }
+
+    /// The product's addresses: `t` rows into `out`, `rows` apart, not accumulated.
+    fn io(&self, gpu: &Gpu, t: usize, rows: usize, glu: i32) -> LinearIo {
+        let st = &gpu.stream;
+        LinearIo {
+            t,
+            kpad: self.kpad,
+            codes: ptr(&self.codes, st),
+            xscale: ptr(&self.scales, st),
+            xsum: ptr(&self.sums, st),
+            out: ptr(&self.out, st),
+            out_stride: rows,
+            accumulate: false,
+            glu,
+        }
+    }
+}
+
 /// `x` (int8 rows) through the ternary `w` on the GPU with the chosen kernels: the outputs
 /// `batch x rows`, computed as the CPU kernels do (`dot / s_x * s_w`). For conformance tests.
 /// `glu` (an activation mode, 0 for none): `w`'s rows taken as interleaved gate/up (8 gate rows,
@@ -638,36 +702,63 @@ pub fn ternary_forward(
     glu: i32,
 ) -> Result<(Vec<f32>, bool), CudaError> {
     let t = x.batch();
-    let kpad = pack::round_up(w.cols(), KGROUP);
     let k = load_kernels(gpu, KvType::F32)?;
     let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
-    let perm = pack::permute_codes(&x.codes, t, x.cols);
-    let sums: Vec<i32> = x
-        .codes
-        .chunks_exact(x.cols.max(1))
-        .map(|r| r.iter().map(|&c| c as i32).sum())
-        .collect();
-    let codes = gpu.upload(&perm)?;
-    let scales = gpu.upload(&x.scales)?;
-    let sums = gpu.upload(&sums)?;
-    let out = gpu.zeros::<f32>(t * w.rows())?;
-    let st = &gpu.stream;
-    let io = LinearIo {
-        t,
-        kpad,
-        codes: ptr(&codes, st),
-        xscale: ptr(&scales, st),
-        xsum: ptr(&sums, st),
-        out: ptr(&out, st),
-        out_stride: w.rows(),
-        accumulate: false,
-        glu,
-    };
-    let formed = launch_linear(gpu, &k, path, &dw, &io)?;
+    let a = DevActivations::upload(gpu, x, w.rows())?;
+    let formed = launch_linear(gpu, &k, path, &dw, &a.io(gpu, t, w.rows(), glu))?;
     let mut host = vec![0f32; t * w.rows()];
-    st.memcpy_dtoh(&out.slice(..t * w.rows()), &mut host)?;
+    gpu.stream
+        .memcpy_dtoh(&a.out.slice(..t * w.rows()), &mut host)?;
     gpu.sync()?;
     Ok((host, formed))
+}
+
+/// Microseconds per product of `x` through `w` for each of `paths` (as [`ternary_forward`]), as
+/// a model's step runs them: one launch on each of `copies` uploads of `w` (so that a matrix
+/// smaller than the L2 cache is read from memory), captured as one graph (with programmatic
+/// dependent launch where the model uses it), the graph launched `rounds` times, each timed
+/// from the host until it finished; the median round. For the `products` example.
+pub fn ternary_timing(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &QuantizedActivations,
+    paths: &[LinearPath],
+    glu: i32,
+    (copies, rounds): (usize, usize),
+) -> Result<Vec<f64>, CudaError> {
+    let t = x.batch();
+    let k = load_kernels(gpu, KvType::F32)?;
+    let dw: Vec<DevTernary> = (0..copies.max(1))
+        .map(|_| DevTernary::upload(gpu, std::slice::from_ref(w)))
+        .collect::<Result<_, _>>()?;
+    let a = DevActivations::upload(gpu, x, w.rows())?;
+    let io = a.io(gpu, t, w.rows(), glu);
+    let st = &gpu.stream;
+    let mut medians = Vec::with_capacity(paths.len());
+    for &path in paths {
+        st.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )?;
+        let launched: Result<(), CudaError> = dw
+            .iter()
+            .try_for_each(|d| launch_linear(gpu, &k, path, d, &io).map(|_| ()));
+        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
+        launched?;
+        let graph = graph
+            .ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))?;
+        graph.launch()?;
+        gpu.sync()?;
+        let mut us = Vec::with_capacity(rounds.max(1));
+        for _ in 0..rounds.max(1) {
+            let started = std::time::Instant::now();
+            graph.launch()?;
+            gpu.sync()?;
+            us.push(started.elapsed().as_secs_f64() * 1e6 / dw.len() as f64);
+        }
+        us.sort_by(f64::total_cmp);
+        medians.push(us[us.len() / 2]);
+    }
+    Ok(medians)
 }
 
 /// Device buffers of one RMSNorm + quantization of `rows` rows of `x` (width `norm.len()`) for
