@@ -21,9 +21,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <KEY>` on every route but /health.
     #[arg(long, env = "BITNET_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Most sequences decoded together in one batched step.
-    #[arg(long, default_value_t = 8)]
-    max_batch: usize,
+    /// Most sequences decoded together in one batched step [default: 8 on the CPU; on a GPU as
+    /// many full contexts as 80% of its free memory holds, at most 256].
+    #[arg(long)]
+    max_batch: Option<usize>,
     /// Most requests waiting for a slot; past it, requests get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -54,7 +55,7 @@ pub struct ServeArgs {
 
 /// Runs the server until SIGINT/SIGTERM; exits 0 after a graceful shutdown.
 pub fn run(a: ServeArgs) -> Result<()> {
-    if a.max_batch == 0 {
+    if a.max_batch == Some(0) {
         bail!("--max-batch must be at least 1");
     }
     let model_name = a.model_name.clone().unwrap_or_else(|| {
@@ -83,7 +84,18 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let load = move || -> Result<Scheduler, String> {
         let engine = run.load().map_err(|e| format!("{e:#}"))?;
         let mut cfg = SchedulerConfig::for_engine(&engine);
-        cfg.max_batch = max_batch;
+        let chosen = match (max_batch, engine.model().device_memory()) {
+            (Some(n), _) => {
+                cfg.max_batch = n;
+                String::new()
+            }
+            (None, Some((free, _))) => format!(
+                " for the device's {:.1} GiB of free memory; --max-batch sets it",
+                free as f64 / (1u64 << 30) as f64
+            ),
+            (None, None) => String::new(),
+        };
+        let max_batch = cfg.max_batch;
         cfg.max_queue = queue;
         cfg.prefill_chunk = chunk.max(1);
         cfg.kv_budget_bytes = match kv_mb {
@@ -94,7 +106,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         };
         let ctx = engine.context_length();
         let sched = Scheduler::start(engine, cfg).map_err(|e| e.to_string())?;
-        eprintln!("model loaded (context {ctx} tokens, max batch {max_batch}); ready");
+        eprintln!("model loaded (context {ctx} tokens, max batch {max_batch}{chosen}); ready");
         Ok(sched)
     };
     let addr = if a.host.contains(':') && !a.host.starts_with('[') {

@@ -1347,6 +1347,11 @@ impl Accelerator for CudaModel {
     fn head_type(&self) -> &'static str {
         self.head.as_ref().unwrap_or(&self.embed).name()
     }
+
+    fn memory(&self) -> Option<(u64, u64)> {
+        let (free, total) = self.gpu.ctx.mem_get_info().ok()?;
+        Some((free as u64, total as u64))
+    }
 }
 
 #[cfg(test)]

@@ -46,11 +46,37 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
 }
 
+/// The most sequences batched by default on the CPU.
+pub const CPU_MAX_BATCH: usize = 8;
+/// The most sequences batched by default on a device, however much memory it has: an H200
+/// decodes 256 sequences at ~32,300 tok/s against ~22,900 for 64 (BENCHMARKS.md, session 24).
+pub const DEVICE_MAX_BATCH: usize = 256;
+
+/// The default batch for a model on a device with `free` bytes of memory left once it is
+/// loaded (`None`: on the CPU, or a device that cannot tell), where one sequence at full context
+/// takes `per_sequence` bytes of KV cache: [`CPU_MAX_BATCH`] on the CPU (and a device that
+/// cannot tell), else as many full contexts as 80% of the free memory holds (the rest left to
+/// the kernels' scratch), from 1 to [`DEVICE_MAX_BATCH`].
+pub fn default_max_batch(free: Option<u64>, per_sequence: u64) -> usize {
+    match free {
+        None => CPU_MAX_BATCH,
+        Some(free) => {
+            let fits = (free / 5 * 4) / per_sequence.max(1);
+            fits.clamp(1, DEVICE_MAX_BATCH as u64) as usize
+        }
+    }
+}
+
 impl SchedulerConfig {
-    /// Defaults for `engine`: 8 sequences, 64 waiting, room for every sequence at full context,
-    /// 256-token prefill chunks.
+    /// Defaults for `engine`: [`default_max_batch`] sequences (by the free memory of its device,
+    /// if it runs on one), 64 waiting, room for every sequence at full context, 256-token
+    /// prefill chunks.
     pub fn for_engine(engine: &Engine) -> Self {
-        let max_batch = 8;
+        let per_sequence = engine
+            .context_length()
+            .saturating_mul(kv_bytes_per_position(engine)) as u64;
+        let free = engine.model().device_memory().map(|(free, _)| free);
+        let max_batch = default_max_batch(free, per_sequence);
         Self {
             max_batch,
             max_queue: 64,
@@ -740,5 +766,29 @@ fn sample_one(s: &mut Seq, row: Row<'_>, tok: Option<&bitnet_tokenizer::Tokenize
             tail,
         }));
         s.done = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_batch_is_eight_on_the_cpu_and_by_free_memory_on_a_device() {
+        let gb = 1u64 << 30;
+        // 2B4T at context 4096: 300 MiB of f16 cache per sequence.
+        let per_sequence = 4096 * 30 * 2 * 640 * 2;
+        assert_eq!(default_max_batch(None, per_sequence), CPU_MAX_BATCH);
+        // An H200 after loading the model: capped.
+        assert_eq!(
+            default_max_batch(Some(138 * gb), per_sequence),
+            DEVICE_MAX_BATCH
+        );
+        // A 24 GB card: 80% of 21 GiB holds 57 full contexts of 300 MiB.
+        assert_eq!(default_max_batch(Some(21 * gb), per_sequence), 57);
+        // Nearly full, or nothing known per sequence: at least one, at most the cap.
+        assert_eq!(default_max_batch(Some(gb / 10), per_sequence), 1);
+        assert_eq!(default_max_batch(Some(0), per_sequence), 1);
+        assert_eq!(default_max_batch(Some(gb), 0), DEVICE_MAX_BATCH);
     }
 }

@@ -67,4 +67,8 @@ pub trait Accelerator: Send + Sync {
     fn weight_bytes_per_token(&self) -> u64;
     /// The storage type of the head on the device (`f16`, `int8`, ...).
     fn head_type(&self) -> &'static str;
+    /// The device's free and total memory in bytes now, where the backend can tell.
+    fn memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

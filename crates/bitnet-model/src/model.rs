@@ -357,6 +357,12 @@ impl Model {
         self.accel.as_ref().map(|a| a.describe())
     }
 
+    /// The free and total memory in bytes of the device running this model, where it is not
+    /// the CPU and its backend can tell.
+    pub fn device_memory(&self) -> Option<(u64, u64)> {
+        self.accel.as_ref().and_then(|a| a.memory())
+    }
+
     /// The hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
