@@ -715,9 +715,10 @@ pub fn ternary_forward(
 
 /// Microseconds per product of `x` through `w` for each of `paths` (as [`ternary_forward`]), as
 /// a model's step runs them: one launch on each of `copies` uploads of `w` (so that a matrix
-/// smaller than the L2 cache is read from memory), captured as one graph (with programmatic
-/// dependent launch where the model uses it), the graph launched `rounds` times, each timed
-/// from the host until it finished; the median round. For the `products` example.
+/// smaller than the L2 cache is read from memory), captured as one graph (without programmatic
+/// dependent launch unless `BITNET_CUDA_PDL=1`: each launch waits for the one before), the
+/// graph launched `rounds` times, each timed from the host until it finished; the median round.
+/// For the `products` example.
 pub fn ternary_timing(
     gpu: &Gpu,
     w: &bitnet_core::TernaryMatrix,
