@@ -85,17 +85,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let engine = run.load().map_err(|e| format!("{e:#}"))?;
         let mut cfg = SchedulerConfig::for_engine(&engine);
         let chosen = match (max_batch, engine.model().device_memory()) {
-            (Some(n), _) => {
-                cfg.max_batch = n;
-                String::new()
-            }
             (None, Some((free, _))) => format!(
                 " for the device's {:.1} GiB of free memory; --max-batch sets it",
                 free as f64 / (1u64 << 30) as f64
             ),
-            (None, None) => String::new(),
+            _ => String::new(),
         };
-        let max_batch = cfg.max_batch;
+        let max_batch = max_batch.unwrap_or(cfg.max_batch);
+        cfg.max_batch = max_batch;
         cfg.max_queue = queue;
         cfg.prefill_chunk = chunk.max(1);
         cfg.kv_budget_bytes = match kv_mb {

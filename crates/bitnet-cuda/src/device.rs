@@ -370,6 +370,21 @@ impl Gpu {
         })
     }
 
+    /// The launches `launch` makes on this handle's stream, captured as a graph (not run).
+    pub(crate) fn capture(
+        &self,
+        launch: impl FnOnce() -> Result<(), CudaError>,
+    ) -> Result<cudarc::driver::CudaGraph, CudaError> {
+        let st = &self.stream;
+        st.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )?;
+        let launched = launch();
+        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
+        launched?;
+        graph.ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))
+    }
+
     /// A kernel that may be missing on older architectures.
     pub fn optional_function(&self, name: &str) -> Option<Kernel> {
         self.function(name).ok()

@@ -742,7 +742,7 @@ impl CudaModel {
         let (rows, seqs, wanted) = p;
         let cuts = match tracer {
             None => lane_cuts(rows, self.split_rows),
-            Some(_) => Vec::new(),
+            Some(_) => Cuts::default(),
         };
         if cuts.is_empty() {
             return self.pass(s, p, out, tracer);
@@ -759,7 +759,8 @@ impl CudaModel {
                     *cap = lanes.len();
                     eprintln!(
                         "warning: no room for another CUDA lane ({e}); steps of more than \
-                         {LANE_MIN_ROWS} rows run in at most {} parts",
+                         {} rows run in at most {} parts",
+                        self.split_rows,
                         *cap + 1
                     );
                     break;
@@ -840,15 +841,8 @@ impl CudaModel {
         m: usize,
         chunks: usize,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
-        let gpu = self.gpu_of(&s.gpu);
-        let st = &gpu.stream;
-        st.begin_capture(
-            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-        )?;
-        let launched = self.launch_forward(s, n, m, chunks, true, None);
-        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
-        launched?;
-        graph.ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))
+        self.gpu_of(&s.gpu)
+            .capture(|| self.launch_forward(s, n, m, chunks, true, None))
     }
 
     fn mega_on(&self) -> bool {
@@ -1145,26 +1139,41 @@ const LANE_MIN_ROWS: usize = 64;
 /// The most lanes of one pass (its [`MAX_ROWS`] rows in parts of [`LANE_MIN_ROWS`]).
 const MAX_LANES: usize = MAX_ROWS / LANE_MIN_ROWS;
 
+/// The cuts of one pass ([`lane_cuts`]), held in place (no allocation per step).
+#[derive(Clone, Copy, Default)]
+struct Cuts {
+    at: [usize; MAX_LANES - 1],
+    len: usize,
+}
+
+impl std::ops::Deref for Cuts {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.at[..self.len]
+    }
+}
+
 /// Where a pass of `rows` splits into lanes, for passes of more than `min` rows: into at most
 /// `ceil(rows / min)` parts (and [`MAX_LANES`]) of about even size, each part ending at the
 /// sequence start nearest its share's end (the parts then share no sequence). Returns the cuts
 /// (the first row of every part but the first), increasing; none where no sequence starts.
-fn lane_cuts(rows: &[(u32, u32, u32)], min: usize) -> Vec<usize> {
+fn lane_cuts(rows: &[(u32, u32, u32)], min: usize) -> Cuts {
+    let mut cuts = Cuts::default();
     let n = rows.len();
     if n <= min {
-        return Vec::new();
+        return cuts;
     }
     let parts = n.div_ceil(min.max(1)).min(MAX_LANES);
     let share = n.div_ceil(parts);
-    let mut cuts: Vec<usize> = Vec::new();
     let mut from = 0;
-    while cuts.len() + 1 < parts && from + share < n {
+    while cuts.len + 1 < parts && from + share < n {
         let goal = from + share;
         let best = (from + 1..n)
             .filter(|&r| rows[r].2 != rows[r - 1].2)
             .min_by_key(|&r| r.abs_diff(goal));
         let Some(r) = best else { break };
-        cuts.push(r);
+        cuts.at[cuts.len] = r;
+        cuts.len += 1;
         from = r;
     }
     cuts
@@ -1362,7 +1371,7 @@ mod tests {
     fn passes_split_into_lanes_where_sequences_start_nearest_even_shares() {
         // Decode: one row per sequence.
         let decode: Vec<(u32, u32, u32)> = (0..256).map(|i| (0, 5, i)).collect();
-        let cuts = |rows: &[(u32, u32, u32)]| lane_cuts(rows, LANE_MIN_ROWS);
+        let cuts = |rows: &[(u32, u32, u32)]| lane_cuts(rows, LANE_MIN_ROWS).to_vec();
         assert_eq!(cuts(&decode[..128]), vec![64]);
         assert!(cuts(&decode[..LANE_MIN_ROWS]).is_empty());
         assert_eq!(cuts(&decode[..LANE_MIN_ROWS + 1]), vec![33]);

@@ -734,19 +734,12 @@ pub fn ternary_timing(
         .collect::<Result<_, _>>()?;
     let a = DevActivations::upload(gpu, x, w.rows())?;
     let io = a.io(gpu, t, w.rows(), glu);
-    let st = &gpu.stream;
     let mut medians = Vec::with_capacity(paths.len());
     for &path in paths {
-        st.begin_capture(
-            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
-        )?;
-        let launched: Result<(), CudaError> = dw
-            .iter()
-            .try_for_each(|d| launch_linear(gpu, &k, path, d, &io).map(|_| ()));
-        let graph = st.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))?;
-        launched?;
-        let graph = graph
-            .ok_or_else(|| CudaError::Unavailable("graph capture produced no graph".into()))?;
+        let graph = gpu.capture(|| {
+            dw.iter()
+                .try_for_each(|d| launch_linear(gpu, &k, path, d, &io).map(|_| ()))
+        })?;
         graph.launch()?;
         gpu.sync()?;
         let mut us = Vec::with_capacity(rounds.max(1));
