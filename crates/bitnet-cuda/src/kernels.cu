@@ -1082,12 +1082,24 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
         xdst[k] = base + XB + (slot * TILES * 8 + t) * MMA_XROW + c * 16;
         xslot[k] = on ? slot : kgroups;  // never copied
     }
-    // The weights do not depend on the previous kernel: their first stages go before the wait.
+    // The weights do not depend on the previous kernel: their first stages go before the wait,
+    // and so do the block's rows' weight scales; the tokens' scales and code sums follow it. The
+    // epilogue reads them from shared memory (as `ternary_mma_*`: BENCHMARKS.md, session 25).
+    __shared__ float s_w[MMA_WARPS * 16], s_xs[TILES * 8];
+    __shared__ int s_xsum[TILES * 8];
+    {
+        int r = blockIdx.x * MMA_WARPS * 16 + threadIdx.x;
+        if (threadIdx.x < MMA_WARPS * 16 && r < rows) cp_async4(&s_w[threadIdx.x], wscale + r);
+    }
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++)
         if (live && s * KS + ks < kgroups) cp_async16_s(wdst + s * SB, wsrc + (size_t)s * KS * 32);
     PDL_WAIT();
     PDL_START();
+    if (threadIdx.x < T) {
+        cp_async4(&s_xs[threadIdx.x], xscale + threadIdx.x);
+        cp_async4(&s_xsum[threadIdx.x], xsum + threadIdx.x);
+    }
     auto copy_x = [&](int stage, int st) {
 #pragma unroll
         for (int k = 0; k < NX; k++)
@@ -1125,6 +1137,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     // stores), adding the KS partial sums (integers: exact in any order).
     constexpr int RP = MMA_WARPS * 16 + 4;
     int* red = (int*)mma_smem;
+    cp_async_wait<0>();  // the scales too, where there were no stages to wait for
     __syncthreads();
     if (live) {
 #pragma unroll
@@ -1148,7 +1161,10 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
                 vg += red[(p * TILES * 8 + t) * RP + rl];
                 vu += red[(p * TILES * 8 + t) * RP + rl + 8];
             }
-            if (t < T && row < rows) store_glu(out, out_stride, t, row, vg, vu, xsum, xscale, wscale, glu);
+            if (t < T && row < rows) {
+                float gv = DEQUANT(vg, s_xsum[t], s_xs[t], s_w[rl]), uv = DEQUANT(vu, s_xsum[t], s_xs[t], s_w[rl + 8]);
+                store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(gv, glu) * uv, 0);
+            }
         }
         return;
     }
@@ -1159,7 +1175,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
         int v = 0;
 #pragma unroll
         for (int p = 0; p < KS; p++) v += red[(p * TILES * 8 + t) * RP + rl];
-        y[k] = (t < T && row < rows) ? out_value(v, t, row, xsum, xscale, wscale) : 0.f;
+        y[k] = (t < T && row < rows) ? DEQUANT(v, s_xsum[t], s_xs[t], s_w[rl]) : 0.f;
     }
 #pragma unroll
     for (int k = 0; k < NO; k++) {
