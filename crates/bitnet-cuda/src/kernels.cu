@@ -361,10 +361,13 @@ __device__ __forceinline__ void store_out(float* out, int out_stride, int t, int
 // The output of an interleaved gate/up product (`glu_in`) where `glu` (an activation mode) asks
 // for act(gate) * up: gate row `row` (one of the first 8 of its strip) and its up row 8 further,
 // stored at column (row / 16) * 8 + row % 16.
+__device__ __forceinline__ void store_glu_value(float* out, int out_stride, int t, int row, float g, float u, int glu) {
+    store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(g, glu) * u, 0);
+}
 __device__ __forceinline__ void store_glu(float* out, int out_stride, int t, int row, int gate, int up,
                                           const int* xsum, const float* xscale, const float* wscale, int glu) {
     float g = out_value(gate, t, row, xsum, xscale, wscale), u = out_value(up, t, row + 8, xsum, xscale, wscale);
-    store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(g, glu) * u, 0);
+    store_glu_value(out, out_stride, t, row, g, u, glu);
 }
 
 // Warps per block of the ternary kernels (they split the 128-column groups of one strip).
@@ -893,6 +896,14 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((u32)__cvta_generic_to_shared(smem)), "l"(gmem)
                  : "memory");
 }
+// The tensor-core products' epilogue operands are copied at their start (BENCHMARKS.md, session
+// 25): here thread `i` < `n` the weight scale of row `row0 + i` (rows past `rows` are not
+// copied), before the wait on the previous kernel.
+__device__ __forceinline__ void copy_row_scales(unsigned i, unsigned n, int row0, int rows, const float* wscale,
+                                                float* s_w) {
+    int row = row0 + i;
+    if (i < n && row < rows) cp_async4(&s_w[i], wscale + row);
+}
 // Each warp takes the same k-groups of two adjacent strips, so every activation fragment it
 // loads serves 32 weight rows.
 // `glu`: the rows are interleaved gate/up, and act(gate) * up is stored (`store_glu`).
@@ -912,10 +923,7 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     // this way every product gained 2-10% (H200, BENCHMARKS.md session 25).
     __shared__ float s_w[32], s_xs[TILES * 8], s_prev[TILES * 8][32];
     __shared__ int s_xsum[TILES * 8];
-    {
-        int row = strip0 * 16 + threadIdx.x;
-        if (threadIdx.x < 32 && row < rows) cp_async4(&s_w[threadIdx.x], wscale + row);
-    }
+    copy_row_scales(threadIdx.x, 32, strip0 * 16, rows, wscale, s_w);
     PDL_ENTRY();
     {
         int t = threadIdx.x - 32;
@@ -981,11 +989,9 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
     if (glu) {
         for (int i = threadIdx.x; i < TILES * 8 * 16; i += blockDim.x) {
             int t = i / 16, rr = (i & 8) * 2 + (i & 7), row = strip0 * 16 + rr;  // the two strips' gate rows
-            if (t < T && row < rows) {
-                float gv = DEQUANT(red[rr][t], s_xsum[t], s_xs[t], s_w[rr]);
-                float uv = DEQUANT(red[rr + 8][t], s_xsum[t], s_xs[t], s_w[rr + 8]);
-                store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(gv, glu) * uv, 0);
-            }
+            if (t < T && row < rows)
+                store_glu_value(out, out_stride, t, row, DEQUANT(red[rr][t], s_xsum[t], s_xs[t], s_w[rr]),
+                                DEQUANT(red[rr + 8][t], s_xsum[t], s_xs[t], s_w[rr + 8]), glu);
         }
         return;
     }
@@ -1087,10 +1093,7 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
     // epilogue reads them from shared memory (as `ternary_mma_*`: BENCHMARKS.md, session 25).
     __shared__ float s_w[MMA_WARPS * 16], s_xs[TILES * 8];
     __shared__ int s_xsum[TILES * 8];
-    {
-        int r = blockIdx.x * MMA_WARPS * 16 + threadIdx.x;
-        if (threadIdx.x < MMA_WARPS * 16 && r < rows) cp_async4(&s_w[threadIdx.x], wscale + r);
-    }
+    copy_row_scales(threadIdx.x, MMA_WARPS * 16, blockIdx.x * MMA_WARPS * 16, rows, wscale, s_w);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++)
         if (live && s * KS + ks < kgroups) cp_async16_s(wdst + s * SB, wsrc + (size_t)s * KS * 32);
@@ -1161,10 +1164,9 @@ __device__ void mma_ring_body(const uint4* __restrict__ W, const float* __restri
                 vg += red[(p * TILES * 8 + t) * RP + rl];
                 vu += red[(p * TILES * 8 + t) * RP + rl + 8];
             }
-            if (t < T && row < rows) {
-                float gv = DEQUANT(vg, s_xsum[t], s_xs[t], s_w[rl]), uv = DEQUANT(vu, s_xsum[t], s_xs[t], s_w[rl + 8]);
-                store_value(out, out_stride, t, (row >> 4) * 8 + (row & 15), glu_act(gv, glu) * uv, 0);
-            }
+            if (t < T && row < rows)
+                store_glu_value(out, out_stride, t, row, DEQUANT(vg, s_xsum[t], s_xs[t], s_w[rl]),
+                                DEQUANT(vu, s_xsum[t], s_xs[t], s_w[rl + 8]), glu);
         }
         return;
     }
