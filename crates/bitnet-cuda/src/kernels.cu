@@ -2685,12 +2685,12 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const 
                                    float* out) { head_body<I8T, 10>(W, rs, vocab, cols, x, m, out); }
 #endif
 
-// The head for batches (9 or more rows) on the tensor cores, reading the table once per 64 rows
-// instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of x as B, f32
-// accumulators. x is first split by `split_rows_*` into two 16-bit parts, hi = round(x) and
-// lo = round(x - hi), both multiplied into the same accumulators: the table's values are exact in
-// the 16-bit format (int8 ones too, converted), so the only rounding left is lo's (about 2^-22 of
-// x for f16, 2^-16 for bf16) and the accumulation's.
+// The head of 16-bit tables for batches (9 or more rows) on the tensor cores, reading the table
+// once per 64 rows instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of
+// x as B, f32 accumulators. x is first split by `split_rows_*` into two 16-bit parts, hi =
+// round(x) and lo = round(x - hi), both multiplied into the same accumulators: the table's values
+// are exact in the 16-bit format, so the only rounding left is lo's (about 2^-22 of x for f16,
+// 2^-16 for bf16) and the accumulation's. (Int8 tables: `head_imma_i8` below.)
 //
 // Block: 8 warps, 32 vocabulary rows per warp (two m16 tiles), up to 64 rows of x (blockIdx.y).
 // x goes through shared memory in 128-column chunks, two stages by cp.async: per row of x 256
@@ -2734,35 +2734,14 @@ extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int 
 #endif
 
 #if __CUDA_ARCH__ >= 800
-// Eight table values of one row: loaded raw (`load`), then as four 16-bit pairs (`a8`), apart so
-// that a load is in flight for DEPTH k-blocks before its conversion waits on it. (Converted in
-// the load's place, the int8 head stalled on every load: 351 us at 64 rows, now 285. Two
-// k-blocks ahead for the 16-bit tables too: 128 registers, no spill; measured only together
-// with another change, BENCHMARKS.md session 12.)
+// Eight table values of one row (16-bit tables), loaded raw (`load`) DEPTH k-blocks ahead of
+// their use (`a8`). (128 registers, no spill; the int8 table's head is `head_imma_i8`.)
 template <class D>
 struct HeadA {
     typedef uint4 R;
     enum { DEPTH = 2 };
     static __device__ __forceinline__ R load(const typename D::T* w, size_t i) { return __ldg((const uint4*)(w + i)); }
     static __device__ __forceinline__ uint4 a8(const R& r) { return r; }
-};
-template <>
-struct HeadA<I8T> {
-    typedef uint2 R;
-    enum { DEPTH = 2 };
-    static __device__ __forceinline__ R load(const i8* w, size_t i) { return __ldg((const uint2*)(w + i)); }
-    // Without conversions: byte b + 128 in the mantissa of the f16 1024 is 1024 + b + 128
-    // exactly; one f16x2 subtraction of 1152 (0x6480) leaves b.
-    static __device__ __forceinline__ uint4 a8(const R& v) {
-        u32 u[2] = {v.x ^ 0x80808080u, v.y ^ 0x80808080u};
-        u32 o[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            u32 biased = __byte_perm(u[j >> 1], 0x64646464u, (j & 1) ? 0x4342 : 0x4140);
-            asm("sub.f16x2 %0, %1, %2;" : "=r"(o[j]) : "r"(biased), "r"(0x64806480u));
-        }
-        return make_uint4(o[0], o[1], o[2], o[3]);
-    }
 };
 template <bool BF>
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -2906,8 +2885,192 @@ __device__ void head_mma_body(const typename D::T* W, const float* rscale, int v
 HEAD_MMA_ENTRY(head_mma_f16, u16, F16T, false)
 HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 #endif
+
+// The int8 table's head for batches on the integer tensor cores (mma.m16n8k32, s32 sums): x's
+// rows as 16-bit integers q = rint(x / s), s = max|x| / 32767 per row (`split_rows_i16`), in two
+// int8 planes, hi = q >> 8 (signed) and lo = q & 255 (unsigned), each multiplied into its own
+// exact integer sums, so that sum(w x) = s (256 hi_sum + lo_sum) up to q's rounding (at most s / 2
+// per element, 1.5e-5 of the row's largest magnitude: far below the table's own int8 rounding).
+// Against the 16-bit tensor-core head applied to the int8 table (x as two f16 parts, the table
+// converted to f16, m16n8k16: 285 us at 64 rows), half the mma instructions for the same
+// products, no conversions of the table, and one independent sum per plane and tile for every
+// k-block instead of a chain of four (BENCHMARKS.md, session 26).
+//
+// Plane layout (`split_rows_i16`): per row 2 * cols bytes, for every 8 columns 8 bytes of hi
+// then 8 of lo; then the mpad rows' scales s (f32). Block: 8 warps of 16 vocabulary rows (one
+// m16 tile), up to 64 rows of x (blockIdx.y; tiles of 8 rows known at compile time: NT, so
+// that the 2 x NT independent sums interleave). x goes through shared memory in 128-column
+// chunks, two stages by cp.async (four measured level), HI_ROW bytes per row (256 of planes and
+// 16 of skew, so that the 8 lanes of a 16-byte load phase fall on distinct banks). Within each
+// 64-column block lane (g, t) loads columns 16t..16t+15 of its two table rows (one 16-byte load
+// each, two blocks ahead) and the same columns of x's planes; k-block 0 of the mma takes each
+// lane's first 8 of them, k-block 1 the other 8 (a permutation of the columns, the same for A
+// and B, so the sums are unchanged). Two m16 tiles per warp and 32 rows of x per block (each
+// fragment of x serving twice the rows) measured 1-2% slower at 64 rows.
+#define HI_ROW 272
+#define HI_STAGE (64 * HI_ROW)
+// The planes and scales of rows 0..mpad of x: rows m..mpad zero (scale 0); a row holding a value
+// that is not finite gets the scale NaN (its logits NaN, as the 16-bit head's would be).
+__device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out) {
+    PDL_ENTRY();
+    __shared__ float red[32];
+    int r = blockIdx.x;
+    if (r >= mpad) return;
+    const float* xr = x + (size_t)r * cols;
+    bool live = r < m;
+    float mx = 0.f, bad = 0.f;
+    if (live)
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            float a = fabsf(xr[c]);
+            if (a <= 3.402823466e38f)
+                mx = fmaxf(mx, a);
+            else
+                bad = 1.f;
+        }
+    mx = block_max(mx, red);
+    bad = block_max(bad, red);
+    float s = bad > 0.f ? __int_as_float(0x7fc00000) : mx / 32767.f;
+    for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
+        u32 w[4] = {0u, 0u, 0u, 0u};
+        if (live && s > 0.f) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int q = __float2int_rn(__fdiv_rn(xr[c8 * 8 + j], s));
+                q = max(-32767, min(32767, q));
+                w[j >> 2] |= (u32)((q >> 8) & 0xff) << (8 * (j & 3));
+                w[2 + (j >> 2)] |= (u32)(q & 0xff) << (8 * (j & 3));
+            }
+        }
+        *(uint4*)(out + (size_t)r * 2 * cols + c8 * 16) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    if (threadIdx.x == 0) ((float*)(out + (size_t)mpad * 2 * cols))[r] = s;
+}
+#if IN_PART(1)
+extern "C" __global__ void split_rows_i16(const float* x, int m, int mpad, int cols, unsigned char* out) {
+    split_rows_i16_body(x, m, mpad, cols, out);
+}
+#endif
+// mma.m16n8k32 with s8 A and s8 (hi) or u8 (lo) B.
+template <bool LO>
+__device__ __forceinline__ void imma_s8(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (LO)
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Stage chunk `ch` (128 columns) of the planes of rows 0..nrows into `buf` (one cp.async group).
+__device__ __forceinline__ void head_i16_stage(const unsigned char* xq, int cols, int ch, int nrows, char* buf) {
+    for (int i = threadIdx.x; i < nrows * 16; i += blockDim.x) {
+        int r = i >> 4, piece = i & 15;
+        cp_async16_s((u32)__cvta_generic_to_shared(buf + r * HI_ROW + piece * 16),
+                     xq + (size_t)r * 2 * cols + ch * 256 + piece * 16);
+    }
+    cp_async_commit();
+}
+template <int NT>
+__device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale, int vocab, int cols,
+                                                const unsigned char* xq, const float* xs, int t0, int mt,
+                                                float* logits) {
+    extern __shared__ __align__(16) char hsm[];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    xq += (size_t)t0 * 2 * cols;
+    int v0 = blockIdx.x * 128 + warp * 16;
+    // This lane's two table rows (g, g + 8), clamped inside the table.
+    const i8* w0 = W + (size_t)min(v0 + g, vocab - 1) * cols + 16 * t;
+    const i8* w1 = W + (size_t)min(v0 + 8 + g, vocab - 1) * cols + 16 * t;
+    int acc[2][NT][4];  // [hi / lo][8-row tile of x]
+#pragma unroll
+    for (int p = 0; p < 2; p++)
+#pragma unroll
+        for (int j = 0; j < NT; j++) acc[p][j][0] = acc[p][j][1] = acc[p][j][2] = acc[p][j][3] = 0;
+    int chunks = cols / 128, nb = cols / 64;
+    head_i16_stage(xq, cols, 0, NT * 8, hsm);
+    // Table loads DEPTH 64-column blocks ahead of their use (nb is even).
+    constexpr int DEPTH = 2;
+    uint4 pf[DEPTH][2];
+#pragma unroll
+    for (int d = 0; d < DEPTH; d++) {
+        pf[d][0] = __ldg((const uint4*)(w0 + d * 64));
+        pf[d][1] = __ldg((const uint4*)(w1 + d * 64));
+    }
+    for (int b0 = 0; b0 < nb; b0 += DEPTH) {
+#pragma unroll
+        for (int d = 0; d < DEPTH; d++) {
+            int b = b0 + d;
+            if ((b & 1) == 0) {
+                int ch = b >> 1;
+                // This chunk landed; every warp is done with the other stage, which takes the next.
+                cp_async_wait<0>();
+                __syncthreads();
+                if (ch + 1 < chunks) head_i16_stage(xq, cols, ch + 1, NT * 8, hsm + ((ch + 1) & 1) * HI_STAGE);
+            }
+            uint4 a0 = pf[d][0], a1 = pf[d][1];
+            if (b + DEPTH < nb) {
+                pf[d][0] = __ldg((const uint4*)(w0 + (b + DEPTH) * 64));
+                pf[d][1] = __ldg((const uint4*)(w1 + (b + DEPTH) * 64));
+            }
+            const char* xb = hsm + ((b >> 1) & 1) * HI_STAGE + (b & 1) * 128 + 32 * t + g * HI_ROW;
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                uint4 p = *(const uint4*)(xb + j * 8 * HI_ROW);       // columns 16t..16t+7: hi, lo
+                uint4 q = *(const uint4*)(xb + j * 8 * HI_ROW + 16);  // columns 16t+8..16t+15
+                imma_s8<false>(acc[0][j], a0.x, a1.x, a0.y, a1.y, p.x, p.y);
+                imma_s8<true>(acc[1][j], a0.x, a1.x, a0.y, a1.y, p.z, p.w);
+                imma_s8<false>(acc[0][j], a0.z, a1.z, a0.w, a1.w, q.x, q.y);
+                imma_s8<true>(acc[1][j], a0.z, a1.z, a0.w, a1.w, q.z, q.w);
+            }
+        }
+    }
+    // C fragment: c[2 half + e] is table row g + 8 half, row 2t + e of the tile of x.
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int v = v0 + 8 * half + g;
+        if (v >= vocab) continue;
+        float s = rscale[v];
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int tok = j * 8 + 2 * t + e, c = 2 * half + e;
+                if (tok < mt) {
+                    long long sum = (long long)acc[0][j][c] * 256 + acc[1][j][c];
+                    logits[(size_t)(t0 + tok) * vocab + v] = (float)sum * (s * xs[t0 + tok]);
+                }
+            }
+        }
+    }
+}
+// `cols` % 128 == 0; xq: `split_rows_i16`'s planes and scales of ceil(m / 8) * 8 rows. Grid:
+// (ceil(vocab / 128), ceil(m / 64)).
 #if IN_PART(7)
-HEAD_MMA_ENTRY(head_mma_i8, i8, I8T, false)
+extern "C" __global__ void __launch_bounds__(256, 2)
+    head_imma_i8(const i8* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {
+    PDL_ENTRY();
+    int t0 = blockIdx.y * 64, mt = min(m - t0, 64);
+    const float* xs = (const float*)(xq + (size_t)((m + 7) / 8 * 8) * 2 * cols);
+    switch ((mt + 7) / 8) {
+#define HEAD_IMMA_TILES(NT)                                           \
+    case NT:                                                          \
+        head_imma_tiles<NT>(W, rs, vocab, cols, xq, xs, t0, mt, out); \
+        break;
+        HEAD_IMMA_TILES(1)
+        HEAD_IMMA_TILES(2)
+        HEAD_IMMA_TILES(3)
+        HEAD_IMMA_TILES(4)
+        HEAD_IMMA_TILES(5)
+        HEAD_IMMA_TILES(6)
+        HEAD_IMMA_TILES(7)
+        HEAD_IMMA_TILES(8)
+#undef HEAD_IMMA_TILES
+    }
+}
 #endif
 #endif
 

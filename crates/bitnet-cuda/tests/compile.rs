@@ -60,7 +60,8 @@ fn kernels_compile_for_supported_architectures() {
             arch != "sm_75",
             "{arch}: mma kernels only from sm_80"
         );
-        assert_eq!(all.contains("head_mma_i8"), has_mma, "{arch}");
+        assert_eq!(all.contains("head_imma_i8"), has_mma, "{arch}");
+        assert_eq!(all.contains("split_rows_i16"), has_mma, "{arch}");
         assert_eq!(
             all.contains("attn_one_f16_g4"),
             arch == "sm_90",

@@ -115,30 +115,40 @@ impl Table {
         if !cols.is_multiple_of(128) {
             return None;
         }
-        let (split, head) = match self {
+        let (split, head, smem, block_rows) = match self {
             Table::F32(_) => return None,
-            Table::F16(_) => ("split_rows_f16", "head_mma_f16"),
-            Table::BF16(_) => ("split_rows_bf16", "head_mma_bf16"),
-            Table::I8 { .. } => ("split_rows_f16", "head_mma_i8"),
+            Table::F16(_) => ("split_rows_f16", "head_mma_f16", HEAD_MMA_SMEM, 256),
+            Table::BF16(_) => ("split_rows_bf16", "head_mma_bf16", HEAD_MMA_SMEM, 256),
+            Table::I8 { .. } => ("split_rows_i16", "head_imma_i8", HEAD_IMMA_SMEM, 128),
         };
         let head = gpu.optional_function(head)?;
-        head.allow_smem(HEAD_MMA_SMEM as usize).ok()?;
+        head.allow_smem(smem as usize).ok()?;
         Some(HeadMma {
             split: gpu.optional_function(split)?,
             head,
+            smem,
+            block_rows,
         })
     }
 }
 
-/// The tensor-core head's kernels (`head_mma_*` in the kernels): x split into two 16-bit
-/// parts, then the table read once per 64 rows.
+/// The tensor-core head's kernels: x split into two 16-bit parts (`head_mma_*` in the
+/// kernels) or, for int8 tables, into two int8 planes of 16-bit integers (`head_imma_i8`), then
+/// the table read once per 64 rows.
 pub(super) struct HeadMma {
     pub(super) split: Kernel,
     pub(super) head: Kernel,
+    /// Dynamic shared memory of `head`.
+    smem: u32,
+    /// Table rows per block of `head` (each block takes up to 64 rows of x).
+    block_rows: usize,
 }
 
 /// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
 pub(super) const HEAD_MMA_SMEM: u32 = 2 * 64 * 576;
+
+/// Two stages of 64 rows x 272 bytes (`HI_STAGE` in the kernels).
+pub(super) const HEAD_IMMA_SMEM: u32 = 2 * 64 * 272;
 
 /// Rows from which the head runs on the tensor cores (the CUDA-core head reads the table once
 /// per 8 rows).
@@ -146,7 +156,8 @@ pub(super) const HEAD_MMA_MIN_ROWS: usize = 9;
 
 /// Device addresses of one head evaluation: `m` rows of `x` (`cols` wide) against the table
 /// (`vocab` rows, optional per-row scales) into `logits` (`m` x `vocab`); `xhl` is scratch for
-/// `2 * round_up(m, 8) * cols` 16-bit values (x's two parts).
+/// `2 * round_up(m, 8) * cols` 16-bit values (x's two parts; the int8 table's planes and row
+/// scales take less).
 pub(super) struct HeadIo {
     pub(super) table: u64,
     pub(super) scales: u64,
@@ -177,9 +188,13 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
     )?;
     gpu.launch(
         &k.head,
-        (io.vocab.div_ceil(256) as u32, io.m.div_ceil(64) as u32, 1),
+        (
+            io.vocab.div_ceil(k.block_rows) as u32,
+            io.m.div_ceil(64) as u32,
+            1,
+        ),
         256,
-        HEAD_MMA_SMEM,
+        k.smem,
         &[
             Arg::P(io.table),
             Arg::P(io.scales),
