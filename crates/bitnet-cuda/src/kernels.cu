@@ -2685,7 +2685,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const 
                                    float* out) { head_body<I8T, 10>(W, rs, vocab, cols, x, m, out); }
 #endif
 
-// The head of 16-bit tables for batches (9 or more rows) on the tensor cores, reading the table
+// The head of 16-bit tables for batches (2 or more rows) on the tensor cores, reading the table
 // once per 64 rows instead of once per 8: mma.m16n8k16 with 16 vocabulary rows as A and 8 rows of
 // x as B, f32 accumulators. x is first split by `split_rows_*` into two 16-bit parts, hi =
 // round(x) and lo = round(x - hi), both multiplied into the same accumulators: the table's values

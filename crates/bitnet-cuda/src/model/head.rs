@@ -150,9 +150,12 @@ pub(super) const HEAD_MMA_SMEM: u32 = 2 * 64 * 576;
 /// Two stages of 64 rows x 272 bytes (`HI_STAGE` in the kernels).
 pub(super) const HEAD_IMMA_SMEM: u32 = 2 * 64 * 272;
 
-/// Rows from which the head runs on the tensor cores (the CUDA-core head reads the table once
-/// per 8 rows).
-pub(super) const HEAD_MMA_MIN_ROWS: usize = 9;
+/// Rows from which the head runs on the tensor cores. The CUDA-core head reads the table once
+/// per 8 rows but is bound by its instructions from two rows on: on the H200 the tensor-core
+/// head from 2 rows made decode steps of 2, 4 and 8 rows 4.5%, 18% and 42% faster with the f16
+/// head and 10%, 24% and 48% with the int8 one; for one row the CUDA-core head (`head_one`, two
+/// table rows per warp, at ~80-90% of DRAM bandwidth) stays 3% faster (BENCHMARKS.md, session 26).
+pub(super) const HEAD_MMA_MIN_ROWS: usize = 2;
 
 /// Device addresses of one head evaluation: `m` rows of `x` (`cols` wide) against the table
 /// (`vocab` rows, optional per-row scales) into `logits` (`m` x `vocab`); `xhl` is scratch for
