@@ -2734,15 +2734,6 @@ extern "C" __global__ void split_rows_bf16(const float* x, int m, int mpad, int 
 #endif
 
 #if __CUDA_ARCH__ >= 800
-// Eight table values of one row (16-bit tables), loaded raw (`load`) DEPTH k-blocks ahead of
-// their use (`a8`). (128 registers, no spill; the int8 table's head is `head_imma_i8`.)
-template <class D>
-struct HeadA {
-    typedef uint4 R;
-    enum { DEPTH = 2 };
-    static __device__ __forceinline__ R load(const typename D::T* w, size_t i) { return __ldg((const uint4*)(w + i)); }
-    static __device__ __forceinline__ uint4 a8(const R& r) { return r; }
-};
 template <bool BF>
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     if (BF)
@@ -2794,13 +2785,15 @@ __device__ __forceinline__ void head_mma_tiles(const typename D::T* W, const flo
         for (int j = 0; j < TILES; j++) acc[a][j][0] = acc[a][j][1] = acc[a][j][2] = acc[a][j][3] = 0.f;
     int chunks = cols / 128, kbs = cols / 32;
     head_stage(xhl, cols, 0, nt * 8, hsm);
-    typedef HeadA<D> A;
-    constexpr int DEPTH = A::DEPTH;  // kbs is a multiple of 4
-    typename A::R pf[DEPTH][4];
+    // Eight table values of each of the lane's rows, loaded DEPTH k-blocks ahead of their use
+    // (kbs is a multiple of 4).
+    constexpr int DEPTH = 2;
+    auto load = [&](int i, int kb) { return __ldg((const uint4*)(W + rowoff[i] + (size_t)kb * 32)); };
+    uint4 pf[DEPTH][4];
 #pragma unroll
     for (int d = 0; d < DEPTH; d++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)d * 32);
+        for (int i = 0; i < 4; i++) pf[d][i] = load(i, d);
     for (int kb0 = 0; kb0 < kbs; kb0 += DEPTH) {
 #pragma unroll
         for (int d = 0; d < DEPTH; d++) {
@@ -2814,10 +2807,10 @@ __device__ __forceinline__ void head_mma_tiles(const typename D::T* W, const flo
             }
             uint4 cur[4];
 #pragma unroll
-            for (int i = 0; i < 4; i++) cur[i] = A::a8(pf[d][i]);
+            for (int i = 0; i < 4; i++) cur[i] = pf[d][i];
             if (kb + DEPTH < kbs) {
 #pragma unroll
-                for (int i = 0; i < 4; i++) pf[d][i] = A::load(W, rowoff[i] + (size_t)(kb + DEPTH) * 32);
+                for (int i = 0; i < 4; i++) pf[d][i] = load(i, kb + DEPTH);
             }
             const char* xb = hsm + ((kb >> 2) & 1) * HM_STAGE + (kb & 3) * 64 + 16 * t + g * HM_ROW;
 #pragma unroll

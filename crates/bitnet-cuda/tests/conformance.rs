@@ -406,13 +406,13 @@ fn head_kernels_equal_a_double_precision_product() {
                             // The int8 table's tensor-core head takes x as 16-bit integers
                             // (`head_imma_i8`): each element off by at most half its row's
                             // step max|x| / 32767.
-                            let step = if head == HeadType::Int8 && tensor_cores {
-                                xr.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 32767.0
+                            let rounding = if head == HeadType::Int8 && tensor_cores {
+                                let step =
+                                    xr.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 32767.0;
+                                wr.iter().map(|&a| (a as f64).abs()).sum::<f64>() * step * 0.5001
                             } else {
                                 0.0
                             };
-                            let rounding: f64 =
-                                wr.iter().map(|&a| (a as f64).abs()).sum::<f64>() * step * 0.5001;
                             let g = got[t * vocab + v] as f64;
                             assert!(
                                 (g - want).abs() <= 1e-5 * mag + 1e-6 + rounding,
