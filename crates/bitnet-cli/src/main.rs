@@ -97,7 +97,7 @@ pub(crate) struct DeviceArgs {
 pub(crate) struct KvArgs {
     /// KV cache storage: f16 (half the memory of f32, logits within a few hundredths of it),
     /// f32 (exact, as the reference computes) or q8 (int8 with one scale per head vector: about
-    /// a quarter of f32's memory, logits within about 0.1; CPU only).
+    /// a quarter of f32's memory, logits within about 0.1; the same codes on CPUs and GPUs).
     #[arg(long, default_value = "f16", value_parser = ["f32", "f16", "q8"])]
     kv: String,
 }

@@ -1410,6 +1410,49 @@ template <>
 __device__ __forceinline__ void kv_store<u16>(u16* p, float v) { *p = f2h(v); }
 __device__ __forceinline__ float kv_load(const float* p) { return *p; }
 __device__ __forceinline__ float kv_load(const u16* p) { return h2f(*p); }
+// The q8 cache (KV = i8): per position a row of kv_dim int8 codes, then one f32 scale per kv
+// head, the row padded to 16 bytes; element j of head h is codes[h hd + j] * scales[h]. A head
+// vector's scale is absmax / 127 and its codes rint(x / scale), clamped to +-127 (all 0 for a
+// zero vector): bitnet-model's q8 cache (kv.rs), code for code.
+template <class KV>
+struct IsQ8 {
+    static constexpr bool v = false;
+};
+template <>
+struct IsQ8<i8> {
+    static constexpr bool v = true;
+};
+// Elements from one position's row to the next: kv_dim, or the q8 row's bytes.
+template <class KV>
+__device__ __forceinline__ int kv_pitch(int kvd, int n_kv) {
+    return IsQ8<KV>::v ? (kvd + 4 * n_kv + 15) & ~15 : kvd;
+}
+// One warp (every lane) quantizes head vector x(0..hd), hd <= 128, into codes at dst (and at
+// dst2 where not null) and returns its scale, which lane 0 stores at *scale.
+template <class F>
+__device__ __forceinline__ float kv_quant_head(i8* dst, i8* dst2, float* scale, int hd, int lane, F x) {
+    float v[4], m = 0.f;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int j = lane + 32 * u;
+        v[u] = j < hd ? x(j) : 0.f;
+        m = fmaxf(m, fabsf(v[u]));
+    }
+    m = warp_max(m);
+    float s = m / 127.f;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        int j = lane + 32 * u;
+        // NaN converts to 0, as Rust's `as i8` does; out of range saturates, then clamps.
+        int q = s == 0.f ? 0 : max(-127, min(127, __float2int_rn(v[u] / s)));
+        if (j < hd) {
+            dst[j] = (i8)q;
+            if (dst2) dst2[j] = (i8)q;
+        }
+    }
+    if (lane == 0) *scale = s;
+    return s;
+}
 
 template <class KV>
 __device__ __forceinline__ KV* seq_cache(const u32* seqtab, int s, int layer, int which, int kvd, int pos) {
@@ -1438,11 +1481,22 @@ __device__ void rope_kv_body(float* qkv, int stride, const u32* pos, const u32* 
         x[j + half] = x2 * c + x1 * s;
     }
     __syncthreads();
-    KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kvd, p);
-    KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kvd, p);
-    for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
-        kv_store<KV>(kc + i, row[qd + i]);
-        kv_store<KV>(vc + i, row[qd + kvd + i]);
+    KV* kc = seq_cache<KV>(seqtab, seq[r], layer, 0, kv_pitch<KV>(kvd, n_kv), p);
+    KV* vc = seq_cache<KV>(seqtab, seq[r], layer, 1, kv_pitch<KV>(kvd, n_kv), p);
+    if constexpr (IsQ8<KV>::v) {
+        // A warp per head vector: the keys' n_kv, then the values'.
+        for (int hv = threadIdx.x >> 5; hv < 2 * n_kv; hv += blockDim.x >> 5) {
+            int h = hv % n_kv;
+            KV* dst = hv < n_kv ? kc : vc;
+            const float* src = row + qd + (hv < n_kv ? 0 : kvd) + h * hd;
+            kv_quant_head(dst + h * hd, nullptr, (float*)(dst + kvd) + h, hd, threadIdx.x & 31,
+                          [&](int j) { return src[j]; });
+        }
+    } else {
+        for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+            kv_store<KV>(kc + i, row[qd + i]);
+            kv_store<KV>(vc + i, row[qd + kvd + i]);
+        }
     }
 }
 #if IN_PART(1)
@@ -1453,6 +1507,10 @@ extern "C" __global__ void rope_kv_f32(float* qkv, int stride, const u32* pos, c
 extern "C" __global__ void rope_kv_f16(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                                        const float* c, const float* s, int nh, int nkv, int hd, int layer) {
     rope_kv_body<u16>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
+}
+extern "C" __global__ void rope_kv_q8(float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
+                                      const float* c, const float* s, int nh, int nkv, int hd, int layer) {
+    rope_kv_body<i8>(qkv, stride, pos, seq, seqtab, c, s, nh, nkv, hd, layer);
 }
 #endif
 
@@ -1480,6 +1538,21 @@ struct KvRaw<u16> {
     static __device__ __forceinline__ float4 get(const R& v) {
         return make_float4(h2f((u16)(v.x & 0xffff)), h2f((u16)(v.x >> 16)), h2f((u16)(v.y & 0xffff)),
                            h2f((u16)(v.y >> 16)));
+    }
+};
+// q8: the codes (their scales are applied to the scores and weights, attn_softmax), each as
+// the float 2^23 + (code ^ 0x80) less 2^23 + 128 (exact: a byte permute and an add where an
+// integer conversion takes a quarter-rate pipe; the kernel is bound by its instructions).
+template <>
+struct KvRaw<i8> {
+    typedef u32 R;
+    static __device__ __forceinline__ float4 get(const R& v) {
+        u32 x = v ^ 0x80808080u;
+        const float base = 8388736.f;
+        return make_float4(__uint_as_float(__byte_perm(x, 0x4b000000u, 0x7650)) - base,
+                           __uint_as_float(__byte_perm(x, 0x4b000000u, 0x7651)) - base,
+                           __uint_as_float(__byte_perm(x, 0x4b000000u, 0x7652)) - base,
+                           __uint_as_float(__byte_perm(x, 0x4b000000u, 0x7653)) - base);
     }
 };
 // Elements e..e+3 of position i's row (rows kvd apart from `rows`), zeros unless on and i < lim.
@@ -1541,7 +1614,24 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
             float x1 = qrow[h * hd + jj], x2 = qrow[h * hd + jj + half];
             qs[i] = j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj];
         }
-        if (c == p / CHUNK) {
+        if constexpr (IsQ8<KV>::v) {
+            // Warp 0 the key, warp 1 the value (FRESH: their codes also at acc's start, key then
+            // value, and their scales after them, at acc[hd / 2] and acc[hd / 2 + 1]).
+            if (c == p / CHUNK && threadIdx.x < 64) {
+                int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+                const float* krow = row + n_heads * hd + kvh * hd;
+                const float* vrow = row + n_heads * hd + kvd + kvh * hd;
+                KV* dst = seq_cache<KV>(seqtab, s, layer, warp, kv_pitch<KV>(kvd, n_kv), p);
+                i8* fresh = FRESH ? (i8*)b.acc + warp * hd : nullptr;
+                float sc = kv_quant_head((i8*)dst + kvh * hd, fresh, (float*)(dst + kvd) + kvh, hd, lane, [&](int j) {
+                    if (warp) return vrow[j];
+                    int jj = j % half;
+                    float x1 = krow[jj], x2 = krow[jj + half];
+                    return j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj];
+                });
+                if (FRESH && lane == 0) b.acc[hd / 2 + warp] = sc;
+            }
+        } else if (c == p / CHUNK) {
             const float* krow = row + n_heads * hd + kvh * hd;
             const float* vrow = row + n_heads * hd + kvd + kvh * hd;
             KV* kd = seq_cache<KV>(seqtab, s, layer, 0, kvd, p) + kvh * hd;
@@ -1565,18 +1655,22 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
 }
 
 // The chunk's softmax, one warp per query head: sc[h] becomes exp(score - m), ml[2h..2h+2] the
-// head's maximum m and sum l.
-__device__ void attn_softmax(const AttnBlock& b, float* ml, int nw) {
+// head's maximum m and sum l. Q8 (a q8 cache, whose codes' dot products are the stored scores):
+// each score is first multiplied by its key's scale ks[i], and each weight, once summed into l,
+// by its value's scale vs[i].
+template <bool Q8 = false>
+__device__ void attn_softmax(const AttnBlock& b, float* ml, int nw, const float* ks = nullptr,
+                             const float* vs = nullptr) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float* sc = b.sc;
     for (int h = warp; h < b.group; h += nw) {
         float m = -INFINITY;
-        for (int i = lane; i < b.n; i += 32) m = fmaxf(m, sc[h * CHUNK + i]);
+        for (int i = lane; i < b.n; i += 32) m = fmaxf(m, Q8 ? sc[h * CHUNK + i] * ks[i] : sc[h * CHUNK + i]);
         m = warp_max(m);
         float l = 0.f;
         for (int i = lane; i < b.n; i += 32) {
-            float x = expf(sc[h * CHUNK + i] - m);
-            sc[h * CHUNK + i] = x;
+            float x = expf((Q8 ? sc[h * CHUNK + i] * ks[i] : sc[h * CHUNK + i]) - m);
+            sc[h * CHUNK + i] = Q8 ? x * vs[i] : x;
             l += x;
         }
         l = warp_sum(l);
@@ -1724,22 +1818,44 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         }
         return;
     }
-    int n = min(lo + CHUNK, p + 1) - lo, kvd = n_kv * hd;
+    int n = min(lo + CHUNK, p + 1) - lo, kvd = n_kv * hd, pitch = kv_pitch<KV>(kvd, n_kv);
     bool own = rope && c == p / CHUNK;
     int ready = own ? n - 1 : n;  // positions in the cache before the staging
-    const KV* kc = seq_cache<KV>(seqtab, s, layer, 0, kvd, lo) + kvh * hd;
-    const KV* vc = seq_cache<KV>(seqtab, s, layer, 1, kvd, lo) + kvh * hd;
+    const KV* kc = seq_cache<KV>(seqtab, s, layer, 0, pitch, lo) + kvh * hd;
+    const KV* vc = seq_cache<KV>(seqtab, s, layer, 1, pitch, lo) + kvh * hd;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int e = lane * 4;
     bool on = e < hd;
     R kr[G], vr[G];
 #pragma unroll
     for (int u = 0; u < G; u++) {
-        kr[u] = kv_row(kc, warp + nw * u, ready, kvd, e, on);
-        vr[u] = kv_row(vc, warp + nw * u, ready, kvd, e, on);
+        kr[u] = kv_row(kc, warp + nw * u, ready, pitch, e, on);
+        vr[u] = kv_row(vc, warp + nw * u, ready, pitch, e, on);
+    }
+    // q8: the chunk's key scales, then its value scales, in shared memory by the barrier before
+    // the softmax (loaded here, with the early loads, by threads 0..CHUNK - 1: blocks have at
+    // least 128; the row's own from attn_begin).
+    __shared__ float kvsc[IsQ8<KV>::v ? 2 * CHUNK : 1];
+    float ksr = 0.f, vsr = 0.f;
+    if constexpr (IsQ8<KV>::v) {
+        if (threadIdx.x < ready) {
+            size_t at = (size_t)threadIdx.x * pitch + kvd - kvh * hd;
+            ksr = ((const float*)(kc + at))[kvh];
+            vsr = ((const float*)(vc + at))[kvh];
+        }
     }
     AttnBlock b;
     attn_begin<KV, true>(b, qkv, stride, pos, s, seqtab, layer, n_heads, n_kv, hd, cosT, sinT, rope, c, kvh, r);
+    if constexpr (IsQ8<KV>::v) {
+        if (threadIdx.x < ready) {
+            kvsc[threadIdx.x] = ksr;
+            kvsc[CHUNK + threadIdx.x] = vsr;
+        }
+        if (own && threadIdx.x == 0) {
+            kvsc[n - 1] = b.acc[hd / 2];
+            kvsc[CHUNK + n - 1] = b.acc[hd / 2 + 1];
+        }
+    }
     if (own && on) {
         R fk = *(const R*)((const KV*)b.acc + e), fv = *(const R*)((const KV*)b.acc + hd + e);
 #pragma unroll
@@ -1760,7 +1876,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         int i0 = warp + nw * u0;
         if (i0 >= n) break;
         float4 k[4];
-        kv_round<KV, G>(k, kr, kc, u0, i0, nw, n, kvd, e, on);
+        kv_round<KV, G>(k, kr, kc, u0, i0, nw, n, pitch, e, on);
         if (GROUP > 0) {
             // d[h * 4 + u]: query head h against position i0 + nw u.
             const int NV = 4 * (GROUP > 0 ? GROUP : 1), SH = NV == 32 ? 0 : NV == 16 ? 1 : NV == 8 ? 2 : 3;
@@ -1794,7 +1910,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     }
     __syncthreads();
     __shared__ float ml[2 * 32];
-    attn_softmax(b, ml, nw);
+    attn_softmax<IsQ8<KV>::v>(b, ml, nw, kvsc, kvsc + CHUNK);
     __syncthreads();
     float o[8][4];
 #pragma unroll
@@ -1804,7 +1920,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
         int i0 = warp + nw * u0;
         if (i0 >= n) break;
         float4 v[4];
-        kv_round<KV, G>(v, vr, vc, u0, i0, nw, n, kvd, e, on);
+        kv_round<KV, G>(v, vr, vc, u0, i0, nw, n, pitch, e, on);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             int i = i0 + nw * u;
@@ -1850,6 +1966,8 @@ ATTN_ENTRY(attn_vec_f32, float, 8)
 ATTN_ENTRY(attn_vec_f16, u16, 8)
 ATTN_ENTRY(attn_vec4_f32, float, 4)
 ATTN_ENTRY(attn_vec4_f16, u16, 4)
+ATTN_ENTRY(attn_vec_q8, i8, 8)
+ATTN_ENTRY(attn_vec4_q8, i8, 4)
 #endif
 // attn_one_*_g*: small decode steps on sm_90 (ATTN_ONE_ROWS in model/attention.rs), 8 warps, GROUP
 // query heads per kv head, a cluster of one block per chunk (the host launches it with cluster
@@ -1874,10 +1992,28 @@ ATTN_ONE_ENTRY(attn_one_f16_g1, u16, 1)
 ATTN_ONE_ENTRY(attn_one_f16_g2, u16, 2)
 ATTN_ONE_ENTRY(attn_one_f16_g4, u16, 4)
 ATTN_ONE_ENTRY(attn_one_f16_g8, u16, 8)
+ATTN_ONE_ENTRY(attn_one_q8_g1, i8, 1)
+ATTN_ONE_ENTRY(attn_one_q8_g2, i8, 2)
+ATTN_ONE_ENTRY(attn_one_q8_g4, i8, 4)
+ATTN_ONE_ENTRY(attn_one_q8_g8, i8, 8)
 #endif
 #endif
 
 #if __CUDA_ARCH__ >= 800
+// mma.m16n8k32 with s8 A and s8 (hi) or u8 (lo) B.
+template <bool LO>
+__device__ __forceinline__ void imma_s8(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (LO)
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};"
+                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 // Attention over an f16 cache on the tensor cores (mma.m16n8k16, f32 accumulation), for blocks
 // of 4 warps, head_dim HD in {32, 64, 128} and at most 4 query heads per kv head. The vector
 // kernel above is bound by its instruction stream (ncu: 282 warp instructions per position and
@@ -1892,6 +2028,8 @@ ATTN_ONE_ENTRY(attn_one_f16_g8, u16, 8)
 // 2 tq + 8 (j >> 1) + {0, 1}; B register j rows 2 tq + 8 j + {0, 1}, column g; C element j row
 // g + 8 (j >> 1), column 2 tq + (j & 1). A dot product's terms may be put in any order as long
 // as A and B agree, so each lane's k-columns are taken where its loads are contiguous.
+// Over a q8 cache (KV = i8) the scores are integer mma instead and the values become f16 codes
+// (q8_load_k and what follows it).
 __device__ __forceinline__ void mma_f16(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -1952,6 +2090,94 @@ __device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int 
     attn_mma_load_k<HD>(kc, kvd, n, i0, g, tq, kr);
     attn_mma_load_v<HD>(vc, kvd, n, i0, g, tq, vw);
 }
+// A q8 cache on the tensor cores (attn_split_body): a warp's keys and values as codes, in
+// attn_mma_load's positions and dims (a key piece: 8 codes, a uint2, as they are: A of the
+// scores' integer mma; a value run: HD / 8 codes, HD / 32 words, each code XORed with 0x80 for
+// q8_f16x2: 0x80 past n, i.e. code 0), and the positions' scales (keys: g, g + 8; values:
+// 4 tq .. + 3; 0 past n). `soff`: bytes from a position's codes of this kv head to its scale.
+template <class KV, int HD>
+struct SplitRegs {  // f16: attn_mma_load's registers
+    typedef uint4 K;
+    static constexpr int VW = HD / 16;
+};
+template <int HD>
+struct SplitRegs<i8, HD> {
+    typedef uint2 K;
+    static constexpr int VW = HD / 32;
+};
+template <int HD>
+__device__ __forceinline__ void q8_load_k(const i8* kc, int pitch, int soff, int n, int i0, int g, int tq,
+                                          uint2 (&kr)[2][HD / 32], float (&ks)[2]) {
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int i = i0 + g + 8 * hh;
+        const i8* row = kc + (size_t)i * pitch;
+#pragma unroll
+        for (int j = 0; j < HD / 32; j++) {
+            kr[hh][j] = i < n ? *(const uint2*)(row + 32 * j + 8 * tq) : make_uint2(0, 0);
+        }
+        ks[hh] = i < n ? *(const float*)(row + soff) : 0.f;
+    }
+}
+template <int HD>
+__device__ __forceinline__ void q8_load_v(const i8* vc, int pitch, int soff, int n, int i0, int g, int tq,
+                                          u32 (&vw)[4][HD / 32], float (&vs)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        int i = i0 + 4 * tq + e;
+        const i8* row = vc + (size_t)i * pitch;
+        const i8* src = row + g * (HD / 8);
+        u32 w[HD / 32];
+        if (HD == 128) {
+            uint4 v = i < n ? *(const uint4*)src : make_uint4(0, 0, 0, 0);
+            w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+        } else if (HD == 64) {
+            uint2 v = i < n ? *(const uint2*)src : make_uint2(0, 0);
+            w[0] = v.x, w[1] = v.y;
+        } else {
+            w[0] = i < n ? *(const u32*)src : 0u;
+        }
+#pragma unroll
+        for (int t = 0; t < HD / 32; t++) vw[e][t] = w[t] ^ 0x80808080u;
+        vs[e] = i < n ? *(const float*)(row + soff) : 0.f;
+    }
+}
+// Two codes (bytes 0, 1 of w for sel 0x4140, bytes 2, 3 for 0x4342; XORed with 0x80) as an
+// f16x2: 1024 + 128 + code, less 1152, exact.
+__device__ __forceinline__ u32 q8_f16x2(u32 w, u32 sel) {
+    u32 t = __byte_perm(w, 0x64646464u, sel), r;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(t), "r"(0x64806480u));
+    return r;
+}
+// B of the q8 scores (mma.m16n8k32, s8): column g is query head g & 3 (qh) as 16-bit integers
+// q = rint(x / s), s = the head's largest magnitude / 32639 (1 / s: inv), split into
+// hi = (q + 128) >> 8 (columns 0..3) and lo = q - 256 hi (in [-128, 127]; columns 4..7), so that
+// 256 hi + lo = q exactly; b0 and b1 hold dims 32 j + 8 tq .. + 3 and + 4 .. + 7 (the dims of the
+// keys' pieces: a dot product's terms may go in any order as long as A and B agree). Zeros
+// where !qon.
+__device__ __forceinline__ void q8_q_frag(const float* qh, int j, int g, int tq, float inv, bool qon, u32& b0,
+                                          u32& b1) {
+    int d0 = 32 * j + 8 * tq;
+    u32 w[2] = {0u, 0u};
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        // rint by the float add of 1.5 * 2^23 (exact below 2^22; a quarter-rate conversion else).
+        int q = qon ? __float_as_int(__fadd_rn(qh[d0 + t] * inv, 12582912.f)) - 0x4b400000 : 0;
+        int hi = (q + 128) >> 8, part = g >= 4 ? q - 256 * hi : hi;
+        w[t >> 2] |= (u32)(part & 0xff) << (8 * (t & 3));
+    }
+    b0 = w[0];
+    b1 = w[1];
+}
+// m-tile w of the weighted sum over q8 values (attn_value_mma's operands, converted).
+template <int HD>
+__device__ __forceinline__ void q8_value_mma(float (&o)[4], const u32 (&vw)[4][HD / 32], int w, u32 p0, u32 p1) {
+    u32 sel = w & 1 ? 0x4342 : 0x4140, v[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) v[e] = q8_f16x2(vw[e][w >> 1], sel);
+    mma_f16(o, __byte_perm(v[0], v[1], 0x5410), __byte_perm(v[0], v[1], 0x7632), __byte_perm(v[2], v[3], 0x5410),
+            __byte_perm(v[2], v[3], 0x7632), p0, p1);
+}
 // The exponent ex that scales the block's staged query heads (group x HD) below 1 (2^-ex,
 // exact): from their largest magnitude, 0 where that is 0 or not finite.
 template <int HD>
@@ -1988,6 +2214,52 @@ __device__ __forceinline__ void attn_value_mma(float (&o)[4], const u32 (&vw)[4]
     mma_f16(o, __byte_perm(vw[0][w], vw[1][w], 0x5410), __byte_perm(vw[0][w], vw[1][w], 0x7632),
             __byte_perm(vw[2][w], vw[3][w], 0x5410), __byte_perm(vw[2][w], vw[3][w], 0x7632), p0, p1);
 }
+// The q8 kernels' B of the scores for the block's staged query heads (q8_q_frag, the whole
+// warp) and qscale: the integer queries' scales of heads hl and hl + 1 (this lane's C columns).
+template <int HD>
+__device__ __forceinline__ void q8_q_setup(const AttnBlock& b, int lane, int g, int tq, int hl, u32 (&qb)[HD / 16][2],
+                                           float (&qscale)[2]) {
+    // Every head's largest magnitude (the four reductions side by side), then this lane's B.
+    int group = b.group, hq = g & 3;
+    float inv = 0.f, mh[4];
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        mh[h] = 0.f;
+        if (h < group)
+#pragma unroll
+            for (int i = lane; i < HD; i += 32) mh[h] = fmaxf(mh[h], fabsf(b.qs[h * HD + i]));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int h = 0; h < 4; h++) mh[h] = fmaxf(mh[h], __shfl_xor_sync(FULL, mh[h], o));
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+        float m = mh[h];
+        float sh = m > 0.f && m < INFINITY ? m / 32639.f : 0.f;
+        if (h == hq) inv = sh > 0.f ? 1.f / sh : 0.f;
+        if (h == hl) qscale[0] = sh;
+        if (h == hl + 1) qscale[1] = sh;
+    }
+#pragma unroll
+    for (int j = 0; j < HD / 32; j++) q8_q_frag(b.qs + hq * HD, j, g, tq, inv, hq < group, qb[j][0], qb[j][1]);
+}
+// The q8 scores of one k-block pass: exact integer sums of the codes against the queries' hi and
+// lo columns (si), then as floats: 256 hi + lo (this lane holds hi where tq < 2, its partner
+// tq ^ 2 lo) times the query's scale (qscale[t & 1]), the key's (ks[t >> 1]) and `scaling`.
+template <int HD>
+__device__ __forceinline__ void q8_scores(float (&sc)[4], const uint2 (&kr)[2][HD / 32], const u32 (&qb)[HD / 16][2],
+                                          int tq, const float (&qscale)[2], const float (&ks)[2], float scaling) {
+    int si[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < HD / 32; j++) imma_s8<false>(si, kr[0][j].x, kr[1][j].x, kr[0][j].y, kr[1][j].y, qb[j][0], qb[j][1]);
+#pragma unroll
+    for (int t = 0; t < 4; t++) {
+        int other = __shfl_xor_sync(FULL, si[t], 2);
+        int q = tq < 2 ? 256 * si[t] + other : 256 * other + si[t];
+        sc[t] = (float)q * qscale[t & 1] * ks[t >> 1] * scaling;
+    }
+}
 // A warp's weighted sums into acc: hi + lo columns added (o[w][j]: dim g * HD/8 + 2w + (j >> 1),
 // column 2 tq + (j & 1)), lanes tq < 2 storing query heads h0 = 2 tq and h0 + 1, scaled by f[0]
 // and f[1] where SCALE.
@@ -2012,7 +2284,7 @@ __device__ __forceinline__ void attn_acc_store(float* acc, int group, float (&o)
         }
     }
 }
-template <int HD>
+template <class KV, int HD>
 __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                               int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
                               const float* cosT, const float* sinT, int rope, u32* counters, float* out, int c,
@@ -2029,37 +2301,62 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
     int g = lane >> 2, tq = lane & 3;
     int i0 = warp * 16;  // the warp's 16 positions of the chunk
     int sq = seq ? seq[r] : r;
-    const u16* kc = seq_cache<u16>(seqtab, sq, layer, 0, kvd, lo) + kvh * HD;
-    const u16* vc = seq_cache<u16>(seqtab, sq, layer, 1, kvd, lo) + kvh * HD;
-    uint4 kr[2][HD / 32];
-    u32 vw[4][HD / 16];
+    const int pitch = kv_pitch<KV>(kvd, n_kv), soff = kvd - kvh * HD + 4 * kvh;
+    const KV* kc = seq_cache<KV>(seqtab, sq, layer, 0, pitch, lo) + kvh * HD;
+    const KV* vc = seq_cache<KV>(seqtab, sq, layer, 1, pitch, lo) + kvh * HD;
+    typedef SplitRegs<KV, HD> Regs;
+    typename Regs::K kr[2][HD / 32];
+    u32 vw[4][Regs::VW];
+    float ks[2] = {0.f, 0.f}, vs[4] = {0.f, 0.f, 0.f, 0.f};  // q8: the positions' scales
+    auto load = [&]() {
+        if constexpr (IsQ8<KV>::v) {
+            q8_load_k<HD>(kc, pitch, soff, n, i0, g, tq, kr, ks);
+            q8_load_v<HD>(vc, pitch, soff, n, i0, g, tq, vw, vs);
+        } else {
+            attn_mma_load<HD>(kc, vc, kvd, n, i0, g, tq, kr, vw);
+        }
+    };
     bool early = !(rope && c == p / CHUNK);
-    if (early) attn_mma_load<HD>(kc, vc, kvd, n, i0, g, tq, kr, vw);
+    if (early) load();
     AttnBlock b;
-    attn_begin<u16>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c, kvh, r);
-    if (!early) attn_mma_load<HD>(kc, vc, kvd, n, i0, g, tq, kr, vw);
+    attn_begin<KV>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c, kvh, r);
+    if (!early) load();
     int group = b.group;
     // B of the scores: column g is query head g & 3 (hi for g < 4, lo beyond), scaled by 2^-ex.
     int hq = g & 3;
     bool qon = hq < group;
     const float* qh = b.qs + hq * HD;
-    int ex = attn_q_exp<HD>(b, lane);
-    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (IsQ8<KV>::v) {
+        u32 qb[HD / 16][2];
+        float qscale[2] = {1.f, 1.f}, s[4];
+        q8_q_setup<HD>(b, lane, g, tq, 2 * (tq & 1), qb, qscale);
+        q8_scores<HD>(s, kr, qb, tq, qscale, ks, scaling);
+        if (tq < 2) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-        u32 b0, b1;
-        attn_q_frag(qh, kk, g, tq, ex, qon, b0, b1);
-        attn_score_mma(s, kr[0][kk >> 1], kr[1][kk >> 1], kk, b0, b1);
-    }
-    // s[j]: position i0 + g + 8 (j >> 1), column 2 tq + (j & 1); lanes tq < 2 add the lo
-    // columns (lane tq + 2) to their hi ones.
+            for (int t = 0; t < 4; t++) {
+                int h = 2 * tq + (t & 1), i = i0 + g + 8 * (t >> 1);
+                if (h < group && i < n) b.sc[h * CHUNK + i] = s[t];
+            }
+        }
+    } else {
+        int ex = attn_q_exp<HD>(b, lane);
+        float s[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int t = 0; t < 4; t++) s[t] += __shfl_xor_sync(FULL, s[t], 2);
-    if (tq < 2) {
+        for (int kk = 0; kk < HD / 16; kk++) {
+            u32 b0, b1;
+            attn_q_frag(qh, kk, g, tq, ex, qon, b0, b1);
+            attn_score_mma(s, kr[0][kk >> 1], kr[1][kk >> 1], kk, b0, b1);
+        }
+        // s[j]: position i0 + g + 8 (j >> 1), column 2 tq + (j & 1); lanes tq < 2 add the lo
+        // columns (lane tq + 2) to their hi ones.
 #pragma unroll
-        for (int t = 0; t < 4; t++) {
-            int h = 2 * tq + (t & 1), i = i0 + g + 8 * (t >> 1);
-            if (h < group && i < n) b.sc[h * CHUNK + i] = ldexpf(s[t], ex) * scaling;
+        for (int t = 0; t < 4; t++) s[t] += __shfl_xor_sync(FULL, s[t], 2);
+        if (tq < 2) {
+#pragma unroll
+            for (int t = 0; t < 4; t++) {
+                int h = 2 * tq + (t & 1), i = i0 + g + 8 * (t >> 1);
+                if (h < group && i < n) b.sc[h * CHUNK + i] = ldexpf(s[t], ex) * scaling;
+            }
         }
     }
     __syncthreads();
@@ -2075,6 +2372,7 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
         for (int e = 0; e < 4; e++) {
             int i = i0 + 4 * tq + e;
             x[e] = i < n ? b.sc[hq * CHUNK + i] : 0.f;
+            if constexpr (IsQ8<KV>::v) x[e] *= vs[e];
         }
         split4(x, g >= 4, p0, p1);
     }
@@ -2082,7 +2380,10 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
 #pragma unroll
     for (int w = 0; w < HD / 16; w++) {
         o[w][0] = o[w][1] = o[w][2] = o[w][3] = 0.f;
-        attn_value_mma<HD>(o[w], vw, w, p0, p1);
+        if constexpr (IsQ8<KV>::v)
+            q8_value_mma<HD>(o[w], vw, w, p0, p1);
+        else
+            attn_value_mma<HD>(o[w], vw, w, p0, p1);
     }
     const float one[2] = {1.f, 1.f};
     attn_acc_store<HD, false>(b.acc, group, o, warp, g, tq, 2 * tq, one);
@@ -2106,7 +2407,7 @@ __device__ void attn_mma_body(const float* qkv, int stride, const u32* pos, cons
 // several chunks, and the partials to merge drop from C to ns. Dynamic shared memory as
 // attn_mma_body's for WARPS warps (the warps' weights on their way to B's layout use acc's
 // place).
-template <int HD, int WARPS, bool AHEAD>
+template <class KV, int HD, int WARPS, bool AHEAD>
 __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,
                                 int layer, int n_heads, int n_kv, float scaling, float* part, int maxchunks,
                                 const float* cosT, const float* sinT, int rope, u32* counters, float* out, int s,
@@ -2123,33 +2424,55 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     int i0 = (warp & 3) * 16;  // the warp's 16 positions of each chunk
     int cw = c0 + warp / 4;    // its first chunk; then every (WARPS / 4)-th
     int sq = seq ? seq[r] : r;
-    const u16* kc = seq_cache<u16>(seqtab, sq, layer, 0, kvd, 0) + kvh * HD;
-    const u16* vc = seq_cache<u16>(seqtab, sq, layer, 1, kvd, 0) + kvh * HD;
-    auto at = [&](int c) { return (size_t)c * CHUNK * kvd; };
+    const int pitch = kv_pitch<KV>(kvd, n_kv), soff = kvd - kvh * HD + 4 * kvh;
+    const KV* kc = seq_cache<KV>(seqtab, sq, layer, 0, pitch, 0) + kvh * HD;
+    const KV* vc = seq_cache<KV>(seqtab, sq, layer, 1, pitch, 0) + kvh * HD;
+    auto at = [&](int c) { return (size_t)c * CHUNK * pitch; };
     auto len = [&](int c) { return min(CHUNK, p + 1 - c * CHUNK); };
-    uint4 kr[2][HD / 32];
-    u32 vw[4][HD / 16];
+    typedef SplitRegs<KV, HD> Regs;
+    typename Regs::K kr[2][HD / 32];
+    u32 vw[4][Regs::VW];
+    float ks[2] = {0.f, 0.f}, vs[4] = {0.f, 0.f, 0.f, 0.f};  // q8: the positions' scales
+    // One chunk's keys, values or both into the registers given.
+    auto load_k = [&](int c, typename Regs::K(&k)[2][HD / 32], float(&kscale)[2]) {
+        if constexpr (IsQ8<KV>::v)
+            q8_load_k<HD>(kc + at(c), pitch, soff, len(c), i0, g, tq, k, kscale);
+        else
+            attn_mma_load_k<HD>(kc + at(c), kvd, len(c), i0, g, tq, k);
+    };
+    auto load_v = [&](int c, u32(&v)[4][Regs::VW], float(&vscale)[4]) {
+        if constexpr (IsQ8<KV>::v)
+            q8_load_v<HD>(vc + at(c), pitch, soff, len(c), i0, g, tq, v, vscale);
+        else
+            attn_mma_load_v<HD>(vc + at(c), kvd, len(c), i0, g, tq, v);
+    };
     // The first chunk's loads go out before the queries are staged unless it is the chunk whose
     // key and value this block stores first (decode's own position, in the last split).
     bool early = !(rope && cw == nchunks - 1);
-    if (s < ns && early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    if (s < ns && early && cw < c1) load_k(cw, kr, ks), load_v(cw, vw, vs);
     PDL_ENTRY();
     if (s >= ns) return;
     AttnBlock b;
-    attn_begin<u16>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh, r);
-    if (!early && cw < c1) attn_mma_load<HD>(kc + at(cw), vc + at(cw), kvd, len(cw), i0, g, tq, kr, vw);
+    attn_begin<KV>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh, r);
+    if (!early && cw < c1) load_k(cw, kr, ks), load_v(cw, vw, vs);
     int group = b.group;
     // B of the scores, as attn_mma_body's, once for all chunks.
     int hq = g & 3;
     bool qon = hq < group;
     const float* qh = b.qs + hq * HD;
-    int ex = attn_q_exp<HD>(b, lane);
+    int ex = 0;
     u32 qb[HD / 16][2];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) attn_q_frag(qh, kk, g, tq, ex, qon, qb[kk][0], qb[kk][1]);
     // This lane's scores and outputs belong to query heads hl + (j & 1) (C column 2 tq + (j & 1),
     // lo halves in columns 4..7).
     int hl = 2 * (tq & 1);
+    float qscale[2] = {1.f, 1.f};  // q8: the integer queries' scales, of heads hl and hl + 1
+    if constexpr (IsQ8<KV>::v) {
+        q8_q_setup<HD>(b, lane, g, tq, hl, qb, qscale);
+    } else {
+        ex = attn_q_exp<HD>(b, lane);
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) attn_q_frag(qh, kk, g, tq, ex, qon, qb[kk][0], qb[kk][1]);
+    }
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     float o[HD / 16][4];
 #pragma unroll
@@ -2157,19 +2480,29 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     float* ws = b.acc + 16 * warp;  // the warp's weights, [head][16 WARPS], until the partials
     for (int c = cw; c < c1; c += WARPS / 4) {
         int n = len(c), cn = c + WARPS / 4;
-        uint4 nkr[2][HD / 32];
-        u32 nvw[4][HD / 16];
-        if (AHEAD && cn < c1) attn_mma_load<HD>(kc + at(cn), vc + at(cn), kvd, len(cn), i0, g, tq, nkr, nvw);
+        typename Regs::K nkr[2][HD / 32];
+        u32 nvw[4][Regs::VW];
+        float nks[2] = {0.f, 0.f}, nvs[4] = {0.f, 0.f, 0.f, 0.f};
+        if (AHEAD && cn < c1) load_k(cn, nkr, nks), load_v(cn, nvw, nvs);
         float sc[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (IsQ8<KV>::v) {
+            q8_scores<HD>(sc, kr, qb, tq, qscale, ks, scaling);
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) attn_score_mma(sc, kr[0][kk >> 1], kr[1][kk >> 1], kk, qb[kk][0], qb[kk][1]);
-        if (!AHEAD && cn < c1) attn_mma_load_k<HD>(kc + at(cn), kvd, len(cn), i0, g, tq, kr);
+            for (int kk = 0; kk < HD / 16; kk++)
+                attn_score_mma(sc, kr[0][kk >> 1], kr[1][kk >> 1], kk, qb[kk][0], qb[kk][1]);
+        }
+        if (!AHEAD && cn < c1) load_k(cn, kr, ks);
         float mx[2];
 #pragma unroll
         for (int t = 0; t < 4; t++) {
-            sc[t] += __shfl_xor_sync(FULL, sc[t], 2);
             bool on = i0 + g + 8 * (t >> 1) < n && hl + (t & 1) < group;
-            sc[t] = on ? ldexpf(sc[t], ex) * scaling : -INFINITY;
+            if constexpr (IsQ8<KV>::v) {
+                sc[t] = on ? sc[t] : -INFINITY;
+            } else {
+                sc[t] += __shfl_xor_sync(FULL, sc[t], 2);
+                sc[t] = on ? ldexpf(sc[t], ex) * scaling : -INFINITY;
+            }
         }
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -2211,18 +2544,30 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
             float x[4];
 #pragma unroll
             for (int e = 0; e < 4; e++) x[e] = ws[hq * 16 * WARPS + 4 * tq + e];
+            if constexpr (IsQ8<KV>::v) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) x[e] *= vs[e];
+            }
             split4(x, g >= 4, p0, p1);
         }
 #pragma unroll
-        for (int w = 0; w < HD / 16; w++) attn_value_mma<HD>(o[w], vw, w, p0, p1);
-        if (!AHEAD && cn < c1) attn_mma_load_v<HD>(vc + at(cn), kvd, len(cn), i0, g, tq, vw);
+        for (int w = 0; w < HD / 16; w++) {
+            if constexpr (IsQ8<KV>::v)
+                q8_value_mma<HD>(o[w], vw, w, p0, p1);
+            else
+                attn_value_mma<HD>(o[w], vw, w, p0, p1);
+        }
+        if (!AHEAD && cn < c1) load_v(cn, vw, vs);
         if (AHEAD && cn < c1) {
 #pragma unroll
             for (int j = 0; j < HD / 32; j++) kr[0][j] = nkr[0][j], kr[1][j] = nkr[1][j];
 #pragma unroll
             for (int e = 0; e < 4; e++)
 #pragma unroll
-                for (int w = 0; w < HD / 16; w++) vw[e][w] = nvw[e][w];
+                for (int w = 0; w < Regs::VW; w++) vw[e][w] = nvw[e][w];
+            ks[0] = nks[0], ks[1] = nks[1];
+#pragma unroll
+            for (int e = 0; e < 4; e++) vs[e] = nvs[e];
         }
     }
     // The warps' partials onto the block's maximum per head: (m, l) through shared memory, each
@@ -2258,39 +2603,51 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     __syncthreads();
     attn_end(b, ml, WARPS, n_heads, n_kv, HD, part, maxchunks, counters, out, s, ns, kvh, r);
 }
-#define ATTN_SPLIT_ENTRY(NAME, HD, WARPS, AHEAD)                                                                \
+#define ATTN_SPLIT_ENTRY(NAME, HD, WARPS, AHEAD, KV)                                                            \
     extern "C" __global__ void __launch_bounds__(32 * WARPS)                                                  \
         NAME(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab, int layer, int nh, \
              int nkv, int hd, float scaling, float* part, int maxchunks, const float* cosT, const float* sinT,  \
              int rope, u32* counters, float* out) {                                                            \
-        attn_split_body<HD, WARPS, AHEAD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part,         \
+        attn_split_body<KV, HD, WARPS, AHEAD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part,         \
                                           maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
                                           blockIdx.z);                                                         \
     }
 #if IN_PART(9)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4, false)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4, false)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4, false)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8, false)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8, false)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8, false)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h32, 32, 4, true)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h64, 64, 4, true)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4, false, u16)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4, false, u16)
+ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4, false, u16)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8, false, u16)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8, false, u16)
+ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8, false, u16)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h32, 32, 4, true, u16)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h64, 64, 4, true, u16)
+ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true, u16)
+ATTN_SPLIT_ENTRY(attn_split4_q8_h32, 32, 4, false, i8)
+ATTN_SPLIT_ENTRY(attn_split4_q8_h64, 64, 4, false, i8)
+ATTN_SPLIT_ENTRY(attn_split4_q8_h128, 128, 4, false, i8)
+ATTN_SPLIT_ENTRY(attn_split8_q8_h32, 32, 8, false, i8)
+ATTN_SPLIT_ENTRY(attn_split8_q8_h64, 64, 8, false, i8)
+ATTN_SPLIT_ENTRY(attn_split8_q8_h128, 128, 8, false, i8)
+ATTN_SPLIT_ENTRY(attn_split4a_q8_h32, 32, 4, true, i8)
+ATTN_SPLIT_ENTRY(attn_split4a_q8_h64, 64, 4, true, i8)
+ATTN_SPLIT_ENTRY(attn_split4a_q8_h128, 128, 4, true, i8)
 #endif
-#define ATTN_MMA_ENTRY(HD)                                                                                      \
+#define ATTN_MMA_ENTRY(HD, KV, SFX)                                                                             \
     extern "C" __global__ void __launch_bounds__(128)                                                         \
-        attn_mma_f16_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \
+        attn_mma_##SFX##_h##HD(const float* qkv, int stride, const u32* pos, const u32* seq, const u32* seqtab,    \
                            int layer, int nh, int nkv, int hd, float scaling, float* part, int maxchunks,      \
                            const float* cosT, const float* sinT, int rope, u32* counters, float* out) {        \
         PDL_ENTRY();                                                                                           \
-        attn_mma_body<HD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, sinT, \
+        attn_mma_body<KV, HD>(qkv, stride, pos, seq, seqtab, layer, nh, nkv, scaling, part, maxchunks, cosT, sinT, \
                           rope, counters, out, blockIdx.x, blockIdx.y, blockIdx.z);                            \
     }
 #if IN_PART(9)
-ATTN_MMA_ENTRY(32)
-ATTN_MMA_ENTRY(64)
-ATTN_MMA_ENTRY(128)
+ATTN_MMA_ENTRY(32, u16, f16)
+ATTN_MMA_ENTRY(64, u16, f16)
+ATTN_MMA_ENTRY(128, u16, f16)
+ATTN_MMA_ENTRY(32, i8, q8)
+ATTN_MMA_ENTRY(64, i8, q8)
+ATTN_MMA_ENTRY(128, i8, q8)
 #endif
 #endif
 
@@ -2943,20 +3300,6 @@ extern "C" __global__ void split_rows_i16(const float* x, int m, int mpad, int c
     split_rows_i16_body(x, m, mpad, cols, out);
 }
 #endif
-// mma.m16n8k32 with s8 A and s8 (hi) or u8 (lo) B.
-template <bool LO>
-__device__ __forceinline__ void imma_s8(int (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    if (LO)
-        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-        asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};"
-                     : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 // Stage chunk `ch` (128 columns) of the planes of rows 0..nrows into `buf` (one cp.async group).
 __device__ __forceinline__ void head_i16_stage(const unsigned char* xq, int cols, int ch, int nrows, char* buf) {
     for (int i = threadIdx.x; i < nrows * 16; i += blockDim.x) {

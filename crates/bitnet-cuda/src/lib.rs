@@ -38,6 +38,33 @@ pub enum KvType {
     F16,
     /// f32, as the CPU path stores it.
     F32,
+    /// int8 codes with one f32 scale per position and key/value head (`absmax / 127`), as the
+    /// CPU's q8 cache stores them, code for code: about a quarter of f32's bytes (each position's
+    /// row padded to 16 bytes). Attention runs on the same kernels as over f16 (the tensor cores'
+    /// scores then exact integer sums: `tensor_core_attention` in `model/attention.rs`).
+    Q8,
+}
+
+impl KvType {
+    /// Bytes one position of one layer's keys (or values) takes: `n_kv_heads * head_dim`
+    /// elements, and for q8 their scales, the row padded to 16 bytes.
+    pub fn row_bytes(self, n_kv_heads: usize, head_dim: usize) -> usize {
+        let kvd = n_kv_heads * head_dim;
+        match self {
+            KvType::F16 => 2 * kvd,
+            KvType::F32 => 4 * kvd,
+            KvType::Q8 => (kvd + 4 * n_kv_heads).next_multiple_of(16),
+        }
+    }
+
+    /// The kernels' name part (`rope_kv_q8`, `attn_vec_f16`, ...).
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+            KvType::Q8 => "q8",
+        }
+    }
 }
 
 /// How the output head is stored on the GPU.

@@ -453,13 +453,6 @@ impl CudaModel {
         lane.as_ref().unwrap_or(&self.gpu)
     }
 
-    fn kv_elem(&self) -> usize {
-        match self.opts.kv {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
-        }
-    }
-
     /// One BitLinear: RMSNorm (of `act(gate) * up` for modes 1, 2) and int8 quantization of `n`
     /// rows of `x = (address, row stride, norm weight, width, mode)`, then the ternary product
     /// with `w` into `out = (address, row stride, accumulate, glu)`. Decode-sized batches run as
@@ -1189,10 +1182,7 @@ fn graph_chunks(needed: usize, max_chunks: usize) -> usize {
 }
 
 fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
-    let sfx = match kv {
-        KvType::F16 => "f16",
-        KvType::F32 => "f32",
-    };
+    let sfx = kv.suffix();
     let mma = match (
         gpu.optional_function("ternary_mma_1"),
         gpu.optional_function("ternary_mma_2"),
@@ -1346,7 +1336,8 @@ impl Accelerator for CudaModel {
     }
 
     fn kv_bytes_per_position(&self) -> usize {
-        self.config.n_layers * 2 * self.config.kv_dim() * self.kv_elem()
+        let c = &self.config;
+        c.n_layers * 2 * self.opts.kv.row_bytes(c.n_kv_heads, c.head_dim)
     }
 
     fn weight_bytes_per_token(&self) -> u64 {

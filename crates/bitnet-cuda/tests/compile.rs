@@ -67,5 +67,13 @@ fn kernels_compile_for_supported_architectures() {
             arch == "sm_90",
             "{arch}: clusters from sm_90"
         );
+        // The q8 cache's kernels: everywhere but the tensor-core split from sm_80 and the
+        // cluster kernel from sm_90, as for f16.
+        for name in ["rope_kv_q8", "attn_vec_q8", "attn_vec4_q8"] {
+            assert!(all.contains(name), "{arch}: {name}");
+        }
+        assert_eq!(all.contains("attn_split4_q8_h128"), has_mma, "{arch}");
+        assert_eq!(all.contains("attn_mma_q8_h128"), has_mma, "{arch}");
+        assert_eq!(all.contains("attn_one_q8_g4"), arch == "sm_90", "{arch}");
     }
 }

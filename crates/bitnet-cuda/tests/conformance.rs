@@ -427,42 +427,76 @@ fn head_kernels_equal_a_double_precision_product() {
     }
 }
 
-/// Attention as a prefill pass runs it, in f64 from the f16-rounded cache: per row and query
-/// head, the output and the largest |score| term sum (for the tolerance).
-fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<f64>) {
+/// A cache's keys or values as it holds them: rounded to f16, or q8 codes times their scale
+/// (per position and kv head of `hd` elements).
+fn as_stored(kv: bitnet_cuda::KvType, hd: usize, x: &[f32]) -> Vec<f64> {
+    match kv {
+        bitnet_cuda::KvType::Q8 => {
+            let mut codes = vec![0i8; hd];
+            x.chunks(hd)
+                .flat_map(|head| {
+                    let s = bitnet_model::quantize_q8(head, &mut codes);
+                    codes
+                        .iter()
+                        .map(move |&c| c as f64 * s as f64)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        }
+        _ => x
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32() as f64)
+            .collect(),
+    }
+}
+
+/// Attention as a prefill pass runs it, in f64 from the cache as it holds keys and values: per
+/// row and query head, the output, the largest |score| term sum (for the tolerance), and the
+/// most a score moves where the query is rounded to 16-bit integers of its largest magnitude
+/// / 32639 (the q8 tensor-core kernels' integer scores): sum |k| * max |q| / 65278, times the
+/// scaling.
+fn attention_reference(case: &bitnet_cuda::AttentionCase<'_>) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (hd, group) = (case.head_dim, case.n_heads / case.n_kv_heads);
     let kvd = case.n_kv_heads * hd;
-    let r16 = |x: f32| half::f16::from_f32(x).to_f32() as f64;
     let scaling = (hd as f64).powf(-0.5);
-    let (mut out, mut scale) = (Vec::new(), Vec::new());
+    let stored: Vec<(Vec<f64>, Vec<f64>)> = case
+        .caches
+        .iter()
+        .map(|(k, v)| (as_stored(case.kv, hd, k), as_stored(case.kv, hd, v)))
+        .collect();
+    let (mut out, mut scale, mut q_round) = (Vec::new(), Vec::new(), Vec::new());
     for (s, p, q) in case.rows {
-        let (keys, values) = &case.caches[*s];
+        let (keys, values) = &stored[*s];
         for h in 0..case.n_heads {
             let kv = (h / group) * hd;
             let q = &q[h * hd..(h + 1) * hd];
-            let (mut scores, mut magnitude) = (Vec::new(), 0f64);
+            let q_max = q.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+            let (mut scores, mut magnitude, mut k_sum) = (Vec::new(), 0f64, 0f64);
             for i in 0..=*p {
                 let k = &keys[i * kvd + kv..i * kvd + kv + hd];
-                let terms = q.iter().zip(k).map(|(&a, &b)| a as f64 * r16(b));
+                let terms = q.iter().zip(k).map(|(&a, &b)| a as f64 * b);
                 scores.push(terms.clone().sum::<f64>() * scaling);
                 magnitude = magnitude.max(terms.map(f64::abs).sum::<f64>() * scaling);
+                k_sum = k_sum.max(k.iter().map(|x| x.abs()).sum::<f64>());
             }
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
             let l: f64 = w.iter().sum();
             for d in 0..hd {
-                let o: f64 = (0..=*p).map(|i| w[i] * r16(values[i * kvd + kv + d])).sum();
+                let o: f64 = (0..=*p).map(|i| w[i] * values[i * kvd + kv + d]).sum();
                 out.push(o / l);
             }
             scale.push(magnitude);
+            q_round.push(k_sum * q_max / 65278.0 * scaling);
         }
     }
-    (out, scale)
+    (out, scale, q_round)
 }
 
 /// The attention kernels (128-thread vector; tensor cores, the cluster kernel of small decode
 /// steps and the split kernel of batched decode in each block shape, in 1, 3 and 16 splits, where the case and the
-/// device allow) against an f64 reference on random shapes: head
+/// device allow), over f16 caches (cases 0-19) and q8 caches (20-39: the same shapes), against an f64
+/// reference on random shapes: head
 /// sizes 16..128, 1-4 or 8 query heads per key/value head, several sequences of up to 300
 /// positions (several chunks: the merge; up to 1,000 in every fifth case: clusters of 9-16
 /// chunks), rows anywhere in them, and queries scaled by 1e-3..1e3 (the tensor-core kernel
@@ -474,7 +508,9 @@ fn attention_kernels_equal_a_double_precision_reference() {
     use bitnet_cuda::AttentionKernel as K;
     use bitnet_cuda::SplitBlock as S;
     let (mut ran_mma, mut ran_cluster, mut ran_split) = (0, 0, 0);
+    let (mut ran_q8, mut ran_q8_mma) = (0, 0);
     for case_no in 0..40 {
+        let kv = [bitnet_cuda::KvType::F16, bitnet_cuda::KvType::Q8][(case_no / 20) % 2];
         let hd = [16, 32, 64, 128][case_no % 4];
         let group = [1, 2, 3, 4, 8][(case_no / 4) % 5];
         let n_kv = rng.random_range(1..=3);
@@ -514,13 +550,14 @@ fn attention_kernels_equal_a_double_precision_reference() {
             })
             .collect();
         let case = bitnet_cuda::AttentionCase {
+            kv,
             n_heads: group * n_kv,
             n_kv_heads: n_kv,
             head_dim: hd,
             caches: &caches,
             rows: &rows,
         };
-        let (want, magnitude) = attention_reference(&case);
+        let (want, magnitude, q_round) = attention_reference(&case);
         let kernels = [
             K::Vector,
             K::TensorCores,
@@ -567,27 +604,40 @@ fn attention_kernels_equal_a_double_precision_reference() {
             ran_mma += (kernel == K::TensorCores) as usize;
             ran_cluster += (kernel == K::Cluster) as usize;
             ran_split += matches!(kernel, K::Split { .. }) as usize;
+            ran_q8 += (kv == bitnet_cuda::KvType::Q8) as usize;
+            ran_q8_mma += (kv == bitnet_cuda::KvType::Q8
+                && matches!(kernel, K::Split { .. } | K::TensorCores))
+                as usize;
             let mut worst = 0f64;
             for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                 // f32 scores carry ~1e-7 of their terms' magnitude; outputs are averages of
                 // values in [-1, 1].
-                let tol = 1e-5 * (1.0 + magnitude[i / hd]);
+                let mut tol = 1e-5 * (1.0 + magnitude[i / hd]);
+                if kv == bitnet_cuda::KvType::Q8
+                    && matches!(kernel, K::Split { .. } | K::TensorCores)
+                {
+                    // Scores off by at most e move each weight by a factor within e^(+-2e);
+                    // the values are within [-1, 1].
+                    tol += 2.2 * q_round[i / hd];
+                }
                 let err = (g as f64 - w).abs();
                 worst = worst.max(err / tol);
                 assert!(
                     err <= tol,
-                    "case {case_no} (hd {hd}, group {group}, kv heads {n_kv}, {kernel:?}): \
+                    "case {case_no} ({kv:?}, hd {hd}, group {group}, kv heads {n_kv}, {kernel:?}): \
                      output {i} is {g} but the reference gives {w} (tolerance {tol:.2e})"
                 );
             }
             eprintln!(
-                "case {case_no}: hd {hd} group {group} kv {n_kv} rows {} {kernel:?}: worst error {worst:.3} of tolerance",
+                "case {case_no}: {kv:?} hd {hd} group {group} kv {n_kv} rows {} {kernel:?}: worst error {worst:.3} of tolerance",
                 rows.len()
             );
         }
     }
     assert!(ran_mma > 0, "the tensor-core kernel ran in no case");
     assert!(ran_split > 0, "the split kernel ran in no case");
+    assert!(ran_q8_mma > 0, "no tensor-core kernel ran on a q8 cache");
+    assert!(ran_q8 > 0, "no kernel ran on a q8 cache");
     if gpu
         .arch
         .trim_start_matches("sm_")
@@ -604,6 +654,7 @@ fn attention_kernels_equal_a_double_precision_reference() {
     for (pos, q_len) in [(3, 128), (0, 100)] {
         let rows = vec![(0, pos, vec![1.0f32; q_len])];
         let case = bitnet_cuda::AttentionCase {
+            kv: bitnet_cuda::KvType::F16,
             n_heads: 2,
             n_kv_heads: 1,
             head_dim: 64,

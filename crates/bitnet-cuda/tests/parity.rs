@@ -177,6 +177,35 @@ fn f16_kv_matches_f32_kv_on_the_trained_default_model() {
     eprintln!("f16 vs f32 KV on the default model: max logit difference {d}");
 }
 
+/// The q8 cache on the GPU holds what the CPU's q8 cache holds (codes rounded the same way, one
+/// scale per position and head): over a 40-token prompt and 32 greedy steps of the trained
+/// default model (one kernel per operation; the prompt through `rope_kv_q8` and the vector
+/// attention, each step's own key and value quantized by the attention kernel) the same greedy
+/// tokens as the CPU with `--kv q8`, logits within 5e-2 (a key element on a rounding edge may
+/// take the neighbouring code on one side: the two compute it in different f32 orders), and
+/// the same tokens as the GPU's f32 cache.
+#[test]
+fn q8_kv_matches_the_cpu_q8_kv_on_the_trained_default_model() {
+    if !have_gpu() {
+        return;
+    }
+    let src = default_model();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default/model.gguf");
+    let file = Arc::new(bitnet_gguf::GgufFile::open(&path).unwrap());
+    let cpu = bitnet_model::load_gguf(file, &bitnet_core::scalar::ScalarKernel)
+        .unwrap()
+        .with_kv_type(bitnet_model::KvType::Q8);
+    let (lc, tc) = greedy_steps(&cpu, 32);
+    let (lq, tq) = greedy_steps(&on_gpu(&src, KvType::Q8, HeadType::Native), 32);
+    let (_, t32) = greedy_steps(&on_gpu(&src, KvType::F32, HeadType::Native), 32);
+    let d = max_diff(&lq, &lc);
+    eprintln!("q8 KV, GPU vs CPU on the default model: max logit difference {d}");
+    assert_eq!(tq, tc, "greedy tokens: GPU q8 cache against the CPU's");
+    assert!(d < 5e-2, "GPU and CPU q8 caches: logits differ by {d}");
+    assert_eq!(tq, t32, "greedy tokens: q8 cache against f32 on the GPU");
+}
+
 /// The persistent decode step (every layer in one cooperative launch) computes exactly what one
 /// kernel per operation computes: same logits, bit for bit, over 48 greedy steps of the trained
 /// default model (context past one attention chunk, so chunk merging runs too).
@@ -296,7 +325,7 @@ fn batched_decode_of_40_sequences_matches_each_alone() {
         return;
     }
     let src = default_model();
-    for kv in [KvType::F32, KvType::F16] {
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
         let steps = batched_vs_alone(&src, kv, 40);
         check_batched(kv, &steps);
     }
@@ -315,7 +344,13 @@ fn batched_decode_of_100_sequences_in_two_lanes_matches_each_alone() {
     check_batched(KvType::F16, &steps);
 }
 
-/// Every step's greedy token the same, within 2e-2, and 95% within 1e-4.
+/// Every step's greedy token the same, within 2e-2, and 95% within 1e-4. With the q8 cache a key
+/// or value element whose f32 value the two paths compute in another order can take the
+/// neighbouring code (1/254 of its head vector's largest magnitude), and the code stays in the
+/// cache for every later step: there (H200, 2026-11-30) 140 of the 240 steps stayed within
+/// 1e-4 and the others moved by up to 1.3e-2, from a sequence's first differing step on, so the
+/// q8 cache must give the same tokens, stay within 5e-2 (the GPU's q8 cache against the CPU's:
+/// 1.6e-2), and keep 40% of the steps within 1e-4.
 fn check_batched(kv: KvType, steps: &[Step]) {
     let report: Vec<String> = steps
         .iter()
@@ -324,9 +359,14 @@ fn check_batched(kv: KvType, steps: &[Step]) {
         .collect();
     let report = format!("{kv:?} cache, steps beyond 1e-4:\n{}", report.join("\n"));
     let close = steps.iter().filter(|s| s.diff <= 1e-4).count();
+    let (bound, share) = if kv == KvType::Q8 {
+        (5e-2, 40)
+    } else {
+        (2e-2, 95)
+    };
     assert!(steps.iter().all(|s| s.same_token), "{report}");
-    assert!(steps.iter().all(|s| s.diff < 2e-2), "{report}");
-    assert!(close * 100 >= steps.len() * 95, "{report}");
+    assert!(steps.iter().all(|s| s.diff < bound), "{report}");
+    assert!(close * 100 >= steps.len() * share, "{report}");
     eprintln!("{kv:?} cache: {close} of {} steps within 1e-4", steps.len());
 }
 

@@ -154,9 +154,8 @@ impl EngineBuilder {
         self
     }
 
-    /// How the KV cache stores keys and values (default: f16, as llama.cpp). On a GPU f32 and
-    /// f16 map onto the backend's own types; q8 is CPU-only, and asking for it on a GPU (also
-    /// through [`Device::Auto`] finding one) is an error rather than a silent change of type.
+    /// How the KV cache stores keys and values (default: f16, as llama.cpp). On a GPU each maps
+    /// onto the backend's own type of the same name (q8: the same codes and scales as the CPU's).
     pub fn kv(mut self, kv: KvType) -> Self {
         self.kv = kv;
         self
@@ -202,14 +201,9 @@ impl EngineBuilder {
 
     /// Loads the model, its tokenizer and chat template.
     pub fn build(self) -> Result<Engine, EngineError> {
-        // An explicit GPU with q8 fails before probing for the GPU: the answer is the same
-        // either way, and this one says what to change.
-        if matches!(self.device, Device::Cuda(_)) {
-            gpu_kv(self.kv)?;
-        }
         let (gpu, device_note) = self.pick_device()?;
-        // The GPU and its KV element type (`auto` finding a GPU with q8 fails here).
-        let gpu = gpu.map(|o| gpu_kv(self.kv).map(|kv| (o, kv))).transpose()?;
+        // The GPU and its KV element type.
+        let gpu = gpu.map(|o| (o, gpu_kv(self.kv)));
         let kernel: Arc<dyn LinearKernel> = match &self.kernel {
             Some(name) => {
                 bitnet_cpu::kernel_by_name(name).map_err(bitnet_model::ModelError::from)?
@@ -329,14 +323,12 @@ impl EngineBuilder {
     }
 }
 
-/// The GPU backend's KV element type for `kv`; q8 has none.
-fn gpu_kv(kv: KvType) -> Result<bitnet_cuda::KvType, EngineError> {
+/// The GPU backend's KV element type for `kv`.
+fn gpu_kv(kv: KvType) -> bitnet_cuda::KvType {
     match kv {
-        KvType::F32 => Ok(bitnet_cuda::KvType::F32),
-        KvType::F16 => Ok(bitnet_cuda::KvType::F16),
-        KvType::Q8 => Err(EngineError::Device(
-            "q8 KV cache is CPU-only; use --kv f16".into(),
-        )),
+        KvType::F32 => bitnet_cuda::KvType::F32,
+        KvType::F16 => bitnet_cuda::KvType::F16,
+        KvType::Q8 => bitnet_cuda::KvType::Q8,
     }
 }
 

@@ -38,7 +38,8 @@ pub enum KvType {
     /// kv head): 1 byte per element plus 4 per head vector. Each element is off by at most
     /// `s / 2` (0.39% of its head vector's largest magnitude); a score `q . k` by at most
     /// `sum|q_i| * s_k / 2`; the value mix, whose weights sum to 1, by at most the largest
-    /// `s_v / 2` attended, plus the scores' error carried through softmax. CPU only.
+    /// `s_v / 2` attended, plus the scores' error carried through softmax. The GPU backend's
+    /// q8 cache holds the same codes and scales.
     Q8,
 }
 

@@ -23,12 +23,15 @@ pub(super) fn attn_block(decode: bool, rows: usize, mma: bool) -> u32 {
 }
 
 /// Whether the tensor-core attention kernels (`attn_mma_*`, `attn_split*`) take a model: an f16
-/// cache, `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head.
+/// or q8 cache, `head_dim` 32, 64 or 128 and at most 4 query heads per key/value head. Over a
+/// q8 cache the scores are exact integer sums of the key codes and the queries as 16-bit
+/// integers (two int8 planes, one scale per head: each query element off by at most 1/65278 of
+/// its head's largest magnitude), and the value codes enter the weighted sums as f16, exactly.
 pub(super) fn tensor_core_attention(kv: KvType, head_dim: usize, group: usize) -> bool {
-    kv == KvType::F16 && matches!(head_dim, 32 | 64 | 128) && group <= 4
+    matches!(kv, KvType::F16 | KvType::Q8) && matches!(head_dim, 32 | 64 | 128) && group <= 4
 }
 
-/// The tensor-core attention for 128-thread blocks (`attn_mma_f16_h*`, sm_80+), where
+/// The tensor-core attention for 128-thread blocks (`attn_mma_{f16,q8}_h*`, sm_80+), where
 /// [`tensor_core_attention`] allows it; `None` otherwise.
 pub(super) fn attn_mma_kernel(
     gpu: &Gpu,
@@ -36,14 +39,15 @@ pub(super) fn attn_mma_kernel(
     head_dim: usize,
     group: usize,
 ) -> Option<Kernel> {
+    let name = format!("attn_mma_{}_h{head_dim}", kv.suffix());
     tensor_core_attention(kv, head_dim, group)
-        .then(|| gpu.optional_function(&format!("attn_mma_f16_h{head_dim}")))
+        .then(|| gpu.optional_function(&name))
         .flatten()
 }
 
-/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_f16_h*`, sm_80+),
-/// where [`tensor_core_attention`] allows it; `None` otherwise. Its dynamic shared memory is
-/// `attn_mma`'s for blocks of `shape.threads()`.
+/// The split tensor-core attention in blocks of `shape` (`attn_split{4,8,4a}_{f16,q8}_h*`,
+/// sm_80+), where [`tensor_core_attention`] allows it; `None` otherwise. Its dynamic shared
+/// memory is `attn_mma`'s for blocks of `shape.threads()`.
 pub(super) fn attn_split_kernel(
     gpu: &Gpu,
     kv: KvType,
@@ -51,7 +55,7 @@ pub(super) fn attn_split_kernel(
     group: usize,
     shape: SplitBlock,
 ) -> Option<Kernel> {
-    let name = format!("attn_split{}_f16_h{head_dim}", shape.suffix());
+    let name = format!("attn_split{}_{}_h{head_dim}", shape.suffix(), kv.suffix());
     tensor_core_attention(kv, head_dim, group)
         .then(|| gpu.optional_function(&name))
         .flatten()
@@ -193,10 +197,7 @@ pub(super) fn attn_one_kernel(
     if !matches!(group, 1 | 2 | 4 | 8) {
         return None;
     }
-    let sfx = match kv {
-        KvType::F16 => "f16",
-        KvType::F32 => "f32",
-    };
+    let sfx = kv.suffix();
     let kernel = gpu.optional_function(&format!("attn_one_{sfx}_g{group}"))?;
     let block = Kernel::WAVE_BLOCK;
     let smem = attn_smem_for(group, head_dim, block);
@@ -268,8 +269,10 @@ pub(super) fn attn_args(a: &AttnIo, (n_heads, n_kv, hd): (usize, usize, usize)) 
     ]
 }
 
-/// Attention over f16 key/value caches, as a prefill pass runs it, for conformance tests.
+/// Attention over f16 or q8 key/value caches, as a prefill pass runs it, for conformance tests.
 pub struct AttentionCase<'a> {
+    /// How the caches hold keys and values: f16 or q8 ([`KvType::F32`] is refused).
+    pub kv: KvType,
     /// Query heads.
     pub n_heads: usize,
     /// Key/value heads.
@@ -277,7 +280,7 @@ pub struct AttentionCase<'a> {
     /// Elements per head.
     pub head_dim: usize,
     /// Per sequence: its keys and values (`positions x n_kv_heads * head_dim` each), stored in
-    /// the cache as f16.
+    /// the cache as `kv` says (q8: [`bitnet_model::quantize_q8`] per position and head).
     pub caches: &'a [(Vec<f32>, Vec<f32>)],
     /// Per row: its sequence, its position (it attends to positions `0..=pos`) and its query
     /// heads (`n_heads * head_dim`).
@@ -289,6 +292,9 @@ pub(super) fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaE
     let (hd, nkv) = (case.head_dim, case.n_kv_heads);
     let (kvd, qd) = (nkv * hd, case.n_heads * hd);
     let bad = |why: String| Err(CudaError::Invalid(why));
+    if case.kv == KvType::F32 {
+        return bad("attention cases hold f16 or q8 caches".into());
+    }
     if nkv == 0 || !case.n_heads.is_multiple_of(nkv) || case.n_heads / nkv > 8 {
         return bad(format!(
             "{} query heads over {nkv} key/value heads",
@@ -319,13 +325,46 @@ pub(super) fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaE
     Ok(())
 }
 
+/// Rows of `n_kv_heads * head_dim` values as a `kv` cache holds them, one after another.
+fn cache_bytes<'a>(
+    kv: KvType,
+    n_kv: usize,
+    hd: usize,
+    values: impl Iterator<Item = &'a f32>,
+) -> Vec<u8> {
+    let values: Vec<f32> = values.copied().collect();
+    let kvd = n_kv * hd;
+    match kv {
+        KvType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        KvType::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        KvType::Q8 => {
+            let pitch = kv.row_bytes(n_kv, hd);
+            let mut out = vec![0u8; values.len() / kvd * pitch];
+            let mut codes = vec![0i8; hd];
+            for (row, dst) in values.chunks(kvd).zip(out.chunks_mut(pitch)) {
+                for (h, x) in row.chunks(hd).enumerate() {
+                    let scale = bitnet_model::quantize_q8(x, &mut codes);
+                    for (d, c) in dst[h * hd..(h + 1) * hd].iter_mut().zip(&codes) {
+                        *d = *c as u8;
+                    }
+                    dst[kvd + 4 * h..kvd + 4 * h + 4].copy_from_slice(&scale.to_le_bytes());
+                }
+            }
+            out
+        }
+    }
+}
+
 /// Which attention kernel [`attention_forward`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// The 128-thread vector kernel (`attn_vec4_f16`: prefill and batched decode without tensor
     /// cores).
     Vector,
-    /// The 128-thread tensor-core kernel (`attn_mma_f16_h*`: prefill and batched decode).
+    /// The 128-thread tensor-core kernel (`attn_mma_{f16,q8}_h*`: prefill and batched decode).
     TensorCores,
     /// The 256-thread cluster kernel of small decode steps (`attn_one_f16_g*`, sm_90), over
     /// every row of the case.
@@ -360,37 +399,38 @@ pub fn attention_forward(
         .max()
         .map_or(1, |p| p / CHUNK + 1);
     let unavailable = |what: &str| CudaError::Unavailable(format!("no {what} for this case"));
+    let kv = case.kv;
     let (k, block, cluster) = match kernel {
-        AttentionKernel::Vector => (gpu.function("attn_vec4_f16")?, 128, None),
+        AttentionKernel::Vector => (
+            gpu.function(&format!("attn_vec4_{}", kv.suffix()))?,
+            128,
+            None,
+        ),
         AttentionKernel::TensorCores => (
-            attn_mma_kernel(gpu, KvType::F16, hd, group)
+            attn_mma_kernel(gpu, kv, hd, group)
                 .ok_or_else(|| unavailable("tensor-core attention"))?,
             128,
             None,
         ),
         AttentionKernel::Cluster => {
-            let one = attn_one_kernel(gpu, KvType::F16, hd, group)
+            let one = attn_one_kernel(gpu, kv, hd, group)
                 .filter(|one| chunks <= one.max_chunks)
                 .ok_or_else(|| unavailable("cluster attention"))?;
             (one.kernel, Kernel::WAVE_BLOCK, Some(chunks as u32))
         }
         AttentionKernel::Split { shape, .. } => (
-            attn_split_kernel(gpu, KvType::F16, hd, group, shape)
+            attn_split_kernel(gpu, kv, hd, group, shape)
                 .ok_or_else(|| unavailable("split attention"))?,
             shape.threads(),
             None,
         ),
     };
-    // Each sequence's cache: [layer 0][k | v][positions][kv_dim].
+    // Each sequence's cache: [layer 0][k | v][positions][row].
     let mut caches = Vec::with_capacity(case.caches.len());
     let mut seqtab = Vec::with_capacity(3 * case.caches.len());
     for (k, v) in case.caches {
-        let f16s: Vec<u16> = k
-            .iter()
-            .chain(v)
-            .map(|&a| half::f16::from_f32(a).to_bits())
-            .collect();
-        let buf = gpu.upload(&f16s)?;
+        let bytes = cache_bytes(kv, nkv, hd, k.iter().chain(v));
+        let buf = gpu.upload(&bytes)?;
         let a = ptr(&buf, st);
         seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd) as u32]);
         caches.push(buf);
@@ -477,6 +517,7 @@ mod tests {
         let row = |s: usize, p: usize, q: usize| vec![(s, p, vec![0.0f32; q])];
         let case = |n_heads, n_kv_heads, head_dim, rows: &[(usize, usize, Vec<f32>)]| {
             check_attention_case(&AttentionCase {
+                kv: KvType::F16,
                 n_heads,
                 n_kv_heads,
                 head_dim,
@@ -485,6 +526,15 @@ mod tests {
             })
         };
         assert!(case(2, 1, 64, &row(0, 2, 128)).is_ok());
+        let f32_cache = check_attention_case(&AttentionCase {
+            kv: KvType::F32,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 64,
+            caches: &caches,
+            rows: &row(0, 2, 128),
+        });
+        assert!(matches!(f32_cache, Err(CudaError::Invalid(_))));
         for (n_heads, n_kv, hd, rows) in [
             (2, 1, 64, row(0, 3, 128)),  // position past the cache
             (2, 1, 64, row(1, 0, 128)),  // no such sequence
