@@ -1839,7 +1839,7 @@ __device__ void attn_vec_body(const float* qkv, int stride, const u32* pos, cons
     float ksr = 0.f, vsr = 0.f;
     if constexpr (IsQ8<KV>::v) {
         if (threadIdx.x < ready) {
-            size_t at = (size_t)threadIdx.x * pitch + kvd - kvh * hd;
+            size_t at = (size_t)threadIdx.x * pitch + kvd - kvh * hd;  // the row's scales
             ksr = ((const float*)(kc + at))[kvh];
             vsr = ((const float*)(vc + at))[kvh];
         }
@@ -2098,6 +2098,12 @@ __device__ __forceinline__ void attn_mma_load(const u16* kc, const u16* vc, int 
     attn_mma_load_k<HD>(kc, kvd, n, i0, g, tq, kr);
     attn_mma_load_v<HD>(vc, kvd, n, i0, g, tq, vw);
 }
+// One m-tile of a weighted sum: v[e] holds two dims (an f16x2) of position 4 tq + e; A row g
+// takes the first dim of the four positions, row g + 8 the second.
+__device__ __forceinline__ void value_mma(float (&o)[4], u32 v0, u32 v1, u32 v2, u32 v3, u32 p0, u32 p1) {
+    mma_f16(o, __byte_perm(v0, v1, 0x5410), __byte_perm(v0, v1, 0x7632), __byte_perm(v2, v3, 0x5410),
+            __byte_perm(v2, v3, 0x7632), p0, p1);
+}
 // A q8 cache on the tensor cores (attn_split_body): a warp's keys and values as codes, in
 // attn_mma_load's positions and dims (a key piece: 8 codes, a uint2, as they are: A of the
 // scores' integer mma; a value run: HD / 8 codes, HD / 32 words, each code XORed with 0x80 for
@@ -2180,11 +2186,9 @@ __device__ __forceinline__ void q8_q_frag(const float* qh, int j, int g, int tq,
 // m-tile w of the weighted sum over q8 values (attn_value_mma's operands, converted).
 template <int HD>
 __device__ __forceinline__ void q8_value_mma(float (&o)[4], const u32 (&vw)[4][HD / 32], int w, u32 p0, u32 p1) {
-    u32 sel = w & 1 ? 0x4342 : 0x4140, v[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) v[e] = q8_f16x2(vw[e][w >> 1], sel);
-    mma_f16(o, __byte_perm(v[0], v[1], 0x5410), __byte_perm(v[0], v[1], 0x7632), __byte_perm(v[2], v[3], 0x5410),
-            __byte_perm(v[2], v[3], 0x7632), p0, p1);
+    u32 sel = w & 1 ? 0x4342 : 0x4140;
+    value_mma(o, q8_f16x2(vw[0][w >> 1], sel), q8_f16x2(vw[1][w >> 1], sel), q8_f16x2(vw[2][w >> 1], sel),
+              q8_f16x2(vw[3][w >> 1], sel), p0, p1);
 }
 // The exponent ex that scales the block's staged query heads (group x HD) below 1 (2^-ex,
 // exact): from their largest magnitude, 0 where that is 0 or not finite.
@@ -2219,8 +2223,7 @@ __device__ __forceinline__ void attn_score_mma(float (&s)[4], const uint4& k0, c
 // m-tile w of the weighted sum: the values (attn_mma_load's words) times the weights' B.
 template <int HD>
 __device__ __forceinline__ void attn_value_mma(float (&o)[4], const u32 (&vw)[4][HD / 16], int w, u32 p0, u32 p1) {
-    mma_f16(o, __byte_perm(vw[0][w], vw[1][w], 0x5410), __byte_perm(vw[0][w], vw[1][w], 0x7632),
-            __byte_perm(vw[2][w], vw[3][w], 0x5410), __byte_perm(vw[2][w], vw[3][w], 0x7632), p0, p1);
+    value_mma(o, vw[0][w], vw[1][w], vw[2][w], vw[3][w], p0, p1);
 }
 // The q8 kernels' B of the scores for the block's staged query heads (q8_q_frag, the whole
 // warp) and qscale: the integer queries' scales of heads hl and hl + 1 (this lane's C columns).
@@ -2620,29 +2623,22 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
                                           maxchunks, cosT, sinT, rope, counters, out, blockIdx.x, blockIdx.y,  \
                                           blockIdx.z);                                                         \
     }
+// attn_split{SHAPE}_{SFX}_h{32,64,128}.
+#define ATTN_SPLIT_SIZES(SHAPE, WARPS, AHEAD, KV, SFX)                         \
+    ATTN_SPLIT_ENTRY(attn_split##SHAPE##_##SFX##_h32, 32, WARPS, AHEAD, KV)   \
+    ATTN_SPLIT_ENTRY(attn_split##SHAPE##_##SFX##_h64, 64, WARPS, AHEAD, KV)   \
+    ATTN_SPLIT_ENTRY(attn_split##SHAPE##_##SFX##_h128, 128, WARPS, AHEAD, KV)
 #if IN_PART(9)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h32, 32, 4, false, u16)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h64, 64, 4, false, u16)
-ATTN_SPLIT_ENTRY(attn_split4_f16_h128, 128, 4, false, u16)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h32, 32, 8, false, u16)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h64, 64, 8, false, u16)
-ATTN_SPLIT_ENTRY(attn_split8_f16_h128, 128, 8, false, u16)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h32, 32, 4, true, u16)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h64, 64, 4, true, u16)
-ATTN_SPLIT_ENTRY(attn_split4a_f16_h128, 128, 4, true, u16)
+ATTN_SPLIT_SIZES(4, 4, false, u16, f16)
+ATTN_SPLIT_SIZES(8, 8, false, u16, f16)
+ATTN_SPLIT_SIZES(4a, 4, true, u16, f16)
 #endif
 #if IN_PART(6)
-ATTN_SPLIT_ENTRY(attn_split4_q8_h32, 32, 4, false, i8)
-ATTN_SPLIT_ENTRY(attn_split4_q8_h64, 64, 4, false, i8)
-ATTN_SPLIT_ENTRY(attn_split4_q8_h128, 128, 4, false, i8)
-ATTN_SPLIT_ENTRY(attn_split4a_q8_h32, 32, 4, true, i8)
-ATTN_SPLIT_ENTRY(attn_split4a_q8_h64, 64, 4, true, i8)
-ATTN_SPLIT_ENTRY(attn_split4a_q8_h128, 128, 4, true, i8)
+ATTN_SPLIT_SIZES(4, 4, false, i8, q8)
+ATTN_SPLIT_SIZES(4a, 4, true, i8, q8)
 #endif
 #if IN_PART(3)
-ATTN_SPLIT_ENTRY(attn_split8_q8_h32, 32, 8, false, i8)
-ATTN_SPLIT_ENTRY(attn_split8_q8_h64, 64, 8, false, i8)
-ATTN_SPLIT_ENTRY(attn_split8_q8_h128, 128, 8, false, i8)
+ATTN_SPLIT_SIZES(8, 8, false, i8, q8)
 #endif
 #define ATTN_MMA_ENTRY(HD, KV, SFX)                                                                             \
     extern "C" __global__ void __launch_bounds__(128)                                                         \

@@ -325,26 +325,22 @@ pub(super) fn check_attention_case(case: &AttentionCase<'_>) -> Result<(), CudaE
     Ok(())
 }
 
-/// Rows of `n_kv_heads * head_dim` values as a `kv` cache holds them, one after another.
-fn cache_bytes<'a>(
-    kv: KvType,
-    n_kv: usize,
-    hd: usize,
-    values: impl Iterator<Item = &'a f32>,
-) -> Vec<u8> {
-    let values: Vec<f32> = values.copied().collect();
+/// Rows of `n_kv_heads * head_dim` values as a `kv` cache holds them, appended to `out`.
+fn cache_bytes(kv: KvType, n_kv: usize, hd: usize, values: &[f32], out: &mut Vec<u8>) {
     let kvd = n_kv * hd;
     match kv {
-        KvType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        KvType::F16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
+        KvType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        KvType::F16 => out.extend(
+            values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes()),
+        ),
         KvType::Q8 => {
             let pitch = kv.row_bytes(n_kv, hd);
-            let mut out = vec![0u8; values.len() / kvd * pitch];
+            let start = out.len();
+            out.resize(start + values.len() / kvd * pitch, 0);
             let mut codes = vec![0i8; hd];
-            for (row, dst) in values.chunks(kvd).zip(out.chunks_mut(pitch)) {
+            for (row, dst) in values.chunks(kvd).zip(out[start..].chunks_mut(pitch)) {
                 for (h, x) in row.chunks(hd).enumerate() {
                     let scale = bitnet_model::quantize_q8(x, &mut codes);
                     for (d, c) in dst[h * hd..(h + 1) * hd].iter_mut().zip(&codes) {
@@ -353,7 +349,6 @@ fn cache_bytes<'a>(
                     dst[kvd + 4 * h..kvd + 4 * h + 4].copy_from_slice(&scale.to_le_bytes());
                 }
             }
-            out
         }
     }
 }
@@ -429,7 +424,9 @@ pub fn attention_forward(
     let mut caches = Vec::with_capacity(case.caches.len());
     let mut seqtab = Vec::with_capacity(3 * case.caches.len());
     for (k, v) in case.caches {
-        let bytes = cache_bytes(kv, nkv, hd, k.iter().chain(v));
+        let mut bytes = Vec::new();
+        cache_bytes(kv, nkv, hd, k, &mut bytes);
+        cache_bytes(kv, nkv, hd, v, &mut bytes);
         let buf = gpu.upload(&bytes)?;
         let a = ptr(&buf, st);
         seqtab.extend([a as u32, (a >> 32) as u32, (k.len() / kvd) as u32]);
