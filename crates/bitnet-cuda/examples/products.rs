@@ -46,6 +46,11 @@ fn main() {
         ("tile2", LinearPath::MmaTile(2)),
         ("tile4", LinearPath::MmaTile(4)),
         ("tile8", LinearPath::MmaTile(8)),
+        ("gemm", LinearPath::Gemm(0)),
+        ("gemm1", LinearPath::Gemm(1)),
+        ("gemm2", LinearPath::Gemm(2)),
+        ("gemm4", LinearPath::Gemm(4)),
+        ("gemm8", LinearPath::Gemm(8)),
     ];
     // (name, rows, cols, glu): the 2B4T shapes; gate/up as the model runs it (relu² formed).
     let shapes = [

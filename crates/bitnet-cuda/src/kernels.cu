@@ -1393,6 +1393,281 @@ MMA_TILE_ENTRY(2)
 MMA_TILE_ENTRY(4)
 MMA_TILE_ENTRY(8)
 #endif
+
+#if IN_PART(5)
+// Register-blocked products (sm_90; prefill's gate/up): a block takes GEMM_STRIPS strips (128
+// rows) x GEMM_TOKENS tokens with 4 warps, 2 along the rows x 2 along the tokens, each warp 4
+// strips x 4 token tiles of 8 (64 integer accumulators). Each activation fragment a warp reads
+// from shared memory then serves 4 strips, and each unpacked weight fragment 4 token tiles: per
+// mma 0.19 16-byte shared-memory loads against 0.53 in the tiled kernel above (one strip per
+// warp). The block's share of the 128-column groups goes through a ring of GEMM_STAGES stages
+// (cp.async; the first stages' weights before the wait on the previous kernel), one barrier per
+// group; alone, that loop runs at the tensor cores' mma.sync peak (bench/gpu/mma_peak.cu). The
+// blocks of one row tile may split its groups (`splits`, at most 8) as one thread-block cluster,
+// their integer sums meeting through distributed shared memory (4 adjacent rows per load); each
+// block then finishes a share of the tokens. Where the outputs are added to (`accumulate`), the
+// values they are added to are copied into shared memory at the start, so that the epilogue
+// makes no round trip to global memory before its stores. (BENCHMARKS.md, session 28: at 64 rows
+// the block's fill and drain cost twice its loop, level with `ternary_mma_*`; from 128 rows the
+// gate/up product is 18-25% faster than the staged kernel.)
+#define GEMM_STRIPS 8
+#define GEMM_TOKENS 64
+#define GEMM_STAGES 4
+#define GEMM_STAGE_BYTES (GEMM_STRIPS * 512 + GEMM_TOKENS * MMA_XROW)
+#define GEMM_RP (GEMM_STRIPS * 16 + 4)
+// A 16-byte cp.async issued only where `on` (a predicate, not a branch).
+__device__ __forceinline__ void cp_async16_if(u32 smem, const void* gmem, bool on) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p cp.async.cg.shared.global [%0], [%1], 16;\n\t}" ::"r"(smem),
+                 "l"(gmem), "r"((int)on)
+                 : "memory");
+}
+// A 16-byte load from shared memory at a shared-space address (kept in order with the barriers).
+__device__ __forceinline__ uint4 ld_shared_v4(u32 a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+    return v;
+}
+// The 4 ints at `p` summed over the cluster's `splits` blocks (at most 8; its own where there is
+// one), every load issued before the first add.
+__device__ __forceinline__ int4 gemm_sum4(const int* p, int splits) {
+    if (splits == 1) return *(const int4*)p;
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    int4 v[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        v[q] = make_int4(0, 0, 0, 0);
+        if (q < splits) {
+            u32 ra;
+            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(q));
+            asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(v[q].x), "=r"(v[q].y), "=r"(v[q].z), "=r"(v[q].w)
+                         : "r"(ra));
+        }
+    }
+    int4 s = v[0];
+#pragma unroll
+    for (int q = 1; q < 8; q++) s = make_int4(s.x + v[q].x, s.y + v[q].y, s.z + v[q].z, s.w + v[q].w);
+    return s;
+}
+// One warp's 4 strips x 4 token tiles over one 128-column group, from its fragments.
+__device__ __forceinline__ void gemm_group(int (&acc)[4][4][4], const uint4 (&w)[4], const uint4 (&x)[4][2]) {
+#pragma unroll
+    for (int kb = 0; kb < 4; kb++) {
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            u32 wk = kb == 0 ? w[s].x : kb == 1 ? w[s].y : kb == 2 ? w[s].z : w[s].w;
+            u32 a[4] = {wk & 0x03030303u, (wk >> 2) & 0x03030303u, (wk >> 4) & 0x03030303u, (wk >> 6) & 0x03030303u};
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const uint4& xv = x[n][kb >> 1];
+                mma_u8s8(acc[s][n], a, (kb & 1) ? xv.z : xv.x, (kb & 1) ? xv.w : xv.y);
+            }
+        }
+    }
+}
+__device__ void gemm_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
+                          const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
+                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate, int glu,
+                          int splits) {
+    extern __shared__ __align__(16) unsigned char gemm_smem[];
+    // Stage: weights uint4 [GEMM_STRIPS][32 lanes], then codes [GEMM_TOKENS][MMA_XROW]; after
+    // the stages, where the outputs are added to, their present values [token of the share][row].
+    constexpr int SB = GEMM_STAGE_BYTES, XB = GEMM_STRIPS * 512, RB = GEMM_STRIPS * 16, NT = 128;
+    u32 base = (u32)__cvta_generic_to_shared(gemm_smem);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    int wr = warp & 1, wt = warp >> 1;
+    int rank = splits > 1 ? (int)(blockIdx.x % splits) : 0, tile = blockIdx.x / splits;
+    int per = (kgroups + splits - 1) / splits, q0 = rank * per, nq = max(0, min(per, kgroups - q0));
+    int strips = (rows + 15) / 16, row0 = tile * RB;
+    // What this thread copies into every stage: weight pieces p = x + 128 j (strip p / 32, lane
+    // p % 32; strips past the matrix are not copied, their sums never stored) and code pieces
+    // p = x + 128 j (token p / 8, 16 bytes p % 8; tokens past T likewise). Stage i's pieces
+    // are at these addresses plus i groups.
+    const uint4* wsrc[2];
+    u32 wdst[2];
+    bool won[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        int p = threadIdx.x + NT * j, s = tile * GEMM_STRIPS + (p >> 5);
+        won[j] = s < strips;
+        wsrc[j] = W + ((size_t)s * kgroups + q0) * 32 + (p & 31);
+        wdst[j] = base + p * 16;
+    }
+    const i8* xsrc[4];
+    u32 xdst[4];
+    bool xon[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int p = threadIdx.x + NT * j, t = p >> 3;
+        xon[j] = t < T;
+        xsrc[j] = codes + (size_t)t * kpad + q0 * 128 + (p & 7) * 16;
+        xdst[j] = base + XB + t * MMA_XROW + (p & 7) * 16;
+    }
+    auto copy_w = [&](int i) {
+        u32 st = (i & (GEMM_STAGES - 1)) * SB;
+#pragma unroll
+        for (int j = 0; j < 2; j++) cp_async16_if(wdst[j] + st, wsrc[j] + (size_t)i * 32, won[j] && i < nq);
+    };
+    auto copy_x = [&](int i) {
+        u32 st = (i & (GEMM_STAGES - 1)) * SB;
+#pragma unroll
+        for (int j = 0; j < 4; j++) cp_async16_if(xdst[j] + st, xsrc[j] + i * 128, xon[j] && i < nq);
+    };
+    __shared__ float s_w[RB], s_xs[GEMM_TOKENS];
+    __shared__ int s_xsum[GEMM_TOKENS];
+    copy_row_scales(threadIdx.x, RB, row0, rows, wscale, s_w);
+#pragma unroll
+    for (int i = 0; i < GEMM_STAGES - 1; i++) copy_w(i);
+    PDL_WAIT();
+    PDL_START();
+    if (threadIdx.x < T) {
+        cp_async4(&s_xs[threadIdx.x], xscale + threadIdx.x);
+        cp_async4(&s_xsum[threadIdx.x], xsum + threadIdx.x);
+    }
+    // This block's share of the tokens in the epilogue, and the values its outputs add to.
+    int ts = (T + splits - 1) / splits, ta = rank * ts, te = min(T, ta + ts);
+    float* prev = (float*)(gemm_smem + GEMM_STAGES * SB);
+    if (accumulate && !glu) {
+        float* src = out + (size_t)ta * out_stride + row0;
+        if ((out_stride & 3) == 0 && (rows & 3) == 0 && ((size_t)src & 15) == 0) {
+            for (int i = threadIdx.x; i < (te - ta) * (RB / 4); i += NT) {
+                int t = i / (RB / 4), r = (i % (RB / 4)) * 4;
+                cp_async16_if((u32)__cvta_generic_to_shared(prev + t * RB + r), src + (size_t)t * out_stride + r,
+                              row0 + r < rows);
+            }
+        } else {
+            for (int i = threadIdx.x; i < (te - ta) * RB; i += NT) {
+                int t = i / RB, r = i % RB;
+                if (row0 + r < rows) cp_async4(prev + t * RB + r, src + (size_t)t * out_stride + r);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < GEMM_STAGES - 1; i++) {
+        copy_x(i);
+        cp_async_commit();
+    }
+    int acc[4][4][4];
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int n = 0; n < 4; n++) acc[s][n][0] = acc[s][n][1] = acc[s][n][2] = acc[s][n][3] = 0;
+    // This warp's fragments of a stage: its 4 strips' weights, its 4 token tiles' codes.
+    u32 wrd = base + (wr * 4 * 32 + lane) * 16;
+    u32 xrd = base + XB + (wt * 32 + g) * MMA_XROW + tq * 32;
+    // Group i: wait until it has landed (for every thread: the barrier, after which every warp
+    // is also done with group i - 1, whose slot is refilled), read this warp's fragments,
+    // multiply. (Reading group i + 1's fragments during group i's products, in a second register
+    // set, made ptxas recompute the copies' addresses at every group: ~330 instructions per
+    // group for 64 mma instead of ~250.)
+    for (int i = 0; i < nq; i++) {
+        cp_async_wait<GEMM_STAGES - 2>();
+        __syncthreads();
+        int ni = i + GEMM_STAGES - 1;
+        if (ni < nq) {
+            copy_w(ni);
+            copy_x(ni);
+        }
+        cp_async_commit();  // possibly empty: the group count stays in step with i
+        u32 st = (i & (GEMM_STAGES - 1)) * SB;
+        uint4 w[4], x[4][2];
+#pragma unroll
+        for (int s = 0; s < 4; s++) w[s] = ld_shared_v4(wrd + st + s * 512);
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            x[n][0] = ld_shared_v4(xrd + st + n * 8 * MMA_XROW);
+            x[n][1] = ld_shared_v4(xrd + st + n * 8 * MMA_XROW + 16);
+        }
+        gemm_group(acc, w, x);
+    }
+    int* red = (int*)gemm_smem;
+    cp_async_wait<0>();
+    __syncthreads();  // every copy landed, every warp done with the ring
+    if (glu && splits == 1) {
+        // Each lane's C fragments hold gate row g and its up row g + 8 of each strip for the
+        // same tokens, so each warp forms act(gate) * up of its own sums: they go through a
+        // private region of shared memory only so that the loop over them stays rolled
+        // (unrolled, its 64 divisions' code overflowed the instruction cache: half the kernel's
+        // stalls under ncu).
+        int idx = 0, *mine = red + warp * 64 * 32 + lane;
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mine[(idx++) * 32] = acc[s][n][j];
+        __syncwarp();
+#pragma unroll 1
+        for (int k = 0; k < 16; k++) {
+            int s = k >> 2, n = k & 3, rl = (wr * 4 + s) * 16 + g, row = row0 + rl;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int t = wt * 32 + n * 8 + 2 * tq + h;
+                if (t < T && row < rows)
+                    store_glu_value(out, out_stride, t, row,
+                                    DEQUANT(mine[(k * 4 + h) * 32], s_xsum[t], s_xs[t], s_w[rl]),
+                                    DEQUANT(mine[(k * 4 + h + 2) * 32], s_xsum[t], s_xs[t], s_w[rl + 8]), glu);
+            }
+        }
+        return;
+    }
+    // The sums into shared memory as [token][row] (rows GEMM_RP ints apart: the C fragment's
+    // lanes land on distinct banks), for the cluster's blocks to sum.
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                red[(wt * 32 + n * 8 + 2 * tq + (j & 1)) * GEMM_RP + (wr * 4 + s) * 16 + g + 8 * (j >> 1)] =
+                    acc[s][n][j];
+    if (splits > 1)
+        cluster_sync();
+    else
+        __syncthreads();
+    if (glu) {
+        // Thread x: the 4 gate rows rl.. of output group x % 16 (strip (x % 16) / 2, its first
+        // or second 4 gate rows) and their up rows 8 further, every 8th token of the share.
+        int o = threadIdx.x & 15, rl = (o >> 1) * 16 + (o & 1) * 4;
+        for (int t = ta + (threadIdx.x >> 4); t < te; t += NT / 16) {
+            int4 gs = gemm_sum4(red + t * GEMM_RP + rl, splits), us = gemm_sum4(red + t * GEMM_RP + rl + 8, splits);
+            int gv[4] = {gs.x, gs.y, gs.z, gs.w}, uv[4] = {us.x, us.y, us.z, us.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (row0 + rl + j < rows)
+                    store_glu_value(out, out_stride, t, row0 + rl + j, DEQUANT(gv[j], s_xsum[t], s_xs[t], s_w[rl + j]),
+                                    DEQUANT(uv[j], s_xsum[t], s_xs[t], s_w[rl + 8 + j]), glu);
+        }
+    } else {
+        // Thread x: rows 4 (x % 32).. of every 4th token of the share.
+        int rl = (threadIdx.x & 31) * 4, add = accumulate;
+#pragma unroll 2
+        for (int t = ta + (threadIdx.x >> 5); t < te; t += NT / 32) {
+            int4 vs = gemm_sum4(red + t * GEMM_RP + rl, splits);
+            int v[4] = {vs.x, vs.y, vs.z, vs.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int row = row0 + rl + j;
+                if (row < rows) {
+                    float y = DEQUANT(v[j], s_xsum[t], s_xs[t], s_w[rl + j]);
+                    out[(size_t)t * out_stride + row] = add ? prev[(t - ta) * RB + rl + j] + y : y;
+                }
+            }
+        }
+    }
+    // Every block's shared memory stays until the others have read it.
+    if (splits > 1) cluster_sync_relaxed();
+}
+// blockIdx.y picks a tile of GEMM_TOKENS tokens, so that one launch covers a whole pass's tokens.
+extern "C" __global__ void __launch_bounds__(128, 1)
+    ternary_gemm(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad,
+                 const float* xscale, const int* xsum, int T, float* out, int out_stride, int accumulate, int glu,
+                 int splits) {
+    int t0 = blockIdx.y * GEMM_TOKENS;
+    gemm_body(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,
+              min(T - t0, GEMM_TOKENS), out + (size_t)t0 * out_stride, out_stride, accumulate, glu, splits);
+}
+#endif
 #endif
 
 // ---------------------------------------------------------------------------------------------

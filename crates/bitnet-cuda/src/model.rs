@@ -29,7 +29,8 @@ use mega::*;
 pub use attention::{AttentionCase, AttentionKernel, SplitBlock, attention_forward};
 pub use head::{argmax_rows, head_logits, top_k_rows};
 pub use linear::{
-    LinearPath, NormPath, norm_linear_forward, norm_quant, ternary_forward, ternary_timing,
+    LinearPath, NormPath, norm_linear_forward, norm_quant, ternary_forward, ternary_forward_onto,
+    ternary_timing,
 };
 
 /// Rows (tokens over all sequences) one pass runs; longer batches run in several passes.
@@ -68,6 +69,8 @@ struct Kernels {
     /// `ternary_mma_tile_*` (sm_90): products of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows
     /// ([`MmaTile::pick`]).
     mma_tile: Option<MmaTile>,
+    /// `ternary_gemm` (sm_90): register-blocked products, prefill's gate/up ([`Gemm::takes`]).
+    gemm: Option<Gemm>,
     rope_kv: Kernel,
     /// Attention in 256-thread blocks (`attn_vec_*`) and in 128-thread blocks (`attn_vec4_*`).
     attn_part: Kernel,
@@ -1208,6 +1211,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         mma,
         mma_ring,
         mma_tile: MmaTile::load(gpu),
+        gemm: Gemm::load(gpu),
         rope_kv: gpu.function(&format!("rope_kv_{sfx}"))?,
         attn_part: gpu.function(&format!("attn_vec_{sfx}"))?,
         attn_part4: gpu.function(&format!("attn_vec4_{sfx}"))?,

@@ -67,6 +67,11 @@ fn kernels_compile_for_supported_architectures() {
             arch == "sm_90",
             "{arch}: clusters from sm_90"
         );
+        assert_eq!(
+            all.contains("ternary_gemm"),
+            arch == "sm_90",
+            "{arch}: sm_90"
+        );
         // The q8 cache's kernels: everywhere but the tensor-core split from sm_80 and the
         // cluster kernel from sm_90, as for f16.
         for name in ["rope_kv_q8", "attn_vec_q8", "attn_vec4_q8"] {

@@ -86,6 +86,10 @@ fn ternary_kernels_equal_the_scalar_reference() {
             LinearPath::MmaTile(1),
             LinearPath::MmaTile(3),
             LinearPath::MmaTile(8),
+            LinearPath::Gemm(0),
+            LinearPath::Gemm(1),
+            LinearPath::Gemm(3),
+            LinearPath::Gemm(8),
         ] {
             let (got, _) = bitnet_cuda::ternary_forward(&gpu, &w, &x, path, 0).unwrap();
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
@@ -96,6 +100,23 @@ fn ternary_kernels_equal_the_scalar_reference() {
             }
             if rows % 16 == 0 {
                 check_glu(&gpu, &w, &x, path, &want);
+            }
+            // Added to values already in the output (the residual stream's o and down).
+            if batch % 4 == 1 || rows % 4 == 0 {
+                let base: Vec<f32> = (0..want.len())
+                    .map(|i| (i % 97) as f32 * 0.25 - 7.0)
+                    .collect();
+                let (got, _) =
+                    bitnet_cuda::ternary_forward_onto(&gpu, &w, &x, path, 0, Some(&base)).unwrap();
+                if let Some(i) = (0..want.len()).position(|i| got[i] != base[i] + want[i]) {
+                    panic!(
+                        "{path:?} rows {rows} cols {cols} batch {batch}, added: output {i} is {} but {} + {} is {}",
+                        got[i],
+                        base[i],
+                        want[i],
+                        base[i] + want[i]
+                    );
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Ternary products on the GPU: the weights' device layout (repacked once at load), the
 //! RMSNorm + int8 quantization launches, and the choice among the product kernels (`dp4a` for up
 //! to 4 tokens, fused with the norm at decode; the tensor-core kernels beyond: direct, staged
-//! ring, tiled in clusters) with their launch shapes. Also the public entry points the
+//! ring, tiled in clusters, register-blocked) with their launch shapes. Also the public entry points the
 //! conformance suite drives each kernel through.
 
 use super::*;
@@ -466,6 +466,106 @@ impl MmaTile {
     }
 }
 
+/// The register-blocked tensor-core products (`ternary_gemm`, sm_90): blocks of 4 warps, 128
+/// rows x 64 tokens (each warp 64 rows x 32 tokens), the blocks of a row tile splitting its
+/// 128-column groups in a thread-block cluster ([`tile_splits`]). The model takes them for the
+/// gate/up product in passes of more than [`DIRECT_MAX_ROWS`] rows ([`Gemm::takes`]).
+pub(super) struct Gemm {
+    pub(super) k: Kernel,
+    /// Blocks that run at once on the whole GPU (with the larger shared memory below).
+    pub(super) slots: u32,
+    /// `BITNET_CUDA_GEMM=0`: never chosen by the model (for same-binary comparisons).
+    pub(super) off: bool,
+}
+
+/// Threads per block of [`Gemm`].
+pub(super) const GEMM_THREADS: u32 = 128;
+/// Rows per block of [`Gemm`] (`GEMM_STRIPS` strips in the kernels).
+pub(super) const GEMM_ROWS: usize = 128;
+/// Tokens per block of [`Gemm`] (grid y takes more).
+pub(super) const GEMM_TOKENS: usize = 64;
+
+/// Dynamic shared memory of a [`Gemm`] block: its ring (`GEMM_STAGES` = 4 stages of a group's
+/// weights, 32 bytes per row, and the tokens' codes in 144-byte rows) and, where the outputs are
+/// added to, their present values (4 bytes per row and token).
+pub(super) fn gemm_smem(accumulate: bool) -> usize {
+    let values = if accumulate {
+        GEMM_ROWS * GEMM_TOKENS * 4
+    } else {
+        0
+    };
+    4 * (GEMM_ROWS * 32 + GEMM_TOKENS * 144) + values
+}
+
+impl Gemm {
+    pub(super) fn load(gpu: &Gpu) -> Option<Self> {
+        let k = gpu.optional_function("ternary_gemm")?;
+        let smem = gemm_smem(true);
+        k.allow_smem(smem).ok()?;
+        let slots = k.resident(gpu, GEMM_THREADS, smem);
+        let clusters = k.cluster_limit(gpu, GEMM_THREADS, smem) >= TILE_MAX_SPLITS;
+        let off = std::env::var("BITNET_CUDA_GEMM").is_ok_and(|v| v == "0");
+        (slots > 0 && clusters).then_some(Gemm { k, slots, off })
+    }
+
+    /// Whether the model takes this kernel for a pass of `n` rows: for the gate/up product
+    /// (`glu`) beyond [`DIRECT_MAX_ROWS`] rows. H200, BENCHMARKS.md session 28: gate/up alone at
+    /// 128 / 512 rows 23.6 / 67.4 us against 28.7 / 89.6 for the staged kernel, prefill of
+    /// 128-2,048 tokens +1.6-3%; at 64 rows and below (decode steps) its one block per SM fills and
+    /// drains slower than `ternary_mma_*`'s many blocks (level at 64 rows, -3 to -9% at 16-48);
+    /// qkv gains only at 512 rows, o and down lose there.
+    pub(super) fn takes(&self, n: usize, glu: i32) -> bool {
+        !self.off && glu != 0 && n > DIRECT_MAX_ROWS
+    }
+
+    /// Launches the product of `args` (`linear_args`, `n` tokens) over `w`, its row tiles split
+    /// `splits` ways (`None`: [`tile_splits`] for the resident blocks).
+    pub(super) fn launch(
+        &self,
+        gpu: &Gpu,
+        w: &DevTernary,
+        n: usize,
+        args: &[Arg; 13],
+        accumulate: bool,
+        splits: Option<u32>,
+    ) -> Result<(), CudaError> {
+        let tiles = (
+            w.rows.div_ceil(GEMM_ROWS) as u32,
+            n.div_ceil(GEMM_TOKENS) as u32,
+        );
+        let shape = (GEMM_THREADS, gemm_smem(accumulate) as u32, self.slots);
+        launch_split(gpu, &self.k, tiles, shape, w.kgroups, args, splits)
+    }
+}
+
+/// Launches `k` (a product kernel whose blocks of one row tile may split its `kgroups`
+/// 128-column groups in a thread-block cluster: `ternary_mma_tile_*`, `ternary_gemm`) over
+/// `tiles` (row tiles, token tiles) with `args` and the split count after them: `splits` per
+/// row tile where given, else [`tile_splits`] for the kernel's resident blocks; `shape` is
+/// (threads, dynamic shared memory, resident blocks).
+fn launch_split(
+    gpu: &Gpu,
+    k: &Kernel,
+    tiles: (u32, u32),
+    (threads, smem, slots): (u32, u32, u32),
+    kgroups: usize,
+    args: &[Arg; 13],
+    splits: Option<u32>,
+) -> Result<(), CudaError> {
+    let s = splits
+        .unwrap_or_else(|| tile_splits(tiles.0 * tiles.1, kgroups as u32, slots))
+        .min(kgroups.max(1) as u32)
+        .min(TILE_MAX_SPLITS);
+    let mut a = [Arg::I(s as i32); 14];
+    a[..13].copy_from_slice(args);
+    let grid = (tiles.0 * s, tiles.1, 1);
+    if s > 1 {
+        gpu.launch_with(k, grid, threads, smem, &a, Attr::Cluster(s))
+    } else {
+        gpu.launch(k, grid, threads, smem, &a)
+    }
+}
+
 /// Which ternary kernel runs a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearPath {
@@ -483,6 +583,9 @@ pub enum LinearPath {
     /// Tensor cores only, `ternary_mma_tile_*` with this many blocks per row tile (1..=8; 0 for
     /// the model's choice), where the device has it (sm_90; else as `Mma`).
     MmaTile(u32),
+    /// Tensor cores only, `ternary_gemm` with this many blocks per row tile (1..=8; 0 for the
+    /// model's choice), where the device has it (sm_90; else as `Mma`).
+    Gemm(u32),
 }
 
 /// Which of the tensor-core kernels' tile sizes (8, 16, 32 tokens) takes `n` tokens.
@@ -543,6 +646,18 @@ pub(super) fn launch_linear(
         let (variant, tiles) = mma_shape(n);
         let m = mma.map(|m| &m[variant]);
         let args = linear_args(gpu, w, io, (t0, n), glu);
+        let gemm = match (path, &k.gemm) {
+            (LinearPath::Gemm(splits), Some(g)) => Some((g, Some(splits).filter(|&s| s > 0))),
+            (LinearPath::Mma | LinearPath::Auto, Some(g)) if m.is_some() && g.takes(n, glu) => {
+                Some((g, None))
+            }
+            _ => None,
+        };
+        if let Some((g, splits)) = gemm {
+            g.launch(gpu, w, n, &args, io.accumulate && glu == 0, splits)?;
+            t0 += n;
+            continue;
+        }
         let tile = match (path, &k.mma_tile) {
             (LinearPath::MmaTile(splits), Some(tk)) => tk
                 .pick(n, w.bytes, true)
@@ -558,25 +673,8 @@ pub(super) fn launch_linear(
                 strips.div_ceil(TILE_STRIPS),
                 n.div_ceil(f.tokens as usize) as u32,
             );
-            let s = splits
-                .unwrap_or_else(|| tile_splits(tiles.0 * tiles.1, w.kgroups as u32, f.slots))
-                .min(w.kgroups.max(1) as u32)
-                .min(TILE_MAX_SPLITS);
-            let mut a = [Arg::I(s as i32); 14];
-            a[..13].copy_from_slice(&args);
-            let grid = (tiles.0 * s, tiles.1, 1);
-            if s > 1 {
-                gpu.launch_with(
-                    &f.k,
-                    grid,
-                    TILE_THREADS,
-                    f.smem as u32,
-                    &a,
-                    Attr::Cluster(s),
-                )?;
-            } else {
-                gpu.launch(&f.k, grid, TILE_THREADS, f.smem as u32, &a)?;
-            }
+            let shape = (TILE_THREADS, f.smem as u32, f.slots);
+            launch_split(gpu, &f.k, tiles, shape, w.kgroups, &args, splits)?;
             t0 += n;
             continue;
         }
@@ -593,9 +691,10 @@ pub(super) fn launch_linear(
         let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
             (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
-            (LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_), Some(_))
-                if n <= DIRECT_MAX_ROWS || direct.0 * tiles <= m.wave(gpu) =>
-            {
+            (
+                LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_) | LinearPath::Gemm(_),
+                Some(_),
+            ) if n <= DIRECT_MAX_ROWS || direct.0 * tiles <= m.wave(gpu) => {
                 gpu.launch(m, direct, 256, 0, &args)?
             }
             (_, Some(r)) => {
@@ -701,11 +800,38 @@ pub fn ternary_forward(
     path: LinearPath,
     glu: i32,
 ) -> Result<(Vec<f32>, bool), CudaError> {
+    ternary_forward_onto(gpu, w, x, path, glu, None)
+}
+
+/// As [`ternary_forward`], the outputs added to `base` (`batch x rows` values already in the
+/// output buffer, as the model adds the o and down products to the residual stream) where it is
+/// given and `glu` is 0.
+pub fn ternary_forward_onto(
+    gpu: &Gpu,
+    w: &bitnet_core::TernaryMatrix,
+    x: &QuantizedActivations,
+    path: LinearPath,
+    glu: i32,
+    base: Option<&[f32]>,
+) -> Result<(Vec<f32>, bool), CudaError> {
     let t = x.batch();
     let k = load_kernels(gpu, KvType::F32)?;
     let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
-    let a = DevActivations::upload(gpu, x, w.rows())?;
-    let formed = launch_linear(gpu, &k, path, &dw, &a.io(gpu, t, w.rows(), glu))?;
+    let mut a = DevActivations::upload(gpu, x, w.rows())?;
+    let mut io = a.io(gpu, t, w.rows(), glu);
+    if let Some(base) = base.filter(|_| glu == 0) {
+        if base.len() != t * w.rows() {
+            return Err(CudaError::Invalid(format!(
+                "{} base values for {t} x {} outputs",
+                base.len(),
+                w.rows()
+            )));
+        }
+        a.out = gpu.upload(base)?;
+        io = a.io(gpu, t, w.rows(), glu);
+        io.accumulate = true;
+    }
+    let formed = launch_linear(gpu, &k, path, &dw, &io)?;
     let mut host = vec![0f32; t * w.rows()];
     gpu.stream
         .memcpy_dtoh(&a.out.slice(..t * w.rows()), &mut host)?;
