@@ -1455,12 +1455,12 @@ __device__ __forceinline__ void gemm_group(int (&acc)[4][4][4], const uint4 (&w)
     for (int kb = 0; kb < 4; kb++) {
 #pragma unroll
         for (int s = 0; s < 4; s++) {
-            u32 wk = kb == 0 ? w[s].x : kb == 1 ? w[s].y : kb == 2 ? w[s].z : w[s].w;
-            u32 a[4] = {wk & 0x03030303u, (wk >> 2) & 0x03030303u, (wk >> 4) & 0x03030303u, (wk >> 6) & 0x03030303u};
+            u32 a[4][4];
+            unpack_a(w[s], a);  // only k-block kb's fragment is used: the rest compiles away
 #pragma unroll
             for (int n = 0; n < 4; n++) {
                 const uint4& xv = x[n][kb >> 1];
-                mma_u8s8(acc[s][n], a, (kb & 1) ? xv.z : xv.x, (kb & 1) ? xv.w : xv.y);
+                mma_u8s8(acc[s][n], a[kb], (kb & 1) ? xv.z : xv.x, (kb & 1) ? xv.w : xv.y);
             }
         }
     }

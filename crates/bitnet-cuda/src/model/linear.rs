@@ -426,12 +426,10 @@ pub(super) fn tile_splits(tiles: u32, kgroups: u32, slots: u32) -> u32 {
 impl MmaTile {
     pub(super) fn load(gpu: &Gpu) -> Option<Self> {
         let kernel = |tokens: u32| {
-            let k = gpu.optional_function(&format!("ternary_mma_tile_{}", tokens / 8))?;
+            let name = format!("ternary_mma_tile_{}", tokens / 8);
             let smem = tile_smem(tokens as usize);
-            k.allow_smem(smem).ok()?;
-            let slots = k.resident(gpu, TILE_THREADS, smem);
-            let clusters = k.cluster_limit(gpu, TILE_THREADS, smem) >= TILE_MAX_SPLITS;
-            (slots > 0 && clusters).then_some(TileKernel {
+            let (k, slots) = split_kernel(gpu, &name, TILE_THREADS, smem)?;
+            Some(TileKernel {
                 k,
                 tokens,
                 smem,
@@ -499,13 +497,9 @@ pub(super) fn gemm_smem(accumulate: bool) -> usize {
 
 impl Gemm {
     pub(super) fn load(gpu: &Gpu) -> Option<Self> {
-        let k = gpu.optional_function("ternary_gemm")?;
-        let smem = gemm_smem(true);
-        k.allow_smem(smem).ok()?;
-        let slots = k.resident(gpu, GEMM_THREADS, smem);
-        let clusters = k.cluster_limit(gpu, GEMM_THREADS, smem) >= TILE_MAX_SPLITS;
+        let (k, slots) = split_kernel(gpu, "ternary_gemm", GEMM_THREADS, gemm_smem(true))?;
         let off = std::env::var("BITNET_CUDA_GEMM").is_ok_and(|v| v == "0");
-        (slots > 0 && clusters).then_some(Gemm { k, slots, off })
+        Some(Gemm { k, slots, off })
     }
 
     /// Whether the model takes this kernel for a pass of `n` rows: for the gate/up product
@@ -513,7 +507,7 @@ impl Gemm {
     /// 128 / 512 rows 23.6 / 67.4 us against 28.7 / 89.6 for the staged kernel, prefill of
     /// 128-2,048 tokens +1.6-3%; at 64 rows and below (decode steps) its one block per SM fills and
     /// drains slower than `ternary_mma_*`'s many blocks (level at 64 rows, -3 to -9% at 16-48);
-    /// qkv gains only at 512 rows, o and down lose there.
+    /// qkv (from 256 rows) and down (65-128 rows) on it too measured within ±1% in prefill.
     pub(super) fn takes(&self, n: usize, glu: i32) -> bool {
         !self.off && glu != 0 && n > DIRECT_MAX_ROWS
     }
@@ -536,6 +530,18 @@ impl Gemm {
         let shape = (GEMM_THREADS, gemm_smem(accumulate) as u32, self.slots);
         launch_split(gpu, &self.k, tiles, shape, w.kgroups, args, splits)
     }
+}
+
+/// Kernel `name` (a product whose blocks of one row tile may split its groups in a cluster of up
+/// to [`TILE_MAX_SPLITS`]) with `smem` bytes of dynamic shared memory allowed, and how many of
+/// its blocks of `threads` run at once on the GPU; `None` where the device lacks it, cannot give
+/// it that memory or cannot place its largest clusters.
+fn split_kernel(gpu: &Gpu, name: &str, threads: u32, smem: usize) -> Option<(Kernel, u32)> {
+    let k = gpu.optional_function(name)?;
+    k.allow_smem(smem).ok()?;
+    let slots = k.resident(gpu, threads, smem);
+    let clusters = k.cluster_limit(gpu, threads, smem) >= TILE_MAX_SPLITS;
+    (slots > 0 && clusters).then_some((k, slots))
 }
 
 /// Launches `k` (a product kernel whose blocks of one row tile may split its `kgroups`
@@ -818,8 +824,8 @@ pub fn ternary_forward_onto(
     let k = load_kernels(gpu, KvType::F32)?;
     let dw = DevTernary::upload(gpu, std::slice::from_ref(w))?;
     let mut a = DevActivations::upload(gpu, x, w.rows())?;
-    let mut io = a.io(gpu, t, w.rows(), glu);
-    if let Some(base) = base.filter(|_| glu == 0) {
+    let base = base.filter(|_| glu == 0);
+    if let Some(base) = base {
         if base.len() != t * w.rows() {
             return Err(CudaError::Invalid(format!(
                 "{} base values for {t} x {} outputs",
@@ -828,9 +834,9 @@ pub fn ternary_forward_onto(
             )));
         }
         a.out = gpu.upload(base)?;
-        io = a.io(gpu, t, w.rows(), glu);
-        io.accumulate = true;
     }
+    let mut io = a.io(gpu, t, w.rows(), glu);
+    io.accumulate = base.is_some();
     let formed = launch_linear(gpu, &k, path, &dw, &io)?;
     let mut host = vec![0f32; t * w.rows()];
     gpu.stream
