@@ -1859,8 +1859,10 @@ struct AttnBlock {
 // block whose chunk holds the row's own position first rotates and stores its key and value;
 // FRESH: also as the cache holds them (KV) at the start of acc, which is free until the weighted
 // sums, so readable until the barrier after the scores). False (for the whole block) where the
-// chunk starts after the row's position.
-template <class KV, bool FRESH = false>
+// chunk starts after the row's position. BATCH: query elements a thread rotates per round of
+// loads (more registers in the setup: the split kernel's, where its queries' loads wait on the
+// previous kernel's stores, BENCHMARKS.md session 29).
+template <class KV, bool FRESH = false, int BATCH = 1>
 __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32* pos, int s, const u32* seqtab,
                            int layer, int n_heads, int n_kv, int hd, const float* cosT, const float* sinT, int rope,
                            int c, int kvh, int r) {
@@ -1884,10 +1886,31 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
         int half = hd / 2;
         const float* cs = cosT + (size_t)p * half;
         const float* sn = sinT + (size_t)p * half;
-        for (int i = threadIdx.x; i < group * hd; i += blockDim.x) {
-            int h = i / hd, j = i % hd, jj = j % half;
-            float x1 = qrow[h * hd + jj], x2 = qrow[h * hd + jj + half];
-            qs[i] = j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj];
+        if constexpr (BATCH == 1) {
+            for (int i = threadIdx.x; i < group * hd; i += blockDim.x) {
+                int h = i / hd, j = i % hd, jj = j % half;
+                float x1 = qrow[h * hd + jj], x2 = qrow[h * hd + jj + half];
+                qs[i] = j < half ? x1 * cs[jj] - x2 * sn[jj] : x2 * cs[jj] + x1 * sn[jj];
+            }
+        } else {
+            // BATCH elements' loads issued before any is used: one round trip instead of BATCH.
+            for (int i0 = threadIdx.x; i0 < group * hd; i0 += BATCH * blockDim.x) {
+                float x1[BATCH], x2[BATCH], c[BATCH], sv[BATCH];
+#pragma unroll
+                for (int u = 0; u < BATCH; u++) {
+                    int i = i0 + u * blockDim.x, h = i / hd, j = i % hd, jj = j % half;
+                    bool on = i < group * hd;
+                    x1[u] = on ? qrow[h * hd + jj] : 0.f;
+                    x2[u] = on ? qrow[h * hd + jj + half] : 0.f;
+                    c[u] = on ? cs[jj] : 0.f;
+                    sv[u] = on ? sn[jj] : 0.f;
+                }
+#pragma unroll
+                for (int u = 0; u < BATCH; u++) {
+                    int i = i0 + u * blockDim.x, j = i % hd;
+                    if (i < group * hd) qs[i] = j < half ? x1[u] * c[u] - x2[u] * sv[u] : x2[u] * c[u] + x1[u] * sv[u];
+                }
+            }
         }
         if constexpr (IsQ8<KV>::v) {
             // Warp 0 the key, warp 1 the value (FRESH: their codes also at acc's start, key then
@@ -2381,9 +2404,9 @@ __device__ __forceinline__ void value_mma(float (&o)[4], u32 v0, u32 v1, u32 v2,
 }
 // A q8 cache on the tensor cores (attn_split_body): a warp's keys and values as codes, in
 // attn_mma_load's positions and dims (a key piece: 8 codes, a uint2, as they are: A of the
-// scores' integer mma; a value run: HD / 8 codes, HD / 32 words, each code XORed with 0x80 for
-// q8_f16x2: 0x80 past n, i.e. code 0), and the positions' scales (keys: g, g + 8; values:
-// 4 tq .. + 3; 0 past n). `soff`: bytes from a position's codes of this kv head to its scale.
+// scores' integer mma; a value run: HD / 8 codes, HD / 32 words, XORed with 0x80 for q8_f16x2
+// where q8_value_mma uses them: 0 past n, i.e. code 0), and the positions' scales (keys: g,
+// g + 8; values: 4 tq .. + 3; 0 past n). `soff`: bytes from a position's codes of this kv head to its scale.
 template <class KV, int HD>
 struct SplitRegs {  // f16: attn_mma_load's registers
     typedef uint4 K;
@@ -2427,7 +2450,7 @@ __device__ __forceinline__ void q8_load_v(const i8* vc, int pitch, int soff, int
             w[0] = i < n ? *(const u32*)src : 0u;
         }
 #pragma unroll
-        for (int t = 0; t < HD / 32; t++) vw[e][t] = w[t] ^ 0x80808080u;
+        for (int t = 0; t < HD / 32; t++) vw[e][t] = w[t];
         vs[e] = i < n ? *(const float*)(row + soff) : 0.f;
     }
 }
@@ -2461,9 +2484,11 @@ __device__ __forceinline__ void q8_q_frag(const float* qh, int j, int g, int tq,
 // m-tile w of the weighted sum over q8 values (attn_value_mma's operands, converted).
 template <int HD>
 __device__ __forceinline__ void q8_value_mma(float (&o)[4], const u32 (&vw)[4][HD / 32], int w, u32 p0, u32 p1) {
-    u32 sel = w & 1 ? 0x4342 : 0x4140;
-    value_mma(o, q8_f16x2(vw[0][w >> 1], sel), q8_f16x2(vw[1][w >> 1], sel), q8_f16x2(vw[2][w >> 1], sel),
-              q8_f16x2(vw[3][w >> 1], sel), p0, p1);
+    // The codes' XOR with 0x80 here rather than at the load: a load's first use is where the warp
+    // waits for it, and here that is a chunk's scores and softmax later.
+    u32 sel = w & 1 ? 0x4342 : 0x4140, x = 0x80808080u;
+    value_mma(o, q8_f16x2(vw[0][w >> 1] ^ x, sel), q8_f16x2(vw[1][w >> 1] ^ x, sel),
+              q8_f16x2(vw[2][w >> 1] ^ x, sel), q8_f16x2(vw[3][w >> 1] ^ x, sel), p0, p1);
 }
 // The exponent ex that scales the block's staged query heads (group x HD) below 1 (2^-ex,
 // exact): from their largest magnitude, 0 where that is 0 or not finite.
@@ -2739,7 +2764,8 @@ __device__ void attn_split_body(const float* qkv, int stride, const u32* pos, co
     PDL_ENTRY();
     if (s >= ns) return;
     AttnBlock b;
-    attn_begin<KV>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh, r);
+    attn_begin<KV, false, 4>(b, qkv, stride, pos, sq, seqtab, layer, n_heads, n_kv, HD, cosT, sinT, rope, c1 - 1, kvh,
+                             r);
     if (!early && cw < c1) load_k(cw, kr, ks), load_v(cw, vw, vs);
     int group = b.group;
     // B of the scores, as attn_mma_body's, once for all chunks.

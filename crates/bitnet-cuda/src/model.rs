@@ -149,8 +149,13 @@ struct Scratch {
     top_ids: CudaSlice<u32>,
     top_vals: CudaSlice<f32>,
     host_top: (Vec<u32>, Vec<f32>),
-    /// Captured decode steps by batch size and attention chunks (a power of two).
-    graphs: std::collections::HashMap<(usize, usize), Graph>,
+    /// Captured decode steps by batch size, attention chunks (a power of two) and whether the
+    /// whole step's split attention fits its blocks with a second set of registers
+    /// ([`AttnSplit::ahead_fits`]).
+    graphs: std::collections::HashMap<(usize, usize, bool), Graph>,
+    /// Rows of the step this scratch's pass belongs to: its own, or every lane's where lanes run
+    /// at once ([`CudaModel::step`]), whose blocks share the SMs.
+    step_rows: usize,
     /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
     /// wanted rows, reused across steps.
     lists: StepLists,
@@ -191,6 +196,7 @@ impl Scratch {
             top_vals: gpu.zeros(MAX_ROWS * TOPK_MAX)?,
             host_top: (vec![0; MAX_ROWS * TOPK_MAX], vec![0.0; MAX_ROWS * TOPK_MAX]),
             graphs: Default::default(),
+            step_rows: 0,
             lists: Default::default(),
         })
     }
@@ -621,7 +627,9 @@ impl CudaModel {
         let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
         if decode && self.graphs {
             let chunks = graph_chunks(chunks, self.max_chunks);
-            let key = (n, chunks);
+            let ahead =
+                (self.k.attn_split.as_ref()).is_some_and(|a| a.ahead_fits(s.step_rows.max(n)));
+            let key = (n, chunks, ahead);
             if !s.graphs.contains_key(&key) {
                 let graph = match self.capture(s, n, m, chunks) {
                     Err(e) if n == 1 && self.mega_on() => {
@@ -740,6 +748,7 @@ impl CudaModel {
             None => lane_cuts(rows, self.split_rows),
             Some(_) => Cuts::default(),
         };
+        s.step_rows = rows.len();
         if cuts.is_empty() {
             return self.pass(s, p, out, tracer);
         }
@@ -790,6 +799,9 @@ impl CudaModel {
         let wa = wanted.partition_point(|&w| (w as usize) < r);
         let sa = rows[r].2 as usize;
         let used = &mut lanes[..cuts.len()];
+        for lane in used.iter_mut() {
+            lane.step_rows = rows.len();
+        }
         let result = self.lanes_run(s, (&rows[..r], &seqs[..sa], &wanted[..wa]), used, out);
         // Later work on the model's stream waits for every lane's.
         let mut joined = Ok(());
@@ -949,7 +961,7 @@ impl CudaModel {
         let attn_smem = attn_smem(c, attn_block);
         let attn_split = (self.k.attn_split.as_ref())
             .filter(|_| decode)
-            .map(|split| split.launch(n, chunks));
+            .map(|split| split.launch(n, s.step_rows.max(n), chunks));
         let glu_mode = glu_mode(c.activation);
         if decode
             && n == 1

@@ -105,9 +105,11 @@ pub(super) const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
 pub(super) struct AttnSplit {
     /// The kernels and their dynamic shared memory, in the order of [`SplitBlock::ALL`].
     pub(super) kernels: [(Kernel, u32); 3],
-    /// Streaming multiprocessors and key/value heads (see [`split_shape`]).
+    /// Streaming multiprocessors, key/value heads and the blocks of [`SplitBlock::FourAhead`]
+    /// resident at once on the whole GPU (see [`split_shape`]).
     pub(super) sms: usize,
     pub(super) n_kv: usize,
+    pub(super) ahead_resident: usize,
     /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=8|4|4a`: N splits per row and
     /// that block shape whatever the step (for measurements).
     pub(super) splits: Option<usize>,
@@ -123,10 +125,22 @@ impl AttnSplit {
             Some((attn_split_kernel(gpu, kv, hd, group, shape)?, smem))
         };
         let [eight, four, ahead] = SplitBlock::ALL.map(kernel);
+        let ahead = ahead?;
+        let sms = gpu.sm_count() as usize;
+        // Where the driver cannot say: two per SM, as for f16 at head size 128.
+        let resident = ahead
+            .0
+            .resident(gpu, SplitBlock::FourAhead.threads(), ahead.1 as usize);
+        let ahead_resident = if resident == 0 {
+            2 * sms
+        } else {
+            resident as usize
+        };
         Some(AttnSplit {
-            kernels: [eight?, four?, ahead?],
-            sms: gpu.sm_count() as usize,
+            kernels: [eight?, four?, ahead],
+            sms,
             n_kv: c.n_kv_heads,
+            ahead_resident,
             splits: env("BITNET_CUDA_ATTN_SPLITS")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0),
@@ -135,29 +149,50 @@ impl AttnSplit {
         })
     }
 
-    /// The kernel, block size, shared memory and splits per row for a decode step of `rows`
-    /// rows that launches `chunks` chunks ([`split_shape`]).
-    pub(super) fn launch(&self, rows: usize, chunks: usize) -> (&Kernel, u32, u32, usize) {
-        let (shape, splits) = split_shape(rows * self.n_kv, self.sms, chunks);
+    /// The kernel, block size, shared memory and splits per row for a decode pass of `rows`
+    /// rows, part of a step of `step_rows` rows on the GPU at once, that launches `chunks`
+    /// chunks ([`split_shape`]).
+    pub(super) fn launch(
+        &self,
+        rows: usize,
+        step_rows: usize,
+        chunks: usize,
+    ) -> (&Kernel, u32, u32, usize) {
+        let pairs = (rows * self.n_kv, step_rows * self.n_kv);
+        let (shape, splits) = split_shape(pairs, self.sms, self.ahead_resident, chunks);
         let shape = self.shape.unwrap_or(shape);
         let (k, smem) = &self.kernels[shape as usize];
         (k, shape.threads(), *smem, self.splits.unwrap_or(splits))
     }
+
+    /// Whether a step of `step_rows` rows takes the blocks with a second set of registers
+    /// where its passes' pairs are too many for blocks of 8 warps ([`split_shape`]).
+    pub(super) fn ahead_fits(&self, step_rows: usize) -> bool {
+        step_rows * self.n_kv <= self.ahead_resident
+    }
 }
 
-/// The split attention's block shape and splits per row for `pairs` (row, kv head) pairs on
-/// `sms` SMs, a step that launches `chunks` chunks: blocks of 8 warps where each pair can have an
-/// SM to itself, 4 warps with the next chunk in a second set of registers where two blocks per
-/// SM hold every pair, else 4 warps that reuse their registers (three per SM: one wave at batch
-/// 64 of 2B4T); one split per row unless the blocks leave SMs idle, and then at most one per
-/// [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every split
-/// more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16 lost 12%
-/// from 2.
-pub(super) fn split_shape(pairs: usize, sms: usize, chunks: usize) -> (SplitBlock, usize) {
+/// The split attention's block shape and splits per row for a pass of `pairs.0` (row, kv head)
+/// pairs, part of a step of `pairs.1` on the GPU at once (lanes), on `sms` SMs, a step that
+/// launches `chunks` chunks: blocks of 8 warps where each pair can have an SM to itself, 4 warps
+/// with the next chunk in a second set of registers where those blocks (`ahead_resident` of them
+/// fit the GPU at once: two per SM for an f16 cache at head size 128, three for q8) hold every
+/// pair of the step, else 4 warps that reuse their registers (three per SM: one wave at batch 64
+/// of 2B4T with f16); one split per row unless the blocks leave SMs idle, and then at most one
+/// per [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every
+/// split more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16
+/// lost 12% from 2. Session 29 (q8 cache): batch 64 with the second set (three per SM) +8.5%;
+/// the same for each of two lanes of 64 rows -3 to -4%.
+pub(super) fn split_shape(
+    (pairs, step_pairs): (usize, usize),
+    sms: usize,
+    ahead_resident: usize,
+    chunks: usize,
+) -> (SplitBlock, usize) {
     let pairs = pairs.max(1);
     let shape = if pairs <= sms {
         SplitBlock::Eight
-    } else if pairs <= 2 * sms {
+    } else if step_pairs.max(pairs) <= ahead_resident {
         SplitBlock::FourAhead
     } else {
         SplitBlock::Four
@@ -494,18 +529,28 @@ mod tests {
     #[test]
     fn split_attention_takes_one_split_per_row_unless_sms_idle_over_long_rows() {
         use SplitBlock::*;
-        // 2B4T (5 kv heads) on 132 SMs: batch 64 in blocks of 4 warps (one wave of three per
-        // SM), 32 and 48 of 4 with a second set of registers, 24 and below of 8.
-        assert_eq!(split_shape(320, 132, 16), (Four, 1));
-        assert_eq!(split_shape(240, 132, 16), (FourAhead, 1));
-        assert_eq!(split_shape(160, 132, 64), (FourAhead, 1));
-        assert_eq!(split_shape(120, 132, 64), (Eight, 1));
-        assert_eq!(split_shape(80, 132, 64), (Eight, 1));
+        // 2B4T (5 kv heads) on 132 SMs, f16 cache (two blocks with the second set of registers
+        // per SM): batch 64 in blocks of 4 warps (one wave of three per SM), 32 and 48 of 4
+        // with a second set of registers, 24 and below of 8.
+        let f16 = 2 * 132;
+        let alone = |pairs| (pairs, pairs);
+        assert_eq!(split_shape(alone(320), 132, f16, 16), (Four, 1));
+        assert_eq!(split_shape(alone(240), 132, f16, 16), (FourAhead, 1));
+        assert_eq!(split_shape(alone(160), 132, f16, 64), (FourAhead, 1));
+        assert_eq!(split_shape(alone(120), 132, f16, 64), (Eight, 1));
+        assert_eq!(split_shape(alone(80), 132, f16, 64), (Eight, 1));
+        // q8 (three per SM): batch 64 with the second set too, 80 without, and neither lane of
+        // batch 96 (48 + 48 rows) or 128 (64 + 64).
+        let q8 = 3 * 132;
+        assert_eq!(split_shape(alone(320), 132, q8, 16), (FourAhead, 1));
+        assert_eq!(split_shape(alone(400), 132, q8, 16), (Four, 1));
+        assert_eq!(split_shape((240, 480), 132, q8, 16), (Four, 1));
+        assert_eq!(split_shape((320, 640), 132, q8, 16), (Four, 1));
         // Batch 4: 4 splits at depth 2048 (33 chunks: 64 in a graph), 2 at 1,024, 1 below.
-        assert_eq!(split_shape(20, 132, 64), (Eight, 4));
-        assert_eq!(split_shape(20, 132, 32), (Eight, 2));
-        assert_eq!(split_shape(20, 132, 16), (Eight, 1));
-        assert_eq!(split_shape(0, 132, 1), (Eight, 1));
+        assert_eq!(split_shape(alone(20), 132, f16, 64), (Eight, 4));
+        assert_eq!(split_shape(alone(20), 132, f16, 32), (Eight, 2));
+        assert_eq!(split_shape(alone(20), 132, f16, 16), (Eight, 1));
+        assert_eq!(split_shape((0, 0), 132, f16, 1), (Eight, 1));
     }
 
     #[test]
