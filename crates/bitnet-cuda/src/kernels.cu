@@ -1886,6 +1886,8 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
         int half = hd / 2;
         const float* cs = cosT + (size_t)p * half;
         const float* sn = sinT + (size_t)p * half;
+        // BATCH == 1: the other kernels' loop as it was (the batched form at 1 changes their
+        // machine code; not measured).
         if constexpr (BATCH == 1) {
             for (int i = threadIdx.x; i < group * hd; i += blockDim.x) {
                 int h = i / hd, j = i % hd, jj = j % half;
@@ -1895,20 +1897,20 @@ __device__ bool attn_begin(AttnBlock& b, const float* qkv, int stride, const u32
         } else {
             // BATCH elements' loads issued before any is used: one round trip instead of BATCH.
             for (int i0 = threadIdx.x; i0 < group * hd; i0 += BATCH * blockDim.x) {
-                float x1[BATCH], x2[BATCH], c[BATCH], sv[BATCH];
+                float x1[BATCH], x2[BATCH], cv[BATCH], sv[BATCH];
 #pragma unroll
                 for (int u = 0; u < BATCH; u++) {
                     int i = i0 + u * blockDim.x, h = i / hd, j = i % hd, jj = j % half;
                     bool on = i < group * hd;
                     x1[u] = on ? qrow[h * hd + jj] : 0.f;
                     x2[u] = on ? qrow[h * hd + jj + half] : 0.f;
-                    c[u] = on ? cs[jj] : 0.f;
+                    cv[u] = on ? cs[jj] : 0.f;
                     sv[u] = on ? sn[jj] : 0.f;
                 }
 #pragma unroll
                 for (int u = 0; u < BATCH; u++) {
                     int i = i0 + u * blockDim.x, j = i % hd;
-                    if (i < group * hd) qs[i] = j < half ? x1[u] * c[u] - x2[u] * sv[u] : x2[u] * c[u] + x1[u] * sv[u];
+                    if (i < group * hd) qs[i] = j < half ? x1[u] * cv[u] - x2[u] * sv[u] : x2[u] * cv[u] + x1[u] * sv[u];
                 }
             }
         }
@@ -2406,7 +2408,8 @@ __device__ __forceinline__ void value_mma(float (&o)[4], u32 v0, u32 v1, u32 v2,
 // attn_mma_load's positions and dims (a key piece: 8 codes, a uint2, as they are: A of the
 // scores' integer mma; a value run: HD / 8 codes, HD / 32 words, XORed with 0x80 for q8_f16x2
 // where q8_value_mma uses them: 0 past n, i.e. code 0), and the positions' scales (keys: g,
-// g + 8; values: 4 tq .. + 3; 0 past n). `soff`: bytes from a position's codes of this kv head to its scale.
+// g + 8; values: 4 tq .. + 3; 0 past n). `soff`: bytes from a position's codes of this kv head
+// to its scale.
 template <class KV, int HD>
 struct SplitRegs {  // f16: attn_mma_load's registers
     typedef uint4 K;
