@@ -396,6 +396,32 @@ __device__ __forceinline__ void cp_async_commit() {
 #endif
 }
 
+// A 16-byte cp.async issued only where `on` (a predicate, not a branch; sm_80+).
+__device__ __forceinline__ void cp_async16_if(u32 smem, const void* gmem, bool on) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p cp.async.cg.shared.global [%0], [%1], 16;\n\t}" ::"r"(smem),
+                 "l"(gmem), "r"((int)on)
+                 : "memory");
+#else
+    if (on) cp_async16_s(smem, gmem);
+#endif
+}
+// A 16-byte cp.async that asks L2 to fetch the 256 bytes around it (for rows read 64 bytes at a
+// time; sm_80+).
+__device__ __forceinline__ void cp_async16_l2(u32 smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(smem), "l"(gmem) : "memory");
+#else
+    cp_async16_s(smem, gmem);
+#endif
+}
+// A 16-byte load from shared memory at a shared-space address (kept in order with the barriers).
+__device__ __forceinline__ uint4 ld_shared_v4(u32 a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+    return v;
+}
+
 // Thread-block clusters (sm_90): a barrier of every thread of the cluster (writes to shared
 // memory before it are visible to every block after it), and a load from the shared memory of
 // block `rank` of the cluster at the place of `p` in this block's.
@@ -1415,18 +1441,6 @@ MMA_TILE_ENTRY(8)
 #define GEMM_STAGES 4
 #define GEMM_STAGE_BYTES (GEMM_STRIPS * 512 + GEMM_TOKENS * MMA_XROW)
 #define GEMM_RP (GEMM_STRIPS * 16 + 4)
-// A 16-byte cp.async issued only where `on` (a predicate, not a branch).
-__device__ __forceinline__ void cp_async16_if(u32 smem, const void* gmem, bool on) {
-    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %2, 0;\n\t@p cp.async.cg.shared.global [%0], [%1], 16;\n\t}" ::"r"(smem),
-                 "l"(gmem), "r"((int)on)
-                 : "memory");
-}
-// A 16-byte load from shared memory at a shared-space address (kept in order with the barriers).
-__device__ __forceinline__ uint4 ld_shared_v4(u32 a) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
-    return v;
-}
 // The 4 ints at `p` summed over the cluster's `splits` blocks (at most 8; its own where there is
 // one), every load issued before the first add.
 __device__ __forceinline__ int4 gemm_sum4(const int* p, int splits) {
@@ -3564,15 +3578,25 @@ HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 // then 8 of lo; then the mpad rows' scales s (f32). Block: 8 warps of 16 vocabulary rows (one
 // m16 tile), up to 64 rows of x (blockIdx.y; tiles of 8 rows known at compile time: NT, so
 // that the 2 x NT independent sums interleave). x goes through shared memory in 128-column
-// chunks, two stages by cp.async (four measured level), HI_ROW bytes per row (256 of planes and
-// 16 of skew, so that the 8 lanes of a 16-byte load phase fall on distinct banks). Within each
-// 64-column block lane (g, t) loads columns 16t..16t+15 of its two table rows (one 16-byte load
-// each, two blocks ahead) and the same columns of x's planes; k-block 0 of the mma takes each
-// lane's first 8 of them, k-block 1 the other 8 (a permutation of the columns, the same for A
-// and B, so the sums are unchanged). Two m16 tiles per warp and 32 rows of x per block (each
-// fragment of x serving twice the rows) measured 1-2% slower at 64 rows.
+// chunks, HI_ROW bytes per row (256 of planes and 16 of skew, so that the 8 lanes of a 16-byte
+// load phase fall on distinct banks). Within each 64-column block lane (g, t) takes columns
+// 16t..16t+15 of its two table rows and the same columns of x's planes; k-block 0 of the mma
+// takes each lane's first 8 of them, k-block 1 the other 8 (a permutation of the columns, the
+// same for A and B, so the sums are unchanged). Two m16 tiles per warp and 32 rows of x per
+// block (each fragment of x serving twice the rows) measured 1-2% slower at 64 rows.
+//
+// The table goes by cp.async (asking L2 for the 256 bytes around each piece) into slots of the
+// lane's own in shared memory, HI_D blocks ahead of its use, where loads into registers two
+// blocks ahead (all the registers left) had left the warps waiting on them for half of ncu's
+// samples. Now they wait on their own mma and shared loads instead: decode steps of 2-16 rows
+// ~1% faster, 64 rows level (BENCHMARKS.md, session 30). x goes in HI_S stages, chunk c in the
+// copy group of table block 2c; the first table blocks go out before the wait on the previous
+// kernel (they do not depend on it).
 #define HI_ROW 272
 #define HI_STAGE (64 * HI_ROW)
+#define HI_D 4
+#define HI_SLOTS (HI_D + 1)
+#define HI_S (HI_D / 2 + 1)
 // The planes and scales of rows 0..mpad of x: rows m..mpad zero (scale 0); a row holding a value
 // that is not finite gets the scale NaN (its logits NaN, as the 16-bit head's would be).
 __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out) {
@@ -3614,14 +3638,14 @@ extern "C" __global__ void split_rows_i16(const float* x, int m, int mpad, int c
     split_rows_i16_body(x, m, mpad, cols, out);
 }
 #endif
-// Stage chunk `ch` (128 columns) of the planes of rows 0..nrows into `buf` (one cp.async group).
+// Copies chunk `ch` (128 columns) of the planes of rows 0..nrows into `buf` (cp.async, into the
+// caller's group).
 __device__ __forceinline__ void head_i16_stage(const unsigned char* xq, int cols, int ch, int nrows, char* buf) {
     for (int i = threadIdx.x; i < nrows * 16; i += blockDim.x) {
         int r = i >> 4, piece = i & 15;
         cp_async16_s((u32)__cvta_generic_to_shared(buf + r * HI_ROW + piece * 16),
                      xq + (size_t)r * 2 * cols + ch * 256 + piece * 16);
     }
-    cp_async_commit();
 }
 template <int NT>
 __device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale, int vocab, int cols,
@@ -3641,43 +3665,52 @@ __device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale
 #pragma unroll
         for (int j = 0; j < NT; j++) acc[p][j][0] = acc[p][j][1] = acc[p][j][2] = acc[p][j][3] = 0;
     int chunks = cols / 128, nb = cols / 64;
-    head_i16_stage(xq, cols, 0, NT * 8, hsm);
-    // Table loads DEPTH 64-column blocks ahead of their use (nb is even).
-    constexpr int DEPTH = 2;
-    uint4 pf[DEPTH][2];
+    // The lane's own table slots: HI_SLOTS of (row g, row g + 8) x 16 bytes, each piece's 32
+    // lanes side by side (no bank conflicts); block b in slot b % HI_SLOTS.
+    u32 ts = (u32)__cvta_generic_to_shared(hsm + HI_S * HI_STAGE) + (u32)(warp * HI_SLOTS * 1024 + lane * 16);
+    auto table = [&](int b) {
+        if (b < nb) {
+            u32 d = ts + (u32)(b % HI_SLOTS) * 1024;
+            cp_async16_l2(d, w0 + (size_t)b * 64);
+            cp_async16_l2(d + 512, w1 + (size_t)b * 64);
+        }
+    };
+    // Group k holds table block k (or an earlier group does) and, for even k, x's chunk k / 2.
 #pragma unroll
-    for (int d = 0; d < DEPTH; d++) {
-        pf[d][0] = __ldg((const uint4*)(w0 + d * 64));
-        pf[d][1] = __ldg((const uint4*)(w1 + d * 64));
+    for (int k = 0; k < HI_D; k++) table(k);
+    PDL_ENTRY();
+#pragma unroll
+    for (int k = 0; k < HI_D; k++) {
+        if ((k & 1) == 0 && k / 2 < chunks) head_i16_stage(xq, cols, k / 2, NT * 8, hsm + (k / 2) * HI_STAGE);
+        cp_async_commit();
     }
-    for (int b0 = 0; b0 < nb; b0 += DEPTH) {
+    for (int b = 0; b < nb; b++) {
+        // Groups 0..b landed (this thread's copies); at even b the barrier publishes x's chunk
+        // b / 2 and says every warp is done with blocks < b, so chunk b / 2 + HI_D / 2 may take
+        // the stage of chunk b / 2 - 1.
+        cp_async_wait<HI_D - 1>();
+        if ((b & 1) == 0) {
+            __syncthreads();
+            int ch = b / 2 + HI_D / 2;
+            if (ch < chunks) head_i16_stage(xq, cols, ch, NT * 8, hsm + (ch % HI_S) * HI_STAGE);
+        }
+        u32 slot = ts + (u32)(b % HI_SLOTS) * 1024;
+        uint4 a0 = ld_shared_v4(slot), a1 = ld_shared_v4(slot + 512);
+        // Block b + HI_D into the slot block b - 1 used (its values went into last block's mma).
+        table(b + HI_D);
+        cp_async_commit();
+        const char* xb = hsm + ((b >> 1) % HI_S) * HI_STAGE + (b & 1) * 128 + 32 * t + g * HI_ROW;
 #pragma unroll
-        for (int d = 0; d < DEPTH; d++) {
-            int b = b0 + d;
-            if ((b & 1) == 0) {
-                int ch = b >> 1;
-                // This chunk landed; every warp is done with the other stage, which takes the next.
-                cp_async_wait<0>();
-                __syncthreads();
-                if (ch + 1 < chunks) head_i16_stage(xq, cols, ch + 1, NT * 8, hsm + ((ch + 1) & 1) * HI_STAGE);
-            }
-            uint4 a0 = pf[d][0], a1 = pf[d][1];
-            if (b + DEPTH < nb) {
-                pf[d][0] = __ldg((const uint4*)(w0 + (b + DEPTH) * 64));
-                pf[d][1] = __ldg((const uint4*)(w1 + (b + DEPTH) * 64));
-            }
-            const char* xb = hsm + ((b >> 1) & 1) * HI_STAGE + (b & 1) * 128 + 32 * t + g * HI_ROW;
-#pragma unroll
-            for (int j = 0; j < NT; j++) {
-                uint4 p = *(const uint4*)(xb + j * 8 * HI_ROW);       // columns 16t..16t+7: hi, lo
-                uint4 q = *(const uint4*)(xb + j * 8 * HI_ROW + 16);  // columns 16t+8..16t+15
-                imma_s8<false>(acc[0][j], a0.x, a1.x, a0.y, a1.y, p.x, p.y);
-                imma_s8<true>(acc[1][j], a0.x, a1.x, a0.y, a1.y, p.z, p.w);
-                imma_s8<false>(acc[0][j], a0.z, a1.z, a0.w, a1.w, q.x, q.y);
-                imma_s8<true>(acc[1][j], a0.z, a1.z, a0.w, a1.w, q.z, q.w);
-            }
+        for (int j = 0; j < NT; j++) {
+            uint4 p = *(const uint4*)(xb + j * 8 * HI_ROW);       // columns 16t..16t+7: hi, lo
+            uint4 q = *(const uint4*)(xb + j * 8 * HI_ROW + 16);  // columns 16t+8..16t+15
+            imma_s8<false>(acc[0][j], a0.x, a1.x, a0.y, a1.y, p.x, p.y);
+            imma_s8<true>(acc[1][j], a0.x, a1.x, a0.y, a1.y, p.z, p.w);
+            imma_s8<false>(acc[0][j], a0.z, a1.z, a0.w, a1.w, q.x, q.y);
+            imma_s8<true>(acc[1][j], a0.z, a1.z, a0.w, a1.w, q.z, q.w);
         }
     }
+    cp_async_wait<0>();
     // C fragment: c[2 half + e] is table row g + 8 half, row 2t + e of the tile of x.
 #pragma unroll
     for (int half = 0; half < 2; half++) {
@@ -3702,7 +3735,6 @@ __device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale
 #if IN_PART(7)
 extern "C" __global__ void __launch_bounds__(256, 2)
     head_imma_i8(const i8* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {
-    PDL_ENTRY();
     int t0 = blockIdx.y * 64, mt = min(m - t0, 64);
     const float* xs = (const float*)(xq + (size_t)((m + 7) / 8 * 8) * 2 * cols);
     switch ((mt + 7) / 8) {

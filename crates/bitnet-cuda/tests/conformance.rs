@@ -402,7 +402,7 @@ fn head_kernels_equal_a_double_precision_product() {
                 }
             }
             // Every count of 8-row tiles (1..=8) in the last 64-row block.
-            for m in [1usize, 8, 9, 17, 25, 33, 41, 56, 64, 65, 130] {
+            for m in [1usize, 8, 9, 17, 25, 33, 41, 56, 57, 64, 65, 120, 130] {
                 let mut x: Vec<f32> = (0..m * cols)
                     .map(|_| rng.random_range(-4.0f32..4.0))
                     .collect();

@@ -147,8 +147,9 @@ pub(super) struct HeadMma {
 /// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
 pub(super) const HEAD_MMA_SMEM: u32 = 2 * 64 * 576;
 
-/// Two stages of 64 rows x 272 bytes (`HI_STAGE` in the kernels).
-pub(super) const HEAD_IMMA_SMEM: u32 = 2 * 64 * 272;
+/// Three stages of 64 rows x 272 bytes (`HI_STAGE` in the kernels) and each of the 8 warps'
+/// 5 table slots of 1,024 bytes (`HI_SLOTS`).
+pub(super) const HEAD_IMMA_SMEM: u32 = 3 * 64 * 272 + 8 * 5 * 1024;
 
 /// Rows from which the head runs on the tensor cores. The CUDA-core head reads the table once
 /// per 8 rows but is bound by its instructions from two rows on: on the H200 the tensor-core
