@@ -149,10 +149,9 @@ struct Scratch {
     top_ids: CudaSlice<u32>,
     top_vals: CudaSlice<f32>,
     host_top: (Vec<u32>, Vec<f32>),
-    /// Captured decode steps by batch size, attention chunks (a power of two) and whether the
-    /// whole step's split attention fits its blocks with a second set of registers
-    /// ([`AttnSplit::ahead_fits`]).
-    graphs: std::collections::HashMap<(usize, usize, bool), Graph>,
+    /// Captured decode steps by batch size, attention chunks (a power of two) and the split
+    /// attention's shape and splits ([`AttnSplit::shape`]: it also depends on the step's rows).
+    graphs: std::collections::HashMap<GraphKey, Graph>,
     /// Rows of the step this scratch's pass belongs to: its own, or every lane's where lanes run
     /// at once ([`CudaModel::step`]), whose blocks share the SMs.
     step_rows: usize,
@@ -627,9 +626,9 @@ impl CudaModel {
         let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
         if decode && self.graphs {
             let chunks = graph_chunks(chunks, self.max_chunks);
-            let ahead =
-                (self.k.attn_split.as_ref()).is_some_and(|a| a.ahead_fits(s.step_rows.max(n)));
-            let key = (n, chunks, ahead);
+            let split =
+                (self.k.attn_split.as_ref()).map(|a| a.shape(n, s.step_rows.max(n), chunks));
+            let key = (n, chunks, split);
             if !s.graphs.contains_key(&key) {
                 let graph = match self.capture(s, n, m, chunks) {
                     Err(e) if n == 1 && self.mega_on() => {
@@ -1124,6 +1123,10 @@ impl CudaModel {
         }
     }
 }
+
+/// A captured decode step's key: batch size, attention chunks and the split attention's shape
+/// and splits (see [`Scratch::graphs`]).
+type GraphKey = (usize, usize, Option<(SplitBlock, usize)>);
 
 /// Events that only order streams (no timestamps: cheaper to record).
 const NO_TIMING: cudarc::driver::sys::CUevent_flags =

@@ -62,7 +62,7 @@ pub(super) fn attn_split_kernel(
 }
 
 /// The blocks of the split attention (the discriminant is the index in `SplitBlock::ALL`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SplitBlock {
     /// 8 warps, two chunks at a time (one block per SM at head size 128).
     Eight = 0,
@@ -149,26 +149,30 @@ impl AttnSplit {
         })
     }
 
-    /// The kernel, block size, shared memory and splits per row for a decode pass of `rows`
-    /// rows, part of a step of `step_rows` rows on the GPU at once, that launches `chunks`
-    /// chunks ([`split_shape`]).
+    /// The block shape and splits per row for a decode pass of `rows` rows, part of a step of
+    /// `step_rows` rows on the GPU at once, that launches `chunks` chunks ([`split_shape`], or
+    /// the `BITNET_CUDA_ATTN_*` overrides).
+    pub(super) fn shape(
+        &self,
+        rows: usize,
+        step_rows: usize,
+        chunks: usize,
+    ) -> (SplitBlock, usize) {
+        let pairs = (rows * self.n_kv, step_rows * self.n_kv);
+        let (shape, splits) = split_shape(pairs, self.sms, self.ahead_resident, chunks);
+        (self.shape.unwrap_or(shape), self.splits.unwrap_or(splits))
+    }
+
+    /// The kernel, block size, shared memory and splits per row of [`AttnSplit::shape`].
     pub(super) fn launch(
         &self,
         rows: usize,
         step_rows: usize,
         chunks: usize,
     ) -> (&Kernel, u32, u32, usize) {
-        let pairs = (rows * self.n_kv, step_rows * self.n_kv);
-        let (shape, splits) = split_shape(pairs, self.sms, self.ahead_resident, chunks);
-        let shape = self.shape.unwrap_or(shape);
+        let (shape, splits) = self.shape(rows, step_rows, chunks);
         let (k, smem) = &self.kernels[shape as usize];
-        (k, shape.threads(), *smem, self.splits.unwrap_or(splits))
-    }
-
-    /// Whether a step of `step_rows` rows takes the blocks with a second set of registers
-    /// where its passes' pairs are too many for blocks of 8 warps ([`split_shape`]).
-    pub(super) fn ahead_fits(&self, step_rows: usize) -> bool {
-        step_rows * self.n_kv <= self.ahead_resident
+        (k, shape.threads(), *smem, splits)
     }
 }
 
