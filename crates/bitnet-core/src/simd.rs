@@ -35,11 +35,11 @@ fn avx2_f16() -> bool {
 pub fn dots_f16(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if cols > 0 && std::arch::is_x86_feature_detected!("avx512f") {
+        if cols > 0 && m > 0 && std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature was detected on this CPU just above.
             return unsafe { x86::dots_f16_avx512(rows, cols, xs, m, out) };
         }
-        if cols > 0 && avx2_f16() {
+        if cols > 0 && m > 0 && avx2_f16() {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { x86::dots_f16_avx2(rows, cols, xs, m, out) };
         }
@@ -94,20 +94,37 @@ mod x86 {
         sum
     }
 
-    /// Rows per block and columns per chunk of [`dots_f16_avx512`]: a chunk of every vector
-    /// (16 vectors x 256 columns = 16 KB) stays in L1 while the block's rows pass over it, next
-    /// to the block's accumulators (16 rows x 16 vectors x 2 = 32 KB at batch 16). Measured at
-    /// batch 16 (BENCHMARKS.md): 16 rows x 256 columns beat 8 x 256 by ~5%; 8 x 512, 4 x 512,
-    /// 16 x 128 and 32 x 128 were slower or level.
-    const BLOCK_ROWS: usize = 16;
+    /// Rows per block and columns per chunk of [`dots_f16_avx2`]'s [`dots_chunked`]: a chunk of
+    /// every vector (16 vectors x 256 columns = 16 KB) stays in L1 while the block's rows pass
+    /// over it, next to the block's accumulators (16 rows x 16 vectors x 2 = 32 KB at batch
+    /// 16). Measured at batch 16 (BENCHMARKS.md): 16 rows x 256 columns beat 8 x 256 by ~5%;
+    /// 8 x 512, 4 x 512, 16 x 128 and 32 x 128 were slower or level. (The AVX-512 head's
+    /// whole-row passes, [`dots_blocked`], were 10-30% slower for AVX2's 3 x 2 tiles at 16 and
+    /// more vectors, measured on a Zen 5 core: BENCHMARKS.md, session 31.)
+    const CHUNK_ROWS: usize = 16;
     const CHUNK_COLS: usize = 256;
     /// Vectors multiplied together per block of rows (the block sizes above were tuned for 16);
     /// larger batches go through each block in groups of this many.
     const GROUP_VECTORS: usize = 16;
 
+    /// Rows per block of [`dots_blocked`]: every tile of vectors passes over a block's rows
+    /// (24 rows x 2,560 f16 = 120 KB, in L2 after the first tile's pass) while the tiles
+    /// prefetch the next block's. Measured at batch 16 (BENCHMARKS.md, session 31): 24 and 48
+    /// rows level, 12 rows 6% and 6 rows 15% slower.
+    const BLOCK_ROWS: usize = 24;
+    /// Columns per pass of a tile over its rows: a tile's vectors over this many columns
+    /// (4 x 1,280 f32 = 20 KB) stay in L1 while the block's rows pass under them. A 2,560-wide
+    /// row in one pass was 23% slower at batch 16, in three or four 8-14%.
+    const PASS_COLS: usize = 1280;
+    /// The most vectors in a tile.
+    const MAX_TILE_VECTORS: usize = 4;
+    /// The rows of a tile of `jj` vectors: 24 accumulators at most, their converted rows and a
+    /// vector (31 of the 32 registers).
+    const TILE_ROWS: [usize; MAX_TILE_VECTORS + 1] = [0, 4, 6, 4, 3];
+
     /// Register-blocked [`dot_f16_avx512`]: the same per-pair accumulation order (two
     /// accumulators over alternating 16-lane chunks, reduced, then a scalar tail), in tiles of
-    /// up to 2 rows x 4 vectors ([`dots_blocked`]).
+    /// 3 rows x 4 vectors, 4 x 3, 6 x 2 or 4 x 1 ([`TILE_ROWS`], [`dots_blocked`]).
     #[target_feature(enable = "avx512f")]
     pub(super) fn dots_f16_avx512(
         rows: &[f16],
@@ -119,35 +136,223 @@ mod x86 {
         thread_local! {
             static ACC: std::cell::RefCell<Vec<__m512>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        ACC.with_borrow_mut(|acc| {
-            let tile = |rr: usize, jj: usize, t: &Tile<'_>, acc: &mut [__m512]| {
-                // SAFETY: `dots_blocked` passes tiles that lie within the rows, vectors and
-                // columns, and an `acc` of BLOCK_ROWS x group x 2.
-                unsafe {
-                    match (rr, jj) {
-                        (2, 4) => dots_tile::<__m512, 2, 4>(t, acc),
-                        (2, 3) => dots_tile::<__m512, 2, 3>(t, acc),
-                        (2, 2) => dots_tile::<__m512, 2, 2>(t, acc),
-                        (2, _) => dots_tile::<__m512, 2, 1>(t, acc),
-                        (_, 4) => dots_tile::<__m512, 1, 4>(t, acc),
-                        (_, 3) => dots_tile::<__m512, 1, 3>(t, acc),
-                        (_, 2) => dots_tile::<__m512, 1, 2>(t, acc),
-                        _ => dots_tile::<__m512, 1, 1>(t, acc),
+        let reduce = |a: __m512, b: __m512| _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+        let tile = |rr: usize, jj: usize, t: &Tile<'_>, out: &mut [f32], acc: &mut [__m512]| {
+            // SAFETY: `dots_blocked` passes tiles that lie within the rows, vectors, columns
+            // and output, and an `acc` of BLOCK_ROWS x MAX_TILE_VECTORS x 2.
+            unsafe {
+                match (rr, jj) {
+                    (3, 4) => dots_tile::<__m512, 3, 4>(t, out, acc, reduce),
+                    (2, 4) => dots_tile::<__m512, 2, 4>(t, out, acc, reduce),
+                    (_, 4) => dots_tile::<__m512, 1, 4>(t, out, acc, reduce),
+                    (4, 3) => dots_tile::<__m512, 4, 3>(t, out, acc, reduce),
+                    (3, 3) => dots_tile::<__m512, 3, 3>(t, out, acc, reduce),
+                    (2, 3) => dots_tile::<__m512, 2, 3>(t, out, acc, reduce),
+                    (_, 3) => dots_tile::<__m512, 1, 3>(t, out, acc, reduce),
+                    (6, 2) => dots_tile::<__m512, 6, 2>(t, out, acc, reduce),
+                    (5, 2) => dots_tile::<__m512, 5, 2>(t, out, acc, reduce),
+                    (4, 2) => dots_tile::<__m512, 4, 2>(t, out, acc, reduce),
+                    (3, 2) => dots_tile::<__m512, 3, 2>(t, out, acc, reduce),
+                    (2, 2) => dots_tile::<__m512, 2, 2>(t, out, acc, reduce),
+                    (_, 2) => dots_tile::<__m512, 1, 2>(t, out, acc, reduce),
+                    (4, _) => dots_tile::<__m512, 4, 1>(t, out, acc, reduce),
+                    (3, _) => dots_tile::<__m512, 3, 1>(t, out, acc, reduce),
+                    (2, _) => dots_tile::<__m512, 2, 1>(t, out, acc, reduce),
+                    _ => dots_tile::<__m512, 1, 1>(t, out, acc, reduce),
+                }
+            }
+        };
+        ACC.with_borrow_mut(|acc| dots_blocked(rows, cols, xs, m, out, acc, tile));
+    }
+
+    /// The blocked product of the AVX-512 head (`m` vectors in `xs`). The rows go in
+    /// blocks of [`BLOCK_ROWS`]; within a block, the vectors in tiles of up to
+    /// [`MAX_TILE_VECTORS`], and for each the columns in passes of about [`PASS_COLS`], each
+    /// pass running the block's row tiles (`tile(rows, vectors, ..)`, each tile shape its own
+    /// instance, so that its accumulators and converted rows stay in registers through the
+    /// pass). So a tile's vectors stay in L1 and the block's rows in L2 while they are reused,
+    /// and the accumulators go to `acc` only between passes. The block's rows come from memory
+    /// on the first vector tile's passes; meanwhile and after, the tiles prefetch the next
+    /// block's rows, spread evenly over the block's tiles. (Over 256-column chunks with all the
+    /// vectors of a chunk, as the AVX2 head does, each tile's call cost as much as its work:
+    /// 34% slower at batch 16.)
+    #[inline(always)]
+    fn dots_blocked(
+        rows: &[f16],
+        cols: usize,
+        xs: &[f32],
+        m: usize,
+        out: &mut [f32],
+        acc: &mut Vec<__m512>,
+        tile: impl Fn(usize, usize, &Tile<'_>, &mut [f32], &mut [__m512]),
+    ) {
+        let n_rows = out.len() / m;
+        let step = 2 * <__m512 as Lanes>::N;
+        let steps = cols / step;
+        let full = steps * step;
+        let passes = steps.div_ceil(PASS_COLS / step).max(1);
+        // SAFETY: the caller (an AVX-512 entry point) runs on a CPU with AVX-512F.
+        acc.resize(BLOCK_ROWS * MAX_TILE_VECTORS * 2, unsafe {
+            _mm512_setzero_ps()
+        });
+        let mut r0 = 0;
+        while r0 < n_rows {
+            let nr = (n_rows - r0).min(BLOCK_ROWS);
+            let next = r0 + nr;
+            let next_lines = ((n_rows - next).min(BLOCK_ROWS) * cols * 2).div_ceil(64);
+            let tiles: usize = (0..m)
+                .step_by(MAX_TILE_VECTORS)
+                .map(|j| nr.div_ceil(TILE_ROWS[(m - j).min(MAX_TILE_VECTORS)]) * passes)
+                .sum();
+            let per_tile = next_lines.div_ceil(tiles);
+            let mut prefetched = 0;
+            for j in (0..m).step_by(MAX_TILE_VECTORS) {
+                let jj = (m - j).min(MAX_TILE_VECTORS);
+                for p in 0..passes {
+                    let mut r = r0;
+                    while r < next {
+                        let rr = (next - r).min(TILE_ROWS[jj]);
+                        let lines = per_tile.min(next_lines - prefetched);
+                        let t = Tile {
+                            rows,
+                            cols,
+                            xs,
+                            m,
+                            r,
+                            j,
+                            c0: steps * p / passes * step,
+                            c1: steps * (p + 1) / passes * step,
+                            full,
+                            acc_row: r - r0,
+                            // Only ever a prefetch address (inside `rows` while lines remain).
+                            prefetch: rows
+                                .as_ptr()
+                                .wrapping_add(next * cols)
+                                .cast::<u8>()
+                                .wrapping_add(prefetched * 64),
+                            prefetch_lines: lines,
+                        };
+                        tile(rr, jj, &t, out, acc);
+                        prefetched += lines;
+                        r += rr;
                     }
                 }
-            };
-            let reduce = |a: __m512, b: __m512| _mm512_reduce_add_ps(_mm512_add_ps(a, b));
-            let shape = Shape {
-                rows,
-                cols,
-                xs,
-                m,
-                step: 32,
-                max_rows: 2,
-                max_vectors: 4,
-            };
-            dots_blocked(&shape, out, acc, _mm512_setzero_ps(), tile, reduce);
-        });
+            }
+            r0 = next;
+        }
+    }
+
+    /// A tile of [`dots_blocked`] or [`dots_chunked`]: rows from `r` against vectors from `j`
+    /// (of `m` in `xs`) over columns `c0..c1` of the `full` that the vector loop covers; its
+    /// accumulators are saved in the block's buffer from row `acc_row` of the block; on the
+    /// way it prefetches `prefetch_lines` cache lines from `prefetch` (`dots_blocked` only).
+    struct Tile<'a> {
+        rows: &'a [f16],
+        cols: usize,
+        xs: &'a [f32],
+        m: usize,
+        r: usize,
+        j: usize,
+        c0: usize,
+        c1: usize,
+        full: usize,
+        acc_row: usize,
+        prefetch: *const u8,
+        prefetch_lines: usize,
+    }
+
+    /// `RR` rows from `t.r` against `JJ` vectors from `t.j` over columns `t.c0..t.c1`: two
+    /// accumulators per pair over alternating `V::N`-column chunks, resumed from `acc` (from
+    /// zero in the first pass) and saved there, or after the last pass reduced by `reduce`,
+    /// completed by the scalar tail as the single product does and written to
+    /// `out[row * m + vector]`. Inlined into each instruction set's entry point, whose features
+    /// it then runs with.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has `V`'s instruction set; rows `t.r..t.r + RR` and vectors `t.j..t.j + JJ`
+    /// exist; `t.c0..t.c1` lies in `t.full`, a multiple of `2 V::N` no larger than `t.cols`;
+    /// `acc` holds `(t.acc_row + RR) * MAX_TILE_VECTORS * 2` accumulators.
+    #[inline(always)]
+    unsafe fn dots_tile<V: Lanes, const RR: usize, const JJ: usize>(
+        t: &Tile<'_>,
+        out: &mut [f32],
+        acc: &mut [V],
+        reduce: impl Fn(V, V) -> f32,
+    ) {
+        let slot = |a: usize, b: usize| ((t.acc_row + a) * MAX_TILE_VECTORS + b) * 2;
+        // SAFETY: the instruction set is there (the caller's promise).
+        let zero = unsafe { V::zero() };
+        let mut reg = [[[zero; 2]; JJ]; RR];
+        if t.c0 > 0 {
+            for (a, reg_a) in reg.iter_mut().enumerate() {
+                for (b, reg_ab) in reg_a.iter_mut().enumerate() {
+                    *reg_ab = [acc[slot(a, b)], acc[slot(a, b) + 1]];
+                }
+            }
+        }
+        // SAFETY: the caller's promises are `tile_pass`'s.
+        let reg = unsafe { tile_pass::<V, RR, JJ>(t, reg) };
+        if t.c1 < t.full {
+            for (a, reg_a) in reg.iter().enumerate() {
+                for (b, reg_ab) in reg_a.iter().enumerate() {
+                    acc[slot(a, b)] = reg_ab[0];
+                    acc[slot(a, b) + 1] = reg_ab[1];
+                }
+            }
+            return;
+        }
+        for (a, reg_a) in reg.iter().enumerate() {
+            let row = &t.rows[(t.r + a) * t.cols..(t.r + a + 1) * t.cols];
+            for (b, reg_ab) in reg_a.iter().enumerate() {
+                let x = &t.xs[(t.j + b) * t.cols..(t.j + b + 1) * t.cols];
+                let mut sum = reduce(reg_ab[0], reg_ab[1]);
+                for k in t.full..t.cols {
+                    sum += row[k].to_f32() * x[k];
+                }
+                out[(t.r + a) * t.m + t.j + b] = sum;
+            }
+        }
+    }
+
+    /// The column loop of [`dots_tile`], with the accumulators in and out by value: kept in
+    /// their own function, they stay in registers (with the saving and reduction in the same
+    /// body, the compiler stored every accumulator after each multiply-add: 23% slower).
+    ///
+    /// # Safety
+    ///
+    /// As for [`dots_tile`].
+    #[inline(always)]
+    unsafe fn tile_pass<V: Lanes, const RR: usize, const JJ: usize>(
+        t: &Tile<'_>,
+        mut reg: [[[V; 2]; JJ]; RR],
+    ) -> [[[V; 2]; JJ]; RR] {
+        let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
+        let steps = (t.c1 - t.c0) / (2 * V::N);
+        let per_step = t.prefetch_lines.div_ceil(steps.max(1));
+        let mut line = 0;
+        let mut i = t.c0;
+        while i < t.c1 {
+            for _ in 0..per_step {
+                if line < t.prefetch_lines {
+                    // SAFETY: SSE is part of every x86-64 CPU; a prefetch is a hint that
+                    // accesses nothing (the line lies in the next block's rows).
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(t.prefetch.wrapping_add(line * 64).cast())
+                    };
+                    line += 1;
+                }
+            }
+            // SAFETY: the caller's promises, as above.
+            unsafe { tile_step::<V, RR, JJ>(rows, cols, xs, (r, j, i), &mut reg) };
+            i += 2 * V::N;
+        }
+        while line < t.prefetch_lines {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(t.prefetch.wrapping_add(line * 64).cast()) };
+            line += 1;
+        }
+        reg
     }
 
     /// Register-blocked [`dot_f16_avx2`]: the same per-pair accumulation order (two accumulators
@@ -166,16 +371,16 @@ mod x86 {
                 // SAFETY: as in `dots_f16_avx512`.
                 unsafe {
                     match (rr, jj) {
-                        (3, 2) => dots_tile::<__m256, 3, 2>(t, acc),
-                        (3, _) => dots_tile::<__m256, 3, 1>(t, acc),
-                        (2, 2) => dots_tile::<__m256, 2, 2>(t, acc),
-                        (2, _) => dots_tile::<__m256, 2, 1>(t, acc),
-                        (_, 2) => dots_tile::<__m256, 1, 2>(t, acc),
-                        _ => dots_tile::<__m256, 1, 1>(t, acc),
+                        (3, 2) => chunk_tile::<__m256, 3, 2>(t, acc),
+                        (3, _) => chunk_tile::<__m256, 3, 1>(t, acc),
+                        (2, 2) => chunk_tile::<__m256, 2, 2>(t, acc),
+                        (2, _) => chunk_tile::<__m256, 2, 1>(t, acc),
+                        (_, 2) => chunk_tile::<__m256, 1, 2>(t, acc),
+                        _ => chunk_tile::<__m256, 1, 1>(t, acc),
                     }
                 }
             };
-            let shape = Shape {
+            let shape = ChunkShape {
                 rows,
                 cols,
                 xs,
@@ -185,13 +390,13 @@ mod x86 {
                 max_vectors: 2,
             };
             let reduce = |a: __m256, b: __m256| reduce_avx2(a, b);
-            dots_blocked(&shape, out, acc, _mm256_setzero_ps(), tile, reduce);
+            dots_chunked(&shape, out, acc, _mm256_setzero_ps(), tile, reduce);
         });
     }
 
-    /// The operands of a blocked head and its SIMD shape: columns per step of the two
+    /// The operands of a chunked head and its SIMD shape: columns per step of the two
     /// accumulators (`2 x lanes`), rows and vectors per tile.
-    struct Shape<'a> {
+    struct ChunkShape<'a> {
         rows: &'a [f16],
         cols: usize,
         xs: &'a [f32],
@@ -201,16 +406,16 @@ mod x86 {
         max_vectors: usize,
     }
 
-    /// The blocked product shared by both instruction sets. The rows go in blocks of
-    /// [`BLOCK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk, tiles of up
+    /// The chunked product of the AVX2 head. The rows go in blocks of
+    /// [`CHUNK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk, tiles of up
     /// to `max_rows` x `max_vectors` (`tile(rows, vectors, ..)`, each tile shape its own instance,
     /// so its accumulators and converted rows stay in registers) resume their accumulators from
     /// `acc`, so each vector chunk is loaded from L2 once per block of rows rather than once
     /// per pair of rows (the L2 loads were what bounded the batched head). `reduce` sums a
     /// pair's two accumulators as the single product does.
     #[inline(always)]
-    fn dots_blocked<V: Copy>(
-        sh: &Shape<'_>,
+    fn dots_chunked<V: Copy>(
+        sh: &ChunkShape<'_>,
         out: &mut [f32],
         acc: &mut Vec<V>,
         zero: V,
@@ -222,10 +427,10 @@ mod x86 {
         let full = cols / sh.step * sh.step;
         let groups = m.div_ceil(GROUP_VECTORS);
         // Each block zeroes the part it uses below.
-        acc.resize(BLOCK_ROWS * m.min(GROUP_VECTORS) * 2, zero);
+        acc.resize(CHUNK_ROWS * m.min(GROUP_VECTORS) * 2, zero);
         let mut r0 = 0;
         while r0 < n_rows {
-            let nr = (n_rows - r0).min(BLOCK_ROWS);
+            let nr = (n_rows - r0).min(CHUNK_ROWS);
             for g in 0..groups {
                 // Vectors j0..j0 + gm: the block's rows (in L1/L2 after the first group)
                 // against one group at a time, so that a group's chunk and accumulators stay
@@ -235,7 +440,7 @@ mod x86 {
                 let gm = (m - j0).min(GROUP_VECTORS);
                 let gx = &xs[j0 * cols..(j0 + gm) * cols];
                 let last_group = g + 1 == groups;
-                // The first chunk's tiles start from zero (`dots_tile`), so the buffer only
+                // The first chunk's tiles start from zero (`chunk_tile`), so the buffer only
                 // needs zeroing when there is no chunk at all (rows under one step).
                 if full == 0 {
                     acc[..nr * gm * 2].fill(zero);
@@ -249,7 +454,7 @@ mod x86 {
                     if c1 < full {
                         prefetch_chunk(rows, cols, r0..r0 + nr, c1..(c1 + CHUNK_COLS).min(full));
                     } else if last_group {
-                        let next = r0 + nr..(r0 + nr + BLOCK_ROWS).min(n_rows);
+                        let next = r0 + nr..(r0 + nr + CHUNK_ROWS).min(n_rows);
                         prefetch_chunk(rows, cols, next, 0..CHUNK_COLS.min(full));
                     }
                     let mut r = r0;
@@ -267,7 +472,10 @@ mod x86 {
                                 j,
                                 c0,
                                 c1,
+                                full,
                                 acc_row: r - r0,
+                                prefetch: std::ptr::null(),
+                                prefetch_lines: 0,
                             };
                             tile(rr, jj, &t, acc);
                             j += jj;
@@ -309,20 +517,6 @@ mod x86 {
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast()) };
             }
         }
-    }
-
-    /// A tile of [`dots_blocked`]: rows from `r`, vectors from `j`, columns `c0..c1`; its
-    /// accumulators live in the block's buffer from row `acc_row` of the block.
-    struct Tile<'a> {
-        rows: &'a [f16],
-        cols: usize,
-        xs: &'a [f32],
-        m: usize,
-        r: usize,
-        j: usize,
-        c0: usize,
-        c1: usize,
-        acc_row: usize,
     }
 
     /// The f32 vectors of one instruction set, as the blocked head's tiles use them.
@@ -398,7 +592,7 @@ mod x86 {
     /// The CPU has `V`'s instruction set; rows `t.r..t.r + RR` and vectors `t.j..t.j + JJ`
     /// exist; `t.c1 <= t.cols`; `acc` holds `(t.acc_row + RR) * t.m * 2` accumulators.
     #[inline(always)]
-    unsafe fn dots_tile<V: Lanes, const RR: usize, const JJ: usize>(t: &Tile<'_>, acc: &mut [V]) {
+    unsafe fn chunk_tile<V: Lanes, const RR: usize, const JJ: usize>(t: &Tile<'_>, acc: &mut [V]) {
         let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
         let slot = |a: usize, b: usize| ((t.acc_row + a) * t.m + j + b) * 2;
         // SAFETY (every call below): the instruction set is there (the caller's promise), and
@@ -414,25 +608,46 @@ mod x86 {
         }
         let mut i = t.c0;
         while i < t.c1 {
-            for s in 0..2 {
-                let o = i + V::N * s;
-                let mut w = [zero; RR];
-                for (a, wv) in w.iter_mut().enumerate() {
-                    *wv = unsafe { V::load_h(rows.as_ptr().add((r + a) * cols + o)) };
-                }
-                for b in 0..JJ {
-                    let xv = unsafe { V::load_x(xs.as_ptr().add((j + b) * cols + o)) };
-                    for (reg_a, wv) in reg.iter_mut().zip(&w) {
-                        reg_a[b][s] = unsafe { V::fma(*wv, xv, reg_a[b][s]) };
-                    }
-                }
-            }
+            // SAFETY: the caller's promises, as above.
+            unsafe { tile_step::<V, RR, JJ>(rows, cols, xs, (r, j, i), &mut reg) };
             i += 2 * V::N;
         }
         for (a, reg_a) in reg.iter().enumerate() {
             for (b, reg_ab) in reg_a.iter().enumerate() {
                 acc[slot(a, b)] = reg_ab[0];
                 acc[slot(a, b) + 1] = reg_ab[1];
+            }
+        }
+    }
+
+    /// One step of a tile: columns `i..i + 2 V::N` of rows `r..r + RR` against vectors
+    /// `j..j + JJ`, the first `V::N` columns into each pair's first accumulator and the next
+    /// into its second.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has `V`'s instruction set; the rows, vectors and columns exist.
+    #[inline(always)]
+    unsafe fn tile_step<V: Lanes, const RR: usize, const JJ: usize>(
+        rows: &[f16],
+        cols: usize,
+        xs: &[f32],
+        (r, j, i): (usize, usize, usize),
+        reg: &mut [[[V; 2]; JJ]; RR],
+    ) {
+        // SAFETY (every call below): the caller's promises.
+        let zero = unsafe { V::zero() };
+        for s in 0..2 {
+            let o = i + V::N * s;
+            let mut w = [zero; RR];
+            for (a, wv) in w.iter_mut().enumerate() {
+                *wv = unsafe { V::load_h(rows.as_ptr().add((r + a) * cols + o)) };
+            }
+            for b in 0..JJ {
+                let xv = unsafe { V::load_x(xs.as_ptr().add((j + b) * cols + o)) };
+                for (reg_a, wv) in reg.iter_mut().zip(&w) {
+                    reg_a[b][s] = unsafe { V::fma(*wv, xv, reg_a[b][s]) };
+                }
             }
         }
     }
@@ -500,9 +715,15 @@ mod x86 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn blocked_dots_equal_single_dots_bit_for_bit() {
-        // Row counts across several 16-row blocks, widths across several 256-column chunks.
+    /// `dots(rows, cols, xs, m, out)` equals `dot(row, x)` bit for bit for every pair.
+    fn check_blocked(
+        dots: impl Fn(&[f16], usize, &[f32], usize, &mut [f32]),
+        dot: impl Fn(&[f16], &[f32]) -> f32,
+        what: &str,
+    ) {
+        // Row counts across several blocks (16 rows for AVX2, 24 for AVX-512), widths across
+        // several 256-column chunks and 1,280-column passes with and without a tail, vector
+        // counts across several tiles and groups, the last one partial.
         let cases = [
             (1, 40, 1),
             (3, 2560, 5),
@@ -512,9 +733,11 @@ mod tests {
             (19, 2560, 16),
             (17, 600, 9),
             (35, 300, 3),
-            // Several vector groups (GROUP_VECTORS), the last one partial.
             (21, 700, 37),
             (5, 96, 17),
+            (50, 2600, 6),
+            (30, 4100, 2),
+            (49, 1290, 13),
         ];
         for (rows, cols, m) in cases {
             let w: Vec<f16> = (0..rows * cols)
@@ -524,16 +747,43 @@ mod tests {
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 8.0)
                 .collect();
             let mut out = vec![f32::NAN; rows * m];
-            dots_f16(&w, cols, &xs, m, &mut out);
+            dots(&w, cols, &xs, m, &mut out);
             for r in 0..rows {
                 for j in 0..m {
-                    let want = dot_f16(&w[r * cols..(r + 1) * cols], &xs[j * cols..(j + 1) * cols]);
+                    let want = dot(&w[r * cols..(r + 1) * cols], &xs[j * cols..(j + 1) * cols]);
                     assert_eq!(
                         out[r * m + j].to_bits(),
                         want.to_bits(),
-                        "rows {rows} cols {cols} m {m}: ({r}, {j})"
+                        "{what}: rows {rows} cols {cols} m {m}: ({r}, {j})"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_dots_equal_single_dots_bit_for_bit() {
+        check_blocked(dots_f16, dot_f16, "dispatched");
+        // Every instruction set this CPU has, not only the one dispatched to.
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected just above.
+                let dots = |r: &[f16], c, x: &[f32], m, o: &mut [f32]| unsafe {
+                    x86::dots_f16_avx512(r, c, x, m, o)
+                };
+                // SAFETY: as above.
+                let dot = |a: &[f16], x: &[f32]| unsafe { x86::dot_f16_avx512(a, x) };
+                check_blocked(dots, dot, "avx512");
+            }
+            if avx2_f16() {
+                // SAFETY: the features were detected just above.
+                let dots = |r: &[f16], c, x: &[f32], m, o: &mut [f32]| unsafe {
+                    x86::dots_f16_avx2(r, c, x, m, o)
+                };
+                // SAFETY: as above.
+                let dot = |a: &[f16], x: &[f32]| unsafe { x86::dot_f16_avx2(a, x) };
+                check_blocked(dots, dot, "avx2");
             }
         }
     }
