@@ -94,9 +94,7 @@ pub trait PreparedLinear: Send + Sync {
 /// `out[i] = ints[i] as f32 / s_x * s_w`: the BitLinear's float output, the one place it is
 /// computed on the CPU (so stacked, threaded and plain multiplies agree bit for bit).
 pub fn scale_into(ints: &[i32], s_x: f32, s_w: f32, out: &mut [f32]) {
-    for (y, &d) in out.iter_mut().zip(ints) {
-        *y = d as f32 / s_x * s_w;
-    }
+    crate::simd::scale_i32(ints, s_x, s_w, out);
 }
 
 /// The checks of [`PreparedLinear::forward_segments`]: the activation width, the segments'

@@ -64,6 +64,28 @@ pub fn dot_f32(a: &[f32], x: &[f32]) -> f32 {
     crate::ops::dot(a, x)
 }
 
+/// `out[i] = ints[i] as f32 / s_x * s_w` (see [`crate::kernel::scale_into`]), 16 or 8 lanes
+/// at a time where the CPU has them: each lane's conversion, division and multiplication are
+/// the scalar ones, correctly rounded, so the results are the same bits. (Built for the
+/// baseline x86-64, the loop ran four divisions at a time: 2.5% of a batch-16 step on Zen 5.)
+pub(crate) fn scale_i32(ints: &[i32], s_x: f32, s_w: f32, out: &mut [f32]) {
+    let n = ints.len().min(out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU just above.
+            done = unsafe { x86::scale_i32_avx512(&ints[..n], s_x, s_w, &mut out[..n]) };
+        } else if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: as above.
+            done = unsafe { x86::scale_i32_avx(&ints[..n], s_x, s_w, &mut out[..n]) };
+        }
+    }
+    for (y, &d) in out[done..n].iter_mut().zip(&ints[done..n]) {
+        *y = d as f32 / s_x * s_w;
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -686,6 +708,36 @@ mod x86 {
         sum
     }
 
+    /// The whole 16-lane part of [`super::scale_i32`]; returns how many it wrote.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn scale_i32_avx512(ints: &[i32], s_x: f32, s_w: f32, out: &mut [f32]) -> usize {
+        let (sx, sw) = (_mm512_set1_ps(s_x), _mm512_set1_ps(s_w));
+        let (chunks, _) = ints.as_chunks::<16>();
+        for (c, y) in chunks.iter().zip(out.chunks_exact_mut(16)) {
+            // SAFETY: 16 readable i32 at c and 16 writable f32 at y; loadu/storeu are unaligned.
+            unsafe {
+                let d = _mm512_cvtepi32_ps(_mm512_loadu_si512(c.as_ptr().cast()));
+                _mm512_storeu_ps(y.as_mut_ptr(), _mm512_mul_ps(_mm512_div_ps(d, sx), sw));
+            }
+        }
+        chunks.len() * 16
+    }
+
+    /// The whole 8-lane part of [`super::scale_i32`]; returns how many it wrote.
+    #[target_feature(enable = "avx")]
+    pub(super) fn scale_i32_avx(ints: &[i32], s_x: f32, s_w: f32, out: &mut [f32]) -> usize {
+        let (sx, sw) = (_mm256_set1_ps(s_x), _mm256_set1_ps(s_w));
+        let (chunks, _) = ints.as_chunks::<8>();
+        for (c, y) in chunks.iter().zip(out.chunks_exact_mut(8)) {
+            // SAFETY: 8 readable i32 at c and 8 writable f32 at y; loadu/storeu are unaligned.
+            unsafe {
+                let d = _mm256_cvtepi32_ps(_mm256_loadu_si256(c.as_ptr().cast()));
+                _mm256_storeu_ps(y.as_mut_ptr(), _mm256_mul_ps(_mm256_div_ps(d, sx), sw));
+            }
+        }
+        chunks.len() * 8
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) fn dot_f32_avx512(a: &[f32], x: &[f32]) -> f32 {
         let n = a.len().min(x.len());
@@ -784,6 +836,52 @@ mod tests {
                 // SAFETY: as above.
                 let dot = |a: &[f16], x: &[f32]| unsafe { x86::dot_f16_avx2(a, x) };
                 check_blocked(dots, dot, "avx2");
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_products_equal_the_scalar_formula_bit_for_bit() {
+        // The dispatched function, and each instruction set's part that this CPU can run.
+        type Scale = fn(&[i32], f32, f32, &mut [f32]) -> usize;
+        let mut ways: Vec<(&str, Scale)> = vec![("dispatched", |i, x, w, o| {
+            scale_i32(i, x, w, o);
+            i.len()
+        })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected just above.
+                ways.push(("avx512", |i, x, w, o| unsafe {
+                    x86::scale_i32_avx512(i, x, w, o)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: as above.
+                ways.push(("avx", |i, x, w, o| unsafe {
+                    x86::scale_i32_avx(i, x, w, o)
+                }));
+            }
+        }
+        for n in [0usize, 1, 7, 8, 15, 16, 17, 33, 1000] {
+            let ints: Vec<i32> = (0..n)
+                .map(|i| (i as i32 * 7919 % 20011 - 10005) * if i % 3 == 0 { 4099 } else { 1 })
+                .chain([i32::MAX, i32::MIN, 0, 16_777_217])
+                .collect();
+            for (s_x, s_w) in [(127.0 / 3.7, 0.731), (1.0, 1.0), (0.3, 1e-3)] {
+                for (what, scale) in &ways {
+                    let mut out = vec![f32::NAN; ints.len()];
+                    let done = scale(&ints, s_x, s_w, &mut out);
+                    assert!(
+                        done + 16 > ints.len(),
+                        "{what}: only {done} of {}",
+                        ints.len()
+                    );
+                    for (&d, y) in ints.iter().zip(&out).take(done) {
+                        let want = d as f32 / s_x * s_w;
+                        assert_eq!(y.to_bits(), want.to_bits(), "{what}: {d} {s_x} {s_w}");
+                    }
+                }
             }
         }
     }
