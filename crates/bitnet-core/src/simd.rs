@@ -116,19 +116,6 @@ mod x86 {
         sum
     }
 
-    /// Rows per block and columns per chunk of [`dots_f16_avx2`]'s [`dots_chunked`]: a chunk of
-    /// every vector (16 vectors x 256 columns = 16 KB) stays in L1 while the block's rows pass
-    /// over it, next to the block's accumulators (16 rows x 16 vectors x 2 = 32 KB at batch
-    /// 16). Measured at batch 16 (BENCHMARKS.md): 16 rows x 256 columns beat 8 x 256 by ~5%;
-    /// 8 x 512, 4 x 512, 16 x 128 and 32 x 128 were slower or level. (The AVX-512 head's
-    /// whole-row passes, [`dots_blocked`], were 10-30% slower for AVX2's 3 x 2 tiles at 16 and
-    /// more vectors, measured on a Zen 5 core: BENCHMARKS.md, session 31.)
-    const CHUNK_ROWS: usize = 16;
-    const CHUNK_COLS: usize = 256;
-    /// Vectors multiplied together per block of rows (the block sizes above were tuned for 16);
-    /// larger batches go through each block in groups of this many.
-    const GROUP_VECTORS: usize = 16;
-
     /// Rows per block of [`dots_blocked`]: every tile of vectors passes over a block's rows
     /// (24 rows x 2,560 f16 = 120 KB, in L2 after the first tile's pass) while the tiles
     /// prefetch the next block's. Measured at batch 16 (BENCHMARKS.md, session 31): 24 and 48
@@ -138,15 +125,13 @@ mod x86 {
     /// (4 x 1,280 f32 = 20 KB) stay in L1 while the block's rows pass under them. A 2,560-wide
     /// row in one pass was 23% slower at batch 16, in three or four 8-14%.
     const PASS_COLS: usize = 1280;
-    /// The most vectors in a tile.
+    /// The most vectors in a tile (of either instruction set).
     const MAX_TILE_VECTORS: usize = 4;
-    /// The rows of a tile of `jj` vectors: 24 accumulators at most, their converted rows and a
-    /// vector (31 of the 32 registers).
-    const TILE_ROWS: [usize; MAX_TILE_VECTORS + 1] = [0, 4, 6, 4, 3];
 
     /// Register-blocked [`dot_f16_avx512`]: the same per-pair accumulation order (two
     /// accumulators over alternating 16-lane chunks, reduced, then a scalar tail), in tiles of
-    /// 3 rows x 4 vectors, 4 x 3, 6 x 2 or 4 x 1 ([`TILE_ROWS`], [`dots_blocked`]).
+    /// 3 rows x 4 vectors, 4 x 3, 6 x 2 or 4 x 1 (24 accumulators at most, their converted rows
+    /// and a vector: up to 31 of the 32 registers), [`dots_blocked`].
     #[target_feature(enable = "avx512f")]
     pub(super) fn dots_f16_avx512(
         rows: &[f16],
@@ -184,56 +169,70 @@ mod x86 {
                 }
             }
         };
-        ACC.with_borrow_mut(|acc| dots_blocked(rows, cols, xs, m, out, acc, tile));
+        let geometry = Geometry {
+            max_vectors: 4,
+            tile_rows: [0, 4, 6, 4, 3],
+        };
+        ACC.with_borrow_mut(|acc| dots_blocked(rows, cols, xs, m, out, acc, &geometry, tile));
     }
 
-    /// The blocked product of the AVX-512 head (`m` vectors in `xs`). The rows go in
-    /// blocks of [`BLOCK_ROWS`]; within a block, the vectors in tiles of up to
-    /// [`MAX_TILE_VECTORS`], and for each the columns in passes of about [`PASS_COLS`], each
+    /// A blocked head's tiles: at most `max_vectors` vectors, and `tile_rows[jj]` rows for a
+    /// tile of `jj` vectors.
+    struct Geometry {
+        max_vectors: usize,
+        tile_rows: [usize; MAX_TILE_VECTORS + 1],
+    }
+
+    /// The blocked product of both instruction sets' heads (`m` vectors in `xs`). The rows go
+    /// in blocks of [`BLOCK_ROWS`]; within a block, the vectors in tiles of up to
+    /// `g.max_vectors`, and for each the columns in passes of about [`PASS_COLS`], each
     /// pass running the block's row tiles (`tile(rows, vectors, ..)`, each tile shape its own
     /// instance, so that its accumulators and converted rows stay in registers through the
     /// pass). So a tile's vectors stay in L1 and the block's rows in L2 while they are reused,
     /// and the accumulators go to `acc` only between passes. The block's rows come from memory
     /// on the first vector tile's passes; meanwhile and after, the tiles prefetch the next
-    /// block's rows, spread evenly over the block's tiles. (Over 256-column chunks with all the
-    /// vectors of a chunk, as the AVX2 head does, each tile's call cost as much as its work:
-    /// 34% slower at batch 16.)
+    /// block's rows, spread evenly over the block's tiles. (The heads used to go over 256-column
+    /// chunks with all the vectors of a chunk: each tile's call, which reloaded and saved its
+    /// accumulators, cost as much as its work, 34% slower at batch 16 with AVX-512, 28% with
+    /// AVX2: BENCHMARKS.md, session 31.)
+    ///
+    /// Inlined into each instruction set's entry point, whose features it then runs with.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn dots_blocked(
+    fn dots_blocked<V: Lanes>(
         rows: &[f16],
         cols: usize,
         xs: &[f32],
         m: usize,
         out: &mut [f32],
-        acc: &mut Vec<__m512>,
-        tile: impl Fn(usize, usize, &Tile<'_>, &mut [f32], &mut [__m512]),
+        acc: &mut Vec<V>,
+        g: &Geometry,
+        tile: impl Fn(usize, usize, &Tile<'_>, &mut [f32], &mut [V]),
     ) {
         let n_rows = out.len() / m;
-        let step = 2 * <__m512 as Lanes>::N;
+        let step = 2 * V::N;
         let steps = cols / step;
         let full = steps * step;
         let passes = steps.div_ceil(PASS_COLS / step).max(1);
-        // SAFETY: the caller (an AVX-512 entry point) runs on a CPU with AVX-512F.
-        acc.resize(BLOCK_ROWS * MAX_TILE_VECTORS * 2, unsafe {
-            _mm512_setzero_ps()
-        });
+        // SAFETY: the caller (an entry point with V's features) runs on a CPU with them.
+        acc.resize(BLOCK_ROWS * MAX_TILE_VECTORS * 2, unsafe { V::zero() });
         let mut r0 = 0;
         while r0 < n_rows {
             let nr = (n_rows - r0).min(BLOCK_ROWS);
             let next = r0 + nr;
             let next_lines = ((n_rows - next).min(BLOCK_ROWS) * cols * 2).div_ceil(64);
             let tiles: usize = (0..m)
-                .step_by(MAX_TILE_VECTORS)
-                .map(|j| nr.div_ceil(TILE_ROWS[(m - j).min(MAX_TILE_VECTORS)]) * passes)
+                .step_by(g.max_vectors)
+                .map(|j| nr.div_ceil(g.tile_rows[(m - j).min(g.max_vectors)]) * passes)
                 .sum();
             let per_tile = next_lines.div_ceil(tiles);
             let mut prefetched = 0;
-            for j in (0..m).step_by(MAX_TILE_VECTORS) {
-                let jj = (m - j).min(MAX_TILE_VECTORS);
+            for j in (0..m).step_by(g.max_vectors) {
+                let jj = (m - j).min(g.max_vectors);
                 for p in 0..passes {
                     let mut r = r0;
                     while r < next {
-                        let rr = (next - r).min(TILE_ROWS[jj]);
+                        let rr = (next - r).min(g.tile_rows[jj]);
                         let lines = per_tile.min(next_lines - prefetched);
                         let t = Tile {
                             rows,
@@ -264,10 +263,10 @@ mod x86 {
         }
     }
 
-    /// A tile of [`dots_blocked`] or [`dots_chunked`]: rows from `r` against vectors from `j`
-    /// (of `m` in `xs`) over columns `c0..c1` of the `full` that the vector loop covers; its
-    /// accumulators are saved in the block's buffer from row `acc_row` of the block; on the
-    /// way it prefetches `prefetch_lines` cache lines from `prefetch` (`dots_blocked` only).
+    /// A tile of [`dots_blocked`]: rows from `r` against vectors from `j` (of `m` in `xs`) over
+    /// columns `c0..c1` of the `full` that the vector loop covers; its accumulators are saved in
+    /// the block's buffer from row `acc_row` of the block; on the way it prefetches
+    /// `prefetch_lines` cache lines from `prefetch`.
     struct Tile<'a> {
         rows: &'a [f16],
         cols: usize,
@@ -378,167 +377,37 @@ mod x86 {
     }
 
     /// Register-blocked [`dot_f16_avx2`]: the same per-pair accumulation order (two accumulators
-    /// over alternating 8-lane chunks, reduced as it does, then a scalar tail), in tiles of up to
-    /// 3 rows x 2 vectors (twelve accumulators, three converted rows and a vector: the 16
-    /// registers). The loads bound it: per 8 columns a tile loads its rows and vectors, so 3 x 2
-    /// makes 5 loads per 6 multiply-adds where 2 x 2 made 4 per 4 (+9% on one thread at 16
-    /// vectors; 1 x 4, 10 per 8, was 30% slower: BENCHMARKS.md, session 13).
+    /// over alternating 8-lane chunks, reduced as it does, then a scalar tail), in tiles of 2
+    /// rows x 3 vectors, 2 x 2 or 4 x 1 (twelve accumulators at most, their converted rows and
+    /// a vector: 15 of the 16 registers), [`dots_blocked`]. 3 x 2 (16 registers) spilled its
+    /// accumulators in this loop; 2 x 3 makes the same 5 loads per 6 multiply-adds (session 13
+    /// found the loads bound the AVX2 head).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dots_f16_avx2(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
         thread_local! {
             static ACC: std::cell::RefCell<Vec<__m256>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        ACC.with_borrow_mut(|acc| {
-            let tile = |rr: usize, jj: usize, t: &Tile<'_>, acc: &mut [__m256]| {
-                // SAFETY: as in `dots_f16_avx512`.
-                unsafe {
-                    match (rr, jj) {
-                        (3, 2) => chunk_tile::<__m256, 3, 2>(t, acc),
-                        (3, _) => chunk_tile::<__m256, 3, 1>(t, acc),
-                        (2, 2) => chunk_tile::<__m256, 2, 2>(t, acc),
-                        (2, _) => chunk_tile::<__m256, 2, 1>(t, acc),
-                        (_, 2) => chunk_tile::<__m256, 1, 2>(t, acc),
-                        _ => chunk_tile::<__m256, 1, 1>(t, acc),
-                    }
-                }
-            };
-            let shape = ChunkShape {
-                rows,
-                cols,
-                xs,
-                m,
-                step: 16,
-                max_rows: 3,
-                max_vectors: 2,
-            };
-            let reduce = |a: __m256, b: __m256| reduce_avx2(a, b);
-            dots_chunked(&shape, out, acc, _mm256_setzero_ps(), tile, reduce);
-        });
-    }
-
-    /// The operands of a chunked head and its SIMD shape: columns per step of the two
-    /// accumulators (`2 x lanes`), rows and vectors per tile.
-    struct ChunkShape<'a> {
-        rows: &'a [f16],
-        cols: usize,
-        xs: &'a [f32],
-        m: usize,
-        step: usize,
-        max_rows: usize,
-        max_vectors: usize,
-    }
-
-    /// The chunked product of the AVX2 head. The rows go in blocks of
-    /// [`CHUNK_ROWS`] and the columns in chunks of [`CHUNK_COLS`]: within a chunk, tiles of up
-    /// to `max_rows` x `max_vectors` (`tile(rows, vectors, ..)`, each tile shape its own instance,
-    /// so its accumulators and converted rows stay in registers) resume their accumulators from
-    /// `acc`, so each vector chunk is loaded from L2 once per block of rows rather than once
-    /// per pair of rows (the L2 loads were what bounded the batched head). `reduce` sums a
-    /// pair's two accumulators as the single product does.
-    #[inline(always)]
-    fn dots_chunked<V: Copy>(
-        sh: &ChunkShape<'_>,
-        out: &mut [f32],
-        acc: &mut Vec<V>,
-        zero: V,
-        tile: impl Fn(usize, usize, &Tile<'_>, &mut [V]),
-        reduce: impl Fn(V, V) -> f32,
-    ) {
-        let (rows, cols, xs, m) = (sh.rows, sh.cols, sh.xs, sh.m);
-        let n_rows = out.len() / m;
-        let full = cols / sh.step * sh.step;
-        let groups = m.div_ceil(GROUP_VECTORS);
-        // Each block zeroes the part it uses below.
-        acc.resize(CHUNK_ROWS * m.min(GROUP_VECTORS) * 2, zero);
-        let mut r0 = 0;
-        while r0 < n_rows {
-            let nr = (n_rows - r0).min(CHUNK_ROWS);
-            for g in 0..groups {
-                // Vectors j0..j0 + gm: the block's rows (in L1/L2 after the first group)
-                // against one group at a time, so that a group's chunk and accumulators stay
-                // in L1 whatever the batch (at 64 vectors in one group they were 64 KB + 128
-                // KB: batch 64 ran 16% slower per token than batch 16).
-                let j0 = g * GROUP_VECTORS;
-                let gm = (m - j0).min(GROUP_VECTORS);
-                let gx = &xs[j0 * cols..(j0 + gm) * cols];
-                let last_group = g + 1 == groups;
-                // The first chunk's tiles start from zero (`chunk_tile`), so the buffer only
-                // needs zeroing when there is no chunk at all (rows under one step).
-                if full == 0 {
-                    acc[..nr * gm * 2].fill(zero);
-                }
-                let mut c0 = 0;
-                while c0 < full {
-                    let c1 = (c0 + CHUNK_COLS).min(full);
-                    // The rows stream from memory: ask for the next chunk (this block's, or
-                    // after the last group's last chunk the next block's first) while this
-                    // one is multiplied.
-                    if c1 < full {
-                        prefetch_chunk(rows, cols, r0..r0 + nr, c1..(c1 + CHUNK_COLS).min(full));
-                    } else if last_group {
-                        let next = r0 + nr..(r0 + nr + CHUNK_ROWS).min(n_rows);
-                        prefetch_chunk(rows, cols, next, 0..CHUNK_COLS.min(full));
-                    }
-                    let mut r = r0;
-                    while r < r0 + nr {
-                        let rr = (r0 + nr - r).min(sh.max_rows);
-                        let mut j = 0;
-                        while j < gm {
-                            let jj = (gm - j).min(sh.max_vectors);
-                            let t = Tile {
-                                rows,
-                                cols,
-                                xs: gx,
-                                m: gm,
-                                r,
-                                j,
-                                c0,
-                                c1,
-                                full,
-                                acc_row: r - r0,
-                                prefetch: std::ptr::null(),
-                                prefetch_lines: 0,
-                            };
-                            tile(rr, jj, &t, acc);
-                            j += jj;
-                        }
-                        r += rr;
-                    }
-                    c0 = c1;
-                }
-                for a in 0..nr {
-                    let row = &rows[(r0 + a) * cols..(r0 + a + 1) * cols];
-                    for b in 0..gm {
-                        let x = &gx[b * cols..(b + 1) * cols];
-                        let k = (a * gm + b) * 2;
-                        let mut sum = reduce(acc[k], acc[k + 1]);
-                        for k in full..cols {
-                            sum += row[k].to_f32() * x[k];
-                        }
-                        out[(r0 + a) * m + j0 + b] = sum;
-                    }
+        let reduce = |a: __m256, b: __m256| reduce_avx2(a, b);
+        let tile = |rr: usize, jj: usize, t: &Tile<'_>, out: &mut [f32], acc: &mut [__m256]| {
+            // SAFETY: as in `dots_f16_avx512`.
+            unsafe {
+                match (rr, jj) {
+                    (2, 3) => dots_tile::<__m256, 2, 3>(t, out, acc, reduce),
+                    (_, 3) => dots_tile::<__m256, 1, 3>(t, out, acc, reduce),
+                    (2, 2) => dots_tile::<__m256, 2, 2>(t, out, acc, reduce),
+                    (_, 2) => dots_tile::<__m256, 1, 2>(t, out, acc, reduce),
+                    (4, _) => dots_tile::<__m256, 4, 1>(t, out, acc, reduce),
+                    (3, _) => dots_tile::<__m256, 3, 1>(t, out, acc, reduce),
+                    (2, _) => dots_tile::<__m256, 2, 1>(t, out, acc, reduce),
+                    _ => dots_tile::<__m256, 1, 1>(t, out, acc, reduce),
                 }
             }
-            r0 += nr;
-        }
-    }
-
-    /// Prefetches columns `cs` (32 f16 = one cache line at a time) of rows `rs` of `rows`
-    /// (`cols` wide).
-    #[inline]
-    fn prefetch_chunk(
-        rows: &[f16],
-        cols: usize,
-        rs: std::ops::Range<usize>,
-        cs: std::ops::Range<usize>,
-    ) {
-        for a in rs {
-            for c in cs.clone().step_by(32) {
-                // SAFETY: SSE is part of every x86-64 CPU; a prefetch is a hint that accesses
-                // nothing, and the address lies inside `rows`.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(rows[a * cols + c..].as_ptr().cast()) };
-            }
-        }
+        };
+        let geometry = Geometry {
+            max_vectors: 3,
+            tile_rows: [0, 4, 2, 2, 0],
+        };
+        ACC.with_borrow_mut(|acc| dots_blocked(rows, cols, xs, m, out, acc, &geometry, tile));
     }
 
     /// The f32 vectors of one instruction set, as the blocked head's tiles use them.
@@ -601,44 +470,6 @@ mod x86 {
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
             // SAFETY: FMA.
             unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-    }
-
-    /// `RR` rows from `t.r` against `JJ` vectors from `t.j` over columns `t.c0..t.c1` (a
-    /// multiple of `2 V::N` apart), two accumulators per pair over alternating `V::N`-column
-    /// chunks, resumed from `acc` (from zero in the first chunk) and saved there. Inlined into
-    /// each instruction set's entry point, whose features it then runs with.
-    ///
-    /// # Safety
-    ///
-    /// The CPU has `V`'s instruction set; rows `t.r..t.r + RR` and vectors `t.j..t.j + JJ`
-    /// exist; `t.c1 <= t.cols`; `acc` holds `(t.acc_row + RR) * t.m * 2` accumulators.
-    #[inline(always)]
-    unsafe fn chunk_tile<V: Lanes, const RR: usize, const JJ: usize>(t: &Tile<'_>, acc: &mut [V]) {
-        let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
-        let slot = |a: usize, b: usize| ((t.acc_row + a) * t.m + j + b) * 2;
-        // SAFETY (every call below): the instruction set is there (the caller's promise), and
-        // rows r + a, vectors j + b and columns o..o + V::N exist.
-        let zero = unsafe { V::zero() };
-        let mut reg = [[[zero; 2]; JJ]; RR];
-        if t.c0 > 0 {
-            for (a, reg_a) in reg.iter_mut().enumerate() {
-                for (b, reg_ab) in reg_a.iter_mut().enumerate() {
-                    *reg_ab = [acc[slot(a, b)], acc[slot(a, b) + 1]];
-                }
-            }
-        }
-        let mut i = t.c0;
-        while i < t.c1 {
-            // SAFETY: the caller's promises, as above.
-            unsafe { tile_step::<V, RR, JJ>(rows, cols, xs, (r, j, i), &mut reg) };
-            i += 2 * V::N;
-        }
-        for (a, reg_a) in reg.iter().enumerate() {
-            for (b, reg_ab) in reg_a.iter().enumerate() {
-                acc[slot(a, b)] = reg_ab[0];
-                acc[slot(a, b) + 1] = reg_ab[1];
-            }
         }
     }
 
