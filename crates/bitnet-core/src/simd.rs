@@ -30,9 +30,17 @@ fn avx2_f16() -> bool {
 
 /// `out[r * m + j] = rows_r . xs_j` for f16 rows (each `cols` long, `rows.len() / cols` of
 /// them) against `m` vectors. Every product is bit-identical to [`dot_f16`] of the same pair;
-/// the work is register-blocked (AVX-512: 2 rows x 4 vectors, AVX2: 3 x 2) so each loaded
-/// activation serves several rows and each converted weight several vectors.
+/// the work is register-blocked (AVX-512: up to 3 rows x 4 vectors, AVX2: 2 x 3) so each
+/// loaded activation serves several rows and each converted weight several vectors.
+///
+/// # Panics
+/// If `out` (`rows x m`) asks for more rows than `rows` holds, or `xs` holds fewer than `m`
+/// vectors (a programming error: the SIMD kernels index them unchecked).
 pub fn dots_f16(rows: &[f16], cols: usize, xs: &[f32], m: usize, out: &mut [f32]) {
+    assert!(
+        out.len() / m.max(1) * cols <= rows.len() && m * cols <= xs.len(),
+        "dots_f16: operands shorter than the output asks"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         if cols > 0 && m > 0 && std::arch::is_x86_feature_detected!("avx512f") {
