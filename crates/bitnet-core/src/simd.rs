@@ -357,6 +357,9 @@ mod x86 {
         mut reg: [[[V; 2]; JJ]; RR],
     ) -> [[[V; 2]; JJ]; RR] {
         let (rows, cols, xs, r, j) = (t.rows, t.cols, t.xs, t.r, t.j);
+        // SAFETY (every call below): the instruction set is there (the caller's promise), and
+        // rows r + a, vectors j + b and columns o..o + V::N exist.
+        let zero = unsafe { V::zero() };
         let steps = (t.c1 - t.c0) / (2 * V::N);
         let per_step = t.prefetch_lines.div_ceil(steps.max(1));
         let mut line = 0;
@@ -372,8 +375,19 @@ mod x86 {
                     line += 1;
                 }
             }
-            // SAFETY: the caller's promises, as above.
-            unsafe { tile_step::<V, RR, JJ>(rows, cols, xs, (r, j, i), &mut reg) };
+            for s in 0..2 {
+                let o = i + V::N * s;
+                let mut w = [zero; RR];
+                for (a, wv) in w.iter_mut().enumerate() {
+                    *wv = unsafe { V::load_h(rows.as_ptr().add((r + a) * cols + o)) };
+                }
+                for b in 0..JJ {
+                    let xv = unsafe { V::load_x(xs.as_ptr().add((j + b) * cols + o)) };
+                    for (reg_a, wv) in reg.iter_mut().zip(&w) {
+                        reg_a[b][s] = unsafe { V::fma(*wv, xv, reg_a[b][s]) };
+                    }
+                }
+            }
             i += 2 * V::N;
         }
         while line < t.prefetch_lines {
@@ -481,38 +495,6 @@ mod x86 {
         }
     }
 
-    /// One step of a tile: columns `i..i + 2 V::N` of rows `r..r + RR` against vectors
-    /// `j..j + JJ`, the first `V::N` columns into each pair's first accumulator and the next
-    /// into its second.
-    ///
-    /// # Safety
-    ///
-    /// The CPU has `V`'s instruction set; the rows, vectors and columns exist.
-    #[inline(always)]
-    unsafe fn tile_step<V: Lanes, const RR: usize, const JJ: usize>(
-        rows: &[f16],
-        cols: usize,
-        xs: &[f32],
-        (r, j, i): (usize, usize, usize),
-        reg: &mut [[[V; 2]; JJ]; RR],
-    ) {
-        // SAFETY (every call below): the caller's promises.
-        let zero = unsafe { V::zero() };
-        for s in 0..2 {
-            let o = i + V::N * s;
-            let mut w = [zero; RR];
-            for (a, wv) in w.iter_mut().enumerate() {
-                *wv = unsafe { V::load_h(rows.as_ptr().add((r + a) * cols + o)) };
-            }
-            for b in 0..JJ {
-                let xv = unsafe { V::load_x(xs.as_ptr().add((j + b) * cols + o)) };
-                for (reg_a, wv) in reg.iter_mut().zip(&w) {
-                    reg_a[b][s] = unsafe { V::fma(*wv, xv, reg_a[b][s]) };
-                }
-            }
-        }
-    }
-
     /// The sum of [`dot_f16_avx2`]'s two accumulators: added, then the eight lanes in order.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -612,9 +594,8 @@ mod tests {
         dot: impl Fn(&[f16], &[f32]) -> f32,
         what: &str,
     ) {
-        // Row counts across several blocks (16 rows for AVX2, 24 for AVX-512), widths across
-        // several 256-column chunks and 1,280-column passes with and without a tail, vector
-        // counts across several tiles and groups, the last one partial.
+        // Row counts across several 24-row blocks, widths across several 1,280-column passes
+        // with and without a tail, vector counts across several tiles, the last one partial.
         let cases = [
             (1, 40, 1),
             (3, 2560, 5),
