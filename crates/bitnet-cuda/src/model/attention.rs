@@ -105,11 +105,11 @@ pub(super) const ATTN_SPLIT_MIN_CHUNKS: usize = 16;
 pub(super) struct AttnSplit {
     /// The kernels and their dynamic shared memory, in the order of [`SplitBlock::ALL`].
     pub(super) kernels: [(Kernel, u32); 3],
-    /// Streaming multiprocessors, key/value heads and the blocks of [`SplitBlock::FourAhead`]
-    /// resident at once on the whole GPU (see [`split_shape`]).
+    /// Streaming multiprocessors, key/value heads and the blocks of [`SplitBlock::Eight`] and
+    /// of [`SplitBlock::FourAhead`] resident at once on the whole GPU (see [`split_shape`]).
     pub(super) sms: usize,
     pub(super) n_kv: usize,
-    pub(super) ahead_resident: usize,
+    pub(super) resident: Resident,
     /// `BITNET_CUDA_ATTN_SPLITS=N` and `BITNET_CUDA_ATTN_WARPS=8|4|4a`: N splits per row and
     /// that block shape whatever the step (for measurements).
     pub(super) splits: Option<usize>,
@@ -125,22 +125,27 @@ impl AttnSplit {
             Some((attn_split_kernel(gpu, kv, hd, group, shape)?, smem))
         };
         let [eight, four, ahead] = SplitBlock::ALL.map(kernel);
-        let ahead = ahead?;
+        let (eight, ahead) = (eight?, ahead?);
         let sms = gpu.sm_count() as usize;
-        // Where the driver cannot say: two per SM, as for f16 at head size 128.
-        let resident = ahead
-            .0
-            .resident(gpu, SplitBlock::FourAhead.threads(), ahead.1 as usize);
-        let ahead_resident = if resident == 0 {
-            2 * sms
-        } else {
-            resident as usize
+        // Where the driver cannot say: one per SM of 8 warps (as for f16 at head size 128,
+        // where they take 160 registers) and two of 4 with the second set.
+        let fit = |(k, smem): &(Kernel, u32), shape: SplitBlock, guess: usize| match k.resident(
+            gpu,
+            shape.threads(),
+            *smem as usize,
+        ) {
+            0 => guess,
+            n => n as usize,
+        };
+        let resident = Resident {
+            eight: fit(&eight, SplitBlock::Eight, sms),
+            ahead: fit(&ahead, SplitBlock::FourAhead, 2 * sms),
         };
         Some(AttnSplit {
-            kernels: [eight?, four?, ahead],
+            kernels: [eight, four?, ahead],
             sms,
             n_kv: c.n_kv_heads,
-            ahead_resident,
+            resident,
             splits: env("BITNET_CUDA_ATTN_SPLITS")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n| n > 0),
@@ -159,7 +164,7 @@ impl AttnSplit {
         chunks: usize,
     ) -> (SplitBlock, usize) {
         let pairs = (rows * self.n_kv, step_rows * self.n_kv);
-        let (shape, splits) = split_shape(pairs, self.sms, self.ahead_resident, chunks);
+        let (shape, splits) = split_shape(pairs, self.sms, self.resident, chunks);
         (self.shape.unwrap_or(shape), self.splits.unwrap_or(splits))
     }
 
@@ -176,27 +181,38 @@ impl AttnSplit {
     }
 }
 
+/// Blocks of two of the split attention's shapes that fit the whole GPU at once.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Resident {
+    /// [`SplitBlock::Eight`]: one per SM for an f16 cache at head size 128, two for q8.
+    pub(super) eight: usize,
+    /// [`SplitBlock::FourAhead`]: two per SM for f16 at head size 128, three for q8.
+    pub(super) ahead: usize,
+}
+
 /// The split attention's block shape and splits per row for a pass of `pairs.0` (row, kv head)
 /// pairs, part of a step of `pairs.1` on the GPU at once (lanes), on `sms` SMs, a step that
-/// launches `chunks` chunks: blocks of 8 warps where each pair can have an SM to itself, 4 warps
-/// with the next chunk in a second set of registers where those blocks (`ahead_resident` of them
-/// fit the GPU at once: two per SM for an f16 cache at head size 128, three for q8) hold every
-/// pair of the step, else 4 warps that reuse their registers (three per SM: one wave at batch 64
-/// of 2B4T with f16); one split per row unless the blocks leave SMs idle, and then at most one
-/// per [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every
-/// split more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16
-/// lost 12% from 2. Session 29 (q8 cache): batch 64 with the second set (three per SM) +8.5%;
-/// the same for each of two lanes of 64 rows -3 to -4%.
+/// launches `chunks` chunks: blocks of 8 warps where each pair can have an SM to itself or those
+/// blocks (`resident.eight` of them fit the GPU at once) hold every pair of the step, 4 warps
+/// with the next chunk in a second set of registers where those blocks (`resident.ahead`) do,
+/// else 4 warps that reuse their registers (three per SM: one wave at batch 64 of 2B4T with
+/// f16); one split per row unless the blocks leave SMs idle, and then at most one per
+/// [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every split
+/// more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16 lost 12%
+/// from 2. Session 29 (q8 cache): batch 64 with the second set (three per SM) +8.5%; the same
+/// for each of two lanes of 64 rows -3 to -4%. Session 32 (q8, two 8-warp blocks per SM): batch
+/// 32 +4% in 8 warps, 40 +1.5%, 48 +0.7%, 56 (beyond one wave) -12%.
 pub(super) fn split_shape(
     (pairs, step_pairs): (usize, usize),
     sms: usize,
-    ahead_resident: usize,
+    resident: Resident,
     chunks: usize,
 ) -> (SplitBlock, usize) {
     let pairs = pairs.max(1);
-    let shape = if pairs <= sms {
+    let step = step_pairs.max(pairs);
+    let shape = if pairs <= sms || step <= resident.eight {
         SplitBlock::Eight
-    } else if step_pairs.max(pairs) <= ahead_resident {
+    } else if step <= resident.ahead {
         SplitBlock::FourAhead
     } else {
         SplitBlock::Four
@@ -533,19 +549,29 @@ mod tests {
     #[test]
     fn split_attention_takes_one_split_per_row_unless_sms_idle_over_long_rows() {
         use SplitBlock::*;
-        // 2B4T (5 kv heads) on 132 SMs, f16 cache (two blocks with the second set of registers
-        // per SM): batch 64 in blocks of 4 warps (one wave of three per SM), 32 and 48 of 4
-        // with a second set of registers, 24 and below of 8.
-        let f16 = 2 * 132;
+        // 2B4T (5 kv heads) on 132 SMs, f16 cache (one block of 8 warps and two with the second
+        // set of registers per SM): batch 64 in blocks of 4 warps (one wave of three per SM), 32
+        // and 48 of 4 with a second set of registers, 24 and below of 8.
+        let f16 = Resident {
+            eight: 132,
+            ahead: 2 * 132,
+        };
         let alone = |pairs| (pairs, pairs);
         assert_eq!(split_shape(alone(320), 132, f16, 16), (Four, 1));
         assert_eq!(split_shape(alone(240), 132, f16, 16), (FourAhead, 1));
         assert_eq!(split_shape(alone(160), 132, f16, 64), (FourAhead, 1));
         assert_eq!(split_shape(alone(120), 132, f16, 64), (Eight, 1));
         assert_eq!(split_shape(alone(80), 132, f16, 64), (Eight, 1));
-        // q8 (three per SM): batch 64 with the second set too, 80 without, and neither lane of
-        // batch 96 (48 + 48 rows) or 128 (64 + 64).
-        let q8 = 3 * 132;
+        // q8 (two of 8 warps, three with the second set per SM): batch 32 and 48 in 8 warps,
+        // batch 56 and 64 with the second set, 80 without, and neither lane of batch 96 (48 + 48
+        // rows) or 128 (64 + 64).
+        let q8 = Resident {
+            eight: 2 * 132,
+            ahead: 3 * 132,
+        };
+        assert_eq!(split_shape(alone(160), 132, q8, 16), (Eight, 1));
+        assert_eq!(split_shape(alone(240), 132, q8, 16), (Eight, 1));
+        assert_eq!(split_shape(alone(280), 132, q8, 16), (FourAhead, 1));
         assert_eq!(split_shape(alone(320), 132, q8, 16), (FourAhead, 1));
         assert_eq!(split_shape(alone(400), 132, q8, 16), (Four, 1));
         assert_eq!(split_shape((240, 480), 132, q8, 16), (Four, 1));
