@@ -200,8 +200,9 @@ pub(super) struct Resident {
 /// [`ATTN_SPLIT_MIN_CHUNKS`] chunks. H200, BENCHMARKS.md session 17: at depth 512 every split
 /// more lost at batch 10-64; at depth 2048, batch 4 gained 13% from 4 splits, batch 16 lost 12%
 /// from 2. Session 29 (q8 cache): batch 64 with the second set (three per SM) +8.5%; the same
-/// for each of two lanes of 64 rows -3 to -4%. Session 32 (q8, two 8-warp blocks per SM): batch
-/// 32 +4% in 8 warps, 40 +1.5%, 48 +0.7%, 56 (beyond one wave) -12%.
+/// for each of two lanes of 64 rows -3 to -4%. Session 32 (q8, two 8-warp blocks per SM), 8 warps
+/// against 4 with the second set: at depth 512 batch 32 +5%, 40 +2%, 48 +1.4%, 56 (beyond one
+/// wave) -12%; at depth 2,048 batch 32 +18%, 48 +12%; at 128 batch 32 +2-3%, 48 -1.3%.
 pub(super) fn split_shape(
     (pairs, step_pairs): (usize, usize),
     sms: usize,
