@@ -372,7 +372,7 @@ mod simd {
     pub(crate) fn heads_together() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            x86::level() == x86::Level::Avx2
+            x86::level() != x86::Level::None
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -382,8 +382,9 @@ mod simd {
 
     /// [`dots`] of `g` query heads against the same rows (`q` holds them one after another,
     /// `out` their results, `out.len() / g` apiece): each head's results are exactly [`dots`]'s.
-    /// On AVX2 two or four heads go together, each row widened once for all of them (a
-    /// `vcvtph2ps` costs as much as two FMAs there).
+    /// On AVX2 and AVX-512 two or four heads go together, each row loaded and widened once for
+    /// all of them (a `vcvtph2ps` costs as much as two FMAs on AVX2) and requested ahead (the
+    /// hardware prefetchers do not follow a kv head's rows).
     pub(crate) fn dots_heads<E: x86::Lanes>(
         q: &[f32],
         g: usize,
@@ -396,11 +397,20 @@ mod simd {
         if n > 0 && heads_together() {
             assert!(q.len() == g * hd && out.len() == g * n);
             assert!(rows.len() >= (n - 1) * stride + hd);
-            match g {
+            let avx512 = x86::level() == x86::Level::Avx512;
+            match (g, avx512) {
                 // SAFETY: the features were detected on this CPU; bounds checked above.
-                2 => return unsafe { x86::dots_heads_avx2::<E, 2>(q, rows, stride, out) },
+                (2, true) => {
+                    return unsafe { x86::dots_heads_avx512::<E, 2>(q, rows, stride, out) };
+                }
                 // SAFETY: as above.
-                4 => return unsafe { x86::dots_heads_avx2::<E, 4>(q, rows, stride, out) },
+                (4, true) => {
+                    return unsafe { x86::dots_heads_avx512::<E, 4>(q, rows, stride, out) };
+                }
+                // SAFETY: as above.
+                (2, false) => return unsafe { x86::dots_heads_avx2::<E, 2>(q, rows, stride, out) },
+                // SAFETY: as above.
+                (4, false) => return unsafe { x86::dots_heads_avx2::<E, 4>(q, rows, stride, out) },
                 _ => {}
             }
         }
@@ -423,11 +433,24 @@ mod simd {
         if n > 0 && heads_together() {
             assert!(w.len() == g * n && out.len() == g * hd);
             assert!(rows.len() >= (n - 1) * stride + hd);
-            match g {
+            let avx512 = x86::level() == x86::Level::Avx512;
+            match (g, avx512) {
                 // SAFETY: the features were detected on this CPU; bounds checked above.
-                2 => return unsafe { x86::axpys_heads_avx2::<E, 2, 4>(w, rows, stride, out) },
+                (2, true) => {
+                    return unsafe { x86::axpys_heads_avx512::<E, 2, 4>(w, rows, stride, out) };
+                }
                 // SAFETY: as above.
-                4 => return unsafe { x86::axpys_heads_avx2::<E, 4, 2>(w, rows, stride, out) },
+                (4, true) => {
+                    return unsafe { x86::axpys_heads_avx512::<E, 4, 4>(w, rows, stride, out) };
+                }
+                // SAFETY: as above.
+                (2, false) => {
+                    return unsafe { x86::axpys_heads_avx2::<E, 2, 4>(w, rows, stride, out) };
+                }
+                // SAFETY: as above.
+                (4, false) => {
+                    return unsafe { x86::axpys_heads_avx2::<E, 4, 2>(w, rows, stride, out) };
+                }
                 _ => {}
             }
         }
@@ -704,6 +727,169 @@ mod simd {
             for (j, a) in acc.iter().enumerate() {
                 // SAFETY: as for the loads.
                 unsafe { _mm512_storeu_ps(op.add(c + 16 * j), *a) };
+            }
+        }
+
+        /// [`dots_avx512`] of `G` heads (`q`: `G x hd`, `out`: `G x n`) with each row loaded
+        /// and widened once and requested [`ROW_PREFETCH`] positions ahead: per head the same
+        /// FMAs in the same order.
+        ///
+        /// # Safety
+        /// AVX-512F is present; `q.len() == G * hd`, `out.len() == G * n` and `rows` holds
+        /// `(n - 1) * stride + hd` elements.
+        #[target_feature(enable = "avx512f")]
+        pub(crate) unsafe fn dots_heads_avx512<E: Lanes, const G: usize>(
+            q: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let (hd, n) = (q.len() / G, out.len() / G);
+            let full = hd / 32 * 32;
+            let half = hd / 16 * 16;
+            let qp = q.as_ptr();
+            for p in 0..n {
+                for line in 0..row_lines::<E>(hd) {
+                    prefetch_line(rows, (p + ROW_PREFETCH) * stride, hd, line);
+                }
+                let row = &rows[p * stride..p * stride + hd];
+                let kp = row.as_ptr();
+                let mut acc = [[_mm512_setzero_ps(); 2]; G];
+                let mut i = 0;
+                while i < full {
+                    // SAFETY: i + 32 <= hd for the row and each head's query.
+                    unsafe {
+                        let k0 = E::load16(kp.add(i));
+                        let k1 = E::load16(kp.add(i + 16));
+                        for (h, acc) in acc.iter_mut().enumerate() {
+                            let qh = qp.add(h * hd + i);
+                            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qh), k0, acc[0]);
+                            acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16)), k1, acc[1]);
+                        }
+                    }
+                    i += 32;
+                }
+                if i < half {
+                    // SAFETY: i + 16 <= hd.
+                    unsafe {
+                        let k0 = E::load16(kp.add(i));
+                        for (h, acc) in acc.iter_mut().enumerate() {
+                            acc[0] =
+                                _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * hd + i)), k0, acc[0]);
+                        }
+                    }
+                    i += 16;
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                    for k in i..hd {
+                        sum += q[h * hd + k] * row[k].widen();
+                    }
+                    out[h * n + p] = sum;
+                }
+            }
+        }
+
+        /// [`axpys_avx512`] of `G` heads (`w`: `G x n`, `out`: `G x hd`): passes of `C` 16-lane
+        /// chunks of every head's output kept in registers over a block of [`MIX_BLOCK`]
+        /// positions, each row chunk loaded and widened once for all heads, the next block's
+        /// rows requested a share of their lines per pass. Per output element the same FMAs in
+        /// the same order (position by position, from the value in `out`).
+        ///
+        /// # Safety
+        /// AVX-512F is present; `w.len() == G * n`, `out.len() == G * hd` and `rows` holds
+        /// `(n - 1) * stride + hd` elements.
+        #[target_feature(enable = "avx512f")]
+        pub(crate) unsafe fn axpys_heads_avx512<E: Lanes, const G: usize, const C: usize>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+        ) {
+            let (n, hd) = (w.len() / G, out.len() / G);
+            let full = hd / 16 * 16;
+            let passes = (full / (16 * C) + full % (16 * C) / 16).max(1);
+            let per_pass = row_lines::<E>(hd).div_ceil(passes);
+            let mut p0 = 0;
+            while p0 < n {
+                let p1 = (p0 + MIX_BLOCK).min(n);
+                let mut i = 0;
+                let mut lines = 0..per_pass;
+                while i + 16 * C <= full {
+                    // SAFETY: the caller's promises; i + 16C <= hd.
+                    unsafe {
+                        mix_pass512::<E, G, C>(w, rows, stride, out, i, p0..p1, lines.clone())
+                    };
+                    i += 16 * C;
+                    lines = lines.end..lines.end + per_pass;
+                }
+                while i < full {
+                    // SAFETY: as above, i + 16 <= hd.
+                    unsafe {
+                        mix_pass512::<E, G, 1>(w, rows, stride, out, i, p0..p1, lines.clone())
+                    };
+                    i += 16;
+                    lines = lines.end..lines.end + per_pass;
+                }
+                p0 = p1;
+            }
+            for h in 0..G {
+                for p in 0..n {
+                    let row = &rows[p * stride..p * stride + hd];
+                    for k in full..hd {
+                        out[h * hd + k] += w[h * n + p] * row[k].widen();
+                    }
+                }
+            }
+        }
+
+        /// Lanes `i..i + 16 CC` of every head's output over positions `ps`, requesting `lines`
+        /// of the row [`MIX_BLOCK`] positions ahead of each.
+        ///
+        /// # Safety
+        /// As [`axpys_heads_avx512`], and `i + 16 CC <= hd`.
+        #[inline(always)]
+        unsafe fn mix_pass512<E: Lanes, const G: usize, const CC: usize>(
+            w: &[f32],
+            rows: &[E],
+            stride: usize,
+            out: &mut [f32],
+            i: usize,
+            ps: std::ops::Range<usize>,
+            lines: std::ops::Range<usize>,
+        ) {
+            let (n, hd) = (w.len() / G, out.len() / G);
+            let op = out.as_mut_ptr();
+            let lines = lines.start..lines.end.min(row_lines::<E>(hd));
+            // SAFETY (every block): the caller's bounds; AVX-512F.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); CC]; G];
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(op.add(h * hd + i + 16 * c));
+                    }
+                }
+                for p in ps {
+                    for line in lines.clone() {
+                        prefetch_line(rows, (p + MIX_BLOCK) * stride, hd, line);
+                    }
+                    let vp = rows.as_ptr().add(p * stride + i);
+                    let mut v = [_mm512_setzero_ps(); CC];
+                    for (c, v) in v.iter_mut().enumerate() {
+                        *v = E::load16(vp.add(16 * c));
+                    }
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let wv = _mm512_set1_ps(*w.get_unchecked(h * n + p));
+                        for (a, v) in acc.iter_mut().zip(&v) {
+                            *a = _mm512_fmadd_ps(wv, *v, *a);
+                        }
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    for (c, a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(op.add(h * hd + i + 16 * c), *a);
+                    }
+                }
             }
         }
 
@@ -1107,8 +1293,9 @@ mod tests {
     }
 
     /// Two and four heads at once give each head exactly what it gets alone (through the
-    /// dispatch, which takes the AVX2 kernels where the CPU has them), for head sizes with and
-    /// without 8-lane tails and position counts across the mix's 64-position blocks.
+    /// dispatch, which takes the AVX-512 or AVX2 kernels where the CPU has them, and the AVX2
+    /// ones also directly on a CPU with both), for head sizes with and without 8- and 16-lane
+    /// tails and position counts across the mix's 64-position blocks.
     #[test]
     fn heads_together_equal_heads_alone_bit_for_bit() {
         fn check<E: simd::x86::Lanes + std::fmt::Debug>(conv: fn(f32) -> E) {
@@ -1136,6 +1323,50 @@ mod tests {
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&got), bits(&alone), "scores: hd {hd}, n {n}, g {g}");
                         assert_eq!(bits(&mix), bits(&mix_alone), "mix: hd {hd}, n {n}, g {g}");
+                        // The AVX2 kernels too where the dispatch took the AVX-512 ones.
+                        #[cfg(target_arch = "x86_64")]
+                        if g % 2 == 0
+                            && std::arch::is_x86_feature_detected!("avx512f")
+                            && std::arch::is_x86_feature_detected!("avx2")
+                            && std::arch::is_x86_feature_detected!("fma")
+                            && std::arch::is_x86_feature_detected!("f16c")
+                        {
+                            let (mut alone, mut mix_alone) =
+                                (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                            let (mut got, mut mix) = (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                            // SAFETY: the features were detected just above; the sizes fit.
+                            unsafe {
+                                for h in 0..g {
+                                    let (qh, wh) =
+                                        (&q[h * hd..(h + 1) * hd], &w[h * n..(h + 1) * n]);
+                                    let o = &mut alone[h * n..(h + 1) * n];
+                                    simd::x86::dots_avx2(qh, &rows, stride, o);
+                                    let o = &mut mix_alone[h * hd..(h + 1) * hd];
+                                    simd::x86::axpys_avx2(wh, &rows, stride, o);
+                                }
+                                if g == 2 {
+                                    simd::x86::dots_heads_avx2::<E, 2>(&q, &rows, stride, &mut got);
+                                    simd::x86::axpys_heads_avx2::<E, 2, 4>(
+                                        &w, &rows, stride, &mut mix,
+                                    );
+                                } else {
+                                    simd::x86::dots_heads_avx2::<E, 4>(&q, &rows, stride, &mut got);
+                                    simd::x86::axpys_heads_avx2::<E, 4, 2>(
+                                        &w, &rows, stride, &mut mix,
+                                    );
+                                }
+                            }
+                            assert_eq!(
+                                bits(&got),
+                                bits(&alone),
+                                "avx2 scores: hd {hd}, n {n}, g {g}"
+                            );
+                            assert_eq!(
+                                bits(&mix),
+                                bits(&mix_alone),
+                                "avx2 mix: hd {hd}, n {n}, g {g}"
+                            );
+                        }
                     }
                 }
             }
