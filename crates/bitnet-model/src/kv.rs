@@ -199,7 +199,9 @@ pub enum KvView<'a> {
 
 impl KvView<'_> {
     /// Attention scores against kv head `head`: `out[p] = (q . k_p) * scaling` for every
-    /// position `p < out.len()`, with `head_dim = q.len()`.
+    /// position `p < out.len()`, with `head_dim = q.len()`. One head's reference for
+    /// [`KvView::scores_heads`], which the model calls (with one head where heads go alone).
+    #[cfg(test)]
     pub(crate) fn scores(
         &self,
         q: &[f32],
@@ -231,7 +233,9 @@ impl KvView<'_> {
 
     /// The weighted sum of kv head `head`'s values: `out = sum_p w[p] * v_p` over the positions
     /// `p < w.len()`, with `head_dim = out.len()`; `out` is overwritten. For q8 the weights are
-    /// multiplied by their position's scale in place first.
+    /// multiplied by their position's scale in place first. One head's reference for
+    /// [`KvView::mix_heads`].
+    #[cfg(test)]
     pub(crate) fn mix(&self, w: &mut [f32], head: usize, kv_dim: usize, out: &mut [f32]) {
         let hd = out.len();
         let at = head * hd;
@@ -252,15 +256,16 @@ impl KvView<'_> {
 
 impl KvView<'_> {
     /// Whether [`KvView::scores_heads`] and [`KvView::mix_heads`] read each row once for
-    /// several heads here (f32 and f16 caches on AVX2); elsewhere they go head by head, and
-    /// grouping heads only takes tasks away from the threads.
+    /// several heads here (AVX2 and AVX-512); elsewhere they go head by head, and grouping
+    /// heads only takes tasks away from the threads.
     pub(crate) fn reads_heads_together(&self) -> bool {
-        !matches!(self, KvView::Q8 { .. }) && simd::heads_together()
+        simd::heads_together()
     }
 
-    /// [`KvView::scores`] of `g` query heads that share kv head `head` at once: `q` holds them
-    /// one after another, `out` their scores (`out.len() / g` positions apiece). The same values
-    /// as `g` calls of `scores`; f32 and f16 keys are read and widened once for all `g`.
+    /// `KvView::scores` (one head, the tests' reference) of `g` query heads that share kv head
+    /// `head` at once: `q` holds them one after another, `out` their scores (`out.len() / g`
+    /// positions apiece). The same values as `g` calls of `scores`; the keys are read and
+    /// widened once for all `g`.
     pub(crate) fn scores_heads(
         &self,
         q: &[f32],
@@ -281,17 +286,21 @@ impl KvView<'_> {
                 simd::dots_heads(q, g, &v[at..], kv_dim, out);
                 out.iter_mut().for_each(|s| *s *= scaling);
             }
-            KvView::Q8 { .. } => {
-                let n = out.len() / g;
-                for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(n)) {
-                    self.scores(qh, head, kv_dim, scaling, oh);
+            KvView::Q8 { codes, scales } => {
+                simd::dots_heads(q, g, &codes[at..], kv_dim, out);
+                let (n, n_kv) = (out.len() / g, kv_dim / hd);
+                for oh in out.chunks_exact_mut(n) {
+                    for (p, s) in oh.iter_mut().enumerate() {
+                        *s *= scales[p * n_kv + head] * scaling;
+                    }
                 }
             }
         }
     }
 
-    /// [`KvView::mix`] of `g` heads at once: `w` holds their weights one after another
-    /// (`w.len() / g` apiece), `out` their outputs. The same values as `g` calls of `mix`.
+    /// `KvView::mix` (one head, the tests' reference) of `g` heads at once: `w` holds their
+    /// weights one after another (`w.len() / g` apiece), `out` their outputs. The same values as
+    /// `g` calls of `mix`.
     pub(crate) fn mix_heads(
         &self,
         w: &mut [f32],
@@ -311,10 +320,15 @@ impl KvView<'_> {
                 out.fill(0.0);
                 simd::axpys_heads(w, g, &v[at..], kv_dim, out);
             }
-            KvView::Q8 { .. } => {
-                for (wh, oh) in w.chunks_exact_mut(n).zip(out.chunks_exact_mut(hd)) {
-                    self.mix(wh, head, kv_dim, oh);
+            KvView::Q8 { codes, scales } => {
+                let n_kv = kv_dim / hd;
+                for wh in w.chunks_exact_mut(n) {
+                    for (p, x) in wh.iter_mut().enumerate() {
+                        *x *= scales[p * n_kv + head];
+                    }
                 }
+                out.fill(0.0);
+                simd::axpys_heads(w, g, &codes[at..], kv_dim, out);
             }
         }
     }
@@ -1374,6 +1388,45 @@ mod tests {
         check::<f32>(|x| x);
         check::<f16>(f16::from_f32);
         check::<i8>(|x| (x * 127.0) as i8);
+    }
+
+    /// A view's scores and mixes of a group of query heads equal each head's alone, bit for bit,
+    /// for every cache type (q8's scales applied per position as for one head).
+    #[test]
+    fn views_score_and_mix_heads_as_heads_alone() {
+        let (hd, n_kv, n) = (64, 3, 70);
+        let kv_dim = hd * n_kv;
+        let (k, v) = (noise(n * kv_dim, 11), noise(n * kv_dim, 12));
+        for kv in KvType::ALL {
+            let (ks, vs) = (store(kv, &k, kv_dim, hd), store(kv, &v, kv_dim, hd));
+            for g in [2, 4] {
+                for head in 0..n_kv {
+                    let q = noise(g * hd, 13);
+                    let w = noise(g * n, 14);
+                    let (mut alone, mut mix_alone) = (vec![0.0f32; g * n], vec![0.0f32; g * hd]);
+                    let mut w_alone = w.clone();
+                    for h in 0..g {
+                        let o = &mut alone[h * n..(h + 1) * n];
+                        ks.view()
+                            .scores(&q[h * hd..(h + 1) * hd], head, kv_dim, 0.125, o);
+                        let o = &mut mix_alone[h * hd..(h + 1) * hd];
+                        vs.view()
+                            .mix(&mut w_alone[h * n..(h + 1) * n], head, kv_dim, o);
+                    }
+                    let (mut got, mut mix) = (vec![0.0f32; g * n], vec![1.0f32; g * hd]);
+                    let mut w_got = w.clone();
+                    ks.view().scores_heads(&q, g, head, kv_dim, 0.125, &mut got);
+                    vs.view().mix_heads(&mut w_got, g, head, kv_dim, &mut mix);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&alone), "{kv}: scores, g {g}, head {head}");
+                    assert_eq!(
+                        bits(&mix),
+                        bits(&mix_alone),
+                        "{kv}: mix, g {g}, head {head}"
+                    );
+                }
+            }
+        }
     }
 
     /// The AVX-512 mix keeps its accumulators in registers but gives every lane the same fused
