@@ -662,7 +662,7 @@ mod simd {
                     }
                     i += 16;
                 }
-                let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+                let mut sum = reduce16(_mm512_add_ps(acc[0], acc[1]));
                 for k in i..n {
                     sum += q[k] * row[k].widen();
                 }
@@ -759,49 +759,134 @@ mod simd {
             out: &mut [f32],
         ) {
             let (hd, n) = (q.len() / G, out.len() / G);
-            let full = hd / 32 * 32;
-            let half = hd / 16 * 16;
-            let qp = q.as_ptr();
-            for p in 0..n {
-                for line in 0..row_lines::<E>(hd) {
-                    prefetch_line(rows, (p + ROW_PREFETCH) * stride, hd, line);
+            let mut p = 0;
+            // Without a scalar tail, 16 positions at a time: their sums are added in one
+            // transposed pass ([`reduce16x16`]) instead of one [`reduce16`] each.
+            if hd % 16 == 0 {
+                let mut sums = [[_mm512_setzero_ps(); 16]; G];
+                while p + 16 <= n {
+                    for (j, _) in sums[0].into_iter().enumerate() {
+                        // SAFETY: the caller's promises; position p + j < n.
+                        let acc = unsafe { head_sums::<E, G>(q, rows, stride, p + j) };
+                        for (sums, acc) in sums.iter_mut().zip(&acc) {
+                            sums[j] = _mm512_add_ps(acc[0], acc[1]);
+                        }
+                    }
+                    for (h, sums) in sums.iter().enumerate() {
+                        // SAFETY: p + 16 <= n, so the 16 lanes lie in head h's n results.
+                        unsafe {
+                            _mm512_storeu_ps(out.as_mut_ptr().add(h * n + p), reduce16x16(sums))
+                        };
+                    }
+                    p += 16;
                 }
+            }
+            for p in p..n {
+                // SAFETY: the caller's promises; position p < n.
+                let acc = unsafe { head_sums::<E, G>(q, rows, stride, p) };
                 let row = &rows[p * stride..p * stride + hd];
-                let kp = row.as_ptr();
-                let mut acc = [[_mm512_setzero_ps(); 2]; G];
-                let mut i = 0;
-                while i < full {
-                    // SAFETY: i + 32 <= hd for the row and each head's query.
-                    unsafe {
-                        let k0 = E::load16(kp.add(i));
-                        let k1 = E::load16(kp.add(i + 16));
-                        for (h, acc) in acc.iter_mut().enumerate() {
-                            let qh = qp.add(h * hd + i);
-                            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qh), k0, acc[0]);
-                            acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16)), k1, acc[1]);
-                        }
-                    }
-                    i += 32;
-                }
-                if i < half {
-                    // SAFETY: i + 16 <= hd.
-                    unsafe {
-                        let k0 = E::load16(kp.add(i));
-                        for (h, acc) in acc.iter_mut().enumerate() {
-                            acc[0] =
-                                _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * hd + i)), k0, acc[0]);
-                        }
-                    }
-                    i += 16;
-                }
+                let vector = hd / 16 * 16;
                 for (h, acc) in acc.iter().enumerate() {
-                    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-                    for k in i..hd {
+                    let mut sum = reduce16(_mm512_add_ps(acc[0], acc[1]));
+                    for k in vector..hd {
                         sum += q[h * hd + k] * row[k].widen();
                     }
                     out[h * n + p] = sum;
                 }
             }
+        }
+
+        /// The two accumulators of each of `G` heads' dot products with position `p`'s row, as
+        /// [`dots_avx512`] forms them (pairs of 16-lane chunks, then a last chunk into the
+        /// first), the row loaded and widened once for all heads and the row
+        /// [`ROW_PREFETCH`] positions ahead requested.
+        ///
+        /// # Safety
+        /// As [`dots_heads_avx512`], and `p < out.len() / G`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn head_sums<E: Lanes, const G: usize>(
+            q: &[f32],
+            rows: &[E],
+            stride: usize,
+            p: usize,
+        ) -> [[__m512; 2]; G] {
+            let hd = q.len() / G;
+            let full = hd / 32 * 32;
+            let half = hd / 16 * 16;
+            let qp = q.as_ptr();
+            for line in 0..row_lines::<E>(hd) {
+                prefetch_line(rows, (p + ROW_PREFETCH) * stride, hd, line);
+            }
+            let kp = rows[p * stride..p * stride + hd].as_ptr();
+            let mut acc = [[_mm512_setzero_ps(); 2]; G];
+            let mut i = 0;
+            // SAFETY (both blocks): i + 32 (or 16) <= hd for the row and each head's query;
+            // AVX-512F is present.
+            unsafe {
+                while i < full {
+                    let k0 = E::load16(kp.add(i));
+                    let k1 = E::load16(kp.add(i + 16));
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let qh = qp.add(h * hd + i);
+                        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qh), k0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(_mm512_loadu_ps(qh.add(16)), k1, acc[1]);
+                    }
+                    i += 32;
+                }
+                if i < half {
+                    let k0 = E::load16(kp.add(i));
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(h * hd + i)), k0, acc[0]);
+                    }
+                }
+            }
+            acc
+        }
+
+        /// The sum of a vector's 16 lanes by a fixed tree: lanes j and j + 8, then j and j + 4,
+        /// then (0 + 2) + (1 + 3). Every score of the AVX-512 kernels is summed so, one at a
+        /// time here or sixteen at a time by [`reduce16x16`], bit for bit the same.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn reduce16(v: __m512) -> f32 {
+            let a = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+            let b = _mm512_add_ps(a, _mm512_shuffle_f32x4::<0b01_01_01_01>(a, a));
+            let c = _mm512_add_ps(b, _mm512_permute_ps::<0b01_00_11_10>(b));
+            let d = _mm512_add_ps(c, _mm512_permute_ps::<0b10_11_00_01>(c));
+            _mm512_cvtss_f32(d)
+        }
+
+        /// [`reduce16`] of sixteen vectors at once, `out[k] = reduce16(v[k])`: each step of the
+        /// tree adds the same lanes as there, for two vectors (then four) per instruction.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn reduce16x16(v: &[__m512; 16]) -> __m512 {
+            // Lanes j + j + 8: u[k] holds v[2k]'s eight sums in its first half, v[2k + 1]'s in
+            // its second.
+            let u: [__m512; 8] = std::array::from_fn(|k| {
+                let (a, b) = (v[2 * k], v[2 * k + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                )
+            });
+            // Lanes j + j + 4: y[m]'s four 128-bit blocks belong to v[4m] .. v[4m + 3].
+            let y: [__m512; 4] = std::array::from_fn(|m| {
+                let (a, b) = (u[2 * m], u[2 * m + 1]);
+                let b4 = _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                );
+                // (0 + 2) + (1 + 3) in lane 0 of every block.
+                let c = _mm512_add_ps(b4, _mm512_permute_ps::<0b01_00_11_10>(b4));
+                _mm512_add_ps(c, _mm512_permute_ps::<0b10_11_00_01>(c))
+            });
+            // Lane 0 of each block, in order.
+            let idx = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+            let lo = _mm512_permutex2var_ps(y[0], idx, y[1]);
+            let hi = _mm512_permutex2var_ps(y[2], idx, y[3]);
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(lo, hi)
         }
 
         /// [`axpys_avx512`] of `G` heads (`w`: `G x n`, `out`: `G x hd`): passes of `C` 16-lane
