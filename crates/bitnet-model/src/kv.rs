@@ -254,14 +254,14 @@ impl KvView<'_> {
     }
 }
 
-impl KvView<'_> {
-    /// Whether [`KvView::scores_heads`] and [`KvView::mix_heads`] read each row once for
-    /// several heads here (AVX2 and AVX-512); elsewhere they go head by head, and grouping
-    /// heads only takes tasks away from the threads.
-    pub(crate) fn reads_heads_together(&self) -> bool {
-        simd::heads_together()
-    }
+/// Whether [`KvView::scores_heads`] and [`KvView::mix_heads`] read each row once for several
+/// heads on this CPU (AVX2 and AVX-512, every cache type); elsewhere they go head by head, and
+/// grouping heads only takes tasks away from the threads.
+pub(crate) fn reads_heads_together() -> bool {
+    simd::heads_together()
+}
 
+impl KvView<'_> {
     /// `KvView::scores` (one head, the tests' reference) of `g` query heads that share kv head
     /// `head` at once: `q` holds them one after another, `out` their scores (`out.len() / g`
     /// positions apiece). The same values as `g` calls of `scores`; the keys are read and
@@ -618,6 +618,9 @@ mod simd {
             }
         }
 
+        /// One head's scores: [`dots_heads_avx512`] with `G` = 1 (pairs of 16-lane chunks,
+        /// then a last chunk into the first, summed by [`reduce16`], then a scalar tail).
+        ///
         /// # Safety
         /// AVX-512F is present; `rows` holds `(out.len() - 1) * stride + q.len()` elements.
         #[target_feature(enable = "avx512f")]
@@ -627,49 +630,15 @@ mod simd {
             stride: usize,
             out: &mut [f32],
         ) {
-            let n = q.len();
-            let full = n / 32 * 32;
-            let half = n / 16 * 16;
-            for (p, o) in out.iter_mut().enumerate() {
-                let row = &rows[p * stride..p * stride + n];
-                let (qp, kp) = (q.as_ptr(), row.as_ptr());
-                let mut acc = [_mm512_setzero_ps(); 2];
-                let mut i = 0;
-                while i < full {
-                    // SAFETY: i + 32 <= n for both q and row.
-                    unsafe {
-                        acc[0] = _mm512_fmadd_ps(
-                            _mm512_loadu_ps(qp.add(i)),
-                            E::load16(kp.add(i)),
-                            acc[0],
-                        );
-                        acc[1] = _mm512_fmadd_ps(
-                            _mm512_loadu_ps(qp.add(i + 16)),
-                            E::load16(kp.add(i + 16)),
-                            acc[1],
-                        );
-                    }
-                    i += 32;
-                }
-                if i < half {
-                    // SAFETY: i + 16 <= n.
-                    unsafe {
-                        acc[0] = _mm512_fmadd_ps(
-                            _mm512_loadu_ps(qp.add(i)),
-                            E::load16(kp.add(i)),
-                            acc[0],
-                        );
-                    }
-                    i += 16;
-                }
-                let mut sum = reduce16(_mm512_add_ps(acc[0], acc[1]));
-                for k in i..n {
-                    sum += q[k] * row[k].widen();
-                }
-                *o = sum;
-            }
+            // SAFETY: the same promises, for one head.
+            unsafe { dots_heads_avx512::<E, 1>(q, rows, stride, out) }
         }
 
+        /// One head's weighted sum: [`axpys_heads_avx512`] with `G` = 1, eight vectors (128
+        /// lanes) of `out` in registers over each block of positions: each lane gets the same
+        /// FMAs in the same order as through memory, then a multiply and an add per lane past
+        /// the last 16.
+        ///
         /// # Safety
         /// AVX-512F is present; `rows` holds `(w.len() - 1) * stride + out.len()` elements.
         #[target_feature(enable = "avx512f")]
@@ -679,69 +648,8 @@ mod simd {
             stride: usize,
             out: &mut [f32],
         ) {
-            let n = out.len();
-            let full = n / 16 * 16;
-            // Up to eight vectors (128 lanes) of `out` stay in registers over every position:
-            // each lane gets the same FMAs in the same order as through memory, without a store
-            // and a reload per position on its dependency chain.
-            let mut c = 0;
-            while c < full {
-                let vecs = (full - c) / 16;
-                // SAFETY: lanes c..c + 16 * min(vecs, 8) lie within n for `out` and every row.
-                unsafe {
-                    match vecs {
-                        1 => axpys_lanes::<E, 1>(w, rows, stride, out, c),
-                        2 => axpys_lanes::<E, 2>(w, rows, stride, out, c),
-                        3 => axpys_lanes::<E, 3>(w, rows, stride, out, c),
-                        4 => axpys_lanes::<E, 4>(w, rows, stride, out, c),
-                        5 => axpys_lanes::<E, 5>(w, rows, stride, out, c),
-                        6 => axpys_lanes::<E, 6>(w, rows, stride, out, c),
-                        7 => axpys_lanes::<E, 7>(w, rows, stride, out, c),
-                        _ => axpys_lanes::<E, 8>(w, rows, stride, out, c),
-                    }
-                }
-                c += 16 * vecs.min(8);
-            }
-            for (p, &wp) in w.iter().enumerate() {
-                let row = &rows[p * stride..p * stride + n];
-                for k in full..n {
-                    out[k] += wp * row[k].widen();
-                }
-            }
-        }
-
-        /// `out[c..c + 16 V] += sum_p w[p] * rows[p * stride + c..]`, the V accumulators in
-        /// registers.
-        ///
-        /// # Safety
-        /// AVX-512F is present; `c + 16 V <= out.len()` and every row holds `c + 16 V` lanes.
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn axpys_lanes<E: Lanes, const V: usize>(
-            w: &[f32],
-            rows: &[E],
-            stride: usize,
-            out: &mut [f32],
-            c: usize,
-        ) {
-            let op = out.as_mut_ptr();
-            let mut acc = [_mm512_setzero_ps(); V];
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: c + 16 j + 16 <= out.len().
-                *a = unsafe { _mm512_loadu_ps(op.add(c + 16 * j)) };
-            }
-            for (p, &wp) in w.iter().enumerate() {
-                let kp = rows[p * stride + c..].as_ptr();
-                let wv = _mm512_set1_ps(wp);
-                for (j, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: the row holds lanes c .. c + 16 V.
-                    *a = _mm512_fmadd_ps(wv, unsafe { E::load16(kp.add(16 * j)) }, *a);
-                }
-            }
-            for (j, a) in acc.iter().enumerate() {
-                // SAFETY: as for the loads.
-                unsafe { _mm512_storeu_ps(op.add(c + 16 * j), *a) };
-            }
+            // SAFETY: the same promises, for one head.
+            unsafe { axpys_heads_avx512::<E, 1, 8>(w, rows, stride, out) }
         }
 
         /// [`dots_avx512`] of `G` heads (`q`: `G x hd`, `out`: `G x n`) with each row loaded
@@ -765,7 +673,7 @@ mod simd {
             if hd % 16 == 0 {
                 let mut sums = [[_mm512_setzero_ps(); 16]; G];
                 while p + 16 <= n {
-                    for (j, _) in sums[0].into_iter().enumerate() {
+                    for j in 0..16 {
                         // SAFETY: the caller's promises; position p + j < n.
                         let acc = unsafe { head_sums::<E, G>(q, rows, stride, p + j) };
                         for (sums, acc) in sums.iter_mut().zip(&acc) {
@@ -781,11 +689,11 @@ mod simd {
                     p += 16;
                 }
             }
+            let vector = hd / 16 * 16;
             for p in p..n {
                 // SAFETY: the caller's promises; position p < n.
                 let acc = unsafe { head_sums::<E, G>(q, rows, stride, p) };
                 let row = &rows[p * stride..p * stride + hd];
-                let vector = hd / 16 * 16;
                 for (h, acc) in acc.iter().enumerate() {
                     let mut sum = reduce16(_mm512_add_ps(acc[0], acc[1]));
                     for k in vector..hd {

@@ -832,11 +832,7 @@ impl Model {
         let q = &s.q;
         let n = owner.len();
         let threads = self.pool.as_ref().map_or(1, |p| p.threads());
-        // Every cache of a batch holds the model's KV type: the first says for all.
-        let together = batch
-            .first()
-            .is_some_and(|b| b.cache.layer(layer).0.reads_heads_together());
-        let g = if together {
+        let g = if crate::kv::reads_heads_together() {
             heads_per_task(group, n * c.n_heads, threads)
         } else {
             1
