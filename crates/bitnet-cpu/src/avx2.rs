@@ -13,6 +13,7 @@ use std::arch::x86_64::*;
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, PackedTernary, act, prefetch_groups};
+use crate::quads;
 
 /// Packed bytes per block (one 256-bit load).
 const B: usize = 32;
@@ -82,16 +83,7 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    for _ in 0..batch / 4 {
-        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
-        else {
-            break;
-        };
-        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
-        else {
-            break;
-        };
-        let acts = [act(x0), act(x1), act(x2), act(x3)];
+    for (acts, [o0, o1, o2, o3]) in quads::groups(batch, &mut xs, &mut os, act::<W>) {
         let outs = o0.iter_mut().zip(o1).zip(o2).zip(o3);
         for (w, (((y0, y1), y2), y3)) in blocks.chunks_exact(nb).zip(outs) {
             [*y0, *y1, *y2, *y3] = dot_1x4(w, &acts);
@@ -305,21 +297,12 @@ mod tests {
     use bitnet_core::scalar::ScalarKernel;
 
     #[test]
-    fn matches_scalar_on_a_tail_and_batch_five() {
+    fn matches_scalar_on_tails_and_every_batch_path() {
         let Some(k) = Avx2Kernel::new() else { return };
-        let (rows, cols, batch) = (9, 300, 5);
-        let w: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
-        let x: Vec<i8> = (0..batch * cols)
-            .map(|i| (i * 37 % 256) as u8 as i8)
-            .collect();
-        let m = TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
-        let (mut a, mut b) = (vec![0; batch * rows], vec![0; batch * rows]);
-        k.prepare(&m).unwrap().matmul_i32(&x, batch, &mut a);
-        ScalarKernel
-            .prepare(&m)
-            .unwrap()
-            .matmul_i32(&x, batch, &mut b);
-        assert_eq!(a, b);
+        // The last: three chunks of weight rows (48, 48 and 7).
+        for (rows, cols, batch) in [(9, 300, 5), (7, 128, 16), (103, 10240, 9)] {
+            crate::assert_matches_scalar(&k, rows, cols, batch);
+        }
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The AVX-512 VNNI backend: 2-bit codes unpacked 64 lanes at a time and multiplied with
 //! `vpdpbusd`, which sums four unsigned-code by signed-activation products straight into `i32`
 //! lanes (no `i16` intermediate, so no saturation to reason about).
-//! Batches of four activation rows share each unpacked weight block; at batch 1, four weight
-//! rows share each activation load.
+//! Batches go in tiles of four weight rows by four activation rows ([`crate::quads`]): each
+//! unpacked block serves four activation rows and each activation load four weight rows. At
+//! batch 1, four weight rows share each activation load.
 
 use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, PackedTernary, act, prefetch_groups};
+use crate::quads::{self, Rows, put, sums16};
 
 /// Packed bytes per block (one 512-bit load).
 const B: usize = 64;
@@ -17,9 +19,6 @@ const W: usize = 4 * B;
 /// Longest row (in blocks) for which [`dot_4x1_scaled`]'s `64 * u` accumulators cannot wrap:
 /// a block adds at most 4 * 2 * 128 * 64 = 2^16 to a lane, and 2^15 blocks stay below 2^31.
 const MAX_SCALED_BLOCKS: usize = 1 << 15;
-/// How many weight-row pairs ahead the batched loop prefetches packed weights.
-const PREFETCH_PAIRS: usize = 4;
-
 /// The AVX-512 VNNI kernel (`avx512vnni`). It can only be obtained on a CPU with AVX-512F,
 /// AVX-512BW and AVX-512 VNNI, which is what makes its prepared matrices safe to run.
 #[derive(Clone, Copy, Debug)]
@@ -84,41 +83,18 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    for _ in 0..batch / 4 {
-        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
-        else {
-            break;
-        };
-        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
-        else {
-            break;
-        };
-        let acts = [act(x0), act(x1), act(x2), act(x3)];
-        let mut outs = [o0, o1, o2, o3];
-        let mut w2 = blocks.chunks_exact(2 * nb);
-        for (r, w) in w2.by_ref().enumerate() {
-            // As in the batch-1 loop: the weights stream from memory.
-            let ahead = (r + PREFETCH_PAIRS) * 2 * nb;
-            for line in blocks.get(ahead..ahead + 2 * nb).unwrap_or(&[]) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
-            let (wa, wb) = w.split_at(nb);
-            let [da, db] = dot_2x4([wa, wb], &acts);
-            for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
-                if let Some(pair) = o.get_mut(2 * r..2 * r + 2) {
-                    pair.copy_from_slice(&[ya, yb]);
-                }
-            }
-        }
-        if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
-            let d = dot_1x4(w, &acts);
-            for (o, y) in outs.iter_mut().zip(d) {
-                if let Some(last) = o.last_mut() {
-                    *last = y;
-                }
-            }
-        }
-    }
+    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>);
+    // The closure has this function's features, so the tiles inline into it.
+    quads::for_each_tile(
+        blocks,
+        nb,
+        &mut groups,
+        |rows, acts, outs, first| match rows {
+            Rows::Four(w) => put::<4, W>(outs, first, acts, dot_rx4(w, acts)),
+            Rows::Two(w) => put::<2, W>(outs, first, acts, dot_rx4(w, acts)),
+            Rows::One(w) => put::<1, W>(outs, first, acts, dot_rx4(w, acts)),
+        },
+    );
     let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
@@ -275,77 +251,60 @@ fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     acc.map(|v| _mm512_reduce_add_epi32(v).wrapping_sub(a.sum))
 }
 
-/// Two weight rows by four activation rows (batched prefill): each unpacked block serves four
-/// activation rows and each activation load serves two weight rows, which keeps the loop bound
-/// by `vpdpbusd` throughput rather than by loads.
+/// `R` weight rows (`R` <= 4) by four activation rows, a batch's tile ([`crate::quads`]): lane
+/// `4 r + j` of the result is `dot(u, x)` of weight row `r` and activation row `j` (before
+/// `- sum(x)`); lanes of rows past `R` are zero. Each unpacked block serves four activation rows
+/// and each activation load `R` weight rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_2x4(w: [&[[u8; B]]; 2], a: &[Act<'_, W>; 4]) -> [[i32; 4]; 2] {
-    let mut acc = [[_mm512_setzero_si512(); 4]; 2];
-    let xs = a[0]
-        .full
-        .iter()
-        .zip(a[1].full)
-        .zip(a[2].full)
-        .zip(a[3].full);
-    for ((wa, wb), (((x0, x1), x2), x3)) in w[0].iter().zip(w[1]).zip(xs) {
-        let (ua, ub) = (unpack(wa), unpack(wb));
-        for (q, x) in [x0, x1, x2, x3].into_iter().enumerate() {
-            acc[0][q] = block(acc[0][q], &ua, x);
-            acc[1][q] = block(acc[1][q], &ub, x);
-        }
-    }
+fn dot_rx4<const R: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16] {
+    const { assert!(R >= 1 && R <= 4) };
+    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     let k = a[0].full.len();
-    if let (Some(wa), Some(wb)) = (w[0].get(k), w[1].get(k)) {
-        let (ua, ub) = (unpack(wa), unpack(wb));
-        for (q, a) in a.iter().enumerate() {
-            if let Some(t) = &a.tail {
-                acc[0][q] = block(acc[0][q], &ua, t);
-                acc[1][q] = block(acc[1][q], &ub, t);
+    // Every activation row has the same length, and every weight row at least as many blocks
+    // (one more when the rows have a partial last block): fixed lengths drop the bounds checks.
+    // Sixteen accumulators whatever R, so one transposed sum serves every tile.
+    let [x0, x1, x2, x3] = [
+        &a[0].full[..k],
+        &a[1].full[..k],
+        &a[2].full[..k],
+        &a[3].full[..k],
+    ];
+    let mut ws = [&[][..]; R];
+    for (ws, row) in ws.iter_mut().zip(w) {
+        *ws = &row[..k];
+    }
+    for i in 0..k {
+        let mut u = [[_mm512_setzero_si512(); 4]; R];
+        for (u, row) in u.iter_mut().zip(ws) {
+            *u = unpack(&row[i]);
+        }
+        for (j, x) in [&x0[i], &x1[i], &x2[i], &x3[i]].into_iter().enumerate() {
+            let x = [
+                load_x::<0>(x),
+                load_x::<1>(x),
+                load_x::<2>(x),
+                load_x::<3>(x),
+            ];
+            for (q, x) in x.into_iter().enumerate() {
+                for (acc, u) in acc.iter_mut().zip(&u) {
+                    acc[j] = _mm512_dpbusd_epi32(acc[j], u[q], x);
+                }
             }
         }
     }
-    acc.map(|row| {
-        let mut d = [0i32; 4];
-        for ((d, v), a) in d.iter_mut().zip(row).zip(a) {
-            *d = _mm512_reduce_add_epi32(v).wrapping_sub(a.sum);
-        }
-        d
-    })
-}
-
-/// One weight row by four activation rows: each unpacked block serves four activation rows.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_1x4(w: &[[u8; B]], a: &[Act<'_, W>; 4]) -> [i32; 4] {
-    let mut acc = [_mm512_setzero_si512(); 4];
-    let xs = a[0]
-        .full
-        .iter()
-        .zip(a[1].full)
-        .zip(a[2].full)
-        .zip(a[3].full);
-    for (wb, (((x0, x1), x2), x3)) in w.iter().zip(xs) {
-        let u = unpack(wb);
-        acc[0] = block(acc[0], &u, x0);
-        acc[1] = block(acc[1], &u, x1);
-        acc[2] = block(acc[2], &u, x2);
-        acc[3] = block(acc[3], &u, x3);
-    }
-    if let Some(wb) = w.get(a[0].full.len()) {
-        let u = unpack(wb);
-        for (acc, a) in acc.iter_mut().zip(a) {
-            if let Some(t) = &a.tail {
-                *acc = block(*acc, &u, t);
+    // The zero-padded last block of rows whose length is not a whole number of blocks.
+    for (acc, row) in acc.iter_mut().zip(w) {
+        if let Some(wb) = row.get(k) {
+            let u = unpack(wb);
+            for (acc, a) in acc.iter_mut().zip(a) {
+                if let Some(t) = &a.tail {
+                    *acc = block(*acc, &u, t);
+                }
             }
         }
     }
-    [
-        _mm512_reduce_add_epi32(acc[0]).wrapping_sub(a[0].sum),
-        _mm512_reduce_add_epi32(acc[1]).wrapping_sub(a[1].sum),
-        _mm512_reduce_add_epi32(acc[2]).wrapping_sub(a[2].sum),
-        _mm512_reduce_add_epi32(acc[3]).wrapping_sub(a[3].sum),
-    ]
+    sums16(acc)
 }
 
 #[cfg(test)]
@@ -380,20 +339,16 @@ mod tests {
     }
 
     #[test]
-    fn matches_scalar_on_a_tail_and_batch_five() {
+    fn matches_scalar_on_tails_and_every_batch_path() {
         let Some(k) = Avx512Kernel::new() else { return };
-        let (rows, cols, batch) = (9, 600, 5);
-        let w: Vec<i8> = (0..rows * cols).map(|i| (i % 3) as i8 - 1).collect();
-        let x: Vec<i8> = (0..batch * cols)
-            .map(|i| (i * 37 % 256) as u8 as i8)
-            .collect();
-        let m = TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
-        let (mut a, mut b) = (vec![0; batch * rows], vec![0; batch * rows]);
-        k.prepare(&m).unwrap().matmul_i32(&x, batch, &mut a);
-        ScalarKernel
-            .prepare(&m)
-            .unwrap()
-            .matmul_i32(&x, batch, &mut b);
-        assert_eq!(a, b);
+        for (rows, cols, batch) in [
+            (9, 600, 5),
+            (7, 256, 16),
+            (6, 2561, 8),
+            // Three chunks of weight rows (48, 48 and 7: a pair and a single row at the end).
+            (103, 10240, 9),
+        ] {
+            crate::assert_matches_scalar(&k, rows, cols, batch);
+        }
     }
 }

@@ -11,8 +11,9 @@
 //! core's share of the memory bandwidth.
 //!
 //! Like the 2-bit kernel, it multiplies unsigned codes `u = t + 1` and subtracts the activation
-//! sum: `dot(t, x) = dot(u, x) - sum(x)`. Batches of four activation rows share each decoded
-//! block; at batch 1, four weight rows share each activation load.
+//! sum: `dot(t, x) = dot(u, x) - sum(x)`. Batches go in the same tiles of four weight rows by
+//! four activation rows ([`crate::quads`]); at batch 1, four weight rows share each activation
+//! load.
 //!
 //! Measured on the 2-core Zen machine this project targets (`cargo bench -p bitnet-cpu --bench
 //! gemv -- t1_`): with the weights streamed from DRAM (four whole 2B4T layers), batch 1 runs
@@ -20,8 +21,9 @@
 //! with 20% fewer bytes, and batch 16 1.10x; with one matrix already in cache, where both
 //! kernels are compute-bound, it is 0-11% slower. End to end, decode with the f16 head
 //! (1,179 -> 1,077 MB per token) gained 11-14% and prompt processing is unchanged, so the
-//! registry offers it after `avx512vnni` (`--kernel avx512vnni-t1` or
-//! `BITNET_KERNEL=avx512vnni-t1`).
+//! registry offers it first: `auto` picks it (`--kernel avx512vnni` or
+//! `BITNET_KERNEL=avx512vnni` for the 2-bit layout). In 4 x 4 tiles both kernels' batch-16
+//! products run within 0-9% of each other (session 33).
 
 use std::arch::x86_64::*;
 
@@ -29,14 +31,7 @@ use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, act, prefetch_groups};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
-
-/// How many weight-row pairs ahead the batched loop prefetches packed weights.
-const PREFETCH_PAIRS: usize = 4;
-/// Eight activation rows wider than this many bytes in all go in groups of four instead: a
-/// group's rows must stay in L1 (48 KB here) while every weight row passes over them. The
-/// 6,912-wide down projection's eight rows (55 KB) did not: `t1_2560x6912/.../b16_t1` ran at
-/// 567 G op/s in groups of eight, 773 in groups of four (the 2,560-wide shapes keep eight).
-const WIDE_GROUP_BYTES: usize = 40 * 1024;
+use crate::quads::{self, Rows, put, sums16};
 
 /// The AVX-512 kernel over the 1.6-bit layout (`avx512vnni-t1`). It can only be obtained on a
 /// CPU with AVX-512F, AVX-512BW, AVX-512 VBMI and AVX-512 VNNI, which is what makes its prepared
@@ -109,15 +104,18 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    // Groups of 8 activation rows (of 4 for wide rows), then one of 4, then single rows.
-    let wide = cols * 8 > WIDE_GROUP_BYTES;
-    let groups8 = if wide { 0 } else { batch / 8 };
-    for _ in 0..groups8 {
-        group::<8>(&t, blocks, nb, rows, &mut xs, &mut os);
-    }
-    for _ in 0..(batch - groups8 * 8) / 4 {
-        group::<4>(&t, blocks, nb, rows, &mut xs, &mut os);
-    }
+    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>);
+    // The closure has this function's features, so the tiles inline into it.
+    quads::for_each_tile(
+        blocks,
+        nb,
+        &mut groups,
+        |rows, acts, outs, first| match rows {
+            Rows::Four(w) => put::<4, W>(outs, first, acts, dot_rx4(&t, w, acts)),
+            Rows::Two(w) => put::<2, W>(outs, first, acts, dot_rx4(&t, w, acts)),
+            Rows::One(w) => put::<1, W>(outs, first, acts, dot_rx4(&t, w, acts)),
+        },
+    );
     let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
@@ -136,47 +134,6 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
         }
         for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
             *y = dot_1x1(&t, w, &a);
-        }
-    }
-}
-
-/// The next `N` activation rows of `xs` through every weight row, two at a time
-/// ([`dot_2xn`]), into the next `N` output rows of `os` (an odd last weight row takes
-/// [`dot_1xn`]).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn group<'x, 'o, const N: usize>(
-    t: &Tables,
-    blocks: &[[u8; B]],
-    nb: usize,
-    rows: usize,
-    xs: &mut std::slice::ChunksExact<'x, i8>,
-    os: &mut std::slice::ChunksExactMut<'o, i32>,
-) {
-    let acts: [Act<'x, W>; N] = std::array::from_fn(|_| act(xs.next().unwrap_or(&[])));
-    let mut outs: [&mut [i32]; N] = std::array::from_fn(|_| os.next().unwrap_or_default());
-    let mut w2 = blocks.chunks_exact(2 * nb);
-    for (r, w) in w2.by_ref().enumerate() {
-        // As in the batch-1 loop: the weights stream from memory, so ask for them ahead (perf
-        // showed a third of this loop's samples on the first use of a weight load).
-        let ahead = (r + PREFETCH_PAIRS) * 2 * nb;
-        for line in blocks.get(ahead..ahead + 2 * nb).unwrap_or(&[]) {
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-        }
-        let (wa, wb) = w.split_at(nb);
-        let [da, db] = dot_2xn(t, [wa, wb], &acts);
-        for ((o, ya), yb) in outs.iter_mut().zip(da).zip(db) {
-            if let Some(pair) = o.get_mut(2 * r..2 * r + 2) {
-                pair.copy_from_slice(&[ya, yb]);
-            }
-        }
-    }
-    if let Some(w) = w2.remainder().get(..nb).filter(|_| rows % 2 == 1) {
-        let d = dot_1xn(t, w, &acts);
-        for (o, y) in outs.iter_mut().zip(d) {
-            if let Some(last) = o.last_mut() {
-                *last = y;
-            }
         }
     }
 }
@@ -299,115 +256,59 @@ fn dot_4x1(t: &Tables, w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     acc.map(|[even, odd]| _mm512_reduce_add_epi32(_mm512_add_epi32(even, odd)).wrapping_sub(a.sum))
 }
 
-/// Two weight rows by `N` activation rows (batches): each decoded block serves `N` activation
-/// rows and each activation load serves two weight rows. `N = 8` keeps 16 accumulators, the two
-/// rows' ten decoded vectors and an activation in registers, and decodes each block once per
-/// eight activation rows instead of four.
+/// `R` weight rows (`R` <= 4) by four activation rows, a batch's tile ([`crate::quads`]), as
+/// the 2-bit kernel's: lane `4 r + j` of the result is `dot(u, x)` of weight row `r` and
+/// activation row `j` (before `- sum(x)`); lanes of rows past `R` are zero. (One generic tile
+/// for both layouts, with the decoding passed in, ran this layout's 13,824 x 2,560 product at
+/// batch 16 on two threads 12-15% slower: BENCHMARKS.md, session 33.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn dot_2xn<const N: usize>(t: &Tables, w: [&[[u8; B]]; 2], a: &[Act<'_, W>; N]) -> [[i32; N]; 2] {
-    let mut acc = [[_mm512_setzero_si512(); N]; 2];
+fn dot_rx4<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16] {
+    const { assert!(R >= 1 && R <= 4) };
+    let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     let k = a[0].full.len();
-    for (i, (wa, wb)) in w[0].iter().zip(w[1]).take(k).enumerate() {
-        let (ua, ub) = (unpack(t, wa), unpack(t, wb));
-        for (q, a) in a.iter().enumerate() {
-            let x = &a.full[i];
-            acc[0][q] = block(acc[0][q], &ua, x);
-            acc[1][q] = block(acc[1][q], &ub, x);
-        }
+    // As in the 2-bit kernel: fixed lengths drop the bounds checks.
+    let [x0, x1, x2, x3] = [
+        &a[0].full[..k],
+        &a[1].full[..k],
+        &a[2].full[..k],
+        &a[3].full[..k],
+    ];
+    let mut ws = [&[][..]; R];
+    for (ws, row) in ws.iter_mut().zip(w) {
+        *ws = &row[..k];
     }
-    if let (Some(wa), Some(wb)) = (w[0].get(k), w[1].get(k)) {
-        let (ua, ub) = (unpack(t, wa), unpack(t, wb));
-        for (q, a) in a.iter().enumerate() {
-            if let Some(x) = &a.tail {
-                acc[0][q] = block(acc[0][q], &ua, x);
-                acc[1][q] = block(acc[1][q], &ub, x);
+    for i in 0..k {
+        let mut u = [[_mm512_setzero_si512(); 5]; R];
+        for (u, row) in u.iter_mut().zip(ws) {
+            *u = unpack(t, &row[i]);
+        }
+        for (j, x) in [&x0[i], &x1[i], &x2[i], &x3[i]].into_iter().enumerate() {
+            let x = load_xs(x);
+            for (q, x) in x.into_iter().enumerate() {
+                for (acc, u) in acc.iter_mut().zip(&u) {
+                    acc[j] = _mm512_dpbusd_epi32(acc[j], u[q], x);
+                }
             }
         }
     }
-    // All 2N sums in one transposing reduction (48 vector operations for up to 16
-    // accumulators, where one horizontal sum each took ~9: perf put the separate sums at 11% of
-    // this loop's time at batch 16). Integer sums: the same values in any order.
-    let mut all = [_mm512_setzero_si512(); 16];
-    for (slot, v) in all.iter_mut().zip(acc[0].iter().chain(&acc[1])) {
-        *slot = *v;
-    }
-    let sums = sums16(all);
-    std::array::from_fn(|r| std::array::from_fn(|q| sums[r * N + q].wrapping_sub(a[q].sum)))
-}
-
-/// The sums of the lanes of each of sixteen vectors, `out[k] = sum(v[k])`: pairs of vectors
-/// are folded into one vector holding half of each one's lanes, four times over, so every
-/// operation works on sixteen lanes of useful sums.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn sums16(v: [__m512i; 16]) -> [i32; 16] {
-    // 256-bit halves: u[i] = [8 partial sums of v[2i] | 8 of v[2i + 1]].
-    let u: [__m512i; 8] = std::array::from_fn(|i| {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x44>(a, b),
-            _mm512_shuffle_i32x4::<0xEE>(a, b),
-        )
-    });
-    // 128-bit lanes: w[i] = [4 of v[4i] | 4 of v[4i + 1] | 4 of v[4i + 2] | 4 of v[4i + 3]].
-    let w: [__m512i; 4] = std::array::from_fn(|i| {
-        let (a, b) = (u[2 * i], u[2 * i + 1]);
-        _mm512_add_epi32(
-            _mm512_shuffle_i32x4::<0x88>(a, b),
-            _mm512_shuffle_i32x4::<0xDD>(a, b),
-        )
-    });
-    // Lane L of x[i]: [2 of v[8i + L], 2 of v[8i + 4 + L]].
-    let x: [__m512i; 2] = std::array::from_fn(|i| {
-        let (a, b) = (w[2 * i], w[2 * i + 1]);
-        _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b))
-    });
-    // Lane L: [v[L], v[8 + L], v[4 + L], v[12 + L]].
-    let lo = _mm512_unpacklo_epi32(x[0], x[1]);
-    let hi = _mm512_unpackhi_epi32(x[0], x[1]);
-    let r = _mm512_add_epi32(_mm512_unpacklo_epi64(lo, hi), _mm512_unpackhi_epi64(lo, hi));
-    // Back in order: v[k] sits at 4 (k % 4) + [0, 2, 1, 3][k / 4].
-    let idx = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 1, 5, 9, 13, 3, 7, 11, 15);
-    let mut out = [0i32; 16];
-    // SAFETY: `out` holds 16 i32 = 64 writable bytes; storeu has no alignment requirement.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi32(idx, r)) };
-    out
-}
-
-/// One weight row by `N` activation rows: each decoded block serves `N` activation rows (a
-/// batch group's odd last weight row).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn dot_1xn<const N: usize>(t: &Tables, w: &[[u8; B]], a: &[Act<'_, W>; N]) -> [i32; N] {
-    let mut acc = [_mm512_setzero_si512(); N];
-    let k = a[0].full.len();
-    for (i, wb) in w.iter().take(k).enumerate() {
-        let u = unpack(t, wb);
-        for (acc, a) in acc.iter_mut().zip(a) {
-            *acc = block(*acc, &u, &a.full[i]);
-        }
-    }
-    if let Some(wb) = w.get(k) {
-        let u = unpack(t, wb);
-        for (acc, a) in acc.iter_mut().zip(a) {
-            if let Some(x) = &a.tail {
-                *acc = block(*acc, &u, x);
+    for (acc, row) in acc.iter_mut().zip(w) {
+        if let Some(wb) = row.get(k) {
+            let u = unpack(t, wb);
+            for (acc, a) in acc.iter_mut().zip(a) {
+                if let Some(x) = &a.tail {
+                    *acc = block(*acc, &u, x);
+                }
             }
         }
     }
-    let mut d = [0i32; N];
-    for ((d, v), a) in d.iter_mut().zip(acc).zip(a) {
-        *d = _mm512_reduce_add_epi32(v).wrapping_sub(a.sum);
-    }
-    d
+    sums16(acc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pack_t1::decode;
-    use bitnet_core::scalar::ScalarKernel;
 
     #[test]
     fn simd_decode_matches_the_scalar_tables_on_every_byte() {
@@ -434,26 +335,6 @@ mod tests {
     }
 
     #[test]
-    fn sums16_sums_every_vector_in_order() {
-        let Some(_) = Avx512Tq1Kernel::new() else {
-            return;
-        };
-        let lanes: Vec<[i32; 16]> = (0..16)
-            .map(|k| {
-                std::array::from_fn(|j| (k * 1000 + j * 37) as i32 - 5000 + (j as i32) * (k as i32))
-            })
-            .collect();
-        // SAFETY: `new` returned Some, so this CPU has AVX-512F, BW, VBMI and VNNI.
-        let got = unsafe {
-            sums16(std::array::from_fn(|k| {
-                _mm512_loadu_si512(lanes[k].as_ptr().cast())
-            }))
-        };
-        let want: Vec<i32> = lanes.iter().map(|l| l.iter().sum()).collect();
-        assert_eq!(got.to_vec(), want);
-    }
-
-    #[test]
     fn matches_scalar_on_tails_and_every_batch_path() {
         let Some(k) = Avx512Tq1Kernel::new() else {
             return;
@@ -472,25 +353,13 @@ mod tests {
             (5, 2561, 8),
             (7, 5120, 12),
             (3, 6912, 16),
-            // Wide enough for groups of four (WIDE_GROUP_BYTES), then single rows.
             (5, 6000, 11),
+            // Three chunks of weight rows (48, 48 and 7: a pair and a single row at the end).
+            (103, 12800, 9),
         ] {
-            let w: Vec<i8> = (0..rows * cols)
-                .map(|i| ((i * 5 + i / 7) % 3) as i8 - 1)
-                .collect();
-            let x: Vec<i8> = (0..batch * cols)
-                .map(|i| (i * 37 % 256) as u8 as i8)
-                .collect();
-            let m = TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
-            let (mut a, mut b) = (vec![i32::MIN; batch * rows], vec![0; batch * rows]);
-            let p = k.prepare(&m).unwrap();
-            assert_eq!(p.weight_bytes(), rows * cols.div_ceil(W) * B);
-            p.matmul_i32(&x, batch, &mut a);
-            ScalarKernel
-                .prepare(&m)
-                .unwrap()
-                .matmul_i32(&x, batch, &mut b);
-            assert_eq!(a, b, "{rows}x{cols}, batch {batch}");
+            let p = k.prepare(&TernaryMatrix::new(rows, cols, vec![0; rows * cols], 1.0).unwrap());
+            assert_eq!(p.unwrap().weight_bytes(), rows * cols.div_ceil(W) * B);
+            crate::assert_matches_scalar(&k, rows, cols, batch);
         }
     }
 }

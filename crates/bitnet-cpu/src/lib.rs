@@ -10,8 +10,8 @@
 //! product that `maddubs` (AVX2) and `dpbusd` (AVX-512 VNNI) compute directly.
 //!
 //! `avx512vnni-t1` stores the same codes five to a byte (1.6 bits per weight, a base-3 code
-//! decoded by register table lookups) to stream 20% fewer bytes. It is offered after
-//! `avx512vnni`, so `auto` does not pick it: see `avx512_t1.rs` for the measurements.
+//! decoded by register table lookups) to stream 20% fewer bytes. It is offered first, so `auto`
+//! picks it where the CPU has AVX-512 VBMI: see `avx512_t1.rs` for the measurements.
 #![deny(missing_docs)]
 
 #[cfg(target_arch = "x86_64")]
@@ -24,6 +24,8 @@ mod avx512_t1;
 mod pack;
 #[cfg(target_arch = "x86_64")]
 mod pack_t1;
+#[cfg(target_arch = "x86_64")]
+mod quads;
 mod threaded;
 
 use std::sync::Arc;
@@ -119,6 +121,32 @@ fn best(all: Vec<Arc<dyn LinearKernel>>) -> Arc<dyn LinearKernel> {
     all.into_iter()
         .next()
         .unwrap_or_else(|| Arc::new(ScalarKernel))
+}
+
+/// Asserts that `kernel` multiplies a patterned `rows x cols` matrix by `batch` activation rows
+/// exactly as the scalar reference does (the kernels' own tests; the conformance suite covers
+/// random shapes).
+#[cfg(test)]
+pub(crate) fn assert_matches_scalar(
+    kernel: &dyn LinearKernel,
+    rows: usize,
+    cols: usize,
+    batch: usize,
+) {
+    let w: Vec<i8> = (0..rows * cols)
+        .map(|i| ((i * 5 + i / 7) % 3) as i8 - 1)
+        .collect();
+    let x: Vec<i8> = (0..batch * cols)
+        .map(|i| (i * 37 % 256) as u8 as i8)
+        .collect();
+    let m = bitnet_core::TernaryMatrix::new(rows, cols, w, 1.0).unwrap();
+    let (mut got, mut want) = (vec![i32::MIN; batch * rows], vec![0; batch * rows]);
+    kernel.prepare(&m).unwrap().matmul_i32(&x, batch, &mut got);
+    ScalarKernel
+        .prepare(&m)
+        .unwrap()
+        .matmul_i32(&x, batch, &mut want);
+    assert_eq!(got, want, "{} {rows}x{cols}, batch {batch}", kernel.name());
 }
 
 #[cfg(test)]
