@@ -83,10 +83,11 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    for (acts, [o0, o1, o2, o3]) in quads::groups(batch, &mut xs, &mut os, act::<W>) {
+    for g in quads::groups(batch, &mut xs, &mut os, act::<W>, false) {
+        let [o0, o1, o2, o3] = g.outs;
         let outs = o0.iter_mut().zip(o1).zip(o2).zip(o3);
         for (w, (((y0, y1), y2), y3)) in blocks.chunks_exact(nb).zip(outs) {
-            [*y0, *y1, *y2, *y3] = dot_1x4(w, &acts);
+            [*y0, *y1, *y2, *y3] = dot_1x4(w, &g.acts);
         }
     }
     let groups_ahead = prefetch_groups(nb * B);

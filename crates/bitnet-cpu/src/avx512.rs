@@ -1,16 +1,16 @@
 //! The AVX-512 VNNI backend: 2-bit codes unpacked 64 lanes at a time and multiplied with
 //! `vpdpbusd`, which sums four unsigned-code by signed-activation products straight into `i32`
 //! lanes (no `i16` intermediate, so no saturation to reason about).
-//! Batches go in tiles of four weight rows by four activation rows ([`crate::quads`]): each
-//! unpacked block serves four activation rows and each activation load four weight rows. At
-//! batch 1, four weight rows share each activation load.
+//! Batches go in tiles of four weight rows by four activation rows ([`crate::quads`]; a batch's
+//! last one to three rows by fewer): each unpacked block serves four activation rows and each
+//! activation load four weight rows. At batch 1, four weight rows share each activation load.
 
 use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, PackedTernary, act, prefetch_groups};
-use crate::quads::{self, Rows, put, sums16};
+use crate::quads::{self, Group, Rows, put, sums16};
 
 /// Packed bytes per block (one 512-bit load).
 const B: usize = 64;
@@ -83,18 +83,13 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>);
+    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>, true);
     // The closure has this function's features, so the tiles inline into it.
-    quads::for_each_tile(
-        blocks,
-        nb,
-        &mut groups,
-        |rows, acts, outs, first| match rows {
-            Rows::Four(w) => put::<4, W>(outs, first, acts, dot_rx4(w, acts)),
-            Rows::Two(w) => put::<2, W>(outs, first, acts, dot_rx4(w, acts)),
-            Rows::One(w) => put::<1, W>(outs, first, acts, dot_rx4(w, acts)),
-        },
-    );
+    quads::for_each_tile(blocks, nb, &mut groups, |rows, g, first| match rows {
+        Rows::Four(w) => tile(w, g, first),
+        Rows::Two(w) => tile(w, g, first),
+        Rows::One(w) => tile(w, g, first),
+    });
     let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
@@ -251,25 +246,23 @@ fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     acc.map(|v| _mm512_reduce_add_epi32(v).wrapping_sub(a.sum))
 }
 
-/// `R` weight rows (`R` <= 4) by four activation rows, a batch's tile ([`crate::quads`]): lane
-/// `4 r + j` of the result is `dot(u, x)` of weight row `r` and activation row `j` (before
-/// `- sum(x)`); lanes of rows past `R` are zero. Each unpacked block serves four activation rows
-/// and each activation load `R` weight rows.
+/// `R` weight rows by the first `A` activation rows of `a` (both 1 to 4), a batch's tile
+/// ([`crate::quads`]): lane `4 r + j` of the result is `dot(u, x)` of weight row `r` and
+/// activation row `j` (before `- sum(x)`); the other lanes are zero. Each unpacked block serves
+/// `A` activation rows and each activation load `R` weight rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn dot_rx4<const R: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16] {
-    const { assert!(R >= 1 && R <= 4) };
+fn dot_rxa<const R: usize, const A: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16] {
+    const { assert!(R >= 1 && R <= 4 && A >= 1 && A <= 4) };
     let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     let k = a[0].full.len();
     // Every activation row has the same length, and every weight row at least as many blocks
     // (one more when the rows have a partial last block): fixed lengths drop the bounds checks.
     // Sixteen accumulators whatever R, so one transposed sum serves every tile.
-    let [x0, x1, x2, x3] = [
-        &a[0].full[..k],
-        &a[1].full[..k],
-        &a[2].full[..k],
-        &a[3].full[..k],
-    ];
+    let mut xs = [&[][..]; A];
+    for (xs, a) in xs.iter_mut().zip(a) {
+        *xs = &a.full[..k];
+    }
     let mut ws = [&[][..]; R];
     for (ws, row) in ws.iter_mut().zip(w) {
         *ws = &row[..k];
@@ -279,7 +272,7 @@ fn dot_rx4<const R: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16]
         for (u, row) in u.iter_mut().zip(ws) {
             *u = unpack(&row[i]);
         }
-        for (j, x) in [&x0[i], &x1[i], &x2[i], &x3[i]].into_iter().enumerate() {
+        for (j, x) in xs.iter().map(|x| &x[i]).enumerate() {
             let x = [
                 load_x::<0>(x),
                 load_x::<1>(x),
@@ -297,7 +290,7 @@ fn dot_rx4<const R: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16]
     for (acc, row) in acc.iter_mut().zip(w) {
         if let Some(wb) = row.get(k) {
             let u = unpack(wb);
-            for (acc, a) in acc.iter_mut().zip(a) {
+            for (acc, a) in acc.iter_mut().zip(a).take(A) {
                 if let Some(t) = &a.tail {
                     *acc = block(*acc, &u, t);
                 }
@@ -305,6 +298,34 @@ fn dot_rx4<const R: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16]
         }
     }
     sums16(acc)
+}
+
+/// One tile of `R` weight rows by a group's activation rows, into the group's outputs.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn tile<const R: usize>(w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usize) {
+    // One activation row by four weight rows is the batch-1 tile, which unpacks without shifts
+    // (the shifts cost more than the weights' stream from L2 here).
+    if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
+        let d = if w4[0].len() <= MAX_SCALED_BLOCKS {
+            dot_4x1_scaled(w4, &g.acts[0])
+        } else {
+            dot_4x1(w4, &g.acts[0])
+        };
+        for (r, y) in d.into_iter().enumerate() {
+            if let Some(slot) = g.outs[0].get_mut(first + r) {
+                *slot = y;
+            }
+        }
+        return;
+    }
+    let d = match g.n {
+        4 => dot_rxa::<R, 4>(w, &g.acts),
+        3 => dot_rxa::<R, 3>(w, &g.acts),
+        2 => dot_rxa::<R, 2>(w, &g.acts),
+        _ => dot_rxa::<R, 1>(w, &g.acts),
+    };
+    put::<R, W>(g, first, d);
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, act, prefetch_groups};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
-use crate::quads::{self, Rows, put, sums16};
+use crate::quads::{self, Group, Rows, put, sums16};
 
 /// The AVX-512 kernel over the 1.6-bit layout (`avx512vnni-t1`). It can only be obtained on a
 /// CPU with AVX-512F, AVX-512BW, AVX-512 VBMI and AVX-512 VNNI, which is what makes its prepared
@@ -104,18 +104,13 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
     let (blocks, _) = p.packed().as_chunks::<B>();
     let mut xs = x.chunks_exact(cols);
     let mut os = out.chunks_exact_mut(rows);
-    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>);
+    let mut groups = quads::groups(batch, &mut xs, &mut os, act::<W>, true);
     // The closure has this function's features, so the tiles inline into it.
-    quads::for_each_tile(
-        blocks,
-        nb,
-        &mut groups,
-        |rows, acts, outs, first| match rows {
-            Rows::Four(w) => put::<4, W>(outs, first, acts, dot_rx4(&t, w, acts)),
-            Rows::Two(w) => put::<2, W>(outs, first, acts, dot_rx4(&t, w, acts)),
-            Rows::One(w) => put::<1, W>(outs, first, acts, dot_rx4(&t, w, acts)),
-        },
-    );
+    quads::for_each_tile(blocks, nb, &mut groups, |rows, g, first| match rows {
+        Rows::Four(w) => tile(&t, w, g, first),
+        Rows::Two(w) => tile(&t, w, g, first),
+        Rows::One(w) => tile(&t, w, g, first),
+    });
     let groups_ahead = prefetch_groups(nb * B);
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
@@ -256,24 +251,27 @@ fn dot_4x1(t: &Tables, w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
     acc.map(|[even, odd]| _mm512_reduce_add_epi32(_mm512_add_epi32(even, odd)).wrapping_sub(a.sum))
 }
 
-/// `R` weight rows (`R` <= 4) by four activation rows, a batch's tile ([`crate::quads`]), as
-/// the 2-bit kernel's: lane `4 r + j` of the result is `dot(u, x)` of weight row `r` and
-/// activation row `j` (before `- sum(x)`); lanes of rows past `R` are zero. (One generic tile
+/// `R` weight rows by the first `A` activation rows of `a` (both 1 to 4), a batch's tile
+/// ([`crate::quads`]), as the 2-bit kernel's: lane `4 r + j` of the result is `dot(u, x)` of
+/// weight row `r` and activation row `j` (before `- sum(x)`); the other lanes are zero. (One
+/// generic tile
 /// for both layouts, with the decoding passed in, ran this layout's 13,824 x 2,560 product at
 /// batch 16 on two threads 12-15% slower: BENCHMARKS.md, session 33.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-fn dot_rx4<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) -> [i32; 16] {
-    const { assert!(R >= 1 && R <= 4) };
+fn dot_rxa<const R: usize, const A: usize>(
+    t: &Tables,
+    w: [&[[u8; B]]; R],
+    a: &[Act<'_, W>; 4],
+) -> [i32; 16] {
+    const { assert!(R >= 1 && R <= 4 && A >= 1 && A <= 4) };
     let mut acc = [[_mm512_setzero_si512(); 4]; 4];
     let k = a[0].full.len();
     // As in the 2-bit kernel: fixed lengths drop the bounds checks.
-    let [x0, x1, x2, x3] = [
-        &a[0].full[..k],
-        &a[1].full[..k],
-        &a[2].full[..k],
-        &a[3].full[..k],
-    ];
+    let mut xs = [&[][..]; A];
+    for (xs, a) in xs.iter_mut().zip(a) {
+        *xs = &a.full[..k];
+    }
     let mut ws = [&[][..]; R];
     for (ws, row) in ws.iter_mut().zip(w) {
         *ws = &row[..k];
@@ -283,7 +281,7 @@ fn dot_rx4<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) 
         for (u, row) in u.iter_mut().zip(ws) {
             *u = unpack(t, &row[i]);
         }
-        for (j, x) in [&x0[i], &x1[i], &x2[i], &x3[i]].into_iter().enumerate() {
+        for (j, x) in xs.iter().map(|x| &x[i]).enumerate() {
             let x = load_xs(x);
             for (q, x) in x.into_iter().enumerate() {
                 for (acc, u) in acc.iter_mut().zip(&u) {
@@ -295,7 +293,7 @@ fn dot_rx4<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) 
     for (acc, row) in acc.iter_mut().zip(w) {
         if let Some(wb) = row.get(k) {
             let u = unpack(t, wb);
-            for (acc, a) in acc.iter_mut().zip(a) {
+            for (acc, a) in acc.iter_mut().zip(a).take(A) {
                 if let Some(x) = &a.tail {
                     *acc = block(*acc, &u, x);
                 }
@@ -303,6 +301,28 @@ fn dot_rx4<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], a: &[Act<'_, W>; 4]) 
         }
     }
     sums16(acc)
+}
+
+/// One tile of `R` weight rows by a group's activation rows, into the group's outputs.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+fn tile<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usize) {
+    // One activation row by four weight rows is the batch-1 tile.
+    if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
+        for (r, y) in dot_4x1(t, w4, &g.acts[0]).into_iter().enumerate() {
+            if let Some(slot) = g.outs[0].get_mut(first + r) {
+                *slot = y;
+            }
+        }
+        return;
+    }
+    let d = match g.n {
+        4 => dot_rxa::<R, 4>(t, w, &g.acts),
+        3 => dot_rxa::<R, 3>(t, w, &g.acts),
+        2 => dot_rxa::<R, 2>(t, w, &g.acts),
+        _ => dot_rxa::<R, 1>(t, w, &g.acts),
+    };
+    put::<R, W>(g, first, d);
 }
 
 #[cfg(test)]

@@ -33,42 +33,67 @@ pub(crate) enum Rows<'w> {
     One([&'w [[u8; B]]; 1]),
 }
 
-/// Four activation rows of a batch and their four output rows.
-pub(crate) type Group<'x, 'o, const W: usize> = ([Act<'x, W>; 4], [&'o mut [i32]; 4]);
+/// Up to four activation rows of a batch and their output rows. Rows `n..4` are empty
+/// (nothing to read, nowhere to write): a tile reads only the first `n`.
+pub(crate) struct Group<'x, 'o, const W: usize> {
+    /// The activation rows.
+    pub(crate) acts: [Act<'x, W>; 4],
+    /// Their output rows.
+    pub(crate) outs: [&'o mut [i32]; 4],
+    /// How many of the four are real (1 to 4).
+    pub(crate) n: usize,
+}
 
-/// Cuts the first `batch / 4 * 4` rows of `xs` and `os` into groups of four (the rest stay in
-/// the iterators for the caller's one-row loop).
+/// Cuts the rows of `xs` and `os` into groups of four; with `partial`, the last one to three
+/// rows of a batch of two or more form one more group (a batch of one is left in the iterators
+/// for the caller's one-row loop, as are the remainder rows without `partial`).
+///
+/// A partial group runs in the same chunked order as the others, so its rows cost their
+/// arithmetic only: as single rows each streamed the weights from memory again (2B4T, two
+/// threads: batch 17 took 8.7 ms more than batch 16, batch 20 20 ms more; session 33).
 #[inline(always)]
 pub(crate) fn groups<'x, 'o, const W: usize>(
     batch: usize,
     xs: &mut std::slice::ChunksExact<'x, i8>,
     os: &mut std::slice::ChunksExactMut<'o, i32>,
     act: impl Fn(&'x [i8]) -> Act<'x, W>,
+    partial: bool,
 ) -> Vec<Group<'x, 'o, W>> {
-    let mut groups = Vec::with_capacity(batch / 4);
-    for _ in 0..batch / 4 {
-        let (Some(x0), Some(x1), Some(x2), Some(x3)) = (xs.next(), xs.next(), xs.next(), xs.next())
-        else {
-            break;
+    let whole = if partial && batch >= 2 {
+        batch.div_ceil(4)
+    } else {
+        batch / 4
+    };
+    let mut groups = Vec::with_capacity(whole);
+    for _ in 0..whole {
+        let mut g = Group {
+            acts: [act(&[]), act(&[]), act(&[]), act(&[])],
+            outs: Default::default(),
+            n: 0,
         };
-        let (Some(o0), Some(o1), Some(o2), Some(o3)) = (os.next(), os.next(), os.next(), os.next())
-        else {
-            break;
-        };
-        groups.push(([act(x0), act(x1), act(x2), act(x3)], [o0, o1, o2, o3]));
+        for (a, o) in g.acts.iter_mut().zip(&mut g.outs) {
+            let (Some(x), Some(y)) = (xs.next(), os.next()) else {
+                break;
+            };
+            (*a, *o) = (act(x), y);
+            g.n += 1;
+        }
+        if g.n > 0 {
+            groups.push(g);
+        }
     }
     groups
 }
 
-/// Runs `tile(rows, acts, outs, first)` for every group and every tile of weight rows
-/// (`first`: the index of the tile's first weight row), chunk by chunk. `blocks` holds the rows
-/// back to back, `nb` blocks each.
+/// Runs `tile(rows, group, first)` for every group and every tile of weight rows (`first`: the
+/// index of the tile's first weight row), chunk by chunk. `blocks` holds the rows back to back,
+/// `nb` blocks each.
 #[inline(always)]
-pub(crate) fn for_each_tile<'x, const W: usize>(
+pub(crate) fn for_each_tile<const W: usize>(
     blocks: &[[u8; B]],
     nb: usize,
-    groups: &mut [Group<'x, '_, W>],
-    mut tile: impl FnMut(Rows<'_>, &[Act<'x, W>; 4], &mut [&mut [i32]; 4], usize),
+    groups: &mut [Group<'_, '_, W>],
+    mut tile: impl FnMut(Rows<'_>, &mut Group<'_, '_, W>, usize),
 ) {
     if nb == 0 {
         return;
@@ -78,7 +103,7 @@ pub(crate) fn for_each_tile<'x, const W: usize>(
     let quads_ahead = prefetch_groups(nb * B);
     for (c, chunk) in blocks.chunks(chunk_rows * nb).enumerate() {
         let first = c * chunk_rows;
-        for (acts, outs) in groups.iter_mut() {
+        for g4 in groups.iter_mut() {
             let mut w4 = chunk.chunks_exact(4 * nb);
             for (g, w) in w4.by_ref().enumerate() {
                 // The first group's pass streams the chunk from memory.
@@ -91,35 +116,35 @@ pub(crate) fn for_each_tile<'x, const W: usize>(
                 let (w01, w23) = w.split_at(2 * nb);
                 let (r0, r1) = w01.split_at(nb);
                 let (r2, r3) = w23.split_at(nb);
-                tile(Rows::Four([r0, r1, r2, r3]), acts, outs, first + 4 * g);
+                tile(Rows::Four([r0, r1, r2, r3]), g4, first + 4 * g);
             }
             // The last one to three weight rows (of the last chunk).
             let done = first + chunk.len() / nb / 4 * 4;
             let mut rest = w4.remainder().chunks_exact(nb);
             match (rest.next(), rest.next(), rest.next()) {
                 (Some(r0), Some(r1), Some(r2)) => {
-                    tile(Rows::Two([r0, r1]), acts, outs, done);
-                    tile(Rows::One([r2]), acts, outs, done + 2);
+                    tile(Rows::Two([r0, r1]), g4, done);
+                    tile(Rows::One([r2]), g4, done + 2);
                 }
-                (Some(r0), Some(r1), None) => tile(Rows::Two([r0, r1]), acts, outs, done),
-                (Some(r0), None, _) => tile(Rows::One([r0]), acts, outs, done),
+                (Some(r0), Some(r1), None) => tile(Rows::Two([r0, r1]), g4, done),
+                (Some(r0), None, _) => tile(Rows::One([r0]), g4, done),
                 _ => {}
             }
         }
     }
 }
 
-/// Writes a tile's results, `d[r][j]` for weight row `first + r` and activation row `j`, minus
-/// each activation row's sum (`dot(t, x) = dot(t + 1, x) - sum(x)`).
+/// Writes a tile's results, `d[4 r + j]` for weight row `first + r` and activation row `j`,
+/// minus each activation row's sum (`dot(t, x) = dot(t + 1, x) - sum(x)`), into the group's
+/// real output rows.
 #[inline(always)]
 pub(crate) fn put<const R: usize, const W: usize>(
-    outs: &mut [&mut [i32]; 4],
+    g: &mut Group<'_, '_, W>,
     first: usize,
-    acts: &[Act<'_, W>; 4],
     d: [i32; 16],
 ) {
     for (r, d) in d.chunks_exact(4).take(R).enumerate() {
-        for ((o, &y), a) in outs.iter_mut().zip(d).zip(acts) {
+        for ((o, &y), a) in g.outs.iter_mut().zip(d).zip(&g.acts).take(g.n) {
             if let Some(slot) = o.get_mut(first + r) {
                 *slot = y.wrapping_sub(a.sum);
             }
@@ -164,35 +189,49 @@ mod tests {
     fn every_group_meets_every_weight_row_once() {
         // 40 blocks per row: chunks of 48 rows, so 103 rows are two chunks and 7 rows, the
         // last three of which come as a pair and a single row.
-        for (rows, nb, batch) in [(103usize, 40usize, 9usize), (5, 3, 8), (4, 1, 4), (0, 2, 4)] {
-            let blocks = vec![[0u8; B]; rows * nb];
-            let x = vec![1i8; batch * 256];
-            let mut out = vec![0i32; batch * rows];
-            let mut xs = x.chunks_exact(256);
-            let mut os = out.chunks_exact_mut(rows.max(1));
-            let mut groups = groups::<256>(batch, &mut xs, &mut os, crate::pack::act);
-            for_each_tile(&blocks, nb, &mut groups, |tile, _, outs, first| {
-                let n = match tile {
-                    Rows::Four(w) => w.len(),
-                    Rows::Two(w) => w.len(),
-                    Rows::One(w) => w.len(),
-                };
-                for o in outs.iter_mut() {
-                    for y in &mut o[first..first + n] {
-                        *y += 1;
+        let cases = [
+            (103usize, 40usize, 9usize),
+            (5, 3, 8),
+            (4, 1, 4),
+            (0, 2, 4),
+            (9, 2, 3),
+        ];
+        let more = [(6, 1, 1), (6, 1, 2), (7, 2, 7), (7, 2, 13)];
+        for ((rows, nb, batch), partial) in
+            cases.into_iter().chain(more).zip([false, true].repeat(5))
+        {
+            for partial in [partial, !partial] {
+                let blocks = vec![[0u8; B]; rows * nb];
+                let x = vec![1i8; batch * 256];
+                let mut out = vec![0i32; batch * rows];
+                let mut xs = x.chunks_exact(256);
+                let mut os = out.chunks_exact_mut(rows.max(1));
+                let mut groups = groups::<256>(batch, &mut xs, &mut os, crate::pack::act, partial);
+                assert!(groups.iter().all(|g| (1..=4).contains(&g.n)));
+                for_each_tile(&blocks, nb, &mut groups, |tile, g, first| {
+                    let n = match tile {
+                        Rows::Four(w) => w.len(),
+                        Rows::Two(w) => w.len(),
+                        Rows::One(w) => w.len(),
+                    };
+                    for o in g.outs.iter_mut().take(g.n) {
+                        for y in &mut o[first..first + n] {
+                            *y += 1;
+                        }
                     }
-                }
-            });
-            drop(groups);
-            let grouped = batch / 4 * 4 * rows;
-            assert!(
-                out[..grouped].iter().all(|&y| y == 1),
-                "{rows} x {nb}, batch {batch}"
-            );
-            assert!(
-                out[grouped..].iter().all(|&y| y == 0),
-                "{rows} x {nb}, batch {batch}"
-            );
+                    // The empty rows of a partial group have no outputs.
+                    assert!(g.outs[g.n..].iter().all(|o| o.is_empty()));
+                });
+                drop(groups);
+                let covered = if partial && batch >= 2 {
+                    batch
+                } else {
+                    batch / 4 * 4
+                };
+                let what = format!("{rows} x {nb}, batch {batch}, partial {partial}");
+                assert!(out[..covered * rows].iter().all(|&y| y == 1), "{what}");
+                assert!(out[covered * rows..].iter().all(|&y| y == 0), "{what}");
+            }
         }
     }
 
