@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, PackedTernary, act, prefetch_groups};
-use crate::quads::{self, Group, Rows, put, sums16};
+use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
 /// Packed bytes per block (one 512-bit load).
 const B: usize = 64;
@@ -104,12 +104,7 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
             let (w01, w23) = w.split_at(2 * nb);
             let (r0, r1) = w01.split_at(nb);
             let (r2, r3) = w23.split_at(nb);
-            let d = if nb <= MAX_SCALED_BLOCKS {
-                dot_4x1_scaled([r0, r1, r2, r3], &a)
-            } else {
-                dot_4x1([r0, r1, r2, r3], &a)
-            };
-            o.copy_from_slice(&d);
+            o.copy_from_slice(&dot_4x1_any([r0, r1, r2, r3], &a));
         }
         for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
             *y = dot_1x1(w, &a);
@@ -207,6 +202,18 @@ fn dot_4x1_scaled(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
         );
         _mm512_reduce_add_epi32(s).wrapping_sub(a.sum)
     })
+}
+
+/// Four weight rows by one activation row: [`dot_4x1_scaled`] where its accumulators cannot
+/// wrap, else [`dot_4x1`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn dot_4x1_any(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
+    if w[0].len() <= MAX_SCALED_BLOCKS {
+        dot_4x1_scaled(w, a)
+    } else {
+        dot_4x1(w, a)
+    }
 }
 
 /// One weight row by one activation row.
@@ -307,17 +314,7 @@ fn tile<const R: usize>(w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usi
     // One activation row by four weight rows is the batch-1 tile, which unpacks without shifts
     // (the shifts cost more than the weights' stream from L2 here).
     if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
-        let d = if w4[0].len() <= MAX_SCALED_BLOCKS {
-            dot_4x1_scaled(w4, &g.acts[0])
-        } else {
-            dot_4x1(w4, &g.acts[0])
-        };
-        for (r, y) in d.into_iter().enumerate() {
-            if let Some(slot) = g.outs[0].get_mut(first + r) {
-                *slot = y;
-            }
-        }
-        return;
+        return put_row(g, first, dot_4x1_any(w4, &g.acts[0]));
     }
     let d = match g.n {
         4 => dot_rxa::<R, 4>(w, &g.acts),

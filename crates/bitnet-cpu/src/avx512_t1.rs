@@ -31,7 +31,7 @@ use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
 use crate::pack::{Act, act, prefetch_groups};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
-use crate::quads::{self, Group, Rows, put, sums16};
+use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
 /// The AVX-512 kernel over the 1.6-bit layout (`avx512vnni-t1`). It can only be obtained on a
 /// CPU with AVX-512F, AVX-512BW, AVX-512 VBMI and AVX-512 VNNI, which is what makes its prepared
@@ -254,9 +254,8 @@ fn dot_4x1(t: &Tables, w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
 /// `R` weight rows by the first `A` activation rows of `a` (both 1 to 4), a batch's tile
 /// ([`crate::quads`]), as the 2-bit kernel's: lane `4 r + j` of the result is `dot(u, x)` of
 /// weight row `r` and activation row `j` (before `- sum(x)`); the other lanes are zero. (One
-/// generic tile
-/// for both layouts, with the decoding passed in, ran this layout's 13,824 x 2,560 product at
-/// batch 16 on two threads 12-15% slower: BENCHMARKS.md, session 33.)
+/// generic tile for both layouts, with the decoding passed in, ran this layout's 13,824 x 2,560
+/// product at batch 16 on two threads 12-15% slower: BENCHMARKS.md, session 33.)
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn dot_rxa<const R: usize, const A: usize>(
@@ -309,12 +308,7 @@ fn dot_rxa<const R: usize, const A: usize>(
 fn tile<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usize) {
     // One activation row by four weight rows is the batch-1 tile.
     if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
-        for (r, y) in dot_4x1(t, w4, &g.acts[0]).into_iter().enumerate() {
-            if let Some(slot) = g.outs[0].get_mut(first + r) {
-                *slot = y;
-            }
-        }
-        return;
+        return put_row(g, first, dot_4x1(t, w4, &g.acts[0]));
     }
     let d = match g.n {
         4 => dot_rxa::<R, 4>(t, w, &g.acts),

@@ -66,8 +66,13 @@ pub(crate) fn groups<'x, 'o, const W: usize>(
     };
     let mut groups = Vec::with_capacity(whole);
     for _ in 0..whole {
+        let empty = || Act {
+            full: &[],
+            tail: None,
+            sum: 0,
+        };
         let mut g = Group {
-            acts: [act(&[]), act(&[]), act(&[]), act(&[])],
+            acts: [empty(), empty(), empty(), empty()],
             outs: Default::default(),
             n: 0,
         };
@@ -149,6 +154,15 @@ pub(crate) fn put<const R: usize, const W: usize>(
                 *slot = y.wrapping_sub(a.sum);
             }
         }
+    }
+}
+
+/// Writes a one-row group's results for weight rows `first..first + 4`, already less the row's
+/// sum (the batch-1 tile's).
+#[inline(always)]
+pub(crate) fn put_row<const W: usize>(g: &mut Group<'_, '_, W>, first: usize, d: [i32; 4]) {
+    if let Some(slots) = g.outs[0].get_mut(first..first + 4) {
+        slots.copy_from_slice(&d);
     }
 }
 
