@@ -75,6 +75,11 @@ pub(crate) struct RunArgs {
     /// Copy f16 heads into memory instead of reading them from the mapped file.
     #[arg(long)]
     no_mmap: bool,
+    /// CPU: no int8 screen of the head (by default greedy and top-k decoding screen the head
+    /// in int8 and compute only the rows that can win exactly: the same tokens from about half
+    /// the head's bytes, for `vocab x hidden` bytes of memory).
+    #[arg(long)]
+    no_head_screen: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -143,7 +148,7 @@ impl RunArgs {
         if let Some(n) = self.threads {
             b = b.threads(n);
         }
-        b = b.mmap(!self.no_mmap);
+        b = b.mmap(!self.no_mmap).head_screen(!self.no_head_screen);
         let engine = b.build()?;
         // Say where the model runs whenever we chose (auto), in one line on stderr.
         if device == Device::Auto {
@@ -361,6 +366,9 @@ struct BenchArgs {
     /// Copy f16 heads into memory instead of reading them from the mapped file.
     #[arg(long)]
     no_mmap: bool,
+    /// CPU: no int8 screen of the head (decode then reads the whole float head every token).
+    #[arg(long)]
+    no_head_screen: bool,
     #[command(flatten)]
     device: DeviceArgs,
     /// Also measure aggregate decode with this many concurrent sequences (comma-separated),
@@ -687,6 +695,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             .kernel(&a.kernel)
             .threads(t)
             .mmap(!a.no_mmap)
+            .head_screen(!a.no_head_screen)
             .progress(true)
             .build()?;
         let backend = if engine.model().device().is_some() {

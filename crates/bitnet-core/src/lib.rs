@@ -13,6 +13,7 @@ pub mod ops;
 pub mod pool;
 pub mod quant;
 pub mod scalar;
+pub mod screen;
 mod simd;
 mod ternary;
 

@@ -421,13 +421,21 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// candidate list every sampler starts from, on the host and (computed there) on a device.
 pub fn top_k(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
-    out.extend(
-        logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| !l.is_nan())
-            .map(|(i, &l)| (i as u32, l)),
-    );
+    out.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+    top_k_in_place(k, out);
+}
+
+/// [`top_k`] over `(id, logit)` pairs (any order, distinct ids): the `k` best of them, in
+/// [`top_k`]'s order, written into `out` (cleared first).
+pub fn top_k_pairs(pairs: &[(u32, f32)], k: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    out.extend_from_slice(pairs);
+    top_k_in_place(k, out);
+}
+
+/// Keeps the `k` best non-NaN pairs of `out`, sorted best first.
+fn top_k_in_place(k: usize, out: &mut Vec<(u32, f32)>) {
+    out.retain(|(_, l)| !l.is_nan());
     let better = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if k < out.len() {
         if k == 0 {

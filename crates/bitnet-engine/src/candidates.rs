@@ -1,8 +1,10 @@
-//! What a forward step brings back for sampling. On the CPU the logits are already in host
-//! memory, so samplers read whole rows. On a device, copying 128k logits per token costs more
-//! than choosing there: when every sampler of the step can choose exactly from a row's best
-//! candidates (greedy, or top-k without penalties, [`Sampler::candidates_wanted`]), the device
-//! picks them and only `k` pairs per row travel back.
+//! What a forward step brings back for sampling. When every sampler of the step can choose
+//! exactly from a row's best candidates (greedy, or top-k without penalties,
+//! [`Sampler::candidates_wanted`]), the model returns only those `k` pairs per row: on a device
+//! it picks them there (copying 128k logits per token costs more than choosing), on the CPU
+//! its head screen finds them from int8 products and a few exact rows
+//! (`bitnet_core::screen`). Otherwise, and on a CPU model without a screen, samplers read
+//! whole logit rows.
 
 use bitnet_model::{BatchEntry, Model, ModelError, Scratch};
 
@@ -27,7 +29,7 @@ impl StepOut {
         model: &Model,
         samplers: impl IntoIterator<Item = (&'a Sampler, bool)>,
     ) -> StepOut {
-        if model.device().is_none() {
+        if model.device().is_none() && model.head_screen_bytes() == 0 {
             return StepOut::Logits;
         }
         let mut k = 0;

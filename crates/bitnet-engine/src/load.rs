@@ -85,6 +85,7 @@ pub struct EngineBuilder {
     revision: Option<String>,
     progress: bool,
     mmap: bool,
+    head_screen: bool,
     bytes: Option<&'static [u8]>,
 }
 
@@ -105,6 +106,7 @@ impl EngineBuilder {
             revision: None,
             progress: false,
             mmap: true,
+            head_screen: true,
             bytes: None,
         }
     }
@@ -180,6 +182,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps an int8 screen of the head on the CPU (default: on) so that greedy and top-k
+    /// decoding read about half of the head's bytes, with the same tokens
+    /// ([`bitnet_model::Model::with_head_screen`]; it costs `vocab x hidden` bytes of memory).
+    pub fn head_screen(mut self, on: bool) -> Self {
+        self.head_screen = on;
+        self
+    }
+
     /// Shows download progress bars on stderr, and says there when GPU kernels are compiled
     /// (their first use on a GPU architecture).
     pub fn progress(mut self, on: bool) -> Self {
@@ -233,7 +243,8 @@ impl EngineBuilder {
             |src: &dyn bitnet_model::WeightSource| -> Result<bitnet_model::Model, EngineError> {
                 match gpu {
                     None => Ok(bitnet_model::Model::from_source(src, kernel.as_ref())?
-                        .with_kv_type(self.kv)),
+                        .with_kv_type(self.kv)
+                        .with_head_screen(self.head_screen)),
                     Some((ordinal, kv)) => {
                         let mut max_context = src.config().context_length;
                         if let Some(n) = self.context_length {

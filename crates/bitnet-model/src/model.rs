@@ -9,6 +9,7 @@ use bitnet_core::ops::{self, FloatMatrix, Rope};
 use std::sync::Arc;
 
 use bitnet_core::pool::ThreadPool;
+use bitnet_core::screen::{HeadScreen, ScreenScratch};
 use bitnet_core::{LinearKernel, PreparedLinear, QuantizedActivations};
 
 thread_local! {
@@ -104,6 +105,8 @@ pub struct Model {
     pool: Option<Arc<ThreadPool>>,
     accel: Option<Box<dyn Accelerator>>,
     kv: KvType,
+    /// The head's int8 screen for greedy and top-k steps ([`Model::with_head_screen`]).
+    screen: Option<HeadScreen>,
 }
 
 /// Reusable buffers of a forward pass, so decode steps stop allocating once warmed up.
@@ -125,6 +128,7 @@ pub struct Scratch {
     head_in: bitnet_core::aligned::AlignedVec<f32>,
     head_out: Vec<f32>,
     greedy_logits: Vec<f32>,
+    screen: ScreenScratch,
     /// Attention: each row's (sequence, position).
     owner: Vec<(usize, usize)>,
 }
@@ -203,6 +207,26 @@ impl Model {
     pub fn with_kv_type(mut self, kv: KvType) -> Self {
         self.kv = kv;
         self
+    }
+
+    /// Builds (`on`) or drops the head's int8 screen, with which greedy and top-k steps
+    /// ([`Model::forward_batch_greedy`], [`Model::forward_batch_top_k`]) read about half of
+    /// the head's bytes and compute exactly only the rows that can still be chosen: the same
+    /// tokens and candidate logits, bit for bit (`bitnet_core::screen`). Built only for a
+    /// model on the host whose head is f32, f16 or bf16 with finite values, on a CPU with the
+    /// vector instructions for it (AVX-512 VNNI or AVX2); it holds `vocab x hidden` bytes
+    /// (328 MB for 2B4T's 656 MB f16 head).
+    pub fn with_head_screen(mut self, on: bool) -> Self {
+        self.screen = None;
+        if on && self.accel.is_none() && HeadScreen::accelerated() {
+            self.screen = HeadScreen::build(self.output_head(), self.pool.as_deref());
+        }
+        self
+    }
+
+    /// Bytes of the head's screen (0 without one).
+    pub fn head_screen_bytes(&self) -> usize {
+        self.screen.as_ref().map_or(0, HeadScreen::bytes)
     }
 
     /// How this model's caches store keys and values.
@@ -325,6 +349,7 @@ impl Model {
             pool: kernel.thread_pool(),
             accel: None,
             kv: KvType::default(),
+            screen: None,
         })
     }
 
@@ -349,6 +374,7 @@ impl Model {
             pool: None,
             accel: Some(accel),
             kv: KvType::default(),
+            screen: None,
         })
     }
 
@@ -421,8 +447,33 @@ impl Model {
         batch: &mut [BatchEntry<'_>],
         logits: &mut Vec<f32>,
         scratch: &mut Scratch,
-        mut tracer: Option<&mut dyn Tracer>,
+        tracer: Option<&mut dyn Tracer>,
     ) -> Result<(), ModelError> {
+        if let Some(accel) = &self.accel {
+            self.check_batch(batch)?;
+            logits.clear();
+            if batch.iter().all(|e| e.tokens.is_empty()) {
+                return Ok(());
+            }
+            let mut tracer = tracer;
+            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
+                accel.forward_batch(entries, logits, tracer.take())
+            });
+        }
+        let m = self.host_hidden(batch, scratch, tracer)?;
+        self.head_logits(m, logits, scratch);
+        Ok(())
+    }
+
+    /// [`Model::forward_batch`] on the host up to the head: runs every layer, advances the
+    /// caches, and gathers the wanted rows, final-normed, into `scratch.head_in`; returns how
+    /// many.
+    fn host_hidden(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        scratch: &mut Scratch,
+        mut tracer: Option<&mut dyn Tracer>,
+    ) -> Result<usize, ModelError> {
         let c = &self.config;
         let hd = c.hidden_size;
         let s = scratch;
@@ -440,17 +491,8 @@ impl Model {
             rows += n;
         }
         if rows == 0 {
-            logits.clear();
             s.segs = segs;
-            return Ok(());
-        }
-        if let Some(accel) = &self.accel {
-            logits.clear();
-            s.segs = segs;
-            let mut tracer = tracer;
-            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
-                accel.forward_batch(entries, logits, tracer.take())
-            });
+            return Ok(0);
         }
         s.h.resize(rows * hd, 0.0);
         for (e, seg) in batch.iter().zip(&segs) {
@@ -466,9 +508,8 @@ impl Model {
             e.cache.advance(seg.n);
         }
 
-        // Final norm and head, only for the rows whose logits are wanted.
+        // Final norm, only for the rows whose logits are wanted.
         s.x.resize(rows * hd, 0.0);
-        let v = c.vocab_size;
         let wanted = |e: &BatchEntry<'_>, seg: &Segment| match e.logits {
             Logits::Last if seg.n > 0 => seg.row + seg.n - 1..seg.row + seg.n,
             Logits::Last => seg.row..seg.row,
@@ -490,6 +531,20 @@ impl Model {
                 s.head_in.extend_from_slice(&s.x[r]);
                 m += 1;
             }
+        }
+        if let Some(tr) = tracer {
+            tr.final_norm(&s.x);
+        }
+        s.segs = segs;
+        Ok(m)
+    }
+
+    /// The head over the `m` rows gathered in `s.head_in`, into `logits` (`m x vocab`).
+    fn head_logits(&self, m: usize, logits: &mut Vec<f32>, s: &mut Scratch) {
+        let v = self.config.vocab_size;
+        if m == 0 {
+            logits.clear();
+            return;
         }
         let head = self.output_head();
         let xs = &s.head_in;
@@ -538,11 +593,6 @@ impl Model {
                 }
             }
         }
-        if let Some(tr) = tracer {
-            tr.final_norm(&s.x);
-        }
-        s.segs = segs;
-        Ok(())
     }
 
     fn forward_on_device(
@@ -622,6 +672,20 @@ impl Model {
                 accel.forward_batch_greedy(entries, tokens)
             });
         }
+        if let Some(screen) = &self.screen {
+            let m = self.host_hidden(batch, scratch, None)?;
+            let s = scratch;
+            let pool = self.pool.as_deref();
+            screen.greedy(
+                self.output_head(),
+                &s.head_in,
+                m,
+                pool,
+                &mut s.screen,
+                tokens,
+            );
+            return Ok(());
+        }
         let mut logits = std::mem::take(&mut scratch.greedy_logits);
         self.forward_batch(batch, &mut logits, scratch, None)?;
         let v = self.config.vocab_size;
@@ -665,6 +729,21 @@ impl Model {
             return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
                 accel.forward_batch_top_k(entries, k, out)
             });
+        }
+        if let Some(screen) = &self.screen {
+            let m = self.host_hidden(batch, scratch, None)?;
+            let s = scratch;
+            let pool = self.pool.as_deref();
+            screen.top_k(
+                self.output_head(),
+                &s.head_in,
+                m,
+                k,
+                pool,
+                &mut s.screen,
+                out,
+            );
+            return Ok(());
         }
         let mut logits = std::mem::take(&mut scratch.greedy_logits);
         self.forward_batch(batch, &mut logits, scratch, None)?;

@@ -1,7 +1,8 @@
 //! The engine against the reference: every format of every fixture model (written by
 //! `tools/fixtures/generate.py` from transformers' `BitNetForCausalLM`) must give logits within
 //! 1e-4 of the reference, identical int8 activation codes at every BitLinear input of every
-//! layer, and identical greedy tokens when decoding with the KV cache.
+//! layer, and identical greedy tokens when decoding with the KV cache (also through the head's
+//! int8 screen).
 
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ fn check_model(model_name: &str) {
             let model = load(model_name, format, kernel.as_ref());
             check_teacher_forced(&model, &r, &what, TOL);
             check_greedy(&model, &r, &what, TOL);
+            check_screened(&model.with_head_screen(true), &r, &what);
         }
     }
 }

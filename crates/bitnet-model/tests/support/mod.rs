@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bitnet_core::QuantizedActivations;
-use bitnet_model::{Logits, Model, Scratch, TracePoint, Tracer};
+use bitnet_model::{BatchEntry, Logits, Model, Scratch, TracePoint, Tracer};
 use safetensors::SafeTensors;
 
 /// How close a backend must come to the reference.
@@ -234,6 +234,52 @@ pub fn check_greedy(model: &Model, r: &Reference, what: &str, tol: Tolerance) {
                 None,
             )
             .unwrap();
+    }
+}
+
+/// Decoding through the head's int8 screen (`Model::with_head_screen`): greedy steps give the
+/// reference's tokens, and top-k steps the same candidates and logits as the full head's, at
+/// every step of the reference's continuation.
+pub fn check_screened(model: &Model, r: &Reference, what: &str) {
+    if bitnet_core::screen::HeadScreen::accelerated() {
+        assert!(
+            model.head_screen_bytes() > 0,
+            "{what}: no head screen was built"
+        );
+    }
+    let n = r.tokens.len() + 1;
+    let [mut greedy, mut top1, mut top5, mut full] = [0; 4].map(|_| model.new_cache(n));
+    let mut s = Scratch::default();
+    let (mut ids, mut got, mut want, mut logits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    fn one<'a>(tokens: &'a [u32], cache: &'a mut bitnet_model::KvCache) -> [BatchEntry<'a>; 1] {
+        [BatchEntry {
+            tokens,
+            cache,
+            logits: Logits::Last,
+        }]
+    }
+    let mut step: Vec<u32> = r.tokens[..r.prompt_len].to_vec();
+    for (i, &expected) in r.greedy.iter().enumerate() {
+        model
+            .forward_batch_greedy(&mut one(&step, &mut greedy), &mut ids, &mut s)
+            .unwrap();
+        assert_eq!(ids, [expected], "{what}: screened greedy token {i}");
+        model
+            .forward(&step, &mut full, Logits::Last, &mut logits, &mut s, None)
+            .unwrap();
+        for (k, cache) in [(1, &mut top1), (5, &mut top5)] {
+            model
+                .forward_batch_top_k(&mut one(&step, cache), k, &mut got, &mut s)
+                .unwrap();
+            want.clear();
+            bitnet_core::ops::top_k_rows(&logits, r.vocab, k, &mut want);
+            assert_eq!(
+                format!("{got:?}"),
+                format!("{want:?}"),
+                "{what}: top-{k}, step {i}"
+            );
+        }
+        step = vec![expected];
     }
 }
 
