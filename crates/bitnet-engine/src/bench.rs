@@ -220,7 +220,8 @@ impl<'m> BatchDecode<'m> {
 
 /// Aggregate decode: `batch` sequences, each first filled to `depth` positions, then `n_gen`
 /// batched decode steps (one token per sequence per step, greedy on the device when there is
-/// one). Reports generated tokens per second over all sequences; pp is not counted.
+/// one, through the head screen on a CPU model that has one). Reports generated tokens per
+/// second over all sequences; pp is not counted.
 pub fn bench_batch(
     engine: &Engine,
     batch: usize,
@@ -247,7 +248,7 @@ pub fn bench_batch(
         }
     }
     let (avg_ts, stddev_ts) = stats(&samples);
-    let weights = model.weight_bytes_per_token();
+    let weights = model.greedy_weight_bytes_per_token();
     let kv_per_step = model.kv_bytes_per_position() as u64
         * batch as u64
         * (depth as u64 + (n_gen as u64).div_ceil(2));

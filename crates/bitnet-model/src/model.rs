@@ -152,6 +152,12 @@ pub struct BatchEntry<'a> {
 }
 
 impl Scratch {
+    /// Rows of the head computed exactly by the last screened step (see
+    /// [`Model::with_head_screen`]), over all its sequences.
+    pub fn screened_exact_rows(&self) -> usize {
+        self.screen.exact_rows()
+    }
+
     /// Sets the residual stream (`tokens x hidden`) that [`Model::run_layer`] works on.
     pub fn set_hidden(&mut self, h: &[f32]) {
         self.h.clear();
@@ -187,6 +193,19 @@ impl Model {
             })
             .sum();
         (linears + self.output_head().storage_bytes()) as u64
+    }
+
+    /// Bytes one greedy or top-k decode step reads from weights: as
+    /// [`Model::weight_bytes_per_token`], with the head's int8 screen in place of the head where
+    /// the model has one (the few rows it computes exactly come on top).
+    pub fn greedy_weight_bytes_per_token(&self) -> u64 {
+        let full = self.weight_bytes_per_token();
+        match &self.screen {
+            Some(screen) => {
+                full - self.output_head().storage_bytes() as u64 + screen.bytes() as u64
+            }
+            None => full,
+        }
     }
 
     /// Bytes one cached position of one sequence takes (all layers, keys and values, q8 scales
