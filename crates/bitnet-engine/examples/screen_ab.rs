@@ -1,8 +1,9 @@
-//! Greedy decode steps with and without the head's int8 screen, alternated step by step in one
-//! process (the two models share the mapped file), so that the machine's drifting memory speed
-//! hits both alike; also checks that both choose the same tokens.
-//! `cargo run --release -p bitnet-engine --example screen_ab -- MODEL.gguf [threads] [batches] [steps]`
-//! (batches comma-separated, default 1,16; steps per batch size and model, default 16)
+//! Greedy (or top-k) decode steps with and without the head's int8 screen, alternated step by
+//! step in one process (the two models share the mapped file), so that the machine's drifting
+//! memory speed hits both alike; also checks that both choose the same candidates.
+//! `cargo run --release -p bitnet-engine --example screen_ab -- MODEL.gguf [threads] [batches] [steps] [k]`
+//! (batches comma-separated, default 1,16; steps per batch size and model, default 16; `k`
+//! candidates per step, default 1 = greedy; each step continues with the best one)
 
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ struct Run {
     caches: Vec<bitnet_model::KvCache>,
     toks: Vec<[u32; 1]>,
     scratch: Scratch,
-    next: Vec<u32>,
+    next: Vec<(u32, f32)>,
 }
 
 impl Run {
@@ -34,8 +35,9 @@ impl Run {
         })
     }
 
-    /// One greedy step; returns its seconds (and the screen's exact rows land in `scratch`).
-    fn step(&mut self, model: &Model) -> Result<f64, Box<dyn std::error::Error>> {
+    /// One step choosing `k` candidates; returns its seconds (and the screen's exact rows land
+    /// in `scratch`).
+    fn step(&mut self, model: &Model, k: usize) -> Result<f64, Box<dyn std::error::Error>> {
         let mut entries: Vec<BatchEntry<'_>> = (self.caches.iter_mut())
             .zip(&self.toks)
             .map(|(cache, tok)| BatchEntry {
@@ -45,10 +47,16 @@ impl Run {
             })
             .collect();
         let t = Instant::now();
-        model.forward_batch_greedy(&mut entries, &mut self.next, &mut self.scratch)?;
+        if k == 1 {
+            let mut ids = Vec::new();
+            model.forward_batch_greedy(&mut entries, &mut ids, &mut self.scratch)?;
+            self.next = ids.into_iter().map(|id| (id, 0.0)).collect();
+        } else {
+            model.forward_batch_top_k(&mut entries, k, &mut self.next, &mut self.scratch)?;
+        }
         let dt = t.elapsed().as_secs_f64();
-        for (t, &n) in self.toks.iter_mut().zip(&self.next) {
-            t[0] = n;
+        for (t, c) in self.toks.iter_mut().zip(self.next.chunks(k)) {
+            t[0] = c[0].0;
         }
         Ok(dt)
     }
@@ -65,6 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => vec![1, 16],
     };
     let steps: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(16);
+    let k: usize = args.next().map(|t| t.parse()).transpose()?.unwrap_or(1);
     let load = |screen| {
         EngineBuilder::new(&path)
             .threads(threads)
@@ -92,10 +101,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut same = true;
         let mut exact = 0;
         for _ in 0..steps {
-            ta.push(a.step(plain.model())?);
-            tb.push(b.step(screened.model())?);
+            ta.push(a.step(plain.model(), k)?);
+            tb.push(b.step(screened.model(), k)?);
             exact += b.scratch.screened_exact_rows();
-            same &= a.next == b.next;
+            same &= format!("{:?}", a.next) == format!("{:?}", b.next);
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
