@@ -9,8 +9,10 @@
 //! 1. every row's approximate logit `a` from int8 codes (four times the products per
 //!    instruction of the f16 head, half its bytes) and its rigorous error bound `e`, keeping
 //!    per vector the `k`-th largest lower bound `tau = (a - e)_(k)`;
-//! 2. the rows whose upper bound `a + e` reaches `tau` (usually a few dozen) computed exactly,
-//!    through the head's own [`FloatMatrix::matvec_rows`], and the choice made among them.
+//! 2. the rows whose upper bound `a + e` reaches `tau` computed exactly, through the head's
+//!    own [`FloatMatrix::matvec_rows`], and the choice made among them (greedy: 2 rows per
+//!    step on the bundled trained model, ~150-180 of 128k on the synthetic 2B4T's flat logits;
+//!    BENCHMARKS.md, session 34).
 //!
 //! A row outside the candidates has an exact logit below `tau`, and at least `k` rows have
 //! exact logits at or above it, so it cannot be among the `k` best: the result equals
