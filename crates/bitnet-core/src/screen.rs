@@ -158,7 +158,15 @@ impl HeadScreen {
     /// of stored values (block-quantized heads compute theirs from their blocks), where a row
     /// holds a value that is not finite, or where it has no columns.
     pub fn build(head: &FloatMatrix, pool: Option<&ThreadPool>) -> Option<HeadScreen> {
-        Self::build_with(head, pool, Isa::detect())
+        let mut isa = Isa::detect();
+        // For measurements: `BITNET_SCREEN_ISA=avx2` or `scalar` picks a lesser kernel.
+        #[cfg(target_arch = "x86_64")]
+        match std::env::var("BITNET_SCREEN_ISA").as_deref() {
+            Ok("avx2") if isa == Isa::Avx512Vnni => isa = Isa::Avx2,
+            Ok("scalar") => isa = Isa::Scalar,
+            _ => {}
+        }
+        Self::build_with(head, pool, isa)
     }
 
     fn build_with(head: &FloatMatrix, pool: Option<&ThreadPool>, isa: Isa) -> Option<Self> {
