@@ -415,6 +415,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(a, b, |v| v)
 }
 
+/// The index of the first largest of `values`, as a plain scan from index 0 keeps it: a later
+/// value wins only when it is greater, so the first of equal values stays (and a NaN at index 0
+/// is never replaced, while later NaNs never win). The greedy choice of a logit row; 0 when
+/// there are no values.
+pub fn first_argmax(values: impl IntoIterator<Item = f32>) -> usize {
+    let mut values = values.into_iter();
+    let Some(mut top) = values.next() else {
+        return 0;
+    };
+    let mut best = 0;
+    for (i, v) in values.enumerate() {
+        if v > top {
+            (best, top) = (i + 1, v);
+        }
+    }
+    best
+}
+
 /// The `k` largest logits of `logits` with their ids, best first: ordered by value
 /// (`f32::total_cmp`, descending), ties to the lower id; NaNs are never candidates. Written into
 /// `out` (cleared first); fewer than `k` only when fewer non-NaN logits exist. This is the

@@ -172,6 +172,8 @@ pub struct ScreenScratch {
     tasks: Vec<Task>,
     /// Per vector: the threshold `tau`.
     tau: Vec<f32>,
+    /// One vector's lower bounds from every task, to find its `tau`.
+    merged: Vec<f32>,
     /// One vector's candidates (id, exact logit), ascending ids.
     picked: Vec<(u32, f32)>,
     /// A full logit row, for vectors that fall back.
@@ -196,6 +198,8 @@ struct Task {
     lens: Vec<usize>,
     /// (vector, row, exact logit), rows ascending per vector.
     cands: Vec<(u32, u32, f32)>,
+    /// Pass 1's integer products, `rows x m`.
+    ints: Vec<i32>,
 }
 
 impl HeadScreen {
@@ -267,16 +271,7 @@ impl HeadScreen {
             .chunks_mut(ROWS_PER_TASK * stride)
             .zip(meta.chunks_mut(ROWS_PER_TASK))
             .collect();
-        match pool {
-            Some(p) => {
-                p.for_each_chunk_mut(&mut parts, 1, &|i, c| task(&mut c[0], i * ROWS_PER_TASK))
-            }
-            None => {
-                for (i, c) in parts.iter_mut().enumerate() {
-                    task(c, i * ROWS_PER_TASK);
-                }
-            }
-        }
+        run_tasks(pool, &mut parts, &|i, c| task(c, i * ROWS_PER_TASK));
         drop(parts);
         finite.into_inner().then_some(Self {
             rows,
@@ -335,12 +330,7 @@ impl HeadScreen {
             // The candidates hold every row reaching the maximum (a row outside them is below
             // it), so the first of them reaching it is the plain loop's choice; a vector that
             // fell back brings every row, id 0 first, as the plain loop scans them.
-            let mut best = 0;
-            for (i, c) in picked.iter().enumerate() {
-                if c.1 > picked[best].1 {
-                    best = i;
-                }
-            }
+            let best = crate::ops::first_argmax(picked.iter().map(|c| c.1));
             out.push(picked.get(best).map_or(0, |c| c.0));
         });
     }
@@ -374,21 +364,19 @@ impl HeadScreen {
         let n_tasks = rows.div_ceil(ROWS_PER_TASK);
         s.tasks.resize_with(n_tasks, Task::default);
         s.approx.resize(rows * m, 0.0);
-        {
-            let mut parts: Vec<_> = s
-                .approx
-                .chunks_mut(ROWS_PER_TASK * m)
-                .zip(s.tasks.iter_mut())
-                .collect();
-            let (acts, vecs) = (&s.acts, &s.vecs);
-            let pass1 = |i: usize, part: &mut (&mut [f32], &mut Task)| {
-                self.approximate(i * ROWS_PER_TASK, acts, vecs, m, k, part.0, part.1);
-            };
-            run_tasks(pool, &mut parts, &pass1);
-        }
+        let (acts, vecs) = (&s.acts, &s.vecs);
+        each_task(
+            pool,
+            &mut s.approx,
+            &mut s.tasks,
+            m,
+            &|first, approx, task| {
+                self.approximate(first, acts, vecs, m, k, approx, task);
+            },
+        );
         // The thresholds: the k-th largest lower bound over all tasks.
         s.tau.clear();
-        let mut merged = Vec::with_capacity(k * n_tasks);
+        let merged = &mut s.merged;
         for j in 0..m {
             merged.clear();
             for t in &s.tasks {
@@ -403,18 +391,16 @@ impl HeadScreen {
             s.tau.push(tau);
         }
         // Pass 2: the candidates' exact logits.
-        {
-            let mut parts: Vec<_> = s
-                .approx
-                .chunks_mut(ROWS_PER_TASK * m)
-                .zip(s.tasks.iter_mut())
-                .collect();
-            let (vecs, tau) = (&s.vecs, &s.tau);
-            let pass2 = |i: usize, part: &mut (&mut [f32], &mut Task)| {
-                self.candidates(head, xs, i * ROWS_PER_TASK, vecs, tau, m, part.0, part.1);
-            };
-            run_tasks(pool, &mut parts, &pass2);
-        }
+        let (vecs, tau) = (&s.vecs, &s.tau);
+        each_task(
+            pool,
+            &mut s.approx,
+            &mut s.tasks,
+            m,
+            &|first, approx, task| {
+                self.candidates(head, xs, first, vecs, tau, m, approx, task);
+            },
+        );
         s.exact = 0;
         for j in 0..m {
             let mut fallback = s.vecs[j].is_none();
@@ -481,7 +467,8 @@ impl HeadScreen {
         task.best.resize(m * k, f32::NEG_INFINITY);
         task.lens.clear();
         task.lens.resize(m, 0);
-        let mut ints = vec![0i32; n * m];
+        let mut ints = std::mem::take(&mut task.ints);
+        ints.resize(n * m, 0);
         self.products(first, n, acts, m, &mut ints);
         for (r, (dots, a_row)) in ints
             .chunks_exact(m)
@@ -508,6 +495,7 @@ impl HeadScreen {
                 }
             }
         }
+        task.ints = ints;
     }
 
     /// Pass 2 over rows `first..`: the rows whose upper bound reaches their vector's `tau`,
@@ -558,6 +546,21 @@ impl HeadScreen {
             Isa::Scalar => products_scalar(w, stride, acts, m, ints),
         }
     }
+}
+
+/// Runs `f(first row, its approximate logits, its task)` for every task of a selection's
+/// pass: task `i` owns rows `i * ROWS_PER_TASK..` (`m` logits each) of `approx`.
+fn each_task(
+    pool: Option<&ThreadPool>,
+    approx: &mut [f32],
+    tasks: &mut [Task],
+    m: usize,
+    f: &(dyn Fn(usize, &mut [f32], &mut Task) + Sync),
+) {
+    let mut parts: Vec<_> = approx.chunks_mut(ROWS_PER_TASK * m).zip(tasks).collect();
+    run_tasks(pool, &mut parts, &|i, part| {
+        f(i * ROWS_PER_TASK, part.0, part.1)
+    });
 }
 
 /// Runs `f(i, part_i)` for every part, on the pool when there is one.

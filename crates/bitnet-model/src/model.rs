@@ -708,15 +708,11 @@ impl Model {
         let mut logits = std::mem::take(&mut scratch.greedy_logits);
         self.forward_batch(batch, &mut logits, scratch, None)?;
         let v = self.config.vocab_size;
-        tokens.extend(logits.chunks_exact(v).map(|row| {
-            let mut best = 0;
-            for (i, &x) in row.iter().enumerate() {
-                if x > row[best] {
-                    best = i;
-                }
-            }
-            best as u32
-        }));
+        tokens.extend(
+            logits
+                .chunks_exact(v)
+                .map(|row| ops::first_argmax(row.iter().copied()) as u32),
+        );
         scratch.greedy_logits = logits;
         Ok(())
     }
