@@ -65,6 +65,18 @@ if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
     got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' /tmp/srv$i.json)
     if [ "$got" = "$want" ]; then echo "request $i: same text as the CPU"; else echo "request $i DIFFERS: [$got] vs [$want]"; status=1; fi
   done
+  # The next turn of two of them: the prompt goes on from the first request's tokens, so the
+  # server takes that request's cache over (the prompt cache; moved to larger storage on the
+  # GPU) and prefills only the rest.
+  for i in 1 2; do
+    p2=$(python3 -c 'import json,sys; print("ROMEO %s:" % sys.argv[2] + json.load(open(sys.argv[1]))["choices"][0]["text"] + " And", end="")' /tmp/srv$i.json $i)
+    body=$(python3 -c 'import json,sys; print(json.dumps({"prompt": sys.argv[1], "max_tokens": 24, "temperature": 0}))' "$p2")
+    curl -sf localhost:18080/v1/completions -H 'content-type: application/json' -d "$body" > /tmp/srv2-$i.json
+    want=$("$BIN/bitnet" generate --device cpu --prompt "$p2" -n 24 --temperature 0 2>/dev/null)
+    got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' /tmp/srv2-$i.json)
+    cached=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["usage"]["prompt_tokens_details"]["cached_tokens"])' /tmp/srv2-$i.json)
+    if [ "$cached" -gt 0 ] && [ "$got" = "$want" ]; then echo "next turn $i ($cached prompt tokens from the prompt cache): same text as the CPU"; else echo "next turn $i ($cached cached) FAILED: [$got] vs [$want]"; status=1; fi
+  done
   grep -m1 "device" /tmp/serve.log
   kill -INT $spid; wait $spid; echo "server exit: $?"
   echo "== sampling with top-k chosen on the GPU: reproducible by seed"

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// running streams keep flowing).
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// Finished requests' KV caches kept, so that a request starting with the same tokens (a
+    /// chat's next turn) prefills only what is new; they live within --kv-budget-mb and give
+    /// way to running requests. 0 turns it off [default: 4 on the CPU; on a GPU the max batch].
+    #[arg(long)]
+    prompt_cache: Option<usize>,
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     max_body_bytes: usize,
@@ -81,6 +86,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let run = a.run.clone();
     let (max_batch, queue, kv_mb, chunk) = (a.max_batch, a.queue, a.kv_budget_mb, a.prefill_chunk);
+    let prompt_cache = a.prompt_cache;
     let load = move || -> Result<Scheduler, String> {
         let engine = run.load().map_err(|e| format!("{e:#}"))?;
         let mut cfg = SchedulerConfig::for_engine(&engine);
@@ -95,6 +101,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         cfg.max_batch = max_batch;
         cfg.max_queue = queue;
         cfg.prefill_chunk = chunk.max(1);
+        // Unless told, a GPU keeps one finished cache per sequence of its (chosen) batch.
+        let on_device = engine.model().device_memory().is_some();
+        cfg.prompt_cache = prompt_cache.unwrap_or(if on_device {
+            max_batch
+        } else {
+            cfg.prompt_cache
+        });
         cfg.kv_budget_bytes = match kv_mb {
             Some(mb) => mb.saturating_mul(1 << 20),
             None => max_batch

@@ -568,6 +568,20 @@ impl Gpu {
         Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
     }
 
+    /// Copies `bytes` bytes between two device addresses of this context, on this stream.
+    pub(crate) fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: both addresses lie in live allocations of this context with `bytes` bytes
+        // behind them (the caller's caches), and the copy is ordered on this stream.
+        let r = unsafe {
+            cudarc::driver::sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream.cu_stream())
+        };
+        Ok(r.result()?)
+    }
+
     /// Waits for the stream.
     pub fn sync(&self) -> Result<(), CudaError> {
         Ok(self.stream.synchronize()?)

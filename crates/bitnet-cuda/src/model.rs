@@ -1325,6 +1325,40 @@ impl Accelerator for CudaModel {
         }))
     }
 
+    fn copy_cache(
+        &self,
+        from: &dyn DeviceCache,
+        to: &dyn DeviceCache,
+        positions: usize,
+    ) -> Result<(), ModelError> {
+        let (Some(a), Some(b)) = (
+            from.as_any().downcast_ref::<CudaKv>(),
+            to.as_any().downcast_ref::<CudaKv>(),
+        ) else {
+            return Err(ModelError::Device("not this backend's KV caches".into()));
+        };
+        if a.ordinal != b.ordinal || positions > a.capacity.min(b.capacity) {
+            return Err(ModelError::Device(format!(
+                "cannot copy {positions} positions from a cache of {} on cuda:{} to one of {} on cuda:{}",
+                a.capacity, a.ordinal, b.capacity, b.ordinal
+            )));
+        }
+        // `[layer][k|v][capacity][row]`: one copy per (layer, k|v) of `positions` rows, on the
+        // model's stream (every later step's work is ordered after it).
+        let parts = 2 * self.config.n_layers;
+        let row = a.per_position / parts;
+        for i in 0..parts {
+            let (src, dst) = (
+                a.addr + (i * a.capacity * row) as u64,
+                b.addr + (i * b.capacity * row) as u64,
+            );
+            self.gpu
+                .copy_device(dst, src, positions * row)
+                .map_err(dev)?;
+        }
+        Ok(())
+    }
+
     fn forward_batch(
         &self,
         batch: &[DeviceEntry<'_>],

@@ -440,3 +440,46 @@ fn batched_vs_alone(src: &dyn WeightSource, kv: KvType, n: usize) -> Vec<Step> {
     }
     out
 }
+
+/// A cache that outgrew its storage (the server's prompt cache handing a finished request's
+/// cache, cut back to the shared prefix, to a longer request): `Model::resize_cache` moves it to
+/// larger storage with its positions copied, and the sequence goes on bit for bit as in a cache
+/// that was large enough from the start and ran the same passes, for every KV type (q8 rows
+/// carry their scales).
+#[test]
+fn a_cache_moved_to_larger_storage_goes_on_bit_for_bit() {
+    if !have_gpu() {
+        return;
+    }
+    let src = default_model();
+    for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+        let model = on_gpu(&src, kv, HeadType::Native);
+        let prompt: Vec<u32> = (0..30).map(|i| (i * 41 + 3) % 500).collect();
+        let more: Vec<u32> = (0..12).map(|i| (i * 13 + 7) % 500).collect();
+        let keep = prompt.len() - 5;
+        let rest: Vec<u32> = prompt[keep..].iter().chain(&more).copied().collect();
+        let run = |capacity: usize, grow: bool| {
+            let last = bitnet_model::Logits::Last;
+            let mut scratch = bitnet_model::Scratch::default();
+            let mut logits = Vec::new();
+            let mut cache = model.new_cache(capacity);
+            model
+                .forward(&prompt, &mut cache, last, &mut logits, &mut scratch, None)
+                .unwrap();
+            cache.truncate(keep);
+            if grow {
+                model.resize_cache(&mut cache, 64).unwrap();
+                assert_eq!((cache.len(), cache.capacity()), (keep, 64));
+            }
+            model
+                .forward(&rest, &mut cache, last, &mut logits, &mut scratch, None)
+                .unwrap();
+            logits
+        };
+        assert_eq!(
+            run(prompt.len(), true),
+            run(64, false),
+            "{kv:?}: logits after the move differ"
+        );
+    }
+}

@@ -17,6 +17,15 @@
 //! [`SubmitError::QueueFull`] instead of queueing without bound. A sink that reports itself
 //! closed (the client went away) has its sequence and cache freed at the next step.
 //!
+//! Prompt cache: a finished sequence's KV cache is kept (at most
+//! [`SchedulerConfig::prompt_cache`] of them, oldest first out, their bytes
+//! counted against the same KV budget and given up whenever a request needs the room), with the
+//! tokens it holds. A request whose prompt starts with some of those tokens takes that cache over,
+//! cut back to the shared prefix, and prefills only the rest: the next turn of a chat, whose
+//! request repeats the whole conversation, reads only its new message. Positions are computed
+//! the same way whatever else shared their step, so a reused prefix holds exactly the keys and
+//! values a fresh prefill would write, and the output is unchanged.
+//!
 //! This module must not know about HTTP or any async runtime: sinks are plain callbacks.
 
 use std::collections::VecDeque;
@@ -44,10 +53,15 @@ pub struct SchedulerConfig {
     pub kv_budget_bytes: usize,
     /// Prompt tokens prefilled per step, over all prefilling sequences together.
     pub prefill_chunk: usize,
+    /// Finished sequences' caches kept for requests that start with the same tokens (0: none).
+    pub prompt_cache: usize,
 }
 
 /// The most sequences batched by default on the CPU.
 pub const CPU_MAX_BATCH: usize = 8;
+/// Finished sequences' caches kept by default on the CPU ([`SchedulerConfig::prompt_cache`]; on
+/// a device, as many as sequences run at once).
+pub const PROMPT_CACHE: usize = 4;
 /// The most sequences batched by default on a device, however much memory it has: an H200
 /// decodes 256 sequences at ~32,300 tok/s against ~22,900 for 64 (BENCHMARKS.md, session 24).
 pub const DEVICE_MAX_BATCH: usize = 256;
@@ -70,7 +84,8 @@ pub fn default_max_batch(free: Option<u64>, per_sequence: u64) -> usize {
 impl SchedulerConfig {
     /// Defaults for `engine`: [`default_max_batch`] sequences (by the free memory of its device,
     /// if it runs on one), 64 waiting, room for every sequence at full context, 256-token
-    /// prefill chunks.
+    /// prefill chunks, finished caches kept for reuse: [`PROMPT_CACHE`] on the CPU, one per
+    /// sequence of the batch on a device (their memory is the budget's, given up on demand).
     pub fn for_engine(engine: &Engine) -> Self {
         let per_sequence = engine
             .context_length()
@@ -84,6 +99,11 @@ impl SchedulerConfig {
                 .saturating_mul(engine.context_length())
                 .saturating_mul(kv_bytes_per_position(engine)),
             prefill_chunk: 256,
+            prompt_cache: if free.is_some() {
+                max_batch
+            } else {
+                PROMPT_CACHE
+            },
         }
     }
 }
@@ -114,6 +134,8 @@ pub struct Completion {
     pub prompt_tokens: usize,
     /// Tokens generated (an end-of-generation token counts).
     pub completion_tokens: usize,
+    /// Prompt tokens taken from the prompt cache rather than prefilled.
+    pub cached_tokens: usize,
     /// Text held back until the end (an unfinished character or a partial stop string); append
     /// it after the tokens' text.
     pub tail: String,
@@ -198,6 +220,12 @@ pub struct SchedulerStats {
     pub generated_tokens: u64,
     /// Prompt tokens prefilled in total.
     pub prompt_tokens: u64,
+    /// Prompt tokens taken from the prompt cache instead of being prefilled, in total.
+    pub cached_prompt_tokens: u64,
+    /// Finished sequences' caches kept for reuse.
+    pub cached_entries: usize,
+    /// KV bytes those caches hold (counted against the budget beside `kv_reserved_bytes`).
+    pub cached_bytes: usize,
 }
 
 #[derive(Default)]
@@ -209,6 +237,9 @@ struct Shared {
     steps: AtomicU64,
     generated: AtomicU64,
     prompt: AtomicU64,
+    cached_prompt: AtomicU64,
+    cached_entries: AtomicUsize,
+    cached_bytes: AtomicUsize,
     shutting_down: AtomicBool,
 }
 
@@ -260,6 +291,8 @@ impl Scheduler {
             active: Vec::new(),
             scratch: Scratch::default(),
             rows: StepRows::default(),
+            cached: Vec::new(),
+            clock: 0,
             deadline: None,
             disconnected: false,
         };
@@ -364,6 +397,9 @@ impl Scheduler {
             steps: s.steps.load(Ordering::SeqCst),
             generated_tokens: s.generated.load(Ordering::SeqCst),
             prompt_tokens: s.prompt.load(Ordering::SeqCst),
+            cached_prompt_tokens: s.cached_prompt.load(Ordering::SeqCst),
+            cached_entries: s.cached_entries.load(Ordering::SeqCst),
+            cached_bytes: s.cached_bytes.load(Ordering::SeqCst),
         }
     }
 
@@ -440,6 +476,26 @@ struct Seq {
     reserve: usize,
     /// Set once it has ended (sent its last event or lost its client).
     done: bool,
+    /// Set when it ended by a failure: its cache is not kept.
+    failed: bool,
+    /// Prompt tokens it took from the prompt cache.
+    cached: usize,
+}
+
+/// A finished sequence's cache kept for a request that starts with the same tokens.
+struct Cached {
+    /// The tokens whose keys and values the cache holds, in order.
+    tokens: Vec<u32>,
+    cache: KvCache,
+    /// What it counts against the KV budget (its capacity's worth of positions).
+    bytes: usize,
+    /// When it was kept ([`Worker::clock`]): the oldest leaves first.
+    used: u64,
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 struct Worker {
@@ -451,6 +507,10 @@ struct Worker {
     active: Vec<Seq>,
     scratch: Scratch,
     rows: StepRows,
+    /// The prompt cache ([`SchedulerConfig::prompt_cache`] entries at most).
+    cached: Vec<Cached>,
+    /// Counts the caches kept, to order the prompt cache's entries by age.
+    clock: u64,
     deadline: Option<Instant>,
     disconnected: bool,
 }
@@ -539,30 +599,38 @@ impl Worker {
         }
     }
 
-    /// Frees sequences whose client left, and forgets waiting requests whose client left.
+    /// Frees sequences whose client left (keeping their caches for reuse), and forgets waiting
+    /// requests whose client left.
     fn drop_departed(&mut self) {
-        let mut freed = 0;
-        let mut removed = 0;
-        self.active.retain(|s| {
-            let keep = !s.done && !s.sink.is_closed();
-            if !keep {
-                freed += s.reserve;
-                removed += 1;
-            }
-            keep
-        });
+        let mut removed = self.retire(|s| s.done || s.sink.is_closed());
         let before = self.waiting.len();
         self.waiting.retain(|p| !p.sink.is_closed());
         removed += before - self.waiting.len();
         self.shared.in_flight.fetch_sub(removed, Ordering::SeqCst);
-        self.shared.kv_reserved.fetch_sub(freed, Ordering::SeqCst);
         self.shared
             .active
             .store(self.active.len(), Ordering::SeqCst);
     }
 
+    /// Takes the sequences that `ended` says are over out of the batch, gives back their KV
+    /// reservations and keeps their caches ([`Worker::keep`]); returns how many.
+    fn retire(&mut self, ended: impl Fn(&Seq) -> bool) -> usize {
+        let (gone, running): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|s| ended(s));
+        self.active = running;
+        let freed = gone.iter().map(|s| s.reserve).sum();
+        self.shared.kv_reserved.fetch_sub(freed, Ordering::SeqCst);
+        let n = gone.len();
+        for s in gone {
+            self.keep(s);
+        }
+        n
+    }
+
     /// Moves waiting requests into the batch, first come first served, while a slot and KV
-    /// budget are free.
+    /// budget are free (the prompt cache gives up its oldest entries for them),
+    /// each taking the prompt cache's entry with the longest shared prefix if any.
     fn admit(&mut self) {
         while self.active.len() < self.config.max_batch {
             let Some(p) = self.waiting.front() else { break };
@@ -574,33 +642,51 @@ impl Worker {
             let Some(mut p) = self.waiting.pop_front() else {
                 break;
             };
+            let reused = if p.opts.max_tokens == 0 {
+                None
+            } else {
+                self.take_cached(&p.prompt, p.positions)
+            };
+            while !self.cached.is_empty() && !self.fits(reserve) {
+                self.evict_oldest();
+            }
             self.shared.kv_reserved.fetch_add(reserve, Ordering::SeqCst);
             if p.opts.max_tokens == 0 {
                 p.sink.send(Event::Done(Completion {
                     finish: FinishReason::Length,
                     prompt_tokens: p.prompt.len(),
                     completion_tokens: 0,
+                    cached_tokens: 0,
                     tail: String::new(),
                 }));
                 self.release(reserve);
                 continue;
             }
             let prompt_len = p.prompt.len();
+            // As many positions as it reserved: a GPU allocates its cache whole, so a
+            // context-sized one per request would hold far more device memory than the budget
+            // accounts for (315 MB per sequence for 2B4T at 4,096 positions).
+            let (cache, fed) =
+                reused.unwrap_or_else(|| (self.engine.model().new_cache(p.positions), 0));
+            if fed > 0 {
+                self.shared
+                    .cached_prompt
+                    .fetch_add(fed as u64, Ordering::Relaxed);
+            }
             self.active.push(Seq {
-                // As many positions as it reserved: a GPU allocates its cache whole, so a
-                // context-sized one per request would hold far more device memory than the
-                // budget accounts for (315 MB per sequence for 2B4T at 4,096 positions).
-                cache: self.engine.model().new_cache(p.positions),
+                cache,
                 sampler: Sampler::new(p.opts.sampling.clone()),
                 stop: StopMatcher::new(&p.opts.stop),
                 tokens: p.prompt,
                 prompt_len,
-                fed: 0,
+                fed,
                 utf8: Vec::new(),
                 opts: p.opts,
                 sink: p.sink,
                 reserve,
                 done: false,
+                failed: false,
+                cached: fed,
             });
         }
         self.shared
@@ -652,6 +738,7 @@ impl Worker {
                 if let Some(s) = self.active.get_mut(i) {
                     s.sink.send(Event::Error(msg.clone()));
                     s.done = true;
+                    s.failed = true;
                 }
             }
             self.finish_done();
@@ -681,20 +768,95 @@ impl Worker {
     }
 
     fn finish_done(&mut self) {
-        let mut freed = 0;
-        let mut removed = 0;
-        self.active.retain(|s| {
-            if s.done {
-                freed += s.reserve;
-                removed += 1;
-            }
-            !s.done
-        });
-        self.shared.in_flight.fetch_sub(removed, Ordering::SeqCst);
-        self.shared.kv_reserved.fetch_sub(freed, Ordering::SeqCst);
+        let n = self.retire(|s| s.done);
+        self.shared.in_flight.fetch_sub(n, Ordering::SeqCst);
         self.shared
             .active
             .store(self.active.len(), Ordering::SeqCst);
+    }
+
+    /// Keeps an ended sequence's cache in the prompt cache, if it holds any position, the
+    /// sequence did not fail and there is room (the oldest entries leave for it; it is dropped
+    /// if the budget's free part cannot hold it).
+    fn keep(&mut self, s: Seq) {
+        if self.config.prompt_cache == 0 || s.failed || s.cache.is_empty() {
+            return;
+        }
+        let bytes = s
+            .cache
+            .capacity()
+            .saturating_mul(kv_bytes_per_position(&self.engine));
+        while self.cached.len() >= self.config.prompt_cache
+            || (!self.cached.is_empty() && !self.fits(bytes))
+        {
+            self.evict_oldest();
+        }
+        if !self.fits(bytes) {
+            return;
+        }
+        self.clock += 1;
+        let mut tokens = s.tokens;
+        tokens.truncate(s.cache.len());
+        self.cached.push(Cached {
+            tokens,
+            cache: s.cache,
+            bytes,
+            used: self.clock,
+        });
+        self.publish_cached();
+    }
+
+    /// Whether `bytes` more fit the KV budget beside the running sequences' reservations and
+    /// the prompt cache.
+    fn fits(&self, bytes: usize) -> bool {
+        let reserved = self.shared.kv_reserved.load(Ordering::SeqCst);
+        reserved + self.cached_bytes() + bytes <= self.config.kv_budget_bytes
+    }
+
+    fn cached_bytes(&self) -> usize {
+        self.cached.iter().map(|c| c.bytes).sum()
+    }
+
+    /// Drops the oldest prompt-cache entry (if any).
+    fn evict_oldest(&mut self) {
+        if let Some(i) = (0..self.cached.len()).min_by_key(|&i| self.cached[i].used) {
+            self.cached.swap_remove(i);
+        }
+        self.publish_cached();
+    }
+
+    fn publish_cached(&self) {
+        let s = &self.shared;
+        s.cached_entries.store(self.cached.len(), Ordering::SeqCst);
+        s.cached_bytes.store(self.cached_bytes(), Ordering::SeqCst);
+    }
+
+    /// Takes the prompt-cache entry that shares the longest prefix with `prompt` (at most all
+    /// of it but its last token, whose logits the request needs) and at least half of the
+    /// entry's tokens, cut back to that prefix and made to hold `positions`; `None` where there
+    /// is none.
+    fn take_cached(&mut self, prompt: &[u32], positions: usize) -> Option<(KvCache, usize)> {
+        let usable = |c: &Cached| common_prefix(&c.tokens, prompt).min(prompt.len() - 1);
+        // An entry is taken only by a request that goes on with most of it (a chat's next turn,
+        // the same prompt again), not by any that shares a few tokens (a BOS, a system prompt
+        // before another conversation) and would use up what a continuation could reuse.
+        let i = (0..self.cached.len())
+            .filter(|&i| {
+                let (c, n) = (&self.cached[i], usable(&self.cached[i]));
+                n > 0 && 2 * n >= c.tokens.len()
+            })
+            .max_by_key(|&i| (usable(&self.cached[i]), self.cached[i].used))?;
+        let n = usable(&self.cached[i]);
+        let mut c = self.cached.swap_remove(i);
+        self.publish_cached();
+        c.cache.truncate(n);
+        // A device cache of another size moves to storage of the request's (its positions
+        // copied); where that fails, the request starts afresh.
+        let model = self.engine.model();
+        model
+            .resize_cache(&mut c.cache, positions)
+            .ok()
+            .map(|()| (c.cache, n))
     }
 
     fn publish(&self) {
@@ -763,6 +925,7 @@ fn sample_one(s: &mut Seq, row: Row<'_>, tok: Option<&bitnet_tokenizer::Tokenize
             finish: f,
             prompt_tokens: s.prompt_len,
             completion_tokens: n_gen,
+            cached_tokens: s.cached,
             tail,
         }));
         s.done = true;

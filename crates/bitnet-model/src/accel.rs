@@ -35,6 +35,19 @@ pub trait Accelerator: Send + Sync {
     fn describe(&self) -> String;
     /// Storage for one sequence of up to `capacity` positions.
     fn new_cache(&self, capacity: usize) -> Result<Box<dyn DeviceCache>, ModelError>;
+    /// Copies the first `positions` positions of `from` into `to` (both made by this backend's
+    /// [`Accelerator::new_cache`], `to` at least that long), ordered before the next forward.
+    fn copy_cache(
+        &self,
+        from: &dyn DeviceCache,
+        to: &dyn DeviceCache,
+        positions: usize,
+    ) -> Result<(), ModelError> {
+        let _ = (from, to, positions);
+        Err(ModelError::Device(
+            "this backend cannot copy a KV cache".into(),
+        ))
+    }
     /// Runs every entry's tokens at its positions, stores their keys and values, and writes the
     /// requested logits entry after entry (as [`crate::Model::forward_batch`] documents). Entries
     /// were validated by the caller (context and vocabulary).

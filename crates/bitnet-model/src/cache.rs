@@ -87,6 +87,20 @@ impl KvCache {
         }
     }
 
+    /// Sets the capacity (see [`crate::Model::resize_cache`]); `device`, where given, replaces
+    /// the device storage (already holding this cache's positions).
+    pub(crate) fn set_capacity(&mut self, capacity: usize, device: Option<Box<dyn DeviceCache>>) {
+        self.capacity = capacity;
+        if device.is_some() {
+            self.device = device;
+        }
+    }
+
+    /// The device storage, once the cache's first step made it.
+    pub(crate) fn device(&self) -> Option<&dyn DeviceCache> {
+        self.device.as_deref()
+    }
+
     /// Bytes currently used by keys and values (scales included).
     pub fn bytes(&self) -> usize {
         if let Some(d) = &self.device {

@@ -436,6 +436,25 @@ impl Model {
         }
     }
 
+    /// Makes `cache` hold `capacity` positions (at most the context, at least its length) from
+    /// now on, keeping the ones it holds: a cache taken over by another request (the server's
+    /// prompt cache). A host cache only changes its limit (its storage grows as positions are
+    /// written); a device cache of another size moves to new storage of exactly that size with
+    /// its positions copied, so that what it holds on the device is what its request reserved.
+    pub fn resize_cache(&self, cache: &mut KvCache, capacity: usize) -> Result<(), ModelError> {
+        let capacity = capacity.min(self.config.context_length).max(cache.len());
+        let device = match (&self.accel, cache.device()) {
+            (Some(accel), Some(old)) if capacity != cache.capacity() => {
+                let new = accel.new_cache(capacity)?;
+                accel.copy_cache(old, new.as_ref(), cache.len())?;
+                Some(new)
+            }
+            _ => None,
+        };
+        cache.set_capacity(capacity, device);
+        Ok(())
+    }
+
     /// Runs `tokens` at the next positions of `cache`, appends their keys and values, and writes
     /// the requested logits into `logits` (`vocab` per returned token).
     pub fn forward(

@@ -41,6 +41,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use bitnet_engine::scheduler::Completion;
 pub use bitnet_engine::scheduler::kv_bytes_per_position;
 pub use bitnet_engine::{Engine, Scheduler, SchedulerConfig, SchedulerStats};
 use bitnet_engine::{EngineError, Event, EventSink, Prompt, Request, SubmitError};
@@ -640,11 +641,14 @@ impl Timer {
     }
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+/// OpenAI's `usage` object; `prompt_tokens_details.cached_tokens` counts the prompt tokens the
+/// prompt cache served.
+fn usage(c: &Completion) -> Value {
     json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens},
     })
 }
 
@@ -688,7 +692,7 @@ async fn collect_response(
                     "created": meta.created,
                     "model": meta.model,
                     "choices": [choice],
-                    "usage": usage(c.prompt_tokens, c.completion_tokens),
+                    "usage": usage(&c),
                 }))
                 .into_response());
             }
@@ -786,7 +790,7 @@ impl StreamState {
                     out.push(self.chunk(None, Some(c.finish.openai())));
                     if self.include_usage {
                         let mut v = self.envelope(json!([]));
-                        v["usage"] = usage(c.prompt_tokens, c.completion_tokens);
+                        v["usage"] = usage(&c);
                         out.push(SseEvent::default().data(v.to_string()));
                     }
                     out.push(SseEvent::default().data("[DONE]"));

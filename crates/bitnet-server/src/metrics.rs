@@ -120,6 +120,24 @@ impl Metrics {
             s.prompt_tokens.to_string(),
         );
         put(
+            "bitnet_prompt_cache_tokens_total",
+            "counter",
+            "Prompt tokens served from the prompt cache instead of being prefilled.",
+            s.cached_prompt_tokens.to_string(),
+        );
+        put(
+            "bitnet_prompt_cache_entries",
+            "gauge",
+            "Finished sequences' KV caches kept for reuse.",
+            s.cached_entries.to_string(),
+        );
+        put(
+            "bitnet_prompt_cache_bytes",
+            "gauge",
+            "KV bytes the prompt cache holds (within the KV budget).",
+            s.cached_bytes.to_string(),
+        );
+        put(
             "bitnet_generated_tokens_total",
             "counter",
             "Tokens generated.",

@@ -37,6 +37,7 @@ fn completions_and_chat_equal_the_engine_alone_streaming_or_not() {
     let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
     assert!((1..=12).contains(&completion));
     assert_eq!(v["usage"]["total_tokens"], n_prompt as u64 + completion);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
     let finish = v["choices"][0]["finish_reason"]
         .as_str()
         .unwrap()
@@ -51,6 +52,11 @@ fn completions_and_chat_equal_the_engine_alone_streaming_or_not() {
     assert_eq!(s.text, want);
     assert_eq!(s.finish.as_deref(), Some(finish.as_str()));
     assert_eq!(s.usage.as_ref().unwrap()["completion_tokens"], completion);
+    // The same prompt again: all of it but its last token came from the prompt cache.
+    assert_eq!(
+        s.usage.as_ref().unwrap()["prompt_tokens_details"]["cached_tokens"],
+        n_prompt - 1
+    );
     // The usage chunk comes last with no choices; the others carry usage: null.
     let last = s.chunks.last().unwrap();
     assert_eq!(last["choices"], json!([]));

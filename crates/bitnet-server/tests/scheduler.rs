@@ -1,6 +1,7 @@
 //! The continuous-batching scheduler without HTTP: chunked prefill beside decodes equals the
-//! engine alone, a departed client stops its sequence within one step, and the KV budget holds
-//! requests back until memory is free.
+//! engine alone, a departed client stops its sequence within one step, the KV budget holds
+//! requests back until memory is free, and a prompt that goes on from a finished request's
+//! tokens reuses its cache with the output unchanged.
 
 mod common;
 
@@ -171,6 +172,9 @@ fn the_kv_budget_holds_requests_back_and_refusals_are_clear() {
             max_queue: 4,
             kv_budget_bytes: one + one / 2,
             prefill_chunk: 256,
+            // The first request's cache is kept after it, and given up for the second (whose
+            // reservation needs its room; sharing only "fox", it does not take it over).
+            prompt_cache: 4,
         },
     )
     .unwrap();
@@ -229,4 +233,147 @@ fn the_kv_budget_holds_requests_back_and_refusals_are_clear() {
         }),
         Err(bitnet_engine::SubmitError::ShuttingDown)
     ));
+}
+
+/// Runs one greedy request of `prompt` ids for `n` tokens (end-of-text ignored) to its end.
+fn run_one(sched: &Scheduler, prompt: &[u32], n: usize) -> (Vec<u32>, bitnet_engine::Completion) {
+    let (tx, rx) = channel();
+    let mut opts = GenerateOptions::greedy(n);
+    opts.ignore_eos = true;
+    sched
+        .submit(Request {
+            prompt: prompt.to_vec(),
+            opts,
+            sink: Box::new(tx),
+        })
+        .unwrap();
+    let (_, ids, done) = collect(&rx);
+    wait_idle(sched);
+    (ids, done.unwrap())
+}
+
+/// The engine alone on the same ids: what a request must give whatever it reused.
+fn alone_ids(engine: &bitnet_engine::Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut opts = GenerateOptions::greedy(n);
+    opts.ignore_eos = true;
+    engine
+        .generate(bitnet_engine::Prompt::Tokens(prompt.to_vec()), opts)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect()
+}
+
+#[test]
+fn a_prompt_that_goes_on_from_a_finished_request_reuses_its_cache_exactly() {
+    let engine = engine();
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerConfig {
+            // Chunks smaller than the prompts, so reused and fresh prefixes were read differently.
+            prefill_chunk: 5,
+            ..SchedulerConfig::for_engine(&engine)
+        },
+    )
+    .unwrap();
+    let first = tokenize_prompt(
+        &engine,
+        "The quick brown fox jumps over the lazy dog again".into(),
+        None,
+    )
+    .unwrap();
+    let (ids, done) = run_one(&sched, &first, 12);
+    assert_eq!(ids, alone_ids(&engine, &first, 12));
+    assert_eq!(done.cached_tokens, 0);
+    assert_eq!(sched.stats().cached_entries, 1);
+
+    // The next turn: the first prompt, its answer and more. The cache holds the prompt and
+    // the first 11 generated tokens (the 12th was never fed), all of them reused.
+    let more = tokenize_prompt(&engine, " and the fox runs".into(), Some(false)).unwrap();
+    let second: Vec<u32> = first.iter().chain(&ids).chain(&more).copied().collect();
+    let (ids2, done) = run_one(&sched, &second, 10);
+    assert_eq!(ids2, alone_ids(&engine, &second, 10));
+    assert_eq!(done.cached_tokens, first.len() + 11);
+    assert_eq!(done.prompt_tokens, second.len());
+
+    // The same prompt as the first: all of it but its last token reused, the same answer.
+    let (ids3, done) = run_one(&sched, &first, 12);
+    assert_eq!(ids3, ids);
+    assert_eq!(done.cached_tokens, first.len() - 1);
+
+    // A different prompt does not take an entry over. A request that reuses an entry takes it
+    // (the first request's went to the second, the second's to the third); each keeps its own
+    // at the end: the third's and this one's.
+    let other = tokenize_prompt(&engine, "lazy dog".into(), None).unwrap();
+    let (ids4, done) = run_one(&sched, &other, 6);
+    assert_eq!(ids4, alone_ids(&engine, &other, 6));
+    assert_eq!(done.cached_tokens, 0);
+    let s = sched.stats();
+    assert_eq!(s.cached_entries, 2, "{s:?}");
+    assert_eq!(
+        s.cached_prompt_tokens,
+        (first.len() + 11 + first.len() - 1) as u64
+    );
+    assert!(s.cached_bytes > 0 && s.cached_bytes <= sched.config().kv_budget_bytes);
+    assert_eq!(
+        (s.in_flight, s.active, s.kv_reserved_bytes, s.kv_used_bytes),
+        (0, 0, 0, 0)
+    );
+    sched.shutdown(Duration::ZERO);
+    sched.join();
+}
+
+#[test]
+fn the_prompt_cache_keeps_its_limit_and_gives_way_to_running_requests() {
+    let engine = engine();
+    let per_pos = kv_bytes_per_position(&engine);
+    let a = tokenize_prompt(&engine, "fox fox fox".into(), None).unwrap();
+    let b = tokenize_prompt(&engine, "dog dog dog".into(), None).unwrap();
+    let n = 8;
+    let one = (a.len().max(b.len()) + n) * per_pos;
+    // Room for one request's reservation and a little more: a kept cache must make way.
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerConfig {
+            max_batch: 2,
+            max_queue: 4,
+            kv_budget_bytes: one + one / 2,
+            prefill_chunk: 256,
+            prompt_cache: 1,
+        },
+    )
+    .unwrap();
+    let (ids_a, _) = run_one(&sched, &a, n);
+    assert_eq!(sched.stats().cached_entries, 1);
+    // b needs the room a's cache holds: the cache gives it up, b runs, then b's is kept.
+    let (ids_b, done) = run_one(&sched, &b, n);
+    assert_eq!(ids_b, alone_ids(&engine, &b, n));
+    assert_eq!(done.cached_tokens, 0);
+    let s = sched.stats();
+    assert_eq!(s.cached_entries, 1, "{s:?}");
+    // a again: its cache is gone, so it is prefilled afresh, with the same answer.
+    let (again, done) = run_one(&sched, &a, n);
+    assert_eq!(again, ids_a);
+    assert_eq!(done.cached_tokens, 0);
+    sched.shutdown(Duration::ZERO);
+    sched.join();
+
+    // Turned off: nothing is kept.
+    let sched = Scheduler::start(
+        engine.clone(),
+        SchedulerConfig {
+            prompt_cache: 0,
+            ..SchedulerConfig::for_engine(&engine)
+        },
+    )
+    .unwrap();
+    run_one(&sched, &a, n);
+    let (_, done) = run_one(&sched, &a, n);
+    assert_eq!(done.cached_tokens, 0);
+    let s = sched.stats();
+    assert_eq!(
+        (s.cached_entries, s.cached_bytes, s.cached_prompt_tokens),
+        (0, 0, 0)
+    );
+    sched.shutdown(Duration::ZERO);
+    sched.join();
 }

@@ -42,6 +42,9 @@ def main() -> int:
     assert text == exp["completion"], (text, exp["completion"])
     assert finish == r.choices[0].finish_reason, finish
     assert usage is not None and usage.completion_tokens == r.usage.completion_tokens, usage
+    # The same prompt again: all of it but its last token came from the server's prompt cache.
+    details = usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens == usage.prompt_tokens - 1, usage
 
     # Chat, not streamed.
     messages = [{"role": "user", "content": exp["chat_user"]}]
