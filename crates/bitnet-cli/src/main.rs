@@ -499,6 +499,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 fn chat(a: ChatArgs) -> Result<()> {
     let engine = a.run.load()?;
     let mut history = Vec::new();
+    let mut prefix = None;
     if let Some(s) = a.system {
         history.push(ChatMessage::new("system", s));
     }
@@ -515,8 +516,12 @@ fn chat(a: ChatArgs) -> Result<()> {
             break;
         }
         history.push(ChatMessage::new("user", line.trim_end()));
-        let mut generation =
-            engine.generate(Prompt::Chat(history.clone()), a.sampling.options())?;
+        // Each turn goes on from the last one's cache: only the new message is prefilled.
+        let prompt = Prompt::Chat(history.clone());
+        let mut generation = match prefix.take() {
+            Some(p) => engine.generate_after(prompt, a.sampling.options(), p)?,
+            None => engine.generate(prompt, a.sampling.options())?,
+        };
         let mut reply = String::new();
         for token in generation.by_ref() {
             let token = token?;
@@ -528,6 +533,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         reply.push_str(&tail);
         writeln!(out, "{tail}")?;
         history.push(ChatMessage::new("assistant", reply.trim()));
+        prefix = Some(generation.into_prefix());
     }
     Ok(())
 }

@@ -115,6 +115,26 @@ pub struct Token {
     pub logits: Option<Vec<f32>>,
 }
 
+/// A finished generation's KV cache and the tokens it holds ([`Generation::into_prefix`]), for
+/// a next prompt that starts with them ([`crate::Engine::generate_after`]): a chat's next turn
+/// prefills only its new tokens.
+pub struct PromptPrefix {
+    tokens: Vec<u32>,
+    cache: KvCache,
+}
+
+impl PromptPrefix {
+    /// The tokens whose keys and values the cache holds, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+}
+
+/// How many leading tokens `a` and `b` share.
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// A running generation; iterate it for tokens.
 pub struct Generation {
     engine: Engine,
@@ -131,24 +151,45 @@ pub struct Generation {
     stop: StopMatcher,
     finish: Option<FinishReason>,
     tail: Option<String>,
+    /// Prompt tokens taken from a [`PromptPrefix`] instead of being prefilled.
+    reused: usize,
 }
 
 impl Generation {
+    /// Tokenizes and prefills `prompt`, after the part of it that `prefix` already holds (all
+    /// of it but its last token at most, whose logits are needed).
     pub(crate) fn start(
         engine: Engine,
         prompt: Prompt,
         opts: GenerateOptions,
+        prefix: Option<PromptPrefix>,
     ) -> Result<Self, EngineError> {
         opts.sampling.validate().map_err(EngineError::Options)?;
         let tokens = crate::scheduler::tokenize_prompt(&engine, prompt, opts.add_bos)?;
         let ctx = engine.context_length();
         let model = engine.model();
-        let mut cache = model.new_cache(ctx);
+        let (mut cache, reused) = match prefix {
+            Some(PromptPrefix {
+                tokens: held,
+                mut cache,
+            }) => {
+                let n = common_prefix(&held, &tokens).min(tokens.len() - 1);
+                cache.truncate(n);
+                model.resize_cache(&mut cache, ctx)?;
+                (cache, n)
+            }
+            None => (model.new_cache(ctx), 0),
+        };
         let mut scratch = Scratch::default();
         let sampler = Sampler::new(opts.sampling.clone());
         let mode = StepOut::choose(model, [(&sampler, opts.logits)]);
         let mut rows = StepRows::default();
-        rows.forward(mode, model, &mut [entry(&tokens, &mut cache)], &mut scratch)?;
+        rows.forward(
+            mode,
+            model,
+            &mut [entry(&tokens[reused..], &mut cache)],
+            &mut scratch,
+        )?;
         let stop = StopMatcher::new(&opts.stop);
         let prompt_len = tokens.len();
         let finish = (opts.max_tokens == 0).then_some(FinishReason::Length);
@@ -166,7 +207,25 @@ impl Generation {
             stop,
             finish,
             tail: None,
+            reused,
         })
+    }
+
+    /// Prompt tokens taken from the [`PromptPrefix`] it started after instead of being
+    /// prefilled.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
+    }
+
+    /// Its KV cache and the tokens it holds (the prompt and every generated token but the
+    /// last, which was never fed), for [`crate::Engine::generate_after`].
+    pub fn into_prefix(self) -> PromptPrefix {
+        let mut tokens = self.tokens;
+        tokens.truncate(self.cache.len());
+        PromptPrefix {
+            tokens,
+            cache: self.cache,
+        }
     }
 
     /// The prompt's token ids (with BOS if one was added).

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use bitnet_model::{KvType, Model, ModelConfig};
 pub use bitnet_tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 pub use error::EngineError;
-pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, Token};
+pub use generate::{FinishReason, GenerateOptions, Generation, Prompt, PromptPrefix, Token};
 pub use inspect::{Inspection, TensorSummary, inspect, load_tokenizer};
 pub use load::{Device, EngineBuilder, ModelFormat, ModelInfo};
 /// The GPU backend's public options (its KV type follows [`EngineBuilder::kv`]).
@@ -93,7 +93,21 @@ impl Engine {
         prompt: impl Into<Prompt>,
         opts: GenerateOptions,
     ) -> Result<Generation, EngineError> {
-        Generation::start(self.clone(), prompt.into(), opts)
+        Generation::start(self.clone(), prompt.into(), opts, None)
+    }
+
+    /// Starts a generation of a prompt that goes on from `prefix` (an earlier generation's
+    /// [`Generation::into_prefix`], e.g. a chat's previous turn): the tokens the two share are
+    /// taken from its cache and only the rest is prefilled. The output is the same as
+    /// [`generate`](Self::generate)'s (a position's keys and values do not depend on how the
+    /// prompt was split into passes); where they share nothing, the cache is reused empty.
+    pub fn generate_after(
+        &self,
+        prompt: impl Into<Prompt>,
+        opts: GenerateOptions,
+        prefix: PromptPrefix,
+    ) -> Result<Generation, EngineError> {
+        Generation::start(self.clone(), prompt.into(), opts, Some(prefix))
     }
 
     /// Generates and returns the whole text.

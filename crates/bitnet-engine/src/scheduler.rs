@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use bitnet_model::{BatchEntry, KvCache, Logits, Scratch};
 
 use crate::candidates::{Row, StepOut, StepRows};
+use crate::generate::common_prefix;
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
 use crate::{Engine, EngineError, FinishReason, GenerateOptions, Prompt, Token};
@@ -491,11 +492,6 @@ struct Cached {
     bytes: usize,
     /// When it was kept ([`Worker::clock`]): the oldest leaves first.
     used: u64,
-}
-
-/// How many leading tokens `a` and `b` share.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 struct Worker {

@@ -40,8 +40,8 @@
 
 pub use bitnet_engine::{
     ChatMessage, ChatTemplate, Device, Engine, EngineBuilder, FinishReason, GenerateOptions,
-    Generation, Inspection, KvType, ModelConfig, ModelFormat, ModelInfo, Prompt, SamplingOptions,
-    TensorSummary, Token, Tokenizer, inspect, load_tokenizer,
+    Generation, Inspection, KvType, ModelConfig, ModelFormat, ModelInfo, Prompt, PromptPrefix,
+    SamplingOptions, TensorSummary, Token, Tokenizer, inspect, load_tokenizer,
 };
 pub use bitnet_engine::{bench, convert};
 
