@@ -121,6 +121,8 @@ pub struct Token {
 pub struct PromptPrefix {
     tokens: Vec<u32>,
     cache: KvCache,
+    /// The engine whose model wrote the cache ([`Engine::handle`]).
+    engine: std::sync::Weak<crate::Inner>,
 }
 
 impl PromptPrefix {
@@ -169,9 +171,17 @@ impl Generation {
         let ctx = engine.context_length();
         let model = engine.model();
         let (mut cache, reused) = match prefix {
+            Some(p) if !engine.made(&p.engine) => {
+                return Err(EngineError::Options(
+                    "this prompt prefix was made by another engine: its cache holds another \
+                     model's keys and values"
+                        .into(),
+                ));
+            }
             Some(PromptPrefix {
                 tokens: held,
                 mut cache,
+                ..
             }) => {
                 let n = common_prefix(&held, &tokens).min(tokens.len() - 1);
                 cache.truncate(n);
@@ -225,6 +235,7 @@ impl Generation {
         PromptPrefix {
             tokens,
             cache: self.cache,
+            engine: self.engine.handle(),
         }
     }
 

@@ -77,6 +77,17 @@ impl Engine {
         self.inner.chat_template.as_ref()
     }
 
+    /// A handle on the loaded model (shared by the engine's clones) that a prefix's cache keeps,
+    /// so that [`Engine::made`] tells whose it is (the allocation cannot be reused meanwhile).
+    pub(crate) fn handle(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// Whether `handle` ([`Engine::handle`]) is this engine's (or a clone's).
+    pub(crate) fn made(&self, handle: &std::sync::Weak<Inner>) -> bool {
+        std::ptr::eq(handle.as_ptr(), Arc::as_ptr(&self.inner))
+    }
+
     /// Positions a generation may use (prompt plus output).
     pub fn context_length(&self) -> usize {
         self.inner.context_length
@@ -97,10 +108,11 @@ impl Engine {
     }
 
     /// Starts a generation of a prompt that goes on from `prefix` (an earlier generation's
-    /// [`Generation::into_prefix`], e.g. a chat's previous turn): the tokens the two share are
-    /// taken from its cache and only the rest is prefilled. The output is the same as
-    /// [`generate`](Self::generate)'s (a position's keys and values do not depend on how the
-    /// prompt was split into passes); where they share nothing, the cache is reused empty.
+    /// [`Generation::into_prefix`] on this engine or a clone of it, e.g. a chat's previous
+    /// turn): the tokens the two share are taken from its cache and only the rest is prefilled.
+    /// The output is the same as [`generate`](Self::generate)'s (a position's keys and values do
+    /// not depend on how the prompt was split into passes); where they share nothing, the cache
+    /// is reused empty. A prefix from another engine is an error.
     pub fn generate_after(
         &self,
         prompt: impl Into<Prompt>,

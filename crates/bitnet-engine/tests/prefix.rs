@@ -80,3 +80,18 @@ fn a_prompt_that_shares_nothing_or_everything_is_still_exact() {
     let (want, _) = ids(e.generate("JULIET:", o).unwrap());
     assert_eq!(got, want);
 }
+
+#[test]
+fn a_prefix_from_another_engine_is_refused() {
+    let (a, b) = (engine(KvType::F16), engine(KvType::F16));
+    let (_, prefix) = ids(a.generate("ROMEO:", greedy(4)).unwrap());
+    let err = match b.generate_after("ROMEO: and", greedy(4), prefix) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a prefix from another engine was taken"),
+    };
+    assert!(err.contains("another engine"), "{err}");
+    // A clone of the engine shares its model: its prefixes are taken.
+    let (_, prefix) = ids(a.generate("ROMEO:", greedy(4)).unwrap());
+    let c = a.clone();
+    assert!(c.generate_after("ROMEO: and", greedy(4), prefix).is_ok());
+}
