@@ -1243,7 +1243,8 @@ MMA_RING_ENTRIES(4)
 // distributed shared memory, each block finishing a share of the tile's tokens. The tiles'
 // products are unrolled without run-time conditions, so that the independent mma chains
 // interleave (a run-time check per token tile serialized each tile's chain of four dependent
-// mma: 2.5x slower at batch 64). Decode steps of 9-32 rows take them (BENCHMARKS.md, session 18).
+// mma: 2.5x slower at batch 64). Decode steps of 9-32 rows took them (BENCHMARKS.md, session 18) until
+// session 35 measured those steps 1.7-10% faster on `ternary_mma_*`: now only on request.
 #define TILE_WARPS 8
 #define TILE_STAGES 4
 // The sum of the int at `p` in the shared memory of each of the cluster's `splits` blocks (at

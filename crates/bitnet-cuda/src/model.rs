@@ -66,7 +66,7 @@ struct Kernels {
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
-    /// `ternary_mma_tile_*` (sm_90): products of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows
+    /// `ternary_mma_tile_*` (sm_90): batched products where asked for
     /// ([`MmaTile::pick`]).
     mma_tile: Option<MmaTile>,
     /// `ternary_gemm` (sm_90): register-blocked products, prefill's gate/up ([`Gemm::takes`]).

@@ -366,9 +366,11 @@ pub(super) fn launch_norm_quant(gpu: &Gpu, k: &ByWidth, a: &NormQuant) -> Result
 pub(super) struct MmaTile {
     /// By tokens per tile: 16, 32, 64.
     pub(super) variants: [TileKernel; 3],
-    /// `BITNET_CUDA_MMA_TILE=0|1`: off, or on for every batched product (default: on for steps
-    /// of [`TILE_MIN_ROWS`] to [`TILE_MAX_ROWS`] rows).
-    pub(super) on: Option<bool>,
+    /// `BITNET_CUDA_MMA_TILE=1`: on for every batched product. Off by default: since the
+    /// batched products' epilogue operands are copied while they multiply (session 25), steps
+    /// of 12-32 rows ran 1.7-10% faster without the tiled kernels, which had taken steps of 9-32
+    /// rows (H200, BENCHMARKS.md session 35).
+    pub(super) on: bool,
     /// `BITNET_CUDA_MMA_TILE_SPLITS=N`: N splits per row tile (at most 8) whatever the product.
     pub(super) splits: Option<u32>,
 }
@@ -389,20 +391,6 @@ pub(super) const TILE_THREADS: u32 = 256;
 pub(super) const TILE_STRIPS: u32 = 8;
 /// The most blocks that split a row tile (`tile_sum` in the kernels; a portable cluster).
 pub(super) const TILE_MAX_SPLITS: u32 = 8;
-/// Rows of a decode step from which the tiled products take the batched products (below, the
-/// kernels of 8-token tiles).
-pub(super) const TILE_MIN_ROWS: usize = 9;
-/// Rows of a step up to which they take them: H200, BENCHMARKS.md session 18, +2-5% at batch
-/// 16-32, level at 48, -5% at 64.
-pub(super) const TILE_MAX_ROWS: usize = 32;
-
-/// Products of fewer weight bytes than this (qkv and o of the 2B4T shape) take the tiled
-/// kernels up to [`TILE_SMALL_MAX_ROWS`] rows only, the batched products (fewer, smaller blocks
-/// with no cluster) beyond: H200, BENCHMARKS.md session 24, batch 32 +3.3%, 12-24 level (up to
-/// 16 rows batch 16 lost 0.5%).
-pub(super) const TILE_SMALL_BYTES: usize = 3 << 20;
-/// See [`TILE_SMALL_BYTES`].
-pub(super) const TILE_SMALL_MAX_ROWS: usize = 24;
 
 /// Dynamic shared memory of a tiled product block for `tokens` tokens: its ring (`TILE_STAGES`
 /// = 4 stages of a group's weights, 32 bytes per row, and the tokens' codes in 144-byte rows),
@@ -439,28 +427,17 @@ impl MmaTile {
         let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
         Some(MmaTile {
             variants: [kernel(16)?, kernel(32)?, kernel(64)?],
-            on: env("BITNET_CUDA_MMA_TILE").map(|v| v != 0),
+            on: env("BITNET_CUDA_MMA_TILE").is_some_and(|v| v != 0),
             splits: env("BITNET_CUDA_MMA_TILE_SPLITS")
                 .filter(|&n| (1..=TILE_MAX_SPLITS).contains(&n)),
         })
     }
 
-    /// The kernel for `t` tokens where `forced` or the environment asks for it, else for
-    /// [`TILE_MIN_ROWS`]..=[`TILE_MAX_ROWS`] tokens (products of `bytes` under
-    /// [`TILE_SMALL_BYTES`]: to [`TILE_SMALL_MAX_ROWS`]): the smallest tile that holds them, 64
-    /// tokens beyond.
-    pub(super) fn pick(&self, t: usize, bytes: usize, forced: bool) -> Option<&TileKernel> {
-        let on = forced
-            || self.on.unwrap_or({
-                let max = if bytes < TILE_SMALL_BYTES {
-                    TILE_SMALL_MAX_ROWS
-                } else {
-                    TILE_MAX_ROWS
-                };
-                (TILE_MIN_ROWS..=max).contains(&t)
-            });
+    /// The kernel for `t` tokens where `forced` or the environment asks for it: the smallest
+    /// tile that holds them, 64 tokens beyond.
+    pub(super) fn pick(&self, t: usize, forced: bool) -> Option<&TileKernel> {
         let v = &self.variants;
-        on.then(|| v.iter().find(|k| t <= k.tokens as usize).unwrap_or(&v[2]))
+        (forced || self.on).then(|| v.iter().find(|k| t <= k.tokens as usize).unwrap_or(&v[2]))
     }
 }
 
@@ -666,10 +643,10 @@ pub(super) fn launch_linear(
         }
         let tile = match (path, &k.mma_tile) {
             (LinearPath::MmaTile(splits), Some(tk)) => tk
-                .pick(n, w.bytes, true)
+                .pick(n, true)
                 .map(|f| (f, Some(splits).filter(|&s| s > 0))),
             (LinearPath::Mma | LinearPath::Auto, Some(tk)) if m.is_some() => {
-                tk.pick(n, w.bytes, false).map(|f| (f, tk.splits))
+                tk.pick(n, false).map(|f| (f, tk.splits))
             }
             _ => None,
         };
