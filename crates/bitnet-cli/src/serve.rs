@@ -89,7 +89,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let prompt_cache = a.prompt_cache;
     let load = move || -> Result<Scheduler, String> {
         let engine = run.load().map_err(|e| format!("{e:#}"))?;
-        let mut cfg = SchedulerConfig::for_engine(&engine);
+        let defaults = SchedulerConfig::for_engine(&engine);
         let chosen = match (max_batch, engine.model().device_memory()) {
             (None, Some((free, _))) => format!(
                 " for the device's {:.1} GiB of free memory; --max-batch sets it",
@@ -97,23 +97,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ),
             _ => String::new(),
         };
-        let max_batch = max_batch.unwrap_or(cfg.max_batch);
-        cfg.max_batch = max_batch;
+        let max_batch = max_batch.unwrap_or(defaults.max_batch);
+        // The KV budget and (on a GPU) the prompt cache follow the chosen batch unless given.
+        let mut cfg = SchedulerConfig::for_batch(&engine, max_batch);
         cfg.max_queue = queue;
         cfg.prefill_chunk = chunk.max(1);
-        // Unless told, a GPU keeps one finished cache per sequence of its (chosen) batch.
-        let on_device = engine.model().device_memory().is_some();
-        cfg.prompt_cache = prompt_cache.unwrap_or(if on_device {
-            max_batch
-        } else {
-            cfg.prompt_cache
-        });
-        cfg.kv_budget_bytes = match kv_mb {
-            Some(mb) => mb.saturating_mul(1 << 20),
-            None => max_batch
-                .saturating_mul(engine.context_length())
-                .saturating_mul(bitnet_server::kv_bytes_per_position(&engine)),
-        };
+        if let Some(n) = prompt_cache {
+            cfg.prompt_cache = n;
+        }
+        if let Some(mb) = kv_mb {
+            cfg.kv_budget_bytes = mb.saturating_mul(1 << 20);
+        }
         let ctx = engine.context_length();
         let sched = Scheduler::start(engine, cfg).map_err(|e| e.to_string())?;
         eprintln!("model loaded (context {ctx} tokens, max batch {max_batch}{chosen}); ready");

@@ -126,14 +126,45 @@ pub struct PromptPrefix {
 }
 
 impl PromptPrefix {
+    /// `cache` and the tokens it holds (the first `cache.len()` of `tokens`), written by
+    /// `engine`'s model.
+    pub(crate) fn new(engine: &Engine, mut tokens: Vec<u32>, cache: KvCache) -> Self {
+        tokens.truncate(cache.len());
+        Self {
+            tokens,
+            cache,
+            engine: engine.handle(),
+        }
+    }
+
     /// The tokens whose keys and values the cache holds, in order.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
     }
+
+    /// Positions of `prompt` it holds: the shared leading tokens, at most all of the prompt but
+    /// its last, whose logits the prompt's pass must return.
+    pub(crate) fn shared_with(&self, prompt: &[u32]) -> usize {
+        common_prefix(&self.tokens, prompt).min(prompt.len().saturating_sub(1))
+    }
+
+    /// Its cache, cut back to `n` positions and made to hold `capacity`
+    /// ([`bitnet_model::Model::resize_cache`]).
+    pub(crate) fn into_cache(
+        self,
+        engine: &Engine,
+        n: usize,
+        capacity: usize,
+    ) -> Result<KvCache, EngineError> {
+        let mut cache = self.cache;
+        cache.truncate(n);
+        engine.model().resize_cache(&mut cache, capacity)?;
+        Ok(cache)
+    }
 }
 
 /// How many leading tokens `a` and `b` share.
-pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
@@ -178,15 +209,9 @@ impl Generation {
                         .into(),
                 ));
             }
-            Some(PromptPrefix {
-                tokens: held,
-                mut cache,
-                ..
-            }) => {
-                let n = common_prefix(&held, &tokens).min(tokens.len() - 1);
-                cache.truncate(n);
-                model.resize_cache(&mut cache, ctx)?;
-                (cache, n)
+            Some(p) => {
+                let n = p.shared_with(&tokens);
+                (p.into_cache(&engine, n, ctx)?, n)
             }
             None => (model.new_cache(ctx), 0),
         };
@@ -230,13 +255,7 @@ impl Generation {
     /// Its KV cache and the tokens it holds (the prompt and every generated token but the
     /// last, which was never fed), for [`crate::Engine::generate_after`].
     pub fn into_prefix(self) -> PromptPrefix {
-        let mut tokens = self.tokens;
-        tokens.truncate(self.cache.len());
-        PromptPrefix {
-            tokens,
-            cache: self.cache,
-            engine: self.engine.handle(),
-        }
+        PromptPrefix::new(&self.engine, self.tokens, self.cache)
     }
 
     /// The prompt's token ids (with BOS if one was added).

@@ -38,10 +38,9 @@ use std::time::{Duration, Instant};
 use bitnet_model::{BatchEntry, KvCache, Logits, Scratch};
 
 use crate::candidates::{Row, StepOut, StepRows};
-use crate::generate::common_prefix;
 use crate::sampling::Sampler;
 use crate::stop::{StopMatcher, StopOutcome};
-use crate::{Engine, EngineError, FinishReason, GenerateOptions, Prompt, Token};
+use crate::{Engine, EngineError, FinishReason, GenerateOptions, Prompt, PromptPrefix, Token};
 
 /// Limits of the scheduler.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,7 +91,13 @@ impl SchedulerConfig {
             .context_length()
             .saturating_mul(kv_bytes_per_position(engine)) as u64;
         let free = engine.model().device_memory().map(|(free, _)| free);
-        let max_batch = default_max_batch(free, per_sequence);
+        Self::for_batch(engine, default_max_batch(free, per_sequence))
+    }
+
+    /// [`for_engine`](Self::for_engine)'s defaults for a batch of `max_batch` sequences (the
+    /// KV budget and, on a device, the prompt cache follow it).
+    pub fn for_batch(engine: &Engine, max_batch: usize) -> Self {
+        let on_device = engine.model().device_memory().is_some();
         Self {
             max_batch,
             max_queue: 64,
@@ -100,11 +105,7 @@ impl SchedulerConfig {
                 .saturating_mul(engine.context_length())
                 .saturating_mul(kv_bytes_per_position(engine)),
             prefill_chunk: 256,
-            prompt_cache: if free.is_some() {
-                max_batch
-            } else {
-                PROMPT_CACHE
-            },
+            prompt_cache: if on_device { max_batch } else { PROMPT_CACHE },
         }
     }
 }
@@ -480,14 +481,12 @@ struct Seq {
     /// Set when it ended by a failure: its cache is not kept.
     failed: bool,
     /// Prompt tokens it took from the prompt cache.
-    cached: usize,
+    reused: usize,
 }
 
 /// A finished sequence's cache kept for a request that starts with the same tokens.
 struct Cached {
-    /// The tokens whose keys and values the cache holds, in order.
-    tokens: Vec<u32>,
-    cache: KvCache,
+    prefix: PromptPrefix,
     /// What it counts against the KV budget (its capacity's worth of positions).
     bytes: usize,
     /// When it was kept ([`Worker::clock`]): the oldest leaves first.
@@ -682,7 +681,7 @@ impl Worker {
                 reserve,
                 done: false,
                 failed: false,
-                cached: fed,
+                reused: fed,
             });
         }
         self.shared
@@ -791,11 +790,8 @@ impl Worker {
             return;
         }
         self.clock += 1;
-        let mut tokens = s.tokens;
-        tokens.truncate(s.cache.len());
         self.cached.push(Cached {
-            tokens,
-            cache: s.cache,
+            prefix: PromptPrefix::new(&self.engine, s.tokens, s.cache),
             bytes,
             used: self.clock,
         });
@@ -832,27 +828,23 @@ impl Worker {
     /// entry's tokens, cut back to that prefix and made to hold `positions`; `None` where there
     /// is none.
     fn take_cached(&mut self, prompt: &[u32], positions: usize) -> Option<(KvCache, usize)> {
-        let usable = |c: &Cached| common_prefix(&c.tokens, prompt).min(prompt.len() - 1);
+        let usable = |c: &Cached| c.prefix.shared_with(prompt);
         // An entry is taken only by a request that goes on with most of it (a chat's next turn,
         // the same prompt again), not by any that shares a few tokens (a BOS, a system prompt
         // before another conversation) and would use up what a continuation could reuse.
         let i = (0..self.cached.len())
             .filter(|&i| {
                 let (c, n) = (&self.cached[i], usable(&self.cached[i]));
-                n > 0 && 2 * n >= c.tokens.len()
+                n > 0 && 2 * n >= c.prefix.tokens().len()
             })
             .max_by_key(|&i| (usable(&self.cached[i]), self.cached[i].used))?;
         let n = usable(&self.cached[i]);
-        let mut c = self.cached.swap_remove(i);
+        let c = self.cached.swap_remove(i);
         self.publish_cached();
-        c.cache.truncate(n);
         // A device cache of another size moves to storage of the request's (its positions
         // copied); where that fails, the request starts afresh.
-        let model = self.engine.model();
-        model
-            .resize_cache(&mut c.cache, positions)
-            .ok()
-            .map(|()| (c.cache, n))
+        let cache = c.prefix.into_cache(&self.engine, n, positions).ok()?;
+        Some((cache, n))
     }
 
     fn publish(&self) {
@@ -921,7 +913,7 @@ fn sample_one(s: &mut Seq, row: Row<'_>, tok: Option<&bitnet_tokenizer::Tokenize
             finish: f,
             prompt_tokens: s.prompt_len,
             completion_tokens: n_gen,
-            cached_tokens: s.cached,
+            cached_tokens: s.reused,
             tail,
         }));
         s.done = true;
