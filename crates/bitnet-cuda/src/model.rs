@@ -249,11 +249,12 @@ pub struct CudaModel {
     rope_sin: CudaSlice<f32>,
     max_chunks: usize,
     scratch: Mutex<Scratch>,
-    /// The further lanes of passes of more than `split_rows` rows, locked after `scratch`.
+    /// The further lanes of passes split by `lanes_rule`, locked after `scratch`.
     lanes: Mutex<Lanes>,
-    /// Passes of more rows than this split ([`LANE_MIN_ROWS`]; `BITNET_CUDA_LANES=N` sets it,
-    /// 0 keeps every pass whole).
-    split_rows: usize,
+    /// Passes of more rows than the first split into parts of at most about the second
+    /// ([`LANE_SPLIT_ROWS`], [`LANE_ROWS`]; `BITNET_CUDA_LANES=N` sets both to N, 0 keeps every
+    /// pass whole).
+    lanes_rule: (usize, usize),
     weight_bytes: u64,
     /// Whether decode steps replay CUDA graphs (`BITNET_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
@@ -418,10 +419,10 @@ impl CudaModel {
                 lanes: Vec::new(),
                 cap: usize::MAX,
             }),
-            split_rows: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
-                Ok(Ok(0)) => usize::MAX,
-                Ok(Ok(n)) => n,
-                _ => LANE_MIN_ROWS,
+            lanes_rule: match std::env::var("BITNET_CUDA_LANES").map(|v| v.parse::<usize>()) {
+                Ok(Ok(0)) => (usize::MAX, LANE_ROWS),
+                Ok(Ok(n)) => (n, n),
+                _ => (LANE_SPLIT_ROWS, LANE_ROWS),
             },
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
@@ -731,7 +732,7 @@ impl CudaModel {
     }
 
     /// One pass over `rows` (at most [`MAX_ROWS`]; `seqs` the sequences they index, `wanted`
-    /// the rows whose logits are wanted). Passes of more than `split_rows` rows that are not
+    /// the rows whose logits are wanted). Passes of more than `lanes_rule.0` rows that are not
     /// traced run as up to [`MAX_LANES`] parts (split where sequences start: [`lane_cuts`]) on
     /// as many streams at once; the lanes beyond the model's own (scratch and stream) are made
     /// at the first pass that needs them.
@@ -744,7 +745,7 @@ impl CudaModel {
     ) -> Result<(), CudaError> {
         let (rows, seqs, wanted) = p;
         let cuts = match tracer {
-            None => lane_cuts(rows, self.split_rows),
+            None => lane_cuts(rows, self.lanes_rule),
             Some(_) => Cuts::default(),
         };
         s.step_rows = rows.len();
@@ -764,7 +765,7 @@ impl CudaModel {
                     eprintln!(
                         "warning: no room for another CUDA lane ({e}); steps of more than \
                          {} rows run in at most {} parts",
-                        self.split_rows,
+                        self.lanes_rule.0,
                         *cap + 1
                     );
                     break;
@@ -1140,15 +1141,21 @@ fn wait_for(
     Ok(waiter.wait(&other.record_event(Some(NO_TIMING))?)?)
 }
 
-/// Passes of more rows than this run as concurrent parts of at most about this many rows
-/// ([`CudaModel::step`]). On an H200 (BENCHMARKS.md, session 23), chains of 64 rows at once
-/// gave 28,700 tok/s for two, 31,300 for three and 31,700 for four, where one pass of 128 rows
-/// gave 22,400; two 32-row chains were slower than one 64-row pass (21,400 against 22,100), so
-/// passes up to this size stay whole.
-const LANE_MIN_ROWS: usize = 64;
+/// Passes of more rows than this run as concurrent parts ([`CudaModel::step`]) of at most about
+/// [`LANE_ROWS`] rows, at least two. On an H200 (BENCHMARKS.md, session 23), chains of 64 rows
+/// at once gave 28,700 tok/s for two, 31,300 for three and 31,700 for four, where one pass of
+/// 128 rows gave 22,400. Two 32-row chains were then slower than one 64-row pass (21,400 against
+/// 22,100); with session 36's kernels they are faster (depth 512, two rounds: f16 cache b56 +5%,
+/// b60 +7.7%, b64 +7.5%, b64 at depth 128 +2.5% and 2,048 +4%; q8 cache b64 +2.4%, with the int8
+/// head b56 +2.5%, b64 +0.5-3%), while b48 was level (f16 -1.7%, q8 +0.1%) and b96 in three
+/// parts of 32 rows lost 3% against two of 48.
+const LANE_SPLIT_ROWS: usize = 48;
 
-/// The most lanes of one pass (its [`MAX_ROWS`] rows in parts of [`LANE_MIN_ROWS`]).
-const MAX_LANES: usize = MAX_ROWS / LANE_MIN_ROWS;
+/// The most rows of one lane, about ([`lane_cuts`]).
+const LANE_ROWS: usize = 64;
+
+/// The most lanes of one pass (its [`MAX_ROWS`] rows in parts of [`LANE_ROWS`]).
+const MAX_LANES: usize = MAX_ROWS / LANE_ROWS;
 
 /// The cuts of one pass ([`lane_cuts`]), held in place (no allocation per step).
 #[derive(Clone, Copy, Default)]
@@ -1164,17 +1171,18 @@ impl std::ops::Deref for Cuts {
     }
 }
 
-/// Where a pass of `rows` splits into lanes, for passes of more than `min` rows: into at most
-/// `ceil(rows / min)` parts (and [`MAX_LANES`]) of about even size, each part ending at the
-/// sequence start nearest its share's end (the parts then share no sequence). Returns the cuts
-/// (the first row of every part but the first), increasing; none where no sequence starts.
-fn lane_cuts(rows: &[(u32, u32, u32)], min: usize) -> Cuts {
+/// Where a pass of `rows` splits into lanes, for passes of more than `split` rows: into
+/// `ceil(rows / part)` parts, at least two and at most [`MAX_LANES`], of about even size, each
+/// part ending at the sequence start nearest its share's end (the parts then share no sequence).
+/// Returns the cuts (the first row of every part but the first), increasing; none where no
+/// sequence starts.
+fn lane_cuts(rows: &[(u32, u32, u32)], (split, part): (usize, usize)) -> Cuts {
     let mut cuts = Cuts::default();
     let n = rows.len();
-    if n <= min {
+    if n <= split {
         return cuts;
     }
-    let parts = n.div_ceil(min.max(1)).min(MAX_LANES);
+    let parts = n.div_ceil(part.max(1)).clamp(2, MAX_LANES);
     let share = n.div_ceil(parts);
     let mut from = 0;
     while cuts.len + 1 < parts && from + share < n {
@@ -1415,10 +1423,14 @@ mod tests {
     fn passes_split_into_lanes_where_sequences_start_nearest_even_shares() {
         // Decode: one row per sequence.
         let decode: Vec<(u32, u32, u32)> = (0..256).map(|i| (0, 5, i)).collect();
-        let cuts = |rows: &[(u32, u32, u32)]| lane_cuts(rows, LANE_MIN_ROWS).to_vec();
+        let rule = (LANE_SPLIT_ROWS, LANE_ROWS);
+        let cuts = |rows: &[(u32, u32, u32)]| lane_cuts(rows, rule).to_vec();
         assert_eq!(cuts(&decode[..128]), vec![64]);
-        assert!(cuts(&decode[..LANE_MIN_ROWS]).is_empty());
-        assert_eq!(cuts(&decode[..LANE_MIN_ROWS + 1]), vec![33]);
+        assert!(cuts(&decode[..LANE_SPLIT_ROWS]).is_empty());
+        // Just past the split: two parts, although one would not exceed LANE_ROWS.
+        assert_eq!(cuts(&decode[..LANE_SPLIT_ROWS + 1]), vec![25]);
+        assert_eq!(cuts(&decode[..64]), vec![32]);
+        assert_eq!(cuts(&decode[..65]), vec![33]);
         assert_eq!(cuts(&decode[..192]), vec![64, 128]);
         assert_eq!(cuts(&decode), vec![64, 128, 192]);
         assert_eq!(cuts(&decode[..129]), vec![43, 86]);

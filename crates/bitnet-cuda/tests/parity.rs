@@ -331,8 +331,8 @@ fn batched_decode_of_40_sequences_matches_each_alone() {
     }
 }
 
-/// The same with 100 sequences: decode steps of more than 64 rows run in parts on several
-/// streams at once (`LANE_MIN_ROWS` in model.rs): here two of 50 rows, and the first pass (every
+/// The same with 100 sequences: decode steps of more than 48 rows run in parts on several
+/// streams at once (`LANE_SPLIT_ROWS` in model.rs): here two of 50 rows, and the first pass (every
 /// prompt, ~600 rows in passes of 256) four.
 #[test]
 fn batched_decode_of_100_sequences_in_two_lanes_matches_each_alone() {
