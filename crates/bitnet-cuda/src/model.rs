@@ -162,7 +162,8 @@ struct Scratch {
 
 impl Scratch {
     /// Buffers for passes of up to [`MAX_ROWS`] rows of a model of shape `c`, on `gpu` (and
-    /// run on `lane` where given).
+    /// run on `lane` where given: a lane's passes end before the head, which runs on the
+    /// model's own scratch, so its head buffers hold one row).
     fn new(
         gpu: &Gpu,
         lane: Option<Gpu>,
@@ -174,6 +175,7 @@ impl Scratch {
             KGROUP,
         );
         let qkv_dim = c.q_dim() + 2 * c.kv_dim();
+        let head_rows = if lane.is_some() { 1 } else { MAX_ROWS };
         Ok(Scratch {
             gpu: lane,
             params: gpu.zeros::<u32>(P_LEN)?,
@@ -188,12 +190,12 @@ impl Scratch {
             part: gpu.zeros(MAX_ROWS * c.n_heads * max_chunks * (c.head_dim + 2))?,
             counters: gpu.zeros(MAX_ROWS * c.n_kv_heads)?,
             normed: gpu.zeros(MAX_ROWS * c.hidden_size)?,
-            xhl: gpu.zeros(2 * MAX_ROWS * c.hidden_size)?,
-            logits: gpu.zeros(MAX_ROWS * c.vocab_size)?,
-            tokens_out: gpu.zeros(MAX_ROWS)?,
-            top_ids: gpu.zeros(MAX_ROWS * TOPK_MAX)?,
-            top_vals: gpu.zeros(MAX_ROWS * TOPK_MAX)?,
-            host_top: (vec![0; MAX_ROWS * TOPK_MAX], vec![0.0; MAX_ROWS * TOPK_MAX]),
+            xhl: gpu.zeros(2 * head_rows * c.hidden_size)?,
+            logits: gpu.zeros(head_rows * c.vocab_size)?,
+            tokens_out: gpu.zeros(head_rows)?,
+            top_ids: gpu.zeros(head_rows * TOPK_MAX)?,
+            top_vals: gpu.zeros(head_rows * TOPK_MAX)?,
+            host_top: (vec![0; head_rows * TOPK_MAX], vec![0.0; head_rows * TOPK_MAX]),
             graphs: Default::default(),
             step_rows: 0,
             lists: Default::default(),
@@ -581,18 +583,20 @@ impl CudaModel {
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
-        self.pass_launch(s, p, out, tracer)?;
+        self.pass_launch(s, p, out, tracer, true)?;
         self.pass_collect(s, p.0.len(), p.2.len(), out)
     }
 
     /// Every launch of a pass (ending with the selection kernels `out` asks for), nothing
-    /// waited for: the outputs are read by [`CudaModel::pass_collect`].
+    /// waited for: the outputs are read by [`CudaModel::pass_collect`]. Without `head`, it ends
+    /// with the wanted rows normalized in `s.normed` (a lane whose head runs with the others').
     fn pass_launch<'t>(
         &self,
         s: &mut Scratch,
         (rows, seqs, wanted): PassRows<'_>,
         out: &Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
+        head: bool,
     ) -> Result<(), CudaError> {
         let gpu = self.gpu_of(&s.gpu);
         let n = rows.len();
@@ -629,16 +633,16 @@ impl CudaModel {
             let chunks = graph_chunks(chunks, self.max_chunks);
             let split =
                 (self.k.attn_split.as_ref()).map(|a| a.shape(n, s.step_rows.max(n), chunks));
-            let key = (n, chunks, split);
+            let key = (n, chunks, split, head);
             if !s.graphs.contains_key(&key) {
-                let graph = match self.capture(s, n, m, chunks) {
+                let graph = match self.capture(s, n, m, chunks, head) {
                     Err(e) if n == 1 && self.mega_on() => {
                         // The driver refused the persistent step (inside a graph): without it.
                         eprintln!(
                             "warning: the persistent decode step is unavailable ({e}); using one kernel per operation"
                         );
                         self.mega_off();
-                        self.capture(s, n, m, chunks)?
+                        self.capture(s, n, m, chunks, head)?
                     }
                     r => r?,
                 };
@@ -646,15 +650,25 @@ impl CudaModel {
             }
             s.graphs[&key].0.launch()?;
         } else {
-            self.launch_forward(s, n, m, chunks, decode, tracer)?;
+            self.launch_forward(s, n, m, chunks, decode, tracer, head)?;
         }
+        if head {
+            self.launch_select(s, m, out)?;
+        }
+        Ok(())
+    }
+
+    /// The selection kernels `out` asks for over the `m` logit rows in `s.logits`.
+    fn launch_select(&self, s: &Scratch, m: usize, out: &Out<'_>) -> Result<(), CudaError> {
+        let gpu = self.gpu_of(&s.gpu);
+        let st = &gpu.stream;
         if m == 0 {
             return Ok(());
         }
         let v = self.config.vocab_size;
         match out {
             Out::Greedy(_) => {
-                let io = (ptr(&s.logits, &st), ptr(&s.tokens_out, &st));
+                let io = (ptr(&s.logits, st), ptr(&s.tokens_out, st));
                 let k = match &self.k.argmax_cluster {
                     Some(k) => (k, true),
                     None => (&self.k.argmax, false),
@@ -663,9 +677,9 @@ impl CudaModel {
             }
             Out::TopK(k, _) if *k <= TOPK_MAX => {
                 let addrs = (
-                    ptr(&s.logits, &st),
-                    ptr(&s.top_ids, &st),
-                    ptr(&s.top_vals, &st),
+                    ptr(&s.logits, st),
+                    ptr(&s.top_ids, st),
+                    ptr(&s.top_vals, st),
                 );
                 launch_top_k(gpu, &self.k.top_k, addrs, m, v, *k)?;
             }
@@ -812,7 +826,10 @@ impl CudaModel {
     }
 
     /// The passes of [`CudaModel::step`]'s lanes: the model's own over `own`, the others over
-    /// the lists in their scratch; every one launched before any is read back.
+    /// the lists in their scratch, every one without its head; then, on the model's stream once
+    /// they are done, the lanes' normalized rows after its own and one head (and selection) over
+    /// all of them, so that the head's table is read once per step rather than once per lane
+    /// (BENCHMARKS.md, session 36).
     fn lanes_run(
         &self,
         s: &mut Scratch,
@@ -826,31 +843,42 @@ impl CudaModel {
         for lane in lanes.iter() {
             self.gpu_of(&lane.gpu).stream.wait(&start)?;
         }
-        self.pass_launch(s, own, out, None)?;
+        self.pass_launch(s, own, out, None, false)?;
         for lane in lanes.iter_mut() {
             let (r, q, w) = std::mem::take(&mut lane.lists);
-            let launched = self.pass_launch(lane, (&r, &q, &w), out, None);
+            let launched = self.pass_launch(lane, (&r, &q, &w), out, None, false);
             lane.lists = (r, q, w);
             launched?;
         }
-        self.pass_collect(s, own.0.len(), own.2.len(), out)?;
-        for lane in lanes.iter_mut() {
-            let (n, m) = (lane.lists.0.len(), lane.lists.2.len());
-            self.pass_collect(lane, n, m, out)?;
+        let (hd, st) = (self.config.hidden_size, &self.gpu.stream);
+        let (mut n, mut m) = (own.0.len(), own.2.len());
+        for lane in lanes.iter() {
+            let lane_stream = &self.gpu_of(&lane.gpu).stream;
+            wait_for(st, lane_stream)?;
+            let lm = lane.lists.2.len();
+            let (dst, src) = (ptr(&s.normed, st), ptr(&lane.normed, lane_stream));
+            self.gpu
+                .copy_device(dst + (4 * m * hd) as u64, src, 4 * lm * hd)?;
+            (n, m) = (n + lane.lists.0.len(), m + lm);
         }
-        Ok(())
+        if m > 0 {
+            self.launch_head(s, m)?;
+            self.launch_select(s, m, out)?;
+        }
+        self.pass_collect(s, n, m, out)
     }
 
-    /// Captures one decode step over `n` rows as a graph.
+    /// Captures one decode step over `n` rows as a graph (with the head or without it).
     fn capture(
         &self,
         s: &Scratch,
         n: usize,
         m: usize,
         chunks: usize,
+        head: bool,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
         self.gpu_of(&s.gpu)
-            .capture(|| self.launch_forward(s, n, m, chunks, true, None))
+            .capture(|| self.launch_forward(s, n, m, chunks, true, None, head))
     }
 
     fn mega_on(&self) -> bool {
@@ -924,8 +952,10 @@ impl CudaModel {
     }
 
     /// Every launch of one pass over `n` rows (their parameters already on the device), ending
-    /// with the `m` wanted rows' logits in `s.logits`. `decode`: every row is its own
-    /// sequence's one new token, so RoPE and the key/value store run inside attention.
+    /// with the `m` wanted rows' logits in `s.logits` (without `head`: normalized in
+    /// `s.normed`). `decode`: every row is its own sequence's one new token, so RoPE and the
+    /// key/value store run inside attention.
+    #[allow(clippy::too_many_arguments)]
     fn launch_forward<'t>(
         &self,
         s: &Scratch,
@@ -934,6 +964,7 @@ impl CudaModel {
         chunks: usize,
         decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
+        head: bool,
     ) -> Result<(), CudaError> {
         let gpu = self.gpu_of(&s.gpu);
         // Programmatic dependent launch for decode steps of more than PDL_ROWS rows: each
@@ -971,7 +1002,7 @@ impl CudaModel {
             && let Some(g) = &self.mega
         {
             self.launch_mega(s, g)?;
-            return self.launch_head(s, m);
+            return if head { self.launch_head(s, m) } else { Ok(()) };
         }
 
         gpu.launch(
@@ -1093,7 +1124,9 @@ impl CudaModel {
                 Arg::P(normed),
             ],
         )?;
-        self.launch_head(s, m)?;
+        if head {
+            self.launch_head(s, m)?;
+        }
         if let Some(tr) = tracer {
             let mut host = vec![0f32; m * hd];
             st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
@@ -1127,7 +1160,7 @@ impl CudaModel {
 
 /// A captured decode step's key: batch size, attention chunks and the split attention's shape
 /// and splits (see [`Scratch::graphs`]).
-type GraphKey = (usize, usize, Option<(SplitBlock, usize)>);
+type GraphKey = (usize, usize, Option<(SplitBlock, usize)>, bool);
 
 /// Events that only order streams (no timestamps: cheaper to record).
 const NO_TIMING: cudarc::driver::sys::CUevent_flags =
