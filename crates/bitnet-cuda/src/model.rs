@@ -195,7 +195,10 @@ impl Scratch {
             tokens_out: gpu.zeros(head_rows)?,
             top_ids: gpu.zeros(head_rows * TOPK_MAX)?,
             top_vals: gpu.zeros(head_rows * TOPK_MAX)?,
-            host_top: (vec![0; head_rows * TOPK_MAX], vec![0.0; head_rows * TOPK_MAX]),
+            host_top: (
+                vec![0; head_rows * TOPK_MAX],
+                vec![0.0; head_rows * TOPK_MAX],
+            ),
             graphs: Default::default(),
             step_rows: 0,
             lists: Default::default(),
