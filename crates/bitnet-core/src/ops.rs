@@ -15,6 +15,16 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rmsnorm`] of `x` in place: the same arithmetic, so the same values bit for bit.
+pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    debug_assert_eq!(x.len(), weight.len());
+    let sum = sum_of_squares(x);
+    let inv = 1.0f32 / (sum / x.len() as f32 + eps).sqrt();
+    for (v, &w) in x.iter_mut().zip(weight) {
+        *v = w * (*v * inv);
+    }
+}
+
 /// Lanes of [`sum_of_squares`].
 const LANES: usize = 16;
 

@@ -3,6 +3,15 @@
 //! all in f32. Any deviation here flips codes at rounding ties and changes greedy tokens later,
 //! so every backend must produce these codes bit for bit.
 
+use std::cell::RefCell;
+
+use crate::pool::ThreadPool;
+
+thread_local! {
+    /// The row [`QuantizedActivations::quantize_rows`] makes before quantizing it, per thread.
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Quantizes one activation row into `out` and returns its scale `s_x`.
 ///
 /// # Panics
@@ -124,6 +133,54 @@ impl QuantizedActivations {
         }
     }
 
+    /// Quantizes `batch` rows of width `cols`, each first written by `row(t, buf)` into a
+    /// buffer of `cols` values (row `t`'s norm, say): the codes and scales of [`Self::quantize`]
+    /// over the rows `row` writes. With a `pool`, blocks of rows run on its threads (each row is
+    /// made and quantized by one thread, so the results do not depend on the split).
+    pub fn quantize_rows(
+        &mut self,
+        batch: usize,
+        cols: usize,
+        pool: Option<&ThreadPool>,
+        row: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        self.cols = cols;
+        self.codes.resize(batch * cols, 0);
+        self.scales.resize(batch, 0.0);
+        if cols == 0 {
+            self.scales.fill(quantize_row(&[], &mut []));
+            return;
+        }
+        let one = |t: usize, codes: &mut [i8], scale: &mut f32| {
+            ROW.with_borrow_mut(|buf| {
+                buf.resize(cols, 0.0);
+                row(t, buf);
+                *scale = quantize_row(buf, codes);
+            })
+        };
+        let mut rows: Vec<(&mut [i8], &mut f32)> = self
+            .codes
+            .chunks_exact_mut(cols)
+            .zip(self.scales.iter_mut())
+            .collect();
+        match pool {
+            Some(pool) if batch > 1 => {
+                // Two blocks per thread, so that a late thread's share is taken over.
+                let per = batch.div_ceil(2 * pool.threads()).max(1);
+                pool.for_each_chunk_mut(&mut rows, per, &|i, block| {
+                    for (j, (codes, scale)) in block.iter_mut().enumerate() {
+                        one(i * per + j, codes, scale);
+                    }
+                });
+            }
+            _ => {
+                for (t, (codes, scale)) in rows.iter_mut().enumerate() {
+                    one(t, codes, scale);
+                }
+            }
+        }
+    }
+
     /// Rows held.
     pub fn batch(&self) -> usize {
         self.scales.len()
@@ -141,6 +198,35 @@ mod tests {
         let s = quantize_row(&x, &mut q);
         assert_eq!(s, 127.0);
         assert_eq!(q, [127, -127, 0, 2, 0]);
+    }
+
+    /// Rows made and quantized on a pool's threads, in blocks, give `quantize`'s codes and
+    /// scales over the same rows, for batches of one to a few blocks per thread and every width
+    /// including zero.
+    #[test]
+    fn rows_quantized_on_a_pool_equal_the_serial_quantizer() {
+        let pool = ThreadPool::new(3);
+        for cols in [0usize, 1, 17, 2560] {
+            for batch in [0usize, 1, 2, 5, 8, 13, 40] {
+                let x: Vec<f32> = (0..batch * cols)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 + (i % 7) as f32)
+                    .collect();
+                let mut want = QuantizedActivations::default();
+                want.quantize(&x, batch, cols);
+                for pool in [None, Some(&pool)] {
+                    let mut got = QuantizedActivations::default();
+                    got.quantize_rows(batch, cols, pool, &|t, row| {
+                        row.copy_from_slice(&x[t * cols..(t + 1) * cols])
+                    });
+                    assert_eq!(got.cols, cols);
+                    assert_eq!(&got.codes[..], &want.codes[..], "{batch} x {cols}");
+                    let bits = |q: &QuantizedActivations| -> Vec<u32> {
+                        q.scales.iter().map(|s| s.to_bits()).collect()
+                    };
+                    assert_eq!(bits(&got), bits(&want), "{batch} x {cols}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -822,17 +822,7 @@ impl Model {
         let n: usize = segs.iter().map(|g| g.n).sum();
         let layer = &self.layers[li];
         // Attention block.
-        s.x.resize(n * hd, 0.0);
-        for t in 0..n {
-            let r = t * hd..(t + 1) * hd;
-            ops::rmsnorm(
-                &s.h[r.clone()],
-                &layer.attn_norm,
-                c.rms_norm_eps,
-                &mut s.x[r],
-            );
-        }
-        s.qa.quantize(&s.x, n, hd);
+        self.norm_quantize(&s.h, &layer.attn_norm, n, &mut s.qa);
         if let Some(tr) = tracer.as_deref_mut() {
             tr.activation(li, TracePoint::AttnIn, &s.qa);
         }
@@ -853,17 +843,7 @@ impl Model {
             e.cache.write(li, seg.start, &s.k[rows.clone()], &s.v[rows]);
         }
         self.attention(li, segs, batch, s);
-        s.x.resize(n * qd, 0.0);
-        for t in 0..n {
-            let r = t * qd..(t + 1) * qd;
-            ops::rmsnorm(
-                &s.attn[r.clone()],
-                &layer.attn_sub_norm,
-                c.rms_norm_eps,
-                &mut s.x[r],
-            );
-        }
-        s.qa.quantize(&s.x, n, qd);
+        self.norm_quantize(&s.attn[..n * qd], &layer.attn_sub_norm, n, &mut s.qa);
         if let Some(tr) = tracer.as_deref_mut() {
             tr.activation(li, TracePoint::OIn, &s.qa);
         }
@@ -874,17 +854,7 @@ impl Model {
         }
 
         // Feed-forward block.
-        s.x.resize(n * hd, 0.0);
-        for t in 0..n {
-            let r = t * hd..(t + 1) * hd;
-            ops::rmsnorm(
-                &s.h[r.clone()],
-                &layer.ffn_norm,
-                c.rms_norm_eps,
-                &mut s.x[r],
-            );
-        }
-        s.qa.quantize(&s.x, n, hd);
+        self.norm_quantize(&s.h, &layer.ffn_norm, n, &mut s.qa);
         if let Some(tr) = tracer.as_deref_mut() {
             tr.activation(li, TracePoint::FfnIn, &s.qa);
         }
@@ -894,28 +864,38 @@ impl Model {
         layer
             .gate_up
             .forward(&s.qa, &mut [&mut s.gate, &mut s.up], &mut s.ints);
-        // One loop per activation, so each inlines and vectorizes (through a function pointer
-        // it was a call per element, ~1% of a decode step in perf).
-        fn gated(gate: &mut [f32], up: &[f32], act: impl Fn(f32) -> f32) {
-            for (g, u) in gate.iter_mut().zip(up) {
-                *g = act(*g) * u;
+        // act(gate) * up, normed and quantized row by row. Generic over the activation, so
+        // each inlines and vectorizes (through a function pointer it was a call per element,
+        // ~1% of a decode step in perf).
+        fn gated<'a>(
+            act: impl Fn(f32) -> f32 + Sync + 'a,
+            (gate, up): (&'a [f32], &'a [f32]),
+            w: &'a [f32],
+            eps: f32,
+        ) -> impl Fn(usize, &mut [f32]) + Sync + 'a {
+            let id = w.len();
+            move |t, row| {
+                let r = t * id..(t + 1) * id;
+                for ((y, &g), &u) in row.iter_mut().zip(&gate[r.clone()]).zip(&up[r]) {
+                    *y = act(g) * u;
+                }
+                ops::rmsnorm_in_place(row, w, eps);
             }
         }
+        let (gu, w, eps) = (
+            (&s.gate[..], &s.up[..]),
+            &layer.ffn_sub_norm,
+            c.rms_norm_eps,
+        );
+        let pool = self.rows_pool(n);
         match c.activation {
-            Activation::Relu2 => gated(&mut s.gate, &s.up, ops::relu2),
-            Activation::Silu => gated(&mut s.gate, &s.up, ops::silu),
+            Activation::Relu2 => {
+                s.qa.quantize_rows(n, id, pool, &gated(ops::relu2, gu, w, eps))
+            }
+            Activation::Silu => {
+                s.qa.quantize_rows(n, id, pool, &gated(ops::silu, gu, w, eps))
+            }
         }
-        s.x.resize(n * id, 0.0);
-        for t in 0..n {
-            let r = t * id..(t + 1) * id;
-            ops::rmsnorm(
-                &s.gate[r.clone()],
-                &layer.ffn_sub_norm,
-                c.rms_norm_eps,
-                &mut s.x[r],
-            );
-        }
-        s.qa.quantize(&s.x, n, id);
         if let Some(tr) = tracer.as_deref_mut() {
             tr.activation(li, TracePoint::DownIn, &s.qa);
         }
@@ -926,6 +906,22 @@ impl Model {
         if let Some(tr) = tracer {
             tr.layer_output(li, &s.h);
         }
+    }
+
+    /// The `n` rows of `x` (each `weight.len()` wide) RMS-normed with `weight` and quantized
+    /// into `qa`, rows spread over the pool where there are enough of them ([`Self::rows_pool`]).
+    fn norm_quantize(&self, x: &[f32], weight: &[f32], n: usize, qa: &mut QuantizedActivations) {
+        let (cols, eps) = (weight.len(), self.config.rms_norm_eps);
+        qa.quantize_rows(n, cols, self.rows_pool(n), &|t, row| {
+            ops::rmsnorm(&x[t * cols..(t + 1) * cols], weight, eps, row)
+        });
+    }
+
+    /// The pool for per-row work on `n` rows (norms, quantization): only from
+    /// [`PAR_ROWS`] rows, below which a row's few microseconds do not pay for waking the
+    /// workers.
+    fn rows_pool(&self, n: usize) -> Option<&ThreadPool> {
+        self.pool.as_deref().filter(|_| n >= PAR_ROWS)
     }
 
     /// Causal attention of every new token (rows of `segs`, each against its own sequence's
@@ -977,6 +973,10 @@ impl Model {
         s.owner = owner;
     }
 }
+
+/// Rows from which the per-row work of a layer (norms, quantization, the gated activation)
+/// runs on the thread pool.
+const PAR_ROWS: usize = 8;
 
 /// Query heads per attention task: 4 or 2 of a key/value head's `group` together where that
 /// still leaves every thread two tasks or more (`tasks` = rows x query heads), else 1.
