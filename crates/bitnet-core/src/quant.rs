@@ -147,35 +147,33 @@ impl QuantizedActivations {
         self.cols = cols;
         self.codes.resize(batch * cols, 0);
         self.scales.resize(batch, 0.0);
-        if cols == 0 {
-            self.scales.fill(quantize_row(&[], &mut []));
-            return;
-        }
-        let one = |t: usize, codes: &mut [i8], scale: &mut f32| {
+        // Row t, made in this thread's buffer and quantized into `codes`; returns its scale.
+        let one = |t: usize, codes: &mut [i8]| {
             ROW.with_borrow_mut(|buf| {
                 buf.resize(cols, 0.0);
                 row(t, buf);
-                *scale = quantize_row(buf, codes);
+                quantize_row(buf, codes)
             })
         };
-        let mut rows: Vec<(&mut [i8], &mut f32)> = self
-            .codes
-            .chunks_exact_mut(cols)
-            .zip(self.scales.iter_mut())
-            .collect();
         match pool {
-            Some(pool) if batch > 1 => {
-                // Two blocks per thread, so that a late thread's share is taken over.
-                let per = batch.div_ceil(2 * pool.threads()).max(1);
-                pool.for_each_chunk_mut(&mut rows, per, &|i, block| {
-                    for (j, (codes, scale)) in block.iter_mut().enumerate() {
-                        one(i * per + j, codes, scale);
+            Some(pool) if batch > 1 && cols > 0 => {
+                // Two blocks of rows per thread, so that a late thread's share is taken over.
+                let per = batch.div_ceil(2 * pool.threads());
+                let mut blocks: Vec<_> = (self.codes.chunks_mut(per * cols))
+                    .zip(self.scales.chunks_mut(per))
+                    .collect();
+                pool.for_each_chunk_mut(&mut blocks, 1, &|i, block| {
+                    for (codes, scales) in block.iter_mut() {
+                        let rows = codes.chunks_exact_mut(cols).zip(scales.iter_mut());
+                        for (j, (codes, scale)) in rows.enumerate() {
+                            *scale = one(i * per + j, codes);
+                        }
                     }
                 });
             }
             _ => {
-                for (t, (codes, scale)) in rows.iter_mut().enumerate() {
-                    one(t, codes, scale);
+                for (t, scale) in self.scales.iter_mut().enumerate() {
+                    *scale = one(t, &mut self.codes[t * cols..(t + 1) * cols]);
                 }
             }
         }
