@@ -819,13 +819,9 @@ impl CudaModel {
         for lane in used.iter_mut() {
             lane.step_rows = rows.len();
         }
-        let result = self.lanes_run(s, (&rows[..r], &seqs[..sa], &wanted[..wa]), used, out);
-        // Later work on the model's stream waits for every lane's.
-        let mut joined = Ok(());
-        for lane in used.iter() {
-            joined = joined.and(wait_for(&self.gpu.stream, &self.gpu_of(&lane.gpu).stream));
-        }
-        result.and(joined)
+        // Later work on the model's stream waits for every lane's (`lanes_run` joins them before
+        // the head).
+        self.lanes_run(s, (&rows[..r], &seqs[..sa], &wanted[..wa]), used, out)
     }
 
     /// The passes of [`CudaModel::step`]'s lanes: the model's own over `own`, the others over
@@ -846,18 +842,28 @@ impl CudaModel {
         for lane in lanes.iter() {
             self.gpu_of(&lane.gpu).stream.wait(&start)?;
         }
-        self.pass_launch(s, own, out, None, false)?;
+        let mut launched = self.pass_launch(s, own, out, None, false);
         for lane in lanes.iter_mut() {
+            if launched.is_err() {
+                break;
+            }
             let (r, q, w) = std::mem::take(&mut lane.lists);
-            let launched = self.pass_launch(lane, (&r, &q, &w), out, None, false);
+            launched = self.pass_launch(lane, (&r, &q, &w), out, None, false);
             lane.lists = (r, q, w);
-            launched?;
         }
-        let (hd, st) = (self.config.hidden_size, &self.gpu.stream);
+        // The model's stream waits for every lane, also after a failed launch, so that nothing
+        // later on it overtakes a lane's work.
+        let st = &self.gpu.stream;
+        let mut joined = Ok(());
+        for lane in lanes.iter() {
+            joined = joined.and(wait_for(st, &self.gpu_of(&lane.gpu).stream));
+        }
+        launched?;
+        joined?;
+        let hd = self.config.hidden_size;
         let (mut n, mut m) = (own.0.len(), own.2.len());
         for lane in lanes.iter() {
             let lane_stream = &self.gpu_of(&lane.gpu).stream;
-            wait_for(st, lane_stream)?;
             let lm = lane.lists.2.len();
             let (dst, src) = (ptr(&s.normed, st), ptr(&lane.normed, lane_stream));
             self.gpu
