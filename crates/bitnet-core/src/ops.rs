@@ -8,8 +8,7 @@ use half::{bf16, f16};
 pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     debug_assert_eq!(x.len(), weight.len());
     debug_assert_eq!(x.len(), out.len());
-    let sum = sum_of_squares(x);
-    let inv = 1.0f32 / (sum / x.len() as f32 + eps).sqrt();
+    let inv = inv_rms(x, eps);
     for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
         *o = w * (v * inv);
     }
@@ -18,11 +17,15 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// [`rmsnorm`] of `x` in place: the same arithmetic, so the same values bit for bit.
 pub fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     debug_assert_eq!(x.len(), weight.len());
-    let sum = sum_of_squares(x);
-    let inv = 1.0f32 / (sum / x.len() as f32 + eps).sqrt();
+    let inv = inv_rms(x, eps);
     for (v, &w) in x.iter_mut().zip(weight) {
         *v = w * (*v * inv);
     }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)`, the factor both forms of [`rmsnorm`] apply.
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0f32 / (sum_of_squares(x) / x.len() as f32 + eps).sqrt()
 }
 
 /// Lanes of [`sum_of_squares`].
