@@ -38,6 +38,7 @@ fn main() {
     let paths = [
         ("auto", LinearPath::Auto),
         ("direct", LinearPath::MmaDirect),
+        ("wide", LinearPath::MmaWide),
         ("ring1", LinearPath::MmaRing(1)),
         ("ring2", LinearPath::MmaRing(2)),
         ("ring4", LinearPath::MmaRing(4)),

@@ -933,7 +933,7 @@ __device__ __forceinline__ void copy_row_scales(unsigned i, unsigned n, int row0
 // Each warp takes the same k-groups of two adjacent strips, so every activation fragment it
 // loads serves 32 weight rows.
 // `glu`: the rows are interleaved gate/up, and act(gate) * up is stored (`store_glu`).
-template <int TILES>
+template <int TILES, int WARPS = NW>
 __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ wscale, int rows, int kgroups,
                          const i8* __restrict__ codes, int kpad, const float* __restrict__ xscale,
                          const int* __restrict__ xsum, int T, float* out, int out_stride, int accumulate,
@@ -959,7 +959,7 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         }
         int rr = threadIdx.x % 32, row = strip0 * 16 + rr;
         if (accumulate && !glu && row < rows) {
-            for (int t = threadIdx.x / 32; t < T; t += NW) cp_async4(&s_prev[t][rr], out + (size_t)t * out_stride + row);
+            for (int t = threadIdx.x / 32; t < T; t += WARPS) cp_async4(&s_prev[t][rr], out + (size_t)t * out_stride + row);
         }
         cp_async_commit();
     }
@@ -976,7 +976,7 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
         for (int n = 0; n < TILES; n++) acc[r][n][0] = acc[r][n][1] = acc[r][n][2] = acc[r][n][3] = 0;
     const uint4* ws0 = W + (size_t)strip0 * kgroups * 32 + lane;
     const uint4* ws1 = ws0 + (size_t)kgroups * 32;
-    for (int q = warp; q < kgroups; q += NW) {
+    for (int q = warp; q < kgroups; q += WARPS) {
         uint4 wv0 = __ldg(ws0 + (size_t)q * 32);
         uint4 wv1 = two ? __ldg(ws1 + (size_t)q * 32) : make_uint4(0x55555555u, 0x55555555u, 0x55555555u, 0x55555555u);
         u32 a[2][4][4];
@@ -1047,6 +1047,22 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
+#endif
+// The same with 16 warps per block, for one token tile where the grid is small (2B4T's qkv, o
+// and down at up to 16 rows): each warp works through half as many 128-column groups (down: ~3.4
+// instead of ~6.8), each a round trip to memory (launch_linear has the rule).
+#define MMA_WIDE_ENTRY(N)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(16 * 32, 2)                                               \
+        ternary_mma_w##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
+                         const float* xscale, const int* xsum, int T, float* out, int out_stride,          \
+                         int accumulate, int glu) {                                                         \
+        int t0 = blockIdx.y * N * 8;                                                                        \
+        mma_body<N, 16>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0, \
+                        min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate, glu);   \
+    }
+#if IN_PART(8)
+MMA_WIDE_ENTRY(1)
+MMA_WIDE_ENTRY(2)
 #endif
 
 // Staged products, for grids larger than one wave of the kernel above (at batch 64 gate/up's

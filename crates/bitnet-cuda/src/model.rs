@@ -63,6 +63,10 @@ struct Kernels {
     gemv_norm1: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens, K split over 8 warps.
     mma: Option<[Kernel; 3]>,
+    /// `ternary_mma_w{1,2}`: tiles of 8 and 16 tokens with K split over 16 warps, and how many
+    /// of their blocks run at once (0 where `BITNET_CUDA_MMA_WIDE=0`: the model never takes
+    /// them, [`linear::launch_linear`]).
+    mma_wide: Option<([Kernel; 2], u32)>,
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
@@ -1259,6 +1263,20 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         (Some(a), Some(b), Some(c)) => Some([a, b, c]),
         _ => None,
     };
+    let mma_wide = match (
+        gpu.optional_function("ternary_mma_w1"),
+        gpu.optional_function("ternary_mma_w2"),
+    ) {
+        (Some(a), Some(b)) => {
+            let wave = if std::env::var("BITNET_CUDA_MMA_WIDE").is_ok_and(|v| v == "0") {
+                0
+            } else {
+                a.resident(gpu, 512, 0).min(b.resident(gpu, 512, 0))
+            };
+            Some(([a, b], wave))
+        }
+        _ => None,
+    };
     let mma_ring = (|| {
         Some([
             RingKernel::variants(gpu, 1)?,
@@ -1274,6 +1292,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
         gemv_norm: ByWidth::load(gpu, "ternary_gemv_norm")?.allow_smem(GEMV_STAGE_MAX),
         gemv_norm1: ByWidth::load(gpu, "ternary_gemv_norm1")?.allow_smem(GEMV_STAGE_MAX),
         mma,
+        mma_wide,
         mma_ring,
         mma_tile: MmaTile::load(gpu),
         gemm: Gemm::load(gpu),

@@ -79,6 +79,7 @@ fn ternary_kernels_equal_the_scalar_reference() {
             LinearPath::Dp4a,
             LinearPath::Mma,
             LinearPath::MmaDirect,
+            LinearPath::MmaWide,
             LinearPath::MmaRing(1),
             LinearPath::MmaRing(2),
             LinearPath::MmaRing(4),

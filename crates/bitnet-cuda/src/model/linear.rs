@@ -560,6 +560,9 @@ pub enum LinearPath {
     Mma,
     /// Tensor cores only, `ternary_mma_*` whatever the grid.
     MmaDirect,
+    /// Tensor cores only, `ternary_mma_w*` (16 warps per block) for tiles of up to 16 tokens;
+    /// beyond, the direct or staged kernel as `Mma` chooses between them.
+    MmaWide,
     /// Tensor cores only, `ternary_mma_ring_*` with this many warps per strip (1, 2 or 4)
     /// whatever the grid.
     MmaRing(u32),
@@ -671,11 +674,40 @@ pub(super) fn launch_linear(
         // shortest chain. Beyond (prefill) the staged kernel, whose blocks all run at once
         // (BENCHMARKS.md, sessions 13 and 24; [`DIRECT_MAX_ROWS`]).
         let direct = (strips.div_ceil(2), tiles, 1);
+        // `ternary_mma_w*` (16 warps per block) where asked for, and for one token tile wherever
+        // its grid runs in one wave: K over 16 warps instead of 8 halves the 128-column groups,
+        // each a round trip to memory, that a warp works through. Tiles of up to 8 tokens take it
+        // for every such product (2B4T on an H200: qkv, o and down, not gate/up), tiles of 9-16
+        // only where 8 warps would each take more than 4 groups (down). H200, BENCHMARKS.md
+        // session 38, alone at 2-16 rows: down 5.1 -> 4.3 and 7.1 -> 5.8 us, o and qkv -7 to
+        // -12%; gate/up in two waves slower (6.6 -> 9.0 us at 16 rows); two tiles (32 rows) no
+        // faster. In the step qkv and o wide at 12-16 rows won with the f16 cache and lost 2-3%
+        // with q8.
+        if let Some((wide, wave)) = &k.mma_wide {
+            let take = match path {
+                LinearPath::MmaWide => variant < 2,
+                LinearPath::Mma | LinearPath::Auto => {
+                    tiles == 1
+                        && direct.0 <= *wave
+                        && (variant == 0 || (variant == 1 && w.kgroups > 4 * 8))
+                }
+                _ => false,
+            };
+            if take {
+                gpu.launch(&wide[variant], direct, 512, 0, &args)?;
+                t0 += n;
+                continue;
+            }
+        }
         let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
             (LinearPath::MmaDirect, _) | (_, None) => gpu.launch(m, direct, 256, 0, &args)?,
             (
-                LinearPath::Mma | LinearPath::Auto | LinearPath::MmaTile(_) | LinearPath::Gemm(_),
+                LinearPath::Mma
+                | LinearPath::Auto
+                | LinearPath::MmaWide
+                | LinearPath::MmaTile(_)
+                | LinearPath::Gemm(_),
                 Some(_),
             ) if n <= DIRECT_MAX_ROWS || direct.0 * tiles <= m.wave(gpu) => {
                 gpu.launch(m, direct, 256, 0, &args)?
