@@ -678,18 +678,19 @@ pub(super) fn launch_linear(
         // its grid runs in one wave: K over 16 warps instead of 8 halves the 128-column groups,
         // each a round trip to memory, that a warp works through. Tiles of up to 8 tokens take it
         // for every such product (2B4T on an H200: qkv, o and down, not gate/up), tiles of 9-16
-        // only where 8 warps would each take more than 4 groups (down). H200, BENCHMARKS.md
-        // session 38, alone at 2-16 rows: down 5.1 -> 4.3 and 7.1 -> 5.8 us, o and qkv -7 to
-        // -12%; gate/up in two waves slower (6.6 -> 9.0 us at 16 rows); two tiles (32 rows) no
-        // faster. In the step qkv and o wide at 12-16 rows won with the f16 cache and lost 2-3%
-        // with q8.
-        if let Some((wide, wave)) = &k.mma_wide {
+        // too, except in steps over the q8 cache, where only products whose 8 warps would each
+        // take more than 4 groups (down) do. H200, BENCHMARKS.md session 38, alone at 2-16 rows:
+        // down 5.1 -> 4.3 and 7.1 -> 5.8 us, o and qkv -7 to -12%; gate/up in two waves slower
+        // (6.6 -> 9.0 us at 16 rows); two tiles (32 rows) no faster. In the step qkv and o wide
+        // at 12-16 rows won 2-3% more than down alone with the f16 cache and lost 2-3% with q8
+        // (`BITNET_CUDA_MMA_WIDE16=all|long` overrides).
+        if let Some((wide, wave, all16)) = &k.mma_wide {
             let take = match path {
                 LinearPath::MmaWide => variant < 2,
                 LinearPath::Mma | LinearPath::Auto => {
                     tiles == 1
                         && direct.0 <= *wave
-                        && (variant == 0 || (variant == 1 && w.kgroups > 4 * 8))
+                        && (variant == 0 || (variant == 1 && (*all16 || w.kgroups > 4 * 8)))
                 }
                 _ => false,
             };
