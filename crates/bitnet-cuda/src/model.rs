@@ -63,11 +63,10 @@ struct Kernels {
     gemv_norm1: ByWidth,
     /// `ternary_mma_{1,2,4}` (sm_80+): tiles of 8, 16 and 32 tokens, K split over 8 warps.
     mma: Option<[Kernel; 3]>,
-    /// `ternary_mma_w{1,2}`: tiles of 8 and 16 tokens with K split over 16 warps, how many of
-    /// their blocks run at once (0 where `BITNET_CUDA_MMA_WIDE=0`: the model never takes them),
-    /// and whether 16-token tiles take them for every product that fits one wave or only for
-    /// the long rows (the q8 cache's steps; [`linear::launch_linear`]).
-    mma_wide: Option<([Kernel; 2], u32, bool)>,
+    /// `ternary_mma_w{1,2}`: tiles of 8 and 16 tokens with K split over 16 warps, and when the
+    /// model takes them ([`linear::WideRule`]; `BITNET_CUDA_MMA_WIDE=0`: never,
+    /// `BITNET_CUDA_MMA_WIDE16=all|long` the rule for 16-token tiles whatever the cache).
+    mma_wide: Option<([Kernel; 2], linear::WideRule)>,
     /// `ternary_mma_ring_{1,2,4}_k*`: the same tiles staged through shared memory, each in the
     /// variants of 4, 2 and 1 warps per strip that the device can run.
     mma_ring: Option<[Vec<RingKernel>; 3]>,
@@ -1279,7 +1278,7 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
                 Ok("long") => false,
                 _ => kv != KvType::Q8,
             };
-            Some(([a, b], wave, all16))
+            Some(([a, b], linear::WideRule { wave, all16 }))
         }
         _ => None,
     };

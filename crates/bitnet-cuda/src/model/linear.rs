@@ -674,31 +674,13 @@ pub(super) fn launch_linear(
         // shortest chain. Beyond (prefill) the staged kernel, whose blocks all run at once
         // (BENCHMARKS.md, sessions 13 and 24; [`DIRECT_MAX_ROWS`]).
         let direct = (strips.div_ceil(2), tiles, 1);
-        // `ternary_mma_w*` (16 warps per block) where asked for, and for one token tile wherever
-        // its grid runs in one wave: K over 16 warps instead of 8 halves the 128-column groups,
-        // each a round trip to memory, that a warp works through. Tiles of up to 8 tokens take it
-        // for every such product (2B4T on an H200: qkv, o and down, not gate/up), tiles of 9-16
-        // too, except in steps over the q8 cache, where only products whose 8 warps would each
-        // take more than 4 groups (down) do. H200, BENCHMARKS.md session 38, alone at 2-16 rows:
-        // down 5.1 -> 4.3 and 7.1 -> 5.8 us, o and qkv -7 to -12%; gate/up in two waves slower
-        // (6.6 -> 9.0 us at 16 rows); two tiles (32 rows) no faster. In the step qkv and o wide
-        // at 12-16 rows won 2-3% more than down alone with the f16 cache and lost 2-3% with q8
-        // (`BITNET_CUDA_MMA_WIDE16=all|long` overrides).
-        if let Some((wide, wave, all16)) = &k.mma_wide {
-            let take = match path {
-                LinearPath::MmaWide => variant < 2,
-                LinearPath::Mma | LinearPath::Auto => {
-                    tiles == 1
-                        && direct.0 <= *wave
-                        && (variant == 0 || (variant == 1 && (*all16 || w.kgroups > 4 * 8)))
-                }
-                _ => false,
-            };
-            if take {
-                gpu.launch(&wide[variant], direct, 512, 0, &args)?;
-                t0 += n;
-                continue;
-            }
+        // `ternary_mma_w*` for small passes whose grid fits one wave ([`WideRule`]).
+        if let Some((wide, rule)) = &k.mma_wide
+            && rule.takes(path, variant, tiles, direct.0, w.kgroups)
+        {
+            gpu.launch(&wide[variant], direct, 512, 0, &args)?;
+            t0 += n;
+            continue;
         }
         let ring = k.mma_ring.as_ref().map(|r| &r[variant]);
         match (path, ring) {
@@ -726,6 +708,47 @@ pub(super) fn launch_linear(
         t0 += n;
     }
     Ok(glu != 0)
+}
+
+/// When a product takes `ternary_mma_w*` (16 warps per block) instead of `ternary_mma_*`: where
+/// asked for (`LinearPath::MmaWide`, tiles of up to 16 tokens), and for a pass of one token tile
+/// wherever its grid of twice-as-large blocks runs in one wave. K over 16 warps instead of 8
+/// halves the 128-column groups, each a round trip to memory, that a warp works through. Tiles of
+/// up to 8 tokens take it for every such product (2B4T on an H200: qkv, o and down, not gate/up),
+/// tiles of 9-16 too, except in steps over the q8 cache, where only products whose 8 warps would
+/// each take more than 4 groups (down) do. H200, BENCHMARKS.md session 38, alone at 2-16 rows:
+/// down 5.1 -> 4.3 and 7.1 -> 5.8 us, o and qkv -7 to -12%; gate/up in two waves slower (6.6 ->
+/// 9.0 us at 16 rows); two tiles (32 rows) no faster. In the step: b2-b16 +2-6%; qkv and o wide at
+/// 12-16 rows won 1-4% more than down alone with the f16 cache and lost 5% with q8.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WideRule {
+    /// Blocks of `ternary_mma_w*` that run at once (0: never taken unless asked for).
+    pub(super) wave: u32,
+    /// Whether 16-token tiles take it for every product that fits (false: only the long rows).
+    pub(super) all16: bool,
+}
+
+impl WideRule {
+    /// Whether a pass of `tiles` token tiles of kernel variant `variant` (0: 8 tokens, 1: 16,
+    /// 2: 32) over `blocks` two-strip blocks of `kgroups` column groups takes the wide kernel.
+    pub(super) fn takes(
+        &self,
+        path: LinearPath,
+        variant: usize,
+        tiles: u32,
+        blocks: u32,
+        kgroups: usize,
+    ) -> bool {
+        match path {
+            LinearPath::MmaWide => variant < 2,
+            LinearPath::Mma | LinearPath::Auto => {
+                tiles == 1
+                    && blocks <= self.wave
+                    && (variant == 0 || (variant == 1 && (self.all16 || kgroups > 4 * 8)))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Passes of up to this many rows take `ternary_mma_*` whatever its grid (gate/up at batch 64
@@ -1036,6 +1059,49 @@ pub fn norm_linear_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_products_take_one_small_tile_where_the_grid_fits_one_wave() {
+        // 2B4T on an H200: two 512-thread blocks per SM of 132. Two-strip blocks and column
+        // groups: qkv 120 x 20, o 80 x 20, gate/up 432 x 20, down 80 x 54.
+        let (f16, q8) = (
+            WideRule {
+                wave: 264,
+                all16: true,
+            },
+            WideRule {
+                wave: 264,
+                all16: false,
+            },
+        );
+        let products = [(120, 20), (80, 20), (432, 20), (80, 54)];
+        let taken = |rule: &WideRule, rows: usize| -> Vec<bool> {
+            let (variant, tiles) = mma_shape(rows);
+            products
+                .iter()
+                .map(|&(b, g)| rule.takes(LinearPath::Auto, variant, tiles, b, g))
+                .collect()
+        };
+        for rows in [2, 8] {
+            assert_eq!(taken(&f16, rows), [true, true, false, true]);
+            assert_eq!(taken(&q8, rows), [true, true, false, true]);
+        }
+        assert_eq!(taken(&f16, 16), [true, true, false, true]);
+        assert_eq!(taken(&q8, 16), [false, false, false, true]);
+        // Two tiles of 16 (32 rows, a lane of batch 64) and more: never.
+        for rows in [32, 64, 128] {
+            assert_eq!(taken(&f16, rows), [false; 4]);
+        }
+        // Switched off; and asked for, whatever the grid, in tiles of up to 16 tokens.
+        let off = WideRule {
+            wave: 0,
+            all16: true,
+        };
+        assert_eq!(taken(&off, 8), [false; 4]);
+        assert!(off.takes(LinearPath::MmaWide, 1, 2, 432, 20));
+        assert!(!off.takes(LinearPath::MmaWide, 2, 1, 80, 54));
+        assert!(!f16.takes(LinearPath::MmaDirect, 0, 1, 80, 54));
+    }
 
     #[test]
     fn fused_norm_takes_single_rows_that_fit() {
