@@ -1034,35 +1034,30 @@ __device__ void mma_body(const uint4* __restrict__ W, const float* __restrict__ 
 // block per SM, and lost to 32-token tiles at three blocks per SM: BENCHMARKS.md, v9). The
 // 32-token kernel at three blocks per SM (80 registers) spilled 48 bytes; at two (96, no spill)
 // batch 64 ran 2.5% and pp512 1% faster (v12).
-#define MMA_ENTRY(N, MINB)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(NW * 32, MINB)                                            \
-        ternary_mma_##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
-                        const float* xscale, const int* xsum, int T, float* out, int out_stride,           \
-                        int accumulate, int glu) {                                                          \
+// NAME: `mma_body` with WARPS warps per block for tiles of N * 8 tokens, MINB blocks per SM.
+#define MMA_ENTRY_WARPS(NAME, N, WARPS, MINB)                                                                \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB)                                         \
+        NAME(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad,           \
+             const float* xscale, const int* xsum, int T, float* out, int out_stride, int accumulate,       \
+             int glu) {                                                                                     \
         int t0 = blockIdx.y * N * 8;                                                                        \
-        mma_body<N>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0,      \
-                    min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate, glu);        \
+        mma_body<N, WARPS>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0,          \
+                           xsum + t0, min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride,        \
+                           accumulate, glu);                                                                \
     }
+#define MMA_ENTRY(N, MINB) MMA_ENTRY_WARPS(ternary_mma_##N, N, NW, MINB)
 #if IN_PART(7)
 MMA_ENTRY(1, 3)
 MMA_ENTRY(2, 3)
 MMA_ENTRY(4, 2)
 #endif
-// The same with 16 warps per block, for one token tile where the grid is small (2B4T's qkv, o
-// and down at up to 16 rows): each warp works through half as many 128-column groups (down: ~3.4
-// instead of ~6.8), each a round trip to memory (launch_linear has the rule).
-#define MMA_WIDE_ENTRY(N)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(16 * 32, 2)                                               \
-        ternary_mma_w##N(const uint4* W, const float* wscale, int rows, int kgroups, const i8* codes, int kpad, \
-                         const float* xscale, const int* xsum, int T, float* out, int out_stride,          \
-                         int accumulate, int glu) {                                                         \
-        int t0 = blockIdx.y * N * 8;                                                                        \
-        mma_body<N, 16>(W, wscale, rows, kgroups, codes + (size_t)t0 * kpad, kpad, xscale + t0, xsum + t0, \
-                        min(T - t0, N * 8), out + (size_t)t0 * out_stride, out_stride, accumulate, glu);   \
-    }
+// The same with 16 warps per block (`ternary_mma_w*`), for one token tile where the grid is small
+// (2B4T's qkv, o and down at up to 16 rows): each warp works through half as many 128-column
+// groups (down: ~3.4 instead of ~6.8), each a round trip to memory (`WideRule` in
+// model/linear.rs has the rule; WIDE_THREADS there is this block size).
 #if IN_PART(8)
-MMA_WIDE_ENTRY(1)
-MMA_WIDE_ENTRY(2)
+MMA_ENTRY_WARPS(ternary_mma_w1, 1, 16, 2)
+MMA_ENTRY_WARPS(ternary_mma_w2, 2, 16, 2)
 #endif
 
 // Staged products, for grids larger than one wave of the kernel above (at batch 64 gate/up's

@@ -1271,7 +1271,8 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
             let wave = if std::env::var("BITNET_CUDA_MMA_WIDE").is_ok_and(|v| v == "0") {
                 0
             } else {
-                a.resident(gpu, 512, 0).min(b.resident(gpu, 512, 0))
+                let threads = linear::WIDE_THREADS;
+                a.resident(gpu, threads, 0).min(b.resident(gpu, threads, 0))
             };
             let all16 = match std::env::var("BITNET_CUDA_MMA_WIDE16").as_deref() {
                 Ok("all") => true,

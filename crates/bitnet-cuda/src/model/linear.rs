@@ -678,7 +678,7 @@ pub(super) fn launch_linear(
         if let Some((wide, rule)) = &k.mma_wide
             && rule.takes(path, variant, tiles, direct.0, w.kgroups)
         {
-            gpu.launch(&wide[variant], direct, 512, 0, &args)?;
+            gpu.launch(&wide[variant], direct, WIDE_THREADS, 0, &args)?;
             t0 += n;
             continue;
         }
@@ -709,6 +709,9 @@ pub(super) fn launch_linear(
     }
     Ok(glu != 0)
 }
+
+/// Threads per block of `ternary_mma_w*` (16 warps; its `__launch_bounds__`).
+pub(super) const WIDE_THREADS: u32 = 16 * 32;
 
 /// When a product takes `ternary_mma_w*` (16 warps per block) instead of `ternary_mma_*`: where
 /// asked for (`LinearPath::MmaWide`, tiles of up to 16 tokens), and for a pass of one token tile
