@@ -591,7 +591,11 @@ impl Gpu {
 /// The kernels compile as this many independent modules (`BITNET_PART` 1..=PARTS in
 /// kernels.cu), in parallel, each cached on its own: one module took NVRTC and ptxas ~50-60 s on
 /// one core, the largest part takes a tenth of that.
-pub const PARTS: u32 = 11;
+pub const PARTS: u32 = 12;
+
+/// The part that holds the warpgroup (`wgmma`) kernels: compiled for `sm_90a` (the
+/// architecture-specific features of Hopper) where the GPU is `sm_90`; elsewhere it holds none.
+const WGMMA_PART: u32 = 12;
 
 /// What NVRTC made of one part of the kernels for one architecture.
 pub struct Compiled {
@@ -907,8 +911,12 @@ pub fn compile_parts(arch: &str, parts: &[u32]) -> Result<Vec<Compiled>, CudaErr
 /// real architecture `arch` (`sm_90`, ...): PTX and machine code.
 pub fn compile_part(arch: &str, part: u32) -> Result<Compiled, CudaError> {
     use cudarc::nvrtc::result;
+    let target = match (arch, part) {
+        ("sm_90", WGMMA_PART) => "sm_90a",
+        _ => arch,
+    };
     let mut opts = vec![
-        format!("--gpu-architecture={arch}"),
+        format!("--gpu-architecture={target}"),
         // Separate multiply and add, as the CPU path computes: keeps int8 codes identical.
         "--fmad=false".to_string(),
         format!("--define-macro=BITNET_PART={part}"),

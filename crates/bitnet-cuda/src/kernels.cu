@@ -3611,6 +3611,9 @@ HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 #define HI_S (HI_D / 2 + 1)
 // The planes and scales of rows 0..mpad of x: rows m..mpad zero (scale 0); a row holding a value
 // that is not finite gets the scale NaN (its logits NaN, as the 16-bit head's would be).
+// PLANAR (`head_wg_i8`): each 64-row block b of x as 128 rows of `cols` bytes at out + 128 b cols,
+// its high planes first, then its low planes; the scales after the last block.
+template <bool PLANAR = false>
 __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out) {
     PDL_ENTRY();
     __shared__ float red[32];
@@ -3641,7 +3644,13 @@ __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, u
                 w[2 + (j >> 2)] |= (u32)(q & 0xff) << (8 * (j & 3));
             }
         }
-        *(uint4*)(out + (size_t)r * 2 * cols + c8 * 16) = make_uint4(w[0], w[1], w[2], w[3]);
+        if (PLANAR) {
+            unsigned char* hi = out + ((size_t)(r >> 6) * 128 + (r & 63)) * cols + c8 * 8;
+            *(uint2*)hi = make_uint2(w[0], w[1]);
+            *(uint2*)(hi + (size_t)64 * cols) = make_uint2(w[2], w[3]);
+        } else {
+            *(uint4*)(out + (size_t)r * 2 * cols + c8 * 16) = make_uint4(w[0], w[1], w[2], w[3]);
+        }
     }
     if (threadIdx.x == 0) ((float*)(out + (size_t)mpad * 2 * cols))[r] = s;
 }
@@ -3657,6 +3666,32 @@ __device__ __forceinline__ void head_i16_stage(const unsigned char* xq, int cols
         int r = i >> 4, piece = i & 15;
         cp_async16_s((u32)__cvta_generic_to_shared(buf + r * HI_ROW + piece * 16),
                      xq + (size_t)r * 2 * cols + ch * 256 + piece * 16);
+    }
+}
+// The logits of a warp's 16 table rows from v16 by NT 8-row tiles of x from t0 (mt rows wanted),
+// out of the sums over x's high and low planes in the mma fragment layout: sums(j, c) is element
+// c of tile j (table row g + 8 (c / 2), x row 8 j + 2 t + c % 2) as (high, low).
+template <int NT, class F>
+__device__ __forceinline__ void head_i16_store(float* logits, int vocab, int v16, int t0, int mt,
+                                               const float* rscale, const float* xs, F sums) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int v = v16 + 8 * half + g;
+        if (v >= vocab) continue;
+        float s = rscale[v];
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int tok = j * 8 + 2 * t + e;
+                if (tok < mt) {
+                    int2 hl = sums(j, 2 * half + e);
+                    long long sum = (long long)hl.x * 256 + hl.y;
+                    logits[(size_t)(t0 + tok) * vocab + v] = (float)sum * (s * xs[t0 + tok]);
+                }
+            }
+        }
     }
 }
 template <int NT>
@@ -3723,24 +3758,8 @@ __device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale
         }
     }
     cp_async_wait<0>();
-    // C fragment: c[2 half + e] is table row g + 8 half, row 2t + e of the tile of x.
-#pragma unroll
-    for (int half = 0; half < 2; half++) {
-        int v = v0 + 8 * half + g;
-        if (v >= vocab) continue;
-        float s = rscale[v];
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int tok = j * 8 + 2 * t + e, c = 2 * half + e;
-                if (tok < mt) {
-                    long long sum = (long long)acc[0][j][c] * 256 + acc[1][j][c];
-                    logits[(size_t)(t0 + tok) * vocab + v] = (float)sum * (s * xs[t0 + tok]);
-                }
-            }
-        }
-    }
+    head_i16_store<NT>(logits, vocab, v0, t0, mt, rscale, xs,
+                       [&](int j, int c) { return make_int2(acc[0][j][c], acc[1][j][c]); });
 }
 // `cols` % 128 == 0; xq: `split_rows_i16`'s planes and scales of ceil(m / 8) * 8 rows. Grid:
 // (ceil(vocab / 128), ceil(m / 64)).
@@ -3977,4 +3996,166 @@ extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits
         vals[o] = row[id];
     }
 }
+#endif
+
+// The int8 head over 33-64 rows of x per block on Hopper's warpgroup products (`wgmma`, sm_90a:
+// this part compiles for `sm_90a` on sm_90 GPUs, and holds nothing elsewhere). `head_imma_i8`
+// (mma.sync) is bound by each warp's chain of shared loads and mma at 64 rows (BENCHMARKS.md,
+// session 30); here each warpgroup's product of 64 table rows by x's two planes (64 rows each)
+// reads both operands from shared memory through descriptors: per 32 columns one instruction
+// per plane instead of 16 mma and their fragment loads per warp. A block: two warpgroups that
+// multiply (128 table rows) and one that copies both operands by cp.async into WG_STAGES stages
+// of WG_KC columns (`WgLayout`). The same integer sums as `head_imma_i8` (exact in s32) and the
+// same epilogue: the same logits.
+// x: `split_rows_i16p`'s planes (PLANAR). Grid: (ceil(vocab / 128), ceil(m / 64)).
+#if IN_PART(12)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_KC 128
+#define WG_STAGES 4
+// Where piece (row r, 16-byte column chunk kc) of a stage's operand of ROWS rows goes, and the
+// descriptor of the 64 x 32 slice at column step s of its 64 rows from r0: the 128-byte swizzle
+// (rows of 128 bytes, chunk kc of row r at place kc ^ (r % 8), 8-row groups 1,024 bytes apart;
+// the stages 1,024-byte aligned). The 8 pieces of a row that 8 consecutive copying threads write
+// fall in 8 different banks, and so do the tensor cores' reads. (Without a swizzle, as core
+// matrices of 8 rows x 16 bytes side by side, the same kernel took 345 us instead of 131 at 64
+// rows of 2B4T's head: BENCHMARKS.md, session 39.)
+template <int ROWS>
+struct WgLayout {
+    static constexpr u32 BYTES = ROWS * 128;
+    static __device__ __forceinline__ u32 at(int r, int kc) { return (u32)(r * 128 + ((kc ^ (r & 7)) << 4)); }
+    static __device__ __forceinline__ u64 desc(u32 tile, int r0, int s) {
+        u32 a = tile + (u32)(r0 * 128 + 32 * s);
+        // Start address, leading offset (unused with this swizzle: 16), stride offset 1,024,
+        // swizzle mode 1 (128 bytes).
+        return (u64)((a & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+    }
+};
+// d += a (64 x 32, s8) * b (32 x 64, s8 or u8: BTYPE), both from shared memory by descriptor;
+// d in the warpgroup's accumulator layout (below).
+#define WGMMA_64X64X32(BTYPE)                                                                                        \
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\t"                                                    \
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8." BTYPE " {"                                         \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                            \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                    \
+                 "}, %32, %33, p;\n\t}"                                                                              \
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),   \
+                   "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), \
+                   "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), \
+                   "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]) \
+                 : "l"(da), "l"(db))
+__device__ __forceinline__ void wgmma_s8s8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("s8"); }
+__device__ __forceinline__ void wgmma_s8u8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("u8"); }
+
+// Roles: warpgroups 0 and 1 multiply (64 table rows each), warpgroup 2 copies. The copier's
+// cp.async writes go through the generic proxy and wgmma reads through the async one, so the
+// multiplying threads fence the proxies after the barrier that says a stage landed: a fence in
+// a thread with copies still in flight waits for them (MEMBAR), which in one role per thread had
+// made the pipeline one stage deep. Named barriers: 1 and 3 (a stage landed, by the stage's
+// parity), 2 (a stage is free).
+#define WG_THREADS 384
+__device__ __forceinline__ void named_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int vocab, int cols,
+                                             const unsigned char* xq, int m, float* out) {
+    using A = WgLayout<64>;
+    using B = WgLayout<128>;
+    constexpr u32 STAGE = 2 * A::BYTES + B::BYTES;
+    extern __shared__ __align__(128) char wsm[];
+    int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3;
+    int v0 = blockIdx.x * 128, t0 = blockIdx.y * 64, mt = min(m - t0, 64);
+    int blocks = (m + 63) / 64;
+    const unsigned char* xb = xq + (size_t)blockIdx.y * 128 * cols;
+    const float* xs = (const float*)(xq + (size_t)blocks * 128 * cols);
+    u32 base = ((u32)__cvta_generic_to_shared(wsm) + 1023) & ~1023u;
+    int kts = cols / WG_KC;
+    if (wg == 2) {
+        // Piece p = c + 128 i of a stage (c: this thread): row p / 8 (table row v0 + row; x's
+        // plane row), 16-byte chunk p % 8.
+        int c = tid - 256;
+        auto table = [&](int kt) {
+            if (kt < kts) {
+                u32 st = base + (u32)(kt % WG_STAGES) * STAGE;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    int p = c + i * 128, r = p >> 3, kc = p & 7;
+                    const i8* src = W + (size_t)min(v0 + r, vocab - 1) * cols + kt * WG_KC + kc * 16;
+                    cp_async16_l2(st + (u32)(r >> 6) * A::BYTES + A::at(r & 63, kc), src);
+                }
+            }
+        };
+        auto planes = [&](int kt) {
+            if (kt < kts) {
+                u32 st = base + (u32)(kt % WG_STAGES) * STAGE + 2 * A::BYTES;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    int p = c + i * 128, r = p >> 3, kc = p & 7;
+                    cp_async16_s(st + B::at(r, kc), xb + (size_t)r * cols + kt * WG_KC + kc * 16);
+                }
+            }
+            cp_async_commit();
+        };
+        // The table's first stages before the wait on the previous kernel (they do not depend
+        // on it).
+#pragma unroll
+        for (int kt = 0; kt < WG_STAGES - 1; kt++) table(kt);
+        PDL_ENTRY();
+#pragma unroll
+        for (int kt = 0; kt < WG_STAGES - 1; kt++) planes(kt);
+        for (int kt = 0; kt < kts; kt++) {
+            // Stage kt landed, on barrier 1 or 3 by its parity: this arrival cannot count
+            // towards the generation of stage kt - 2, which the multipliers passed before saying
+            // (barrier 2, waited for below in the previous iteration) that kt - 2 was multiplied.
+            cp_async_wait<WG_STAGES - 2>();
+            named_arrive(1 + 2 * (kt & 1), WG_THREADS);
+            // Stage kt + WG_STAGES - 1 goes where kt - 1 was, once that is multiplied.
+            if (kt > 0) named_sync(2, WG_THREADS);
+            table(kt + WG_STAGES - 1);
+            planes(kt + WG_STAGES - 1);
+        }
+        cp_async_wait<0>();
+        return;
+    }
+    PDL_ENTRY();
+    int acc[2][32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc[0][i] = acc[1][i] = 0;
+    for (int kt = 0; kt < kts; kt++) {
+        named_sync(1 + 2 * (kt & 1), WG_THREADS);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        u32 st = base + (u32)(kt % WG_STAGES) * STAGE;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < WG_KC / 32; s++) {
+            u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
+            u64 dhi = B::desc(st + 2 * A::BYTES, 0, s), dlo = B::desc(st + 2 * A::BYTES, 64, s);
+            wgmma_s8s8(acc[0], da, dhi);
+            wgmma_s8u8(acc[1], da, dlo);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        // One stage's products in flight: the previous stage's are done, its buffer free.
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        if (kt > 0) named_arrive(2, WG_THREADS);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    // D fragment: warp w of the warpgroup holds table rows 16 w .. 16 w + 15; element c of its
+    // 8-column tile j is acc[.][4 j + c], as mma's.
+    head_i16_store<8>(out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs,
+                      [&](int j, int c) { return make_int2(acc[0][4 * j + c], acc[1][4 * j + c]); });
+}
+// Dynamic shared memory: four stages (and 1,024 bytes to align them): `HEAD_WG_SMEM` in
+// model/head.rs.
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+    head_wg_i8(const i8* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {
+    head_wg_body(W, rs, vocab, cols, xq, m, out);
+}
+extern "C" __global__ void split_rows_i16p(const float* x, int m, int mpad, int cols, unsigned char* out) {
+    split_rows_i16_body<true>(x, m, mpad, cols, out);
+}
+#endif
+// Every part holds a kernel.
+extern "C" __global__ void part12_marker() {}
 #endif

@@ -1162,6 +1162,7 @@ impl CudaModel {
             x: ptr(&s.normed, st),
             m,
             xhl: ptr(&s.xhl, st),
+            xhl_bytes: s.xhl.len() * 2,
             logits: ptr(&s.logits, st),
         };
         match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {

@@ -123,11 +123,22 @@ impl Table {
         };
         let head = gpu.optional_function(head)?;
         head.allow_smem(smem as usize).ok()?;
+        let wg = match self {
+            // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` head at every row count.
+            Table::I8 { .. } if !std::env::var("BITNET_CUDA_HEAD_WG").is_ok_and(|v| v == "0") => {
+                gpu.optional_function("head_wg_i8").and_then(|k| {
+                    k.allow_smem(HEAD_WG_SMEM as usize).ok()?;
+                    Some((gpu.optional_function("split_rows_i16p")?, k))
+                })
+            }
+            _ => None,
+        };
         Some(HeadMma {
             split: gpu.optional_function(split)?,
             head,
             smem,
             block_rows,
+            wg,
         })
     }
 }
@@ -142,6 +153,28 @@ pub(super) struct HeadMma {
     smem: u32,
     /// Table rows per block of `head` (each block takes up to 64 rows of x).
     block_rows: usize,
+    /// The int8 table's warpgroup head (`split_rows_i16p`, `head_wg_i8`: sm_90), for more than
+    /// [`HEAD_WG_MIN_ROWS`] rows.
+    wg: Option<(Kernel, Kernel)>,
+}
+
+/// Four stages of 128 table rows and 128 plane rows, 128 columns each (`WG_STAGES` in the
+/// kernels), and 1,024 bytes to align them.
+pub(super) const HEAD_WG_SMEM: u32 = 4 * 32 * 1024 + 1024;
+
+/// Rows past which the int8 head runs on the warpgroup kernel (its blocks always multiply 64
+/// rows of x). At 64 rows of 2B4T's head on an H200 it takes 131-133 us against `head_imma_i8`'s
+/// ~189 (BENCHMARKS.md, session 39).
+pub(super) const HEAD_WG_MIN_ROWS: usize = 32;
+
+/// The warpgroup head's block: two warpgroups that multiply 64 table rows each, one that copies.
+const HEAD_WG_THREADS: u32 = 384;
+const HEAD_WG_TABLE_ROWS: usize = 128;
+
+/// Whether `m` rows of x `cols` wide take the warpgroup head, given `xhl_bytes` of scratch for
+/// its planes (64-row blocks of two planes, then the scales).
+fn takes_wg_head(m: usize, cols: usize, xhl_bytes: usize) -> bool {
+    m > HEAD_WG_MIN_ROWS && m.div_ceil(64) * 64 * (2 * cols + 4) <= xhl_bytes
 }
 
 /// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
@@ -170,15 +203,33 @@ pub(super) struct HeadIo {
     pub(super) x: u64,
     pub(super) m: usize,
     pub(super) xhl: u64,
+    /// Bytes at `xhl`.
+    pub(super) xhl_bytes: usize,
     pub(super) logits: u64,
 }
 
-/// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8), then
-/// one launch over every 64-row tile (grid y).
+/// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8; for the
+/// int8 table's warpgroup head, to a multiple of 64, as planes), then one launch over every
+/// 64-row tile (grid y).
 pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
-    let mpad = io.m.div_ceil(8) * 8;
+    let (split, head, pad, table_rows, threads, smem) = match k
+        .wg
+        .as_ref()
+        .filter(|_| takes_wg_head(io.m, io.cols, io.xhl_bytes))
+    {
+        Some((split, head)) => (
+            split,
+            head,
+            64,
+            HEAD_WG_TABLE_ROWS,
+            HEAD_WG_THREADS,
+            HEAD_WG_SMEM,
+        ),
+        None => (&k.split, &k.head, 8, k.block_rows, 256, k.smem),
+    };
+    let mpad = io.m.div_ceil(pad) * pad;
     gpu.launch(
-        &k.split,
+        split,
         (mpad as u32, 1, 1),
         256,
         0,
@@ -191,14 +242,14 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
         ],
     )?;
     gpu.launch(
-        &k.head,
+        head,
         (
-            io.vocab.div_ceil(k.block_rows) as u32,
+            io.vocab.div_ceil(table_rows) as u32,
             io.m.div_ceil(64) as u32,
             1,
         ),
-        256,
-        k.smem,
+        threads,
+        smem,
         &[
             Arg::P(io.table),
             Arg::P(io.scales),
@@ -262,7 +313,8 @@ pub fn head_logits(
         HeadType::Native => Table::upload(gpu, table, false)?,
     };
     let dx = gpu.upload(x)?;
-    let xhl = gpu.zeros::<u16>(2 * m.div_ceil(8) * 8 * cols)?;
+    let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(m.div_ceil(64) * 64 * (2 * cols + 4));
+    let xhl = gpu.zeros::<u8>(xhl_bytes)?;
     let logits = gpu.zeros::<f32>(m * vocab)?;
     let st = &gpu.stream;
     let io = HeadIo {
@@ -273,6 +325,7 @@ pub fn head_logits(
         x: ptr(&dx, st),
         m,
         xhl: ptr(&xhl, st),
+        xhl_bytes,
         logits: ptr(&logits, st),
     };
     if tensor_cores {
@@ -411,4 +464,27 @@ pub fn argmax_rows(
     st.memcpy_dtoh(&out, &mut host)?;
     gpu.sync()?;
     Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warpgroup_head_takes_more_than_32_rows_in_the_model_scratch() {
+        // The model's scratch for x's parts holds 2 x 16 bits per value of its head rows
+        // (`Scratch::xhl`): enough for the planes of any step of more than 32 rows, even where
+        // the scratch has no row to spare.
+        for cols in [128, 256, 2560, 4096] {
+            for m in 1..=256 {
+                assert_eq!(
+                    takes_wg_head(m, cols, 4 * m * cols),
+                    m > 32,
+                    "{m} rows, {cols} wide"
+                );
+            }
+        }
+        // Where the planes do not fit, the mma.sync head runs.
+        assert!(!takes_wg_head(64, 2560, 64 * 2 * 2560));
+    }
 }
