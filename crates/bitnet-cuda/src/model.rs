@@ -1162,7 +1162,7 @@ impl CudaModel {
             x: ptr(&s.normed, st),
             m,
             xhl: ptr(&s.xhl, st),
-            xhl_bytes: s.xhl.len() * 2,
+            xhl_bytes: s.xhl.num_bytes(),
             logits: ptr(&s.logits, st),
         };
         match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {

@@ -160,21 +160,27 @@ pub(super) struct HeadMma {
 
 /// Four stages of 128 table rows and 128 plane rows, 128 columns each (`WG_STAGES` in the
 /// kernels), and 1,024 bytes to align them.
-pub(super) const HEAD_WG_SMEM: u32 = 4 * 32 * 1024 + 1024;
+const HEAD_WG_SMEM: u32 = 4 * 32 * 1024 + 1024;
 
 /// Rows past which the int8 head runs on the warpgroup kernel (its blocks always multiply 64
 /// rows of x). At 64 rows of 2B4T's head on an H200 it takes 131-133 us against `head_imma_i8`'s
 /// ~189 (BENCHMARKS.md, session 39).
-pub(super) const HEAD_WG_MIN_ROWS: usize = 32;
+const HEAD_WG_MIN_ROWS: usize = 32;
 
 /// The warpgroup head's block: two warpgroups that multiply 64 table rows each, one that copies.
 const HEAD_WG_THREADS: u32 = 384;
 const HEAD_WG_TABLE_ROWS: usize = 128;
 
+/// Bytes of `split_rows_i16p`'s planes of `m` rows of x `cols` wide: 64-row blocks of two
+/// planes, then the rows' scales.
+fn wg_planes_bytes(m: usize, cols: usize) -> usize {
+    m.div_ceil(64) * 64 * (2 * cols + 4)
+}
+
 /// Whether `m` rows of x `cols` wide take the warpgroup head, given `xhl_bytes` of scratch for
-/// its planes (64-row blocks of two planes, then the scales).
+/// its planes.
 fn takes_wg_head(m: usize, cols: usize, xhl_bytes: usize) -> bool {
-    m > HEAD_WG_MIN_ROWS && m.div_ceil(64) * 64 * (2 * cols + 4) <= xhl_bytes
+    m > HEAD_WG_MIN_ROWS && wg_planes_bytes(m, cols) <= xhl_bytes
 }
 
 /// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
@@ -313,7 +319,7 @@ pub fn head_logits(
         HeadType::Native => Table::upload(gpu, table, false)?,
     };
     let dx = gpu.upload(x)?;
-    let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(m.div_ceil(64) * 64 * (2 * cols + 4));
+    let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(wg_planes_bytes(m, cols));
     let xhl = gpu.zeros::<u8>(xhl_bytes)?;
     let logits = gpu.zeros::<f32>(m * vocab)?;
     let st = &gpu.stream;
