@@ -3397,8 +3397,9 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const 
 // same for A and B, so the dot products are unchanged.
 #define HM_ROW 576
 #define HM_STAGE (64 * HM_ROW)
-// out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero.
-template <bool BF>
+// out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero. PLANAR
+// (`head_wg_*`): each 64-row block b as 128 rows at out + 128 b cols, the high parts first.
+template <bool BF, bool PLANAR = false>
 __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out) {
     PDL_ENTRY();
     int r = blockIdx.x;
@@ -3417,8 +3418,10 @@ __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* 
             hi = f2h(v);
             lo = f2h(v - h2f(hi));
         }
-        out[((size_t)r * 2) * cols + c] = hi;
-        out[((size_t)r * 2 + 1) * cols + c] = lo;
+        size_t at = PLANAR ? ((size_t)(r >> 6) * 128 + (r & 63)) * cols + c : (size_t)r * 2 * cols + c;
+        size_t part = PLANAR ? (size_t)64 * cols : cols;
+        out[at] = hi;
+        out[at + part] = lo;
     }
 }
 #if IN_PART(1)
@@ -4011,7 +4014,6 @@ extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits
 #if IN_PART(12)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_KC 128
-#define WG_STAGES 4
 // Where piece (row r, 16-byte column chunk kc) of a stage's operand of ROWS rows goes, and the
 // descriptor of the 64 x 32 slice at column step s of its 64 rows from r0: the 128-byte swizzle
 // (rows of 128 bytes, chunk kc of row r at place kc ^ (r % 8), 8-row groups 1,024 bytes apart;
@@ -4045,6 +4047,74 @@ struct WgLayout {
                  : "l"(da), "l"(db))
 __device__ __forceinline__ void wgmma_s8s8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("s8"); }
 __device__ __forceinline__ void wgmma_s8u8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("u8"); }
+// d += a (64 x 16) * b (16 x 64), 16-bit floats (TYPE: f16 or bf16), f32 sums.
+#define WGMMA_64X64X16(TYPE)                                                                                         \
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\t"                                                    \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {"                                    \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                            \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                    \
+                 "}, %32, %33, p, 1, 1, 0, 0;\n\t}"                                                                  \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),   \
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+                 : "l"(da), "l"(db))
+__device__ __forceinline__ void wgmma_f16(float (&d)[32], u64 da, u64 db) { WGMMA_64X64X16("f16"); }
+__device__ __forceinline__ void wgmma_bf16(float (&d)[32], u64 da, u64 db) { WGMMA_64X64X16("bf16"); }
+
+// The warpgroup heads' tables: bytes per element, the accumulators, one 32-byte column step's
+// products of a warpgroup's 64 table rows by x's high and low planes (descriptors), and the
+// logits from the sums. The int8 table: integer planes, s32 sums (exact), as `head_imma_i8`. The
+// 16-bit tables: x's two 16-bit parts summed into one f32 accumulator, as `head_mma_*`.
+struct WgI8 {
+    static constexpr int ELEM = 1;
+    struct Acc {
+        int d[2][32];
+    };
+    static __device__ __forceinline__ void step(Acc& a, u64 da, u64 dhi, u64 dlo) {
+        wgmma_s8s8(a.d[0], da, dhi);
+        wgmma_s8u8(a.d[1], da, dlo);
+    }
+    static __device__ __forceinline__ void store(const Acc& a, float* out, int vocab, int v16, int t0, int mt,
+                                                 const float* rs, const float* xs) {
+        head_i16_store<8>(out, vocab, v16, t0, mt, rs, xs,
+                          [&](int j, int c) { return make_int2(a.d[0][4 * j + c], a.d[1][4 * j + c]); });
+    }
+};
+template <bool BF>
+struct Wg16 {
+    static constexpr int ELEM = 2;
+    struct Acc {
+        float d[32];
+    };
+    static __device__ __forceinline__ void step(Acc& a, u64 da, u64 dhi, u64 dlo) {
+        if (BF) {
+            wgmma_bf16(a.d, da, dhi);
+            wgmma_bf16(a.d, da, dlo);
+        } else {
+            wgmma_f16(a.d, da, dhi);
+            wgmma_f16(a.d, da, dlo);
+        }
+    }
+    static __device__ __forceinline__ void store(const Acc& a, float* out, int vocab, int v16, int t0, int mt,
+                                                 const float* rs, const float*) {
+        int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int v = v16 + 8 * half + g;
+            if (v >= vocab) continue;
+            float s = rs ? rs[v] : 1.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int tok = j * 8 + 2 * t + e;
+                    if (tok < mt) out[(size_t)(t0 + tok) * vocab + v] = a.d[4 * j + 2 * half + e] * s;
+                }
+            }
+        }
+    }
+};
 
 // Roles: warpgroups 0 and 1 multiply (64 table rows each), warpgroup 2 copies. The copier's
 // cp.async writes go through the generic proxy and wgmma reads through the async one, so the
@@ -4059,7 +4129,8 @@ __device__ __forceinline__ void named_sync(int id, int n) {
 __device__ __forceinline__ void named_arrive(int id, int n) {
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
 }
-__device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int vocab, int cols,
+template <class K, int WG_STAGES>
+__device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int vocab, int cols,
                                              const unsigned char* xq, int m, float* out) {
     using A = WgLayout<64>;
     using B = WgLayout<128>;
@@ -4067,11 +4138,11 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
     extern __shared__ __align__(128) char wsm[];
     int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3;
     int v0 = blockIdx.x * 128, t0 = blockIdx.y * 64, mt = min(m - t0, 64);
-    int blocks = (m + 63) / 64;
-    const unsigned char* xb = xq + (size_t)blockIdx.y * 128 * cols;
-    const float* xs = (const float*)(xq + (size_t)blocks * 128 * cols);
+    int blocks = (m + 63) / 64, row = cols * K::ELEM;  // bytes of a table row and of a plane row
+    const unsigned char* xb = xq + (size_t)blockIdx.y * 128 * row;
+    const float* xs = (const float*)(xq + (size_t)blocks * 128 * row);
     u32 base = ((u32)__cvta_generic_to_shared(wsm) + 1023) & ~1023u;
-    int kts = cols / WG_KC;
+    int kts = row / WG_KC;
     if (wg == 2) {
         // Piece p = c + 128 i of a stage (c: this thread): row p / 8 (table row v0 + row; x's
         // plane row), 16-byte chunk p % 8.
@@ -4082,7 +4153,7 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     int p = c + i * 128, r = p >> 3, kc = p & 7;
-                    const i8* src = W + (size_t)min(v0 + r, vocab - 1) * cols + kt * WG_KC + kc * 16;
+                    const char* src = W + (size_t)min(v0 + r, vocab - 1) * row + kt * WG_KC + kc * 16;
                     cp_async16_l2(st + (u32)(r >> 6) * A::BYTES + A::at(r & 63, kc), src);
                 }
             }
@@ -4093,7 +4164,7 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     int p = c + i * 128, r = p >> 3, kc = p & 7;
-                    cp_async16_s(st + B::at(r, kc), xb + (size_t)r * cols + kt * WG_KC + kc * 16);
+                    cp_async16_s(st + B::at(r, kc), xb + (size_t)r * row + kt * WG_KC + kc * 16);
                 }
             }
             cp_async_commit();
@@ -4120,9 +4191,7 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
         return;
     }
     PDL_ENTRY();
-    int acc[2][32];
-#pragma unroll
-    for (int i = 0; i < 32; i++) acc[0][i] = acc[1][i] = 0;
+    typename K::Acc acc = {};
     for (int kt = 0; kt < kts; kt++) {
         named_sync(1 + 2 * (kt & 1), WG_THREADS);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -4132,8 +4201,7 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
         for (int s = 0; s < WG_KC / 32; s++) {
             u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
             u64 dhi = B::desc(st + 2 * A::BYTES, 0, s), dlo = B::desc(st + 2 * A::BYTES, 64, s);
-            wgmma_s8s8(acc[0], da, dhi);
-            wgmma_s8u8(acc[1], da, dlo);
+            K::step(acc, da, dhi, dlo);
         }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         // One stage's products in flight: the previous stage's are done, its buffer free.
@@ -4143,17 +4211,28 @@ __device__ __forceinline__ void head_wg_body(const i8* W, const float* rs, int v
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     // D fragment: warp w of the warpgroup holds table rows 16 w .. 16 w + 15; element c of its
     // 8-column tile j is acc[.][4 j + c], as mma's.
-    head_i16_store<8>(out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs,
-                      [&](int j, int c) { return make_int2(acc[0][4 * j + c], acc[1][4 * j + c]); });
+    K::store(acc, out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
 }
-// Dynamic shared memory: four stages (and 1,024 bytes to align them): `HEAD_WG_SMEM` in
-// model/head.rs.
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-    head_wg_i8(const i8* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {
-    head_wg_body(W, rs, vocab, cols, xq, m, out);
-}
+// Dynamic shared memory: STAGES stages of 32 KB and 1,024 bytes to align them (`wg_smem` in
+// model/head.rs): four for the int8 table, six for the 16-bit ones (the fastest of four and six
+// at 64 rows of 2B4T's head on an H200, BENCHMARKS.md session 40).
+#define HEAD_WG_ENTRY(NAME, T, K, STAGES)                                                                      \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                \
+        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {     \
+        head_wg_body<K, STAGES>((const char*)W, rs, vocab, cols, xq, m, out);                                   \
+    }
+HEAD_WG_ENTRY(head_wg_i8, i8, WgI8, 4)
+// The 16-bit tables (no row scales: rs null), x by `split_rows_f16p` / `split_rows_bf16p`.
+HEAD_WG_ENTRY(head_wg_f16, u16, Wg16<false>, 6)
+HEAD_WG_ENTRY(head_wg_bf16, u16, Wg16<true>, 6)
 extern "C" __global__ void split_rows_i16p(const float* x, int m, int mpad, int cols, unsigned char* out) {
     split_rows_i16_body<true>(x, m, mpad, cols, out);
+}
+extern "C" __global__ void split_rows_f16p(const float* x, int m, int mpad, int cols, u16* out) {
+    split_rows_body<false, true>(x, m, mpad, cols, out);
+}
+extern "C" __global__ void split_rows_bf16p(const float* x, int m, int mpad, int cols, u16* out) {
+    split_rows_body<true, true>(x, m, mpad, cols, out);
 }
 #endif
 // Every part holds a kernel.

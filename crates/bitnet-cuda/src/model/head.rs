@@ -123,15 +123,24 @@ impl Table {
         };
         let head = gpu.optional_function(head)?;
         head.allow_smem(smem as usize).ok()?;
-        let wg = match self {
-            // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` head at every row count.
-            Table::I8 { .. } if !std::env::var("BITNET_CUDA_HEAD_WG").is_ok_and(|v| v == "0") => {
-                gpu.optional_function("head_wg_i8").and_then(|k| {
-                    k.allow_smem(HEAD_WG_SMEM as usize).ok()?;
-                    Some((gpu.optional_function("split_rows_i16p")?, k))
+        // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` heads at every row count.
+        let (wg_split, wg_head, elem, stages) = match self {
+            Table::F32(_) => unreachable!("returned above"),
+            Table::F16(_) => ("split_rows_f16p", "head_wg_f16", 2, 6),
+            Table::BF16(_) => ("split_rows_bf16p", "head_wg_bf16", 2, 6),
+            Table::I8 { .. } => ("split_rows_i16p", "head_wg_i8", 1, 4),
+        };
+        let wg = match std::env::var("BITNET_CUDA_HEAD_WG").as_deref() {
+            Ok("0") => None,
+            _ => gpu.optional_function(wg_head).and_then(|k| {
+                k.allow_smem(wg_smem(stages) as usize).ok()?;
+                Some(WgHead {
+                    split: gpu.optional_function(wg_split)?,
+                    head: k,
+                    elem,
+                    smem: wg_smem(stages),
                 })
-            }
-            _ => None,
+            }),
         };
         Some(HeadMma {
             split: gpu.optional_function(split)?,
@@ -153,16 +162,27 @@ pub(super) struct HeadMma {
     smem: u32,
     /// Table rows per block of `head` (each block takes up to 64 rows of x).
     block_rows: usize,
-    /// The int8 table's warpgroup head (`split_rows_i16p`, `head_wg_i8`: sm_90), for more than
-    /// [`HEAD_WG_MIN_ROWS`] rows.
-    wg: Option<(Kernel, Kernel)>,
+    /// The warpgroup head (sm_90), for more than [`HEAD_WG_MIN_ROWS`] rows.
+    wg: Option<WgHead>,
 }
 
-/// Four stages of 128 table rows and 128 plane rows, 128 columns each (`WG_STAGES` in the
-/// kernels), and 1,024 bytes to align them.
-const HEAD_WG_SMEM: u32 = 4 * 32 * 1024 + 1024;
+/// The warpgroup head's kernels (`split_rows_*p`, `head_wg_*`), the table's bytes per element
+/// and the head's dynamic shared memory.
+struct WgHead {
+    split: Kernel,
+    head: Kernel,
+    elem: usize,
+    smem: u32,
+}
 
-/// Rows past which the int8 head runs on the warpgroup kernel (its blocks always multiply 64
+/// The warpgroup head's dynamic shared memory: `stages` stages of 128 table rows and 128 plane
+/// rows, 128 bytes each (`HEAD_WG_ENTRY` in the kernels: four for the int8 table, six for the
+/// 16-bit ones), and 1,024 bytes to align them.
+const fn wg_smem(stages: u32) -> u32 {
+    stages * 32 * 1024 + 1024
+}
+
+/// Rows past which the head runs on the warpgroup kernel (its blocks always multiply 64
 /// rows of x). At 64 rows of 2B4T's head on an H200 it takes 131-133 us against `head_imma_i8`'s
 /// ~189 (BENCHMARKS.md, session 39).
 const HEAD_WG_MIN_ROWS: usize = 32;
@@ -171,16 +191,17 @@ const HEAD_WG_MIN_ROWS: usize = 32;
 const HEAD_WG_THREADS: u32 = 384;
 const HEAD_WG_TABLE_ROWS: usize = 128;
 
-/// Bytes of `split_rows_i16p`'s planes of `m` rows of x `cols` wide: 64-row blocks of two
-/// planes, then the rows' scales.
-fn wg_planes_bytes(m: usize, cols: usize) -> usize {
-    m.div_ceil(64) * 64 * (2 * cols + 4)
+/// Bytes of the warpgroup head's planes of `m` rows of x `cols` wide for a table of
+/// `elem`-byte values: 64-row blocks of two planes; for int8 tables the rows' scales after them.
+fn wg_planes_bytes(m: usize, cols: usize, elem: usize) -> usize {
+    let scales = if elem == 1 { 4 } else { 0 };
+    m.div_ceil(64) * 64 * (2 * cols * elem + scales)
 }
 
-/// Whether `m` rows of x `cols` wide take the warpgroup head, given `xhl_bytes` of scratch for
-/// its planes.
-fn takes_wg_head(m: usize, cols: usize, xhl_bytes: usize) -> bool {
-    m > HEAD_WG_MIN_ROWS && wg_planes_bytes(m, cols) <= xhl_bytes
+/// Whether `m` rows of x `cols` wide take the warpgroup head of a table of `elem`-byte values,
+/// given `xhl_bytes` of scratch for x's planes.
+fn takes_wg_head(m: usize, cols: usize, elem: usize, xhl_bytes: usize) -> bool {
+    m > HEAD_WG_MIN_ROWS && wg_planes_bytes(m, cols, elem) <= xhl_bytes
 }
 
 /// Two stages of 64 rows x 576 bytes (`HM_STAGE` in the kernels).
@@ -215,21 +236,21 @@ pub(super) struct HeadIo {
 }
 
 /// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8; for the
-/// int8 table's warpgroup head, to a multiple of 64, as planes), then one launch over every
+/// warpgroup head, to a multiple of 64, as planes), then one launch over every
 /// 64-row tile (grid y).
 pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
     let (split, head, pad, table_rows, threads, smem) = match k
         .wg
         .as_ref()
-        .filter(|_| takes_wg_head(io.m, io.cols, io.xhl_bytes))
+        .filter(|w| takes_wg_head(io.m, io.cols, w.elem, io.xhl_bytes))
     {
-        Some((split, head)) => (
-            split,
-            head,
+        Some(w) => (
+            &w.split,
+            &w.head,
             64,
             HEAD_WG_TABLE_ROWS,
             HEAD_WG_THREADS,
-            HEAD_WG_SMEM,
+            w.smem,
         ),
         None => (&k.split, &k.head, 8, k.block_rows, 256, k.smem),
     };
@@ -319,7 +340,7 @@ pub fn head_logits(
         HeadType::Native => Table::upload(gpu, table, false)?,
     };
     let dx = gpu.upload(x)?;
-    let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(wg_planes_bytes(m, cols));
+    let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(wg_planes_bytes(m, cols, 2));
     let xhl = gpu.zeros::<u8>(xhl_bytes)?;
     let logits = gpu.zeros::<f32>(m * vocab)?;
     let st = &gpu.stream;
@@ -484,13 +505,24 @@ mod tests {
         for cols in [128, 256, 2560, 4096] {
             for m in 1..=256 {
                 assert_eq!(
-                    takes_wg_head(m, cols, 4 * m * cols),
+                    takes_wg_head(m, cols, 1, 4 * m * cols),
                     m > 32,
                     "{m} rows, {cols} wide"
                 );
             }
         }
         // Where the planes do not fit, the mma.sync head runs.
-        assert!(!takes_wg_head(64, 2560, 64 * 2 * 2560));
+        assert!(!takes_wg_head(64, 2560, 1, 64 * 2 * 2560));
+        // The 16-bit tables' planes take 4 bytes per value of x: the model's scratch holds them
+        // for its largest steps (MAX_ROWS rows), not for a step of 33 rows in 33 rows' room.
+        assert!(takes_wg_head(64, 2560, 2, 4 * 64 * 2560));
+        assert!(!takes_wg_head(33, 2560, 2, 4 * 33 * 2560));
+    }
+
+    #[test]
+    fn warpgroup_heads_stages_fit_an_sm90_block() {
+        // sm_90 gives a block at most 227 KB of dynamic shared memory.
+        assert_eq!(wg_smem(4), 4 * 32 * 1024 + 1024);
+        assert!(wg_smem(6) <= 227 * 1024);
     }
 }
