@@ -4001,16 +4001,18 @@ extern "C" __global__ void __launch_bounds__(1024) topk_rows(const float* logits
 }
 #endif
 
-// The int8 head over 33-64 rows of x per block on Hopper's warpgroup products (`wgmma`, sm_90a:
-// this part compiles for `sm_90a` on sm_90 GPUs, and holds nothing elsewhere). `head_imma_i8`
-// (mma.sync) is bound by each warp's chain of shared loads and mma at 64 rows (BENCHMARKS.md,
+// The heads over 33-64 rows of x per block on Hopper's warpgroup products (`wgmma`, sm_90a:
+// this part compiles for `sm_90a` on sm_90 GPUs, and holds nothing elsewhere). The `mma.sync`
+// heads are bound by each warp's chain of shared loads and mma at 64 rows (BENCHMARKS.md,
 // session 30); here each warpgroup's product of 64 table rows by x's two planes (64 rows each)
-// reads both operands from shared memory through descriptors: per 32 columns one instruction
-// per plane instead of 16 mma and their fragment loads per warp. A block: two warpgroups that
-// multiply (128 table rows) and one that copies both operands by cp.async into WG_STAGES stages
-// of WG_KC columns (`WgLayout`). The same integer sums as `head_imma_i8` (exact in s32) and the
-// same epilogue: the same logits.
-// x: `split_rows_i16p`'s planes (PLANAR). Grid: (ceil(vocab / 128), ceil(m / 64)).
+// reads both operands from shared memory through descriptors: per 32 bytes of columns one
+// instruction per plane instead of 16 mma and their fragment loads per warp. A block: two
+// warpgroups that multiply (128 table rows) and one that copies both operands by cp.async into
+// WG_STAGES stages of WG_KC bytes of columns (`WgLayout`). The int8 table: the same integer sums
+// as `head_imma_i8` (exact in s32) and the same epilogue, so the same logits; the 16-bit tables:
+// x's two 16-bit parts as `head_mma_*` splits them, summed in f32.
+// x: `split_rows_i16p` / `split_rows_f16p` / `split_rows_bf16p`'s planes (PLANAR). Grid:
+// (ceil(vocab / 128), ceil(m / 64)).
 #if IN_PART(12)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define WG_KC 128

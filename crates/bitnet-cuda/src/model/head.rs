@@ -183,8 +183,9 @@ const fn wg_smem(stages: u32) -> u32 {
 }
 
 /// Rows past which the head runs on the warpgroup kernel (its blocks always multiply 64
-/// rows of x). At 64 rows of 2B4T's head on an H200 it takes 131-133 us against `head_imma_i8`'s
-/// ~189 (BENCHMARKS.md, session 39).
+/// rows of x). At 64 rows of 2B4T's head on an H200 the int8 one takes 131-133 us against
+/// `head_imma_i8`'s ~189, the f16 one ~207 against `head_mma_f16`'s ~311 (BENCHMARKS.md,
+/// sessions 39 and 40).
 const HEAD_WG_MIN_ROWS: usize = 32;
 
 /// The warpgroup head's block: two warpgroups that multiply 64 table rows each, one that copies.
