@@ -18,7 +18,10 @@ strip "$DIR"/* 2>/dev/null || true
 # The kernels' machine code for the GPU machine's architecture (ARCH, default sm_90: H100/H200),
 # so that it does not spend its first minute compiling them: scripts/gpu-check.sh points
 # BITNET_CACHE_DIR at DIR/cache. NVRTC from its PyPI wheel; without it the GPU machine compiles.
+# Compiled afresh each time, so that no machine code of earlier sources travels too (what
+# goes to the GPU machine is limited to 64 MiB with the tree).
 if lib=$(bash scripts/nvrtc-env.sh | tail -n 1); then
+  rm -rf "$DIR/cache"
   LD_LIBRARY_PATH="$lib" BITNET_CACHE_DIR="$DIR/cache" \
     cargo run --release -q -p bitnet-cuda --example precompile -- "${ARCH:-sm_90}"
 fi
