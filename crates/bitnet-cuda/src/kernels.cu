@@ -3397,8 +3397,12 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const 
 // same for A and B, so the dot products are unchanged.
 #define HM_ROW 576
 #define HM_STAGE (64 * HM_ROW)
-// out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero. PLANAR
-// (`head_wg_*`): each 64-row block b as 128 rows at out + 128 b cols, the high parts first.
+// The warpgroup heads' planes of x (`head_wg_*`): row r's high part is plane row
+// wg_plane_row(r), its low part 64 plane rows later (each 64-row block of x as 128 plane rows,
+// its high parts first).
+__device__ __forceinline__ size_t wg_plane_row(int r) { return (size_t)(r >> 6) * 128 + (r & 63); }
+// out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero. PLANAR:
+// in the warpgroup heads' planes (wg_plane_row).
 template <bool BF, bool PLANAR = false>
 __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out) {
     PDL_ENTRY();
@@ -3418,7 +3422,7 @@ __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* 
             hi = f2h(v);
             lo = f2h(v - h2f(hi));
         }
-        size_t at = PLANAR ? ((size_t)(r >> 6) * 128 + (r & 63)) * cols + c : (size_t)r * 2 * cols + c;
+        size_t at = PLANAR ? wg_plane_row(r) * cols + c : (size_t)r * 2 * cols + c;
         size_t part = PLANAR ? (size_t)64 * cols : cols;
         out[at] = hi;
         out[at + part] = lo;
@@ -3614,8 +3618,8 @@ HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 #define HI_S (HI_D / 2 + 1)
 // The planes and scales of rows 0..mpad of x: rows m..mpad zero (scale 0); a row holding a value
 // that is not finite gets the scale NaN (its logits NaN, as the 16-bit head's would be).
-// PLANAR (`head_wg_i8`): each 64-row block b of x as 128 rows of `cols` bytes at out + 128 b cols,
-// its high planes first, then its low planes; the scales after the last block.
+// PLANAR (`head_wg_i8`): in the warpgroup heads' planes (wg_plane_row), rows of `cols` bytes;
+// the scales after the last block.
 template <bool PLANAR = false>
 __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out) {
     PDL_ENTRY();
@@ -3648,7 +3652,7 @@ __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, u
             }
         }
         if (PLANAR) {
-            unsigned char* hi = out + ((size_t)(r >> 6) * 128 + (r & 63)) * cols + c8 * 8;
+            unsigned char* hi = out + wg_plane_row(r) * cols + c8 * 8;
             *(uint2*)hi = make_uint2(w[0], w[1]);
             *(uint2*)(hi + (size_t)64 * cols) = make_uint2(w[2], w[3]);
         } else {
@@ -4034,35 +4038,30 @@ struct WgLayout {
         return (u64)((a & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
     }
 };
-// d += a (64 x 32, s8) * b (32 x 64, s8 or u8: BTYPE), both from shared memory by descriptor;
-// d in the warpgroup's accumulator layout (below).
-#define WGMMA_64X64X32(BTYPE)                                                                                        \
+// d += a (64 x K) * b (K x 64), both from shared memory by descriptor, d in the warpgroup's
+// accumulator layout (below): SHAPE the instruction's k and types, TAIL its operands after the
+// predicate (the 16-bit forms' scales and transposes), C the accumulators' constraint.
+#define WGMMA_64X64(SHAPE, TAIL, C)                                                                                  \
     asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\t"                                                    \
-                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8." BTYPE " {"                                         \
+                 "wgmma.mma_async.sync.aligned.m64n64" SHAPE " {"                                                    \
                  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                            \
                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                    \
-                 "}, %32, %33, p;\n\t}"                                                                              \
-                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),   \
-                   "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), \
-                   "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), \
-                   "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]) \
+                 "}, %32, %33, p" TAIL ";\n\t}"                                                                      \
+                 : C(d[0]), C(d[1]), C(d[2]), C(d[3]), C(d[4]), C(d[5]), C(d[6]), C(d[7]), C(d[8]), C(d[9]),         \
+                   C(d[10]), C(d[11]), C(d[12]), C(d[13]), C(d[14]), C(d[15]), C(d[16]), C(d[17]), C(d[18]), C(d[19]), \
+                   C(d[20]), C(d[21]), C(d[22]), C(d[23]), C(d[24]), C(d[25]), C(d[26]), C(d[27]), C(d[28]), C(d[29]), \
+                   C(d[30]), C(d[31])                                                                                \
                  : "l"(da), "l"(db))
-__device__ __forceinline__ void wgmma_s8s8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("s8"); }
-__device__ __forceinline__ void wgmma_s8u8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64X32("u8"); }
-// d += a (64 x 16) * b (16 x 64), 16-bit floats (TYPE: f16 or bf16), f32 sums.
-#define WGMMA_64X64X16(TYPE)                                                                                         \
-    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, 1, 0;\n\t"                                                    \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {"                                    \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                            \
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"                    \
-                 "}, %32, %33, p, 1, 1, 0, 0;\n\t}"                                                                  \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),   \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
-                 : "l"(da), "l"(db))
-__device__ __forceinline__ void wgmma_f16(float (&d)[32], u64 da, u64 db) { WGMMA_64X64X16("f16"); }
-__device__ __forceinline__ void wgmma_bf16(float (&d)[32], u64 da, u64 db) { WGMMA_64X64X16("bf16"); }
+// k = 32, s8 x (s8 or u8), s32 sums.
+__device__ __forceinline__ void wgmma_s8s8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64("k32.s32.s8.s8", "", "+r"); }
+__device__ __forceinline__ void wgmma_s8u8(int (&d)[32], u64 da, u64 db) { WGMMA_64X64("k32.s32.s8.u8", "", "+r"); }
+// k = 16, 16-bit floats, f32 sums.
+__device__ __forceinline__ void wgmma_f16(float (&d)[32], u64 da, u64 db) {
+    WGMMA_64X64("k16.f32.f16.f16", ", 1, 1, 0, 0", "+f");
+}
+__device__ __forceinline__ void wgmma_bf16(float (&d)[32], u64 da, u64 db) {
+    WGMMA_64X64("k16.f32.bf16.bf16", ", 1, 1, 0, 0", "+f");
+}
 
 // The warpgroup heads' tables: bytes per element, the accumulators, one 32-byte column step's
 // products of a warpgroup's 64 table rows by x's high and low planes (descriptors), and the

@@ -115,30 +115,36 @@ impl Table {
         if !cols.is_multiple_of(128) {
             return None;
         }
-        let (split, head, smem, block_rows) = match self {
+        // The `mma.sync` head (split, head, shared memory, table rows per block) and the
+        // warpgroup one (split, head, the table's bytes per element, stages).
+        let ((split, head, smem, block_rows), (wg_split, wg_head, elem, stages)) = match self {
             Table::F32(_) => return None,
-            Table::F16(_) => ("split_rows_f16", "head_mma_f16", HEAD_MMA_SMEM, 256),
-            Table::BF16(_) => ("split_rows_bf16", "head_mma_bf16", HEAD_MMA_SMEM, 256),
-            Table::I8 { .. } => ("split_rows_i16", "head_imma_i8", HEAD_IMMA_SMEM, 128),
+            Table::F16(_) => (
+                ("split_rows_f16", "head_mma_f16", HEAD_MMA_SMEM, 256),
+                ("split_rows_f16p", "head_wg_f16", 2, 6),
+            ),
+            Table::BF16(_) => (
+                ("split_rows_bf16", "head_mma_bf16", HEAD_MMA_SMEM, 256),
+                ("split_rows_bf16p", "head_wg_bf16", 2, 6),
+            ),
+            Table::I8 { .. } => (
+                ("split_rows_i16", "head_imma_i8", HEAD_IMMA_SMEM, 128),
+                ("split_rows_i16p", "head_wg_i8", 1, 4),
+            ),
         };
         let head = gpu.optional_function(head)?;
         head.allow_smem(smem as usize).ok()?;
         // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` heads at every row count.
-        let (wg_split, wg_head, elem, stages) = match self {
-            Table::F32(_) => unreachable!("returned above"),
-            Table::F16(_) => ("split_rows_f16p", "head_wg_f16", 2, 6),
-            Table::BF16(_) => ("split_rows_bf16p", "head_wg_bf16", 2, 6),
-            Table::I8 { .. } => ("split_rows_i16p", "head_wg_i8", 1, 4),
-        };
         let wg = match std::env::var("BITNET_CUDA_HEAD_WG").as_deref() {
             Ok("0") => None,
             _ => gpu.optional_function(wg_head).and_then(|k| {
-                k.allow_smem(wg_smem(stages) as usize).ok()?;
+                let smem = wg_smem(stages);
+                k.allow_smem(smem as usize).ok()?;
                 Some(WgHead {
                     split: gpu.optional_function(wg_split)?,
                     head: k,
                     elem,
-                    smem: wg_smem(stages),
+                    smem,
                 })
             }),
         };
