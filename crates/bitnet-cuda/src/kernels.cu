@@ -4226,6 +4226,147 @@ HEAD_WG_ENTRY(head_wg_i8, i8, WgI8, 4)
 // The 16-bit tables (no row scales: rs null), x by `split_rows_f16p` / `split_rows_bf16p`.
 HEAD_WG_ENTRY(head_wg_f16, u16, Wg16<false>, 6)
 HEAD_WG_ENTRY(head_wg_bf16, u16, Wg16<true>, 6)
+
+// The warpgroup heads with each stage as two bulk copies (`cp.async.bulk`, the SM's copy engine:
+// no per-thread copies) of 16 KB, from operands stored in the stages' own order and swizzle
+// (`wg_tile_swizzled`): the table (a copy made once) and x's planes (each step). Stage slots
+// handed over by mbarriers: `full` (one arrival, the issuing lane's, and the copies' bytes
+// counted by the hardware) and `empty` (the 256 multiplying threads, once their products of the
+// slot are done). Block: the two multiplying warpgroups and one warp whose lane 0 issues the
+// copies.
+#define WGB_THREADS 288
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ bool mbar_try(u32 bar, u32 parity) {
+    u32 ok;
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    return ok != 0;
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    while (!mbar_try(bar, parity)) {
+    }
+}
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+template <class K, int WG_STAGES>
+__device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, int vocab, int cols,
+                                              const unsigned char* xt, int m, float* out) {
+    using A = WgLayout<64>;
+    using B = WgLayout<128>;
+    constexpr u32 STAGE = 2 * A::BYTES + B::BYTES, HALF = 2 * A::BYTES;
+    extern __shared__ __align__(128) char wsm[];
+    __shared__ __align__(8) unsigned long long bars[2 * WG_STAGES];  // full, then empty
+    int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3;
+    int v0 = blockIdx.x * 128, t0 = blockIdx.y * 64, mt = min(m - t0, 64);
+    int blocks = (m + 63) / 64, row = cols * K::ELEM;
+    int kts = row / WG_KC;
+    // Stage kt of this block: the table's tile (blockIdx.x, kt), then x's (blockIdx.y, kt).
+    const char* wt = Wt + (size_t)blockIdx.x * kts * HALF;
+    const unsigned char* xb = xt + (size_t)blockIdx.y * kts * B::BYTES;
+    const float* xs = (const float*)(xt + (size_t)blocks * 128 * row);
+    u32 base = ((u32)__cvta_generic_to_shared(wsm) + 1023) & ~1023u;
+    u32 full = (u32)__cvta_generic_to_shared(bars), empty = full + 8 * WG_STAGES;
+    if (tid == 0) {
+        for (int i = 0; i < WG_STAGES; i++) mbar_init(full + 8 * i, 1), mbar_init(empty + 8 * i, 256);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 2) {
+        if ((tid & 31) == 0) {
+            int first = min(WG_STAGES, kts);
+            // The table's first stages before the wait on the previous kernel (they do not
+            // depend on it); x's after it.
+            for (int kt = 0; kt < first; kt++) {
+                mbar_expect(full + 8 * kt, STAGE);
+                bulk_copy(base + (u32)kt * STAGE, wt + (size_t)kt * HALF, HALF, full + 8 * kt);
+            }
+            PDL_WAIT();
+            for (int kt = 0; kt < first; kt++)
+                bulk_copy(base + (u32)kt * STAGE + HALF, xb + (size_t)kt * B::BYTES, B::BYTES, full + 8 * kt);
+            for (int kt = WG_STAGES; kt < kts; kt++) {
+                int slot = kt % WG_STAGES;
+                // The slot's previous stage (kt - WG_STAGES, its use kt / WG_STAGES - 1) multiplied.
+                mbar_wait(empty + 8 * slot, (u32)(kt / WG_STAGES - 1) & 1u);
+                u32 st = base + (u32)slot * STAGE;
+                mbar_expect(full + 8 * slot, STAGE);
+                bulk_copy(st, wt + (size_t)kt * HALF, HALF, full + 8 * slot);
+                bulk_copy(st + HALF, xb + (size_t)kt * B::BYTES, B::BYTES, full + 8 * slot);
+            }
+        }
+        PDL_START();
+        return;
+    }
+    PDL_ENTRY();
+    typename K::Acc acc = {};
+    // At least one stage (rows are a multiple of 128 bytes wide, on the host): a do-while, so
+    // that no path skips the products (a join of zeroed and multiplied accumulators made ptxas
+    // serialize every wgmma, C7514).
+    int kt = 0;
+    do {
+        mbar_wait(full + 8 * (kt % WG_STAGES), (u32)(kt / WG_STAGES) & 1u);
+        u32 st = base + (u32)(kt % WG_STAGES) * STAGE;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < WG_KC / 32; s++) {
+            u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
+            u64 dhi = B::desc(st + HALF, 0, s), dlo = B::desc(st + HALF, 64, s);
+            K::step(acc, da, dhi, dlo);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        // One stage's products in flight: the previous stage's are done, its slot free.
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        if (kt > 0) mbar_arrive(empty + 8 * ((kt - 1) % WG_STAGES));
+    } while (++kt < kts);
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    K::store(acc, out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
+}
+#define HEAD_WGB_ENTRY(NAME, T, K, STAGES)                                                                     \
+    extern "C" __global__ void __launch_bounds__(WGB_THREADS, 1)                                               \
+        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* xt, int m, float* out) {     \
+        head_wgb_body<K, STAGES>((const char*)W, rs, vocab, cols, xt, m, out);                                  \
+    }
+HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)
+HEAD_WGB_ENTRY(head_wgb_f16, u16, Wg16<false>, 6)
+HEAD_WGB_ENTRY(head_wgb_bf16, u16, Wg16<true>, 6)
+// `rows` rows of `row` bytes (row a multiple of 128) in the stages' order for blocks of `tr`
+// rows: tile (row block b, column step kt) as tr x 128 contiguous bytes, row r's 16-byte chunk kc
+// at r x 128 + 16 (kc ^ (r % 8)) (WgLayout's swizzle); rows past `rows` zero. Then `tail` bytes
+// copied as they are (the int8 planes' row scales). A thread per 16 bytes.
+extern "C" __global__ void wg_tile_swizzled(const unsigned char* src, int rows, int row, int tr, int tail,
+                                            unsigned char* out) {
+    PDL_ENTRY();
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int kts = row / WG_KC;
+    size_t pieces = (size_t)((rows + tr - 1) / tr) * tr * (row / 16);
+    if (i >= pieces) {
+        size_t t = (i - pieces) * 16;
+        if (t < (size_t)tail) {
+            size_t at = (size_t)rows * row + t;
+            for (int b = 0; b < 16 && t + b < (size_t)tail; b++) out[pieces * 16 + t + b] = src[at + b];
+        }
+        return;
+    }
+    size_t tile = i / ((size_t)tr * 8);
+    int p = (int)(i % ((size_t)tr * 8)), r = p >> 3, kc = p & 7;
+    int v = (int)(tile / kts) * tr + r, kt = (int)(tile % kts);
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (v < rows) val = *(const uint4*)(src + (size_t)v * row + kt * WG_KC + kc * 16);
+    *(uint4*)(out + (tile * tr + r) * WG_KC + ((kc ^ (r & 7)) << 4)) = val;
+}
 extern "C" __global__ void split_rows_i16p(const float* x, int m, int mpad, int cols, unsigned char* out) {
     split_rows_i16_body<true>(x, m, mpad, cols, out);
 }

@@ -109,6 +109,31 @@ impl Table {
         }
     }
 
+    /// The bulk-copy warpgroup head's operands: the table (rows `cols` wide) in the stages'
+    /// order and swizzle (`wg_tile_swizzled`), and room for x's planes in that order, up to
+    /// [`BULK_X_BLOCKS`] blocks of 64 rows.
+    fn bulk(&self, gpu: &Gpu, cols: usize, elem: usize) -> Result<WgBulk, CudaError> {
+        let values = match self {
+            Table::F32(v) => v.len(),
+            Table::F16(v) | Table::BF16(v) => v.len(),
+            Table::I8 { values, .. } => values.len(),
+        };
+        let (vocab, row) = (values / cols, cols * elem);
+        let retile = gpu.function("wg_tile_swizzled")?;
+        let table = gpu.zeros::<u8>(vocab.div_ceil(128) * 128 * row)?;
+        launch_retile(
+            gpu,
+            &retile,
+            self.ptr(gpu),
+            vocab,
+            row,
+            0,
+            ptr(&table, &gpu.stream),
+        )?;
+        let x = gpu.zeros::<u8>(BULK_X_BLOCKS * 64 * (2 * row + 4))?;
+        Ok(WgBulk { retile, table, x })
+    }
+
     /// The tensor-core head for batches of rows over this table, as (split, head) kernels:
     /// 16-bit and int8 tables whose rows are a multiple of 128 wide, on sm_80+.
     pub(super) fn head_mma(&self, gpu: &Gpu, cols: usize) -> Option<HeadMma> {
@@ -134,20 +159,38 @@ impl Table {
         };
         let head = gpu.optional_function(head)?;
         head.allow_smem(smem as usize).ok()?;
+        // The warpgroup heads (sm_90a, more than 32 rows): by default each stage as two bulk
+        // copies from a copy of the table in the stages' order and swizzle (`head_wgb_*`; on
+        // an H200 the 64-row int8 head 132 -> 113 us, f16 205 -> 185 us, BENCHMARKS.md session
+        // 41), which holds the table's bytes once more (328 MB for 2B4T's int8 head, 656 MB
+        // for its f16 one) on cards of 80 GB and more; where that copy cannot be made, or with
+        // `BITNET_CUDA_HEAD_WG=nobulk`, every thread's own copies from the table as it is.
         // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` heads at every row count.
-        let wg = match std::env::var("BITNET_CUDA_HEAD_WG").as_deref() {
-            Ok("0") => None,
-            _ => gpu.optional_function(wg_head).and_then(|k| {
-                let smem = wg_smem(stages);
-                k.allow_smem(smem as usize).ok()?;
-                Some(WgHead {
-                    split: gpu.optional_function(wg_split)?,
-                    head: k,
-                    elem,
-                    smem,
-                })
-            }),
+        let mode = std::env::var("BITNET_CUDA_HEAD_WG").unwrap_or_default();
+        let smem_wg = wg_smem(stages);
+        let kernel = |name: &str| {
+            let k = gpu.optional_function(name)?;
+            k.allow_smem(smem_wg as usize).ok()?;
+            Some(k)
         };
+        let bulk = || {
+            let k = kernel(&wg_head.replace("head_wg_", "head_wgb_"))?;
+            Some((k, Some(self.bulk(gpu, cols, elem).ok()?)))
+        };
+        let wg = match mode.as_str() {
+            "0" => None,
+            "nobulk" => kernel(wg_head).map(|k| (k, None)),
+            _ => bulk().or_else(|| kernel(wg_head).map(|k| (k, None))),
+        }
+        .and_then(|(head, bulk)| {
+            Some(WgHead {
+                split: gpu.optional_function(wg_split)?,
+                head,
+                elem,
+                smem: smem_wg,
+                bulk,
+            })
+        });
         Some(HeadMma {
             split: gpu.optional_function(split)?,
             head,
@@ -179,6 +222,45 @@ struct WgHead {
     head: Kernel,
     elem: usize,
     smem: u32,
+    /// The bulk-copy variant's operands, where it runs.
+    bulk: Option<WgBulk>,
+}
+
+/// The bulk-copy warpgroup head's retiling kernel, table copy and room for x's planes.
+struct WgBulk {
+    retile: Kernel,
+    table: CudaSlice<u8>,
+    x: CudaSlice<u8>,
+}
+
+/// Blocks of 64 rows of x the bulk-copy head takes (more fall back to the warpgroup head).
+const BULK_X_BLOCKS: usize = 4;
+
+/// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of 128 rows, then `tail` bytes.
+fn launch_retile(
+    gpu: &Gpu,
+    k: &Kernel,
+    src: u64,
+    rows: usize,
+    row: usize,
+    tail: usize,
+    out: u64,
+) -> Result<(), CudaError> {
+    let threads = rows.div_ceil(128) * 128 * row / 16 + tail.div_ceil(16);
+    gpu.launch(
+        k,
+        (threads.div_ceil(256) as u32, 1, 1),
+        256,
+        0,
+        &[
+            Arg::P(src),
+            Arg::I(rows as i32),
+            Arg::I(row as i32),
+            Arg::I(128),
+            Arg::I(tail as i32),
+            Arg::P(out),
+        ],
+    )
 }
 
 /// The warpgroup head's dynamic shared memory: `stages` stages of 128 table rows and 128 plane
@@ -196,6 +278,9 @@ const HEAD_WG_MIN_ROWS: usize = 32;
 
 /// The warpgroup head's block: two warpgroups that multiply 64 table rows each, one that copies.
 const HEAD_WG_THREADS: u32 = 384;
+/// The bulk-copy one's (`WGB_THREADS` in the kernels): the two multiplying warpgroups and one
+/// warp whose lane 0 issues the copies.
+const HEAD_WGB_THREADS: u32 = 288;
 const HEAD_WG_TABLE_ROWS: usize = 128;
 
 /// Bytes of the warpgroup head's planes of `m` rows of x `cols` wide for a table of
@@ -246,17 +331,21 @@ pub(super) struct HeadIo {
 /// warpgroup head, to a multiple of 64, as planes), then one launch over every
 /// 64-row tile (grid y).
 pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
-    let (split, head, pad, table_rows, threads, smem) = match k
-        .wg
-        .as_ref()
-        .filter(|w| takes_wg_head(io.m, io.cols, w.elem, io.xhl_bytes))
-    {
+    let wg =
+        k.wg.as_ref()
+            .filter(|w| takes_wg_head(io.m, io.cols, w.elem, io.xhl_bytes))
+            .filter(|w| w.bulk.is_none() || io.m <= BULK_X_BLOCKS * 64);
+    let (split, head, pad, table_rows, threads, smem) = match wg {
         Some(w) => (
             &w.split,
             &w.head,
             64,
             HEAD_WG_TABLE_ROWS,
-            HEAD_WG_THREADS,
+            if w.bulk.is_some() {
+                HEAD_WGB_THREADS
+            } else {
+                HEAD_WG_THREADS
+            },
             w.smem,
         ),
         None => (&k.split, &k.head, 8, k.block_rows, 256, k.smem),
@@ -275,6 +364,21 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
             Arg::P(io.xhl),
         ],
     )?;
+    let (mut table, mut xhl) = (io.table, io.xhl);
+    if let Some((w, b)) = wg.and_then(|w| Some((w, w.bulk.as_ref()?))) {
+        let row = io.cols * w.elem;
+        let tail = if w.elem == 1 { 4 * mpad } else { 0 };
+        launch_retile(
+            gpu,
+            &b.retile,
+            io.xhl,
+            2 * mpad,
+            row,
+            tail,
+            ptr(&b.x, &gpu.stream),
+        )?;
+        (table, xhl) = (ptr(&b.table, &gpu.stream), ptr(&b.x, &gpu.stream));
+    }
     gpu.launch(
         head,
         (
@@ -285,11 +389,11 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
         threads,
         smem,
         &[
-            Arg::P(io.table),
+            Arg::P(table),
             Arg::P(io.scales),
             Arg::I(io.vocab as i32),
             Arg::I(io.cols as i32),
-            Arg::P(io.xhl),
+            Arg::P(xhl),
             Arg::I(io.m as i32),
             Arg::P(io.logits),
         ],
