@@ -287,6 +287,101 @@ impl Drop for Gpu {
     }
 }
 
+/// How the host waits for the device: spinning (the primary context's scheduling flag), which
+/// on an H200 took a decode step's tokens back ~6 us sooner than the driver's own choice (+1%
+/// at batch 1 and 64; blocking cost 8-13%: BENCHMARKS.md session 41).
+/// `BITNET_CUDA_SCHED=auto|yield|block` for the others.
+fn set_sched(ordinal: usize) -> Result<(), CudaError> {
+    use cudarc::driver::sys::CUctx_flags as F;
+    let flag = match std::env::var("BITNET_CUDA_SCHED").as_deref() {
+        Ok("auto") => return Ok(()),
+        Ok("yield") => F::CU_CTX_SCHED_YIELD,
+        Ok("block") => F::CU_CTX_SCHED_BLOCKING_SYNC,
+        _ => F::CU_CTX_SCHED_SPIN,
+    };
+    cudarc::driver::result::init()?;
+    let dev = cudarc::driver::result::device::get(ordinal as i32)?;
+    // SAFETY: a plain driver call on a valid device handle. A refusal (a driver that will not
+    // change an active context's flags) leaves the driver's choice: a hint, not a failure.
+    let _ = unsafe { cudarc::driver::sys::cuDevicePrimaryCtxSetFlags_v2(dev, flag as u32) };
+    Ok(())
+}
+
+/// Host memory the device copies to and from directly (page-locked), where the driver gives
+/// it (`BITNET_CUDA_PINNED=0`: ordinary memory, which the driver stages through its own); a
+/// copy from it is asynchronous, so it must not change until the copy's stream has passed it.
+pub(crate) struct HostBuf<T: Copy + Default> {
+    pinned: Option<(*mut T, Arc<CudaContext>)>,
+    plain: Vec<T>,
+    len: usize,
+}
+
+// SAFETY: the page-locked allocation is owned by the buffer alone, like a Vec's.
+unsafe impl<T: Copy + Default + Send> Send for HostBuf<T> {}
+// SAFETY: as above; shared references only read.
+unsafe impl<T: Copy + Default + Sync> Sync for HostBuf<T> {}
+
+impl<T: Copy + Default> HostBuf<T> {
+    /// `len` default values, page-locked where possible.
+    pub(crate) fn new(gpu: &Gpu, len: usize) -> Self {
+        let on = std::env::var("BITNET_CUDA_PINNED").map_or(true, |v| v != "0");
+        let bytes = len.max(1) * std::mem::size_of::<T>();
+        let pinned = on
+            .then(|| {
+                gpu.ctx.bind_to_thread().ok()?;
+                // SAFETY: a fresh allocation of `bytes`, filled below before any use.
+                let p = unsafe { cudarc::driver::result::malloc_host(bytes, 0) }.ok()? as *mut T;
+                if p.is_null() || !p.is_aligned() {
+                    return None;
+                }
+                for i in 0..len {
+                    // SAFETY: within the allocation, aligned.
+                    unsafe { p.add(i).write(T::default()) };
+                }
+                Some((p, gpu.ctx.clone()))
+            })
+            .flatten();
+        let plain = match pinned {
+            Some(_) => Vec::new(),
+            None => vec![T::default(); len],
+        };
+        HostBuf { pinned, plain, len }
+    }
+}
+
+impl<T: Copy + Default> std::ops::Deref for HostBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.pinned {
+            // SAFETY: `len` initialized values, owned by this buffer.
+            Some((p, _)) => unsafe { std::slice::from_raw_parts(*p, self.len) },
+            None => &self.plain,
+        }
+    }
+}
+
+impl<T: Copy + Default> std::ops::DerefMut for HostBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.pinned {
+            // SAFETY: as in `deref`, and borrowed mutably.
+            Some((p, _)) => unsafe { std::slice::from_raw_parts_mut(*p, self.len) },
+            None => &mut self.plain,
+        }
+    }
+}
+
+impl<T: Copy + Default> Drop for HostBuf<T> {
+    fn drop(&mut self) {
+        if let Some((p, ctx)) = self.pinned.take()
+            && ctx.bind_to_thread().is_ok()
+        {
+            // SAFETY: allocated by `malloc_host`, freed once. (Every copy from or to it was
+            // waited for by its pass.)
+            let _ = unsafe { cudarc::driver::result::free_host(p as *mut std::ffi::c_void) };
+        }
+    }
+}
+
 impl Gpu {
     /// Opens device `ordinal` and loads the kernels (compiling them on first use).
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
@@ -301,6 +396,7 @@ impl Gpu {
                 "cuda:{ordinal} requested, but {n} CUDA device(s) are present"
             )));
         }
+        set_sched(ordinal)?;
         let ctx = CudaContext::new(ordinal)?;
         // One stream, in order: cudarc's per-buffer events would only add work (and break graph
         // capture).

@@ -12,11 +12,12 @@ use bitnet_model::{
 use cudarc::driver::CudaSlice;
 use half::f16;
 
-use crate::device::{Arg, Attr, Gpu, Kernel, ptr};
+use crate::device::{Arg, Attr, Gpu, HostBuf, Kernel, ptr};
 use crate::pack::{self, KGROUP, STRIP};
 use crate::{CudaError, CudaOptions, HeadType, KvType};
 
 mod attention;
+mod gaps;
 mod head;
 mod linear;
 mod mega;
@@ -132,7 +133,9 @@ struct Scratch {
     gpu: Option<Gpu>,
     /// u32 parameters: tokens, positions, sequence of each row, wanted rows, sequence table.
     params: CudaSlice<u32>,
-    host_params: Vec<u32>,
+    host_params: HostBuf<u32>,
+    /// The host's copy of `tokens_out`.
+    host_tokens: HostBuf<u32>,
     h: CudaSlice<f32>,
     qkv: CudaSlice<f32>,
     attn: CudaSlice<f32>,
@@ -162,6 +165,8 @@ struct Scratch {
     /// A step's rows (token, position, sequence), sequences (cache address, capacity) and
     /// wanted rows, reused across steps.
     lists: StepLists,
+    /// `BITNET_CUDA_STEP_GAPS=1` (the model's own scratch): where each step's time goes.
+    gaps: Option<gaps::Gaps>,
 }
 
 impl Scratch {
@@ -180,10 +185,16 @@ impl Scratch {
         );
         let qkv_dim = c.q_dim() + 2 * c.kv_dim();
         let head_rows = if lane.is_some() { 1 } else { MAX_ROWS };
+        let gaps = if lane.is_none() {
+            gaps::Gaps::new()
+        } else {
+            None
+        };
         Ok(Scratch {
             gpu: lane,
             params: gpu.zeros::<u32>(P_LEN)?,
-            host_params: vec![0u32; P_LEN],
+            host_params: HostBuf::new(gpu, P_LEN),
+            host_tokens: HostBuf::new(gpu, head_rows),
             h: gpu.zeros(MAX_ROWS * c.hidden_size)?,
             qkv: gpu.zeros(MAX_ROWS * qkv_dim)?,
             attn: gpu.zeros(MAX_ROWS * c.q_dim())?,
@@ -206,6 +217,7 @@ impl Scratch {
             graphs: Default::default(),
             step_rows: 0,
             lists: Default::default(),
+            gaps,
         })
     }
 }
@@ -629,7 +641,7 @@ impl CudaModel {
             };
             p[P_ROWTAB + 3 * i..P_ROWTAB + 3 * i + 3].copy_from_slice(&entry(e));
         }
-        st.memcpy_htod(&s.host_params, &mut s.params)?;
+        st.memcpy_htod(&s.host_params[..], &mut s.params)?;
         let m = wanted.len();
         // A decode step (one token per sequence, every logit row wanted) replays a captured graph
         // per batch size: its launches and arguments never change, only the parameters' values.
@@ -711,6 +723,9 @@ impl CudaModel {
             return Ok(());
         }
         let v = self.config.vocab_size;
+        if let Some(g) = &mut s.gaps {
+            g.mark(1, &st)?;
+        }
         match out {
             Out::Logits(logits) => {
                 let old = logits.len();
@@ -718,9 +733,9 @@ impl CudaModel {
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
             }
             Out::Greedy(tokens) => {
-                let old = tokens.len();
-                tokens.resize(old + m, 0);
-                st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut tokens[old..])?;
+                st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut s.host_tokens[..m])?;
+                gpu.sync()?;
+                tokens.extend_from_slice(&s.host_tokens[..m]);
             }
             Out::TopK(k, out) if *k <= TOPK_MAX => {
                 let k = *k;
@@ -742,6 +757,9 @@ impl CudaModel {
             }
         }
         gpu.sync()?;
+        if let Some(g) = &mut s.gaps {
+            g.mark(2, &st)?;
+        }
         if decode
             && n == 1
             && self.mega_on()
@@ -770,6 +788,10 @@ impl CudaModel {
             Some(_) => Cuts::default(),
         };
         s.step_rows = rows.len();
+        if let Some(g) = &mut s.gaps {
+            let decode = tracer.is_none() && wanted.len() == rows.len() && seqs.len() == rows.len();
+            g.start(&self.gpu.stream, rows.len(), decode)?;
+        }
         if cuts.is_empty() {
             return self.pass(s, p, out, tracer);
         }
