@@ -782,6 +782,28 @@ impl CudaModel {
         out: &mut Out<'_>,
         tracer: Option<&mut (dyn Tracer + 't)>,
     ) -> Result<(), CudaError> {
+        let done = self.step_launch(s, p, out, tracer);
+        if done.is_err() {
+            // Whatever was launched finishes before the host may write the page-locked
+            // parameters again (their copies read them when the stream reaches them).
+            let _ = self.gpu.sync();
+            if let Ok(lanes) = self.lanes.lock() {
+                for lane in &lanes.lanes {
+                    let _ = self.gpu_of(&lane.gpu).sync();
+                }
+            }
+        }
+        done
+    }
+
+    /// [`CudaModel::step`]'s launches and outputs.
+    fn step_launch<'t>(
+        &self,
+        s: &mut Scratch,
+        p: PassRows<'_>,
+        out: &mut Out<'_>,
+        tracer: Option<&mut (dyn Tracer + 't)>,
+    ) -> Result<(), CudaError> {
         let (rows, seqs, wanted) = p;
         let cuts = match tracer {
             None => lane_cuts(rows, self.lanes_rule),
