@@ -233,8 +233,10 @@ struct WgBulk {
     x: CudaSlice<u8>,
 }
 
-/// Blocks of 64 rows of x the bulk-copy head takes (more fall back to the warpgroup head).
+/// Blocks of 64 rows of x the bulk-copy head takes: [`MAX_ROWS`](super::MAX_ROWS), a pass's
+/// most (a head of more rows would take the `mma.sync` one).
 const BULK_X_BLOCKS: usize = 4;
+const _: () = assert!(BULK_X_BLOCKS * 64 >= super::MAX_ROWS);
 
 /// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of 128 rows, then `tail` bytes.
 fn launch_retile(
