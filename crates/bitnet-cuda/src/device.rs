@@ -310,10 +310,14 @@ fn set_sched(ordinal: usize) -> Result<(), CudaError> {
 /// Host memory the device copies to and from directly (page-locked), where the driver gives
 /// it (`BITNET_CUDA_PINNED=0`: ordinary memory, which the driver stages through its own); a
 /// copy from it is asynchronous, so it must not change until the copy's stream has passed it.
-pub(crate) struct HostBuf<T: Copy + Default> {
-    pinned: Option<(*mut T, Arc<CudaContext>)>,
-    plain: Vec<T>,
-    len: usize,
+pub(crate) enum HostBuf<T: Copy + Default> {
+    /// `len` values at `ptr`, allocated by the driver in `ctx`.
+    Pinned {
+        ptr: *mut T,
+        len: usize,
+        ctx: Arc<CudaContext>,
+    },
+    Plain(Vec<T>),
 }
 
 // SAFETY: the page-locked allocation is owned by the buffer alone, like a Vec's.
@@ -326,58 +330,57 @@ impl<T: Copy + Default> HostBuf<T> {
     pub(crate) fn new(gpu: &Gpu, len: usize) -> Self {
         let on = std::env::var("BITNET_CUDA_PINNED").map_or(true, |v| v != "0");
         let bytes = len.max(1) * std::mem::size_of::<T>();
-        let pinned = on
-            .then(|| {
-                gpu.ctx.bind_to_thread().ok()?;
-                // SAFETY: a fresh allocation of `bytes`, filled below before any use.
-                let p = unsafe { cudarc::driver::result::malloc_host(bytes, 0) }.ok()? as *mut T;
-                if p.is_null() || !p.is_aligned() {
-                    return None;
-                }
-                for i in 0..len {
-                    // SAFETY: within the allocation, aligned.
-                    unsafe { p.add(i).write(T::default()) };
-                }
-                Some((p, gpu.ctx.clone()))
-            })
-            .flatten();
-        let plain = match pinned {
-            Some(_) => Vec::new(),
-            None => vec![T::default(); len],
+        let pinned = || {
+            gpu.ctx.bind_to_thread().ok()?;
+            // SAFETY: a fresh allocation of `bytes`, filled below before any use.
+            let ptr = unsafe { cudarc::driver::result::malloc_host(bytes, 0) }.ok()? as *mut T;
+            if ptr.is_null() || !ptr.is_aligned() {
+                return None;
+            }
+            for i in 0..len {
+                // SAFETY: within the allocation, aligned.
+                unsafe { ptr.add(i).write(T::default()) };
+            }
+            let ctx = gpu.ctx.clone();
+            Some(HostBuf::Pinned { ptr, len, ctx })
         };
-        HostBuf { pinned, plain, len }
+        on.then(pinned)
+            .flatten()
+            .unwrap_or_else(|| HostBuf::Plain(vec![T::default(); len]))
     }
 }
 
 impl<T: Copy + Default> std::ops::Deref for HostBuf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        match &self.pinned {
+        match self {
             // SAFETY: `len` initialized values, owned by this buffer.
-            Some((p, _)) => unsafe { std::slice::from_raw_parts(*p, self.len) },
-            None => &self.plain,
+            HostBuf::Pinned { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            HostBuf::Plain(v) => v,
         }
     }
 }
 
 impl<T: Copy + Default> std::ops::DerefMut for HostBuf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        match &mut self.pinned {
+        match self {
             // SAFETY: as in `deref`, and borrowed mutably.
-            Some((p, _)) => unsafe { std::slice::from_raw_parts_mut(*p, self.len) },
-            None => &mut self.plain,
+            HostBuf::Pinned { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts_mut(*ptr, *len)
+            },
+            HostBuf::Plain(v) => v,
         }
     }
 }
 
 impl<T: Copy + Default> Drop for HostBuf<T> {
     fn drop(&mut self) {
-        if let Some((p, ctx)) = self.pinned.take()
+        if let HostBuf::Pinned { ptr, ctx, .. } = self
             && ctx.bind_to_thread().is_ok()
         {
             // SAFETY: allocated by `malloc_host`, freed once. (Every copy from or to it was
             // waited for by its pass.)
-            let _ = unsafe { cudarc::driver::result::free_host(p as *mut std::ffi::c_void) };
+            let _ = unsafe { cudarc::driver::result::free_host(*ptr as *mut std::ffi::c_void) };
         }
     }
 }

@@ -4130,6 +4130,23 @@ __device__ __forceinline__ void named_sync(int id, int n) {
 __device__ __forceinline__ void named_arrive(int id, int n) {
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
 }
+// One stage's products of the warpgroup heads (`st`: the stage's shared-memory address, its two
+// 64-row table halves, then x's planes; `wg`: this warpgroup's half), committed with one stage
+// in flight: when this returns, the previous stage's products are done and its slot free.
+template <class K>
+__device__ __forceinline__ void wg_stage_products(typename K::Acc& acc, u32 st, int wg) {
+    using A = WgLayout<64>;
+    using B = WgLayout<128>;
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < WG_KC / 32; s++) {
+        u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
+        u64 dhi = B::desc(st + 2 * A::BYTES, 0, s), dlo = B::desc(st + 2 * A::BYTES, 64, s);
+        K::step(acc, da, dhi, dlo);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+}
 template <class K, int WG_STAGES>
 __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int vocab, int cols,
                                              const unsigned char* xq, int m, float* out) {
@@ -4196,17 +4213,7 @@ __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int
     for (int kt = 0; kt < kts; kt++) {
         named_sync(1 + 2 * (kt & 1), WG_THREADS);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        u32 st = base + (u32)(kt % WG_STAGES) * STAGE;
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-        for (int s = 0; s < WG_KC / 32; s++) {
-            u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
-            u64 dhi = B::desc(st + 2 * A::BYTES, 0, s), dlo = B::desc(st + 2 * A::BYTES, 64, s);
-            K::step(acc, da, dhi, dlo);
-        }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        // One stage's products in flight: the previous stage's are done, its buffer free.
-        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        wg_stage_products<K>(acc, base + (u32)(kt % WG_STAGES) * STAGE, wg);
         if (kt > 0) named_arrive(2, WG_THREADS);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
@@ -4217,11 +4224,13 @@ __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int
 // Dynamic shared memory: STAGES stages of 32 KB and 1,024 bytes to align them (`wg_smem` in
 // model/head.rs): four for the int8 table, six for the 16-bit ones (the fastest of four and six
 // at 64 rows of 2B4T's head on an H200, BENCHMARKS.md session 40).
-#define HEAD_WG_ENTRY(NAME, T, K, STAGES)                                                                      \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                \
-        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* xq, int m, float* out) {     \
-        head_wg_body<K, STAGES>((const char*)W, rs, vocab, cols, xq, m, out);                                   \
+// BODY: head_wg_body (THREADS: WG_THREADS) or head_wgb_body (WGB_THREADS).
+#define HEAD_WG_KERNEL(BODY, THREADS, NAME, T, K, STAGES)                                                      \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                   \
+        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out) {      \
+        BODY<K, STAGES>((const char*)W, rs, vocab, cols, x, m, out);                                            \
     }
+#define HEAD_WG_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wg_body, WG_THREADS, NAME, T, K, STAGES)
 HEAD_WG_ENTRY(head_wg_i8, i8, WgI8, 4)
 // The 16-bit tables (no row scales: rs null), x by `split_rows_f16p` / `split_rows_bf16p`.
 HEAD_WG_ENTRY(head_wg_f16, u16, Wg16<false>, 6)
@@ -4318,27 +4327,13 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
     int kt = 0;
     do {
         mbar_wait(full + 8 * (kt % WG_STAGES), (u32)(kt / WG_STAGES) & 1u);
-        u32 st = base + (u32)(kt % WG_STAGES) * STAGE;
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-        for (int s = 0; s < WG_KC / 32; s++) {
-            u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
-            u64 dhi = B::desc(st + HALF, 0, s), dlo = B::desc(st + HALF, 64, s);
-            K::step(acc, da, dhi, dlo);
-        }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        // One stage's products in flight: the previous stage's are done, its slot free.
-        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        wg_stage_products<K>(acc, base + (u32)(kt % WG_STAGES) * STAGE, wg);
         if (kt > 0) mbar_arrive(empty + 8 * ((kt - 1) % WG_STAGES));
     } while (++kt < kts);
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     K::store(acc, out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
 }
-#define HEAD_WGB_ENTRY(NAME, T, K, STAGES)                                                                     \
-    extern "C" __global__ void __launch_bounds__(WGB_THREADS, 1)                                               \
-        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* xt, int m, float* out) {     \
-        head_wgb_body<K, STAGES>((const char*)W, rs, vocab, cols, xt, m, out);                                  \
-    }
+#define HEAD_WGB_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wgb_body, WGB_THREADS, NAME, T, K, STAGES)
 HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)
 HEAD_WGB_ENTRY(head_wgb_f16, u16, Wg16<false>, 6)
 HEAD_WGB_ENTRY(head_wgb_bf16, u16, Wg16<true>, 6)

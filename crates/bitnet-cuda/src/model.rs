@@ -222,6 +222,12 @@ impl Scratch {
     }
 }
 
+/// Whether a pass is a decode step: untraced, one row per sequence, every row's logits wanted
+/// (such steps replay captured graphs).
+fn is_decode(traced: bool, (rows, seqs, wanted): PassRows<'_>) -> bool {
+    !traced && wanted.len() == rows.len() && seqs.len() == rows.len()
+}
+
 /// A step's rows, sequences and wanted rows (`Scratch::lists`).
 type StepLists = (Vec<(u32, u32, u32)>, Vec<(u64, usize)>, Vec<u32>);
 
@@ -645,7 +651,7 @@ impl CudaModel {
         let m = wanted.len();
         // A decode step (one token per sequence, every logit row wanted) replays a captured graph
         // per batch size: its launches and arguments never change, only the parameters' values.
-        let decode = tracer.is_none() && m == n && seqs.len() == n;
+        let decode = is_decode(tracer.is_some(), (rows, seqs, wanted));
         let max_pos = rows.iter().map(|r| r.1 as usize).max().unwrap_or(0);
         let chunks = (max_pos / CHUNK + 1).min(self.max_chunks);
         if decode && self.graphs {
@@ -732,10 +738,8 @@ impl CudaModel {
                 logits.resize(old + m * v, 0.0);
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
             }
-            Out::Greedy(tokens) => {
+            Out::Greedy(_) => {
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut s.host_tokens[..m])?;
-                gpu.sync()?;
-                tokens.extend_from_slice(&s.host_tokens[..m]);
             }
             Out::TopK(k, out) if *k <= TOPK_MAX => {
                 let k = *k;
@@ -757,6 +761,9 @@ impl CudaModel {
             }
         }
         gpu.sync()?;
+        if let Out::Greedy(tokens) = out {
+            tokens.extend_from_slice(&s.host_tokens[..m]);
+        }
         if let Some(g) = &mut s.gaps {
             g.mark(2, &st)?;
         }
@@ -811,8 +818,7 @@ impl CudaModel {
         };
         s.step_rows = rows.len();
         if let Some(g) = &mut s.gaps {
-            let decode = tracer.is_none() && wanted.len() == rows.len() && seqs.len() == rows.len();
-            g.start(&self.gpu.stream, rows.len(), decode)?;
+            g.start(&self.gpu.stream, rows.len(), is_decode(tracer.is_some(), p))?;
         }
         if cuts.is_empty() {
             return self.pass(s, p, out, tracer);

@@ -120,7 +120,8 @@ impl Table {
         };
         let (vocab, row) = (values / cols, cols * elem);
         let retile = gpu.function("wg_tile_swizzled")?;
-        let table = gpu.zeros::<u8>(vocab.div_ceil(128) * 128 * row)?;
+        let table =
+            gpu.zeros::<u8>(vocab.div_ceil(HEAD_WG_TABLE_ROWS) * HEAD_WG_TABLE_ROWS * row)?;
         launch_retile(
             gpu,
             &retile,
@@ -238,7 +239,8 @@ struct WgBulk {
 const BULK_X_BLOCKS: usize = 4;
 const _: () = assert!(BULK_X_BLOCKS * 64 >= super::MAX_ROWS);
 
-/// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of 128 rows, then `tail` bytes.
+/// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of [`HEAD_WG_TABLE_ROWS`] rows
+/// (the head's table rows per block, and x's 64-row blocks of two planes), then `tail` bytes.
 fn launch_retile(
     gpu: &Gpu,
     k: &Kernel,
@@ -248,7 +250,8 @@ fn launch_retile(
     tail: usize,
     out: u64,
 ) -> Result<(), CudaError> {
-    let threads = rows.div_ceil(128) * 128 * row / 16 + tail.div_ceil(16);
+    let tr = HEAD_WG_TABLE_ROWS;
+    let threads = rows.div_ceil(tr) * tr * row / 16 + tail.div_ceil(16);
     gpu.launch(
         k,
         (threads.div_ceil(256) as u32, 1, 1),
@@ -258,7 +261,7 @@ fn launch_retile(
             Arg::P(src),
             Arg::I(rows as i32),
             Arg::I(row as i32),
-            Arg::I(128),
+            Arg::I(tr as i32),
             Arg::I(tail as i32),
             Arg::P(out),
         ],
