@@ -6,7 +6,8 @@
 # BIN_DIR holds the release `bitnet` binary, the bitnet-cuda test binaries (compile,
 # conformance, parity) and the compiled kernels, built elsewhere with `scripts/gpu-build.sh` (no
 # Rust or network is needed here). Tests run with BITNET_REQUIRE_GPU=1, so a missing GPU fails
-# instead of skipping.
+# instead of skipping; TESTS="..." names the test binaries to run (default all three; empty:
+# none, e.g. for `tests` to run only the server and CLI checks).
 # Benchmarks: the synthetic 2B4T-shaped model written by transformers (random bf16 masters,
 # bench/gpu/hf_peer.py, which also times transformers itself), converted by `bitnet convert`;
 # `quick` times our engine alone on `bitnet convert --synthetic 2b4t` (same shapes), and with
@@ -45,7 +46,7 @@ if [ "$WHAT" = ncu ]; then
   exit 0
 fi
 if [ "$WHAT" != bench ] && [ "$WHAT" != quick ]; then
-  for t in compile conformance parity; do
+  for t in ${TESTS-compile conformance parity}; do
     echo "== test $t"
     "$BIN/$t" --test-threads=1 2>&1 | tail -25 || status=1
   done

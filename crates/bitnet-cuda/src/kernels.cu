@@ -3401,10 +3401,18 @@ extern "C" __global__ void __launch_bounds__(256, 3) head_i8(const i8* W, const 
 // wg_plane_row(r), its low part 64 plane rows later (each 64-row block of x as 128 plane rows,
 // its high parts first).
 __device__ __forceinline__ size_t wg_plane_row(int r) { return (size_t)(r >> 6) * 128 + (r & 63); }
+// Where byte c of plane row pr (rows of `row` bytes) goes where the planes are stored in the bulk
+// head's stages' order (`wg_tile_swizzled` with 128-row tiles): tile (pr / 128, c / 128) as 128 x
+// 128 contiguous bytes, its row r's 16-byte chunk kc at r x 128 + 16 (kc ^ (r % 8)).
+__device__ __forceinline__ size_t wg_tiled_at(size_t pr, int c, int row) {
+    size_t tile = (pr >> 7) * (size_t)(row >> 7) + (c >> 7);
+    int r = (int)(pr & 127), kc = (c & 127) >> 4;
+    return (tile * 128 + r) * 128 + ((kc ^ (r & 7)) << 4) + (c & 15);
+}
 // out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero. PLANAR:
 // in the warpgroup heads' planes (wg_plane_row).
 template <bool BF, bool PLANAR = false>
-__device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out) {
+__device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out, bool tiled = false) {
     PDL_ENTRY();
     int r = blockIdx.x;
     if (r >= mpad) return;
@@ -3421,6 +3429,12 @@ __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* 
         } else {
             hi = f2h(v);
             lo = f2h(v - h2f(hi));
+        }
+        if (PLANAR && tiled) {
+            size_t pr = wg_plane_row(r);
+            out[wg_tiled_at(pr, 2 * c, 2 * cols) / 2] = hi;
+            out[wg_tiled_at(pr + 64, 2 * c, 2 * cols) / 2] = lo;
+            continue;
         }
         size_t at = PLANAR ? wg_plane_row(r) * cols + c : (size_t)r * 2 * cols + c;
         size_t part = PLANAR ? (size_t)64 * cols : cols;
@@ -3621,7 +3635,8 @@ HEAD_MMA_ENTRY(head_mma_bf16, u16, BF16T, true)
 // PLANAR (`head_wg_i8`): in the warpgroup heads' planes (wg_plane_row), rows of `cols` bytes;
 // the scales after the last block.
 template <bool PLANAR = false>
-__device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out) {
+__device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, unsigned char* out,
+                                    bool tiled = false) {
     PDL_ENTRY();
     __shared__ float red[32];
     int r = blockIdx.x;
@@ -3651,7 +3666,11 @@ __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, u
                 w[2 + (j >> 2)] |= (u32)(q & 0xff) << (8 * (j & 3));
             }
         }
-        if (PLANAR) {
+        if (PLANAR && tiled) {
+            size_t pr = wg_plane_row(r);
+            *(uint2*)(out + wg_tiled_at(pr, c8 * 8, cols)) = make_uint2(w[0], w[1]);
+            *(uint2*)(out + wg_tiled_at(pr + 64, c8 * 8, cols)) = make_uint2(w[2], w[3]);
+        } else if (PLANAR) {
             unsigned char* hi = out + wg_plane_row(r) * cols + c8 * 8;
             *(uint2*)hi = make_uint2(w[0], w[1]);
             *(uint2*)(hi + (size_t)64 * cols) = make_uint2(w[2], w[3]);
@@ -3678,9 +3697,11 @@ __device__ __forceinline__ void head_i16_stage(const unsigned char* xq, int cols
 // The logits of a warp's 16 table rows from v16 by NT 8-row tiles of x from t0 (mt rows wanted),
 // out of the sums over x's high and low planes in the mma fragment layout: sums(j, c) is element
 // c of tile j (table row g + 8 (c / 2), x row 8 j + 2 t + c % 2) as (high, low).
-template <int NT, class F>
-__device__ __forceinline__ void head_i16_store(float* logits, int vocab, int v16, int t0, int mt,
-                                               const float* rscale, const float* xs, F sums) {
+// `each(slot, tok, v, logit)` for every logit this thread holds (slot = 2 j + c % 2: the x row's
+// place among the thread's 2 NT rows).
+template <int NT, class F, class G>
+__device__ __forceinline__ void head_i16_each(int vocab, int v16, int t0, int mt, const float* rscale,
+                                              const float* xs, F sums, G each) {
     int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
@@ -3695,11 +3716,17 @@ __device__ __forceinline__ void head_i16_store(float* logits, int vocab, int v16
                 if (tok < mt) {
                     int2 hl = sums(j, 2 * half + e);
                     long long sum = (long long)hl.x * 256 + hl.y;
-                    logits[(size_t)(t0 + tok) * vocab + v] = (float)sum * (s * xs[t0 + tok]);
+                    each(2 * j + e, tok, v, (float)sum * (s * xs[t0 + tok]));
                 }
             }
         }
     }
+}
+template <int NT, class F>
+__device__ __forceinline__ void head_i16_store(float* logits, int vocab, int v16, int t0, int mt,
+                                               const float* rscale, const float* xs, F sums) {
+    head_i16_each<NT>(vocab, v16, t0, mt, rscale, xs, sums,
+                      [&](int, int tok, int v, float l) { logits[(size_t)(t0 + tok) * vocab + v] = l; });
 }
 template <int NT>
 __device__ __forceinline__ void head_imma_tiles(const i8* W, const float* rscale, int vocab, int cols,
@@ -4076,10 +4103,11 @@ struct WgI8 {
         wgmma_s8s8(a.d[0], da, dhi);
         wgmma_s8u8(a.d[1], da, dlo);
     }
-    static __device__ __forceinline__ void store(const Acc& a, float* out, int vocab, int v16, int t0, int mt,
-                                                 const float* rs, const float* xs) {
-        head_i16_store<8>(out, vocab, v16, t0, mt, rs, xs,
-                          [&](int j, int c) { return make_int2(a.d[0][4 * j + c], a.d[1][4 * j + c]); });
+    template <class G>
+    static __device__ __forceinline__ void each(const Acc& a, int vocab, int v16, int t0, int mt, const float* rs,
+                                                const float* xs, G g) {
+        head_i16_each<8>(vocab, v16, t0, mt, rs, xs,
+                         [&](int j, int c) { return make_int2(a.d[0][4 * j + c], a.d[1][4 * j + c]); }, g);
     }
 };
 template <bool BF>
@@ -4097,8 +4125,9 @@ struct Wg16 {
             wgmma_f16(a.d, da, dlo);
         }
     }
-    static __device__ __forceinline__ void store(const Acc& a, float* out, int vocab, int v16, int t0, int mt,
-                                                 const float* rs, const float*) {
+    template <class G>
+    static __device__ __forceinline__ void each(const Acc& a, int vocab, int v16, int t0, int mt, const float* rs,
+                                                const float*, G each) {
         int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
@@ -4110,7 +4139,7 @@ struct Wg16 {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int tok = j * 8 + 2 * t + e;
-                    if (tok < mt) out[(size_t)(t0 + tok) * vocab + v] = a.d[4 * j + 2 * half + e] * s;
+                    if (tok < mt) each(2 * j + e, tok, v, a.d[4 * j + 2 * half + e] * s);
                 }
             }
         }
@@ -4129,6 +4158,52 @@ __device__ __forceinline__ void named_sync(int id, int n) {
 }
 __device__ __forceinline__ void named_arrive(int id, int n) {
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+// The warpgroup heads' logits into out (`m` x `vocab`), or with `keys` their greedy choice: each
+// logit as a key that orders as the argmax kernels choose (the larger value, then the lower
+// index; NaN and -inf never, both zeros equal; 0: none), the block's 128 table rows' best per x
+// row merged by 64-bit atomic max into keys[t0 + row] (zeroed by the split kernel) and read by
+// `head_keys_tokens`. Only the 256 multiplying threads call this (named barrier 4).
+__device__ __forceinline__ u64 argmax_key(float v, int i) {
+    if (!(v > -INFINITY)) return 0ull;
+    return ((u64)order_key(v == 0.f ? 0.f : v) << 32) | (u64)(~(u32)i);
+}
+template <class K>
+__device__ __forceinline__ void wg_finish(const typename K::Acc& acc, float* out, u64* keys, int vocab, int v16,
+                                          int t0, int mt, const float* rs, const float* xs) {
+    if (!keys) {
+        K::each(acc, vocab, v16, t0, mt, rs, xs,
+                [&](int, int tok, int v, float l) { out[(size_t)(t0 + tok) * vocab + v] = l; });
+        return;
+    }
+    // Each warp's best of its 16 table rows per x row (lanes of one t hold the same x rows),
+    // one slot per warp and x row, then each x row's best of the 8 warps' into the keys.
+    __shared__ u64 red[8][64];
+    int tid = threadIdx.x, lane = tid & 31;
+    u64 best[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) best[i] = 0;
+    K::each(acc, vocab, v16, t0, mt, rs, xs, [&](int slot, int, int v, float l) {
+        u64 k = argmax_key(l, v);
+        best[slot] = k > best[slot] ? k : best[slot];
+    });
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        u64 k = best[i];
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+            u64 other = __shfl_xor_sync(FULL, k, o);
+            k = other > k ? other : k;
+        }
+        if (lane < 4) red[tid >> 5][(i >> 1) * 8 + 2 * lane + (i & 1)] = k;
+    }
+    named_sync(4, 256);
+    if (tid < mt) {
+        u64 k = red[0][tid];
+#pragma unroll
+        for (int w = 1; w < 8; w++) k = red[w][tid] > k ? red[w][tid] : k;
+        if (k) atomicMax(keys + t0 + tid, k);
+    }
 }
 // One stage's products of the warpgroup heads (`st`: the stage's shared-memory address, its two
 // 64-row table halves, then x's planes; `wg`: this warpgroup's half), committed with one stage
@@ -4149,7 +4224,7 @@ __device__ __forceinline__ void wg_stage_products(typename K::Acc& acc, u32 st, 
 }
 template <class K, int WG_STAGES>
 __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int vocab, int cols,
-                                             const unsigned char* xq, int m, float* out) {
+                                             const unsigned char* xq, int m, float* out, u64* keys) {
     using A = WgLayout<64>;
     using B = WgLayout<128>;
     constexpr u32 STAGE = 2 * A::BYTES + B::BYTES;
@@ -4219,7 +4294,7 @@ __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     // D fragment: warp w of the warpgroup holds table rows 16 w .. 16 w + 15; element c of its
     // 8-column tile j is acc[.][4 j + c], as mma's.
-    K::store(acc, out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
+    wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
 }
 // Dynamic shared memory: STAGES stages of 32 KB and 1,024 bytes to align them (`wg_smem` in
 // model/head.rs): four for the int8 table, six for the 16-bit ones (the fastest of four and six
@@ -4227,8 +4302,9 @@ __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int
 // BODY: head_wg_body (THREADS: WG_THREADS) or head_wgb_body (WGB_THREADS).
 #define HEAD_WG_KERNEL(BODY, THREADS, NAME, T, K, STAGES)                                                      \
     extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                   \
-        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out) {      \
-        BODY<K, STAGES>((const char*)W, rs, vocab, cols, x, m, out);                                            \
+        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out,        \
+             u64* keys) {                                                                                        \
+        BODY<K, STAGES>((const char*)W, rs, vocab, cols, x, m, out, keys);                                      \
     }
 #define HEAD_WG_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wg_body, WG_THREADS, NAME, T, K, STAGES)
 HEAD_WG_ENTRY(head_wg_i8, i8, WgI8, 4)
@@ -4273,7 +4349,7 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
 }
 template <class K, int WG_STAGES>
 __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, int vocab, int cols,
-                                              const unsigned char* xt, int m, float* out) {
+                                              const unsigned char* xt, int m, float* out, u64* keys) {
     using A = WgLayout<64>;
     using B = WgLayout<128>;
     constexpr u32 STAGE = 2 * A::BYTES + B::BYTES, HALF = 2 * A::BYTES;
@@ -4331,7 +4407,7 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
         if (kt > 0) mbar_arrive(empty + 8 * ((kt - 1) % WG_STAGES));
     } while (++kt < kts);
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    K::store(acc, out, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
+    wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
 }
 #define HEAD_WGB_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wgb_body, WGB_THREADS, NAME, T, K, STAGES)
 HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)
@@ -4362,14 +4438,37 @@ extern "C" __global__ void wg_tile_swizzled(const unsigned char* src, int rows, 
     if (v < rows) val = *(const uint4*)(src + (size_t)v * row + kt * WG_KC + kc * 16);
     *(uint4*)(out + (tile * tr + r) * WG_KC + ((kc ^ (r & 7)) << 4)) = val;
 }
-extern "C" __global__ void split_rows_i16p(const float* x, int m, int mpad, int cols, unsigned char* out) {
-    split_rows_i16_body<true>(x, m, mpad, cols, out);
+// The warpgroup heads' split kernels, writing x's planes for the bulk head in its stages' order
+// (`tiled`: what `wg_tile_swizzled` would make of them) or as they are, also zero the greedy keys
+// of the head that follows (`keys`: null where it writes logits), after their wait on the
+// previous kernel (the last reader of the keys, `head_keys_tokens`, precedes it).
+__device__ __forceinline__ void zero_keys(u64* keys, int m) {
+    if (keys && blockIdx.x == 0)
+        for (int i = threadIdx.x; i < m; i += blockDim.x) keys[i] = 0;
 }
-extern "C" __global__ void split_rows_f16p(const float* x, int m, int mpad, int cols, u16* out) {
-    split_rows_body<false, true>(x, m, mpad, cols, out);
+extern "C" __global__ void split_rows_i16p(const float* x, int m, int mpad, int cols, unsigned char* out,
+                                           u64* keys, int tiled) {
+    split_rows_i16_body<true>(x, m, mpad, cols, out, tiled != 0);
+    zero_keys(keys, m);
 }
-extern "C" __global__ void split_rows_bf16p(const float* x, int m, int mpad, int cols, u16* out) {
-    split_rows_body<true, true>(x, m, mpad, cols, out);
+extern "C" __global__ void split_rows_f16p(const float* x, int m, int mpad, int cols, u16* out, u64* keys,
+                                           int tiled) {
+    split_rows_body<false, true>(x, m, mpad, cols, out, tiled != 0);
+    zero_keys(keys, m);
+}
+extern "C" __global__ void split_rows_bf16p(const float* x, int m, int mpad, int cols, u16* out, u64* keys,
+                                            int tiled) {
+    split_rows_body<true, true>(x, m, mpad, cols, out, tiled != 0);
+    zero_keys(keys, m);
+}
+// The greedy tokens of `m` rows from the warpgroup heads' keys (`wg_finish`): the lower 32 bits
+// hold the index inverted; 0 where no logit was a number above -inf, as the argmax kernels.
+extern "C" __global__ void head_keys_tokens(const u64* keys, int m, u32* out) {
+    PDL_ENTRY();
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        u64 k = keys[i];
+        out[i] = k ? ~(u32)k : 0u;
+    }
 }
 #endif
 // Every part holds a kernel.

@@ -26,8 +26,8 @@ pub use device::{
 };
 pub use model::{
     AttentionCase, AttentionKernel, CudaKv, CudaModel, LinearPath, MAX_ROWS, NormPath, SplitBlock,
-    TOPK_MAX, argmax_rows, attention_forward, head_logits, norm_linear_forward, norm_quant,
-    ternary_forward, ternary_forward_onto, ternary_timing, top_k_rows,
+    TOPK_MAX, argmax_rows, attention_forward, head_greedy, head_logits, norm_linear_forward,
+    norm_quant, ternary_forward, ternary_forward_onto, ternary_timing, top_k_rows,
 };
 
 /// Element type of the KV cache on the GPU.

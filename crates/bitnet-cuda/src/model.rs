@@ -28,7 +28,7 @@ use linear::*;
 use mega::*;
 
 pub use attention::{AttentionCase, AttentionKernel, SplitBlock, attention_forward};
-pub use head::{argmax_rows, head_logits, top_k_rows};
+pub use head::{argmax_rows, head_greedy, head_logits, top_k_rows};
 pub use linear::{
     LinearPath, NormPath, norm_linear_forward, norm_quant, ternary_forward, ternary_forward_onto,
     ternary_timing,
@@ -133,9 +133,23 @@ struct Scratch {
     gpu: Option<Gpu>,
     /// u32 parameters: tokens, positions, sequence of each row, wanted rows, sequence table.
     params: CudaSlice<u32>,
-    host_params: HostBuf<u32>,
-    /// The host's copy of `tokens_out`.
-    host_tokens: HostBuf<u32>,
+    /// The parameters' host copies, taken in turn (`turns.0`): a pass launched before the
+    /// previous one was waited for ([`CudaModel::greedy_ahead`]) must not change the copy that
+    /// one's upload may not have read yet.
+    host_params: [HostBuf<u32>; 2],
+    /// The host's copies of `tokens_out`, taken in turn (`turns.1`), for the same reason.
+    host_tokens: [HostBuf<u32>; 2],
+    /// Which of `host_params` and of `host_tokens` the next pass takes.
+    turns: (usize, usize),
+    /// Where this pass's tokens come from on the device (a launched step's greedy tokens) rather
+    /// than from the host: set by [`CudaModel::greedy_ahead`], taken by the pass.
+    feed: Option<u64>,
+    /// A greedy pass's tokens are left on their way back (`pending`) rather than waited for.
+    defer: bool,
+    /// The tokens of the last deferred greedy pass: on their way to `host_tokens`.
+    pending: Option<Pending>,
+    /// The greedy decode step launched ahead of its call ([`CudaModel::greedy_ahead`]).
+    ahead: Option<Ahead>,
     h: CudaSlice<f32>,
     qkv: CudaSlice<f32>,
     attn: CudaSlice<f32>,
@@ -150,6 +164,8 @@ struct Scratch {
     /// The head's input split into two 16-bit parts (tensor-core head).
     xhl: CudaSlice<u16>,
     logits: CudaSlice<f32>,
+    /// The greedy choice's keys where the head makes it ([`HeadOut::Greedy`]).
+    keys: CudaSlice<u64>,
     tokens_out: CudaSlice<u32>,
     /// Top-k candidates of each wanted row (`TOPK_MAX` per row): ids and logits, and their
     /// host copies.
@@ -193,8 +209,13 @@ impl Scratch {
         Ok(Scratch {
             gpu: lane,
             params: gpu.zeros::<u32>(P_LEN)?,
-            host_params: HostBuf::new(gpu, P_LEN),
-            host_tokens: HostBuf::new(gpu, head_rows),
+            host_params: [HostBuf::new(gpu, P_LEN), HostBuf::new(gpu, P_LEN)],
+            host_tokens: [HostBuf::new(gpu, head_rows), HostBuf::new(gpu, head_rows)],
+            turns: (0, 0),
+            feed: None,
+            defer: false,
+            pending: None,
+            ahead: None,
             h: gpu.zeros(MAX_ROWS * c.hidden_size)?,
             qkv: gpu.zeros(MAX_ROWS * qkv_dim)?,
             attn: gpu.zeros(MAX_ROWS * c.q_dim())?,
@@ -207,6 +228,7 @@ impl Scratch {
             normed: gpu.zeros(MAX_ROWS * c.hidden_size)?,
             xhl: gpu.zeros(2 * head_rows * c.hidden_size)?,
             logits: gpu.zeros(head_rows * c.vocab_size)?,
+            keys: gpu.zeros(head_rows)?,
             tokens_out: gpu.zeros(head_rows)?,
             top_ids: gpu.zeros(head_rows * TOPK_MAX)?,
             top_vals: gpu.zeros(head_rows * TOPK_MAX)?,
@@ -219,6 +241,39 @@ impl Scratch {
             lists: Default::default(),
             gaps,
         })
+    }
+}
+
+/// A deferred greedy pass's tokens on their way to `host_tokens[turn]` (`m` of them), there once
+/// `done` has passed.
+struct Pending {
+    done: cudarc::driver::CudaEvent,
+    turn: usize,
+    m: usize,
+}
+
+/// A greedy decode step launched before its call ([`CudaModel::greedy_ahead`]): its rows
+/// (their tokens those its predecessor chose, filled in once they are back) and sequences, and
+/// its tokens on their way back.
+struct Ahead {
+    rows: Vec<(u32, u32, u32)>,
+    seqs: Vec<(u64, usize)>,
+    pending: Pending,
+}
+
+impl Drop for Pending {
+    /// However a pass's tokens are left (an error on the way included), what wrote them is done
+    /// before the host copies they went through can be taken again.
+    fn drop(&mut self) {
+        let _ = self.done.synchronize();
+    }
+}
+
+impl Ahead {
+    /// Waits for a launched step no call asked for: then the host copies of its parameters and
+    /// tokens may be written again (the next pass takes the other ones, the one after these).
+    fn forget(self) -> Result<(), CudaError> {
+        Ok(self.pending.done.synchronize()?)
     }
 }
 
@@ -288,6 +343,13 @@ pub struct CudaModel {
     /// The persistent single-sequence decode step, where the shapes allow it (off unless
     /// `BITNET_CUDA_MEGA=1`).
     mega: Option<Mega>,
+    /// Whether greedy decode steps may be launched ahead of their calls
+    /// ([`CudaModel::greedy_ahead`]; `BITNET_CUDA_AHEAD=0` or [`CudaModel::set_decode_ahead`]
+    /// turn it off).
+    ahead: std::sync::atomic::AtomicBool,
+    /// Two instances of each decode graph where steps are launched ahead
+    /// (`BITNET_CUDA_AHEAD=one`: one).
+    graph_pairs: bool,
 }
 
 /// One sequence's keys and values on the GPU: `[layer][k|v][capacity][kv_dim]`.
@@ -454,9 +516,26 @@ impl CudaModel {
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
             mega,
+            ahead: std::env::var("BITNET_CUDA_AHEAD")
+                .map_or(true, |v| v != "0")
+                .into(),
+            graph_pairs: std::env::var("BITNET_CUDA_AHEAD").map_or(true, |v| v != "one"),
         };
         model.gpu.sync().map_err(dev)?;
         Ok(model)
+    }
+
+    /// Whether greedy decode steps whose caller expects to continue them
+    /// ([`Accelerator::forward_batch_greedy_ahead`]) launch their successor before their tokens
+    /// are back (on unless `BITNET_CUDA_AHEAD=0`).
+    pub fn decode_ahead(&self) -> bool {
+        self.ahead.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns launching greedy decode steps ahead on or off (a step already launched is still
+    /// used by the call that asks for it). For comparisons and measurements.
+    pub fn set_decode_ahead(&self, on: bool) {
+        self.ahead.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether single-sequence decode steps run as the persistent kernel (one launch for every
@@ -623,10 +702,17 @@ impl CudaModel {
         tracer: Option<&mut (dyn Tracer + 't)>,
         head: bool,
     ) -> Result<(), CudaError> {
+        let feed = s.feed.take();
         let gpu = self.gpu_of(&s.gpu);
         let n = rows.len();
+        let head = match head {
+            false => HeadOut::None,
+            true => self.head_out(s, wanted.len(), out),
+        };
         let st = gpu.stream.clone();
-        let p = &mut s.host_params;
+        let turn = s.turns.0;
+        s.turns.0 ^= 1;
+        let p = &mut s.host_params[turn];
         for (i, &(tok, pos, seq)) in rows.iter().enumerate() {
             p[P_TOKENS + i] = tok;
             p[P_POS + i] = pos;
@@ -647,7 +733,13 @@ impl CudaModel {
             };
             p[P_ROWTAB + 3 * i..P_ROWTAB + 3 * i + 3].copy_from_slice(&entry(e));
         }
-        st.memcpy_htod(&s.host_params[..], &mut s.params)?;
+        st.memcpy_htod(&s.host_params[turn][..], &mut s.params)?;
+        if let Some(src) = feed {
+            // The tokens a launched step chose, after its head on the model's stream (a lane
+            // waits for that stream before its pass).
+            let dst = ptr(&s.params, &st) + 4 * P_TOKENS as u64;
+            gpu.copy_device(dst, src, 4 * n)?;
+        }
         let m = wanted.len();
         // A decode step (one token per sequence, every logit row wanted) replays a captured graph
         // per batch size: its launches and arguments never change, only the parameters' values.
@@ -658,7 +750,15 @@ impl CudaModel {
             let chunks = graph_chunks(chunks, self.max_chunks);
             let split =
                 (self.k.attn_split.as_ref()).map(|a| a.shape(n, s.step_rows.max(n), chunks));
-            let key = (n, chunks, split, head);
+            // Where steps may be launched ahead, two instances of each graph taken in turn (as
+            // the parameters' host copies are): a launch of an instance still running waits
+            // for it.
+            let instance = if self.decode_ahead() && self.graph_pairs {
+                turn
+            } else {
+                0
+            };
+            let key = (n, chunks, split, head, instance);
             if !s.graphs.contains_key(&key) {
                 let graph = match self.capture(s, n, m, chunks, head) {
                     Err(e) if n == 1 && self.mega_on() => {
@@ -677,10 +777,24 @@ impl CudaModel {
         } else {
             self.launch_forward(s, n, m, chunks, decode, tracer, head)?;
         }
-        if head {
+        if head == HeadOut::Logits {
             self.launch_select(s, m, out)?;
         }
         Ok(())
+    }
+
+    /// What the head of a pass with `m` wanted rows whose results go to `out` makes: greedy
+    /// tokens where the head can choose them itself, else logits.
+    fn head_out(&self, s: &Scratch, m: usize, out: &Out<'_>) -> HeadOut {
+        let fuses = || {
+            (self.k.head_mma.as_ref())
+                .filter(|_| m >= HEAD_MMA_MIN_ROWS)
+                .is_some_and(|k| k.fuses_greedy(m, self.config.hidden_size, s.xhl.num_bytes()))
+        };
+        match out {
+            Out::Greedy(_) if fuses() => HeadOut::Greedy,
+            _ => HeadOut::Logits,
+        }
     }
 
     /// The selection kernels `out` asks for over the `m` logit rows in `s.logits`.
@@ -739,7 +853,14 @@ impl CudaModel {
                 st.memcpy_dtoh(&s.logits.slice(..m * v), &mut logits[old..])?;
             }
             Out::Greedy(_) => {
-                st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut s.host_tokens[..m])?;
+                let turn = s.turns.1;
+                s.turns.1 ^= 1;
+                st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut s.host_tokens[turn][..m])?;
+                if s.defer {
+                    let done = st.record_event(Some(NO_TIMING))?;
+                    s.pending = Some(Pending { done, turn, m });
+                    return Ok(());
+                }
             }
             Out::TopK(k, out) if *k <= TOPK_MAX => {
                 let k = *k;
@@ -762,7 +883,7 @@ impl CudaModel {
         }
         gpu.sync()?;
         if let Out::Greedy(tokens) = out {
-            tokens.extend_from_slice(&s.host_tokens[..m]);
+            tokens.extend_from_slice(&s.host_tokens[s.turns.1 ^ 1][..m]);
         }
         if let Some(g) = &mut s.gaps {
             g.mark(2, &st)?;
@@ -773,6 +894,74 @@ impl CudaModel {
             && let Some(g) = &self.mega
         {
             g.settle_stamps(gpu, self.config.n_layers)?;
+        }
+        Ok(())
+    }
+
+    /// A greedy decode step (`p` is one, of at most [`MAX_ROWS`] rows, through captured
+    /// graphs) whose tokens are appended to `tokens`. Where the step was launched ahead by the
+    /// previous call (the same rows, each at the next position with the token chosen there), it
+    /// is only waited for; else launched now. With `then` (the caller expects to continue every
+    /// sequence by its token next) the following step is launched before this one's tokens are
+    /// waited for: fed those tokens on the device, at the next positions, so that the GPU goes
+    /// from one step to the next without waiting for the host. A launched step that the next
+    /// call does not ask for is forgotten: its cache writes are at positions past each
+    /// sequence's end (which a real step writes before any reads them), and the work on the
+    /// streams stays in order.
+    fn greedy_ahead(
+        &self,
+        s: &mut Scratch,
+        p: PassRows<'_>,
+        tokens: &mut Vec<u32>,
+        then: bool,
+    ) -> Result<(), CudaError> {
+        let (rows, seqs, wanted) = p;
+        let launched = s.ahead.take();
+        let cur = match launched {
+            Some(a) if a.rows == rows && a.seqs == seqs => a.pending,
+            other => {
+                if let Some(a) = other {
+                    a.forget()?;
+                }
+                s.defer = true;
+                let r = self.step(s, p, &mut Out::Greedy(tokens), None);
+                s.defer = false;
+                r?;
+                s.pending.take().ok_or(CudaError::Invalid(
+                    "a deferred greedy step left no tokens".into(),
+                ))?
+            }
+        };
+        // The next step: every row one position on, if its cache has room.
+        let room = rows
+            .iter()
+            .all(|&(_, pos, seq)| (pos as usize) + 1 < seqs[seq as usize].1);
+        if then && room {
+            let next: Vec<(u32, u32, u32)> = rows.iter().map(|&(_, p, q)| (0, p + 1, q)).collect();
+            s.feed = Some(ptr(&s.tokens_out, &self.gpu.stream));
+            s.defer = true;
+            let r = self.step(
+                s,
+                (&next, seqs, wanted),
+                &mut Out::Greedy(&mut Vec::new()),
+                None,
+            );
+            (s.defer, s.feed) = (false, None);
+            if let (Ok(()), Some(pending)) = (r, s.pending.take()) {
+                s.ahead = Some(Ahead {
+                    rows: next,
+                    seqs: seqs.to_vec(),
+                    pending,
+                });
+            }
+        }
+        cur.done.synchronize()?;
+        let got = &s.host_tokens[cur.turn][..cur.m];
+        tokens.extend_from_slice(got);
+        if let Some(a) = &mut s.ahead {
+            for (r, &t) in a.rows.iter_mut().zip(got) {
+                r.0 = t;
+            }
         }
         Ok(())
     }
@@ -793,12 +982,7 @@ impl CudaModel {
         if done.is_err() {
             // Whatever was launched finishes before the host may write the page-locked
             // parameters again (their copies read them when the stream reaches them).
-            let _ = self.gpu.sync();
-            if let Ok(lanes) = self.lanes.lock() {
-                for lane in &lanes.lanes {
-                    let _ = self.gpu_of(&lane.gpu).sync();
-                }
-            }
+            self.settle();
         }
         done
     }
@@ -854,6 +1038,8 @@ impl CudaModel {
         for (i, (lane, &a)) in lanes.iter_mut().zip(cuts).enumerate() {
             let b = cuts.get(i + 1).copied().unwrap_or(rows.len());
             let (s0, s1) = (rows[a].2, rows[b - 1].2);
+            // Fed tokens: the lane's rows' (every row is wanted in a decode step).
+            lane.feed = s.feed.map(|t| t + 4 * a as u64);
             let (lr, ls, lw) = &mut lane.lists;
             lr.clear();
             lr.extend(rows[a..b].iter().map(|&(t, p, q)| (t, p, q - s0)));
@@ -909,7 +1095,8 @@ impl CudaModel {
         // later on it overtakes a lane's work.
         let st = &self.gpu.stream;
         let mut joined = Ok(());
-        for lane in lanes.iter() {
+        for lane in lanes.iter_mut() {
+            lane.feed = None;
             joined = joined.and(wait_for(st, &self.gpu_of(&lane.gpu).stream));
         }
         launched?;
@@ -925,8 +1112,11 @@ impl CudaModel {
             (n, m) = (n + lane.lists.0.len(), m + lm);
         }
         if m > 0 {
-            self.launch_head(s, m)?;
-            self.launch_select(s, m, out)?;
+            let head = self.head_out(s, m, out);
+            self.launch_head(s, m, head)?;
+            if head == HeadOut::Logits {
+                self.launch_select(s, m, out)?;
+            }
         }
         self.pass_collect(s, n, m, out)
     }
@@ -938,10 +1128,21 @@ impl CudaModel {
         n: usize,
         m: usize,
         chunks: usize,
-        head: bool,
+        head: HeadOut,
     ) -> Result<cudarc::driver::CudaGraph, CudaError> {
         self.gpu_of(&s.gpu)
             .capture(|| self.launch_forward(s, n, m, chunks, true, None, head))
+    }
+
+    /// Waits for everything launched on the model's stream and its lanes' (errors ignored: a
+    /// failed context has nothing left to run).
+    fn settle(&self) {
+        let _ = self.gpu.sync();
+        if let Ok(lanes) = self.lanes.lock() {
+            for lane in &lanes.lanes {
+                let _ = self.gpu_of(&lane.gpu).sync();
+            }
+        }
     }
 
     fn mega_on(&self) -> bool {
@@ -1015,7 +1216,7 @@ impl CudaModel {
     }
 
     /// Every launch of one pass over `n` rows (their parameters already on the device), ending
-    /// with the `m` wanted rows' logits in `s.logits` (without `head`: normalized in
+    /// with what `head` makes of the `m` wanted rows ([`HeadOut::None`]: normalized in
     /// `s.normed`). `decode`: every row is its own sequence's one new token, so RoPE and the
     /// key/value store run inside attention.
     #[allow(clippy::too_many_arguments)]
@@ -1027,7 +1228,7 @@ impl CudaModel {
         chunks: usize,
         decode: bool,
         mut tracer: Option<&mut (dyn Tracer + 't)>,
-        head: bool,
+        head: HeadOut,
     ) -> Result<(), CudaError> {
         let gpu = self.gpu_of(&s.gpu);
         // Programmatic dependent launch for decode steps of more than PDL_ROWS rows: each
@@ -1065,7 +1266,7 @@ impl CudaModel {
             && let Some(g) = &self.mega
         {
             self.launch_mega(s, g)?;
-            return if head { self.launch_head(s, m) } else { Ok(()) };
+            return self.launch_head(s, m, head);
         }
 
         gpu.launch(
@@ -1187,9 +1388,7 @@ impl CudaModel {
                 Arg::P(normed),
             ],
         )?;
-        if head {
-            self.launch_head(s, m)?;
-        }
+        self.launch_head(s, m, head)?;
         if let Some(tr) = tracer {
             let mut host = vec![0f32; m * hd];
             st.memcpy_dtoh(&s.normed.slice(..m * hd), &mut host)?;
@@ -1199,8 +1398,12 @@ impl CudaModel {
         Ok(())
     }
 
-    /// The head over the `m` normalized rows in `s.normed`, into `s.logits`.
-    fn launch_head(&self, s: &Scratch, m: usize) -> Result<(), CudaError> {
+    /// The head over the `m` normalized rows in `s.normed`, into `s.logits` or (greedy) into
+    /// `s.tokens_out`; nothing for [`HeadOut::None`].
+    fn launch_head(&self, s: &Scratch, m: usize, head: HeadOut) -> Result<(), CudaError> {
+        if head == HeadOut::None {
+            return Ok(());
+        }
         let gpu = self.gpu_of(&s.gpu);
         let st = &gpu.stream;
         let table = self.head.as_ref().unwrap_or(&self.embed);
@@ -1214,17 +1417,35 @@ impl CudaModel {
             xhl: ptr(&s.xhl, st),
             xhl_bytes: s.xhl.num_bytes(),
             logits: ptr(&s.logits, st),
+            greedy: (head == HeadOut::Greedy).then(|| (ptr(&s.keys, st), ptr(&s.tokens_out, st))),
         };
-        match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {
-            Some(k) => launch_head_mma(gpu, k, &io),
-            None => launch_head_rows(gpu, &self.k.head, self.head_generic, &io),
+        let fused = match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {
+            Some(k) => launch_head_mma(gpu, k, &io)?,
+            None => launch_head_rows(gpu, &self.k.head, self.head_generic, &io).map(|_| false)?,
+        };
+        if fused != (head == HeadOut::Greedy) {
+            return Err(CudaError::Invalid(format!(
+                "the head over {m} rows chose tokens: {fused}, expected {head:?}"
+            )));
         }
+        Ok(())
     }
 }
 
-/// A captured decode step's key: batch size, attention chunks and the split attention's shape
-/// and splits (see [`Scratch::graphs`]).
-type GraphKey = (usize, usize, Option<(SplitBlock, usize)>, bool);
+/// A captured decode step's key: batch size, attention chunks, the split attention's shape and
+/// splits (see [`Scratch::graphs`]), what its head makes, and which of two instances.
+type GraphKey = (usize, usize, Option<(SplitBlock, usize)>, HeadOut, usize);
+
+/// What a pass's head makes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum HeadOut {
+    /// No head: the pass ends with its wanted rows normalized (a lane of a step).
+    None,
+    /// Logits in `Scratch::logits`.
+    Logits,
+    /// Greedy tokens in `Scratch::tokens_out`, chosen inside the head ([`HeadMma::fuses_greedy`]).
+    Greedy,
+}
 
 /// Events that only order streams (no timestamps: cheaper to record).
 const NO_TIMING: cudarc::driver::sys::CUevent_flags =
@@ -1369,13 +1590,23 @@ fn load_kernels(gpu: &Gpu, kv: KvType) -> Result<Kernels, CudaError> {
 }
 
 impl CudaModel {
+    /// Every entry's tokens in passes of at most [`MAX_ROWS`] rows, their results into `out`.
+    /// `then`: a greedy caller expects to continue every sequence by its token next
+    /// ([`CudaModel::greedy_ahead`]).
     fn run(
         &self,
         batch: &[DeviceEntry<'_>],
         out: &mut Out<'_>,
         mut tracer: Option<&mut dyn Tracer>,
+        then: bool,
     ) -> Result<(), ModelError> {
         let mut s = self.scratch.lock().map_err(|_| dev(CudaError::Poisoned))?;
+        // A step launched ahead serves only a greedy decode step of one pass that asks for it.
+        let one = batch.iter().map(|e| e.tokens.len()).sum::<usize>() <= MAX_ROWS;
+        let mut launched = s.ahead.take();
+        if !one && let Some(a) = launched.take() {
+            a.forget().map_err(dev)?;
+        }
         // Rows in order; a pass closes when it holds MAX_ROWS rows. The lists live in the
         // scratch so that steps do not allocate.
         let (mut rows, mut seqs, mut wanted) = std::mem::take(&mut s.lists);
@@ -1408,7 +1639,7 @@ impl CudaModel {
                     wanted.push(rows.len() as u32);
                 }
                 rows.push((tok, (e.start + i) as u32, (seqs.len() - 1) as u32));
-                if rows.len() == MAX_ROWS {
+                if rows.len() == MAX_ROWS && !one {
                     self.step(&mut s, (&rows, &seqs, &wanted), out, tracer.as_deref_mut())
                         .map_err(dev)?;
                     rows.clear();
@@ -1417,12 +1648,35 @@ impl CudaModel {
                 }
             }
         }
-        if !rows.is_empty() {
-            self.step(&mut s, (&rows, &seqs, &wanted), out, tracer)
-                .map_err(dev)?;
-        }
+        let p = (&rows[..], &seqs[..], &wanted[..]);
+        let ahead = self.ahead.load(std::sync::atomic::Ordering::Relaxed)
+            && self.graphs
+            && s.gaps.is_none()
+            && !(rows.len() == 1 && self.mega_on())
+            && is_decode(tracer.is_some(), p);
+        let done = match (out, launched) {
+            (Out::Greedy(tokens), launched) if ahead => {
+                s.ahead = launched;
+                self.greedy_ahead(&mut s, p, tokens, then)
+            }
+            (out, launched) => {
+                let forgot = launched.map_or(Ok(()), Ahead::forget);
+                match rows.is_empty() {
+                    true => forgot,
+                    false => forgot.and_then(|()| self.step(&mut s, p, out, tracer)),
+                }
+            }
+        };
         s.lists = (rows, seqs, wanted);
-        Ok(())
+        done.map_err(dev)
+    }
+}
+
+impl Drop for CudaModel {
+    /// A step launched ahead still copies its tokens into page-locked host memory that goes
+    /// with the scratch: everything launched finishes first.
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 
@@ -1492,7 +1746,7 @@ impl Accelerator for CudaModel {
         tracer: Option<&mut dyn Tracer>,
     ) -> Result<(), ModelError> {
         logits.clear();
-        self.run(batch, &mut Out::Logits(logits), tracer)
+        self.run(batch, &mut Out::Logits(logits), tracer, false)
     }
 
     fn forward_batch_greedy(
@@ -1501,7 +1755,16 @@ impl Accelerator for CudaModel {
         tokens: &mut Vec<u32>,
     ) -> Result<(), ModelError> {
         tokens.clear();
-        self.run(batch, &mut Out::Greedy(tokens), None)
+        self.run(batch, &mut Out::Greedy(tokens), None, false)
+    }
+
+    fn forward_batch_greedy_ahead(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        tokens: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        tokens.clear();
+        self.run(batch, &mut Out::Greedy(tokens), None, true)
     }
 
     fn forward_batch_top_k(
@@ -1511,7 +1774,7 @@ impl Accelerator for CudaModel {
         out: &mut Vec<(u32, f32)>,
     ) -> Result<(), ModelError> {
         out.clear();
-        self.run(batch, &mut Out::TopK(k, out), None)
+        self.run(batch, &mut Out::TopK(k, out), None, false)
     }
 
     fn kv_bytes_per_position(&self) -> usize {

@@ -275,20 +275,21 @@ fn awkward_logits(rng: &mut StdRng, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The engine's greedy choice (`bitnet_engine::sampling::argmax`, which depends on this crate):
+/// the first index of the largest logit, NaN never wins, 0 when nothing beats -inf.
+fn host_argmax(row: &[f32]) -> u32 {
+    let (mut best, mut best_v) = (0u32, f32::NEG_INFINITY);
+    for (i, &v) in row.iter().enumerate() {
+        if v > best_v {
+            (best, best_v) = (i as u32, v);
+        }
+    }
+    best
+}
+
 #[test]
 fn argmax_kernel_equals_the_host_choice() {
     let Some(gpu) = gpu() else { return };
-    // The engine's greedy choice (`bitnet_engine::sampling::argmax`, which depends on this
-    // crate): the first index of the largest logit, NaN never wins, 0 when nothing beats -inf.
-    let host = |row: &[f32]| {
-        let (mut best, mut best_v) = (0u32, f32::NEG_INFINITY);
-        for (i, &v) in row.iter().enumerate() {
-            if v > best_v {
-                (best, best_v) = (i as u32, v);
-            }
-        }
-        best
-    };
     let mut rng = StdRng::seed_from_u64(0xa59);
     // Widths that are and are not multiples of 4 (the kernel's 16-byte path and its scalar one).
     for (vocab, rows) in [
@@ -313,7 +314,7 @@ fn argmax_kernel_equals_the_host_choice() {
             logits[vocab..2 * vocab].fill(f32::NAN);
             logits[3 * vocab - 1] = f32::INFINITY;
         }
-        let want: Vec<u32> = logits.chunks_exact(vocab).map(host).collect();
+        let want: Vec<u32> = logits.chunks_exact(vocab).map(host_argmax).collect();
         for cluster in [false, true] {
             match bitnet_cuda::argmax_rows(&gpu, &logits, vocab, cluster) {
                 Ok(got) => assert_eq!(got, want, "vocab {vocab}, cluster {cluster}"),
@@ -356,15 +357,38 @@ fn top_k_kernel_equals_the_host_selection() {
     }
 }
 
+/// The head tables the model stores: f16, bf16, and int8 (quantized per row on the device from
+/// an f16 table), as (name, head type, storage) of the values `w`.
+fn head_tables(
+    w: &[f32],
+) -> [(
+    &'static str,
+    bitnet_cuda::HeadType,
+    bitnet_core::ops::FloatStorage,
+); 3] {
+    use bitnet_core::ops::FloatStorage;
+    use bitnet_cuda::HeadType;
+    use half::{bf16, f16};
+    let f16s = || FloatStorage::F16(w.iter().map(|&v| f16::from_f32(v)).collect());
+    [
+        ("f16", HeadType::Native, f16s()),
+        (
+            "bf16",
+            HeadType::Native,
+            FloatStorage::BF16(w.iter().map(|&v| bf16::from_f32(v)).collect()),
+        ),
+        ("int8", HeadType::Int8, f16s()),
+    ]
+}
+
 /// Both heads (the tensor-core one for batches, the CUDA-core one) against a double-precision
 /// host product of the table as stored (f16, bf16, and int8 quantized per row from an f16
 /// table), for row counts around the kernels' tiles (8 rows, 64 rows) and a vocabulary that is
 /// not a multiple of the 256-row block (nor of the int8 head's 128).
 #[test]
 fn head_kernels_equal_a_double_precision_product() {
-    use bitnet_core::ops::{FloatMatrix, FloatStorage};
+    use bitnet_core::ops::FloatMatrix;
     use bitnet_cuda::HeadType;
-    use half::{bf16, f16};
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(0x4ead);
     // 1,152 columns: nine of the warpgroup head's stages of 128, so its stages are reused.
@@ -372,24 +396,7 @@ fn head_kernels_equal_a_double_precision_product() {
         let w: Vec<f32> = (0..vocab * cols)
             .map(|_| rng.random_range(-0.08f32..0.08))
             .collect();
-        let tables = [
-            (
-                "f16",
-                HeadType::Native,
-                FloatStorage::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
-            ),
-            (
-                "bf16",
-                HeadType::Native,
-                FloatStorage::BF16(w.iter().map(|&v| bf16::from_f32(v)).collect()),
-            ),
-            (
-                "int8",
-                HeadType::Int8,
-                FloatStorage::F16(w.iter().map(|&v| f16::from_f32(v)).collect()),
-            ),
-        ];
-        for (name, head, storage) in tables {
+        for (name, head, storage) in head_tables(&w) {
             let table = FloatMatrix::new(vocab, cols, storage).unwrap();
             // The values the device holds, as f64 (int8: the per-row quantization the model does).
             let mut stored = vec![0f32; vocab * cols];
@@ -445,6 +452,55 @@ fn head_kernels_equal_a_double_precision_product() {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Greedy decode steps of more than 32 rows take their tokens from inside the warpgroup head
+/// (`wg_finish`, sm_90a): the same tokens as the argmax of that head's own logits (the first
+/// index of the largest, NaN never chosen), on tables with many equal rows (ties within a block
+/// of 128 table rows and across blocks), a row of x zero (every logit tied) and one NaN, for row
+/// counts over one to three 64-row blocks and vocabularies not a multiple of 128.
+#[test]
+fn greedy_head_equals_the_argmax_of_its_logits() {
+    use bitnet_core::ops::FloatMatrix;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(0x9eed);
+    for (vocab, cols, distinct) in [(1000, 128, 40), (4099, 384, 7), (20_000, 256, 0)] {
+        // `distinct` rows repeated over the vocabulary (0: every row its own).
+        let base: Vec<f32> = (0..vocab * cols)
+            .map(|_| rng.random_range(-0.08f32..0.08))
+            .collect();
+        let w: Vec<f32> = (0..vocab)
+            .flat_map(|v| {
+                let r = if distinct == 0 {
+                    v
+                } else {
+                    (v * 7919 + 13) % distinct
+                };
+                base[r * cols..(r + 1) * cols].to_vec()
+            })
+            .collect();
+        for (name, head, storage) in head_tables(&w) {
+            let table = FloatMatrix::new(vocab, cols, storage).unwrap();
+            for m in [33usize, 40, 64, 65, 127, 130, 192] {
+                let mut x: Vec<f32> = (0..m * cols)
+                    .map(|_| rng.random_range(-4.0f32..4.0))
+                    .collect();
+                x[5 * cols..6 * cols].fill(0.0);
+                x[7 * cols + 3] = f32::NAN;
+                let got = match bitnet_cuda::head_greedy(&gpu, &table, head, &x) {
+                    Ok(t) => t,
+                    Err(bitnet_cuda::CudaError::Unavailable(why)) => {
+                        eprintln!("skipped: {why}");
+                        return;
+                    }
+                    Err(e) => panic!("{e}"),
+                };
+                let logits = bitnet_cuda::head_logits(&gpu, &table, head, &x, true).unwrap();
+                let want: Vec<u32> = logits.chunks_exact(vocab).map(host_argmax).collect();
+                assert_eq!(got, want, "{name} vocab {vocab} cols {cols} m {m}");
             }
         }
     }

@@ -483,3 +483,114 @@ fn a_cache_moved_to_larger_storage_goes_on_bit_for_bit() {
         );
     }
 }
+
+/// Greedy decode steps launched ahead of their calls (`Model::forward_batch_greedy_ahead`: each
+/// step's successor launched before its tokens are back, fed them on the device) give every
+/// sequence the tokens that steps launched one at a time give, through what breaks the chain: a
+/// sequence leaving, a new one joining with its prompt, a call for logits, a call that does not
+/// ask for a successor, a cache that fills up; for 3, 40 (one pass; the head choosing the
+/// tokens itself) and 100 sequences (two lanes), the f16 and q8 caches, with the f16 and int8
+/// heads.
+#[test]
+fn greedy_steps_launched_ahead_equal_steps_waited_for() {
+    if !have_gpu() {
+        return;
+    }
+    let src = default_model();
+    for (n, kv, head) in [
+        (3, KvType::F16, HeadType::Native),
+        (40, KvType::Q8, HeadType::Int8),
+        (100, KvType::F16, HeadType::Native),
+        (100, KvType::Q8, HeadType::Int8),
+    ] {
+        let run = |ahead: bool| {
+            let opts = CudaOptions {
+                kv,
+                head,
+                max_context: 512,
+                ..Default::default()
+            };
+            let gpu = CudaModel::load(&src, opts).unwrap();
+            gpu.set_decode_ahead(ahead);
+            assert_eq!(gpu.decode_ahead(), ahead);
+            let model = Model::on_device(
+                src.config().clone(),
+                src.embedding().unwrap(),
+                Box::new(gpu),
+            )
+            .unwrap();
+            scripted_decode(&model, n)
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                x, y,
+                "{n} sequences, {kv:?} cache, {head:?} head: (step, sequence, token)"
+            );
+        }
+        eprintln!("{n} sequences, {kv:?}, {head:?}: {} tokens equal", a.len());
+    }
+}
+
+/// `n` prompts, then 24 batched greedy steps with the chain broken on purpose (see
+/// [`greedy_steps_launched_ahead_equal_steps_waited_for`]): every (step, sequence, token).
+fn scripted_decode(model: &Model, n: usize) -> Vec<(usize, usize, u32)> {
+    let vocab = model.config().vocab_size;
+    let prompt = |s: usize| -> Vec<u32> {
+        (0..3 + s % 5)
+            .map(|i| ((i * 37 + s * 11 + 5) % 500) as u32)
+            .collect()
+    };
+    // Sequence 2's cache fills up after 10 tokens; sequence n joins at step 9.
+    let cap = |s: usize| if s == 2 { prompt(2).len() + 10 } else { 64 };
+    let mut caches: Vec<_> = (0..=n).map(|s| model.new_cache(cap(s))).collect();
+    let mut feed: Vec<Vec<u32>> = (0..n).map(prompt).collect();
+    feed.push(Vec::new());
+    let mut scratch = bitnet_model::Scratch::default();
+    let mut out = Vec::new();
+    let (mut ids, mut logits) = (Vec::new(), Vec::new());
+    for step in 0..24 {
+        if step == 9 {
+            feed[n] = prompt(n);
+        }
+        // Sequence 1 leaves at step 6; a full cache takes no more tokens.
+        let live: Vec<usize> = (0..=n)
+            .filter(|&s| !feed[s].is_empty())
+            .filter(|&s| s != 1 || step < 6)
+            .filter(|&s| caches[s].len() + feed[s].len() <= caches[s].capacity())
+            .collect();
+        let mut entries: Vec<_> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(s, _)| live.contains(s))
+            .map(|(s, cache)| bitnet_model::BatchEntry {
+                tokens: &feed[s],
+                cache,
+                logits: bitnet_model::Logits::Last,
+            })
+            .collect();
+        match step {
+            0 | 13 => {
+                model
+                    .forward_batch(&mut entries, &mut logits, &mut scratch, None)
+                    .unwrap();
+                ids.clear();
+                ids.extend(logits.chunks_exact(vocab).map(argmax));
+            }
+            17 => model
+                .forward_batch_greedy(&mut entries, &mut ids, &mut scratch)
+                .unwrap(),
+            _ => model
+                .forward_batch_greedy_ahead(&mut entries, &mut ids, &mut scratch)
+                .unwrap(),
+        }
+        drop(entries);
+        assert_eq!(ids.len(), live.len());
+        for (&s, &t) in live.iter().zip(&ids) {
+            out.push((step, s, t));
+            feed[s] = vec![t];
+        }
+    }
+    out
+}

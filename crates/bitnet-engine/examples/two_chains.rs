@@ -15,11 +15,11 @@ use bitnet_engine::{Device, Engine, EngineBuilder};
 fn run(engine: &Engine, batch: usize, steps: usize, depth: usize, go: &Barrier) -> f64 {
     // One untimed step captures the graph.
     let mut run = BatchDecode::new(engine.model(), batch, depth, steps + 1, 0).expect("prefill");
-    run.step().expect("decode");
+    run.step(false).expect("decode");
     go.wait();
     let t = Instant::now();
-    for _ in 0..steps {
-        run.step().expect("decode");
+    for i in 0..steps {
+        run.step(i + 1 < steps).expect("decode");
     }
     t.elapsed().as_secs_f64()
 }

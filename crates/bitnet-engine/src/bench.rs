@@ -199,8 +199,9 @@ impl<'m> BatchDecode<'m> {
         })
     }
 
-    /// One greedy decode step of every sequence.
-    pub fn step(&mut self) -> Result<(), EngineError> {
+    /// One greedy decode step of every sequence; `more`: another follows (on a GPU it is then
+    /// launched before this one's tokens are back: [`bitnet_model::Model::forward_batch_greedy_ahead`]).
+    pub fn step(&mut self, more: bool) -> Result<(), EngineError> {
         use bitnet_model::BatchEntry;
         let mut entries: Vec<BatchEntry<'_>> = (self.caches.iter_mut())
             .zip(&self.step)
@@ -210,7 +211,11 @@ impl<'m> BatchDecode<'m> {
                 logits: Logits::Last,
             })
             .collect();
-        (self.model).forward_batch_greedy(&mut entries, &mut self.next, &mut self.scratch)?;
+        let (model, next, scratch) = (self.model, &mut self.next, &mut self.scratch);
+        match more {
+            true => model.forward_batch_greedy_ahead(&mut entries, next, scratch)?,
+            false => model.forward_batch_greedy(&mut entries, next, scratch)?,
+        }
         for (s, &n) in self.step.iter_mut().zip(&self.next) {
             s[0] = n;
         }
@@ -239,8 +244,8 @@ pub fn bench_batch(
     for rep in 0..=repetitions {
         let mut run = BatchDecode::new(model, batch, depth, n_gen, rep * batch)?;
         let t = Instant::now();
-        for _ in 0..n_gen {
-            run.step()?;
+        for i in 0..n_gen {
+            run.step(i + 1 < n_gen)?;
         }
         let dt = t.elapsed().as_secs_f64();
         if rep > 0 {

@@ -73,20 +73,26 @@ pub(crate) enum Row<'a> {
 }
 
 impl StepRows {
-    /// Runs one batched step in `mode` (every entry's last row is returned).
+    /// Runs one batched step in `mode` (every entry's last row is returned). `then`: the caller
+    /// expects to continue every sequence by the token it picks here, so a greedy step may have
+    /// its successor launched ahead ([`Model::forward_batch_greedy_ahead`]).
     pub(crate) fn forward(
         &mut self,
         mode: StepOut,
         model: &Model,
         batch: &mut [BatchEntry<'_>],
         scratch: &mut Scratch,
+        then: bool,
     ) -> Result<(), ModelError> {
         self.mode = Some(mode);
         match mode {
             StepOut::Logits => model.forward_batch(batch, &mut self.logits, scratch, None),
             StepOut::Top(1) => {
                 // The argmax kernel; a greedy sampler needs no value.
-                model.forward_batch_greedy(batch, &mut self.ids, scratch)?;
+                match then {
+                    true => model.forward_batch_greedy_ahead(batch, &mut self.ids, scratch)?,
+                    false => model.forward_batch_greedy(batch, &mut self.ids, scratch)?,
+                }
                 self.top.clear();
                 self.top.extend(self.ids.iter().map(|&id| (id, 0.0)));
                 Ok(())

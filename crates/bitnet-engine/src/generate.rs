@@ -224,6 +224,7 @@ impl Generation {
             model,
             &mut [entry(&tokens[reused..], &mut cache)],
             &mut scratch,
+            opts.max_tokens > 1,
         )?;
         let stop = StopMatcher::new(&opts.stop);
         let prompt_len = tokens.len();
@@ -330,11 +331,15 @@ impl Generation {
             } else if self.cache.len() >= self.cache.capacity() {
                 self.finish = Some(FinishReason::ContextFull);
             } else {
+                // Another step follows this one unless it reaches max_tokens (or the text
+                // stops, which the step after it then costs).
+                let then = n_gen + 1 < self.opts.max_tokens;
                 self.rows.forward(
                     self.mode,
                     self.engine.model(),
                     &mut [entry(&[id], &mut self.cache)],
                     &mut self.scratch,
+                    then,
                 )?;
             }
         }

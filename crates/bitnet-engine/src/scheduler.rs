@@ -721,9 +721,11 @@ impl Worker {
                 logits: Logits::Last,
             });
         }
+        // Not launched ahead (`then` false): a server's batch changes whenever a request joins
+        // or ends, and a step launched for the old batch would then be computed for nothing.
         let result = self
             .rows
-            .forward(mode, model, &mut entries, &mut self.scratch);
+            .forward(mode, model, &mut entries, &mut self.scratch, false);
         drop(entries);
         self.shared.steps.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = result {

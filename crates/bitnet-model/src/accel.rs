@@ -65,6 +65,18 @@ pub trait Accelerator: Send + Sync {
         batch: &[DeviceEntry<'_>],
         tokens: &mut Vec<u32>,
     ) -> Result<(), ModelError>;
+    /// [`Accelerator::forward_batch_greedy`] for a caller that expects to continue every
+    /// sequence of `batch` by its returned token in its next call (a decode loop with nothing to
+    /// join or leave): a backend may launch that step before this one's tokens are back and
+    /// serve the next call from it when it asks for exactly that step. The default is
+    /// [`Accelerator::forward_batch_greedy`].
+    fn forward_batch_greedy_ahead(
+        &self,
+        batch: &[DeviceEntry<'_>],
+        tokens: &mut Vec<u32>,
+    ) -> Result<(), ModelError> {
+        self.forward_batch_greedy(batch, tokens)
+    }
     /// Like [`Accelerator::forward_batch_greedy`], but returns each entry's `k` best
     /// candidates `(id, logit)` as [`crate::Model::forward_batch_top_k`] documents, chosen on
     /// the device (`k` pairs per entry). `k` is at least 1 and at most the vocabulary.

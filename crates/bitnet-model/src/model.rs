@@ -700,14 +700,39 @@ impl Model {
         tokens: &mut Vec<u32>,
         scratch: &mut Scratch,
     ) -> Result<(), ModelError> {
+        self.greedy_step(batch, tokens, scratch, false)
+    }
+
+    /// [`Model::forward_batch_greedy`] for a caller that expects to continue every sequence of
+    /// `batch` by its returned token in its next call (a decode loop, nothing joining or
+    /// leaving): on a GPU the next step is launched before this one's tokens are back, and
+    /// serves the next call if it asks for exactly that step (any other call is served as
+    /// usual). The same tokens as [`Model::forward_batch_greedy`].
+    pub fn forward_batch_greedy_ahead(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        tokens: &mut Vec<u32>,
+        scratch: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        self.greedy_step(batch, tokens, scratch, true)
+    }
+
+    fn greedy_step(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        tokens: &mut Vec<u32>,
+        scratch: &mut Scratch,
+        then: bool,
+    ) -> Result<(), ModelError> {
         tokens.clear();
         for e in batch.iter_mut() {
             e.logits = Logits::Last;
         }
         if let Some(accel) = &self.accel {
             self.check_batch(batch)?;
-            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| {
-                accel.forward_batch_greedy(entries, tokens)
+            return self.forward_on_device(accel.as_ref(), batch, &mut |entries| match then {
+                true => accel.forward_batch_greedy_ahead(entries, tokens),
+                false => accel.forward_batch_greedy(entries, tokens),
             });
         }
         if let Some(screen) = &self.screen {

@@ -128,11 +128,10 @@ impl Table {
             self.ptr(gpu),
             vocab,
             row,
-            0,
             ptr(&table, &gpu.stream),
         )?;
         let x = gpu.zeros::<u8>(BULK_X_BLOCKS * 64 * (2 * row + 4))?;
-        Ok(WgBulk { retile, table, x })
+        Ok(WgBulk { table, x })
     }
 
     /// The tensor-core head for batches of rows over this table, as (split, head) kernels:
@@ -190,6 +189,11 @@ impl Table {
                 elem,
                 smem: smem_wg,
                 bulk,
+                // Greedy steps' tokens chosen inside the head (`wg_finish`), unless
+                // `BITNET_CUDA_HEAD_GREEDY=0`: then its logits and the argmax kernel.
+                tokens: gpu
+                    .optional_function("head_keys_tokens")
+                    .filter(|_| std::env::var("BITNET_CUDA_HEAD_GREEDY").as_deref() != Ok("0")),
             })
         });
         Some(HeadMma {
@@ -225,11 +229,31 @@ struct WgHead {
     smem: u32,
     /// The bulk-copy variant's operands, where it runs.
     bulk: Option<WgBulk>,
+    /// `head_keys_tokens`, where greedy passes take their tokens from the head's keys.
+    tokens: Option<Kernel>,
 }
 
-/// The bulk-copy warpgroup head's retiling kernel, table copy and room for x's planes.
+impl HeadMma {
+    /// The warpgroup head `m` rows of x `cols` wide take, given `xhl_bytes` of scratch for x's
+    /// planes, if any.
+    fn wg_for(&self, m: usize, cols: usize, xhl_bytes: usize) -> Option<&WgHead> {
+        self.wg
+            .as_ref()
+            .filter(|w| takes_wg_head(m, cols, w.elem, xhl_bytes))
+            .filter(|w| w.bulk.is_none() || m <= BULK_X_BLOCKS * 64)
+    }
+
+    /// Whether a greedy head over `m` rows (as [`HeadMma::wg_for`]) chooses the tokens itself
+    /// ([`HeadIo::greedy`]): no logits written, no argmax kernel.
+    pub(super) fn fuses_greedy(&self, m: usize, cols: usize, xhl_bytes: usize) -> bool {
+        self.wg_for(m, cols, xhl_bytes)
+            .is_some_and(|w| w.tokens.is_some())
+    }
+}
+
+/// The bulk-copy warpgroup head's table copy and room for x's planes (which the split kernel
+/// writes there in the stages' order).
 struct WgBulk {
-    retile: Kernel,
     table: CudaSlice<u8>,
     x: CudaSlice<u8>,
 }
@@ -240,18 +264,17 @@ const BULK_X_BLOCKS: usize = 4;
 const _: () = assert!(BULK_X_BLOCKS * 64 >= super::MAX_ROWS);
 
 /// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of [`HEAD_WG_TABLE_ROWS`] rows
-/// (the head's table rows per block, and x's 64-row blocks of two planes), then `tail` bytes.
+/// (the head's table rows per block; x's planes are written in that order by the split kernel).
 fn launch_retile(
     gpu: &Gpu,
     k: &Kernel,
     src: u64,
     rows: usize,
     row: usize,
-    tail: usize,
     out: u64,
 ) -> Result<(), CudaError> {
     let tr = HEAD_WG_TABLE_ROWS;
-    let threads = rows.div_ceil(tr) * tr * row / 16 + tail.div_ceil(16);
+    let threads = rows.div_ceil(tr) * tr * row / 16;
     gpu.launch(
         k,
         (threads.div_ceil(256) as u32, 1, 1),
@@ -262,7 +285,7 @@ fn launch_retile(
             Arg::I(rows as i32),
             Arg::I(row as i32),
             Arg::I(tr as i32),
-            Arg::I(tail as i32),
+            Arg::I(0), // no tail
             Arg::P(out),
         ],
     )
@@ -330,16 +353,22 @@ pub(super) struct HeadIo {
     /// Bytes at `xhl`.
     pub(super) xhl_bytes: usize,
     pub(super) logits: u64,
+    /// Greedy tokens instead of logits where the head can choose them ([`HeadMma::fuses_greedy`]):
+    /// room for `m` 64-bit keys and the `m` token ids.
+    pub(super) greedy: Option<(u64, u64)>,
 }
 
 /// The head on the tensor cores: x split once (all `m` rows, padded to a multiple of 8; for the
 /// warpgroup head, to a multiple of 64, as planes), then one launch over every
-/// 64-row tile (grid y).
-pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(), CudaError> {
-    let wg =
-        k.wg.as_ref()
-            .filter(|w| takes_wg_head(io.m, io.cols, w.elem, io.xhl_bytes))
-            .filter(|w| w.bulk.is_none() || io.m <= BULK_X_BLOCKS * 64);
+/// 64-row tile (grid y). Returns whether it wrote `io.greedy`'s tokens (else the logits).
+pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<bool, CudaError> {
+    let wg = k.wg_for(io.m, io.cols, io.xhl_bytes);
+    // The greedy choice inside the head: its keys, and the kernel that reads them.
+    let greedy = wg
+        .and_then(|w| w.tokens.as_ref())
+        .zip(io.greedy)
+        .map(|(k, (keys, tokens))| (k, keys, tokens));
+    let keys = Arg::P(greedy.map_or(0, |g| g.1));
     let (split, head, pad, table_rows, threads, smem) = match wg {
         Some(w) => (
             &w.split,
@@ -356,6 +385,15 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
         None => (&k.split, &k.head, 8, k.block_rows, 256, k.smem),
     };
     let mpad = io.m.div_ceil(pad) * pad;
+    // The bulk head reads its copy of the table, and x's planes as the split kernel writes them
+    // in its stages' order (`tiled`) into its own buffer.
+    let (table, xhl, tiled) = match wg.and_then(|w| w.bulk.as_ref()) {
+        Some(b) => (ptr(&b.table, &gpu.stream), ptr(&b.x, &gpu.stream), 1),
+        None => (io.table, io.xhl, 0),
+    };
+    // The warpgroup heads' split kernels take the keys and `tiled` after the other arguments,
+    // their heads the keys.
+    let (split_args, head_args) = if wg.is_some() { (7, 8) } else { (5, 7) };
     gpu.launch(
         split,
         (mpad as u32, 1, 1),
@@ -366,24 +404,11 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
             Arg::I(io.m as i32),
             Arg::I(mpad as i32),
             Arg::I(io.cols as i32),
-            Arg::P(io.xhl),
-        ],
+            Arg::P(xhl),
+            keys,
+            Arg::I(tiled),
+        ][..split_args],
     )?;
-    let (mut table, mut xhl) = (io.table, io.xhl);
-    if let Some((w, b)) = wg.and_then(|w| Some((w, w.bulk.as_ref()?))) {
-        let row = io.cols * w.elem;
-        let tail = if w.elem == 1 { 4 * mpad } else { 0 };
-        launch_retile(
-            gpu,
-            &b.retile,
-            io.xhl,
-            2 * mpad,
-            row,
-            tail,
-            ptr(&b.x, &gpu.stream),
-        )?;
-        (table, xhl) = (ptr(&b.table, &gpu.stream), ptr(&b.x, &gpu.stream));
-    }
     gpu.launch(
         head,
         (
@@ -401,8 +426,20 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<(),
             Arg::P(xhl),
             Arg::I(io.m as i32),
             Arg::P(io.logits),
-        ],
-    )
+            keys,
+        ][..head_args],
+    )?;
+    let Some((k, keys, tokens)) = greedy else {
+        return Ok(false);
+    };
+    gpu.launch(
+        k,
+        (1, 1, 1),
+        256,
+        0,
+        &[Arg::P(keys), Arg::I(io.m as i32), Arg::P(tokens)],
+    )?;
+    Ok(true)
 }
 
 /// The head on the CUDA cores: one launch per 8 rows, each reading the whole table (a warp per
@@ -449,6 +486,45 @@ pub fn head_logits(
     x: &[f32],
     tensor_cores: bool,
 ) -> Result<Vec<f32>, CudaError> {
+    match test_head(gpu, table, head, x, tensor_cores, false)? {
+        Choice::Logits(l) => Ok(l),
+        Choice::Tokens(_) => Err(CudaError::Invalid("tokens where logits were asked".into())),
+    }
+}
+
+/// The greedy token of each row of `x` as the tensor-core head chooses it inside its kernel for
+/// greedy decode steps (the warpgroup heads, more than 32 rows on sm_90a: `wg_finish`);
+/// [`CudaError::Unavailable`] where the head over these rows writes logits instead. For
+/// conformance tests against the argmax of [`head_logits`].
+pub fn head_greedy(
+    gpu: &Gpu,
+    table: &FloatMatrix,
+    head: HeadType,
+    x: &[f32],
+) -> Result<Vec<u32>, CudaError> {
+    match test_head(gpu, table, head, x, true, true)? {
+        Choice::Tokens(t) => Ok(t),
+        Choice::Logits(_) => Err(CudaError::Unavailable(format!(
+            "the head over {} rows writes logits",
+            x.len() / table.cols().max(1)
+        ))),
+    }
+}
+
+/// What [`test_head`] returns.
+enum Choice {
+    Logits(Vec<f32>),
+    Tokens(Vec<u32>),
+}
+
+fn test_head(
+    gpu: &Gpu,
+    table: &FloatMatrix,
+    head: HeadType,
+    x: &[f32],
+    tensor_cores: bool,
+    greedy: bool,
+) -> Result<Choice, CudaError> {
     let (vocab, cols) = (table.rows(), table.cols());
     let m = x.len() / cols.max(1);
     let t = match head {
@@ -459,6 +535,9 @@ pub fn head_logits(
     let xhl_bytes = (4 * m.div_ceil(8) * 8 * cols).max(wg_planes_bytes(m, cols, 2));
     let xhl = gpu.zeros::<u8>(xhl_bytes)?;
     let logits = gpu.zeros::<f32>(m * vocab)?;
+    // Keys not zero: the split kernel must clear them.
+    let keys = gpu.upload(&vec![u64::MAX; m.max(1)])?;
+    let tokens = gpu.zeros::<u32>(m.max(1))?;
     let st = &gpu.stream;
     let io = HeadIo {
         table: t.ptr(gpu),
@@ -470,15 +549,16 @@ pub fn head_logits(
         xhl: ptr(&xhl, st),
         xhl_bytes,
         logits: ptr(&logits, st),
+        greedy: greedy.then(|| (ptr(&keys, st), ptr(&tokens, st))),
     };
-    if tensor_cores {
+    let fused = if tensor_cores {
         let k = t.head_mma(gpu, cols).ok_or_else(|| {
             CudaError::Unavailable(format!(
                 "no tensor-core head for a {} table {cols} wide",
                 t.name()
             ))
         })?;
-        launch_head_mma(gpu, &k, &io)?;
+        launch_head_mma(gpu, &k, &io)?
     } else {
         if !cols.is_multiple_of(8) {
             return Err(CudaError::Unavailable(format!(
@@ -486,11 +566,18 @@ pub fn head_logits(
             )));
         }
         launch_head_rows(gpu, &gpu.function(t.head_kernel(false))?, false, &io)?;
+        false
+    };
+    if fused {
+        let mut host = vec![0u32; m];
+        st.memcpy_dtoh(&tokens.slice(..m), &mut host)?;
+        gpu.sync()?;
+        return Ok(Choice::Tokens(host));
     }
     let mut host = vec![0f32; m * vocab];
     st.memcpy_dtoh(&logits, &mut host)?;
     gpu.sync()?;
-    Ok(host)
+    Ok(Choice::Logits(host))
 }
 
 pub(super) fn decode_all(m: &FloatMatrix) -> Vec<f32> {
