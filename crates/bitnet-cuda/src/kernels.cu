@@ -4170,15 +4170,19 @@ __device__ __forceinline__ u64 argmax_key(float v, int i) {
 }
 template <class K>
 __device__ __forceinline__ void wg_finish(const typename K::Acc& acc, float* out, u64* keys, int vocab, int v16,
-                                          int t0, int mt, const float* rs, const float* xs) {
+                                          int t0, int mt, const float* rs, const float* xs, int buf = 0) {
     if (!keys) {
         K::each(acc, vocab, v16, t0, mt, rs, xs,
                 [&](int, int tok, int v, float l) { out[(size_t)(t0 + tok) * vocab + v] = l; });
         return;
     }
     // Each warp's best of its 16 table rows per x row (lanes of one t hold the same x rows),
-    // one slot per warp and x row, then each x row's best of the 8 warps' into the keys.
-    __shared__ u64 red[8][64];
+    // one slot per warp and x row, then each x row's best of the 8 warps' into the keys. Two
+    // sets of slots (`buf`) for a persistent block's items in turn: a warp that goes on to the
+    // next item's writes cannot meet a thread still reading this one's (it must first pass the
+    // next item's barrier, which that thread reaches after its reads).
+    __shared__ u64 red2[2][8][64];
+    u64 (&red)[8][64] = red2[buf];
     int tid = threadIdx.x, lane = tid & 31;
     u64 best[16];
 #pragma unroll
@@ -4347,6 +4351,10 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
                  "l"(src), "r"(bytes), "r"(bar)
                  : "memory");
 }
+// Persistent: block b takes work items b, b + gridDim.x, ... of the (table tile, x row block)
+// items, x's row blocks fastest (so that the blocks reading one table tile run at about the same
+// time and share it through L2), and the issuing lane copies the next item's stages while the
+// multiplying warpgroups finish the last one's (no pipeline to fill again per item).
 template <class K, int WG_STAGES>
 __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, int vocab, int cols,
                                               const unsigned char* xt, int m, float* out, u64* keys) {
@@ -4356,12 +4364,10 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
     extern __shared__ __align__(128) char wsm[];
     __shared__ __align__(8) unsigned long long bars[2 * WG_STAGES];  // full, then empty
     int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3;
-    int v0 = blockIdx.x * 128, t0 = blockIdx.y * 64, mt = min(m - t0, 64);
     int blocks = (m + 63) / 64, row = cols * K::ELEM;
     int kts = row / WG_KC;
-    // Stage kt of this block: the table's tile (blockIdx.x, kt), then x's (blockIdx.y, kt).
-    const char* wt = Wt + (size_t)blockIdx.x * kts * HALF;
-    const unsigned char* xb = xt + (size_t)blockIdx.y * kts * B::BYTES;
+    int items = (vocab + 127) / 128 * blocks;
+    int mine = (items - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
     const float* xs = (const float*)(xt + (size_t)blocks * 128 * row);
     u32 base = ((u32)__cvta_generic_to_shared(wsm) + 1023) & ~1023u;
     u32 full = (u32)__cvta_generic_to_shared(bars), empty = full + 8 * WG_STAGES;
@@ -4372,42 +4378,54 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
     __syncthreads();
     if (wg == 2) {
         if ((tid & 31) == 0) {
-            int first = min(WG_STAGES, kts);
+            // Stage g of this block: item g / kts's table tile and x row block, column step g % kts.
+            auto item = [&](int g) { return (int)blockIdx.x + g / kts * (int)gridDim.x; };
+            auto table = [&](int g) { return Wt + ((size_t)(item(g) / blocks) * kts + g % kts) * HALF; };
+            auto planes = [&](int g) { return xt + ((size_t)(item(g) % blocks) * kts + g % kts) * B::BYTES; };
+            int total = mine * kts, first = min(WG_STAGES, total);
             // The table's first stages before the wait on the previous kernel (they do not
             // depend on it); x's after it.
-            for (int kt = 0; kt < first; kt++) {
-                mbar_expect(full + 8 * kt, STAGE);
-                bulk_copy(base + (u32)kt * STAGE, wt + (size_t)kt * HALF, HALF, full + 8 * kt);
+            for (int g = 0; g < first; g++) {
+                mbar_expect(full + 8 * g, STAGE);
+                bulk_copy(base + (u32)g * STAGE, table(g), HALF, full + 8 * g);
             }
             PDL_WAIT();
-            for (int kt = 0; kt < first; kt++)
-                bulk_copy(base + (u32)kt * STAGE + HALF, xb + (size_t)kt * B::BYTES, B::BYTES, full + 8 * kt);
-            for (int kt = WG_STAGES; kt < kts; kt++) {
-                int slot = kt % WG_STAGES;
-                // The slot's previous stage (kt - WG_STAGES, its use kt / WG_STAGES - 1) multiplied.
-                mbar_wait(empty + 8 * slot, (u32)(kt / WG_STAGES - 1) & 1u);
+            for (int g = 0; g < first; g++)
+                bulk_copy(base + (u32)g * STAGE + HALF, planes(g), B::BYTES, full + 8 * g);
+            for (int g = WG_STAGES; g < total; g++) {
+                int slot = g % WG_STAGES;
+                // The slot's previous stage (g - WG_STAGES, its use g / WG_STAGES - 1) multiplied.
+                mbar_wait(empty + 8 * slot, (u32)(g / WG_STAGES - 1) & 1u);
                 u32 st = base + (u32)slot * STAGE;
                 mbar_expect(full + 8 * slot, STAGE);
-                bulk_copy(st, wt + (size_t)kt * HALF, HALF, full + 8 * slot);
-                bulk_copy(st + HALF, xb + (size_t)kt * B::BYTES, B::BYTES, full + 8 * slot);
+                bulk_copy(st, table(g), HALF, full + 8 * slot);
+                bulk_copy(st + HALF, planes(g), B::BYTES, full + 8 * slot);
             }
         }
         PDL_START();
         return;
     }
     PDL_ENTRY();
-    typename K::Acc acc = {};
-    // At least one stage (rows are a multiple of 128 bytes wide, on the host): a do-while, so
-    // that no path skips the products (a join of zeroed and multiplied accumulators made ptxas
-    // serialize every wgmma, C7514).
-    int kt = 0;
-    do {
-        mbar_wait(full + 8 * (kt % WG_STAGES), (u32)(kt / WG_STAGES) & 1u);
-        wg_stage_products<K>(acc, base + (u32)(kt % WG_STAGES) * STAGE, wg);
-        if (kt > 0) mbar_arrive(empty + 8 * ((kt - 1) % WG_STAGES));
-    } while (++kt < kts);
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
+    int g = 0;
+    for (int i = 0; i < mine; i++) {
+        int it = (int)blockIdx.x + i * (int)gridDim.x;
+        int v0 = it / blocks * 128, t0 = it % blocks * 64, mt = min(m - t0, 64);
+        typename K::Acc acc = {};
+        // At least one stage (rows are a multiple of 128 bytes wide, on the host): a do-while,
+        // so that no path skips the products (a join of zeroed and multiplied accumulators made
+        // ptxas serialize every wgmma, C7514).
+        int kt = 0;
+        do {
+            mbar_wait(full + 8 * (g % WG_STAGES), (u32)(g / WG_STAGES) & 1u);
+            wg_stage_products<K>(acc, base + (u32)(g % WG_STAGES) * STAGE, wg);
+            if (kt > 0) mbar_arrive(empty + 8 * ((g - 1) % WG_STAGES));
+            g++;
+        } while (++kt < kts);
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        // The item's last stage is free too: the copier goes on into the next item's.
+        mbar_arrive(empty + 8 * ((g - 1) % WG_STAGES));
+        wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs, i & 1);
+    }
 }
 #define HEAD_WGB_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wgb_body, WGB_THREADS, NAME, T, K, STAGES)
 HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)

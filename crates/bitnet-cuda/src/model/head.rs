@@ -131,7 +131,11 @@ impl Table {
             ptr(&table, &gpu.stream),
         )?;
         let x = gpu.zeros::<u8>(BULK_X_BLOCKS * 64 * (2 * row + 4))?;
-        Ok(WgBulk { table, x })
+        Ok(WgBulk {
+            table,
+            x,
+            blocks: 0,
+        })
     }
 
     /// The tensor-core head for batches of rows over this table, as (split, head) kernels:
@@ -175,7 +179,13 @@ impl Table {
         };
         let bulk = || {
             let k = kernel(&wg_head.replace("head_wg_", "head_wgb_"))?;
-            Some((k, Some(self.bulk(gpu, cols, elem).ok()?)))
+            let mut b = self.bulk(gpu, cols, elem).ok()?;
+            // Persistent blocks, as many as fit at once (`BITNET_CUDA_HEAD_PERSIST=0`: one
+            // block per work item).
+            if std::env::var("BITNET_CUDA_HEAD_PERSIST").as_deref() != Ok("0") {
+                b.blocks = k.resident(gpu, HEAD_WGB_THREADS, smem_wg as usize);
+            }
+            Some((k, Some(b)))
         };
         let wg = match mode.as_str() {
             "0" => None,
@@ -256,6 +266,8 @@ impl HeadMma {
 struct WgBulk {
     table: CudaSlice<u8>,
     x: CudaSlice<u8>,
+    /// Blocks of the persistent head (as many as fit the GPU at once; 0: one per work item).
+    blocks: u32,
 }
 
 /// Blocks of 64 rows of x the bulk-copy head takes: [`MAX_ROWS`](super::MAX_ROWS), a pass's
@@ -409,13 +421,19 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<boo
             Arg::I(tiled),
         ][..split_args],
     )?;
+    let (tiles, row_blocks) = (
+        io.vocab.div_ceil(table_rows) as u32,
+        io.m.div_ceil(64) as u32,
+    );
+    // The bulk head's blocks take its (table tile, row block) items in turn.
+    let grid = match wg.and_then(|w| w.bulk.as_ref()) {
+        Some(b) if b.blocks > 0 => ((tiles * row_blocks).min(b.blocks), 1, 1),
+        Some(_) => (tiles * row_blocks, 1, 1),
+        None => (tiles, row_blocks, 1),
+    };
     gpu.launch(
         head,
-        (
-            io.vocab.div_ceil(table_rows) as u32,
-            io.m.div_ceil(64) as u32,
-            1,
-        ),
+        grid,
         threads,
         smem,
         &[
