@@ -3,20 +3,14 @@
 # `head_keys_tokens`; BITNET_CUDA_HEAD_GREEDY=0: logits and the argmax kernel as before) and
 # greedy steps launched ahead of their calls (BITNET_CUDA_AHEAD=0: one at a time as before).
 # Run as .gpu/run.sh (carry .gpu, built by scripts/gpu-build.sh).
-exec > "$OUT/log.txt" 2>&1
-cd "$(dirname "$0")/.."
-export BITNET_CACHE_DIR=$PWD/.gpu/cache BITNET_REQUIRE_GPU=1
-built_at=$(cat .gpu/built_at); mkdir -p "$(dirname "$built_at")"; ln -sfn "$PWD" "$built_at"
-B=.gpu/bitnet
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-$B convert --synthetic 2b4t -o /tmp/same.gguf 2>&1 | tail -1
+cd "$(dirname "$0")/.."  # run as .gpu/run.sh
+. bench/gpu/s42-common.sh
 echo "== conformance"; timeout 200 .gpu/conformance --test-threads=1 2>&1 | grep -E "^test |test result|panicked|skipped|left|right" | tail -14
 echo "== parity"; timeout 150 .gpu/parity --test-threads=2 2>&1 | grep -E "^test |test result|panicked|equal|left|right" | tail -22
 echo "== greedy text through the CLI (steps launched ahead) on the GPU vs the CPU (bundled model)"
 $B generate --prompt "ROMEO:" -n 40 --temperature 0 --device cuda > /tmp/g.txt 2>/dev/null
 $B generate --prompt "ROMEO:" -n 40 --temperature 0 --device cpu > /tmp/c.txt 2>/dev/null
 cmp /tmp/g.txt /tmp/c.txt && echo "same greedy text on GPU and CPU" || { echo "GPU and CPU greedy text differ"; cat /tmp/g.txt /tmp/c.txt; }
-b() { timeout 150 $B bench -m /tmp/same.gguf --device cuda -p 0 -r 2 --depth 512 -o md "$@" 2>&1 | grep -E "^\||rror" | grep -v -- '---' | grep -v 'model ' | sed -E 's/^\| bitnet[^|]*\|[^|]*\|[^|]*\|[^|]*\|[^|]*\|/|/' | cut -c1-160; }
 for round in 1 2; do
   for v in "BITNET_CUDA_HEAD_GREEDY=0 BITNET_CUDA_AHEAD=0" "BITNET_CUDA_HEAD_GREEDY=1 BITNET_CUDA_AHEAD=0" "BITNET_CUDA_HEAD_GREEDY=0 BITNET_CUDA_AHEAD=1" "BITNET_CUDA_HEAD_GREEDY=1 BITNET_CUDA_AHEAD=1"; do
     echo "== round $round: $v q8 int8"

@@ -3,16 +3,10 @@
 # x row block) items in turn; BITNET_CUDA_HEAD_PERSIST=0: one block per item as before), with
 # greedy tokens chosen inside it and steps launched ahead (the defaults since call 2).
 # Run as .gpu/run.sh.
-exec > "$OUT/log.txt" 2>&1
-cd "$(dirname "$0")/.."
-export BITNET_CACHE_DIR=$PWD/.gpu/cache BITNET_REQUIRE_GPU=1
-built_at=$(cat .gpu/built_at); mkdir -p "$(dirname "$built_at")"; ln -sfn "$PWD" "$built_at"
-B=.gpu/bitnet
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
-$B convert --synthetic 2b4t -o /tmp/same.gguf 2>&1 | tail -1
+cd "$(dirname "$0")/.."  # run as .gpu/run.sh
+. bench/gpu/s42-common.sh
 echo "== conformance"; timeout 200 .gpu/conformance --test-threads=1 2>&1 | grep -E "^test |test result|panicked|skipped|left|right" | tail -14
 echo "== parity"; timeout 150 .gpu/parity --test-threads=2 2>&1 | grep -E "test result|panicked|left|right" | tail -6
-b() { timeout 150 $B bench -m /tmp/same.gguf --device cuda -p 0 -r 2 --depth 512 -o md "$@" 2>&1 | grep -E "^\||rror" | grep -v -- '---' | grep -v 'model ' | sed -E 's/^\| bitnet[^|]*\|[^|]*\|[^|]*\|[^|]*\|[^|]*\|/|/' | cut -c1-160; }
 for round in 1 2 3; do
   for v in "BITNET_CUDA_HEAD_PERSIST=0" "BITNET_CUDA_HEAD_PERSIST=1"; do
     echo "== round $round: $v q8 int8"
