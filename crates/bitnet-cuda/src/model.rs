@@ -1650,6 +1650,7 @@ impl CudaModel {
         }
         let p = (&rows[..], &seqs[..], &wanted[..]);
         let ahead = self.ahead.load(std::sync::atomic::Ordering::Relaxed)
+            && !rows.is_empty()
             && self.graphs
             && s.gaps.is_none()
             && !(rows.len() == 1 && self.mega_on())
