@@ -4127,7 +4127,7 @@ struct Wg16 {
     }
     template <class G>
     static __device__ __forceinline__ void each(const Acc& a, int vocab, int v16, int t0, int mt, const float* rs,
-                                                const float*, G each) {
+                                                const float*, G f) {
         int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int half = 0; half < 2; half++) {
@@ -4139,7 +4139,7 @@ struct Wg16 {
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int tok = j * 8 + 2 * t + e;
-                    if (tok < mt) each(2 * j + e, tok, v, a.d[4 * j + 2 * half + e] * s);
+                    if (tok < mt) f(2 * j + e, tok, v, a.d[4 * j + 2 * half + e] * s);
                 }
             }
         }
@@ -4431,30 +4431,20 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
 HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)
 HEAD_WGB_ENTRY(head_wgb_f16, u16, Wg16<false>, 6)
 HEAD_WGB_ENTRY(head_wgb_bf16, u16, Wg16<true>, 6)
-// `rows` rows of `row` bytes (row a multiple of 128) in the stages' order for blocks of `tr`
-// rows: tile (row block b, column step kt) as tr x 128 contiguous bytes, row r's 16-byte chunk kc
-// at r x 128 + 16 (kc ^ (r % 8)) (WgLayout's swizzle); rows past `rows` zero. Then `tail` bytes
-// copied as they are (the int8 planes' row scales). A thread per 16 bytes.
-extern "C" __global__ void wg_tile_swizzled(const unsigned char* src, int rows, int row, int tr, int tail,
-                                            unsigned char* out) {
+// `rows` rows of `row` bytes (row a multiple of 128) in the bulk head's stages' order
+// (wg_tiled_at: 128-row tiles), rows up to the next multiple of 128 zero. A thread per 16 bytes,
+// in the output's order.
+extern "C" __global__ void wg_tile_swizzled(const unsigned char* src, int rows, int row, unsigned char* out) {
     PDL_ENTRY();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     int kts = row / WG_KC;
-    size_t pieces = (size_t)((rows + tr - 1) / tr) * tr * (row / 16);
-    if (i >= pieces) {
-        size_t t = (i - pieces) * 16;
-        if (t < (size_t)tail) {
-            size_t at = (size_t)rows * row + t;
-            for (int b = 0; b < 16 && t + b < (size_t)tail; b++) out[pieces * 16 + t + b] = src[at + b];
-        }
-        return;
-    }
-    size_t tile = i / ((size_t)tr * 8);
-    int p = (int)(i % ((size_t)tr * 8)), r = p >> 3, kc = p & 7;
-    int v = (int)(tile / kts) * tr + r, kt = (int)(tile % kts);
+    if (i >= (size_t)((rows + 127) / 128) * 128 * (row / 16)) return;
+    size_t tile = i / (128 * 8);
+    int p = (int)(i % (128 * 8)), r = p >> 3, kc = p & 7;
+    int v = (int)(tile / kts) * 128 + r, c = (int)(tile % kts) * WG_KC + kc * 16;
     uint4 val = make_uint4(0, 0, 0, 0);
-    if (v < rows) val = *(const uint4*)(src + (size_t)v * row + kt * WG_KC + kc * 16);
-    *(uint4*)(out + (tile * tr + r) * WG_KC + ((kc ^ (r & 7)) << 4)) = val;
+    if (v < rows) val = *(const uint4*)(src + (size_t)v * row + c);
+    *(uint4*)(out + wg_tiled_at(v, c, row)) = val;
 }
 // The warpgroup heads' split kernels, writing x's planes for the bulk head in its stages' order
 // (`tiled`: what `wg_tile_swizzled` would make of them) or as they are, also zero the greedy keys

@@ -272,10 +272,16 @@ impl Drop for Pending {
 impl Ahead {
     /// Waits for a launched step no call asked for: then the host copies of its parameters and
     /// tokens may be written again (the next pass takes the other ones, the one after these).
-    fn forget(self) -> Result<(), CudaError> {
-        Ok(self.pending.done.synchronize()?)
+    /// Returns its lists, for the next launched step to reuse.
+    fn forget(self) -> Result<AheadLists, CudaError> {
+        self.pending.done.synchronize()?;
+        Ok((self.rows, self.seqs))
     }
 }
+
+/// A launched step's rows and sequences ([`Ahead`]), kept from step to step (no allocation per
+/// step).
+type AheadLists = (Vec<(u32, u32, u32)>, Vec<(u64, usize)>);
 
 /// Whether a pass is a decode step: untraced, one row per sequence, every row's logits wanted
 /// (such steps replay captured graphs).
@@ -471,6 +477,9 @@ impl CudaModel {
             Some(step) => Mega::build(&gpu, step, &c, &layers, &embed).map_err(dev)?,
             None => None,
         };
+        // `BITNET_CUDA_AHEAD=0`: no greedy step launched ahead; `=one`: one instance of each
+        // decode graph.
+        let ahead = std::env::var("BITNET_CUDA_AHEAD").ok();
         let model = Self {
             output_norm: up(&src.output_norm()?)?,
             rope_cos: up(&cos)?,
@@ -516,10 +525,8 @@ impl CudaModel {
             weight_bytes: weight_bytes as u64,
             graphs: std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0") && !profiling,
             mega,
-            ahead: std::env::var("BITNET_CUDA_AHEAD")
-                .map_or(true, |v| v != "0")
-                .into(),
-            graph_pairs: std::env::var("BITNET_CUDA_AHEAD").map_or(true, |v| v != "one"),
+            ahead: (ahead.as_deref() != Some("0")).into(),
+            graph_pairs: ahead.as_deref() != Some("one"),
         };
         model.gpu.sync().map_err(dev)?;
         Ok(model)
@@ -751,8 +758,9 @@ impl CudaModel {
             let split =
                 (self.k.attn_split.as_ref()).map(|a| a.shape(n, s.step_rows.max(n), chunks));
             // Where steps may be launched ahead, two instances of each graph taken in turn (as
-            // the parameters' host copies are): a launch of an instance still running waits
-            // for it.
+            // the parameters' host copies are), so that no launch is of an instance still
+            // running (at batch 1 one instance measured level with two, BENCHMARKS.md session
+            // 42).
             let instance = if self.decode_ahead() && self.graph_pairs {
                 turn
             } else {
@@ -787,14 +795,18 @@ impl CudaModel {
     /// tokens where the head can choose them itself, else logits.
     fn head_out(&self, s: &Scratch, m: usize, out: &Out<'_>) -> HeadOut {
         let fuses = || {
-            (self.k.head_mma.as_ref())
-                .filter(|_| m >= HEAD_MMA_MIN_ROWS)
+            self.head_mma_for(m)
                 .is_some_and(|k| k.fuses_greedy(m, self.config.hidden_size, s.xhl.num_bytes()))
         };
         match out {
             Out::Greedy(_) if fuses() => HeadOut::Greedy,
             _ => HeadOut::Logits,
         }
+    }
+
+    /// The tensor-core head a head over `m` rows takes, if any (else the CUDA-core one).
+    fn head_mma_for(&self, m: usize) -> Option<&HeadMma> {
+        self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS)
     }
 
     /// The selection kernels `out` asks for over the `m` logit rows in `s.logits`.
@@ -846,6 +858,7 @@ impl CudaModel {
         if let Some(g) = &mut s.gaps {
             g.mark(1, &st)?;
         }
+        let mut greedy_turn = 0;
         match out {
             Out::Logits(logits) => {
                 let old = logits.len();
@@ -855,6 +868,7 @@ impl CudaModel {
             Out::Greedy(_) => {
                 let turn = s.turns.1;
                 s.turns.1 ^= 1;
+                greedy_turn = turn;
                 st.memcpy_dtoh(&s.tokens_out.slice(..m), &mut s.host_tokens[turn][..m])?;
                 if s.defer {
                     let done = st.record_event(Some(NO_TIMING))?;
@@ -883,7 +897,7 @@ impl CudaModel {
         }
         gpu.sync()?;
         if let Out::Greedy(tokens) = out {
-            tokens.extend_from_slice(&s.host_tokens[s.turns.1 ^ 1][..m]);
+            tokens.extend_from_slice(&s.host_tokens[greedy_turn][..m]);
         }
         if let Some(g) = &mut s.gaps {
             g.mark(2, &st)?;
@@ -917,19 +931,18 @@ impl CudaModel {
     ) -> Result<(), CudaError> {
         let (rows, seqs, wanted) = p;
         let launched = s.ahead.take();
-        let cur = match launched {
-            Some(a) if a.rows == rows && a.seqs == seqs => a.pending,
+        let (cur, (mut next, mut next_seqs)) = match launched {
+            Some(a) if a.rows == rows && a.seqs == seqs => (a.pending, (a.rows, a.seqs)),
             other => {
-                if let Some(a) = other {
-                    a.forget()?;
-                }
+                let lists = other.map_or(Ok(Default::default()), Ahead::forget)?;
                 s.defer = true;
                 let r = self.step(s, p, &mut Out::Greedy(tokens), None);
                 s.defer = false;
                 r?;
-                s.pending.take().ok_or(CudaError::Invalid(
+                let pending = s.pending.take().ok_or(CudaError::Invalid(
                     "a deferred greedy step left no tokens".into(),
-                ))?
+                ))?;
+                (pending, lists)
             }
         };
         // The next step: every row one position on, if its cache has room.
@@ -937,7 +950,10 @@ impl CudaModel {
             .iter()
             .all(|&(_, pos, seq)| (pos as usize) + 1 < seqs[seq as usize].1);
         if then && room {
-            let next: Vec<(u32, u32, u32)> = rows.iter().map(|&(_, p, q)| (0, p + 1, q)).collect();
+            next.clear();
+            next.extend(rows.iter().map(|&(_, p, q)| (0, p + 1, q)));
+            next_seqs.clear();
+            next_seqs.extend_from_slice(seqs);
             s.feed = Some(ptr(&s.tokens_out, &self.gpu.stream));
             s.defer = true;
             let r = self.step(
@@ -950,7 +966,7 @@ impl CudaModel {
             if let (Ok(()), Some(pending)) = (r, s.pending.take()) {
                 s.ahead = Some(Ahead {
                     rows: next,
-                    seqs: seqs.to_vec(),
+                    seqs: next_seqs,
                     pending,
                 });
             }
@@ -1419,7 +1435,7 @@ impl CudaModel {
             logits: ptr(&s.logits, st),
             greedy: (head == HeadOut::Greedy).then(|| (ptr(&s.keys, st), ptr(&s.tokens_out, st))),
         };
-        let fused = match self.k.head_mma.as_ref().filter(|_| m >= HEAD_MMA_MIN_ROWS) {
+        let fused = match self.head_mma_for(m) {
             Some(k) => launch_head_mma(gpu, k, &io)?,
             None => launch_head_rows(gpu, &self.k.head, self.head_generic, &io).map(|_| false)?,
         };
@@ -1661,7 +1677,7 @@ impl CudaModel {
                 self.greedy_ahead(&mut s, p, tokens, then)
             }
             (out, launched) => {
-                let forgot = launched.map_or(Ok(()), Ahead::forget);
+                let forgot = launched.map_or(Ok(()), |a| a.forget().map(drop));
                 match rows.is_empty() {
                     true => forgot,
                     false => forgot.and_then(|()| self.step(&mut s, p, out, tracer)),

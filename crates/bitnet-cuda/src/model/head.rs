@@ -276,7 +276,8 @@ const BULK_X_BLOCKS: usize = 4;
 const _: () = assert!(BULK_X_BLOCKS * 64 >= super::MAX_ROWS);
 
 /// `wg_tile_swizzled` over `rows` rows of `row` bytes in blocks of [`HEAD_WG_TABLE_ROWS`] rows
-/// (the head's table rows per block; x's planes are written in that order by the split kernel).
+/// (the head's table rows per block; x's planes are written in that order by the split kernel,
+/// through the same `wg_tiled_at`).
 fn launch_retile(
     gpu: &Gpu,
     k: &Kernel,
@@ -296,8 +297,6 @@ fn launch_retile(
             Arg::P(src),
             Arg::I(rows as i32),
             Arg::I(row as i32),
-            Arg::I(tr as i32),
-            Arg::I(0), // no tail
             Arg::P(out),
         ],
     )
@@ -397,9 +396,10 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<boo
         None => (&k.split, &k.head, 8, k.block_rows, 256, k.smem),
     };
     let mpad = io.m.div_ceil(pad) * pad;
+    let bulk = wg.and_then(|w| w.bulk.as_ref());
     // The bulk head reads its copy of the table, and x's planes as the split kernel writes them
     // in its stages' order (`tiled`) into its own buffer.
-    let (table, xhl, tiled) = match wg.and_then(|w| w.bulk.as_ref()) {
+    let (table, xhl, tiled) = match bulk {
         Some(b) => (ptr(&b.table, &gpu.stream), ptr(&b.x, &gpu.stream), 1),
         None => (io.table, io.xhl, 0),
     };
@@ -426,7 +426,7 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<boo
         io.m.div_ceil(64) as u32,
     );
     // The bulk head's blocks take its (table tile, row block) items in turn.
-    let grid = match wg.and_then(|w| w.bulk.as_ref()) {
+    let grid = match bulk {
         Some(b) if b.blocks > 0 => ((tiles * row_blocks).min(b.blocks), 1, 1),
         Some(_) => (tiles * row_blocks, 1, 1),
         None => (tiles, row_blocks, 1),
