@@ -3409,38 +3409,89 @@ __device__ __forceinline__ size_t wg_tiled_at(size_t pr, int c, int row) {
     int r = (int)(pr & 127), kc = (c & 127) >> 4;
     return (tile * 128 + r) * 128 + ((kc ^ (r & 7)) << 4) + (c & 15);
 }
+// The split kernels' rows, 8 columns (32 bytes) at a time: chunk j of row xr into f. The first
+// SPLIT_U chunks of each thread are loaded together before any is used (rows up to
+// 8 SPLIT_U blockDim columns: one round trip to L2 rather than a chain of them; the loops one
+// value at a time took ~7 us for 64 rows of 2,560).
+#define SPLIT_U 2
+__device__ __forceinline__ void load8(const float* xr, int j, float (&f)[8]) {
+    float4 a = ((const float4*)xr)[2 * j], b = ((const float4*)xr)[2 * j + 1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+// Chunks j of row r (j = threadIdx.x, + blockDim.x, ...; `cols` % 8 == 0) through emit(j, f):
+// the row's values where `live`, zeros else; the first SPLIT_U chunks from registers loaded at
+// once.
+template <class E>
+__device__ __forceinline__ void split_chunks(const float* xr, bool live, int n8, const float (&f)[SPLIT_U][8], E emit) {
+#pragma unroll
+    for (int u = 0; u < SPLIT_U; u++) {
+        int j = threadIdx.x + u * blockDim.x;
+        if (j < n8) emit(j, f[u]);
+    }
+    for (int j = threadIdx.x + SPLIT_U * blockDim.x; j < n8; j += blockDim.x) {
+        float g[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (live) load8(xr, j, g);
+        emit(j, g);
+    }
+}
+__device__ __forceinline__ void split_load(const float* xr, bool live, int n8, float (&f)[SPLIT_U][8]) {
+#pragma unroll
+    for (int u = 0; u < SPLIT_U; u++) {
+        int j = threadIdx.x + u * blockDim.x;
+#pragma unroll
+        for (int t = 0; t < 8; t++) f[u][t] = 0.f;
+        if (live && j < n8) load8(xr, j, f[u]);
+    }
+}
 // out[(r * 2 + part) * cols + c]: hi (part 0) and lo (part 1) of x, rows m..mpad zero. PLANAR:
-// in the warpgroup heads' planes (wg_plane_row).
+// in the warpgroup heads' planes (wg_plane_row). `cols` % 8 == 0.
 template <bool BF, bool PLANAR = false>
 __device__ void split_rows_body(const float* x, int m, int mpad, int cols, u16* out, bool tiled = false) {
     PDL_ENTRY();
     int r = blockIdx.x;
     if (r >= mpad) return;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        float v = r < m ? x[(size_t)r * cols + c] : 0.f;
-        u16 hi, lo;
-        if (BF) {
-            // Round to nearest even into bf16 (values here are finite).
-            u32 u = __float_as_uint(v);
-            hi = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-            float rest = v - __uint_as_float((u32)hi << 16);
-            u32 w = __float_as_uint(rest);
-            lo = (u16)((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
-        } else {
-            hi = f2h(v);
-            lo = f2h(v - h2f(hi));
+    const float* xr = x + (size_t)r * cols;
+    bool live = r < m;
+    int n8 = cols / 8;
+    float f[SPLIT_U][8];
+    split_load(xr, live, n8, f);
+    split_chunks(xr, live, n8, f, [&](int j, const float (&v8)[8]) {
+        u16 hi[8], lo[8];
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            float v = v8[t];
+            if (BF) {
+                // Round to nearest even into bf16 (values here are finite).
+                u32 u = __float_as_uint(v);
+                hi[t] = (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+                float rest = v - __uint_as_float((u32)hi[t] << 16);
+                u32 w = __float_as_uint(rest);
+                lo[t] = (u16)((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
+            } else {
+                hi[t] = f2h(v);
+                lo[t] = f2h(v - h2f(hi[t]));
+            }
         }
+        uint4 h4, l4;
+        u32* hw = (u32*)&h4;
+        u32* lw = (u32*)&l4;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            hw[t] = (u32)hi[2 * t] | ((u32)hi[2 * t + 1] << 16);
+            lw[t] = (u32)lo[2 * t] | ((u32)lo[2 * t + 1] << 16);
+        }
+        int c = 8 * j;
         if (PLANAR && tiled) {
             size_t pr = wg_plane_row(r);
-            out[wg_tiled_at(pr, 2 * c, 2 * cols) / 2] = hi;
-            out[wg_tiled_at(pr + 64, 2 * c, 2 * cols) / 2] = lo;
-            continue;
+            *(uint4*)(out + wg_tiled_at(pr, 2 * c, 2 * cols) / 2) = h4;
+            *(uint4*)(out + wg_tiled_at(pr + 64, 2 * c, 2 * cols) / 2) = l4;
+            return;
         }
         size_t at = PLANAR ? wg_plane_row(r) * cols + c : (size_t)r * 2 * cols + c;
         size_t part = PLANAR ? (size_t)64 * cols : cols;
-        out[at] = hi;
-        out[at + part] = lo;
-    }
+        *(uint4*)(out + at) = h4;
+        *(uint4*)(out + at + part) = l4;
+    });
 }
 #if IN_PART(1)
 extern "C" __global__ void split_rows_f16(const float* x, int m, int mpad, int cols, u16* out) {
@@ -3643,24 +3694,29 @@ __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, u
     if (r >= mpad) return;
     const float* xr = x + (size_t)r * cols;
     bool live = r < m;
+    int n8 = cols / 8;
+    float f[SPLIT_U][8];
+    split_load(xr, live, n8, f);
     float mx = 0.f, bad = 0.f;
-    if (live)
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-            float a = fabsf(xr[c]);
+    split_chunks(xr, live, n8, f, [&](int, const float (&v8)[8]) {
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            float a = fabsf(v8[t]);
             if (a <= 3.402823466e38f)
                 mx = fmaxf(mx, a);
             else
                 bad = 1.f;
         }
+    });
     mx = block_max(mx, red);
     bad = block_max(bad, red);
     float s = bad > 0.f ? __int_as_float(0x7fc00000) : mx / 32767.f;
-    for (int c8 = threadIdx.x; c8 < cols / 8; c8 += blockDim.x) {
+    split_chunks(xr, live, n8, f, [&](int c8, const float (&v8)[8]) {
         u32 w[4] = {0u, 0u, 0u, 0u};
         if (live && s > 0.f) {
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                int q = __float2int_rn(__fdiv_rn(xr[c8 * 8 + j], s));
+                int q = __float2int_rn(__fdiv_rn(v8[j], s));
                 q = max(-32767, min(32767, q));
                 w[j >> 2] |= (u32)((q >> 8) & 0xff) << (8 * (j & 3));
                 w[2 + (j >> 2)] |= (u32)(q & 0xff) << (8 * (j & 3));
@@ -3677,7 +3733,7 @@ __device__ void split_rows_i16_body(const float* x, int m, int mpad, int cols, u
         } else {
             *(uint4*)(out + (size_t)r * 2 * cols + c8 * 16) = make_uint4(w[0], w[1], w[2], w[3]);
         }
-    }
+    });
     if (threadIdx.x == 0) ((float*)(out + (size_t)mpad * 2 * cols))[r] = s;
 }
 #if IN_PART(1)
@@ -4168,12 +4224,15 @@ __device__ __forceinline__ u64 argmax_key(float v, int i) {
     if (!(v > -INFINITY)) return 0ull;
     return ((u64)order_key(v == 0.f ? 0.f : v) << 32) | (u64)(~(u32)i);
 }
-template <class K>
-__device__ __forceinline__ void wg_finish(const typename K::Acc& acc, float* out, u64* keys, int vocab, int v16,
-                                          int t0, int mt, const float* rs, const float* xs, int buf = 0) {
+// N: a warp's tiles of 16 table rows, v16 + 64 j for tile j (a warpgroup's 64-row parts).
+template <class K, int N>
+__device__ __forceinline__ void wg_finish(const typename K::Acc (&acc)[N], float* out, u64* keys, int vocab,
+                                          int v16, int t0, int mt, const float* rs, const float* xs, int buf = 0) {
     if (!keys) {
-        K::each(acc, vocab, v16, t0, mt, rs, xs,
-                [&](int, int tok, int v, float l) { out[(size_t)(t0 + tok) * vocab + v] = l; });
+#pragma unroll
+        for (int j = 0; j < N; j++)
+            K::each(acc[j], vocab, v16 + 64 * j, t0, mt, rs, xs,
+                    [&](int, int tok, int v, float l) { out[(size_t)(t0 + tok) * vocab + v] = l; });
         return;
     }
     // Each warp's best of its 16 table rows per x row (lanes of one t hold the same x rows),
@@ -4187,10 +4246,12 @@ __device__ __forceinline__ void wg_finish(const typename K::Acc& acc, float* out
     u64 best[16];
 #pragma unroll
     for (int i = 0; i < 16; i++) best[i] = 0;
-    K::each(acc, vocab, v16, t0, mt, rs, xs, [&](int slot, int, int v, float l) {
-        u64 k = argmax_key(l, v);
-        best[slot] = k > best[slot] ? k : best[slot];
-    });
+#pragma unroll
+    for (int j = 0; j < N; j++)
+        K::each(acc[j], vocab, v16 + 64 * j, t0, mt, rs, xs, [&](int slot, int, int v, float l) {
+            u64 k = argmax_key(l, v);
+            best[slot] = k > best[slot] ? k : best[slot];
+        });
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         u64 k = best[i];
@@ -4209,19 +4270,21 @@ __device__ __forceinline__ void wg_finish(const typename K::Acc& acc, float* out
         if (k) atomicMax(keys + t0 + tid, k);
     }
 }
-// One stage's products of the warpgroup heads (`st`: the stage's shared-memory address, its two
-// 64-row table halves, then x's planes; `wg`: this warpgroup's half), committed with one stage
-// in flight: when this returns, the previous stage's products are done and its slot free.
-template <class K>
-__device__ __forceinline__ void wg_stage_products(typename K::Acc& acc, u32 st, int wg) {
+// One stage's products of the warpgroup heads (`st`: the stage's shared-memory address, its
+// 2 N 64-row table parts, then x's planes; `wg`: this warpgroup's N parts, N wg .. N wg + N - 1),
+// committed with one stage in flight: when this returns, the previous stage's products are done
+// and its slot free.
+template <class K, int N>
+__device__ __forceinline__ void wg_stage_products(typename K::Acc (&acc)[N], u32 st, int wg) {
     using A = WgLayout<64>;
     using B = WgLayout<128>;
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
     for (int s = 0; s < WG_KC / 32; s++) {
-        u64 da = A::desc(st + (u32)wg * A::BYTES, 0, s);
-        u64 dhi = B::desc(st + 2 * A::BYTES, 0, s), dlo = B::desc(st + 2 * A::BYTES, 64, s);
-        K::step(acc, da, dhi, dlo);
+        u32 xp = st + 2 * N * A::BYTES;
+        u64 dhi = B::desc(xp, 0, s), dlo = B::desc(xp, 64, s);
+#pragma unroll
+        for (int j = 0; j < N; j++) K::step(acc[j], A::desc(st + (u32)(N * wg + j) * A::BYTES, 0, s), dhi, dlo);
     }
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
@@ -4288,29 +4351,27 @@ __device__ __forceinline__ void head_wg_body(const char* W, const float* rs, int
         return;
     }
     PDL_ENTRY();
-    typename K::Acc acc = {};
+    typename K::Acc acc[1] = {};
     for (int kt = 0; kt < kts; kt++) {
         named_sync(1 + 2 * (kt & 1), WG_THREADS);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        wg_stage_products<K>(acc, base + (u32)(kt % WG_STAGES) * STAGE, wg);
+        wg_stage_products<K, 1>(acc, base + (u32)(kt % WG_STAGES) * STAGE, wg);
         if (kt > 0) named_arrive(2, WG_THREADS);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     // D fragment: warp w of the warpgroup holds table rows 16 w .. 16 w + 15; element c of its
     // 8-column tile j is acc[.][4 j + c], as mma's.
-    wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
+    wg_finish<K, 1>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs);
 }
 // Dynamic shared memory: STAGES stages of 32 KB and 1,024 bytes to align them (`wg_smem` in
 // model/head.rs): four for the int8 table, six for the 16-bit ones (the fastest of four and six
 // at 64 rows of 2B4T's head on an H200, BENCHMARKS.md session 40).
-// BODY: head_wg_body (THREADS: WG_THREADS) or head_wgb_body (WGB_THREADS).
-#define HEAD_WG_KERNEL(BODY, THREADS, NAME, T, K, STAGES)                                                      \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1)                                                   \
+#define HEAD_WG_ENTRY(NAME, T, K, STAGES)                                                                      \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)                                                \
         NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out,        \
              u64* keys) {                                                                                        \
-        BODY<K, STAGES>((const char*)W, rs, vocab, cols, x, m, out, keys);                                      \
+        head_wg_body<K, STAGES>((const char*)W, rs, vocab, cols, x, m, out, keys);                              \
     }
-#define HEAD_WG_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wg_body, WG_THREADS, NAME, T, K, STAGES)
 HEAD_WG_ENTRY(head_wg_i8, i8, WgI8, 4)
 // The 16-bit tables (no row scales: rs null), x by `split_rows_f16p` / `split_rows_bf16p`.
 HEAD_WG_ENTRY(head_wg_f16, u16, Wg16<false>, 6)
@@ -4354,19 +4415,23 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
 // Persistent: block b takes work items b, b + gridDim.x, ... of the (table tile, x row block)
 // items, x's row blocks fastest (so that the blocks reading one table tile run at about the same
 // time and share it through L2), and the issuing lane copies the next item's stages while the
-// multiplying warpgroups finish the last one's (no pipeline to fill again per item).
-template <class K, int WG_STAGES>
+// multiplying warpgroups finish the last one's (no pipeline to fill again per item). TILES: the
+// 128-row tiles of the table copy an item takes (each warpgroup one 64-row part of each for 1,
+// a whole tile for 2), each stage of x's planes serving all of them: with 2, x's bytes through
+// L2 per table byte are halved. A last item past the table's tiles copies its last tile again
+// (its rows are past `vocab`, so nothing of them is kept).
+template <class K, int WG_STAGES, int TILES>
 __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, int vocab, int cols,
                                               const unsigned char* xt, int m, float* out, u64* keys) {
     using A = WgLayout<64>;
     using B = WgLayout<128>;
-    constexpr u32 STAGE = 2 * A::BYTES + B::BYTES, HALF = 2 * A::BYTES;
+    constexpr u32 HALF = 2 * A::BYTES, STAGE = TILES * HALF + B::BYTES;
     extern __shared__ __align__(128) char wsm[];
     __shared__ __align__(8) unsigned long long bars[2 * WG_STAGES];  // full, then empty
     int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3;
     int blocks = (m + 63) / 64, row = cols * K::ELEM;
-    int kts = row / WG_KC;
-    int items = (vocab + 127) / 128 * blocks;
+    int kts = row / WG_KC, tiles = (vocab + 127) / 128;
+    int items = (tiles + TILES - 1) / TILES * blocks;
     int mine = (items - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
     const float* xs = (const float*)(xt + (size_t)blocks * 128 * row);
     u32 base = ((u32)__cvta_generic_to_shared(wsm) + 1023) & ~1023u;
@@ -4377,60 +4442,83 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
     }
     __syncthreads();
     if (wg == 2) {
-        if ((tid & 31) == 0) {
-            // Stage g of this block: item g / kts's table tile and x row block, column step g % kts.
+        // With two tiles the multipliers' accumulators need more registers than a block of
+        // three warpgroups gets each (168): the copying warpgroup gives its own back.
+        if (TILES > 1) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        if (tid == 256) {
+            // Stage g of this block: item g / kts's table tiles and x row block, column step g % kts.
             auto item = [&](int g) { return (int)blockIdx.x + g / kts * (int)gridDim.x; };
-            auto table = [&](int g) { return Wt + ((size_t)(item(g) / blocks) * kts + g % kts) * HALF; };
+            auto table = [&](int g, int j) {
+                int t = min(item(g) / blocks * TILES + j, tiles - 1);
+                return Wt + ((size_t)t * kts + g % kts) * HALF;
+            };
             auto planes = [&](int g) { return xt + ((size_t)(item(g) % blocks) * kts + g % kts) * B::BYTES; };
+            auto tables = [&](int g, u32 st, u32 bar) {
+#pragma unroll
+                for (int j = 0; j < TILES; j++) bulk_copy(st + (u32)j * HALF, table(g, j), HALF, bar);
+            };
             int total = mine * kts, first = min(WG_STAGES, total);
             // The table's first stages before the wait on the previous kernel (they do not
             // depend on it); x's after it.
             for (int g = 0; g < first; g++) {
                 mbar_expect(full + 8 * g, STAGE);
-                bulk_copy(base + (u32)g * STAGE, table(g), HALF, full + 8 * g);
+                tables(g, base + (u32)g * STAGE, full + 8 * g);
             }
             PDL_WAIT();
             for (int g = 0; g < first; g++)
-                bulk_copy(base + (u32)g * STAGE + HALF, planes(g), B::BYTES, full + 8 * g);
+                bulk_copy(base + (u32)g * STAGE + TILES * HALF, planes(g), B::BYTES, full + 8 * g);
             for (int g = WG_STAGES; g < total; g++) {
                 int slot = g % WG_STAGES;
                 // The slot's previous stage (g - WG_STAGES, its use g / WG_STAGES - 1) multiplied.
                 mbar_wait(empty + 8 * slot, (u32)(g / WG_STAGES - 1) & 1u);
                 u32 st = base + (u32)slot * STAGE;
                 mbar_expect(full + 8 * slot, STAGE);
-                bulk_copy(st, table(g), HALF, full + 8 * slot);
-                bulk_copy(st + HALF, planes(g), B::BYTES, full + 8 * slot);
+                tables(g, st, full + 8 * slot);
+                bulk_copy(st + TILES * HALF, planes(g), B::BYTES, full + 8 * slot);
             }
         }
         PDL_START();
         return;
     }
+    if (TILES > 1) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     PDL_ENTRY();
     int g = 0;
     for (int i = 0; i < mine; i++) {
         int it = (int)blockIdx.x + i * (int)gridDim.x;
-        int v0 = it / blocks * 128, t0 = it % blocks * 64, mt = min(m - t0, 64);
-        typename K::Acc acc = {};
+        int v0 = it / blocks * 128 * TILES, t0 = it % blocks * 64, mt = min(m - t0, 64);
+        typename K::Acc acc[TILES] = {};
         // At least one stage (rows are a multiple of 128 bytes wide, on the host): a do-while,
         // so that no path skips the products (a join of zeroed and multiplied accumulators made
         // ptxas serialize every wgmma, C7514).
         int kt = 0;
         do {
             mbar_wait(full + 8 * (g % WG_STAGES), (u32)(g / WG_STAGES) & 1u);
-            wg_stage_products<K>(acc, base + (u32)(g % WG_STAGES) * STAGE, wg);
+            wg_stage_products<K, TILES>(acc, base + (u32)(g % WG_STAGES) * STAGE, wg);
             if (kt > 0) mbar_arrive(empty + 8 * ((g - 1) % WG_STAGES));
             g++;
         } while (++kt < kts);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         // The item's last stage is free too: the copier goes on into the next item's.
         mbar_arrive(empty + 8 * ((g - 1) % WG_STAGES));
-        wg_finish<K>(acc, out, keys, vocab, v0 + wg * 64 + warp * 16, t0, mt, rs, xs, i & 1);
+        wg_finish<K, TILES>(acc, out, keys, vocab, v0 + wg * 64 * TILES + warp * 16, t0, mt, rs, xs, i & 1);
     }
 }
-#define HEAD_WGB_ENTRY(NAME, T, K, STAGES) HEAD_WG_KERNEL(head_wgb_body, WGB_THREADS, NAME, T, K, STAGES)
-HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4)
-HEAD_WGB_ENTRY(head_wgb_f16, u16, Wg16<false>, 6)
-HEAD_WGB_ENTRY(head_wgb_bf16, u16, Wg16<true>, 6)
+// Two tiles: the copier a whole warpgroup (for `setmaxnreg`), of which one lane issues.
+#define WGB2_THREADS 384
+// Dynamic shared memory: STAGES stages of TILES 16 KB table parts and 16 KB of x's planes, and
+// 1,024 bytes to align them (`wgb_smem` in model/head.rs).
+#define HEAD_WGB_ENTRY(NAME, T, K, STAGES, TILES)                                                            \
+    extern "C" __global__ void __launch_bounds__(TILES > 1 ? WGB2_THREADS : WGB_THREADS, 1)                    \
+        NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out,        \
+             u64* keys) {                                                                                        \
+        head_wgb_body<K, STAGES, TILES>((const char*)W, rs, vocab, cols, x, m, out, keys);                      \
+    }
+HEAD_WGB_ENTRY(head_wgb_i8, i8, WgI8, 4, 1)
+HEAD_WGB_ENTRY(head_wgb_f16, u16, Wg16<false>, 6, 1)
+HEAD_WGB_ENTRY(head_wgb_bf16, u16, Wg16<true>, 6, 1)
+HEAD_WGB_ENTRY(head_wgb2_i8, i8, WgI8, 4, 2)
+HEAD_WGB_ENTRY(head_wgb2_f16, u16, Wg16<false>, 4, 2)
+HEAD_WGB_ENTRY(head_wgb2_bf16, u16, Wg16<true>, 4, 2)
 // `rows` rows of `row` bytes (row a multiple of 128) in the bulk head's stages' order
 // (wg_tiled_at: 128-row tiles), rows up to the next multiple of 128 zero. A thread per 16 bytes,
 // in the output's order.

@@ -135,6 +135,7 @@ impl Table {
             table,
             x,
             blocks: 0,
+            tiles: 1,
         })
     }
 
@@ -171,33 +172,47 @@ impl Table {
         // `BITNET_CUDA_HEAD_WG=nobulk`, every thread's own copies from the table as it is.
         // `BITNET_CUDA_HEAD_WG=0`: the `mma.sync` heads at every row count.
         let mode = std::env::var("BITNET_CUDA_HEAD_WG").unwrap_or_default();
-        let smem_wg = wg_smem(stages);
-        let kernel = |name: &str| {
+        let kernel = |name: &str, smem: u32| {
             let k = gpu.optional_function(name)?;
-            k.allow_smem(smem_wg as usize).ok()?;
-            Some(k)
+            k.allow_smem(smem as usize).ok()?;
+            Some((k, smem))
+        };
+        let plain = || kernel(wg_head, wg_smem(stages, 1)).map(|(k, smem)| (k, smem, None));
+        // The bulk head's items: two tiles of the table (`head_wgb2_*`, four stages; each stage
+        // of x's planes serves 256 table rows, so x's bytes through L2 are half the table's
+        // instead of as many: on an H200 q8 cache + int8 head b64 +0.5%, b128 +1.6%, f16 b64
+        // +1.2%, b128 +2.4%, BENCHMARKS.md session 43) unless `BITNET_CUDA_HEAD_TILES=1`
+        // (`head_wgb_*`, the stages of `head_wg_*`).
+        let tiles = match std::env::var("BITNET_CUDA_HEAD_TILES").as_deref() {
+            Ok("1") => 1,
+            _ => 2,
         };
         let bulk = || {
-            let k = kernel(&wg_head.replace("head_wg_", "head_wgb_"))?;
+            let (name, stages) = match tiles {
+                1 => (wg_head.replace("head_wg_", "head_wgb_"), stages),
+                _ => (wg_head.replace("head_wg_", "head_wgb2_"), 4),
+            };
+            let (k, smem) = kernel(&name, wg_smem(stages, tiles))?;
             let mut b = self.bulk(gpu, cols, elem).ok()?;
+            b.tiles = tiles;
             // Persistent blocks, as many as fit at once (`BITNET_CUDA_HEAD_PERSIST=0`: one
             // block per work item).
             if std::env::var("BITNET_CUDA_HEAD_PERSIST").as_deref() != Ok("0") {
-                b.blocks = k.resident(gpu, HEAD_WGB_THREADS, smem_wg as usize);
+                b.blocks = k.resident(gpu, wgb_threads(tiles), smem as usize);
             }
-            Some((k, Some(b)))
+            Some((k, smem, Some(b)))
         };
         let wg = match mode.as_str() {
             "0" => None,
-            "nobulk" => kernel(wg_head).map(|k| (k, None)),
-            _ => bulk().or_else(|| kernel(wg_head).map(|k| (k, None))),
+            "nobulk" => plain(),
+            _ => bulk().or_else(plain),
         }
-        .and_then(|(head, bulk)| {
+        .and_then(|(head, smem, bulk)| {
             Some(WgHead {
                 split: gpu.optional_function(wg_split)?,
                 head,
                 elem,
-                smem: smem_wg,
+                smem,
                 bulk,
                 // Greedy steps' tokens chosen inside the head (`wg_finish`), unless
                 // `BITNET_CUDA_HEAD_GREEDY=0`: then its logits and the argmax kernel.
@@ -268,6 +283,8 @@ struct WgBulk {
     x: CudaSlice<u8>,
     /// Blocks of the persistent head (as many as fit the GPU at once; 0: one per work item).
     blocks: u32,
+    /// Tiles of [`HEAD_WG_TABLE_ROWS`] table rows per work item (`TILES` in the kernels).
+    tiles: usize,
 }
 
 /// Blocks of 64 rows of x the bulk-copy head takes: [`MAX_ROWS`](super::MAX_ROWS), a pass's
@@ -302,11 +319,12 @@ fn launch_retile(
     )
 }
 
-/// The warpgroup head's dynamic shared memory: `stages` stages of 128 table rows and 128 plane
-/// rows, 128 bytes each (`HEAD_WG_ENTRY` in the kernels: four for the int8 table, six for the
-/// 16-bit ones), and 1,024 bytes to align them.
-const fn wg_smem(stages: u32) -> u32 {
-    stages * 32 * 1024 + 1024
+/// The warpgroup heads' dynamic shared memory: `stages` stages of `tiles` times 128 table rows
+/// and 128 plane rows, 128 bytes each (`HEAD_WG_ENTRY` and `HEAD_WGB_ENTRY` in the kernels: for
+/// one tile four stages for the int8 table, six for the 16-bit ones; for two tiles four), and
+/// 1,024 bytes to align them.
+const fn wg_smem(stages: u32, tiles: usize) -> u32 {
+    stages * (tiles as u32 + 1) * 16 * 1024 + 1024
 }
 
 /// Rows past which the head runs on the warpgroup kernel (its blocks always multiply 64
@@ -317,9 +335,12 @@ const HEAD_WG_MIN_ROWS: usize = 32;
 
 /// The warpgroup head's block: two warpgroups that multiply 64 table rows each, one that copies.
 const HEAD_WG_THREADS: u32 = 384;
-/// The bulk-copy one's (`WGB_THREADS` in the kernels): the two multiplying warpgroups and one
-/// warp whose lane 0 issues the copies.
-const HEAD_WGB_THREADS: u32 = 288;
+/// The bulk-copy one's (`WGB_THREADS` and `WGB2_THREADS` in the kernels): the two multiplying
+/// warpgroups and one warp whose lane 0 issues the copies; with two tiles per item a whole
+/// warpgroup there, which hands its registers to the multiplying ones (`setmaxnreg`).
+const fn wgb_threads(tiles: usize) -> u32 {
+    if tiles > 1 { 384 } else { 288 }
+}
 const HEAD_WG_TABLE_ROWS: usize = 128;
 
 /// Bytes of the warpgroup head's planes of `m` rows of x `cols` wide for a table of
@@ -386,10 +407,9 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<boo
             &w.head,
             64,
             HEAD_WG_TABLE_ROWS,
-            if w.bulk.is_some() {
-                HEAD_WGB_THREADS
-            } else {
-                HEAD_WG_THREADS
+            match &w.bulk {
+                Some(b) => wgb_threads(b.tiles),
+                None => HEAD_WG_THREADS,
             },
             w.smem,
         ),
@@ -421,8 +441,9 @@ pub(super) fn launch_head_mma(gpu: &Gpu, k: &HeadMma, io: &HeadIo) -> Result<boo
             Arg::I(tiled),
         ][..split_args],
     )?;
+    let item_rows = table_rows * bulk.map_or(1, |b| b.tiles);
     let (tiles, row_blocks) = (
-        io.vocab.div_ceil(table_rows) as u32,
+        io.vocab.div_ceil(item_rows) as u32,
         io.m.div_ceil(64) as u32,
     );
     // The bulk head's blocks take its (table tile, row block) items in turn.
@@ -743,7 +764,11 @@ mod tests {
     #[test]
     fn warpgroup_heads_stages_fit_an_sm90_block() {
         // sm_90 gives a block at most 227 KB of dynamic shared memory.
-        assert_eq!(wg_smem(4), 4 * 32 * 1024 + 1024);
-        assert!(wg_smem(6) <= 227 * 1024);
+        assert_eq!(wg_smem(4, 1), 4 * 32 * 1024 + 1024);
+        assert!(wg_smem(6, 1) <= 227 * 1024);
+        // Two tiles per item: four stages of 48 KB, with the greedy epilogue's 8 KB of static
+        // slots (`red2`) and the mbarriers beside them.
+        assert_eq!(wg_smem(4, 2), 4 * 48 * 1024 + 1024);
+        assert!(wg_smem(4, 2) + 8 * 1024 + 64 <= 227 * 1024);
     }
 }
