@@ -4506,7 +4506,7 @@ __device__ __forceinline__ void head_wgb_body(const char* Wt, const float* rs, i
 // Two tiles: the copier a whole warpgroup (for `setmaxnreg`), of which one lane issues.
 #define WGB2_THREADS 384
 // Dynamic shared memory: STAGES stages of TILES 16 KB table parts and 16 KB of x's planes, and
-// 1,024 bytes to align them (`wgb_smem` in model/head.rs).
+// 1,024 bytes to align them (`wg_smem` in model/head.rs).
 #define HEAD_WGB_ENTRY(NAME, T, K, STAGES, TILES)                                                            \
     extern "C" __global__ void __launch_bounds__(TILES > 1 ? WGB2_THREADS : WGB_THREADS, 1)                    \
         NAME(const T* W, const float* rs, int vocab, int cols, const unsigned char* x, int m, float* out,        \
