@@ -190,7 +190,7 @@ impl Table {
         let bulk = || {
             let (name, stages) = match tiles {
                 1 => (wg_head.replace("head_wg_", "head_wgb_"), stages),
-                _ => (wg_head.replace("head_wg_", "head_wgb2_"), 4),
+                _ => (wg_head.replace("head_wg_", "head_wgb2_"), WGB2_STAGES),
             };
             let (k, smem) = kernel(&name, wg_smem(stages, tiles))?;
             let mut b = self.bulk(gpu, cols, elem).ok()?;
@@ -319,10 +319,14 @@ fn launch_retile(
     )
 }
 
+/// Stages of the two-tile bulk heads (`head_wgb2_*`, `HEAD_WGB_ENTRY` in the kernels), whatever
+/// the table's element: four of 48 KB are as many as fit an sm_90 block.
+const WGB2_STAGES: u32 = 4;
+
 /// The warpgroup heads' dynamic shared memory: `stages` stages of `tiles` times 128 table rows
 /// and 128 plane rows, 128 bytes each (`HEAD_WG_ENTRY` and `HEAD_WGB_ENTRY` in the kernels: for
-/// one tile four stages for the int8 table, six for the 16-bit ones; for two tiles four), and
-/// 1,024 bytes to align them.
+/// one tile four stages for the int8 table, six for the 16-bit ones; for two tiles
+/// [`WGB2_STAGES`]), and 1,024 bytes to align them.
 const fn wg_smem(stages: u32, tiles: usize) -> u32 {
     stages * (tiles as u32 + 1) * 16 * 1024 + 1024
 }
@@ -768,7 +772,7 @@ mod tests {
         assert!(wg_smem(6, 1) <= 227 * 1024);
         // Two tiles per item: four stages of 48 KB, with the greedy epilogue's 8 KB of static
         // slots (`red2`) and the mbarriers beside them.
-        assert_eq!(wg_smem(4, 2), 4 * 48 * 1024 + 1024);
-        assert!(wg_smem(4, 2) + 8 * 1024 + 64 <= 227 * 1024);
+        assert_eq!(wg_smem(WGB2_STAGES, 2), 4 * 48 * 1024 + 1024);
+        assert!(wg_smem(WGB2_STAGES, 2) + 8 * 1024 + 64 <= 227 * 1024);
     }
 }
