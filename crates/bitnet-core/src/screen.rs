@@ -917,11 +917,13 @@ mod x86 {
                 let (wp, xp) = (w.as_ptr().add(r * stride), acts.as_ptr().add(j * stride));
                 // The first group of vectors brings the rows from memory: it prefetches the
                 // rows PREFETCH_ROWS ahead, and the second group the next block's, while the
-                // later groups find theirs in L2. One vector streams the rows fast enough for
-                // the hardware prefetcher alone (5% faster without; two or more vectors 15-20%
-                // faster with).
+                // later groups find theirs in L2. With one vector too: on a Zen 5 VM the
+                // hardware prefetcher alone streamed one vector's rows 5% faster, but on a Zen 4
+                // VM (~13 GB/s to a core) the prefetches made batch-1 greedy steps 12% faster
+                // (41.8 -> 36.9 ms; BENCHMARKS.md, session 44), and two or more vectors were
+                // 15-20% faster with them everywhere.
                 let pf = match j {
-                    0 if m > 1 => wp.wrapping_add(PREFETCH_ROWS * stride),
+                    0 => wp.wrapping_add(PREFETCH_ROWS * stride),
                     j if j == group => wp.wrapping_add(BLOCK_ROWS * stride),
                     _ => std::ptr::null(),
                 };

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act, prefetch_groups};
+use crate::pack::{Act, PackedTernary, act, prefetch_blocks, prefetch_groups};
 use crate::quads;
 
 /// Packed bytes per block (one 256-bit load).
@@ -99,14 +99,7 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
             // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead (two
             // 32-byte blocks per 64-byte cache line).
             let ahead = (g + groups_ahead) * 4 * nb;
-            for line in blocks
-                .get(ahead..ahead + 4 * nb)
-                .unwrap_or(&[])
-                .iter()
-                .step_by(2)
-            {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
+            prefetch_blocks(blocks, ahead, 4 * nb);
             let (w01, w23) = w.split_at(2 * nb);
             let (r0, r1) = w01.split_at(nb);
             let (r2, r3) = w23.split_at(nb);

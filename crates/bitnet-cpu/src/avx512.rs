@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act, prefetch_groups};
+use crate::pack::{Act, PackedTernary, act, prefetch_blocks, prefetch_groups};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
 /// Packed bytes per block (one 512-bit load).
@@ -98,9 +98,7 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
         for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
             // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead.
             let ahead = (g + groups_ahead) * 4 * nb;
-            for line in blocks.get(ahead..ahead + 4 * nb).unwrap_or(&[]) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
+            prefetch_blocks(blocks, ahead, 4 * nb);
             let (w01, w23) = w.split_at(2 * nb);
             let (r0, r1) = w01.split_at(nb);
             let (r2, r3) = w23.split_at(nb);

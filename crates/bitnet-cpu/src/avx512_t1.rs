@@ -29,7 +29,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, act, prefetch_groups};
+use crate::pack::{Act, act, prefetch_blocks, prefetch_groups};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
@@ -119,9 +119,7 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
         for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
             // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead.
             let ahead = (g + groups_ahead) * 4 * nb;
-            for line in blocks.get(ahead..ahead + 4 * nb).unwrap_or(&[]) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
+            prefetch_blocks(blocks, ahead, 4 * nb);
             let (w01, w23) = w.split_at(2 * nb);
             let (r0, r1) = w01.split_at(nb);
             let (r2, r3) = w23.split_at(nb);
@@ -181,6 +179,28 @@ fn unpack(t: &Tables, w: &[u8; B]) -> [__m512i; 5] {
         // vpermi2b: bit 6 of the index picks the table half, bits 0-5 the byte; bit 7 is unread.
         _mm512_permutex2var_epi8(t.mid[0], mid, t.mid[1]),
     ]
+}
+
+/// Digit `Q` of a block alone ([`unpack`]'s vector `Q`): the batched tile decodes one digit of
+/// its four rows at a time, right before the products that use it. Decoding all five digits of
+/// four rows first holds twenty vectors next to sixteen accumulators and six tables, more than
+/// the 32 registers, and the spills cost more than re-loading the block (an L1 hit) and
+/// re-shifting it for digits 2 and 3: on a Zen 4 (512-bit operations double-pumped), a tile
+/// loop with every operand in L1 ran ~160 G MAC/s decoding whole blocks and ~213 digit by digit,
+/// against a `vpdpbusd` peak of ~228 (BENCHMARKS.md, session 44).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+fn unpack_digit<const Q: usize>(t: &Tables, w: &[u8; B]) -> __m512i {
+    const { assert!(Q < 5) };
+    // SAFETY: the reference covers exactly 64 readable bytes; loadu has no alignment requirement.
+    let v = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
+    match Q {
+        0 => _mm512_permutexvar_epi8(v, t.lo[0]),
+        1 => _mm512_permutexvar_epi8(v, t.lo[1]),
+        2 => _mm512_permutexvar_epi8(_mm512_srli_epi16::<2>(v), t.hi[0]),
+        3 => _mm512_permutexvar_epi8(_mm512_srli_epi16::<2>(v), t.hi[1]),
+        _ => _mm512_permutex2var_epi8(t.mid[0], _mm512_abs_epi8(v), t.mid[1]),
+    }
 }
 
 /// Loads activations `64 Q .. 64 Q + 64` of a block.
@@ -276,18 +296,11 @@ fn dot_rxa<const R: usize, const A: usize>(
         *ws = &row[..k];
     }
     for i in 0..k {
-        let mut u = [[_mm512_setzero_si512(); 5]; R];
-        for (u, row) in u.iter_mut().zip(ws) {
-            *u = unpack(t, &row[i]);
-        }
-        for (j, x) in xs.iter().map(|x| &x[i]).enumerate() {
-            let x = load_xs(x);
-            for (q, x) in x.into_iter().enumerate() {
-                for (acc, u) in acc.iter_mut().zip(&u) {
-                    acc[j] = _mm512_dpbusd_epi32(acc[j], u[q], x);
-                }
-            }
-        }
+        digit::<0, R, A>(t, &ws, &xs, i, &mut acc);
+        digit::<1, R, A>(t, &ws, &xs, i, &mut acc);
+        digit::<2, R, A>(t, &ws, &xs, i, &mut acc);
+        digit::<3, R, A>(t, &ws, &xs, i, &mut acc);
+        digit::<4, R, A>(t, &ws, &xs, i, &mut acc);
     }
     for (acc, row) in acc.iter_mut().zip(w) {
         if let Some(wb) = row.get(k) {
@@ -300,6 +313,29 @@ fn dot_rxa<const R: usize, const A: usize>(
         }
     }
     sums16(acc)
+}
+
+/// Digit `Q` of block `i` of a tile: its `R` rows' codes decoded ([`unpack_digit`]), then
+/// multiplied with activations `64 Q .. 64 Q + 64` of block `i` of each of the `A` rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+fn digit<const Q: usize, const R: usize, const A: usize>(
+    t: &Tables,
+    ws: &[&[[u8; B]]; R],
+    xs: &[&[[i8; W]]; A],
+    i: usize,
+    acc: &mut [[__m512i; 4]; 4],
+) {
+    let mut u = [_mm512_setzero_si512(); R];
+    for (u, row) in u.iter_mut().zip(ws) {
+        *u = unpack_digit::<Q>(t, &row[i]);
+    }
+    for (j, x) in xs.iter().enumerate() {
+        let x = load_x::<Q>(&x[i]);
+        for (acc, u) in acc.iter_mut().zip(&u) {
+            acc[j] = _mm512_dpbusd_epi32(acc[j], *u, x);
+        }
+    }
 }
 
 /// One tile of `R` weight rows by a group's activation rows, into the group's outputs.

@@ -21,6 +21,31 @@ pub(crate) fn prefetch_groups(row_bytes: usize) -> usize {
     (PREFETCH_BYTES / (4 * row_bytes).max(1)).max(1)
 }
 
+/// How much further than [`PREFETCH_BYTES`] the batch-1 loops also ask for their weights, into
+/// L2 only. Measured on a 2-core Zen 4 VM whose memory streams ~13 GB/s to one core's loads
+/// (BENCHMARKS.md, session 44; greedy 2B4T steps alternated in one process): batch-1 steps
+/// 51.8 -> 41.5 ms at 16 KB, 41.3 at 24, 44.3 at 32, 45.9 at 128: the L1 prefetches alone keep
+/// too few lines in flight to cover the VM's memory latency.
+pub(crate) const PREFETCH_L2_BYTES: usize = 16 << 10;
+
+/// Asks for the cache lines of `blocks[at..at + n]` (blocks of `BB` bytes, aligned to `BB`;
+/// nothing past the end): into L1 ([`PREFETCH_BYTES`] ahead of use), and
+/// [`PREFETCH_L2_BYTES`] further on into L2.
+#[inline(always)]
+pub(crate) fn prefetch_blocks<const BB: usize>(blocks: &[[u8; BB]], at: usize, n: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
+    let step = (64 / BB).max(1);
+    let far = at + PREFETCH_L2_BYTES / BB;
+    for line in blocks.get(at..at + n).unwrap_or(&[]).iter().step_by(step) {
+        // SAFETY: prefetching is a hint (SSE, part of x86-64); the address is in `blocks`.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    for line in blocks.get(far..far + n).unwrap_or(&[]).iter().step_by(step) {
+        // SAFETY: as above.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
+    }
+}
+
 /// A ternary matrix in the blocked 2-bit layout.
 #[derive(Clone, Debug)]
 pub(crate) struct PackedTernary {

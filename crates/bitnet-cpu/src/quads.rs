@@ -106,17 +106,31 @@ pub(crate) fn for_each_tile<const W: usize>(
     let chunk_rows = (CHUNK_BYTES / (nb * B)).max(4) / 4 * 4;
     // As far ahead as the batch-1 loops (8, 16 and 32 KB measured level here).
     let quads_ahead = prefetch_groups(nb * B);
-    for (c, chunk) in blocks.chunks(chunk_rows * nb).enumerate() {
+    let chunk_blocks = chunk_rows * nb;
+    for (c, chunk) in blocks.chunks(chunk_blocks).enumerate() {
         let first = c * chunk_rows;
+        // The next chunk into L2 a few lines per tile, spread over all of this chunk's passes,
+        // so the first group's pass over it finds it there instead of waiting on memory with
+        // its arithmetic idle (the chunk's other passes are compute-bound).
+        let next = blocks
+            .get((c + 1) * chunk_blocks..)
+            .map_or(&[][..], |rest| &rest[..rest.len().min(chunk_blocks)]);
+        let tiles = (chunk.len() / nb).div_ceil(4) * groups.len();
+        let per_tile = next.len().div_ceil(tiles.max(1));
+        let mut next_lines = next.chunks(per_tile.max(1));
         for g4 in groups.iter_mut() {
             let mut w4 = chunk.chunks_exact(4 * nb);
             for (g, w) in w4.by_ref().enumerate() {
-                // The first group's pass streams the chunk from memory.
+                // Lines ahead of this pass into L1 (from memory for the first chunk).
                 let ahead = (first + 4 * (g + quads_ahead)) * nb;
                 for line in blocks.get(ahead..ahead + 4 * nb).unwrap_or(&[]) {
                     // SAFETY: prefetching is a hint (SSE, part of x86-64); the address is in
                     // `blocks`.
                     unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+                }
+                for line in next_lines.next().unwrap_or(&[]) {
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
                 }
                 let (w01, w23) = w.split_at(2 * nb);
                 let (r0, r1) = w01.split_at(nb);
