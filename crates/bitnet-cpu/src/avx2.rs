@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act, prefetch_blocks, prefetch_groups};
+use crate::pack::{Act, PREFETCH_L2_BYTES, PackedTernary, act, prefetch_l2};
 use crate::quads;
 
 /// Packed bytes per block (one 256-bit load).
@@ -90,23 +90,12 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
             [*y0, *y1, *y2, *y3] = dot_1x4(w, &g.acts);
         }
     }
-    let groups_ahead = prefetch_groups(nb * B);
+    // One row at a time, so that the weights are read as one sequential stream (`pack`).
+    let ahead = PREFETCH_L2_BYTES / B;
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
-        let mut w4 = blocks.chunks_exact(4 * nb);
-        let mut o4 = or.chunks_exact_mut(4);
-        for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
-            // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead (two
-            // 32-byte blocks per 64-byte cache line).
-            let ahead = (g + groups_ahead) * 4 * nb;
-            prefetch_blocks(blocks, ahead, 4 * nb);
-            let (w01, w23) = w.split_at(2 * nb);
-            let (r0, r1) = w01.split_at(nb);
-            let (r2, r3) = w23.split_at(nb);
-            let d = dot_4x1([r0, r1, r2, r3], &a);
-            o.copy_from_slice(&d);
-        }
-        for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
+        for (r, (w, y)) in blocks.chunks_exact(nb).zip(or.iter_mut()).enumerate() {
+            prefetch_l2(blocks, r * nb + ahead, nb);
             *y = dot_1x1(w, &a);
         }
     }
@@ -216,36 +205,6 @@ fn dot_1x1(w: &[[u8; B]], a: &Act<'_, W>) -> i32 {
         acc = _mm256_add_epi32(acc, block(&unpack(wb), t));
     }
     hsum(acc).wrapping_sub(a.sum)
-}
-
-/// Four weight rows by one activation row (batch 1): one activation load serves four rows.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn dot_4x1(w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
-    let mut acc = [_mm256_setzero_si256(); 4];
-    for (start, xs) in (0..).step_by(RUN).zip(a.full.chunks(RUN)) {
-        let mut run = [_mm256_setzero_si256(); 4];
-        let rows = w[0][start..].iter().zip(&w[1][start..]);
-        let rows = rows.zip(&w[2][start..]).zip(&w[3][start..]);
-        for ((((w0, w1), w2), w3), xb) in rows.zip(xs) {
-            run[0] = add_block(run[0], &unpack(w0), xb);
-            run[1] = add_block(run[1], &unpack(w1), xb);
-            run[2] = add_block(run[2], &unpack(w2), xb);
-            run[3] = add_block(run[3], &unpack(w3), xb);
-        }
-        for (acc, run) in acc.iter_mut().zip(run) {
-            *acc = widen(*acc, run);
-        }
-    }
-    if let Some(t) = &a.tail {
-        let k = a.full.len();
-        for (acc, row) in acc.iter_mut().zip(w) {
-            if let Some(wb) = row.get(k) {
-                *acc = _mm256_add_epi32(*acc, block(&unpack(wb), t));
-            }
-        }
-    }
-    hsum4(acc).map(|d| d.wrapping_sub(a.sum))
 }
 
 /// One weight row by four activation rows: each unpacked block serves four activation rows.

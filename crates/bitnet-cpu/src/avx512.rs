@@ -3,13 +3,14 @@
 //! lanes (no `i16` intermediate, so no saturation to reason about).
 //! Batches go in tiles of four weight rows by four activation rows ([`crate::quads`]; a batch's
 //! last one to three rows by fewer): each unpacked block serves four activation rows and each
-//! activation load four weight rows. At batch 1, four weight rows share each activation load.
+//! activation load four weight rows. At batch 1 the rows go one at a time (one sequential
+//! stream of weights: `pack::PREFETCH_L2_BYTES`).
 
 use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PackedTernary, act, prefetch_blocks, prefetch_groups};
+use crate::pack::{Act, PREFETCH_L2_BYTES, PackedTernary, act, prefetch_l2};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
 /// Packed bytes per block (one 512-bit load).
@@ -90,21 +91,12 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
         Rows::Two(w) => tile(w, g, first),
         Rows::One(w) => tile(w, g, first),
     });
-    let groups_ahead = prefetch_groups(nb * B);
+    // One row at a time, so that the weights are read as one sequential stream (`pack`).
+    let ahead = PREFETCH_L2_BYTES / B;
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
-        let mut w4 = blocks.chunks_exact(4 * nb);
-        let mut o4 = or.chunks_exact_mut(4);
-        for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
-            // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead.
-            let ahead = (g + groups_ahead) * 4 * nb;
-            prefetch_blocks(blocks, ahead, 4 * nb);
-            let (w01, w23) = w.split_at(2 * nb);
-            let (r0, r1) = w01.split_at(nb);
-            let (r2, r3) = w23.split_at(nb);
-            o.copy_from_slice(&dot_4x1_any([r0, r1, r2, r3], &a));
-        }
-        for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
+        for (r, (w, y)) in blocks.chunks_exact(nb).zip(or.iter_mut()).enumerate() {
+            prefetch_l2(blocks, r * nb + ahead, nb);
             *y = dot_1x1(w, &a);
         }
     }

@@ -12,8 +12,8 @@
 //!
 //! Like the 2-bit kernel, it multiplies unsigned codes `u = t + 1` and subtracts the activation
 //! sum: `dot(t, x) = dot(u, x) - sum(x)`. Batches go in the same tiles of four weight rows by
-//! four activation rows ([`crate::quads`]); at batch 1, four weight rows share each activation
-//! load.
+//! four activation rows ([`crate::quads`]); at batch 1 the rows go one at a time, one
+//! sequential stream of weights (`pack::PREFETCH_L2_BYTES` says why).
 //!
 //! Measured on the 2-core Zen machine this project targets (`cargo bench -p bitnet-cpu --bench
 //! gemv -- t1_`): with the weights streamed from DRAM (four whole 2B4T layers), batch 1 runs
@@ -29,7 +29,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, act, prefetch_blocks, prefetch_groups};
+use crate::pack::{Act, PREFETCH_L2_BYTES, act, prefetch_l2};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
@@ -111,21 +111,12 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
         Rows::Two(w) => tile(&t, w, g, first),
         Rows::One(w) => tile(&t, w, g, first),
     });
-    let groups_ahead = prefetch_groups(nb * B);
+    // One row at a time, so that the weights are read as one sequential stream.
+    let ahead = PREFETCH_L2_BYTES / B;
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
-        let mut w4 = blocks.chunks_exact(4 * nb);
-        let mut o4 = or.chunks_exact_mut(4);
-        for (g, (w, o)) in w4.by_ref().zip(o4.by_ref()).enumerate() {
-            // Decoding streams weights from DRAM: ask for them `pack::PREFETCH_BYTES` ahead.
-            let ahead = (g + groups_ahead) * 4 * nb;
-            prefetch_blocks(blocks, ahead, 4 * nb);
-            let (w01, w23) = w.split_at(2 * nb);
-            let (r0, r1) = w01.split_at(nb);
-            let (r2, r3) = w23.split_at(nb);
-            o.copy_from_slice(&dot_4x1(&t, [r0, r1, r2, r3], &a));
-        }
-        for (w, y) in w4.remainder().chunks_exact(nb).zip(o4.into_remainder()) {
+        for (r, (w, y)) in blocks.chunks_exact(nb).zip(or.iter_mut()).enumerate() {
+            prefetch_l2(blocks, r * nb + ahead, nb);
             *y = dot_1x1(&t, w, &a);
         }
     }
@@ -237,18 +228,26 @@ fn block(acc: __m512i, u: &[__m512i; 5], x: &[i8; W]) -> __m512i {
     _mm512_dpbusd_epi32(acc, u[4], load_x::<4>(x))
 }
 
-/// One weight row by one activation row.
+/// One weight row by one activation row (batch 1), one accumulator per digit so that a
+/// block adds one `vpdpbusd` to each chain.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn dot_1x1(t: &Tables, w: &[[u8; B]], a: &Act<'_, W>) -> i32 {
-    let mut acc = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_si512(); 5];
     for (wb, xb) in w.iter().zip(a.full.iter().chain(&a.tail)) {
-        acc = block(acc, &unpack(t, wb), xb);
+        for ((acc, u), x) in acc.iter_mut().zip(unpack(t, wb)).zip(load_xs(xb)) {
+            *acc = _mm512_dpbusd_epi32(*acc, u, x);
+        }
     }
-    _mm512_reduce_add_epi32(acc).wrapping_sub(a.sum)
+    let [a0, a1, a2, a3, a4] = acc;
+    let s = _mm512_add_epi32(
+        _mm512_add_epi32(a0, a1),
+        _mm512_add_epi32(_mm512_add_epi32(a2, a3), a4),
+    );
+    _mm512_reduce_add_epi32(s).wrapping_sub(a.sum)
 }
 
-/// Four weight rows by one activation row (batch 1): one activation load serves four rows. Each
+/// Four weight rows by one activation row (a batch's group of one row): one activation load serves four rows. Each
 /// row keeps two accumulators (digits 0, 2, 4 and digits 1, 3), so a block's dependency chain
 /// is three `vpdpbusd` long instead of five.
 #[inline]

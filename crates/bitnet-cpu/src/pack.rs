@@ -9,39 +9,33 @@
 
 use bitnet_core::{CoreError, TernaryMatrix};
 
-/// How far ahead the batch-1 loops prefetch packed weights, in bytes. Measured on the 2-core
-/// Zen VM (`t1_stream_4layers`, both AVX-512 kernels, interleaved): a fixed 2 groups of 4 rows
-/// (4-5 KB ahead on 2,560-wide rows, 11-14 KB on the 6,912-wide down projection) streamed
-/// 27-41% slower than ~8 KB for every shape; 16-24 KB no better than 8.
+/// How far ahead the batched tiles' passes prefetch packed weights into L1, in bytes (once the
+/// batch-1 loops' distance too: on the 2-core Zen 5 VM a fixed 2 groups of 4 rows, 4-5 KB ahead
+/// on 2,560-wide rows, streamed 27-41% slower than ~8 KB; 16-24 KB no better than 8).
 pub(crate) const PREFETCH_BYTES: usize = 8 << 10;
 
 /// [`PREFETCH_BYTES`] in whole groups of 4 rows of `row_bytes` each (at least one): how many
-/// groups ahead a batch-1 loop asks for its weights.
+/// groups ahead a batched tile's pass asks for its weights.
 pub(crate) fn prefetch_groups(row_bytes: usize) -> usize {
     (PREFETCH_BYTES / (4 * row_bytes).max(1)).max(1)
 }
 
-/// How much further than [`PREFETCH_BYTES`] the batch-1 loops also ask for their weights, into
-/// L2 only. Measured on a 2-core Zen 4 VM whose memory streams ~13 GB/s to one core's loads
-/// (BENCHMARKS.md, session 44; greedy 2B4T steps alternated in one process): batch-1 steps
-/// 51.8 -> 41.5 ms at 16 KB, 41.3 at 24, 44.3 at 32, 45.9 at 128: the L1 prefetches alone keep
-/// too few lines in flight to cover the VM's memory latency.
+/// How far ahead the batch-1 loops ask for their weights, into L2 only, one row at a time.
+/// Measured on a 2-core Zen 4 VM (BENCHMARKS.md, session 44; `t1_stream_4layers`, batch 1):
+/// rows four at a time with L1 prefetches [`PREFETCH_BYTES`] ahead streamed ~10 GB/s per
+/// core, rows one at a time with L2 prefetches 8-64 KB ahead 16-18 GB/s (the L1 prefetches
+/// took the few L1 miss slots that the loads need; four rows at once read four short streams
+/// 512 bytes apart, which a plain read test also streams at half the speed of one).
 pub(crate) const PREFETCH_L2_BYTES: usize = 16 << 10;
 
 /// Asks for the cache lines of `blocks[at..at + n]` (blocks of `BB` bytes, aligned to `BB`;
-/// nothing past the end): into L1 ([`PREFETCH_BYTES`] ahead of use), and
-/// [`PREFETCH_L2_BYTES`] further on into L2.
+/// nothing past the end) into L2.
 #[inline(always)]
-pub(crate) fn prefetch_blocks<const BB: usize>(blocks: &[[u8; BB]], at: usize, n: usize) {
-    use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
+pub(crate) fn prefetch_l2<const BB: usize>(blocks: &[[u8; BB]], at: usize, n: usize) {
+    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
     let step = (64 / BB).max(1);
-    let far = at + PREFETCH_L2_BYTES / BB;
     for line in blocks.get(at..at + n).unwrap_or(&[]).iter().step_by(step) {
         // SAFETY: prefetching is a hint (SSE, part of x86-64); the address is in `blocks`.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-    }
-    for line in blocks.get(far..far + n).unwrap_or(&[]).iter().step_by(step) {
-        // SAFETY: as above.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) };
     }
 }
