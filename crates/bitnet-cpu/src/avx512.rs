@@ -301,8 +301,9 @@ fn dot_rxa<const R: usize, const A: usize>(w: [&[[u8; B]]; R], a: &[Act<'_, W>; 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 fn tile<const R: usize>(w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usize) {
-    // One activation row by four weight rows is the batch-1 tile, which unpacks without shifts
-    // (the shifts cost more than the weights' stream from L2 here).
+    // A group of one activation row (a batch's last) by four weight rows: the four-row
+    // product, which unpacks without shifts (the shifts cost more than the weights' stream
+    // from L2 here).
     if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
         return put_row(g, first, dot_4x1_any(w4, &g.acts[0]));
     }

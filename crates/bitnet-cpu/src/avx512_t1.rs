@@ -247,9 +247,9 @@ fn dot_1x1(t: &Tables, w: &[[u8; B]], a: &Act<'_, W>) -> i32 {
     _mm512_reduce_add_epi32(s).wrapping_sub(a.sum)
 }
 
-/// Four weight rows by one activation row (a batch's group of one row): one activation load serves four rows. Each
-/// row keeps two accumulators (digits 0, 2, 4 and digits 1, 3), so a block's dependency chain
-/// is three `vpdpbusd` long instead of five.
+/// Four weight rows by one activation row (a batch's last group when it holds one row): one
+/// activation load serves four rows. Each row keeps two accumulators (digits 0, 2, 4 and
+/// digits 1, 3), so a block's dependency chain is three `vpdpbusd` long instead of five.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn dot_4x1(t: &Tables, w: [&[[u8; B]]; 4], a: &Act<'_, W>) -> [i32; 4] {
@@ -341,7 +341,7 @@ fn digit<const Q: usize, const R: usize, const A: usize>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn tile<const R: usize>(t: &Tables, w: [&[[u8; B]]; R], g: &mut Group<'_, '_, W>, first: usize) {
-    // One activation row by four weight rows is the batch-1 tile.
+    // A group of one activation row (a batch's last) by four weight rows: the four-row product.
     if let (1, Ok(w4)) = (g.n, <[&[[u8; B]]; 4]>::try_from(&w[..])) {
         return put_row(g, first, dot_4x1(t, w4, &g.acts[0]));
     }

@@ -22,8 +22,8 @@ pub(crate) fn prefetch_groups(row_bytes: usize) -> usize {
 
 /// How far ahead the batch-1 loops ask for their weights, into L2 only, one row at a time.
 /// Measured on a 2-core Zen 4 VM (BENCHMARKS.md, session 44; `t1_stream_4layers`, batch 1):
-/// rows four at a time with L1 prefetches [`PREFETCH_BYTES`] ahead streamed ~10 GB/s per
-/// core, rows one at a time with L2 prefetches 8-64 KB ahead 16-18 GB/s (the L1 prefetches
+/// rows four at a time with L1 prefetches [`PREFETCH_BYTES`] ahead streamed 8-10 GB/s on one
+/// core, rows one at a time with L2 prefetches 4-64 KB ahead 15-18 GB/s (the L1 prefetches
 /// took the few L1 miss slots that the loads need; four rows at once read four short streams
 /// 512 bytes apart, which a plain read test also streams at half the speed of one).
 pub(crate) const PREFETCH_L2_BYTES: usize = 16 << 10;

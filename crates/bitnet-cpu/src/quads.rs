@@ -104,7 +104,7 @@ pub(crate) fn for_each_tile<const W: usize>(
         return;
     }
     let chunk_rows = (CHUNK_BYTES / (nb * B)).max(4) / 4 * 4;
-    // As far ahead as the batch-1 loops (8, 16 and 32 KB measured level here).
+    // `pack::PREFETCH_BYTES` ahead into L1 (8, 16 and 32 KB measured level here).
     let quads_ahead = prefetch_groups(nb * B);
     let chunk_blocks = chunk_rows * nb;
     for (c, chunk) in blocks.chunks(chunk_blocks).enumerate() {
