@@ -1,11 +1,12 @@
 //! The AVX-512 VBMI + VNNI backend over the 1.6-bit `t1` layout ([`crate::pack_t1`]): five
 //! weights per byte, decoded with register table lookups and multiplied with `vpdpbusd`.
 //!
-//! Decoding one 64-byte block (320 weights) takes a load, two index operations (`vpsrlw`,
-//! `vpabsb`) and five lookups (four `vpermb`, one `vpermi2b`), then five `vpdpbusd` against the
-//! block's activations. In the batch-1 loop that is 14.25 vector instructions per row and block
-//! (2.85 per 64 weights, activation loads shared by four rows) against the 2-bit kernel's 10 per
-//! 256 weights (2.5 per 64): 1.14x the instructions per weight for 0.8x the bytes. TQ1_0's
+//! Decoding one 64-byte block (320 weights) takes a load, three index operations (two `vpsrlw`,
+//! a `vpxorq`) and five lookups (four `vpermb`, one `vpermi2b`), then five `vpdpbusd` against the
+//! block's activations: in the batch-1 loop 19 vector instructions per block with the five
+//! activation loads (3.8 per 64 weights) against the 2-bit kernel's 16 per 256 weights (4 per
+//! 64: a load, three shifts, four masks, four activation loads, four `vpdpbusd`), for 0.8x the
+//! bytes. TQ1_0's
 //! arithmetic decode (a multiply by 3 as two byte adds, then two compares per digit) needs about
 //! 7 per 64 weights and measured 2.7-2.9x slower than these lookups, compute-bound below one
 //! core's share of the memory bandwidth.
@@ -159,8 +160,10 @@ fn unpack(t: &Tables, w: &[u8; B]) -> [__m512i; 5] {
     // byte of each lane receives the high byte's bits 0-1 in its bits 6-7: vpermb never reads
     // them.
     let hi = _mm512_srli_epi16::<2>(v);
-    // Bytewise |v as i8|: -128 stays 0x80, whose bits 0-6 are 0 (as in `pack_t1::decode`).
-    let mid = _mm512_abs_epi8(v);
+    // Bits 0-6 of every byte are b_i ^ b_(i+1) (as in `pack_t1::decode`): within a 16-bit lane
+    // the shift by one moves a byte's own bits 1-7 into its bits 0-6 (bit 7, from the other
+    // byte, vpermi2b never reads).
+    let mid = mid_view(v);
     [
         // vpermb: byte j of the result is table[idx[j] & 63].
         _mm512_permutexvar_epi8(v, t.lo[0]),
@@ -190,8 +193,15 @@ fn unpack_digit<const Q: usize>(t: &Tables, w: &[u8; B]) -> __m512i {
         1 => _mm512_permutexvar_epi8(v, t.lo[1]),
         2 => _mm512_permutexvar_epi8(_mm512_srli_epi16::<2>(v), t.hi[0]),
         3 => _mm512_permutexvar_epi8(_mm512_srli_epi16::<2>(v), t.hi[1]),
-        _ => _mm512_permutex2var_epi8(t.mid[0], _mm512_abs_epi8(v), t.mid[1]),
+        _ => _mm512_permutex2var_epi8(t.mid[0], mid_view(v), t.mid[1]),
     }
+}
+
+/// Digit 4's index, `v ^ (v >> 1)` ([`unpack`] says why its bits 0-6 are the byte's own).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+fn mid_view(v: __m512i) -> __m512i {
+    _mm512_xor_si512(v, _mm512_srli_epi16::<1>(v))
 }
 
 /// Loads activations `64 Q .. 64 Q + 64` of a block.

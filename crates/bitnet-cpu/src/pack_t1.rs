@@ -17,12 +17,15 @@
 //! - digits 0 and 1: of bits 0-5 (the byte itself indexes `vpermb`: no work);
 //! - digits 2 and 3: of bits 2-7 (`byte >> 2`: one 16-bit shift does all 64 bytes, and the two
 //!   bits it drags in from the neighbouring byte land in bits 6-7, which `vpermb` ignores);
-//! - digit 4: of bits 0-6 of `|byte as i8|` (`vpabsb`; `|-128|` wraps to 128, whose bits 0-6
-//!   are 0), through the 128-entry table. The absolute value folds bit 7 into bits 0-6, which
-//!   is what lets this view tell apart bytes that the other two views cannot.
+//! - digit 4: of bits 0-6 of `byte ^ (byte >> 1)` (a second 16-bit shift and an xor; bit `i` of
+//!   the view is `b_i ^ b_(i+1)`, so bits 0-6 come from the byte alone), through the 128-entry
+//!   table. The view depends on all eight bits (bytes and their complements share it), which is
+//!   what lets it tell apart bytes that the other two views cannot.
 //!
-//! 64 bytes thus decode into five vectors of 64 codes with two index operations and five lookups
-//! (versus four masks for 2-bit codes): see [`crate::avx512_t1`].
+//! 64 bytes thus decode into five vectors of 64 codes with three cheap index operations and five
+//! lookups (versus four masks for 2-bit codes): see [`crate::avx512_t1`]. Until session 44 the
+//! third view was `|byte as i8|` (`vpabsb`), which on Zen 4 costs a whole `vpdpbusd` issue slot
+//! (BENCHMARKS.md, session 44); the shift and xor cost about a fifth of one each.
 //!
 //! Why three views: if every digit ignored bit `i` or bit `j` (as with the byte and one shift:
 //! bits 0-6 ignore bit 7, bits 1-7 ignore bit 0), then for each of the 64 values of the other six
@@ -30,7 +33,7 @@
 //! of the digits that ignore `j` and those that ignore `i`. With `a` digits in the first group,
 //! each of its 3^a tuples must meet all 3^(5-a) tuples of the other, which needs at least
 //! 3^a * ceil(3^(5-a) / 2) and 3^(5-a) * ceil(3^a / 2) of the 64 * 2 = 128 slots; one of the two
-//! exceeds 128 for every `a` (27 * 5 = 135 for a = 2 or 3). `vpabsb` breaks this: its view
+//! exceeds 128 for every `a` (27 * 5 = 135 for a = 2 or 3). The third view breaks this: it
 //! depends on all eight bits.
 //! The tables below were found by a search (simulated annealing over their 384 entries to maximise
 //! the number of distinct tuples the 256 bytes decode to); any tables that reach all 243 tuples
@@ -76,28 +79,28 @@ const fn table<const N: usize>(digits: &[u8; N]) -> [u8; N] {
 
 /// Digits 0 and 1 of a byte, indexed by its bits 0-5.
 pub(crate) const LO: [[u8; 64]; 2] = [
-    table(b"2210201020200010122020011012211012121210200101211020211222112200"),
-    table(b"0021020010221200020000100211121200201121210012211122221101211202"),
+    table(b"2021020101220221100221001200221002121212112000102211011210021102"),
+    table(b"2200001022120220021000122201202102111110121020010210221120112121"),
 ];
 
 /// Digits 2 and 3 of a byte, indexed by its bits 2-7 (`byte >> 2`).
 pub(crate) const HI: [[u8; 64]; 2] = [
-    table(b"0212022201221021211102002001012010221110200222001021121110010212"),
-    table(b"1212021000120112100220120022002011212020220102212211101101112020"),
+    table(b"0021101200121222200210120122200012101112120212100222100012110101"),
+    table(b"1100210010102211122110222002002112200111221120020022020111122002"),
 ];
 
-/// Digit 4 of a byte, indexed by bits 0-6 of `|byte as i8|`: bit 6 picks the half (as it picks
-/// the register in `vpermi2b`), bits 0-5 the entry.
+/// Digit 4 of a byte, indexed by bits 0-6 of `byte ^ (byte >> 1)`: bit 6 picks the half (as it
+/// picks the register in `vpermi2b`), bits 0-5 the entry.
 pub(crate) const MID: [[u8; 64]; 2] = [
-    table(b"0220121220001121202100012212222001201010222022110112101101221200"),
-    table(b"2110201221010121100011011000120000102012122012100011202102221222"),
+    table(b"0020100100210202002212011210122000210220211211001210002212110111"),
+    table(b"2212002211121122112201012120020002200022010211211211002221111020"),
 ];
 
 /// The five digits (codes `u = t + 1`) a byte decodes to, exactly as the SIMD kernel computes them.
 pub(crate) const fn decode(byte: u8) -> [u8; DIGITS] {
     let lo = (byte & 63) as usize;
     let hi = (byte >> 2) as usize;
-    let mid = ((byte as i8).unsigned_abs() & 127) as usize;
+    let mid = ((byte ^ (byte >> 1)) & 127) as usize;
     [
         LO[0][lo],
         LO[1][lo],
