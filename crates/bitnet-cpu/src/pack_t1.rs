@@ -35,10 +35,10 @@
 //! 3^a * ceil(3^(5-a) / 2) and 3^(5-a) * ceil(3^a / 2) of the 64 * 2 = 128 slots; one of the two
 //! exceeds 128 for every `a` (27 * 5 = 135 for a = 2 or 3). The third view breaks this: it
 //! depends on all eight bits.
-//! The tables below were found by a search (simulated annealing over their 384 entries to maximise
-//! the number of distinct tuples the 256 bytes decode to); any tables that reach all 243 tuples
-//! work, and [`ENCODE`] is built from them at compile time, so tables that miss a tuple do not
-//! compile.
+//! The tables below were found by a search (`scripts/t1-tables.c`: simulated annealing over
+//! their 384 entries to maximise the number of distinct tuples the 256 bytes decode to); any
+//! tables that reach all 243 tuples work, and [`ENCODE`] is built from them at compile time, so
+//! tables that miss a tuple do not compile.
 //!
 //! ## The layout
 //!
