@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PREFETCH_L2_BYTES, PackedTernary, act, prefetch_l2};
+use crate::pack::{Act, PackedTernary, act, each_row};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
 /// Packed bytes per block (one 512-bit load).
@@ -91,14 +91,10 @@ fn matmul(p: &PackedTernary, x: &[i8], batch: usize, out: &mut [i32]) {
         Rows::Two(w) => tile(w, g, first),
         Rows::One(w) => tile(w, g, first),
     });
-    // One row at a time, so that the weights are read as one sequential stream (`pack`).
-    let ahead = PREFETCH_L2_BYTES / B;
+    // One weight row at a time: one sequential stream (`pack::each_row`).
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
-        for (r, (w, y)) in blocks.chunks_exact(nb).zip(or.iter_mut()).enumerate() {
-            prefetch_l2(blocks, r * nb + ahead, nb);
-            *y = dot_1x1(w, &a);
-        }
+        each_row(blocks, nb, or, |w| dot_1x1(w, &a));
     }
 }
 

@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 
 use bitnet_core::{CoreError, LinearKernel, PreparedLinear, TernaryMatrix};
 
-use crate::pack::{Act, PREFETCH_L2_BYTES, act, prefetch_l2};
+use crate::pack::{Act, act, each_row};
 use crate::pack_t1::{B, HI, LO, MID, PackedTrits, W};
 use crate::quads::{self, Group, Rows, put, put_row, sums16};
 
@@ -112,14 +112,10 @@ fn matmul(p: &PackedTrits, x: &[i8], batch: usize, out: &mut [i32]) {
         Rows::Two(w) => tile(&t, w, g, first),
         Rows::One(w) => tile(&t, w, g, first),
     });
-    // One row at a time, so that the weights are read as one sequential stream.
-    let ahead = PREFETCH_L2_BYTES / B;
+    // One weight row at a time: one sequential stream (`pack::each_row`).
     for (xr, or) in xs.zip(os) {
         let a = act(xr);
-        for (r, (w, y)) in blocks.chunks_exact(nb).zip(or.iter_mut()).enumerate() {
-            prefetch_l2(blocks, r * nb + ahead, nb);
-            *y = dot_1x1(&t, w, &a);
-        }
+        each_row(blocks, nb, or, |w| dot_1x1(&t, w, &a));
     }
 }
 
@@ -154,24 +150,13 @@ impl Tables {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn unpack(t: &Tables, w: &[u8; B]) -> [__m512i; 5] {
-    // SAFETY: the reference covers exactly 64 readable bytes; loadu has no alignment requirement.
-    let v = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
-    // Bits 2-7 of every byte moved to bits 0-5. The shift works on 16-bit lanes, so the low
-    // byte of each lane receives the high byte's bits 0-1 in its bits 6-7: vpermb never reads
-    // them.
-    let hi = _mm512_srli_epi16::<2>(v);
-    // Bits 0-6 of every byte are b_i ^ b_(i+1) (as in `pack_t1::decode`): within a 16-bit lane
-    // the shift by one moves a byte's own bits 1-7 into its bits 0-6 (bit 7, from the other
-    // byte, vpermi2b never reads).
-    let mid = mid_view(v);
+    // One load and one shift by two serve all five digits once the calls are inlined.
     [
-        // vpermb: byte j of the result is table[idx[j] & 63].
-        _mm512_permutexvar_epi8(v, t.lo[0]),
-        _mm512_permutexvar_epi8(v, t.lo[1]),
-        _mm512_permutexvar_epi8(hi, t.hi[0]),
-        _mm512_permutexvar_epi8(hi, t.hi[1]),
-        // vpermi2b: bit 6 of the index picks the table half, bits 0-5 the byte; bit 7 is unread.
-        _mm512_permutex2var_epi8(t.mid[0], mid, t.mid[1]),
+        unpack_digit::<0>(t, w),
+        unpack_digit::<1>(t, w),
+        unpack_digit::<2>(t, w),
+        unpack_digit::<3>(t, w),
+        unpack_digit::<4>(t, w),
     ]
 }
 
@@ -188,6 +173,10 @@ fn unpack_digit<const Q: usize>(t: &Tables, w: &[u8; B]) -> __m512i {
     const { assert!(Q < 5) };
     // SAFETY: the reference covers exactly 64 readable bytes; loadu has no alignment requirement.
     let v = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
+    // vpermb: byte j of the result is table[idx[j] & 63]. Digits 2 and 3 read bits 2-7 of every
+    // byte moved to bits 0-5: the shift works on 16-bit lanes, so the low byte of each lane
+    // receives the high byte's bits 0-1 in its bits 6-7, which vpermb never reads. Digit 4:
+    // vpermi2b, bit 6 of the index picks the table half, bits 0-5 the byte, bit 7 is unread.
     match Q {
         0 => _mm512_permutexvar_epi8(v, t.lo[0]),
         1 => _mm512_permutexvar_epi8(v, t.lo[1]),
@@ -197,7 +186,9 @@ fn unpack_digit<const Q: usize>(t: &Tables, w: &[u8; B]) -> __m512i {
     }
 }
 
-/// Digit 4's index, `v ^ (v >> 1)` ([`unpack`] says why its bits 0-6 are the byte's own).
+/// Digit 4's index, `v ^ (v >> 1)`: bits 0-6 of every byte are b_i ^ b_(i+1) (as in
+/// `pack_t1::decode`), since within a 16-bit lane the shift by one moves a byte's own bits 1-7
+/// into its bits 0-6 (bit 7, from the other byte, vpermi2b never reads).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 fn mid_view(v: __m512i) -> __m512i {

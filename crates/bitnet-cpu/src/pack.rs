@@ -28,10 +28,27 @@ pub(crate) fn prefetch_groups(row_bytes: usize) -> usize {
 /// 512 bytes apart, which a plain read test also streams at half the speed of one).
 pub(crate) const PREFETCH_L2_BYTES: usize = 16 << 10;
 
+/// The batch-1 loop of every kernel: `out[r] = dot(row r)` for the weight rows in order (`nb`
+/// blocks of `BB` bytes each, `nb >= 1`), each row's call preceded by a prefetch of the row
+/// [`PREFETCH_L2_BYTES`] ahead into L2, so that the weights are read as one sequential stream.
+#[inline(always)]
+pub(crate) fn each_row<const BB: usize>(
+    blocks: &[[u8; BB]],
+    nb: usize,
+    out: &mut [i32],
+    mut dot: impl FnMut(&[[u8; BB]]) -> i32,
+) {
+    let ahead = PREFETCH_L2_BYTES / BB;
+    for (r, (w, y)) in blocks.chunks_exact(nb).zip(out).enumerate() {
+        prefetch_l2(blocks, r * nb + ahead, nb);
+        *y = dot(w);
+    }
+}
+
 /// Asks for the cache lines of `blocks[at..at + n]` (blocks of `BB` bytes, aligned to `BB`;
 /// nothing past the end) into L2.
 #[inline(always)]
-pub(crate) fn prefetch_l2<const BB: usize>(blocks: &[[u8; BB]], at: usize, n: usize) {
+fn prefetch_l2<const BB: usize>(blocks: &[[u8; BB]], at: usize, n: usize) {
     use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
     let step = (64 / BB).max(1);
     for line in blocks.get(at..at + n).unwrap_or(&[]).iter().step_by(step) {
